@@ -1,0 +1,177 @@
+"""The droplet image: a Debian rootfs with cloud-init, built once and cached.
+
+The cache key is a hash of the recipe (everything that shapes the image), so a change
+of packages, settings, mirror or host CAs builds a new image and nothing else does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+from . import config, shell, sources
+
+# Bump when the build steps change in a way the recipe fields do not show.
+BUILD_STEPS_VERSION = 1
+
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+IMAGE_CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
+IMAGE_EXTRA_CA_DIR = "usr/local/share/ca-certificates"
+
+CLOUD_CFG = (
+    "# localcloud: seed comes from /var/lib/cloud/seed/nocloud; the network is set\n"
+    "# from outside the droplet, so cloud-init must leave it alone.\n"
+    "datasource_list: [NoCloud, None]\n"
+    "network: {config: disabled}\n"
+)
+CLOUD_CFG_PATH = "etc/cloud/cloud.cfg.d/99-localcloud.cfg"
+
+APT_PROXY_PATH = "etc/apt/apt.conf.d/90localcloud-proxy"
+# Debian's npm reads /etc/npmrc; Node.js builds with prefix /usr read /usr/etc/npmrc.
+NPMRC_PATHS = ("etc/npmrc", "usr/etc/npmrc")
+
+
+def apt_proxy_conf(proxy_url: str) -> str:
+    return f'Acquire::http::Proxy "{proxy_url}";\nAcquire::https::Proxy "{proxy_url}";\n'
+
+
+def npmrc(proxy_url: str) -> str:
+    # npm trusts only its built-in CAs unless told: point it at the system bundle,
+    # which holds the host's extra CAs when there are any.
+    return (f"proxy={proxy_url}\nhttps-proxy={proxy_url}\n"
+            f"cafile=/{IMAGE_CA_BUNDLE}\n")
+
+
+def pem_blocks(text: str) -> list[str]:
+    return [b.strip() for b in
+            re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", text, re.S)]
+
+
+def _normal(block: str) -> str:
+    return re.sub(r"\s+", "", block)
+
+
+def extra_host_cas(host_bundle_text: str, image_bundle_text: str) -> list[str]:
+    """CAs the host trusts that a stock Debian does not (e.g. a TLS-intercepting egress)."""
+    stock = {_normal(b) for b in pem_blocks(image_bundle_text)}
+    return [b for b in pem_blocks(host_bundle_text) if _normal(b) not in stock]
+
+
+def host_ca_texts() -> str:
+    paths = {HOST_CA_BUNDLE}
+    cafile = sources.npm_registry_cafile()
+    if cafile:
+        paths.add(Path(cafile))
+    return "\n".join(p.read_text() for p in sorted(paths) if p.is_file())
+
+
+def host_apt_source_files() -> dict[str, str]:
+    """The host's apt source files, copied verbatim so droplets use the same archive."""
+    files = {}
+    if sources.APT_SOURCES_LIST.is_file():
+        files["etc/apt/sources.list"] = sources.APT_SOURCES_LIST.read_text()
+    for path in sorted(sources.APT_SOURCES_DIR.glob("*.sources")) + sorted(sources.APT_SOURCES_DIR.glob("*.list")):
+        files[f"etc/apt/sources.list.d/{path.name}"] = path.read_text()
+    return files
+
+
+def recipe() -> dict:
+    """Everything that decides what the image holds."""
+    return {
+        "build_steps_version": BUILD_STEPS_VERSION,
+        "suite": config.DEBIAN_SUITE,
+        "include": list(config.DEBOOTSTRAP_INCLUDE),
+        "extra_packages": list(config.IMAGE_EXTRA_PACKAGES),
+        "locale": config.IMAGE_LOCALE,
+        "mirror": sources.debian_mirror(config.DEBIAN_SUITE, sources.apt_sources()),
+        "apt_sources": host_apt_source_files(),
+        "cloud_cfg": CLOUD_CFG,
+        "apt_proxy": apt_proxy_conf(config.PROXY_URL),
+        "npmrc": npmrc(config.PROXY_URL),
+        "host_cas": hashlib.sha256(host_ca_texts().encode()).hexdigest(),
+    }
+
+
+def recipe_hash(r: dict) -> str:
+    return hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def debootstrap_command(rootfs: Path, mirror: str) -> shell.Command:
+    return ["debootstrap", "--variant=minbase", "--include=" + ",".join(config.DEBOOTSTRAP_INCLUDE),
+            config.DEBIAN_SUITE, str(rootfs), mirror]
+
+
+def chroot_command(rootfs: Path, *argv: str) -> shell.Command:
+    # A fixed PATH and no interactive prompts: the chroot must not inherit the host's.
+    return ["chroot", str(rootfs), "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C", *argv]
+
+
+def image_dir(r: dict | None = None) -> Path:
+    return config.IMAGES_DIR / recipe_hash(r or recipe())
+
+
+def rootfs_path() -> Path:
+    return image_dir() / "rootfs"
+
+
+def _write(rootfs: Path, rel: str, text: str) -> None:
+    path = rootfs / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def build(force: bool = False) -> Path:
+    """Return the rootfs of the current recipe, building it first if not cached."""
+    r = recipe()
+    final = image_dir(r)
+    if (final / "complete").exists() and not force:
+        return final / "rootfs"
+    building = final.with_name(final.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    rootfs = building / "rootfs"
+    rootfs.mkdir(parents=True)
+    with shell.Step(f"build image {final.name}"):
+        with shell.Step(f"debootstrap {config.DEBIAN_SUITE} from the host's mirror"):
+            shell.run(debootstrap_command(rootfs, r["mirror"]), timeout=900)
+        with shell.Step("apt sources and host CAs"):
+            (rootfs / "etc/apt/sources.list").unlink(missing_ok=True)
+            for rel, text in r["apt_sources"].items():
+                _write(rootfs, rel, text)
+            extra = extra_host_cas(host_ca_texts(), (rootfs / IMAGE_CA_BUNDLE).read_text())
+            for i, pem in enumerate(extra):
+                _write(rootfs, f"{IMAGE_EXTRA_CA_DIR}/localcloud-host-{i}.crt", pem + "\n")
+            shell.run(chroot_command(rootfs, "update-ca-certificates"))
+            print(f"[localcloud]   {len(extra)} host CA(s) not in Debian's bundle copied in")
+        with shell.Step("install " + " ".join(config.IMAGE_EXTRA_PACKAGES)):
+            shell.run(chroot_command(rootfs, "apt-get", "update"), timeout=600)
+            shell.run(chroot_command(rootfs, "apt-get", "install", "-y", "--no-install-recommends",
+                                     *config.IMAGE_EXTRA_PACKAGES), timeout=900)
+        with shell.Step(f"generate locale {config.IMAGE_LOCALE}"):
+            # cloud-init fails (update-locale exits 255) without this locale.
+            _write(rootfs, "etc/locale.gen", f"{config.IMAGE_LOCALE} {config.IMAGE_LOCALE.split('.')[1]}\n")
+            shell.run(chroot_command(rootfs, "locale-gen"))
+            shell.run(chroot_command(rootfs, "update-locale", f"LANG={config.IMAGE_LOCALE}"))
+        with shell.Step("cloud-init, apt and npm settings"):
+            _write(rootfs, CLOUD_CFG_PATH, CLOUD_CFG)
+            _write(rootfs, APT_PROXY_PATH, r["apt_proxy"])
+            for rel in NPMRC_PATHS:
+                _write(rootfs, rel, r["npmrc"])
+            shell.run(chroot_command(rootfs, "apt-get", "clean"))
+            # Per-droplet identity comes at first boot: no shared machine-id or host keys.
+            _write(rootfs, "etc/machine-id", "")
+            (rootfs / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+            for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
+                key.unlink()
+        (building / "recipe.json").write_text(json.dumps(r, indent=1, sort_keys=True))
+        (building / "complete").write_text("")
+        shutil.rmtree(final, ignore_errors=True)
+        building.rename(final)
+    return final / "rootfs"
+
+
+if __name__ == "__main__":
+    print(build())

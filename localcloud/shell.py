@@ -1,0 +1,51 @@
+"""The one place commands are run. Everything else builds argument lists."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+Command = list[str]
+
+VERBOSE = bool(os.environ.get("LOCALCLOUD_VERBOSE"))
+
+
+class CommandError(RuntimeError):
+    def __init__(self, cmd: Command, returncode: int, output: str):
+        super().__init__(f"{' '.join(cmd)} exited {returncode}: {output.strip()[-2000:]}")
+        self.cmd, self.returncode, self.output = cmd, returncode, output
+
+
+def run(cmd: Command, *, check: bool = True, input: str | None = None,
+        timeout: float | None = 600) -> subprocess.CompletedProcess:
+    """Run cmd, capturing stdout and stderr together as text."""
+    if VERBOSE:
+        print("+ " + " ".join(cmd), file=sys.stderr)
+    proc = subprocess.run(cmd, input=input, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise CommandError(cmd, proc.returncode, proc.stdout)
+    return proc
+
+
+def succeeds(cmd: Command, timeout: float | None = 60) -> bool:
+    return run(cmd, check=False, timeout=timeout).returncode == 0
+
+
+class Step:
+    """Print a progress line with its duration: image builds and boots take a while."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        self.start = time.monotonic()
+        print(f"[localcloud] {self.what} ...", flush=True)
+        return self
+
+    def __exit__(self, *exc):
+        took = time.monotonic() - self.start
+        print(f"[localcloud] {self.what}: {'failed' if exc[0] else 'done'} in {took:.1f}s", flush=True)
+        return False
