@@ -1,0 +1,74 @@
+"""A self-hosted Node.js platform on DigitalOcean.
+
+    internet ──443──▶ LoadBalancer ──TLS──▶ AppServerPool (N) ──TLS──▶ Datastore (+ volume)
+                         ▲ SSH jump host for everything behind it
+
+Run with `pulumi up -s staging`; tests build the same graph with `build(settings)`.
+"""
+
+from __future__ import annotations
+
+import pulumi
+
+from components import conventions, prices
+from components.app_server_pool import AppServerPool
+from components.datastore import Datastore
+from components.load_balancer import LoadBalancer
+from components.network import Network
+from components.pki import InternalCA
+from components.remote import AutomationKey
+from components.settings import Settings, SettingsError, stack_config
+
+
+def build(settings: Settings) -> dict[str, object]:
+    """Register the whole platform; returns the stack outputs."""
+    key = AutomationKey("automation")
+    network = Network("network", settings=settings, key=key)
+    ca = InternalCA("internal-ca", stack=settings.stack)
+
+    lb = LoadBalancer("lb", settings=settings, network=network, ca=ca, key=key)
+    datastore = Datastore(
+        "datastore", settings=settings, network=network, ca=ca, key=key, jump_host=lb.jump_host
+    )
+    pool = AppServerPool(
+        "app", settings=settings, network=network, ca=ca, key=key, jump_host=lb.jump_host, datastore=datastore
+    )
+    lb.send_traffic_to(pool.private_ips)
+
+    return {
+        "url": f"https://{settings.domain}",
+        "public_ip": lb.public_ip,
+        "ssh": lb.jump_host.apply(
+            lambda ip: f"ssh -J {conventions.OPERATOR_USER}@{ip} {conventions.OPERATOR_USER}@<private address>"
+        ),
+        "private_ips": {
+            "lb": lb.private_ip,
+            "app": pool.private_ips,
+            "datastore": datastore.private_ip,
+        },
+        "ca_cert_pem": ca.cert_pem,
+        "monthly_cost_estimate": prices.monthly_estimate(
+            droplet_sizes=[settings.lb_size, settings.datastore_size]
+            + [settings.app_size] * settings.app_server_count,
+            volume_gib=settings.volume_size_gb,
+            spaces=settings.backups,
+            droplet_backups=settings.droplet_backups,
+        ),
+    }
+
+
+def load_settings() -> Settings:
+    """The stack's settings from its Pulumi config; stops the run with every problem found."""
+    from pulumi.runtime.config import CONFIG, get_config_env
+
+    raw = stack_config(conventions.PROJECT, {**get_config_env(), **CONFIG.get()})
+    return Settings.from_config(pulumi.get_stack(), raw)
+
+
+if __name__ == "__main__":
+    try:
+        stack_settings = load_settings()
+    except SettingsError as problems:
+        raise SystemExit(str(problems)) from None  # the list of problems, not a traceback
+    for output_name, value in build(stack_settings).items():
+        pulumi.export(output_name, value)

@@ -1,0 +1,65 @@
+"""The app servers: N identical, stateless droplets; scale by changing appServerCount."""
+
+from __future__ import annotations
+
+import pulumi
+
+import cloudinit
+from cloudinit import app_server as app_files
+
+from . import conventions, remote
+from .datastore import Datastore
+from .network import Network
+from .pki import InternalCA
+from .settings import Settings
+
+
+class AppServerPool(pulumi.ComponentResource):
+    private_ips: list[pulumi.Output[str]]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        settings: Settings,
+        network: Network,
+        ca: InternalCA,
+        key: remote.AutomationKey,
+        jump_host: pulumi.Input[str],
+        datastore: Datastore,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("node-platform:index:AppServerPool", name, None, opts)
+        # The same first-boot data for every member, whatever the pool's size.
+        user_data = key.public_key_openssh.apply(
+            lambda k: cloudinit.first_boot(conventions.APP_SERVER, settings, k)
+        )
+        app_env = pulumi.Output.all(datastore.private_ip, datastore.passwords).apply(
+            lambda args: app_files.app_env(args[0], args[1], settings)
+        )
+        network.firewall(conventions.APP_SERVER, parent=self)
+        self.droplets = []
+        self.private_ips = []
+        for number in range(1, settings.app_server_count + 1):
+            member = f"{name}-{number}"
+            droplet = network.droplet(
+                member, role=conventions.APP_SERVER, size=settings.app_size, user_data=user_data, parent=self
+            )
+            route = remote.SshRoute(host=droplet.ipv4_address_private, key=key, jump_host=jump_host)
+            cert = ca.issue(
+                member,
+                dns_names=[f"{settings.stack}-{member}"],
+                ip_addresses=[droplet.ipv4_address_private],
+                parent=self,
+            )
+            remote.push(
+                f"{member}-tls-push",
+                route=route,
+                kind="tls",
+                files={"ca.crt": cert.ca_cert_pem, "server.crt": cert.cert_pem, "server.key": cert.key_pem},
+                parent=self,
+            )
+            remote.push(f"{member}-env-push", route=route, kind="env", files={".env": app_env}, parent=self)
+            self.droplets.append(droplet)
+            self.private_ips.append(droplet.ipv4_address_private)
+        self.register_outputs({"private_ips": self.private_ips})

@@ -1,0 +1,83 @@
+"""One home for the facts that the Pulumi graph, the server files and the tests share.
+
+A port, a path or a user name is written here once; the firewall rules, the rendered
+configs and the tests all read it from here.
+"""
+
+from dataclasses import dataclass
+
+PROJECT = "node-platform"
+
+# --- Roles -------------------------------------------------------------------------
+LOAD_BALANCER = "lb"
+APP_SERVER = "app"
+DATASTORE = "datastore"
+ROLES = (LOAD_BALANCER, APP_SERVER, DATASTORE)
+
+# --- Ports -------------------------------------------------------------------------
+SSH_PORT = 22
+HTTP_PORT = 80
+HTTPS_PORT = 443
+# The app servers' local nginx: TLS with the internal CA's certificate, LB only.
+APP_TLS_PORT = 8443
+# The Node.js apps listen on loopback behind that nginx.
+WEB_APP_PORT = 3000
+API_APP_PORT = 3001
+HEALTH_PATH = "/healthz"
+API_PATH_PREFIX = "/api/"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A datastore engine as the network sees it: the TLS port app servers connect to."""
+
+    name: str
+    tls_port: int
+    # Where the engine itself listens on the datastore when TLS is done in front of it.
+    local_port: int | None = None
+
+
+ENGINES = {
+    "postgresql": Engine("postgresql", tls_port=5432),
+    "mongodb": Engine("mongodb", tls_port=27017),
+    # Redis listens on loopback only; stunnel terminates TLS in front of it.
+    "redis": Engine("redis", tls_port=6380, local_port=6379),
+    # AMQPS only: the plaintext AMQP port is never opened.
+    "rabbitmq": Engine("rabbitmq", tls_port=5671),
+}
+
+# --- Users on every droplet ----------------------------------------------------------
+# Operators and the Pulumi program log in as OPERATOR_USER (keys only, sudo).
+OPERATOR_USER = "ops"
+APP_USER = "app"          # runs the Node.js apps under pm2
+DEPLOY_USER = "deploy"    # may write releases and reload pm2, nothing else
+BACKUP_USER = "backup"    # reads what backups need, writes the backup spool
+
+# --- Paths on the droplets -----------------------------------------------------------
+PLATFORM_ETC = "/etc/platform"
+PLATFORM_STATE = "/var/lib/platform"
+PROVISION_LOG = "/var/log/platform/provision.log"
+PROVISIONED_MARKER = f"{PLATFORM_STATE}/provisioned"
+PROVISION_FAILED_MARKER = f"{PLATFORM_STATE}/provision-failed"
+PROVISION_COMMAND = "/usr/local/sbin/platform-provision"
+# Receives what the Pulumi program pushes over SSH (certificates, upstreams, secrets).
+PUSH_COMMAND = "/usr/local/sbin/platform-push"
+
+TLS_DIR = f"{PLATFORM_ETC}/tls"
+CA_CERT_PATH = f"{TLS_DIR}/ca.crt"
+SERVER_CERT_PATH = f"{TLS_DIR}/server.crt"
+SERVER_KEY_PATH = f"{TLS_DIR}/server.key"
+
+APP_ROOT = "/srv/app"
+RELEASES_DIR = f"{APP_ROOT}/releases"
+CURRENT_RELEASE_LINK = f"{APP_ROOT}/current"
+APP_ENV_FILE = f"{APP_ROOT}/shared/.env"
+
+# The datastore's block volume, by its stable id, and where it is mounted.
+VOLUME_DEVICE_PREFIX = "/dev/disk/by-id/scsi-0DO_Volume_"
+DATA_MOUNT = "/mnt/data"
+
+LB_UPSTREAMS_FILE = "/etc/nginx/platform/upstreams.conf"
+
+# The size DigitalOcean allows for a droplet's user_data.
+USER_DATA_LIMIT_BYTES = 64 * 1024

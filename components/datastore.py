@@ -1,0 +1,116 @@
+"""The datastore: one droplet whose engines keep their data on a block volume."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_digitalocean as do
+import pulumi_random as random
+
+import cloudinit
+from cloudinit import datastore as datastore_files
+
+from . import conventions, remote
+from .network import Network
+from .pki import InternalCA
+from .settings import Settings
+
+PASSWORD_LENGTH = 32
+NONCURRENT_BACKUP_DAYS = 30
+
+
+class Datastore(pulumi.ComponentResource):
+    private_ip: pulumi.Output[str]
+    passwords: pulumi.Output[dict[str, str]]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        settings: Settings,
+        network: Network,
+        ca: InternalCA,
+        key: remote.AutomationKey,
+        jump_host: pulumi.Input[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("node-platform:index:Datastore", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        kept = pulumi.ResourceOptions(parent=self, protect=settings.protect_data)
+        self.droplet = network.droplet(
+            name,
+            role=conventions.DATASTORE,
+            size=settings.datastore_size,
+            user_data=key.public_key_openssh.apply(
+                lambda k: cloudinit.first_boot(conventions.DATASTORE, settings, k)
+            ),
+            parent=self,
+            protect=settings.protect_data,
+        )
+        self.volume = do.Volume(
+            f"{name}-volume",
+            name=f"{settings.stack}-data",
+            region=settings.region,
+            size=settings.volume_size_gb,
+            initial_filesystem_type="ext4",
+            initial_filesystem_label="platform-data",
+            description=f"{settings.stack} datastore engines' data",
+            opts=kept,
+        )
+        do.VolumeAttachment(
+            f"{name}-volume-attachment",
+            droplet_id=self.droplet.id.apply(int),
+            volume_id=self.volume.id,
+            opts=child,
+        )
+        network.firewall(conventions.DATASTORE, parent=self)
+        if settings.backups:
+            self.backup_bucket = do.SpacesBucket(
+                f"{name}-backups",
+                name=f"{settings.stack}-{settings.domain.replace('.', '-')}-backups"[:63],
+                region=settings.spaces_region,
+                acl="private",
+                versioning=do.SpacesBucketVersioningArgs(enabled=True),
+                lifecycle_rules=[
+                    do.SpacesBucketLifecycleRuleArgs(
+                        enabled=True,
+                        abort_incomplete_multipart_upload_days=1,
+                        # Retention itself is the backup tool's; this only clears what it deleted.
+                        noncurrent_version_expiration=do.SpacesBucketLifecycleRuleNoncurrentVersionExpirationArgs(
+                            days=NONCURRENT_BACKUP_DAYS
+                        ),
+                    )
+                ],
+                opts=kept,
+            )
+
+        # Alphanumeric: they go into connection URLs and config files unquoted.
+        self.passwords = pulumi.Output.secret(
+            pulumi.Output.all(
+                **{
+                    engine: random.RandomPassword(
+                        f"{name}-{engine}-password", length=PASSWORD_LENGTH, special=False, opts=child
+                    ).result
+                    for engine in settings.engines
+                }
+            )
+        )
+        self.private_ip = self.droplet.ipv4_address_private
+        route = remote.SshRoute(host=self.private_ip, key=key, jump_host=jump_host)
+        cert = ca.issue(
+            name, dns_names=[f"{settings.stack}-{name}"], ip_addresses=[self.private_ip], parent=self
+        )
+        remote.push(
+            f"{name}-tls-push",
+            route=route,
+            kind="tls",
+            files={"ca.crt": cert.ca_cert_pem, "server.crt": cert.cert_pem, "server.key": cert.key_pem},
+            parent=self,
+        )
+        remote.push(
+            f"{name}-secrets-push",
+            route=route,
+            kind="secrets",
+            files={"secrets.env": self.passwords.apply(datastore_files.secrets_env)},
+            parent=self,
+        )
+        self.register_outputs({"private_ip": self.private_ip})

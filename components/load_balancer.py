@@ -1,0 +1,90 @@
+"""The load balancer: the only droplet with public ports, and the SSH jump host."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_digitalocean as do
+
+import cloudinit
+from cloudinit import load_balancer as lb_files
+
+from . import conventions, remote
+from .network import Network
+from .pki import InternalCA
+from .settings import Settings
+
+
+class LoadBalancer(pulumi.ComponentResource):
+    public_ip: pulumi.Output[str]
+    private_ip: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        settings: Settings,
+        network: Network,
+        ca: InternalCA,
+        key: remote.AutomationKey,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("node-platform:index:LoadBalancer", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self._key = key
+        self.droplet = network.droplet(
+            name,
+            role=conventions.LOAD_BALANCER,
+            size=settings.lb_size,
+            user_data=key.public_key_openssh.apply(
+                lambda k: cloudinit.first_boot(conventions.LOAD_BALANCER, settings, k)
+            ),
+            parent=self,
+        )
+        # The address DNS points at: it outlives a replacement of the droplet.
+        self.reserved_ip = do.ReservedIp(f"{name}-ip", region=settings.region, opts=child)
+        do.ReservedIpAssignment(
+            f"{name}-ip-assignment",
+            ip_address=self.reserved_ip.ip_address,
+            droplet_id=self.droplet.id.apply(int),
+            opts=child,
+        )
+        if settings.dns_zone:
+            record = settings.domain.removesuffix(settings.dns_zone).rstrip(".") or "@"
+            do.DnsRecord(
+                f"{name}-dns",
+                domain=settings.dns_zone,
+                type="A",
+                name=record,
+                value=self.reserved_ip.ip_address,
+                ttl=300,
+                opts=child,
+            )
+        network.firewall(conventions.LOAD_BALANCER, parent=self)
+
+        self.public_ip = self.reserved_ip.ip_address
+        self.private_ip = self.droplet.ipv4_address_private
+        # pulumi-command reaches the LB directly and everything else through it.
+        self.jump_host = self.droplet.ipv4_address
+        self.route = remote.SshRoute(host=self.droplet.ipv4_address, key=key)
+        cert = ca.issue(
+            name, dns_names=[f"{settings.stack}-{name}", settings.domain], ip_addresses=[self.private_ip], parent=self
+        )
+        remote.push(
+            f"{name}-tls-push",
+            route=self.route,
+            kind="tls",
+            files={"ca.crt": cert.ca_cert_pem, "server.crt": cert.cert_pem, "server.key": cert.key_pem},
+            parent=self,
+        )
+        self.register_outputs({"public_ip": self.public_ip, "private_ip": self.private_ip})
+
+    def send_traffic_to(self, app_server_addresses: list[pulumi.Output[str]]) -> None:
+        """Push the upstream list; it changes with the pool, the LB droplet never does."""
+        upstreams = pulumi.Output.all(*app_server_addresses).apply(lambda ips: lb_files.upstreams(list(ips)))
+        remote.push(
+            f"{self._name}-upstreams-push",
+            route=self.route,
+            kind="upstreams",
+            files={"upstreams.conf": upstreams},
+            parent=self,
+        )

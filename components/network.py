@@ -1,0 +1,101 @@
+"""The stack's network: one VPC, role tags, and the cloud firewall of each role.
+
+Every droplet is created here, so each one lands in the VPC with its stack and role
+tags; firewalls attach by tag, so a new app server is covered the moment it exists.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_digitalocean as do
+
+from . import conventions, firewalls
+from .remote import AutomationKey
+from .settings import Settings
+
+
+class Network(pulumi.ComponentResource):
+    def __init__(
+        self, name: str, *, settings: Settings, key: AutomationKey, opts: pulumi.ResourceOptions | None = None
+    ):
+        super().__init__("node-platform:index:Network", name, None, opts)
+        self._settings = settings
+        child = pulumi.ResourceOptions(parent=self)
+        self.vpc = do.Vpc(
+            f"{name}-vpc",
+            name=f"{settings.stack}-vpc",
+            region=settings.region,
+            ip_range=settings.vpc_ip_range,
+            opts=child,
+        )
+        self.stack_tag = do.Tag(f"{name}-stack-tag", name=settings.stack, opts=child)
+        self.role_tags = {
+            role: do.Tag(f"{name}-{role}-tag", name=firewalls.role_tag(settings.stack, role), opts=child)
+            for role in conventions.ROLES
+        }
+        # Registered with the account so DigitalOcean e-mails no root password; the
+        # droplets' users and keys themselves come from cloud-init.
+        self.account_key = do.SshKey(
+            f"{name}-automation-key",
+            name=f"{settings.stack}-automation",
+            public_key=key.public_key_openssh,
+            opts=child,
+        )
+        self.register_outputs({"vpc_id": self.vpc.id})
+
+    def droplet(
+        self,
+        name: str,
+        *,
+        role: str,
+        size: str,
+        user_data: pulumi.Input[str],
+        parent: pulumi.Resource,
+        protect: bool = False,
+    ) -> do.Droplet:
+        settings = self._settings
+        return do.Droplet(
+            name,
+            name=f"{settings.stack}-{name}",
+            image=settings.image,
+            size=size,
+            region=settings.region,
+            vpc_uuid=self.vpc.id,
+            tags=[self.stack_tag.name, self.role_tags[role].name],
+            ssh_keys=[self.account_key.fingerprint],
+            user_data=user_data,
+            monitoring=True,
+            backups=settings.droplet_backups,
+            graceful_shutdown=True,
+            opts=pulumi.ResourceOptions(parent=parent, protect=protect),
+        )
+
+    def firewall(self, role: str, *, parent: pulumi.Resource) -> do.Firewall:
+        """The role's cloud firewall, from the matrix in `firewalls`."""
+        settings = self._settings
+        rules = firewalls.inbound_rules(
+            role, stack=settings.stack, admin_cidrs=settings.admin_cidrs, engines=settings.engines
+        )
+        return do.Firewall(
+            f"{role}-firewall",
+            name=f"{settings.stack}-{role}",
+            tags=[self.role_tags[role].name],
+            inbound_rules=[
+                do.FirewallInboundRuleArgs(
+                    protocol=rule.protocol,
+                    port_range=str(rule.port),
+                    source_addresses=list(rule.from_cidrs) or None,
+                    source_tags=list(rule.from_tags) or None,
+                )
+                for rule in rules
+            ],
+            outbound_rules=[
+                do.FirewallOutboundRuleArgs(
+                    protocol=rule.protocol,
+                    port_range=None if rule.protocol == "icmp" else "1-65535",
+                    destination_addresses=list(rule.to_cidrs),
+                )
+                for rule in firewalls.OUTBOUND
+            ],
+            opts=pulumi.ResourceOptions(parent=parent, depends_on=list(self.role_tags.values())),
+        )

@@ -1,0 +1,313 @@
+"""The stack's settings: every key, its default and its meaning in one table.
+
+`Settings.from_config` reads the keys of `Pulumi.<stack>.yaml` (without the project
+prefix), checks every one of them and raises one `SettingsError` that lists all the
+problems found, each naming the setting, the value and what is allowed. Nothing is
+registered with Pulumi before the settings are valid.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import conventions, prices
+
+REQUIRED = object()
+
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+REGIONS = (
+    "nyc1", "nyc3", "sfo2", "sfo3", "ams3", "sgp1", "lon1", "fra1", "tor1", "blr1",
+    "syd1", "atl1",
+)
+SPACES_REGIONS = ("nyc3", "sfo2", "sfo3", "ams3", "sgp1", "lon1", "fra1", "blr1", "syd1")
+IMAGES = ("ubuntu-24-04-x64", "debian-12-x64")
+NODE_MAJORS = (18, 20, 22, 24)
+MAX_APP_SERVERS = 50
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_EMAIL = re.compile(r"^[^@\s]+@([a-z0-9-]+\.)+[a-z]{2,63}$", re.IGNORECASE)
+_SSH_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com)"
+    r" [A-Za-z0-9+/]+={0,3}( .*)?$"
+)
+
+
+class SettingsError(ValueError):
+    """All the problems found in a stack's settings, one per line."""
+
+    def __init__(self, stack: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"Pulumi.{stack}.yaml has {len(problems)} bad setting(s):\n{lines}")
+
+
+class Invalid(ValueError):
+    """Raised by a parser with the text of what is allowed."""
+
+
+# --- Parsers: each takes the raw value and returns the typed one, or raises Invalid ----
+
+
+def _decoded(raw: Any) -> Any:
+    """Pulumi hands structured values over as JSON text."""
+    if isinstance(raw, str) and raw[:1] in "[{":
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            pass
+    return raw
+
+
+def whole_number(low: int, high: int) -> Callable[[Any], int]:
+    def parse(raw: Any) -> int:
+        allowed = f"a whole number from {low} to {high}"
+        if isinstance(raw, bool):
+            raise Invalid(allowed)
+        try:
+            value = int(str(raw), 10)
+        except ValueError:
+            raise Invalid(allowed) from None
+        if not low <= value <= high:
+            raise Invalid(allowed)
+        return value
+
+    return parse
+
+
+def one_of(choices: tuple) -> Callable[[Any], Any]:
+    def parse(raw: Any) -> Any:
+        for choice in choices:
+            if str(raw) == str(choice):
+                return choice
+        raise Invalid("one of " + ", ".join(str(c) for c in choices))
+
+    return parse
+
+
+def boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if str(raw).lower() in ("true", "false"):
+        return str(raw).lower() == "true"
+    raise Invalid("true or false")
+
+
+def domain_name(raw: Any) -> str:
+    value = str(raw)
+    if not _DOMAIN.match(value):
+        raise Invalid("a lower-case DNS name such as app.example.com")
+    return value
+
+
+def optional_domain_name(raw: Any) -> str:
+    return "" if raw in (None, "") else domain_name(raw)
+
+
+def email(raw: Any) -> str:
+    value = str(raw)
+    if not _EMAIL.match(value):
+        raise Invalid("an e-mail address such as ops@example.com")
+    return value
+
+
+def https_url(raw: Any) -> str:
+    value = str(raw)
+    if not re.match(r"^https://[^\s/]+(/\S*)?$", value):
+        raise Invalid("an https:// URL")
+    return value
+
+
+def cidr_list(raw: Any) -> tuple[str, ...]:
+    allowed = "a non-empty list of CIDRs such as [203.0.113.7/32]"
+    value = _decoded(raw)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise Invalid(allowed)
+    cidrs = []
+    for item in value:
+        try:
+            cidrs.append(str(ipaddress.ip_network(str(item), strict=True)))
+        except ValueError:
+            raise Invalid(f"{allowed} ({item!r} is not one)") from None
+    return tuple(cidrs)
+
+
+def vpc_range(raw: Any) -> str:
+    allowed = "a private (RFC 1918) IPv4 range from /16 to /24, such as 10.110.0.0/20"
+    try:
+        network = ipaddress.ip_network(str(raw), strict=True)
+    except ValueError:
+        raise Invalid(allowed) from None
+    if network.version != 4 or not network.is_private or not 16 <= network.prefixlen <= 24:
+        raise Invalid(allowed)
+    return str(network)
+
+
+def ssh_public_keys(raw: Any) -> tuple[str, ...]:
+    allowed = "a non-empty list of OpenSSH public keys (ssh-ed25519 AAAA... you@host)"
+    value = _decoded(raw)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise Invalid(allowed)
+    for key in value:
+        if not _SSH_KEY.match(str(key).strip()):
+            raise Invalid(f"{allowed}; {str(key)[:24]!r}... is not one")
+    return tuple(str(key).strip() for key in value)
+
+
+def engine_set(raw: Any) -> tuple[str, ...]:
+    allowed = "a list drawn from " + ", ".join(conventions.ENGINES) + " (may be empty)"
+    value = _decoded(raw)
+    if not isinstance(value, list):
+        raise Invalid(allowed)
+    unknown = [str(v) for v in value if v not in conventions.ENGINES]
+    if unknown:
+        raise Invalid(f"{allowed}; unknown: {', '.join(unknown)}")
+    # Keep the canonical order so that the same set always renders the same files.
+    return tuple(e for e in conventions.ENGINES if e in value)
+
+
+droplet_size = one_of(tuple(prices.DROPLET_MONTHLY))
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: Any
+    parse: Callable[[Any], Any]
+    meaning: str
+
+
+# The one table of settings: the README's settings reference is checked against it.
+SETTINGS = (
+    Setting("region", "nyc3", one_of(REGIONS), "DigitalOcean region of every resource."),
+    Setting("image", "ubuntu-24-04-x64", one_of(IMAGES), "Droplet image of every role."),
+    Setting("lbSize", "s-1vcpu-1gb", droplet_size, "Droplet size of the load balancer."),
+    Setting("appSize", "s-1vcpu-2gb", droplet_size, "Droplet size of each app server."),
+    Setting("datastoreSize", "s-2vcpu-4gb", droplet_size, "Droplet size of the datastore."),
+    Setting("appServerCount", 2, whole_number(1, MAX_APP_SERVERS),
+            "How many app servers; change it to scale."),
+    Setting("volumeSizeGb", 20, whole_number(1, 16384),
+            "Size in GiB of the datastore's block volume (it can only grow)."),
+    Setting("domain", REQUIRED, domain_name, "Public name of the platform; the TLS certificate's name."),
+    Setting("dnsZone", "", optional_domain_name,
+            "A DigitalOcean-hosted DNS zone holding `domain`; when set, its A record is managed."),
+    Setting("acmeEmail", REQUIRED, email, "Contact address for the ACME (Let's Encrypt) account."),
+    Setting("acmeDirectory", LETS_ENCRYPT, https_url,
+            "ACME directory URL; staging stacks use Let's Encrypt's staging directory."),
+    Setting("adminCidrs", REQUIRED, cidr_list,
+            "Addresses allowed to SSH to the load balancer (the jump host)."),
+    Setting("sshPublicKeys", REQUIRED, ssh_public_keys,
+            f"Operators' public keys, for the `{conventions.OPERATOR_USER}` user on every droplet."),
+    Setting("engines", list(conventions.ENGINES), engine_set,
+            "Datastore engines to install and open; any subset."),
+    Setting("vpcIpRange", "10.110.0.0/20", vpc_range, "Private range of the stack's VPC."),
+    Setting("nodeMajor", 22, one_of(NODE_MAJORS), "Node.js major version on the app servers."),
+    Setting("backups", True, boolean,
+            "Back the datastore up to a Spaces bucket (created in the stack)."),
+    Setting("backupHourUtc", 3, whole_number(0, 23), "Hour (UTC) of the daily backup."),
+    Setting("backupKeepDaily", 7, whole_number(1, 366), "Daily backups kept."),
+    Setting("backupKeepWeekly", 4, whole_number(0, 104), "Weekly backups kept."),
+    Setting("backupKeepMonthly", 6, whole_number(0, 120), "Monthly backups kept."),
+    Setting("spacesRegion", "", one_of(("",) + SPACES_REGIONS),
+            "Region of the backup bucket; empty means the stack's region."),
+    Setting("dropletBackups", False, boolean, "DigitalOcean's weekly droplet backups too."),
+    Setting("protectData", False, boolean,
+            "Protect the datastore droplet and volume from deletion (production)."),
+)
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A stack's checked settings. Build with `from_config`; field names are snake_case."""
+
+    stack: str
+    region: str
+    image: str
+    lb_size: str
+    app_size: str
+    datastore_size: str
+    app_server_count: int
+    volume_size_gb: int
+    domain: str
+    dns_zone: str
+    acme_email: str
+    acme_directory: str
+    admin_cidrs: tuple[str, ...]
+    ssh_public_keys: tuple[str, ...]
+    engines: tuple[str, ...]
+    vpc_ip_range: str
+    node_major: int
+    backups: bool
+    backup_hour_utc: int
+    backup_keep_daily: int
+    backup_keep_weekly: int
+    backup_keep_monthly: int
+    spaces_region: str
+    droplet_backups: bool
+    protect_data: bool
+
+    @classmethod
+    def from_config(cls, stack: str, raw: dict[str, Any]) -> "Settings":
+        problems: list[str] = []
+        for key in raw:
+            if key not in _BY_KEY:
+                close = difflib.get_close_matches(key, _BY_KEY, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                problems.append(f"{key}: not a setting of this program{hint}")
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            value = raw.get(setting.key, setting.default)
+            if value is REQUIRED:
+                problems.append(f"{setting.key}: missing; it must be set ({setting.meaning})")
+                continue
+            try:
+                values[_snake(setting.key)] = setting.parse(value)
+            except Invalid as allowed:
+                problems.append(f"{setting.key}: {_shown(value)} is not allowed: {allowed}")
+        if not problems:
+            problems += _cross_checks(values)
+        if problems:
+            raise SettingsError(stack, problems)
+        if not values["spaces_region"]:
+            values["spaces_region"] = values["region"]
+        return cls(stack=stack, **values)
+
+
+def _cross_checks(values: dict[str, Any]) -> list[str]:
+    problems = []
+    zone, domain = values["dns_zone"], values["domain"]
+    if zone and not (domain == zone or domain.endswith("." + zone)):
+        problems.append(f"dnsZone: {zone!r} is not allowed: a zone that contains domain {domain!r}")
+    if values["backups"] and not values["spaces_region"] and values["region"] not in SPACES_REGIONS:
+        problems.append(
+            f"spacesRegion: '' is not allowed when region is {values['region']!r} (no Spaces "
+            f"there): one of {', '.join(SPACES_REGIONS)}"
+        )
+    return problems
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
+
+
+def _shown(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def stack_config(project: str, config: dict[str, Any]) -> dict[str, Any]:
+    """This project's keys of a Pulumi config map, without the `project:` prefix."""
+    prefix = project + ":"
+    return {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}

@@ -1,0 +1,245 @@
+"""The program under the Pulumi SDK's mock engine, with providers that behave like the real ones.
+
+Droplets get addresses from the VPC range and from an emulated public range; pulumi-tls
+resources produce real keys and certificates; passwords are real random strings. The
+tests assert on the recorded graph, and the local cloud boots it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import hashlib
+import ipaddress
+import itertools
+import json
+import runpy
+import secrets
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from components import conventions
+from components.settings import Settings, stack_config
+
+ROOT = Path(__file__).resolve().parent.parent
+# Documentation range (RFC 5737): never a real host's address.
+PUBLIC_RANGE = ipaddress.ip_network("198.51.100.0/24")
+
+
+def stack_file_config(stack: str) -> dict[str, Any]:
+    """The `config:` block of Pulumi.<stack>.yaml, without the project prefix."""
+    document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
+    return stack_config(conventions.PROJECT, document.get("config") or {})
+
+
+def stack_settings(stack: str, **overrides: Any) -> Settings:
+    return Settings.from_config(stack, {**stack_file_config(stack), **overrides})
+
+
+# How the engine marks a secret value in the inputs it hands to mocks.
+SECRET_SIGNATURE = "4dabf18193072939515e22adb298388d"
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and SECRET_SIGNATURE in value
+
+
+def plain(value: Any) -> Any:
+    """The value with every secret wrapper removed."""
+    if is_secret(value):
+        return plain(value["value"])
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+@dataclass
+class Resource:
+    type: str
+    name: str
+    id: str
+    inputs: dict[str, Any]  # as the engine sent them: secrets still wrapped
+    state: dict[str, Any]  # plain values
+
+
+class ProviderMocks(pulumi.runtime.Mocks):
+    """Answers the engine the way DigitalOcean, tls, random and command would."""
+
+    def __init__(self, vpc_range: str):
+        self.resources: list[Resource] = []
+        self._ids = itertools.count(100000)
+        self._private = (str(ip) for ip in ipaddress.ip_network(vpc_range).hosts())
+        hosts = PUBLIC_RANGE.hosts()
+        next(hosts)  # the first address is the emulated gateway
+        self._public = (str(ip) for ip in hosts)
+        self._keys: dict[str, Any] = {}  # private key PEM -> key object
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        inputs = plain(args.inputs)
+        state = dict(args.inputs)
+        make = getattr(self, "_" + args.typ.split(":")[-1].replace("/", "_"), None)
+        if make:
+            state.update(make(inputs))
+        resource_id = str(next(self._ids))
+        self.resources.append(Resource(args.typ, args.name, resource_id, dict(args.inputs), plain(state)))
+        return resource_id, state
+
+    # --- DigitalOcean ------------------------------------------------------------------
+    def _Droplet(self, inputs):
+        return {"ipv4Address": next(self._public), "ipv4AddressPrivate": next(self._private), "status": "active"}
+
+    def _ReservedIp(self, inputs):
+        return {"ipAddress": next(self._public)}
+
+    def _SshKey(self, inputs):
+        blob = base64.b64decode(inputs["publicKey"].split()[1])
+        return {"fingerprint": ":".join(f"{b:02x}" for b in hashlib.md5(blob).digest())}
+
+    def _Vpc(self, inputs):
+        return {"urn": "do:vpc"}
+
+    def _Volume(self, inputs):
+        return {"dropletIds": []}
+
+    def _SpacesBucket(self, inputs):
+        return {"bucketDomainName": f"{inputs['name']}.{inputs['region']}.digitaloceanspaces.com"}
+
+    # --- random --------------------------------------------------------------------------
+    def _RandomPassword(self, inputs):
+        alphabet = string.ascii_letters + string.digits
+        return {"result": "".join(secrets.choice(alphabet) for _ in range(int(inputs["length"])))}
+
+    # --- tls: real keys and certificates --------------------------------------------------
+    def _PrivateKey(self, inputs):
+        if inputs.get("algorithm") == "ED25519":
+            key = ed25519.Ed25519PrivateKey.generate()
+            openssh = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            ).decode()
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
+            openssh = ""
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        self._keys[pem] = key
+        public = key.public_key()
+        return {
+            "privateKeyPem": pem,
+            "privateKeyOpenssh": openssh or pem,
+            "publicKeyPem": public.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ).decode(),
+            "publicKeyOpenssh": public.public_bytes(
+                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+            ).decode()
+            + "\n",
+        }
+
+    def _SelfSignedCert(self, inputs):
+        key = self._keys[inputs["privateKeyPem"]]
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, inputs["subject"]["commonName"])])
+        cert = (
+            _builder(name, name, key.public_key(), int(inputs["validityPeriodHours"]))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return {"certPem": cert.public_bytes(serialization.Encoding.PEM).decode()}
+
+    def _CertRequest(self, inputs):
+        key = self._keys[inputs["privateKeyPem"]]
+        names = [x509.DNSName(n) for n in inputs.get("dnsNames", [])]
+        names += [x509.IPAddress(ipaddress.ip_address(a)) for a in inputs.get("ipAddresses", [])]
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, inputs["subject"]["commonName"])]))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return {"certRequestPem": csr.public_bytes(serialization.Encoding.PEM).decode()}
+
+    def _LocallySignedCert(self, inputs):
+        csr = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
+        ca_cert = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
+        ca_key = self._keys[inputs["caPrivateKeyPem"]]
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        cert = (
+            _builder(csr.subject, ca_cert.subject, csr.public_key(), int(inputs["validityPeriodHours"]))
+            .add_extension(san, critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        return {"certPem": cert.public_bytes(serialization.Encoding.PEM).decode()}
+
+
+def _builder(subject, issuer, public_key, hours: int) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=hours))
+    )
+
+
+@dataclass
+class Deployment:
+    """What one run of the program registered, and its resolved outputs."""
+
+    settings: Settings
+    resources: list[Resource]
+    outputs: dict[str, Any]
+    secret_outputs: dict[str, bool] = field(default_factory=dict)
+
+    def of_type(self, suffix: str) -> list[Resource]:
+        return [r for r in self.resources if r.type.endswith(suffix)]
+
+    def named(self, name: str) -> Resource:
+        (found,) = [r for r in self.resources if r.name == name]
+        return found
+
+
+def build_program():
+    """The program's `build` function, loaded the way Pulumi loads __main__.py."""
+    return runpy.run_path(str(ROOT / "__main__.py"), run_name="platform_program")["build"]
+
+
+def deploy(settings: Settings) -> Deployment:
+    """Run the program once under the mock engine and resolve its outputs."""
+    mocks = ProviderMocks(settings.vpc_ip_range)
+    pulumi.runtime.set_mocks(mocks, project=conventions.PROJECT, stack=settings.stack, preview=False)
+    build = build_program()
+    result: dict[str, Any] = {}
+
+    @pulumi.runtime.test
+    def run():
+        outputs = build(settings)
+        return pulumi.Output.all(**outputs).apply(result.update)
+
+    run()
+    return Deployment(settings=settings, resources=mocks.resources, outputs=result)
