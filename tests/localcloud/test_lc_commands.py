@@ -1,0 +1,112 @@
+"""Command builders: the exact argument lists the local cloud runs."""
+
+import subprocess
+from pathlib import Path
+
+from localcloud import config, droplet, image, network, volume
+
+
+def test_droplet_net_addresses_and_ports():
+    net = network.DropletNet("app-1", 2, "10.20.0.0/24")
+    assert (net.public_ip, net.vpc_ip) == ("198.51.100.12", "10.20.0.4")
+    assert (net.public_port, net.vpc_port, net.netns) == ("pub2", "vpc2", "lc-app-1")
+    # the emulated public range avoids the machine's own and the mirror's ranges
+    assert not config.PUBLIC_NET.overlaps(__import__("ipaddress").ip_network("192.0.2.0/24"))
+    assert not config.PUBLIC_NET.overlaps(__import__("ipaddress").ip_network("203.0.113.0/24"))
+
+
+def test_veth_is_created_with_each_end_in_its_namespace():
+    assert network.veth_pair("pub0", "lc-switch", "eth0", "lc-app") == [
+        "ip", "link", "add", "pub0", "netns", "lc-switch", "type", "veth", "peer", "name", "eth0",
+        "netns", "lc-app"]
+    assert network.veth_pair("lc-host", None, "host0", "lc-switch")[:5] == [
+        "ip", "link", "add", "lc-host", "type"]
+
+
+def test_nspawn_command_has_the_flags_the_notes_require():
+    cmd = droplet.nspawn_command("web", droplet.Paths("web"), [("/dev/loop3", volume.device_path("data"))])
+    assert cmd[:6] == ["systemd-nspawn", "-D", str(config.DROPLETS_DIR / "web" / "root"), "-M", "web", "-b"]
+    for flag in ("--register=no", "--keep-unit", "--console=read-only",
+                 "--network-namespace-path=/run/netns/lc-web",
+                 "--bind=/dev/loop3:/dev/disk/by-id/scsi-0DO_Volume_data"):
+        assert flag in cmd
+
+
+def test_launcher_moves_into_droplet_cgroups_before_nspawn():
+    cmd = droplet.launcher_command("web", ["systemd-nspawn", "-b"])
+    assert cmd[:2] == ["sh", "-c"]
+    sep = cmd.index("--")
+    assert cmd[4:sep] == ["/sys/fs/cgroup/systemd/lc-web", "/sys/fs/cgroup/unified/lc-web"]
+    assert cmd[sep + 1:] == ["systemd-nspawn", "-b"]
+
+
+def test_launcher_script_restarts_on_reboot_exit_code_only(tmp_path):
+    """Run the real launcher script with plain dirs as cgroups and a fake nspawn."""
+    runs = tmp_path / "runs"
+    fake = tmp_path / "fake-nspawn"
+    # exits 133 (reboot) twice, then 7 (anything else ends the launcher)
+    fake.write_text(f'#!/bin/sh\necho x >> {runs}\nn=$(wc -l < {runs})\n'
+                    f'[ "$n" -lt 3 ] && exit {config.NSPAWN_REBOOT_EXIT}\nexit 7\n')
+    fake.chmod(0o755)
+    cg = tmp_path / "cg"
+    proc = subprocess.run(["sh", "-c", droplet.LAUNCHER_SCRIPT, "x", str(cg), "--", str(fake)],
+                          capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 7
+    assert runs.read_text().count("x") == 3
+    assert (cg / "cgroup.procs").read_text().strip().isdigit()
+
+
+def test_exec_command_enters_all_namespaces_with_a_clean_environment():
+    cmd = droplet.exec_command(1234, ["cloud-init", "status"])
+    assert cmd[:4] == ["nsenter", "-t", "1234", "-a"]
+    assert cmd[-2:] == ["cloud-init", "status"]
+    assert "-i" in cmd
+
+
+def test_nocloud_meta_data():
+    assert droplet.meta_data("db") == "instance-id: db\nlocal-hostname: db\n"
+
+
+def test_overlay_mount_command():
+    p = droplet.Paths("db")
+    assert droplet.overlay_mount_command(Path("/img"), p) == [
+        "mount", "-t", "overlay", "overlay", "-o",
+        f"lowerdir=/img,upperdir={p.upper},workdir={p.work}", str(p.root)]
+
+
+def test_debootstrap_command_uses_given_mirror_and_includes():
+    cmd = image.debootstrap_command(Path("/r"), "http://mirror.test/debian")
+    assert cmd[:2] == ["debootstrap", "--variant=minbase"]
+    assert cmd[2] == "--include=" + ",".join(config.DEBOOTSTRAP_INCLUDE)
+    assert cmd[-3:] == ["bookworm", "/r", "http://mirror.test/debian"]
+    assert "sudo" in config.DEBOOTSTRAP_INCLUDE and "systemd-sysv" in config.DEBOOTSTRAP_INCLUDE
+
+
+def test_image_settings_text():
+    assert "datasource_list: [NoCloud, None]" in image.CLOUD_CFG
+    assert "network: {config: disabled}" in image.CLOUD_CFG
+    assert image.apt_proxy_conf("http://p:1") == (
+        'Acquire::http::Proxy "http://p:1";\nAcquire::https::Proxy "http://p:1";\n')
+    assert "https-proxy=http://p:1" in image.npmrc("http://p:1")
+
+
+CERT = "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----"
+
+
+def test_extra_host_cas_are_those_missing_from_the_image_bundle():
+    stock = CERT.format("AAAA") + "\n" + CERT.format("BBBB")
+    host = CERT.format("AAAA") + "\n\n" + CERT.format("CCCC\nDDDD")
+    assert image.extra_host_cas(host, stock) == [CERT.format("CCCC\nDDDD")]
+    assert image.extra_host_cas(stock, stock) == []
+
+
+def test_recipe_hash_follows_the_recipe():
+    r = {"a": 1, "b": [1, 2]}
+    assert image.recipe_hash(r) == image.recipe_hash({"b": [1, 2], "a": 1})
+    assert image.recipe_hash(r) != image.recipe_hash({"a": 2, "b": [1, 2]})
+
+
+def test_volume_paths_and_commands():
+    assert volume.device_path("pgdata") == "/dev/disk/by-id/scsi-0DO_Volume_pgdata"
+    assert volume.losetup_attach_command(Path("/v.img")) == ["losetup", "--find", "--show", "/v.img"]
+    assert volume.mkfs_command("ext4", "/v.img", "pgdata") == ["mkfs.ext4", "-q", "-L", "pgdata", "/v.img"]
