@@ -1,0 +1,80 @@
+"""Shared fixtures for the role tests: the stacks' settings and rendered role files.
+
+A check whose tool is missing fails (it never skips): a skipped check would read as
+a pass. `require_tool` names the Debian package to install.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import cloudinit  # noqa: E402
+import mockcloud  # noqa: E402
+from components import conventions  # noqa: E402
+
+STACKS = ("staging", "production")
+ROLES = conventions.ROLES
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: boots a container (systemd-nspawn); runs in CI, deselect with -m 'not slow'")
+
+
+@pytest.fixture(scope="session")
+def staging_settings():
+    return mockcloud.stack_settings("staging")
+
+
+@pytest.fixture(scope="session")
+def production_settings():
+    return mockcloud.stack_settings("production")
+
+
+@pytest.fixture(scope="session", params=STACKS)
+def stack_settings(request):
+    """Each stack's settings in turn (the test runs once per stack)."""
+    return mockcloud.stack_settings(request.param)
+
+
+def render_role_into(role: str, settings, root: Path) -> dict[str, Path]:
+    """Writes every first-boot file of `role` under `root` at its droplet path.
+
+    Returns {droplet path: file under root}. Modes follow the role's declarations.
+    """
+    written = {}
+    modes = {p.path: p.mode for p in cloudinit.programs(role)}
+    modes.update({f.path: f.mode for f in cloudinit.config_files(role, settings)})
+    for path, content in cloudinit.rendered_files(role, settings).items():
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+        target.chmod(int(modes[path], 8))
+        written[path] = target
+    return written
+
+
+@pytest.fixture
+def render_role(tmp_path):
+    """render_role(role, settings) -> {droplet path: rendered file in a temp root}."""
+    roots = iter(range(1000))
+
+    def render(role: str, settings) -> dict[str, Path]:
+        return render_role_into(role, settings, tmp_path / f"{role}-{settings.stack}-{next(roots)}")
+
+    return render
+
+
+def require_tool(name: str, package: str) -> str:
+    """The tool's path; fails the test (never skips) when it is not installed."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if not path:
+        pytest.fail(f"{name} is not installed: apt-get install {package}")
+    return path
