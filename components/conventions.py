@@ -53,10 +53,37 @@ APP_USER = "app"          # runs the Node.js apps under pm2
 DEPLOY_USER = "deploy"    # may write releases and reload pm2, nothing else
 BACKUP_USER = "backup"    # reads what backups need, writes the backup spool
 
+
+@dataclass(frozen=True)
+class ServiceUser:
+    """A service account a role creates at provisioning; it has no password."""
+
+    name: str
+    home: str
+    # Logs in over SSH with keys (sshd's AllowUsers lists it); others get no shell.
+    ssh_login: bool = False
+
+
+# The one place that says which accounts exist where: nothing else is created, so a
+# role holds only the accounts it needs. (Debian and Ubuntu already ship a `backup`
+# system user, meant for this; provisioning keeps it as it is.)
+ROLE_USERS = {
+    LOAD_BALANCER: (),
+    APP_SERVER: (
+        ServiceUser(APP_USER, "/home/app"),
+        ServiceUser(DEPLOY_USER, "/home/deploy", ssh_login=True),
+    ),
+    DATASTORE: (ServiceUser(BACKUP_USER, "/var/backups"),),
+}
+# Group that may read the droplet's TLS key (services add their own user to it).
+TLS_KEY_GROUP = "platform-tls"
+
 # --- Paths on the droplets -----------------------------------------------------------
 PLATFORM_ETC = "/etc/platform"
 PLATFORM_STATE = "/var/lib/platform"
-PROVISION_LOG = "/var/log/platform/provision.log"
+# Every log the platform writes goes here as *.log (logrotate rotates them all).
+PLATFORM_LOG_DIR = "/var/log/platform"
+PROVISION_LOG = f"{PLATFORM_LOG_DIR}/provision.log"
 PROVISIONED_MARKER = f"{PLATFORM_STATE}/provisioned"
 PROVISION_FAILED_MARKER = f"{PLATFORM_STATE}/provision-failed"
 PROVISION_COMMAND = "/usr/local/sbin/platform-provision"
