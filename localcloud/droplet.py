@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import config, network, shell, state
 
+VOLUME_DIR_INSIDE = "/dev/disk/by-id"   # where DigitalOcean volumes appear
 DROPLET_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # argv: CGROUP_DIR... -- NSPAWN_ARGV...
@@ -54,6 +55,10 @@ class Paths:
         return self.base / "work"
 
     @property
+    def by_id(self) -> Path:       # bound over the droplet's /dev/disk/by-id (volumes)
+        return self.base / "by-id"
+
+    @property
     def console_log(self) -> Path:
         return self.base / "console.log"
 
@@ -73,12 +78,12 @@ def overlay_mount_command(image_rootfs: Path, p: Paths) -> shell.Command:
             f"lowerdir={image_rootfs},upperdir={p.upper},workdir={p.work}", str(p.root)]
 
 
-def nspawn_command(name: str, p: Paths, binds: list[tuple[str, str]] = ()) -> shell.Command:
+def nspawn_command(name: str, p: Paths) -> shell.Command:
     return ["systemd-nspawn", "-D", str(p.root), "-M", name, "-b",
             "--register=no", "--keep-unit",     # no host systemd: --register=no alone fails
             "--console=read-only",
             f"--network-namespace-path={network.netns_path(network.netns_name(name))}",
-            *[f"--bind={host}:{inside}" for host, inside in binds]]
+            f"--bind={p.by_id}:{VOLUME_DIR_INSIDE}"]
 
 
 def launcher_command(name: str, nspawn: shell.Command) -> shell.Command:
@@ -170,8 +175,9 @@ def start(name: str) -> int:
     p = Paths(name)
     log = open(p.console_log, "ab")
     from . import volume   # volume builds on this module
-    nspawn = nspawn_command(name, p, volume.boot_binds(name))
-    proc = subprocess.Popen(launcher_command(name, nspawn),
+    p.by_id.mkdir(parents=True, exist_ok=True)
+    volume.refresh(name)
+    proc = subprocess.Popen(launcher_command(name, nspawn_command(name, p)),
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     with state.editing() as s:

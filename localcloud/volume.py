@@ -1,23 +1,25 @@
 """Block-storage volumes: a sparse file on the host, a loop device, and a device node
 inside the droplet at the path DigitalOcean uses, /dev/disk/by-id/scsi-0DO_Volume_NAME.
 
-Measured here: the droplets' devices cgroup is the root one (the launcher moves only
-the name=systemd and unified hierarchies), so a block node made in the container's
-/dev works. A running droplet gets the node by `mknod` inside it (hot attach); a
-droplet that boots with the volume gets it by `--bind=/dev/loopN:PATH` of nspawn,
-because nspawn gives the container a fresh /dev at every boot. The container has no
-udev: nothing else appears under /dev/disk, and systemd never sees a .device unit for
-the node, so an fstab line for it should carry `nofail` (DigitalOcean's own docs
-add it too) or use `mount` directly.
+How the node gets inside (measured here): every droplet boots with a host directory
+of its own bound over /dev/disk/by-id (nspawn gives the container a fresh /dev at each
+boot, so a node made inside would vanish at reboot). Attaching makes the block node in
+that host directory with mknod: it shows inside at once (hot attach) and after every
+reboot. The droplets' devices cgroup is the root one (the launcher moves only the
+name=systemd and unified hierarchies), so the container may open and mount it. The
+container has no udev: nothing else appears under /dev/disk, and systemd never sees a
+.device unit for the node, so an fstab line for it should carry `nofail` (as
+DigitalOcean's own instructions do) or the role should use `mount` directly.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from . import config, droplet, shell, state
 
-DEVICE_DIR = "/dev/disk/by-id"
+DEVICE_DIR = droplet.VOLUME_DIR_INSIDE
 
 
 def device_path(volume: str) -> str:
@@ -67,35 +69,41 @@ def ensure_loop(volume: str) -> str:
 
 
 def major_minor(device: str) -> tuple[int, int]:
-    import os
     st = os.stat(device)
     return os.major(st.st_rdev), os.minor(st.st_rdev)
 
 
+def node_name(volume: str) -> str:
+    return device_path(volume).rsplit("/", 1)[1]
+
+
+def mknod_command(node: Path, loop: str) -> shell.Command:
+    major, minor = major_minor(loop)
+    return ["mknod", "-m", "0660", str(node), "b", str(major), str(minor)]
+
+
 def attach(name: str, volume: str) -> str:
-    """Present the volume to droplet `name`; returns the path it has inside."""
+    """Present the volume to droplet `name` (running or not); returns its path inside."""
     loop = ensure_loop(volume)
+    node = droplet.Paths(name).by_id / node_name(volume)
+    node.parent.mkdir(parents=True, exist_ok=True)
+    node.unlink(missing_ok=True)
+    shell.run(mknod_command(node, loop))
     with state.editing() as s:
         s["droplets"].setdefault(name, {}).setdefault("volumes", {})[volume] = loop
-    if droplet.is_running(name):
-        major, minor = major_minor(loop)
-        droplet.exec(name, ["mkdir", "-p", DEVICE_DIR])
-        droplet.exec(name, ["rm", "-f", device_path(volume)])
-        droplet.exec(name, ["mknod", "-m", "0660", device_path(volume), "b", str(major), str(minor)])
     return device_path(volume)
 
 
 def detach(name: str, volume: str) -> None:
+    (droplet.Paths(name).by_id / node_name(volume)).unlink(missing_ok=True)
     with state.editing() as s:
         s["droplets"].get(name, {}).get("volumes", {}).pop(volume, None)
-    if droplet.is_running(name):
-        droplet.exec(name, ["rm", "-f", device_path(volume)])
 
 
-def boot_binds(name: str) -> list[tuple[str, str]]:
-    """nspawn binds for the volumes recorded for `name`, re-attaching loops if needed."""
-    vols = state.load()["droplets"].get(name, {}).get("volumes", {})
-    return [(ensure_loop(v), device_path(v)) for v in sorted(vols)]
+def refresh(name: str) -> None:
+    """Before a boot: re-make the nodes, since loop numbers can change between runs."""
+    for vol in state.load()["droplets"].get(name, {}).get("volumes", {}):
+        attach(name, vol)
 
 
 def our_loops() -> list[str]:

@@ -24,11 +24,11 @@ def test_veth_is_created_with_each_end_in_its_namespace():
 
 
 def test_nspawn_command_has_the_flags_the_notes_require():
-    cmd = droplet.nspawn_command("web", droplet.Paths("web"), [("/dev/loop3", volume.device_path("data"))])
+    cmd = droplet.nspawn_command("web", droplet.Paths("web"))
     assert cmd[:6] == ["systemd-nspawn", "-D", str(config.DROPLETS_DIR / "web" / "root"), "-M", "web", "-b"]
     for flag in ("--register=no", "--keep-unit", "--console=read-only",
                  "--network-namespace-path=/run/netns/lc-web",
-                 "--bind=/dev/loop3:/dev/disk/by-id/scsi-0DO_Volume_data"):
+                 f"--bind={config.DROPLETS_DIR}/web/by-id:/dev/disk/by-id"):
         assert flag in cmd
 
 
