@@ -48,7 +48,7 @@ class AppServerPool(pulumi.ComponentResource):
             route = remote.SshRoute(host=droplet.ipv4_address_private, key=key, jump_host=jump_host)
             cert = ca.issue(
                 member,
-                dns_names=[f"{settings.stack}-{member}"],
+                dns_names=[f"{settings.stack}-{member}", conventions.app_pool_tls_name(settings.stack)],
                 ip_addresses=[droplet.ipv4_address_private],
                 parent=self,
             )

@@ -105,6 +105,37 @@ VOLUME_DEVICE_PREFIX = "/dev/disk/by-id/scsi-0DO_Volume_"
 DATA_MOUNT = "/mnt/data"
 
 LB_UPSTREAMS_FILE = "/etc/nginx/platform/upstreams.conf"
+# The LB's public certificate as nginx reads it: links to a self-signed pair until certbot
+# has the real one, then to certbot's live files (certbot --cert-name LB_CERT_NAME).
+LB_CERT_NAME = "platform"
+LB_PUBLIC_CERT_PATH = f"{TLS_DIR}/public/fullchain.pem"
+LB_PUBLIC_KEY_PATH = f"{TLS_DIR}/public/privkey.pem"
+ACME_WEBROOT = "/var/www/acme"
+CERTIFICATE_COMMAND = "/usr/local/sbin/platform-certificate"
+# certbot runs this after every issue or renewal: relink, nginx -t, reload.
+CERTIFICATE_DEPLOY_HOOK = "/usr/local/sbin/platform-certificate-deployed"
+# Written at provisioning from the droplet's own resolvers (for OCSP stapling).
+LB_RESOLVER_FILE = "/etc/nginx/platform/resolver.conf"
+MAINTENANCE_ROOT = "/var/www/maintenance"
+
+
+def app_pool_tls_name(stack: str) -> str:
+    """A name every app server's certificate carries, so the LB verifies any of them by it."""
+    return f"{stack}-app"
+
+
+# --- The apps on an app server --------------------------------------------------------
+# The login the apps use on every engine, and their database / vhost (the datastore
+# creates them; the app servers' .env names them).
+DATASTORE_APP_USER = "app"
+DATASTORE_APP_DATABASE = "app"
+PM2_MAJOR = 5
+PM2_HOME = f"{APP_ROOT}/.pm2"
+PM2_LOG_DIR = "/var/log/platform/pm2"
+ECOSYSTEM_FILE = f"{APP_ROOT}/ecosystem.config.js"
+APPS_UNIT = "platform-apps"
+# The one command the deploy user may run with sudo: a graceful pm2 reload.
+RELOAD_APPS_COMMAND = "/usr/local/sbin/platform-reload-apps"
 
 # The size DigitalOcean allows for a droplet's user_data.
 USER_DATA_LIMIT_BYTES = 64 * 1024
