@@ -107,6 +107,27 @@ APP_ENV_FILE = f"{APP_ROOT}/shared/.env"
 # The datastore's block volume, by its stable id, and where it is mounted.
 VOLUME_DEVICE_PREFIX = "/dev/disk/by-id/scsi-0DO_Volume_"
 DATA_MOUNT = "/mnt/data"
+# DigitalOcean formats a new volume with this filesystem and label.
+VOLUME_FILESYSTEM = "ext4"
+VOLUME_LABEL = "platform-data"
+
+
+def volume_name(stack: str) -> str:
+    """The datastore volume's name, which is also the tail of its device path."""
+    return f"{stack}-data"
+
+
+# The datastore engines' logins. The app's login owns one database (PostgreSQL,
+# MongoDB) or vhost (RabbitMQ) of this name; passwords arrive in DATASTORE_SECRETS_FILE.
+ENGINE_APP_USER = "app"
+ENGINE_APP_DATABASE = "app"
+ENGINE_ADMIN_USER = "admin"  # MongoDB's user administrator
+DATASTORE_SECRETS_FILE = f"{PLATFORM_ETC}/secrets.env"
+# mongod wants certificate and key in one PEM; provisioning concatenates them here.
+MONGODB_PEM_PATH = f"{TLS_DIR}/mongodb.pem"
+# Rendered configs say this where the droplet's private address goes: it is known only
+# on the droplet, so provisioning substitutes it when installing the file.
+PRIVATE_ADDRESS_PLACEHOLDER = "@PRIVATE_ADDRESS@"
 
 LB_UPSTREAMS_FILE = "/etc/nginx/platform/upstreams.conf"
 # The LB's public certificate as nginx reads it: links to a self-signed pair until certbot
@@ -133,7 +154,7 @@ def app_pool_tls_name(stack: str) -> str:
 # creates them; the app servers' .env names them).
 DATASTORE_APP_USER = "app"
 DATASTORE_APP_DATABASE = "app"
-PM2_MAJOR = 5
+PM2_MAJOR = 6
 PM2_HOME = f"{APP_ROOT}/.pm2"
 PM2_LOG_DIR = "/var/log/platform/pm2"
 ECOSYSTEM_FILE = f"{APP_ROOT}/ecosystem.config.js"

@@ -1,0 +1,151 @@
+'use strict';
+// Each datastore engine the platform may enable. An engine is enabled when the .env names
+// its host; every connection is TLS, verified against the platform's internal CA.
+const fs = require('node:fs');
+
+const TIMEOUT_MS = 3000;
+
+function settings(prefix) {
+  const env = process.env;
+  if (!env[`${prefix}_HOST`]) return null;
+  return {
+    host: env[`${prefix}_HOST`],
+    port: Number(env[`${prefix}_PORT`]),
+    user: env[`${prefix}_USER`],
+    password: env[`${prefix}_PASSWORD`],
+    database: env[`${prefix}_DATABASE`],
+  };
+}
+
+function caCert() {
+  return fs.readFileSync(process.env.PLATFORM_CA_FILE);
+}
+
+function withTimeout(promise, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer in ${TIMEOUT_MS} ms`)), TIMEOUT_MS);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+const postgresql = {
+  name: 'postgresql',
+  client: null,
+  connect(s) {
+    const { Pool } = require('pg');
+    this.client = new Pool({
+      host: s.host, port: s.port, user: s.user, password: s.password, database: s.database,
+      ssl: { ca: caCert(), rejectUnauthorized: true },
+      max: 4, connectionTimeoutMillis: TIMEOUT_MS,
+    });
+    this.client.on('error', (err) => console.error(`postgresql: ${err.message}`));
+    this.ready = this.client.query(
+      'CREATE TABLE IF NOT EXISTS notes (id serial PRIMARY KEY, text text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())');
+  },
+  async ping() { await this.client.query('SELECT 1'); },
+  async write(note) {
+    await this.ready;
+    await this.client.query('INSERT INTO notes (text, created_at) VALUES ($1, $2)', [note.text, note.at]);
+  },
+  async read() {
+    await this.ready;
+    const { rows } = await this.client.query('SELECT text, created_at AS at FROM notes ORDER BY id DESC LIMIT 10');
+    return rows.map((r) => ({ text: r.text, at: new Date(r.at).toISOString() }));
+  },
+  async close() { await this.client.end(); },
+};
+
+const redis = {
+  name: 'redis',
+  client: null,
+  connect(s) {
+    const Redis = require('ioredis');
+    this.client = new Redis({
+      host: s.host, port: s.port, username: s.user || undefined, password: s.password,
+      tls: { ca: caCert(), rejectUnauthorized: true },
+      connectTimeout: TIMEOUT_MS, maxRetriesPerRequest: 1, lazyConnect: false,
+    });
+    this.client.on('error', (err) => console.error(`redis: ${err.message}`));
+  },
+  async ping() { await this.client.ping(); },
+  async write(note) {
+    await this.client.multi().lpush('notes', JSON.stringify(note)).ltrim('notes', 0, 99).exec();
+  },
+  async read() { return (await this.client.lrange('notes', 0, 9)).map((t) => JSON.parse(t)); },
+  async close() { this.client.disconnect(); },
+};
+
+const mongodb = {
+  name: 'mongodb',
+  client: null,
+  connect(s) {
+    const { MongoClient } = require('mongodb');
+    this.client = new MongoClient(`mongodb://${s.host}:${s.port}/`, {
+      auth: { username: s.user, password: s.password }, authSource: s.database,
+      tls: true, tlsCAFile: process.env.PLATFORM_CA_FILE,
+      serverSelectionTimeoutMS: TIMEOUT_MS,
+    });
+    this.db = this.client.db(s.database);
+  },
+  async ping() { await this.db.command({ ping: 1 }); },
+  async write(note) { await this.db.collection('notes').insertOne({ ...note }); },
+  async read() {
+    const docs = await this.db.collection('notes').find({}, { projection: { _id: 0 } }).sort({ _id: -1 }).limit(10).toArray();
+    return docs;
+  },
+  async close() { await this.client.close(); },
+};
+
+// RabbitMQ holds notes as messages on a bounded queue; reading peeks (gets, then requeues).
+const rabbitmq = {
+  name: 'rabbitmq',
+  connection: null,
+  connect(s) { this.settings = s; },
+  async channel() {
+    if (!this.connection) {
+      const amqp = require('amqplib');
+      const s = this.settings;
+      const url = `amqps://${encodeURIComponent(s.user)}:${encodeURIComponent(s.password)}@${s.host}:${s.port}/${encodeURIComponent(s.database)}`;
+      this.connection = amqp.connect(url, { ca: [caCert()], timeout: TIMEOUT_MS }).then(async (conn) => {
+        const forget = () => { this.connection = null; };
+        conn.on('error', forget);
+        conn.on('close', forget);
+        const ch = await conn.createChannel();
+        await ch.assertQueue('notes', { durable: true, arguments: { 'x-max-length': 100 } });
+        return { conn, ch };
+      });
+      this.connection.catch(() => { this.connection = null; });
+    }
+    return (await this.connection).ch;
+  },
+  async ping() { await (await this.channel()).checkQueue('notes'); },
+  async write(note) {
+    const ch = await this.channel();
+    ch.sendToQueue('notes', Buffer.from(JSON.stringify(note)), { persistent: true });
+  },
+  async read() {
+    const ch = await this.channel();
+    const notes = [];
+    for (let i = 0; i < 10; i += 1) {
+      const message = await ch.get('notes', { noAck: false });
+      if (!message) break;
+      notes.push(JSON.parse(message.content.toString()));
+    }
+    ch.nackAll(true);
+    return notes.reverse();
+  },
+  async close() { if (this.connection) await (await this.connection).conn.close(); },
+};
+
+const ALL = [postgresql, mongodb, redis, rabbitmq];
+
+function enabledEngines() {
+  return ALL.filter((engine) => {
+    const s = settings(engine.name.toUpperCase());
+    if (s) engine.connect(s);
+    return s !== null;
+  });
+}
+
+module.exports = { ALL, enabledEngines, withTimeout };

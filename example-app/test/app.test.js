@@ -1,0 +1,64 @@
+'use strict';
+// Starts the two apps with no engine configured and checks what they answer.
+const test = require('node:test');
+const assert = require('node:assert');
+const { spawn } = require('node:child_process');
+const net = require('node:net');
+const path = require('node:path');
+
+const freePort = () => new Promise((resolve) => {
+  const server = net.createServer().listen(0, '127.0.0.1', () => {
+    const { port } = server.address();
+    server.close(() => resolve(port));
+  });
+});
+
+async function start(app) {
+  const port = await freePort();
+  const env = { PATH: process.env.PATH, PORT: String(port) };
+  const child = spawn(process.execPath, [path.join(__dirname, '..', app, 'server.js')], {
+    env, stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
+  });
+  await new Promise((resolve, reject) => {
+    child.once('message', (m) => (m === 'ready' ? resolve() : reject(new Error(String(m)))));
+    child.once('exit', (code) => reject(new Error(`${app} exited with ${code}`)));
+  });
+  return { child, url: `http://127.0.0.1:${port}` };
+}
+
+async function stop({ child }) {
+  const exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+  child.kill('SIGINT');
+  return exited;
+}
+
+test('the web page names the host that answered', async () => {
+  const web = await start('web');
+  try {
+    const res = await fetch(web.url + '/');
+    assert.strictEqual(res.status, 200);
+    assert.match(await res.text(), new RegExp(`<strong id="host">${require('node:os').hostname()}</strong>`));
+  } finally {
+    assert.strictEqual(await stop(web), 0, 'SIGINT closes the server and exits cleanly');
+  }
+});
+
+test('the API answers with every engine disabled', async () => {
+  const api = await start('api');
+  try {
+    const hello = await (await fetch(api.url + '/api/hello')).json();
+    assert.strictEqual(hello.hello, 'world');
+    const health = await fetch(api.url + '/healthz');
+    assert.strictEqual(health.status, 200);
+    const report = (await health.json()).engines;
+    assert.deepStrictEqual(Object.keys(report).sort(), ['mongodb', 'postgresql', 'rabbitmq', 'redis']);
+    assert.ok(Object.values(report).every((r) => r.status === 'disabled'));
+    const bad = await fetch(api.url + '/api/notes', { method: 'POST', body: '{"text": 5}' });
+    assert.strictEqual(bad.status, 400);
+    const created = await fetch(api.url + '/api/notes', { method: 'POST', body: '{"text": "hi"}' });
+    assert.strictEqual(created.status, 201);
+    assert.strictEqual((await fetch(api.url + '/nowhere')).status, 404);
+  } finally {
+    assert.strictEqual(await stop(api), 0);
+  }
+});
