@@ -164,6 +164,9 @@ def first_boot(role: str, settings: Settings, automation_public_key: str) -> str
         ],
         "disable_root": True,
         "ssh_pwauth": False,
+        # OS updates on first boot, before provisioning runs (runcmd comes after).
+        "package_update": True,
+        "package_upgrade": True,
         "write_files": write_files,
         "runcmd": [[conventions.PROVISION_COMMAND]],
     }
@@ -184,6 +187,8 @@ def push_table(role: str, settings: Settings) -> str:
 
 def role_env(role: str, settings: Settings, files: list[ConfigFile]) -> str:
     """The provisioning script's inputs, as shell variables."""
+    from . import common
+
     values = {
         "PLATFORM_ROLE": role,
         "PLATFORM_STACK": settings.stack,
@@ -196,5 +201,7 @@ def role_env(role: str, settings: Settings, files: list[ConfigFile]) -> str:
         "ACME_DIRECTORY": settings.acme_directory,
         # path:mode:owner of every staged file, for the installer.
         "CONFIG_FILES": " ".join(f"{f.path}:{f.mode}:{f.owner}" for f in files),
+        # The common steps install only these; a role installs its own after its packages.
+        "COMMON_CONFIG_FILES": " ".join(f.path for f in common.files(settings)),
     }
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())

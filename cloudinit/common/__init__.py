@@ -17,9 +17,23 @@ PROGRAMS = [
 ]
 
 
+# Where the files every droplet gets are read from.
+SSHD_DROP_IN = "/etc/ssh/sshd_config.d/10-platform.conf"
+FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/platform.conf"
+# After the distribution's 20auto-upgrades and 50unattended-upgrades, so these win.
+AUTO_UPGRADES = "/etc/apt/apt.conf.d/21platform-auto-upgrades"
+UNATTENDED_UPGRADES = "/etc/apt/apt.conf.d/52platform-unattended-upgrades"
+LOGROTATE = "/etc/logrotate.d/platform"
+
+
 def files(settings: Settings) -> list[ConfigFile]:
     return [
-        ConfigFile("common/sshd_platform.conf", "/etc/ssh/sshd_config.d/50-platform.conf"),
+        ConfigFile("common/sshd_platform.conf", SSHD_DROP_IN),
+        ConfigFile("common/fail2ban-jail.conf", FAIL2BAN_JAIL),
+        ConfigFile("common/auto-upgrades.conf", AUTO_UPGRADES),
+        ConfigFile("common/unattended-upgrades.conf", UNATTENDED_UPGRADES),
+        ConfigFile("common/logrotate.conf", LOGROTATE),
+        ConfigFile("common/firewall.rules", conventions.FIREWALL_RULES_FILE),
     ]
 
 
@@ -30,7 +44,7 @@ def pushes(role: str, settings: Settings) -> dict[str, Push]:
             files={
                 "ca.crt": Target(conventions.CA_CERT_PATH),
                 "server.crt": Target(conventions.SERVER_CERT_PATH),
-                "server.key": Target(conventions.SERVER_KEY_PATH, mode="0640", owner="root:platform-tls"),
+                "server.key": Target(conventions.SERVER_KEY_PATH, mode="0640", owner=f"root:{conventions.TLS_KEY_GROUP}"),
             },
             check=[["openssl", "x509", "-noout", "-in", conventions.SERVER_CERT_PATH]],
             then=[["update-ca-certificates"], *role_module(role).after_tls(settings)],

@@ -17,7 +17,7 @@ ensure_packages() {
     local missing=()
     local pkg
     for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+        [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] || missing+=("$pkg")
     done
     [ "${#missing[@]}" -eq 0 ] && return 0
     if [ ! -f /var/lib/platform/apt-updated ]; then
@@ -29,12 +29,34 @@ ensure_packages() {
     changed "installed ${missing[*]}"
 }
 
-# A system user with no login shell, unless one is given.
+# A system user (no password) with no login shell, unless one is given.
 ensure_user() {
     local name=$1 home=$2 shell=${3:-/usr/sbin/nologin}
     id -u "$name" >/dev/null 2>&1 && return 0
     useradd --system --create-home --home-dir "$home" --shell "$shell" "$name"
     changed "user $name"
+}
+
+ensure_member() {
+    local user=$1 group=$2
+    [[ " $(id -nG "$user") " == *" $group "* ]] && return 0
+    usermod -a -G "$group" "$user"
+    changed "$user joined $group"
+}
+
+ensure_dir() {
+    local path=$1 mode=$2 owner=$3
+    [ -d "$path" ] && [ "$(stat -c '%a %U:%G' "$path")" = "${mode#0} ${owner}" ] && return 0
+    install -d -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$path"
+    changed "directory $path"
+}
+
+ensure_symlink() {
+    local target=$1 link=$2
+    [ "$(readlink "$link" 2>/dev/null)" = "$target" ] && return 0
+    mkdir -p "$(dirname "$link")"
+    ln -sfn "$target" "$link"
+    changed "link $link -> $target"
 }
 
 ensure_group() {
@@ -94,11 +116,102 @@ ensure_running() {
     fi
 }
 
+# The step running now, for platform-provision's failure message.
+# shellcheck disable=SC2034 # read by platform-provision
+CURRENT_STEP="start"
+step() {
+    # shellcheck disable=SC2034
+    CURRENT_STEP=$1
+    log "step: $1"
+}
+
+# True when the first argument equals one of the others.
+contains() {
+    local needle=$1 item
+    shift
+    for item in "$@"; do [ "$item" = "$needle" ] && return 0; done
+    return 1
+}
+
+in_container() { systemd-detect-virt --container --quiet; }
+
+# ufw mirrors the cloud firewall: deny incoming, allow outgoing, and exactly the rules in
+# the rules file. Only the difference is applied, so a second run touches nothing.
+ensure_firewall() {
+    local rules_file=$1 rule
+    local -a wanted current
+    mapfile -t wanted < <(grep -v -e '^#' -e '^$' "$rules_file" | sort -u)
+    mapfile -t current < <(ufw show added | sed -n 's/^ufw //p' | sort -u)
+    for rule in "${current[@]}"; do
+        contains "$rule" "${wanted[@]}" && continue
+        # shellcheck disable=SC2086 # a rule is several ufw arguments
+        ufw --force delete $rule >/dev/null
+        changed "ufw: removed $rule"
+    done
+    for rule in "${wanted[@]}"; do
+        contains "$rule" "${current[@]}" && continue
+        # shellcheck disable=SC2086
+        ufw $rule >/dev/null
+        changed "ufw: $rule"
+    done
+    if ! grep -qx 'DEFAULT_INPUT_POLICY="DROP"' /etc/default/ufw; then
+        ufw default deny incoming >/dev/null
+        changed "ufw: deny incoming by default"
+    fi
+    if ! grep -qx 'DEFAULT_OUTPUT_POLICY="ACCEPT"' /etc/default/ufw; then
+        ufw default allow outgoing >/dev/null
+        changed "ufw: allow outgoing by default"
+    fi
+    # No `ufw status | grep -q`: grep leaving early breaks ufw's pipe under pipefail.
+    if [[ "$(ufw status)" != "Status: active"* ]]; then
+        ufw --force enable >/dev/null
+        changed "ufw: enabled"
+    fi
+}
+
 common_steps() {
-    ensure_group platform-tls
-    install_configs /etc/ssh/
+    step "packages"
+    ensure_packages ufw fail2ban python3-systemd unattended-upgrades logrotate \
+        systemd-timesyncd ca-certificates openssl
+
+    step "users and groups"
+    ensure_group {{ c.TLS_KEY_GROUP }}
+{% for user in c.ROLE_USERS[role] %}
+    ensure_user {{ user.name }} {{ user.home }}{{ " /bin/bash" if user.ssh_login else "" }}
+{% endfor %}
+
+    step "platform directories"
+    ensure_dir {{ c.PLATFORM_LOG_DIR }} 0755 root:root
+    ensure_dir {{ c.TLS_DIR }} 0755 root:root
+    # The internal CA (pushed later to {{ c.CA_CERT_PATH }}) becomes a trusted root
+    # when update-ca-certificates runs: it reads *.crt here, following links.
+    ensure_symlink {{ c.CA_CERT_PATH }} {{ c.CA_TRUST_LINK }}
+
+    step "config files"
+    local path
+    for path in $COMMON_CONFIG_FILES; do install_configs "$path"; done
+
+    step "sshd"
     if files_changed_under /etc/ssh/; then
         sshd -t
-        systemctl reload ssh || systemctl reload sshd
+        # Ubuntu 24.04 starts sshd from ssh.socket: when it is not running there is
+        # nothing to reload and the next start reads the new config.
+        systemctl try-reload-or-restart ssh
     fi
+
+    step "firewall"
+    ensure_firewall {{ c.FIREWALL_RULES_FILE }}
+
+    step "fail2ban"
+    ensure_running fail2ban /etc/fail2ban/
+
+    step "security updates"
+    ensure_enabled unattended-upgrades
+    ensure_enabled apt-daily.timer
+    ensure_enabled apt-daily-upgrade.timer
+
+    step "time sync"
+    ensure_enabled systemd-timesyncd
+    # In a container the host keeps the clock and timesyncd refuses to start.
+    if ! in_container; then ensure_running systemd-timesyncd; fi
 }

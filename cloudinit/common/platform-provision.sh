@@ -8,24 +8,30 @@ set -Eeuo pipefail
 . {{ c.PLATFORM_ETC }}/platform.env
 # shellcheck source=common.sh
 . /usr/local/lib/platform/common.sh
-# shellcheck source=/dev/null
+# shellcheck source=role.sh
 . /usr/local/lib/platform/role.sh
 
 main() {
     mkdir -p "$(dirname "{{ c.PROVISION_LOG }}")" "{{ c.PLATFORM_STATE }}"
     exec > >(tee -a "{{ c.PROVISION_LOG }}") 2>&1
-    trap 'on_failure $LINENO' ERR
-    rm -f "{{ c.PROVISION_FAILED_MARKER }}"
+    trap 'on_failure $LINENO "$BASH_COMMAND"' ERR
     log "provisioning role ${PLATFORM_ROLE} of stack ${PLATFORM_STACK}"
     common_steps
+    step "role ${PLATFORM_ROLE}"
     role_steps
+    rm -f "{{ c.PROVISION_FAILED_MARKER }}"
     date -u +%FT%TZ > "{{ c.PROVISIONED_MARKER }}"
     log "provisioning finished: ${CHANGES} change(s)"
 }
 
 on_failure() {
-    log "provisioning FAILED at line $1"
-    date -u +%FT%TZ > "{{ c.PROVISION_FAILED_MARKER }}"
+    local line=$1 command=$2
+    trap - ERR
+    log "provisioning FAILED in step '${CURRENT_STEP}': '${command}' failed (line ${line}); see {{ c.PROVISION_LOG }}"
+    # The failure marker says what failed, for whoever looks first (and platform-push).
+    printf '%s step=%s command=%s\n' "$(date -u +%FT%TZ)" "${CURRENT_STEP}" "${command}" \
+        > "{{ c.PROVISION_FAILED_MARKER }}"
+    rm -f "{{ c.PROVISIONED_MARKER }}"
     exit 1
 }
 

@@ -1,0 +1,387 @@
+"""What every droplet gets, checked by the programs that read it.
+
+Anything that would touch the host (ufw, logrotate, platform-push's real paths) runs in
+a private mount namespace with overlays over /etc, /var/lib and /var/log (and a private
+network namespace for ufw): the real paths are used and the host keeps nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import cloudinit
+from cloudinit import common
+from components import conventions
+
+from conftest import ROLES, require_tool
+
+LIB = "usr/local/lib/platform"
+
+
+# --- a sandbox over the real paths ---------------------------------------------------
+
+
+def sandboxed(tmp_path: Path, script: str, *, network: bool = False) -> subprocess.CompletedProcess:
+    """Runs a bash script with private copy-on-write /etc, /var/lib, /var/log, /usr/local."""
+    require_tool("unshare", "util-linux")
+    if os.geteuid() != 0:
+        pytest.fail("the sandbox needs root (mount namespaces and overlays)")
+    mounts = []
+    for i, lower in enumerate(("/etc", "/var/lib", "/var/log", "/usr/local")):
+        upper, work = tmp_path / f"ov{i}/upper", tmp_path / f"ov{i}/work"
+        upper.mkdir(parents=True)
+        work.mkdir(parents=True)
+        mounts.append(f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {lower}")
+    setup = " && ".join(mounts)
+    argv = ["unshare", "-m", "--propagation", "private", *(["-n"] if network else []),
+            "bash", "-c", f"set -e; {setup}; set +e\n{script}"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+# --- platform-push -------------------------------------------------------------------
+
+PUSH_TABLE = {
+    "conf": {
+        "files": {
+            "a.conf": {"path": "/etc/platform/test/a.conf", "mode": "0640", "owner": "root:daemon"},
+            "b.conf": {"path": "/etc/platform/test/sub/b.conf", "mode": "0600", "owner": "root:root"},
+        },
+        # The check sees the new files in place: a.conf must start with "good".
+        "check": [["grep", "-q", "^good", "/etc/platform/test/a.conf"]],
+        "then": [["sh", "-c", "echo then-ran >> /etc/platform/test/then.log"]],
+    }
+}
+
+
+@pytest.fixture
+def push_sandbox(tmp_path, render_role, staging_settings):
+    """run(steps) -> (output of the whole run, final state of the test files).
+
+    Each step is (kind, payload dict or raw text); the rendered platform-push runs
+    with the test table at its real path, on a droplet that has finished provisioning.
+    """
+    push = render_role(conventions.LOAD_BALANCER, staging_settings)[conventions.PUSH_COMMAND]
+    (tmp_path / "table.json").write_text(json.dumps(PUSH_TABLE))
+
+    def run(steps, provisioned=True):
+        lines = [
+            f"mkdir -p {conventions.PLATFORM_ETC} {conventions.PLATFORM_STATE}",
+            f"cp {tmp_path}/table.json {conventions.PLATFORM_ETC}/pushes.json",
+            f"touch {conventions.PROVISIONED_MARKER}" if provisioned
+            else f"echo 'step=packages' > {conventions.PROVISION_FAILED_MARKER}",
+        ]
+        for i, (kind, payload) in enumerate(steps):
+            text = payload if isinstance(payload, str) else json.dumps(payload)
+            (tmp_path / f"payload{i}").write_text(text)
+            lines.append(f"echo '== step {i}'; python3 {push} {shlex.quote(kind)} < {tmp_path}/payload{i}; "
+                         f"echo \"== exit $?\"")
+        lines.append("echo '== state'; cd /etc/platform/test 2>/dev/null && "
+                     "for f in $(find . -type f | sort); do echo \"$f $(stat -c '%a %U:%G' $f) $(cat $f)\"; done; true")
+        result = sandboxed(tmp_path, "\n".join(lines))
+        assert result.returncode == 0, result.stderr
+        out = result.stdout + result.stderr
+        return out, result.stdout.split("== state\n", 1)[1]
+
+    return run
+
+
+GOOD = {"a.conf": "good secret-one", "b.conf": "b secret-two"}
+
+
+def test_push_writes_files_with_mode_and_owner_then_checks_and_runs(push_sandbox):
+    out, state = push_sandbox([("conf", GOOD)])
+    assert "platform-push conf: 2 file(s) changed" in out
+    assert "== exit 0" in out
+    assert state.splitlines() == [
+        "./a.conf 640 root:daemon good secret-one",
+        "./sub/b.conf 600 root:root b secret-two",
+        "./then.log 644 root:root then-ran",
+    ]
+
+
+def test_push_of_the_same_files_changes_nothing_and_runs_nothing(push_sandbox):
+    out, state = push_sandbox([("conf", GOOD), ("conf", GOOD)])
+    second = out.split("== step 1", 1)[1]
+    assert "platform-push conf: no change" in second
+    assert "running" not in second
+    assert state.count("then-ran") == 1
+
+
+def test_push_that_fails_its_check_restores_the_old_files_and_reloads_nothing(push_sandbox):
+    bad = {"a.conf": "bad secret-three", "b.conf": "b secret-four"}
+    out, state = push_sandbox([("conf", GOOD), ("conf", bad)])
+    second = out.split("== step 1", 1)[1]
+    assert "check failed; previous files restored, nothing reloaded" in second
+    assert "== exit 1" in second
+    assert state.splitlines() == [
+        "./a.conf 640 root:daemon good secret-one",
+        "./sub/b.conf 600 root:root b secret-two",
+        "./then.log 644 root:root then-ran",
+    ]
+
+
+def test_first_push_that_fails_its_check_leaves_no_file_behind(push_sandbox):
+    out, state = push_sandbox([("conf", {"a.conf": "bad", "b.conf": "b"})])
+    assert "check failed" in out
+    assert state.strip() == ""
+
+
+@pytest.mark.parametrize("kind, payload, message", [
+    ("nope", GOOD, "unknown push kind 'nope'"),
+    ("conf", {**GOOD, "c.conf": "x"}, "unexpected files ['c.conf'], missing files []"),
+    ("conf", {"a.conf": "good"}, "unexpected files [], missing files ['b.conf']"),
+])
+def test_push_refuses_unknown_kinds_and_unexpected_files(push_sandbox, kind, payload, message):
+    out, state = push_sandbox([(kind, payload)])
+    assert message in out
+    assert "== exit 1" in out
+    assert state.strip() == ""
+
+
+def test_push_never_prints_contents(push_sandbox):
+    bad = {"a.conf": "bad secret-three", "b.conf": "b secret-four"}
+    out, _ = push_sandbox([("conf", GOOD), ("conf", GOOD), ("conf", bad), ("conf", {**bad, "x": "secret-five"})])
+    for secret in ("secret-one", "secret-two", "secret-three", "secret-four", "secret-five"):
+        assert secret not in out.split("== state", 1)[0]
+
+
+def test_push_stops_when_provisioning_failed(push_sandbox):
+    out, state = push_sandbox([("conf", GOOD)], provisioned=False)
+    assert "provisioning failed on this droplet" in out
+    assert state.strip() == ""
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_push_table_of_every_role_is_what_platform_push_reads(role, staging_settings):
+    table = json.loads(cloudinit.push_table(role, staging_settings))
+    tls = table["tls"]
+    assert tls["files"]["server.key"] == {
+        "path": conventions.SERVER_KEY_PATH, "mode": "0640", "owner": f"root:{conventions.TLS_KEY_GROUP}"}
+    assert tls["then"][0] == ["update-ca-certificates"]
+    for kind, spec in table.items():
+        for target in spec["files"].values():
+            assert set(target) == {"path", "mode", "owner"} and target["path"].startswith("/")
+            assert len(target["owner"].split(":")) == 2 and int(target["mode"], 8) <= 0o777
+        for argv in spec["check"] + spec["then"]:
+            assert argv and all(isinstance(a, str) for a in argv), (kind, argv)
+
+
+# --- shell scripts ---------------------------------------------------------------------
+
+
+def shellcheck(root: Path) -> subprocess.CompletedProcess:
+    """The driver with the files it sources, each checked (-x follows the sources)."""
+    require_tool("shellcheck", "shellcheck")
+    local = root / "usr/local"
+    scripts = [f"sbin/{Path(conventions.PROVISION_COMMAND).name}", f"lib/platform/{Path(common.LIBRARY).name}",
+               f"lib/platform/{Path(common.ROLE_STEPS).name}"]
+    others = [p for p in root.rglob("*") if p.is_file() and p.read_text(errors="replace").startswith("#!/bin/")]
+    others = [str(p) for p in others if str(p.relative_to(local)) not in scripts] if others else []
+    return subprocess.run(["shellcheck", "-x", "-P", "lib/platform", *scripts, *others],
+                          cwd=local, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_shell_script_passes_shellcheck(role, stack_settings, render_role):
+    files = render_role(role, stack_settings)
+    root = Path(str(files[conventions.PROVISION_COMMAND])[: -len(conventions.PROVISION_COMMAND)])
+    result = shellcheck(root)
+    assert result.returncode == 0, result.stdout
+
+
+def test_shellcheck_finds_a_bug_in_a_sourced_file(staging_settings, render_role):
+    files = render_role(conventions.DATASTORE, staging_settings)
+    with open(files[common.LIBRARY], "a") as f:
+        f.write('broken() { rm -rf $UNQUOTED_PATH/; }\n')
+    root = Path(str(files[conventions.PROVISION_COMMAND])[: -len(conventions.PROVISION_COMMAND)])
+    result = shellcheck(root)
+    assert result.returncode != 0 and "SC2086" in result.stdout
+
+
+# --- sshd ---------------------------------------------------------------------------
+
+
+def sshd_effective(tmp_path: Path, drop_in: str) -> subprocess.CompletedProcess:
+    """`sshd -T` of a full sshd_config that Includes the drop-in, with a throwaway host key."""
+    sshd = require_tool("sshd", "openssh-server")
+    (tmp_path / "drop-in.conf").write_text(drop_in)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "host_key"], check=True)
+    (tmp_path / "sshd_config").write_text(
+        f"Include {tmp_path}/drop-in.conf\nHostKey {tmp_path}/host_key\nUsePAM yes\n")
+    # sshd -t insists on its privilege separation directory.
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    subprocess.run([sshd, "-t", "-f", tmp_path / "sshd_config"], check=False)
+    return subprocess.run([sshd, "-T", "-f", tmp_path / "sshd_config", "-C", "user=ops,host=h,addr=192.0.2.9"],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("role, allowed, forwarding", [
+    (conventions.LOAD_BALANCER, "ops", "yes"),
+    (conventions.APP_SERVER, "ops deploy", "no"),
+    (conventions.DATASTORE, "ops", "no"),
+])
+def test_sshd_accepts_the_drop_in_keys_only_no_root(tmp_path, role, allowed, forwarding, stack_settings):
+    drop_in = cloudinit.render("common/sshd_platform.conf", **cloudinit.template_context(role, stack_settings))
+    result = sshd_effective(tmp_path, drop_in)
+    assert result.returncode == 0, result.stderr
+    effective = set(result.stdout.splitlines())
+    assert {"permitrootlogin no", "passwordauthentication no", "kbdinteractiveauthentication no",
+            "authenticationmethods publickey", f"allowtcpforwarding {forwarding}"} <= effective
+    assert sorted(l for l in effective if l.startswith("allowusers ")) == sorted(
+        f"allowusers {u}" for u in allowed.split())
+
+
+def test_sshd_check_rejects_a_bad_drop_in(tmp_path):
+    result = sshd_effective(tmp_path, "PermitRootLogin perhaps\n")
+    assert result.returncode != 0 and "drop-in.conf line 1" in result.stderr
+
+
+# --- fail2ban -----------------------------------------------------------------------
+
+
+def fail2ban_test(tmp_path: Path, jail: str) -> subprocess.CompletedProcess:
+    client = require_tool("fail2ban-client", "fail2ban")
+    conf = tmp_path / "fail2ban"
+    subprocess.run(["cp", "-a", "/etc/fail2ban", conf], check=True)
+    (conf / "jail.d/platform.conf").write_text(jail)
+    return subprocess.run([client, "-c", conf, "-d"], capture_output=True, text=True)
+
+
+def test_fail2ban_loads_the_sshd_jail_with_the_systemd_backend(tmp_path, staging_settings):
+    jail = cloudinit.render("common/fail2ban-jail.conf", **cloudinit.template_context("lb", staging_settings))
+    result = fail2ban_test(tmp_path, jail)
+    assert result.returncode == 0, result.stderr
+    assert "['add', 'sshd', 'systemd']" in result.stdout
+    assert f"'port', '{conventions.SSH_PORT}'" in result.stdout or f"port={conventions.SSH_PORT}" in result.stdout
+    # -t: the full test, as `fail2ban-client -t` runs it before a start.
+    conf = tmp_path / "fail2ban"
+    test = subprocess.run(["fail2ban-client", "-c", conf, "-t"], capture_output=True, text=True)
+    assert test.returncode == 0 and "OK" in test.stdout + test.stderr, test.stdout + test.stderr
+
+
+def test_fail2ban_check_rejects_a_bad_jail(tmp_path):
+    result = fail2ban_test(tmp_path, "[sshd]\nenabled = true\nfilter = no-such-filter\n")
+    assert result.returncode != 0
+
+
+# --- logrotate ----------------------------------------------------------------------
+
+
+def test_logrotate_rotates_every_platform_log(tmp_path, render_role, staging_settings):
+    require_tool("logrotate", "logrotate")
+    files = render_role(conventions.LOAD_BALANCER, staging_settings)
+    config = files[common.LOGROTATE]
+    log = conventions.PROVISION_LOG
+    result = sandboxed(tmp_path, textwrap.dedent(f"""\
+        mkdir -p {conventions.PLATFORM_LOG_DIR}
+        echo first-run > {log}; echo other > {conventions.PLATFORM_LOG_DIR}/other.log
+        logrotate -d {config} 2>&1 | grep -i error && exit 3
+        logrotate -f -s {tmp_path}/state {config} || exit 4
+        ls {conventions.PLATFORM_LOG_DIR}; echo "size=$(stat -c %s {log})"; cat {log}.1
+    """))
+    assert result.returncode == 0, result.stdout + result.stderr
+    listing = result.stdout.split()
+    assert {"provision.log", "provision.log.1", "other.log", "other.log.1"} <= set(listing)
+    assert "size=0" in result.stdout and "first-run" in result.stdout
+
+
+# --- unattended upgrades ------------------------------------------------------------
+
+
+def test_unattended_upgrades_take_security_updates_only_and_never_reboot(tmp_path, staging_settings):
+    require_tool("apt-config", "apt")
+    parts = tmp_path / "apt.conf.d"
+    parts.mkdir()
+    # What the distribution's package ships: updates too. Ours must replace it.
+    (parts / "50unattended-upgrades").write_text(
+        'Unattended-Upgrade::Origins-Pattern { "origin=Debian,codename=${distro_codename},label=Debian"; };\n'
+        'Unattended-Upgrade::Allowed-Origins { "${distro_id}:${distro_codename}-updates"; };\n'
+        'Unattended-Upgrade::Automatic-Reboot "true";\n')
+    (parts / "20auto-upgrades").write_text('APT::Periodic::Unattended-Upgrade "0";\n')
+    context = cloudinit.template_context("lb", staging_settings)
+    for template, path in (("common/auto-upgrades.conf", common.AUTO_UPGRADES),
+                           ("common/unattended-upgrades.conf", common.UNATTENDED_UPGRADES)):
+        (parts / Path(path).name).write_text(cloudinit.render(template, **context))
+    (tmp_path / "apt.conf").write_text(f'Dir::Etc::Parts "{parts}";\n')
+    dump = subprocess.run(["apt-config", "dump"], env={**os.environ, "APT_CONFIG": str(tmp_path / "apt.conf")},
+                          capture_output=True, text=True, check=True).stdout
+    origins = [l for l in dump.splitlines() if l.startswith("Unattended-Upgrade::Origins-Pattern:: ")
+               or l.startswith("Unattended-Upgrade::Allowed-Origins:: ")]
+    assert origins == [
+        'Unattended-Upgrade::Origins-Pattern:: "origin=Debian,codename=${distro_codename}-security,label=Debian-Security";',
+        'Unattended-Upgrade::Origins-Pattern:: "origin=Ubuntu,archive=${distro_codename}-security";',
+    ]
+    assert 'Unattended-Upgrade::Automatic-Reboot "false";' in dump
+    assert 'APT::Periodic::Unattended-Upgrade "1";' in dump
+
+
+# --- ufw ----------------------------------------------------------------------------
+
+
+def firewall_run(tmp_path: Path, files: dict, rules_text: str | None = None, runs: int = 2):
+    """Runs the library's ensure_firewall `runs` times in a private network namespace."""
+    require_tool("ufw", "ufw")
+    rules = files[conventions.FIREWALL_RULES_FILE]
+    edited = tmp_path / "edited.rules"
+    if rules_text is not None:
+        edited.write_text(rules_text)
+    script = [f"source {files[common.LIBRARY]}"]
+    for i in range(runs):
+        target = edited if (rules_text is not None and i == runs - 1) else rules
+        script.append(f"CHANGES=0; ensure_firewall {target} || exit 5; echo \"== run {i}: $CHANGES change(s)\"")
+    script.append("echo '== added'; ufw show added | sed -n 's/^ufw //p'; echo '== status'; ufw status verbose; "
+                  "echo '== iptables'; iptables -S ufw-user-input")
+    result = sandboxed(tmp_path, "\n".join(script), network=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def rule_lines(path: Path) -> list[str]:
+    return [l for l in path.read_text().splitlines() if l and not l.startswith("#")]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_ufw_mirrors_the_cloud_firewall_and_a_second_run_changes_nothing(tmp_path, role, stack_settings, render_role):
+    files = render_role(role, stack_settings)
+    wanted = rule_lines(files[conventions.FIREWALL_RULES_FILE])
+    out = firewall_run(tmp_path, files)
+    assert "== run 0: 0 change(s)" not in out
+    assert "== run 1: 0 change(s)" in out
+    added = out.split("== added\n", 1)[1].split("== status", 1)[0].splitlines()
+    assert sorted(added) == sorted(wanted)
+    assert "Status: active" in out and "Default: deny (incoming), allow (outgoing)" in out
+    # Every port of the cloud firewall is opened, and only from where it allows.
+    ssh_sources = {l.split()[2] for l in wanted if f"port {conventions.SSH_PORT} " in l}
+    if role == conventions.LOAD_BALANCER:
+        assert ssh_sources == {c.removesuffix("/32") for c in stack_settings.admin_cidrs}
+        assert f"allow {conventions.HTTPS_PORT}/tcp" in wanted
+    else:
+        assert ssh_sources == {stack_settings.vpc_ip_range}
+    iptables = out.split("== iptables\n", 1)[1]
+    assert f"-s {stack_settings.vpc_ip_range if role != 'lb' else stack_settings.admin_cidrs[0]} " \
+           f"-p tcp -m tcp --dport {conventions.SSH_PORT} -j ACCEPT" in iptables
+
+
+def test_ufw_applies_only_the_difference_when_the_rules_change(tmp_path, staging_settings, render_role):
+    files = render_role(conventions.APP_SERVER, staging_settings)
+    wanted = rule_lines(files[conventions.FIREWALL_RULES_FILE])
+    changed = wanted[1:] + ["allow from 10.9.9.0/24 to any port 9999 proto tcp"]
+    out = firewall_run(tmp_path, files, rules_text="\n".join(changed) + "\n", runs=2)
+    assert "== run 1: 2 change(s)" in out
+    added = out.split("== added\n", 1)[1].split("== status", 1)[0].splitlines()
+    assert sorted(added) == sorted(changed)
+
+
+def test_every_role_creates_only_its_own_users(staging_settings):
+    for role in ROLES:
+        library = cloudinit.rendered_files(role, staging_settings)[common.LIBRARY]
+        created = sorted(l.split()[1] for l in library.splitlines() if l.strip().startswith("ensure_user "))
+        assert created == sorted(u.name for u in conventions.ROLE_USERS[role])
+    assert not conventions.ROLE_USERS[conventions.LOAD_BALANCER]
