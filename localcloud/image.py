@@ -29,6 +29,28 @@ CLOUD_CFG = (
 )
 CLOUD_CFG_PATH = "etc/cloud/cloud.cfg.d/99-localcloud.cfg"
 
+# systemd's fstab generator ignores device entries inside a container ("Running in a
+# container, ignoring fstab device entry"), so a volume listed in fstab would not be
+# mounted again after a reboot. This unit does what the generator does on a real
+# droplet: mount fstab entries before local-fs.target.
+FSTAB_UNIT_NAME = "localcloud-fstab.service"
+FSTAB_UNIT = """\
+[Unit]
+Description=Mount fstab devices (systemd skips them in containers)
+DefaultDependencies=no
+ConditionVirtualization=container
+After=local-fs-pre.target
+Before=local-fs.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/mount -a
+
+[Install]
+WantedBy=local-fs.target
+"""
+
 APT_PROXY_PATH = "etc/apt/apt.conf.d/90localcloud-proxy"
 # Debian's npm reads /etc/npmrc; Node.js builds with prefix /usr read /usr/etc/npmrc.
 NPMRC_PATHS = ("etc/npmrc", "usr/etc/npmrc")
@@ -89,6 +111,7 @@ def recipe() -> dict:
         "mirror": sources.debian_mirror(config.DEBIAN_SUITE, sources.apt_sources()),
         "apt_sources": host_apt_source_files(),
         "cloud_cfg": CLOUD_CFG,
+        "fstab_unit": FSTAB_UNIT,
         "apt_proxy": apt_proxy_conf(config.PROXY_URL),
         "npmrc": npmrc(config.PROXY_URL),
         "host_cas": hashlib.sha256(host_ca_texts().encode()).hexdigest(),
@@ -160,6 +183,8 @@ def build(force: bool = False) -> Path:
             _write(rootfs, APT_PROXY_PATH, r["apt_proxy"])
             for rel in NPMRC_PATHS:
                 _write(rootfs, rel, r["npmrc"])
+            _write(rootfs, f"etc/systemd/system/{FSTAB_UNIT_NAME}", FSTAB_UNIT)
+            shell.run(chroot_command(rootfs, "systemctl", "enable", FSTAB_UNIT_NAME))
             shell.run(chroot_command(rootfs, "apt-get", "clean"))
             # Per-droplet identity comes at first boot: no shared machine-id or host keys.
             _write(rootfs, "etc/machine-id", "")
@@ -170,7 +195,16 @@ def build(force: bool = False) -> Path:
         (building / "complete").write_text("")
         shutil.rmtree(final, ignore_errors=True)
         building.rename(final)
+    prune(keep=final)
     return final / "rootfs"
+
+
+def prune(keep: Path) -> None:
+    """Delete images of older recipes (about 480 MB each) unless a droplet still uses one."""
+    mounts = Path("/proc/self/mountinfo").read_text()
+    for old in config.IMAGES_DIR.iterdir():
+        if old != keep and old.is_dir() and f"lowerdir={old}/" not in mounts:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 if __name__ == "__main__":

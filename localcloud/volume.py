@@ -8,8 +8,10 @@ that host directory with mknod: it shows inside at once (hot attach) and after e
 reboot. The droplets' devices cgroup is the root one (the launcher moves only the
 name=systemd and unified hierarchies), so the container may open and mount it. The
 container has no udev: nothing else appears under /dev/disk, and systemd never sees a
-.device unit for the node, so an fstab line for it should carry `nofail` (as
-DigitalOcean's own instructions do) or the role should use `mount` directly.
+.device unit for the node; its fstab generator even skips device entries in a
+container. The image therefore carries a unit that runs `mount -a` before
+local-fs.target (image.FSTAB_UNIT), so an fstab line for a volume is mounted at every
+boot as on a real droplet; `nofail` in it is still wise, as DigitalOcean advises.
 """
 
 from __future__ import annotations

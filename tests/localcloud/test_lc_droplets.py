@@ -149,6 +149,8 @@ def test_volume_appears_at_the_digitalocean_path(pair):
                        f"mkdir -p /mnt/data && mount {path} /mnt/data && echo kept > /mnt/data/f"
                        f" && findmnt -n -o FSTYPE /mnt/data && umount /mnt/data"]).stdout
     assert out.strip() == "ext4"
+    # an fstab line for it, as a role would write, to be mounted again at boot
+    droplet.exec("lc-test-a", ["sh", "-c", f"echo '{path} /mnt/data ext4 defaults,nofail 0 2' >> /etc/fstab"])
 
 
 def test_reboot_keeps_disk_and_volume(pair):
@@ -159,10 +161,11 @@ def test_reboot_keeps_disk_and_volume(pair):
     assert droplet.container_init_pid("lc-test-a") != old
     assert droplet.exec("lc-test-a", ["cat", "/root/runcmd-ran"]).stdout.strip() == "runcmd-ok"
     assert get_from_droplet("lc-test-a", f"http://{pair['lc-test-b'].vpc_ip}/") == "hello from b"
-    # the volume came back at boot (its node lives in the bound host dir), with its data
-    path = volume.device_path("lc-test-data")
-    out = droplet.exec("lc-test-a", ["sh", "-c", f"mount {path} /mnt/data && cat /mnt/data/f"]).stdout
-    assert out.strip() == "kept"
+    # the volume came back at boot (its node lives in the bound host dir) and its fstab
+    # line was mounted during boot, with its data
+    assert droplet.exec("lc-test-a", ["findmnt", "-n", "-o", "SOURCE", "/mnt/data"]).stdout.strip() == \
+        volume.device_path("lc-test-data")
+    assert droplet.exec("lc-test-a", ["cat", "/mnt/data/f"]).stdout.strip() == "kept"
     droplet.wait_cloud_init("lc-test-a", 120)
 
 
