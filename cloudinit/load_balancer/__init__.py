@@ -8,19 +8,28 @@ from components.settings import Settings
 from .. import ConfigFile, Program, Push, Target, render
 from ..common import ROLE_STEPS
 
-PROGRAMS = [Program("load_balancer/provision.sh", ROLE_STEPS, mode="0644")]
+PROGRAMS = [
+    Program("load_balancer/provision.sh", ROLE_STEPS, mode="0644"),
+    Program("load_balancer/platform-certificate.sh", conventions.CERTIFICATE_COMMAND),
+    Program("load_balancer/platform-certificate-deployed.sh", conventions.CERTIFICATE_DEPLOY_HOOK),
+]
 
 NGINX_CHECK = ["nginx", "-t", "-q"]
+# A reload starts new workers and lets the old ones finish their requests.
 NGINX_RELOAD = ["systemctl", "reload", "nginx"]
 
 
 def files(settings: Settings) -> list[ConfigFile]:
     return [
         ConfigFile("load_balancer/site.conf", "/etc/nginx/conf.d/platform.conf"),
+        ConfigFile("load_balancer/maintenance.html", f"{conventions.MAINTENANCE_ROOT}/maintenance.html"),
+        ConfigFile("load_balancer/platform-certificate.service", "/etc/systemd/system/platform-certificate.service"),
+        ConfigFile("load_balancer/platform-certificate.timer", "/etc/systemd/system/platform-certificate.timer"),
     ]
 
 
 def pushes(settings: Settings) -> dict[str, Push]:
+    # Only the upstream file changes; platform-push puts the old one back if nginx -t fails.
     return {
         "upstreams": Push(
             files={"upstreams.conf": Target(conventions.LB_UPSTREAMS_FILE)},

@@ -1,10 +1,70 @@
 # shellcheck shell=bash
 # The load balancer's steps, run by platform-provision after the common ones.
 
+LB_CERT_DIR={{ c.TLS_DIR }}/public
+SELF_SIGNED_CERT=${LB_CERT_DIR}/self-signed.crt
+SELF_SIGNED_KEY=${LB_CERT_DIR}/self-signed.key
+
 role_steps() {
-    ensure_packages nginx
+    ensure_packages nginx certbot openssl
+    remove_default_site
     install_configs /etc/nginx/
-    mkdir -p /etc/nginx/platform /var/www/acme
+    install_configs {{ c.MAINTENANCE_ROOT }}/
+    install_configs /etc/systemd/system/
+    mkdir -p {{ c.ACME_WEBROOT }} "$(dirname {{ c.LB_UPSTREAMS_FILE }})"
+    ensure_initial_upstreams
+    ensure_resolver_file
+    ensure_temporary_certificate
     if files_changed_under /etc/nginx/; then nginx -t -q; fi
     ensure_running nginx /etc/nginx/
+    if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
+    # certbot runs from a timer that retries until it has the certificate, so an ACME
+    # server that cannot reach us yet (DNS not pointed) never fails provisioning.
+    ensure_running platform-certificate.timer
+    ensure_running certbot.timer
+}
+
+# Debian's default site also claims port 80 as default_server.
+remove_default_site() {
+    [ -e /etc/nginx/sites-enabled/default ] || return 0
+    rm -f /etc/nginx/sites-enabled/default
+    CHANGED_FILES+=(/etc/nginx/sites-enabled/default)
+    changed "removed nginx's default site"
+}
+
+# Before the first push there is no pool: an upstream that sends everyone to the
+# maintenance page. Later pushes own this file; provisioning never rewrites it.
+ensure_initial_upstreams() {
+    [ -f {{ c.LB_UPSTREAMS_FILE }} ] && return 0
+    cat > {{ c.LB_UPSTREAMS_FILE }} <<'UPSTREAMS'
+{% include "load_balancer/upstreams.conf" %}
+UPSTREAMS
+    CHANGED_FILES+=({{ c.LB_UPSTREAMS_FILE }})
+    changed "initial {{ c.LB_UPSTREAMS_FILE }}"
+}
+
+# nginx needs a resolver to fetch OCSP responses; use the droplet's own.
+ensure_resolver_file() {
+    local servers wanted
+    servers=$(awk '/^nameserver/ { print ($2 ~ /:/) ? "[" $2 "]" : $2 }' /etc/resolv.conf | tr '\n' ' ')
+    wanted="resolver ${servers:-127.0.0.53} valid=300s;
+resolver_timeout 5s;"
+    [ -f {{ c.LB_RESOLVER_FILE }} ] && [ "$(cat {{ c.LB_RESOLVER_FILE }})" = "$wanted" ] && return 0
+    printf '%s\n' "$wanted" > {{ c.LB_RESOLVER_FILE }}
+    CHANGED_FILES+=({{ c.LB_RESOLVER_FILE }})
+    changed "{{ c.LB_RESOLVER_FILE }}"
+}
+
+# nginx must start before certbot has run: a short-lived self-signed pair behind the
+# links nginx reads. platform-certificate-deployed points them at certbot's files.
+ensure_temporary_certificate() {
+    [ -e {{ c.LB_PUBLIC_CERT_PATH }} ] && [ -e {{ c.LB_PUBLIC_KEY_PATH }} ] && return 0
+    install -d -m 0700 "$LB_CERT_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+        -subj "/CN=${DOMAIN}" -addext "subjectAltName=DNS:${DOMAIN}" \
+        -keyout "$SELF_SIGNED_KEY" -out "$SELF_SIGNED_CERT" 2>/dev/null
+    chmod 0600 "$SELF_SIGNED_KEY"
+    ln -sfn "$SELF_SIGNED_CERT" {{ c.LB_PUBLIC_CERT_PATH }}
+    ln -sfn "$SELF_SIGNED_KEY" {{ c.LB_PUBLIC_KEY_PATH }}
+    changed "temporary self-signed certificate for ${DOMAIN}"
 }

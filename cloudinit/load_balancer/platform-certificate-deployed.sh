@@ -1,0 +1,19 @@
+#!/bin/bash
+# certbot's deploy hook (first issue and every renewal): points nginx at the new
+# certificate and reloads it gracefully, only if nginx accepts the result.
+set -euo pipefail
+
+lineage=${RENEWED_LINEAGE:?certbot sets RENEWED_LINEAGE}
+old_cert=$(readlink {{ c.LB_PUBLIC_CERT_PATH }} || true)
+old_key=$(readlink {{ c.LB_PUBLIC_KEY_PATH }} || true)
+
+ln -sfn "${lineage}/fullchain.pem" {{ c.LB_PUBLIC_CERT_PATH }}
+ln -sfn "${lineage}/privkey.pem" {{ c.LB_PUBLIC_KEY_PATH }}
+if ! nginx -t -q; then
+    # Keep serving what worked; certbot reports the hook's failure.
+    [ -n "$old_cert" ] && ln -sfn "$old_cert" {{ c.LB_PUBLIC_CERT_PATH }}
+    [ -n "$old_key" ] && ln -sfn "$old_key" {{ c.LB_PUBLIC_KEY_PATH }}
+    echo "platform-certificate-deployed: nginx -t failed; kept the previous certificate" >&2
+    exit 1
+fi
+systemctl reload nginx

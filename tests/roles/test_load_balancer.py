@@ -1,0 +1,323 @@
+"""The load balancer's files, checked by the programs that read them, and its nginx
+really re-encrypting to app servers it verifies (run in a private mount namespace)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import cloudinit
+from cloudinit import load_balancer
+from components import conventions as c
+
+from render_helpers_lb_app import (
+    ENGINE_CASES, in_namespace, issue, make_ca, nginx_check, nginx_tree, put, require, run,
+    self_signed, settings,
+)
+
+LB_PROGRAMS = [p.path for p in load_balancer.PROGRAMS]
+SITE = "/etc/nginx/conf.d/platform.conf"
+APP_IPS = ["127.0.0.2", "127.0.0.3"]
+
+
+def lb_files(engines=None) -> dict[str, str]:
+    return cloudinit.rendered_files(c.LOAD_BALANCER, settings(engines))
+
+
+def lb_tree(tmp_path: Path, rendered: dict[str, str], upstreams: str, ca: Path) -> Path:
+    """The LB's files at their real paths, as a booted LB has them."""
+    public = self_signed(tmp_path / "public", "public", rendered_domain())
+    files = {path: text for path, text in rendered.items() if path.startswith(("/etc/nginx/", c.MAINTENANCE_ROOT))}
+    files.update({
+        c.LB_UPSTREAMS_FILE: upstreams,
+        c.LB_RESOLVER_FILE: "resolver 127.0.0.1 valid=300s;\nresolver_timeout 5s;\n",
+        c.LB_PUBLIC_CERT_PATH: public.cert,
+        c.LB_PUBLIC_KEY_PATH: public.key,
+        c.CA_CERT_PATH: ca,
+    })
+    return nginx_tree(tmp_path / "ns", files)
+
+
+def rendered_domain() -> str:
+    return settings().domain
+
+
+@pytest.mark.parametrize("engines", ENGINE_CASES.values(), ids=ENGINE_CASES.keys())
+@pytest.mark.parametrize("pool", [[], ["10.110.16.5", "10.110.16.6"]], ids=["before-first-push", "two-app-servers"])
+def test_nginx_accepts_the_rendered_lb_config(tmp_path, engines, pool):
+    ca = make_ca(tmp_path / "ca", "ca")
+    upstreams = load_balancer.upstreams(pool) if pool else initial_upstreams()
+    result = nginx_check(lb_tree(tmp_path, lb_files(engines), upstreams, ca.cert))
+    assert result.returncode == 0, result.stderr
+    assert "syntax is ok" in result.stderr
+
+
+def initial_upstreams() -> str:
+    """The upstream file provisioning writes before the first push (from provision.sh)."""
+    script = lb_files()[load_balancer.PROGRAMS[0].path]
+    return script.split("<<'UPSTREAMS'\n", 1)[1].split("\nUPSTREAMS\n", 1)[0] + "\n"
+
+
+def test_initial_upstreams_send_everyone_to_maintenance():
+    text = initial_upstreams()
+    assert "upstream app_servers" in text and " down;" in text
+    assert text == load_balancer.upstreams([]), "one template for both"
+
+
+def test_a_broken_upstream_push_fails_the_check_that_guards_the_reload(tmp_path):
+    """platform-push runs the push's check before any reload; nginx -t must catch this."""
+    push = cloudinit.pushes(c.LOAD_BALANCER, settings())["upstreams"]
+    assert push.check == [["nginx", "-t", "-q"]] and push.then == [["systemctl", "reload", "nginx"]]
+    assert list(push.files) == ["upstreams.conf"] and push.files["upstreams.conf"].path == c.LB_UPSTREAMS_FILE
+    ca = make_ca(tmp_path / "ca", "ca")
+    broken = load_balancer.upstreams(["10.110.16.5"]).replace("max_fails=2", "max_fails=")
+    result = nginx_check(lb_tree(tmp_path, lb_files(), broken, ca.cert))
+    assert result.returncode != 0
+
+
+def test_upstreams_list_every_app_server_with_passive_health_checks():
+    text = load_balancer.upstreams(["10.110.16.6", "10.110.16.5"])
+    assert f"server 10.110.16.5:{c.APP_TLS_PORT} max_fails=2 fail_timeout=10s;" in text
+    assert text.index("10.110.16.5") < text.index("10.110.16.6"), "sorted: the same pool renders the same file"
+    assert "keepalive 32;" in text and "down" not in text
+
+
+def test_site_verifies_app_servers_by_the_name_their_certificates_share():
+    site = lb_files()[SITE]
+    assert f"proxy_ssl_name {c.app_pool_tls_name('staging')};" in site
+    assert f"proxy_ssl_trusted_certificate {c.CA_CERT_PATH};" in site
+    assert "proxy_ssl_verify on;" in site and "proxy_ssl_session_reuse on;" in site
+
+
+@pytest.mark.parametrize("path", LB_PROGRAMS)
+def test_shellcheck_passes_on_lb_scripts(path):
+    shellcheck = require("shellcheck")
+    result = run([shellcheck, "--shell=bash", "-"], input=lb_files()[path])
+    assert result.returncode == 0, result.stdout
+
+
+def test_shellcheck_passes_on_the_rendered_provisioning_as_one_script(tmp_path):
+    """The driver, the library and the LB steps together, as they run on the droplet."""
+    shellcheck = require("shellcheck")
+    files = lb_files()
+    for path in (c.PROVISION_COMMAND, "/usr/local/lib/platform/common.sh", load_balancer.PROGRAMS[0].path):
+        (tmp_path / Path(path).name).write_text(files[path])
+    combined = "\n".join(files[p] for p in ("/usr/local/lib/platform/common.sh", load_balancer.PROGRAMS[0].path))
+    result = run([shellcheck, "--shell=bash", "-"], input="#!/bin/bash\n" + combined + "\nrole_steps\n")
+    assert result.returncode == 0, result.stdout
+
+
+def test_systemd_units_for_the_certificate_retry():
+    files = lb_files()
+    service = files["/etc/systemd/system/platform-certificate.service"]
+    timer = files["/etc/systemd/system/platform-certificate.timer"]
+    assert f"ExecStart={c.CERTIFICATE_COMMAND}" in service and "Type=oneshot" in service
+    assert "OnUnitInactiveSec=" in timer and "WantedBy=timers.target" in timer
+    certbot = files[c.CERTIFICATE_COMMAND]
+    for flag in ("certonly", "--webroot", '--server "$ACME_DIRECTORY"', '--email "$ACME_EMAIL"',
+                 "--agree-tos", "--non-interactive", f"--deploy-hook {c.CERTIFICATE_DEPLOY_HOOK}"):
+        assert flag in certbot
+
+
+def test_deploy_hook_keeps_the_old_certificate_when_nginx_rejects_the_new_one(tmp_path):
+    """Run the real hook in a namespace: a broken lineage must leave the links as they were."""
+    ca = make_ca(tmp_path / "ca", "ca")
+    root = lb_tree(tmp_path, lb_files(), initial_upstreams(), ca.cert)
+    good = self_signed(tmp_path / "good", "good", rendered_domain())
+    lineage = "/etc/letsencrypt/live/platform"
+    put(root, f"{lineage}/fullchain.pem", "not a certificate\n")
+    put(root, f"{lineage}/privkey.pem", good.key)
+    put(root, "/etc/platform/tls/public/self-signed.crt", good.cert)
+    put(root, "/etc/platform/tls/public/self-signed.key", good.key)
+    hook = tmp_path / "hook.sh"
+    hook.write_text(lb_files()[c.CERTIFICATE_DEPLOY_HOOK])
+    script = (
+        "set -e; cd /etc/platform/tls/public; rm -f fullchain.pem privkey.pem; "
+        "ln -s /etc/platform/tls/public/self-signed.crt fullchain.pem; "
+        "ln -s /etc/platform/tls/public/self-signed.key privkey.pem; "
+        f"if RENEWED_LINEAGE={lineage} bash {hook}; then echo HOOK-PASSED; fi; readlink fullchain.pem"
+    )
+    result = run(in_namespace(root, ["sh", "-c", script]))
+    assert "HOOK-PASSED" not in result.stdout, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("/etc/platform/tls/public/self-signed.crt"), result.stdout + result.stderr
+    assert "kept the previous certificate" in result.stderr
+
+
+# --- the LB in front of two local app servers -------------------------------------------------
+
+
+BACKEND_CONF = """
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp;
+    uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;
+    server {{
+        listen {ip}:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{ add_header X-Backend {name} always; return 200 "{name} $http_x_forwarded_proto $http_x_forwarded_for\\n"; }}
+    }}
+}}
+"""
+
+
+class Backend:
+    """A stand-in app server: nginx with a certificate, answering with its own name."""
+
+    def __init__(self, tmp_path: Path, name: str, ip: str, pair):
+        self.dir = tmp_path / name
+        (self.dir / "tmp").mkdir(parents=True)
+        conf = self.dir / "nginx.conf"
+        conf.write_text(BACKEND_CONF.format(dir=self.dir, ip=ip, port=c.APP_TLS_PORT, cert=pair.cert, key=pair.key, name=name))
+        self.process = subprocess.Popen(
+            [require("nginx"), "-c", str(conf), "-p", str(self.dir), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        wait_for_port(ip, c.APP_TLS_PORT, self.process)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=10)
+
+
+def wait_for_port(host: str, port: int, process: subprocess.Popen, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited early: {process.stderr.read().decode() if process.stderr else ''}")
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {host}:{port}")
+
+
+class LoadBalancerUnderTest:
+    def __init__(self, tmp_path: Path, ca: Path, servers: list[str]):
+        self.root = lb_tree(tmp_path, lb_files(), load_balancer.upstreams(servers), ca)
+        self.public_cert = next((tmp_path / "public").glob("public.crt"))
+        self.process = subprocess.Popen(
+            in_namespace(self.root, [require("nginx"), "-g", "daemon off;"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        wait_for_port("127.0.0.1", c.HTTPS_PORT, self.process)
+
+    def get(self, path: str = "/", method: str = "GET") -> tuple[int, dict[str, str], str]:
+        context = ssl.create_default_context(cafile=str(self.public_cert))
+        context.check_hostname = False  # the certificate names the domain, we dial 127.0.0.1
+        connection = http.client.HTTPSConnection("127.0.0.1", c.HTTPS_PORT, context=context, timeout=10)
+        try:
+            connection.request(method, path, headers={"Host": rendered_domain()})
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read().decode()
+        finally:
+            connection.close()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)  # graceful, as on a droplet's stop
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def ports_free():
+    for port in (c.HTTP_PORT, c.HTTPS_PORT):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is taken on this host"
+
+
+@pytest.fixture
+def internal_ca(tmp_path):
+    return make_ca(tmp_path / "ca", "internal-ca")
+
+
+def app_server_cert(ca, tmp_path: Path, number: int, ip: str):
+    """SANs as components/app_server_pool.py issues them."""
+    stack = settings().stack
+    return issue(ca, tmp_path / "certs", f"app-{number}-{ca.cert.stem}",
+                 dns=[f"{stack}-app-{number}", c.app_pool_tls_name(stack)], ips=[ip])
+
+
+@pytest.fixture
+def started(tmp_path):
+    running = []
+    yield running
+    for thing in reversed(running):
+        thing.stop()
+
+
+def test_lb_reencrypts_alternates_and_survives_a_backend_stopping(tmp_path, ports_free, internal_ca, started):
+    (tmp_path / "certs").mkdir()
+    backends = [Backend(tmp_path, f"app-{n}", ip, app_server_cert(internal_ca, tmp_path, n, ip))
+                for n, ip in enumerate(APP_IPS, start=1)]
+    started.extend(backends)
+    lb = LoadBalancerUnderTest(tmp_path, internal_ca.cert, APP_IPS)
+    started.append(lb)
+
+    answers = [lb.get("/") for _ in range(10)]
+    assert all(status == 200 for status, _, _ in answers), answers
+    served_by = [headers["X-Backend"] for _, headers, _ in answers]
+    # Each nginx worker takes turns on its own, so across workers each backend still
+    # gets at least floor(k/2) + floor((10-k)/2) >= 4 of 10.
+    assert min(served_by.count("app-1"), served_by.count("app-2")) >= 4, f"round robin: {served_by}"
+    body = answers[0][2]
+    assert body.split()[1] == "https" and body.split()[2] == "127.0.0.1", "forwarded proto and client"
+    status, headers, _ = lb.get("/")
+    assert "max-age=63072000" in headers["Strict-Transport-Security"]
+
+    backends[0].stop()
+    after = [lb.get("/") for _ in range(10)]
+    assert [s for s, _, _ in after] == [200] * 10, "a stopped app server loses no GET"
+    assert {h["X-Backend"] for _, h, _ in after} == {"app-2"}
+
+    backends[1].stop()
+    status, _, body = lb.get("/")
+    assert status == 503 and "right back" in body, "no app server: the maintenance page"
+
+
+def test_lb_refuses_an_app_server_with_a_certificate_from_another_ca(tmp_path, ports_free, internal_ca, started):
+    (tmp_path / "certs").mkdir()
+    rogue_ca = make_ca(tmp_path / "rogue", "rogue-ca")
+    started.append(Backend(tmp_path, "rogue", APP_IPS[0], app_server_cert(rogue_ca, tmp_path, 1, APP_IPS[0])))
+    lb = LoadBalancerUnderTest(tmp_path, internal_ca.cert, APP_IPS[:1])
+    started.append(lb)
+    status, headers, body = lb.get("/")
+    assert status == 503 and "X-Backend" not in headers and "right back" in body
+
+
+def test_lb_refuses_a_certificate_without_the_pool_name(tmp_path, ports_free, internal_ca, started):
+    """Signed by the right CA but not issued for the app pool (e.g. the datastore's)."""
+    (tmp_path / "certs").mkdir()
+    other = issue(internal_ca, tmp_path / "certs", "datastore", dns=["staging-datastore"], ips=[APP_IPS[0]])
+    started.append(Backend(tmp_path, "datastore", APP_IPS[0], other))
+    lb = LoadBalancerUnderTest(tmp_path, internal_ca.cert, APP_IPS[:1])
+    started.append(lb)
+    assert lb.get("/")[0] == 503
+
+
+def test_port_80_redirects_and_serves_acme_challenges(tmp_path, ports_free, internal_ca, started):
+    lb = LoadBalancerUnderTest(tmp_path, internal_ca.cert, APP_IPS[:1])
+    started.append(lb)
+    put(lb.root, f"{c.ACME_WEBROOT}/.well-known/acme-challenge/token123", "token123.thumbprint")
+    connection = http.client.HTTPConnection("127.0.0.1", c.HTTP_PORT, timeout=5)
+    connection.request("GET", "/.well-known/acme-challenge/token123", headers={"Host": rendered_domain()})
+    response = connection.getresponse()
+    assert (response.status, response.read()) == (200, b"token123.thumbprint")
+    connection.request("GET", "/some/page?x=1", headers={"Host": rendered_domain()})
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 301
+    assert response.getheader("Location") == f"https://{rendered_domain()}/some/page?x=1"
