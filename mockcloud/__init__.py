@@ -17,6 +17,7 @@ import json
 import runpy
 import secrets
 import string
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,12 @@ def stack_settings(stack: str, **overrides: Any) -> Settings:
 
 # How the engine marks a secret value in the inputs it hands to mocks.
 SECRET_SIGNATURE = "4dabf18193072939515e22adb298388d"
+SECRET_VALUE_SIGNATURE = "1b47061264138c4ac30d75fd1eb44270"
+
+
+def secret(value: Any) -> dict:
+    """A value wrapped the way the engine marks a secret."""
+    return {SECRET_SIGNATURE: SECRET_VALUE_SIGNATURE, "value": value}
 
 
 def is_secret(value: Any) -> bool:
@@ -72,31 +79,79 @@ class Resource:
     id: str
     inputs: dict[str, Any]  # as the engine sent them: secrets still wrapped
     state: dict[str, Any]  # plain values
+    # Resource options as the SDK sent them to the engine (the mock engine drops them).
+    protect: bool = False
+    parent: str = ""
+    additional_secret_outputs: tuple[str, ...] = ()
+    # True when a previous deployment held this resource with the same inputs: a real
+    # `pulumi up` would leave it alone.
+    unchanged: bool = False
+
+
+class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
+    """The SDK's mock monitor, keeping the options of each registration for the mocks."""
+
+    def RegisterResource(self, request):
+        self.mocks.options[(request.type, request.name)] = request
+        return super().RegisterResource(request)
 
 
 class ProviderMocks(pulumi.runtime.Mocks):
     """Answers the engine the way DigitalOcean, tls, random and command would."""
 
-    def __init__(self, vpc_range: str):
+    def __init__(self, vpc_range: str, previous: "ProviderMocks | None" = None):
         self.resources: list[Resource] = []
-        self._ids = itertools.count(100000)
-        self._private = (str(ip) for ip in ipaddress.ip_network(vpc_range).hosts())
+        self.options: dict[tuple[str, str], Any] = {}  # (type, name) -> RegisterResourceRequest
+        # The previous deployment's resources, like a stack's state: unchanged inputs keep
+        # their id and outputs (addresses, keys, passwords), as they would for real.
+        self._state = {(r.type, r.name): r for r in previous.resources} if previous else {}
+        self._raw_state = dict(previous._raw_state) if previous else {}
+        self._ids = itertools.count(100000 + (len(previous._raw_state) * 10 if previous else 0))
+        taken = {
+            r.state.get(field)
+            for r in (previous.resources if previous else [])
+            for field in ("ipv4Address", "ipv4AddressPrivate", "ipAddress")
+        }
+        self._private = (str(ip) for ip in ipaddress.ip_network(vpc_range).hosts() if str(ip) not in taken)
         hosts = PUBLIC_RANGE.hosts()
         next(hosts)  # the first address is the emulated gateway
-        self._public = (str(ip) for ip in hosts)
-        self._keys: dict[str, Any] = {}  # private key PEM -> key object
+        self._public = (str(ip) for ip in hosts if str(ip) not in taken)
+        self._keys: dict[str, Any] = dict(previous._keys) if previous else {}  # private key PEM -> key object
 
     def call(self, args: pulumi.runtime.MockCallArgs):
         return {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         inputs = plain(args.inputs)
-        state = dict(args.inputs)
-        make = getattr(self, "_" + args.typ.split(":")[-1].replace("/", "_"), None)
-        if make:
-            state.update(make(inputs))
-        resource_id = str(next(self._ids))
-        self.resources.append(Resource(args.typ, args.name, resource_id, dict(args.inputs), plain(state)))
+        request = self.options.get((args.typ, args.name))
+        before = self._state.get((args.typ, args.name))
+        unchanged = before is not None and plain(before.inputs) == inputs
+        if unchanged:
+            resource_id, state = before.id, self._raw_state[(args.typ, args.name)]
+        else:
+            state = dict(args.inputs)
+            make = getattr(self, "_" + args.typ.split(":")[-1].replace("/", "_"), None)
+            if make:
+                state.update(make(inputs))
+            # The engine keeps outputs that the provider's schema calls secret as secrets.
+            for name in request.additionalSecretOutputs if request else ():
+                if name in state and not is_secret(state[name]):
+                    state[name] = secret(state[name])
+            resource_id = before.id if before else str(next(self._ids))
+        self._raw_state[(args.typ, args.name)] = state
+        self.resources.append(
+            Resource(
+                args.typ,
+                args.name,
+                resource_id,
+                dict(args.inputs),
+                plain(state),
+                protect=bool(request and request.protect),
+                parent=request.parent if request else "",
+                additional_secret_outputs=tuple(request.additionalSecretOutputs) if request else (),
+                unchanged=unchanged,
+            )
+        )
         return resource_id, state
 
     # --- DigitalOcean ------------------------------------------------------------------
@@ -215,12 +270,13 @@ class Deployment:
     resources: list[Resource]
     outputs: dict[str, Any]
     secret_outputs: dict[str, bool] = field(default_factory=dict)
+    mocks: ProviderMocks | None = field(default=None, repr=False)
 
     def of_type(self, suffix: str) -> list[Resource]:
         return [r for r in self.resources if r.type.endswith(suffix)]
 
-    def named(self, name: str) -> Resource:
-        (found,) = [r for r in self.resources if r.name == name]
+    def named(self, name: str, type_suffix: str = "") -> Resource:
+        (found,) = [r for r in self.resources if r.name == name and r.type.endswith(type_suffix)]
         return found
 
 
@@ -229,10 +285,16 @@ def build_program():
     return runpy.run_path(str(ROOT / "__main__.py"), run_name="platform_program")["build"]
 
 
-def deploy(settings: Settings) -> Deployment:
-    """Run the program once under the mock engine and resolve its outputs."""
-    mocks = ProviderMocks(settings.vpc_ip_range)
-    pulumi.runtime.set_mocks(mocks, project=conventions.PROJECT, stack=settings.stack, preview=False)
+def deploy(settings: Settings, previous: Deployment | None = None) -> Deployment:
+    """Run the program once under the mock engine and resolve its outputs.
+
+    With `previous`, the run starts from that deployment's state, the way `pulumi up`
+    on an existing stack does: resources whose inputs did not change keep their outputs.
+    """
+    mocks = ProviderMocks(settings.vpc_ip_range, previous.mocks if previous else None)
+    pulumi.runtime.set_mocks(
+        mocks, project=conventions.PROJECT, stack=settings.stack, preview=False, monitor=RecordingMonitor(mocks)
+    )
     build = build_program()
     result: dict[str, Any] = {}
 
@@ -241,5 +303,14 @@ def deploy(settings: Settings) -> Deployment:
         outputs = build(settings)
         return pulumi.Output.all(**outputs).apply(result.update)
 
-    run()
-    return Deployment(settings=settings, resources=mocks.resources, outputs=result)
+    try:
+        run()
+    except Exception as failure:
+        # The engine's chain of awaits is too deep for pytest to print; keep the program's part.
+        where = "".join(traceback.format_exception(failure)[-12:])
+        raise ProgramFailed(f"the program failed under the mock engine: {failure!r}\n{where}") from None
+    return Deployment(settings=settings, resources=mocks.resources, outputs=result, mocks=mocks)
+
+
+class ProgramFailed(RuntimeError):
+    """The Pulumi program raised while registering its resources."""
