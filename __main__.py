@@ -38,9 +38,7 @@ def build(settings: Settings) -> dict[str, object]:
     return {
         "url": f"https://{settings.domain}",
         "public_ip": lb.public_ip,
-        "ssh": lb.jump_host.apply(
-            lambda ip: f"ssh -J {conventions.OPERATOR_USER}@{ip} {conventions.OPERATOR_USER}@<private address>"
-        ),
+        "ssh": ssh_commands(lb.public_ip, pool.private_ips, datastore.private_ip),
         "private_ips": {
             "lb": lb.private_ip,
             "app": pool.private_ips,
@@ -55,6 +53,18 @@ def build(settings: Settings) -> dict[str, object]:
             droplet_backups=settings.droplet_backups,
         ),
     }
+
+
+def ssh_commands(jump_ip, app_ips, datastore_ip) -> pulumi.Output[dict]:
+    """How an operator logs in to each droplet: the LB by its reserved IP, the rest through it."""
+    user = conventions.OPERATOR_USER
+
+    def commands(ips: list[str]) -> dict:
+        jump, *app, datastore_ip = ips
+        through = lambda ip: f"ssh -J {user}@{jump} {user}@{ip}"  # noqa: E731
+        return {"lb": f"ssh {user}@{jump}", "app": [through(ip) for ip in app], "datastore": through(datastore_ip)}
+
+    return pulumi.Output.all(jump_ip, *app_ips, datastore_ip).apply(commands)
 
 
 def load_settings() -> Settings:

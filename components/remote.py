@@ -27,7 +27,8 @@ class AutomationKey(pulumi.ComponentResource):
     def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None):
         super().__init__("node-platform:index:AutomationKey", name, None, opts)
         key = tls.PrivateKey(f"{name}-key", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=self))
-        self.public_key_openssh: pulumi.Output[str] = key.public_key_openssh
+        # pulumi-tls ends the line with a newline; authorized_keys entries and DO's API want the bare key.
+        self.public_key_openssh: pulumi.Output[str] = key.public_key_openssh.apply(str.strip)
         self.private_key_pem: pulumi.Output[str] = pulumi.Output.secret(key.private_key_openssh)
         self.register_outputs({"public_key_openssh": self.public_key_openssh})
 
