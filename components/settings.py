@@ -270,14 +270,15 @@ class Settings:
         for setting in SETTINGS:
             value = raw.get(setting.key, setting.default)
             if value is REQUIRED:
-                problems.append(f"{setting.key}: missing; it must be set ({setting.meaning})")
+                problems.append(
+                    f"{setting.key}: missing; it must be set to {_allowed(setting)} ({setting.meaning})"
+                )
                 continue
             try:
                 values[_snake(setting.key)] = setting.parse(value)
             except Invalid as allowed:
                 problems.append(f"{setting.key}: {_shown(value)} is not allowed: {allowed}")
-        if not problems:
-            problems += _cross_checks(values)
+        problems += _cross_checks(values)
         if problems:
             raise SettingsError(stack, problems)
         if not values["spaces_region"]:
@@ -286,16 +287,28 @@ class Settings:
 
 
 def _cross_checks(values: dict[str, Any]) -> list[str]:
+    """Checks between settings; each runs only when the settings it compares are valid."""
     problems = []
-    zone, domain = values["dns_zone"], values["domain"]
-    if zone and not (domain == zone or domain.endswith("." + zone)):
+    zone, domain = values.get("dns_zone"), values.get("domain")
+    if zone and domain and not (domain == zone or domain.endswith("." + zone)):
         problems.append(f"dnsZone: {zone!r} is not allowed: a zone that contains domain {domain!r}")
+    if not {"backups", "spaces_region", "region"} <= set(values):
+        return problems
     if values["backups"] and not values["spaces_region"] and values["region"] not in SPACES_REGIONS:
         problems.append(
             f"spacesRegion: '' is not allowed when region is {values['region']!r} (no Spaces "
             f"there): one of {', '.join(SPACES_REGIONS)}"
         )
     return problems
+
+
+def _allowed(setting: Setting) -> str:
+    """What the setting's parser accepts, in its own words."""
+    try:
+        setting.parse(None)
+    except Invalid as allowed:
+        return str(allowed)
+    return "a value"
 
 
 def _snake(key: str) -> str:

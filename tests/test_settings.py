@@ -1,0 +1,191 @@
+"""Bad settings stop the run before anything is registered, with one line per problem.
+
+Each line names the setting, shows the value and says what is allowed. The stack files
+themselves are read through `mockcloud.stack_settings`, as the graph tests read them.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+
+import pulumi
+import pytest
+
+import mockcloud
+from components import conventions, prices
+from components.settings import REQUIRED, SETTINGS, Settings, SettingsError
+
+STACK_FILE = {"staging": mockcloud.stack_file_config("staging")}
+
+
+def problems_with(**overrides) -> list[str]:
+    with pytest.raises(SettingsError) as raised:
+        mockcloud.stack_settings("staging", **overrides)
+    return raised.value.problems
+
+
+def the_problem(**overrides) -> str:
+    (problem,) = problems_with(**overrides)
+    return problem
+
+
+def test_the_stack_files_are_valid():
+    staging, production = mockcloud.stack_settings("staging"), mockcloud.stack_settings("production")
+    assert staging.acme_directory.startswith("https://acme-staging-")
+    assert not production.acme_directory.startswith("https://acme-staging-")
+    assert (staging.protect_data, production.protect_data) == (False, True)
+    assert staging.image == "ubuntu-24-04-x64"
+
+
+@pytest.mark.parametrize("count", [0, 200, -1, "two", 2.5])
+def test_app_server_count_out_of_range(count):
+    problem = the_problem(appServerCount=count)
+    assert problem.startswith("appServerCount: ")
+    assert repr(str(count)) in problem or repr(json.dumps(count)) in problem
+    assert "a whole number from 1 to 50" in problem
+
+
+def test_unknown_engine():
+    problem = the_problem(engines=["postgresql", "mysql"])
+    assert problem.startswith("engines: ")
+    assert "mysql" in problem
+    for engine in conventions.ENGINES:
+        assert engine in problem  # what is allowed
+
+
+@pytest.mark.parametrize("cidr", ["203.0.113.300/32", "203.0.113.7/33", "203.0.113.7/24", "example.com"])
+def test_malformed_cidr(cidr):
+    problem = the_problem(adminCidrs=[cidr])
+    assert problem.startswith("adminCidrs: ")
+    assert repr(cidr) in problem
+    assert "list of CIDRs such as" in problem
+
+
+@pytest.mark.parametrize("domain", ["Example.COM", "app..example.com", "-app.example.com", "localhost", "app_1.example.com"])
+def test_malformed_domain(domain):
+    problem = the_problem(domain=domain)
+    assert problem == f"domain: {domain!r} is not allowed: a lower-case DNS name such as app.example.com"
+
+
+def test_missing_required_key():
+    config = {k: v for k, v in STACK_FILE["staging"].items() if k != "acmeEmail"}
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_config("staging", config)
+    (problem,) = raised.value.problems
+    assert problem.startswith("acmeEmail: missing; it must be set to an e-mail address such as ops@example.com")
+
+
+def test_unknown_key_suggests_the_setting_meant():
+    problem = the_problem(appServerCont=3)
+    assert problem == "appServerCont: not a setting of this program (did you mean appServerCount?)"
+    assert the_problem(colour="blue") == "colour: not a setting of this program"
+
+
+@pytest.mark.parametrize("address", ["ops", "ops@", "ops@example", "ops at example.com"])
+def test_bad_email(address):
+    assert the_problem(acmeEmail=address) == (
+        f"acmeEmail: {address!r} is not allowed: an e-mail address such as ops@example.com"
+    )
+
+
+@pytest.mark.parametrize("key", ["ssh-dss AAAAB3Nza ops@host", "AAAAC3NzaC1lZDI1NTE5AAAA ops@host", "not a key"])
+def test_bad_ssh_key(key):
+    problem = the_problem(sshPublicKeys=[key])
+    assert problem.startswith("sshPublicKeys: ")
+    assert key[:24] in problem
+    assert "OpenSSH public keys" in problem
+
+
+def test_bad_size():
+    problem = the_problem(appSize="s-1vcpu-3gb")
+    assert problem.startswith("appSize: 's-1vcpu-3gb' is not allowed: one of ")
+    for size in prices.DROPLET_MONTHLY:
+        assert size in problem
+
+
+def test_bad_region():
+    problem = the_problem(region="mars1")
+    assert problem.startswith("region: 'mars1' is not allowed: one of nyc1, ")
+    assert "ams3" in problem
+
+
+def test_dns_zone_must_contain_the_domain():
+    assert the_problem(dnsZone="example.org") == (
+        "dnsZone: 'example.org' is not allowed: a zone that contains domain 'staging.example.com'"
+    )
+    # A zone that merely ends with the same letters is not the parent zone.
+    assert the_problem(dnsZone="ple.com").startswith("dnsZone: 'ple.com' is not allowed")
+    assert mockcloud.stack_settings("staging", dnsZone="example.com").dns_zone == "example.com"
+
+
+@pytest.mark.parametrize("vpc", ["8.8.8.0/24", "10.0.0.0/8", "10.110.16.0/28", "10.110.16.1/24", "fd00::/64"])
+def test_vpc_range_must_be_private_and_16_to_24(vpc):
+    problem = the_problem(vpcIpRange=vpc)
+    assert problem == (
+        f"vpcIpRange: {vpc!r} is not allowed: a private (RFC 1918) IPv4 range from /16 to /24, such as 10.110.0.0/20"
+    )
+
+
+def test_every_problem_is_reported_at_once():
+    problems = problems_with(
+        appServerCount=0, engines=["mysql"], adminCidrs=["nope"], domain="bad..name", regoin="ams3", dnsZone="other.org"
+    )
+    keys = [p.split(":", 1)[0] for p in problems]
+    assert sorted(keys) == sorted(["regoin", "appServerCount", "engines", "adminCidrs", "domain"])
+    with pytest.raises(SettingsError) as raised:
+        mockcloud.stack_settings("staging", appServerCount=0, region="mars1")
+    message = str(raised.value)
+    assert message.splitlines()[0] == "Pulumi.staging.yaml has 2 bad setting(s):"
+    assert len(message.splitlines()) == 3
+
+
+def test_the_zone_check_runs_alongside_other_problems():
+    keys = [p.split(":", 1)[0] for p in problems_with(appServerCount=0, dnsZone="example.org")]
+    assert keys == ["appServerCount", "dnsZone"]
+
+
+def test_every_setting_has_a_default_or_is_required_and_a_meaning():
+    for setting in SETTINGS:
+        assert setting.meaning.endswith("."), setting.key
+        if setting.default is not REQUIRED:
+            setting.parse(setting.default)  # a default the parser refuses would be a trap
+
+
+# --- The program's own path: __main__.py reads the config the Pulumi CLI hands it ------------
+
+
+def run_main(monkeypatch, config: dict[str, object]) -> tuple[list[mockcloud.Resource], SystemExit | None]:
+    """Runs __main__.py as `pulumi up` would, with config in PULUMI_CONFIG (strings, lists as JSON)."""
+    as_cli_gives_it = {
+        f"{conventions.PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()
+    }
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps(as_cli_gives_it))
+    mocks = mockcloud.ProviderMocks("10.110.16.0/24")
+    pulumi.runtime.set_mocks(mocks, project=conventions.PROJECT, stack="staging", preview=False)
+    stopped: dict[str, SystemExit] = {}
+
+    @pulumi.runtime.test
+    def run():
+        try:
+            runpy.run_path(str(mockcloud.ROOT / "__main__.py"), run_name="__main__")
+        except SystemExit as stop:
+            stopped["exit"] = stop
+
+    run()
+    return mocks.resources, stopped.get("exit")
+
+
+def test_bad_settings_register_nothing(monkeypatch):
+    resources, stop = run_main(monkeypatch, {**STACK_FILE["staging"], "appServerCount": 0, "engines": ["mysql"]})
+    assert stop is not None
+    assert str(stop.code).startswith("Pulumi.staging.yaml has 2 bad setting(s):")
+    assert "appServerCount: '0' is not allowed" in str(stop.code)
+    assert resources == []
+
+
+def test_good_settings_register_the_platform_through_the_same_path(monkeypatch):
+    """The test above can fail: the same path with the stack file's settings registers everything."""
+    resources, stop = run_main(monkeypatch, STACK_FILE["staging"])
+    assert stop is None
+    assert sum(r.type.endswith(":Droplet") for r in resources) == 4
