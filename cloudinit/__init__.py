@@ -105,6 +105,8 @@ def template_context(role: str, settings: Settings) -> dict[str, Any]:
             role, stack=settings.stack, admin_cidrs=settings.admin_cidrs, engines=settings.engines
         ),
         "engines": [conventions.ENGINES[name] for name in settings.engines],
+        # The role module's own facts (its file paths, units), so its scripts name them once.
+        "facts": role_module(role),
     }
 
 

@@ -48,11 +48,11 @@ class Datastore(pulumi.ComponentResource):
         )
         self.volume = do.Volume(
             f"{name}-volume",
-            name=f"{settings.stack}-data",
+            name=conventions.volume_name(settings.stack),
             region=settings.region,
             size=settings.volume_size_gb,
-            initial_filesystem_type="ext4",
-            initial_filesystem_label="platform-data",
+            initial_filesystem_type=conventions.VOLUME_FILESYSTEM,
+            initial_filesystem_label=conventions.VOLUME_LABEL,
             description=f"{settings.stack} datastore engines' data",
             opts=kept,
         )
@@ -84,15 +84,15 @@ class Datastore(pulumi.ComponentResource):
             )
 
         # Alphanumeric: they go into connection URLs and config files unquoted.
+        # The app gets one login per engine; the datastore also needs its admin logins.
+        passwords = {
+            login: random.RandomPassword(
+                f"{name}-{login}-password", length=PASSWORD_LENGTH, special=False, opts=child
+            ).result
+            for login in datastore_files.password_names(settings)
+        }
         self.passwords = pulumi.Output.secret(
-            pulumi.Output.all(
-                **{
-                    engine: random.RandomPassword(
-                        f"{name}-{engine}-password", length=PASSWORD_LENGTH, special=False, opts=child
-                    ).result
-                    for engine in settings.engines
-                }
-            )
+            pulumi.Output.all(**{engine: passwords[engine] for engine in settings.engines})
         )
         self.private_ip = self.droplet.ipv4_address_private
         route = remote.SshRoute(host=self.private_ip, key=key, jump_host=jump_host)
@@ -110,7 +110,7 @@ class Datastore(pulumi.ComponentResource):
             f"{name}-secrets-push",
             route=route,
             kind="secrets",
-            files={"secrets.env": self.passwords.apply(datastore_files.secrets_env)},
+            files={"secrets.env": pulumi.Output.secret(pulumi.Output.all(**passwords)).apply(datastore_files.secrets_env)},
             parent=self,
         )
         self.register_outputs({"private_ip": self.private_ip})

@@ -1,4 +1,10 @@
-"""The datastore: each enabled engine on the block volume, reached over TLS only."""
+"""The datastore: each enabled engine on the block volume, reached over TLS only.
+
+Engines are installed without starting; provisioning starts each one once the volume
+is mounted and the droplet's certificate is there (and, for Redis, its password).
+Passwords never appear in these files: they arrive by the `secrets` push and
+provisioning applies them to each engine.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,83 @@ from ..common import ROLE_STEPS
 
 PROGRAMS = [Program("datastore/provision.sh", ROLE_STEPS, mode="0644")]
 
-SECRETS_FILE = f"{conventions.PLATFORM_ETC}/secrets.env"
+SECRETS_FILE = conventions.DATASTORE_SECRETS_FILE
+# Logins that only the datastore itself uses, besides the app's one per engine.
+ADMIN_LOGINS = {"mongodb": "mongodb_admin"}
+
+# Versionless homes for PostgreSQL's files: the cluster's own postgresql.conf (written
+# by pg_createcluster for whichever version the distribution has) includes ours.
+POSTGRESQL_DIR = f"{conventions.PLATFORM_ETC}/postgresql"
+POSTGRESQL_CONF = f"{POSTGRESQL_DIR}/platform.conf"
+POSTGRESQL_HBA = f"{POSTGRESQL_DIR}/pg_hba.conf"
+POSTGRESQL_CREATECLUSTER = "/etc/postgresql-common/createcluster.d/50-platform.conf"
+REDIS_CONF = "/etc/redis/redis.conf"
+# requirepass, written by provisioning from the secrets push (redis.conf includes it).
+REDIS_PASSWORD_CONF = "/etc/redis/platform-password.conf"
+REDIS_STUNNEL_CONF = "/etc/stunnel/platform-redis.conf"
+RABBITMQ_CONF = "/etc/rabbitmq/rabbitmq.conf"
+RABBITMQ_ENV = "/etc/rabbitmq/rabbitmq-env.conf"
+MONGODB_CONF = "/etc/mongod.conf"
+MONGODB_USERS_SCRIPT = f"{conventions.PLATFORM_ETC}/mongodb/users.js"
+
+# Each engine's systemd unit, and the units that keep data on the volume: a drop-in
+# makes them wait for the mount (RequiresMountsFor).
+UNITS = {
+    "postgresql": "postgresql@.service",  # one instance per cluster, e.g. postgresql@16-main
+    "mongodb": "mongod.service",
+    "redis": "redis-server.service",
+    "rabbitmq": "rabbitmq-server.service",
+}
+STUNNEL_REDIS_UNIT = "stunnel@platform-redis.service"  # reads REDIS_STUNNEL_CONF
+STUNNEL_REDIS_DROP_IN = f"/etc/systemd/system/{STUNNEL_REDIS_UNIT}.d/50-platform.conf"
+
+
+def drop_in(engine: str) -> str:
+    return f"/etc/systemd/system/{UNITS[engine]}.d/50-platform-data.conf"
+
+
+# Files whose rendered text carries the private-address placeholder.
+ADDRESSED = (POSTGRESQL_CONF, REDIS_STUNNEL_CONF, MONGODB_CONF)
+
+
+def engine_files(engine: str) -> list[ConfigFile]:
+    mount_drop_in = ConfigFile("datastore/data-mount.conf", drop_in(engine))
+    return {
+        "postgresql": [
+            # Read before the package is installed: no default cluster on the root disk.
+            ConfigFile("datastore/createcluster.conf", POSTGRESQL_CREATECLUSTER),
+            ConfigFile("datastore/postgresql.conf", POSTGRESQL_CONF),
+            ConfigFile("datastore/pg_hba.conf", POSTGRESQL_HBA),
+            mount_drop_in,
+        ],
+        "redis": [
+            ConfigFile("datastore/redis.conf", REDIS_CONF),
+            ConfigFile("datastore/stunnel-redis.conf", REDIS_STUNNEL_CONF),
+            ConfigFile("datastore/redis-data-mount.conf", drop_in(engine)),
+            ConfigFile("datastore/stunnel-network.conf", STUNNEL_REDIS_DROP_IN),
+        ],
+        "rabbitmq": [
+            ConfigFile("datastore/rabbitmq.conf", RABBITMQ_CONF),
+            ConfigFile("datastore/rabbitmq-env.conf", RABBITMQ_ENV),
+            mount_drop_in,
+        ],
+        "mongodb": [
+            ConfigFile("datastore/mongod.conf", MONGODB_CONF),
+            ConfigFile("datastore/mongodb-users.js", MONGODB_USERS_SCRIPT, mode="0600"),
+            mount_drop_in,
+        ],
+    }[engine]
 
 
 def files(settings: Settings) -> list[ConfigFile]:
-    return []
+    return [f for engine in settings.engines for f in engine_files(engine)]
+
+
+def password_names(settings: Settings) -> list[str]:
+    """Every password the secrets push carries: the app's login per engine, then admins."""
+    names = list(settings.engines)
+    names += [ADMIN_LOGINS[e] for e in settings.engines if e in ADMIN_LOGINS]
+    return names
 
 
 def pushes(settings: Settings) -> dict[str, Push]:
@@ -27,6 +105,8 @@ def pushes(settings: Settings) -> dict[str, Push]:
 
 
 def after_tls(settings: Settings) -> list[list[str]]:
+    # Provisioning starts the engines once the certificate is there, and restarts them
+    # when it changes.
     return [[conventions.PROVISION_COMMAND]]
 
 

@@ -1,6 +1,343 @@
 # shellcheck shell=bash
 # The datastore's steps, run by platform-provision after the common ones.
+# Each enabled engine is installed without starting. It starts once the volume is
+# mounted and the droplet's certificate has been pushed; its passwords are applied once
+# the secrets push has written {{ c.DATASTORE_SECRETS_FILE }}. Both pushes run this again.
+
+VOLUME_DEVICE={{ c.VOLUME_DEVICE_PREFIX }}{{ c.volume_name(settings.stack) }}
+# The volume is attached after the droplet is created: first boot may have to wait.
+VOLUME_WAIT_SECONDS=600
+VOLUME_MOUNT_OPTIONS=defaults,nofail,noatime,x-systemd.device-timeout=30s
+# A digest of each password applied to an engine, kept with the data it belongs to.
+APPLIED_PASSWORDS={{ c.DATA_MOUNT }}/platform/applied-passwords
+TLS_FINGERPRINT={{ c.PLATFORM_STATE }}/datastore-tls.sha256
+# Staged files with the private address filled in, as installed.
+RESOLVED_FILES={{ c.PLATFORM_STATE }}/resolved-files
+PRIVATE_ADDRESS=
 
 role_steps() {
-    mkdir -p "{{ c.DATA_MOUNT }}"
+    step "data volume"
+    ensure_data_volume
+    step "engine units"
+{% for engine in engines %}
+    install_file {{ facts.drop_in(engine.name) }}
+{% endfor %}
+{% if "redis" in settings.engines %}
+    install_file {{ facts.STUNNEL_REDIS_DROP_IN }}
+{% endif %}
+    if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
+    note_certificate_change
+    load_secrets
+{% for engine in engines %}
+    step "{{ engine.name }}"
+    {{ engine.name }}_steps
+{% endfor %}
 }
+
+# --- The volume --------------------------------------------------------------------
+
+ensure_data_volume() {
+    wait_for_volume
+    # DigitalOcean formats a new volume; format only when there is no filesystem at all.
+    if [ -z "$(blkid -o value -s TYPE "$VOLUME_DEVICE")" ]; then
+        mkfs -t {{ c.VOLUME_FILESYSTEM }} -q -L {{ c.VOLUME_LABEL }} "$VOLUME_DEVICE"
+        changed "formatted $VOLUME_DEVICE"
+    fi
+    # nofail: a missing volume must not stop the droplet from booting (and SSH from working).
+    local entry="$VOLUME_DEVICE {{ c.DATA_MOUNT }} {{ c.VOLUME_FILESYSTEM }} $VOLUME_MOUNT_OPTIONS 0 2"
+    if ! grep -qxF "$entry" /etc/fstab; then
+        sed -i "\\|^$VOLUME_DEVICE |d" /etc/fstab
+        printf '%s\n' "$entry" >> /etc/fstab
+        changed "fstab: $VOLUME_DEVICE on {{ c.DATA_MOUNT }}"
+    fi
+    if ! mountpoint -q {{ c.DATA_MOUNT }}; then
+        mkdir -p {{ c.DATA_MOUNT }}
+        mount {{ c.DATA_MOUNT }}
+        changed "mounted {{ c.DATA_MOUNT }}"
+    fi
+}
+
+wait_for_volume() {
+    local waited=0
+    until [ -e "$VOLUME_DEVICE" ]; do
+        if [ "$waited" -ge "$VOLUME_WAIT_SECONDS" ]; then
+            log "the volume $VOLUME_DEVICE is not attached after ${VOLUME_WAIT_SECONDS}s"
+            return 1
+        fi
+        sleep 5
+        waited=$((waited + 5))
+    done
+}
+
+# --- Shared by the engines -----------------------------------------------------------
+
+# Packages are installed without starting their services: a package's defaults would
+# start an engine on the root disk without TLS. Provisioning starts each one when ready.
+ensure_packages_unstarted() {
+    local policy=/usr/sbin/policy-rc.d
+    if [ -e "$policy" ]; then
+        ensure_packages "$@"
+        return 0
+    fi
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod 0755 "$policy"
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    ensure_packages "$@"
+    rm -f "$policy"
+    trap - EXIT
+}
+
+# The droplet's address in the VPC, which engines listen on besides loopback.
+private_address() {
+    python3 - "$VPC_IP_RANGE" <<'PYTHON'
+import ipaddress, json, subprocess, sys
+vpc = ipaddress.ip_network(sys.argv[1])
+shown = subprocess.run(["ip", "-json", "-4", "addr", "show"], capture_output=True, text=True, check=True)
+found = [a["local"] for i in json.loads(shown.stdout) for a in i.get("addr_info", [])
+         if ipaddress.ip_address(a["local"]) in vpc]
+if not found:
+    sys.exit(f"no address in the VPC range {vpc} on this droplet")
+print(found[0])
+PYTHON
+}
+
+# Installs one staged file, with the private address in place of its placeholder.
+install_file() {
+    local path=$1 entry listed mode owner group
+    if [ -z "$PRIVATE_ADDRESS" ]; then PRIVATE_ADDRESS=$(private_address); fi
+    mkdir -p "$(dirname "$RESOLVED_FILES$path")"
+    sed "s/{{ c.PRIVATE_ADDRESS_PLACEHOLDER }}/$PRIVATE_ADDRESS/g" "$STAGED_FILES$path" > "$RESOLVED_FILES$path"
+    for entry in $CONFIG_FILES; do
+        IFS=: read -r listed mode owner group <<<"$entry"
+        if [ "$listed" = "$path" ]; then
+            STAGED_FILES=$RESOLVED_FILES install_config "$path" "$mode" "$owner:$group"
+            return 0
+        fi
+    done
+    log "$path is not a staged file of this role"
+    return 1
+}
+
+# Writes a file that holds a secret, when it differs; the secret never appears in argv.
+ensure_secret_file() {
+    local path=$1 mode=$2 owner=$3 content=$4
+    if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ] \
+        && [ "$(stat -c '%a %U:%G' "$path")" = "${mode#0} $owner" ]; then
+        return 0
+    fi
+    (umask 077 && printf '%s\n' "$content" > "$path.new")
+    chown "$owner" "$path.new"
+    chmod "$mode" "$path.new"
+    mv -f "$path.new" "$path"
+    CHANGED_FILES+=("$path")
+    changed "$path"
+}
+
+tls_ready() { [ -s {{ c.SERVER_CERT_PATH }} ] && [ -s {{ c.SERVER_KEY_PATH }} ]; }
+
+# Engines read the certificate when they start: a new one means a restart.
+note_certificate_change() {
+    tls_ready || return 0
+    local now
+    now=$(cat {{ c.SERVER_CERT_PATH }} {{ c.SERVER_KEY_PATH }} | sha256sum | cut -d' ' -f1)
+    [ "$(cat "$TLS_FINGERPRINT" 2>/dev/null)" = "$now" ] && return 0
+    printf '%s\n' "$now" > "$TLS_FINGERPRINT"
+    CHANGED_FILES+=("{{ c.TLS_DIR }}/")
+    changed "the engines' certificate"
+}
+
+have_secrets() { [ -f {{ c.DATASTORE_SECRETS_FILE }} ]; }
+
+load_secrets() {
+    have_secrets || return 0
+    # shellcheck source=/dev/null
+    . {{ c.DATASTORE_SECRETS_FILE }}
+}
+
+password_digest() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+
+password_applied() {
+    [ "$(cat "$APPLIED_PASSWORDS/$1" 2>/dev/null)" = "$(password_digest "$2")" ]
+}
+
+note_password_applied() {
+    install -d -m 0700 "$APPLIED_PASSWORDS"
+    (umask 077 && password_digest "$2" > "$APPLIED_PASSWORDS/$1")
+}
+
+# Starts an engine that is down; restarts it when its config or the certificate changed.
+engine_running() {
+    local unit=$1 prefix
+    shift
+    ensure_enabled "$unit"
+    if ! systemctl is-active --quiet "$unit"; then
+        systemctl start "$unit"
+        changed "started $unit"
+        return 0
+    fi
+    for prefix in "$@" "{{ c.TLS_DIR }}/"; do
+        if files_changed_under "$prefix"; then
+            systemctl restart "$unit"
+            changed "restarted $unit"
+            return 0
+        fi
+    done
+}
+{% if "postgresql" in settings.engines %}
+
+# --- PostgreSQL ----------------------------------------------------------------------
+
+postgresql_steps() {
+    # Read by the package's install: no default cluster on the root disk.
+    install_file {{ facts.POSTGRESQL_CREATECLUSTER }}
+    ensure_packages_unstarted postgresql
+    ensure_member postgres {{ c.TLS_KEY_GROUP }}
+    install_file {{ facts.POSTGRESQL_CONF }}
+    install_file {{ facts.POSTGRESQL_HBA }}
+    ensure_dir {{ c.DATA_MOUNT }}/postgresql 0755 postgres:postgres
+    local version
+    version=$(postgresql_version)
+    if [ ! -f "/etc/postgresql/$version/main/postgresql.conf" ]; then
+        # On the volume (createcluster.d); an existing data directory there is taken over.
+        pg_createcluster "$version" main
+        changed "PostgreSQL $version cluster main"
+    fi
+    tls_ready || return 0
+    engine_running "postgresql@$version-main" {{ facts.POSTGRESQL_DIR }}/
+    postgresql_logins
+}
+
+# The distribution's version (15 on Debian 12, 16 on Ubuntu 24.04), as installed.
+postgresql_version() {
+    find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -n | tail -n 1
+}
+
+psql_admin() { runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
+
+postgresql_logins() {
+    if [ -z "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = '{{ c.BACKUP_USER }}'")" ]; then
+        # pg_dump as the backup OS user (peer): reads everything, writes nothing.
+        psql_admin <<'SQL'
+CREATE ROLE {{ c.BACKUP_USER }} LOGIN;
+GRANT pg_read_all_data TO {{ c.BACKUP_USER }};
+ALTER ROLE {{ c.BACKUP_USER }} SET default_transaction_read_only = on;
+SQL
+        changed "PostgreSQL role {{ c.BACKUP_USER }}"
+    fi
+    have_secrets || return 0
+    if [ -z "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = '{{ c.ENGINE_APP_USER }}'")" ]; then
+        psql_admin -c "CREATE ROLE {{ c.ENGINE_APP_USER }} LOGIN"
+        changed "PostgreSQL role {{ c.ENGINE_APP_USER }}"
+    fi
+    if [ -z "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '{{ c.ENGINE_APP_DATABASE }}'")" ]; then
+        psql_admin -c "CREATE DATABASE {{ c.ENGINE_APP_DATABASE }} OWNER {{ c.ENGINE_APP_USER }}"
+        psql_admin -c "REVOKE ALL ON DATABASE {{ c.ENGINE_APP_DATABASE }} FROM PUBLIC"
+        psql_admin -c "GRANT CONNECT ON DATABASE {{ c.ENGINE_APP_DATABASE }} TO {{ c.BACKUP_USER }}"
+        changed "PostgreSQL database {{ c.ENGINE_APP_DATABASE }}"
+    fi
+    if ! password_applied postgresql "$POSTGRESQL_PASSWORD"; then
+        # On stdin, not argv; the server stores only the SCRAM verifier.
+        printf '\\set password %s\nALTER ROLE {{ c.ENGINE_APP_USER }} PASSWORD :'"'"'password'"'"';\n' \
+            "$POSTGRESQL_PASSWORD" | psql_admin
+        note_password_applied postgresql "$POSTGRESQL_PASSWORD"
+        changed "PostgreSQL password of {{ c.ENGINE_APP_USER }}"
+    fi
+}
+{% endif %}
+{% if "redis" in settings.engines %}
+
+# --- Redis behind stunnel ------------------------------------------------------------
+
+redis_steps() {
+    ensure_packages_unstarted redis-server stunnel4
+    # stunnel re-reads the key as stunnel4 on reload; Redis itself never sees it.
+    ensure_member stunnel4 {{ c.TLS_KEY_GROUP }}
+    install_file {{ facts.REDIS_CONF }}
+    ensure_dir {{ c.DATA_MOUNT }}/redis 0750 redis:redis
+    # Without its password Redis does not start: stunnel would expose it to the VPC.
+    have_secrets || return 0
+    ensure_secret_file {{ facts.REDIS_PASSWORD_CONF }} 0640 root:redis "requirepass $REDIS_PASSWORD"
+    tls_ready || return 0
+    engine_running redis-server /etc/redis/
+    install_file {{ facts.REDIS_STUNNEL_CONF }}
+    engine_running {{ facts.STUNNEL_REDIS_UNIT }} {{ facts.REDIS_STUNNEL_CONF }}
+}
+{% endif %}
+{% if "rabbitmq" in settings.engines %}
+
+# --- RabbitMQ ------------------------------------------------------------------------
+
+rabbitmq_steps() {
+    ensure_packages_unstarted rabbitmq-server
+    ensure_member rabbitmq {{ c.TLS_KEY_GROUP }}
+    install_file {{ facts.RABBITMQ_CONF }}
+    install_file {{ facts.RABBITMQ_ENV }}
+    ensure_dir {{ c.DATA_MOUNT }}/rabbitmq 0750 rabbitmq:rabbitmq
+    tls_ready || return 0
+    engine_running rabbitmq-server /etc/rabbitmq/
+    rabbitmq_logins
+}
+
+# One name per line: the first column of a rabbitmqctl listing.
+rabbitmq_names() { rabbitmqctl --quiet --no-table-headers "$@" | cut -f1; }
+
+rabbitmq_logins() {
+    if rabbitmq_names list_users | grep -qx guest; then
+        rabbitmqctl --quiet delete_user guest
+        changed "RabbitMQ user guest deleted"
+    fi
+    have_secrets || return 0
+    if ! rabbitmq_names list_vhosts | grep -qx {{ c.ENGINE_APP_DATABASE }}; then
+        rabbitmqctl --quiet add_vhost {{ c.ENGINE_APP_DATABASE }}
+        changed "RabbitMQ vhost {{ c.ENGINE_APP_DATABASE }}"
+    fi
+    # Passwords on stdin, not argv.
+    if ! rabbitmq_names list_users | grep -qx {{ c.ENGINE_APP_USER }}; then
+        printf '%s\n' "$RABBITMQ_PASSWORD" | rabbitmqctl --quiet add_user {{ c.ENGINE_APP_USER }} >/dev/null
+        changed "RabbitMQ user {{ c.ENGINE_APP_USER }}"
+    elif ! printf '%s\n' "$RABBITMQ_PASSWORD" \
+        | rabbitmqctl --quiet authenticate_user {{ c.ENGINE_APP_USER }} >/dev/null 2>&1; then
+        printf '%s\n' "$RABBITMQ_PASSWORD" | rabbitmqctl --quiet change_password {{ c.ENGINE_APP_USER }} >/dev/null
+        changed "RabbitMQ password of {{ c.ENGINE_APP_USER }}"
+    fi
+    local wanted
+    wanted=$(printf '%s\t.*\t.*\t.*' {{ c.ENGINE_APP_USER }})
+    if [ "$(rabbitmqctl --quiet --no-table-headers list_permissions -p {{ c.ENGINE_APP_DATABASE }})" != "$wanted" ]; then
+        rabbitmqctl --quiet set_permissions -p {{ c.ENGINE_APP_DATABASE }} {{ c.ENGINE_APP_USER }} '.*' '.*' '.*'
+        changed "RabbitMQ permissions of {{ c.ENGINE_APP_USER }} on {{ c.ENGINE_APP_DATABASE }}"
+    fi
+}
+{% endif %}
+{% if "mongodb" in settings.engines %}
+
+# --- MongoDB -------------------------------------------------------------------------
+
+mongodb_steps() {
+    # Not in Debian's or Ubuntu's archive: MongoDB's own apt repository must be configured.
+    if ! apt-cache show mongodb-org-server >/dev/null 2>&1; then
+        log "mongodb-org-server is not available from any configured apt source: add MongoDB's apt repository, or switch mongodb off in the stack's engines setting"
+        return 1
+    fi
+    ensure_packages_unstarted mongodb-org-server mongodb-mongosh
+    install_file {{ facts.MONGODB_CONF }}
+    install_file {{ facts.MONGODB_USERS_SCRIPT }}
+    ensure_dir {{ c.DATA_MOUNT }}/mongodb 0750 mongodb:mongodb
+    tls_ready || return 0
+    # mongod reads certificate and key from one file.
+    ensure_secret_file {{ c.MONGODB_PEM_PATH }} 0640 root:mongodb \
+        "$(cat {{ c.SERVER_CERT_PATH }} {{ c.SERVER_KEY_PATH }})"
+    engine_running mongod {{ facts.MONGODB_CONF }} {{ c.MONGODB_PEM_PATH }}
+    have_secrets || return 0
+    if ! password_applied mongodb "$MONGODB_PASSWORD" \
+        || ! password_applied mongodb_admin "$MONGODB_ADMIN_PASSWORD"; then
+        # Passwords in the environment, not argv; loopback, so the localhost exception
+        # lets the first run create the administrator.
+        MONGODB_PASSWORD=$MONGODB_PASSWORD MONGODB_ADMIN_PASSWORD=$MONGODB_ADMIN_PASSWORD \
+            mongosh --quiet --tls --tlsCAFile {{ c.CA_CERT_PATH }} --tlsAllowInvalidHostnames \
+            --host 127.0.0.1 --port {{ c.ENGINES["mongodb"].tls_port }} --file {{ facts.MONGODB_USERS_SCRIPT }}
+        note_password_applied mongodb "$MONGODB_PASSWORD"
+        note_password_applied mongodb_admin "$MONGODB_ADMIN_PASSWORD"
+        changed "MongoDB users {{ c.ENGINE_ADMIN_USER }} and {{ c.ENGINE_APP_USER }}"
+    fi
+}
+{% endif %}

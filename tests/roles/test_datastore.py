@@ -1,0 +1,308 @@
+"""The datastore role: its files rendered for the staging stack, read by the programs that
+read them on a droplet, and its engines started on them.
+
+PostgreSQL, Redis behind stunnel and RabbitMQ run on the rendered files inside a
+throwaway namespace (tests/roles/datastore_sandbox.py), driven by the role's own
+provisioning functions, twice: the second run must change nothing. MongoDB is not
+installable here: its config and user script are checked for structure only.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import string
+import subprocess
+
+import pytest
+import yaml
+
+import cloudinit
+import mockcloud
+from cloudinit import common, datastore
+from components import conventions
+
+from datastore_sandbox import Sandbox, vpc_address
+
+DS = conventions.DATASTORE
+PG_CONNECT = "host={host} port={port} dbname={db} user={user} sslmode={mode} sslrootcert={ca} connect_timeout=5"
+
+
+def tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is missing: apt-get install {package}"
+    return path
+
+
+def password() -> str:
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
+
+
+@pytest.fixture(scope="module")
+def staging():
+    return mockcloud.stack_settings("staging")
+
+
+@pytest.fixture(scope="module")
+def rendered(staging):
+    return cloudinit.rendered_files(DS, staging)
+
+
+def passwords_for(settings):
+    return {name: password() for name in datastore.password_names(settings)}
+
+
+def addressed(text: str, address: str) -> str:
+    return text.replace(conventions.PRIVATE_ADDRESS_PLACEHOLDER, address)
+
+
+# --- Rendering -------------------------------------------------------------------------
+
+
+def test_every_engine_has_its_files_and_none_holds_a_secret(staging, rendered):
+    assert set(staging.engines) == set(conventions.ENGINES)
+    for engine in staging.engines:
+        for f in datastore.engine_files(engine):
+            assert f.path in rendered, f.path
+    drop_in = rendered[datastore.drop_in("postgresql")]
+    assert f"RequiresMountsFor={conventions.DATA_MOUNT}" in drop_in
+    assert f"ReadWritePaths={conventions.DATA_MOUNT}/redis" in rendered[datastore.drop_in("redis")]
+    assert conventions.DATASTORE_SECRETS_FILE not in rendered  # arrives by push only
+    user_data = cloudinit.first_boot(DS, staging, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG test")
+    assert not re.search(r"_PASSWORD=[A-Za-z0-9]", user_data)  # only `=$VARIABLE` in scripts
+    assert not re.search(r"requirepass \w", user_data)
+
+
+def test_volume_is_named_in_one_place(staging, rendered):
+    device = conventions.VOLUME_DEVICE_PREFIX + conventions.volume_name(staging.stack)
+    assert f"VOLUME_DEVICE={device}\n" in rendered[common.ROLE_STEPS]
+    assert "nofail" in rendered[common.ROLE_STEPS]
+    assert "x-systemd.device-timeout=" in rendered[common.ROLE_STEPS]
+
+
+def test_pg_hba_allows_only_tls_from_the_vpc(staging, rendered):
+    rules = [line.split() for line in rendered[datastore.POSTGRESQL_HBA].splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert rules == [
+        ["local", "all", "postgres", "peer"],
+        ["local", "all", conventions.BACKUP_USER, "peer"],
+        ["hostssl", conventions.ENGINE_APP_DATABASE, conventions.ENGINE_APP_USER,
+         staging.vpc_ip_range, "scram-sha-256"],
+    ]
+
+
+def test_engines_switched_off_leave_nothing_behind(staging):
+    port_texts = {e: str(conventions.ENGINES[e].tls_port) for e in conventions.ENGINES}
+    packages = {"postgresql": "ensure_packages_unstarted postgresql", "redis": "redis-server",
+                "rabbitmq": "rabbitmq-server", "mongodb": "mongodb-org-server"}
+    for kept in [(), ("postgresql",), ("redis", "rabbitmq")]:
+        settings = mockcloud.stack_settings("staging", engines=list(kept))
+        files = cloudinit.rendered_files(DS, settings)
+        everything = "\n".join(files.values())
+        steps = files[common.ROLE_STEPS]
+        for engine in conventions.ENGINES:
+            own = [f.path for f in datastore.engine_files(engine)]
+            if engine in kept:
+                assert all(p in files for p in own)
+                assert f"{engine}_steps" in steps
+                continue
+            assert not [p for p in own if p in files], engine
+            assert f"{engine}_steps" not in steps
+            assert packages[engine] not in steps, engine
+            assert f":{port_texts[engine]}" not in everything and f"port = {port_texts[engine]}" not in everything
+        assert datastore.password_names(settings) == list(kept)
+        rules = cloudinit.template_context(DS, settings)["inbound"]
+        opened = {str(r) for r in rules}
+        for engine in set(conventions.ENGINES) - set(kept):
+            assert not any(f"'{port_texts[engine]}'" in r or f" {port_texts[engine]}" in r for r in opened), rules
+
+
+@pytest.mark.parametrize("engines", [list(conventions.ENGINES), []], ids=["all", "none"])
+def test_provision_script_passes_shellcheck(tmp_path, engines):
+    shellcheck = tool("shellcheck", "shellcheck")
+    settings = mockcloud.stack_settings("staging", engines=engines)
+    files = cloudinit.rendered_files(DS, settings)
+    for path in (common.ROLE_STEPS, common.LIBRARY):
+        (tmp_path / path.rsplit("/", 1)[1]).write_text(files[path])
+    result = subprocess.run(
+        [shellcheck, "--shell=bash", "--severity=style", "common.sh", "role.sh"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mongodb_config_structure(staging, rendered):
+    """No MongoDB build is reachable here: the config is checked for structure only."""
+    config = yaml.safe_load(addressed(rendered[datastore.MONGODB_CONF], vpc_address(staging)))
+    assert config["net"]["port"] == conventions.ENGINES["mongodb"].tls_port
+    assert config["net"]["bindIp"] == f"127.0.0.1,{vpc_address(staging)}"
+    assert config["net"]["tls"] == {
+        "mode": "requireTLS",
+        "certificateKeyFile": conventions.MONGODB_PEM_PATH,
+        "CAFile": conventions.CA_CERT_PATH,
+        "allowConnectionsWithoutCertificates": True,
+        "disabledProtocols": "TLS1_0,TLS1_1",
+    }
+    assert config["security"] == {"authorization": "enabled"}
+    assert config["storage"]["dbPath"] == f"{conventions.DATA_MOUNT}/mongodb"
+    steps = rendered[common.ROLE_STEPS]
+    # The combined PEM is certificate then key, rewritten when either changes.
+    assert f"ensure_secret_file {conventions.MONGODB_PEM_PATH} 0640 root:mongodb" in steps
+    assert f"$(cat {conventions.SERVER_CERT_PATH} {conventions.SERVER_KEY_PATH})" in steps
+
+
+def test_mongodb_user_script_parses_and_reads_passwords_from_the_environment(tmp_path, rendered):
+    node = tool("node", "nodejs")
+    script = rendered[datastore.MONGODB_USERS_SCRIPT]
+    (tmp_path / "users.js").write_text(script)
+    result = subprocess.run([node, "--check", tmp_path / "users.js"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "process.env.MONGODB_ADMIN_PASSWORD" in script and "process.env.MONGODB_PASSWORD" in script
+    assert f'user: "{conventions.ENGINE_ADMIN_USER}"' in script
+    assert f'role: "dbOwner", db: "{conventions.ENGINE_APP_DATABASE}"' in script
+
+
+# --- Engines started on their rendered files ----------------------------------------------
+
+ROUND = """
+# One provisioning run of an engine's steps, as role_steps runs them, counting changes.
+round() {
+    ( set -Eeu; trap 'echo "FAILED: $BASH_COMMAND" >&2' ERR; CHANGES=0; note_certificate_change; load_secrets; "$2"; echo "CHANGES $1 $CHANGES" )
+    echo "CHECK round-$1 $?"
+}
+"""
+
+
+def test_postgresql_on_the_rendered_config(tmp_path, staging):
+    tool("psql", "postgresql-client")
+    tool("pg_createcluster", "postgresql-common")
+    pw = passwords_for(staging)
+    box = Sandbox(tmp_path, staging, pw)
+    port = conventions.ENGINES["postgresql"].tls_port
+    db, user = conventions.ENGINE_APP_DATABASE, conventions.ENGINE_APP_USER
+
+    def conn(mode, host=box.address):
+        return PG_CONNECT.format(host=host, port=port, db=db, user=user, mode=mode, ca=box.ca_cert)
+
+    run = box.run(ROUND + f"""
+round first postgresql_steps
+round second postgresql_steps
+export PGPASSWORD={pw['postgresql']}
+check tls-app psql -X "{conn('verify-full')}" -c "CREATE TABLE t (x int); INSERT INTO t VALUES (1)"
+check tls-is-used psql -X -At "{conn('verify-full')}" -c "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+check plaintext psql -X "{conn('disable')}" -c "SELECT 1"
+check from-outside-vpc psql -X "{conn('require', host='127.0.0.1')}" -c "SELECT 1"
+PGPASSWORD=wrong check wrong-password psql -X "{conn('verify-full')}" -c "SELECT 1"
+check backup-reads runuser -u {conventions.BACKUP_USER} -- psql -X -d {db} -c "SELECT * FROM t"
+check backup-dumps runuser -u {conventions.BACKUP_USER} -- pg_dump -d {db} -f /dev/null
+check backup-insert runuser -u {conventions.BACKUP_USER} -- psql -X -d {db} -c "INSERT INTO t VALUES (2)"
+check backup-create runuser -u {conventions.BACKUP_USER} -- psql -X -d {db} -c "CREATE TABLE u (x int)"
+check backup-read-write runuser -u {conventions.BACKUP_USER} -- psql -X -d {db} -c "SET default_transaction_read_only = off" -c "INSERT INTO t VALUES (3)"
+check app-owns-only-its-db test "$(runuser -u postgres -- psql -XAt -c "SELECT string_agg(datname, ',') FROM pg_database WHERE pg_get_userbyid(datdba) = '{user}'")" = {db}
+check data-on-volume test -f "{conventions.DATA_MOUNT}/postgresql/$(postgresql_version)/main/PG_VERSION"
+psql -X -At "{conn('verify-full')}" -c "SHOW listen_addresses"
+""")
+    out = run.output
+    assert run.status("round-first") == 0, out
+    assert run.changes("first") > 0
+    assert run.status("round-second") == 0, out
+    assert run.changes("second") == 0, out
+    assert run.status("tls-app") == 0, out
+    assert run.status("tls-is-used") == 0 and "\nt\n" in run.completed.stdout
+    assert f"localhost,{box.address}" in run.completed.stdout
+    assert run.status("plaintext") != 0 and "no pg_hba.conf entry" in out
+    assert run.status("from-outside-vpc") != 0
+    assert run.status("wrong-password") != 0 and "password authentication failed" in out
+    assert run.status("backup-reads") == 0, out
+    assert run.status("backup-dumps") == 0, out
+    assert run.status("backup-insert") != 0
+    assert run.status("backup-create") != 0
+    assert run.status("backup-read-write") != 0 and "permission denied" in out
+    assert run.status("app-owns-only-its-db") == 0, out
+    assert run.status("data-on-volume") == 0, out
+
+
+def test_redis_behind_stunnel_on_the_rendered_configs(tmp_path, staging):
+    tool("stunnel4", "stunnel4")
+    tool("redis-server", "redis-server")
+    tool("openssl", "openssl")
+    pw = passwords_for(staging)
+    box = Sandbox(tmp_path, staging, pw)
+    tls_port = conventions.ENGINES["redis"].tls_port
+    cli = f"redis-cli --no-auth-warning -h {box.address} -p {tls_port}"
+    run = box.run(ROUND + f"""
+round first redis_steps
+round second redis_steps
+check tls-with-password test "$({cli} --tls --cacert {box.ca_cert} -a {pw['redis']} SET k v)" = OK
+check tls-read test "$({cli} --tls --cacert {box.ca_cert} -a {pw['redis']} GET k)" = v
+check tls-without-password test "$({cli} --tls --cacert {box.ca_cert} GET k 2>&1)" = v
+{cli} --tls --cacert {box.ca_cert} GET k 2>&1
+check plaintext-to-stunnel test "$(timeout 5 {cli} -a {pw['redis']} PING 2>&1)" = PONG
+check redis-not-on-vpc timeout 3 redis-cli -h {box.address} -p {conventions.ENGINES['redis'].local_port} PING
+check verified-handshake bash -c "openssl s_client -connect {box.address}:{tls_port} -CAfile {box.ca_cert} -verify_return_error -verify_ip {box.address} </dev/null"
+check data-on-volume test -d {conventions.DATA_MOUNT}/redis
+check password-file-private test "$(stat -c '%a %U:%G' {datastore.REDIS_PASSWORD_CONF})" = "640 root:redis"
+cat "$T/stunnel.log"
+""")
+    out = run.output
+    assert run.status("round-first") == 0, out
+    assert run.changes("first") > 0
+    assert run.status("round-second") == 0, out
+    assert run.changes("second") == 0, out
+    assert run.status("tls-with-password") == 0, out
+    assert run.status("tls-read") == 0, out
+    assert run.status("tls-without-password") != 0 and "NOAUTH" in out
+    assert run.status("plaintext-to-stunnel") != 0
+    assert run.status("redis-not-on-vpc") != 0
+    assert run.status("verified-handshake") == 0, out
+    assert run.status("data-on-volume") == 0
+    assert run.status("password-file-private") == 0, out
+
+
+def test_redis_waits_for_its_password(tmp_path, staging):
+    """Before the secrets push, Redis is configured but not started (stunnel would expose it)."""
+    box = Sandbox(tmp_path, staging, passwords=None)
+    run = box.run(ROUND + f"""
+round first redis_steps
+check redis-running pgrep -x redis-server
+check password-file test -e {datastore.REDIS_PASSWORD_CONF}
+""")
+    assert run.status("round-first") == 0, run.output
+    assert run.status("redis-running") != 0
+    assert run.status("password-file") != 0
+
+
+def test_rabbitmq_on_the_rendered_config(tmp_path, staging):
+    tool("rabbitmq-server", "rabbitmq-server")
+    tool("openssl", "openssl")
+    pw = passwords_for(staging)
+    box = Sandbox(tmp_path, staging, pw)
+    tls_port = conventions.ENGINES["rabbitmq"].tls_port
+    user, vhost = conventions.ENGINE_APP_USER, conventions.ENGINE_APP_DATABASE
+    run = box.run(ROUND + f"""
+round first rabbitmq_steps
+round second rabbitmq_steps
+check amqps bash -c "openssl s_client -connect {box.address}:{tls_port} -CAfile {box.ca_cert} -verify_return_error </dev/null"
+check amqp-closed bash -c "exec 3<>/dev/tcp/{box.address}/5672"
+check amqp-closed-loopback bash -c "exec 3<>/dev/tcp/127.0.0.1/5672"
+rabbitmqctl --quiet --no-table-headers list_users
+check guest-gone bash -c "! rabbitmqctl --quiet --no-table-headers list_users | cut -f1 | grep -qx guest"
+check app-authenticates rabbitmqctl --quiet authenticate_user {user} {pw['rabbitmq']}
+check vhost bash -c "rabbitmqctl --quiet --no-table-headers list_vhosts | grep -qx {vhost}"
+check permissions bash -c "rabbitmqctl --quiet --no-table-headers list_user_permissions {user} | grep -qx '{vhost}\t.\\*\t.\\*\t.\\*'"
+check data-on-volume bash -c "ls -d {conventions.DATA_MOUNT}/rabbitmq/mnesia/rabbit@localhost"
+""", timeout=170)
+    out = run.output
+    assert run.status("round-first") == 0, out
+    assert run.changes("first") > 0
+    assert run.status("round-second") == 0, out
+    assert run.changes("second") == 0, out
+    assert run.status("amqps") == 0, out
+    assert run.status("amqp-closed") != 0
+    assert run.status("amqp-closed-loopback") != 0
+    assert run.status("guest-gone") == 0, out
+    assert run.status("app-authenticates") == 0, out
+    assert run.status("vhost") == 0, out
+    assert run.status("permissions") == 0, out
+    assert run.status("data-on-volume") == 0, out
