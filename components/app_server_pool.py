@@ -60,6 +60,14 @@ class AppServerPool(pulumi.ComponentResource):
                 parent=self,
             )
             remote.push(f"{member}-env-push", route=route, kind="env", files={".env": app_env}, parent=self)
+            # The first release, so a new stack serves something; ignored once one is deployed.
+            remote.push(
+                f"{member}-example-app-push",
+                route=route,
+                kind="example-app",
+                files={"example-app.tar.gz.b64": app_files.example_app_archive()},
+                parent=self,
+            )
             self.droplets.append(droplet)
             self.private_ips.append(droplet.ipv4_address_private)
         self.register_outputs({"private_ips": self.private_ips})

@@ -2,29 +2,55 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
+import io
+import tarfile
+from pathlib import Path
+
 from components import conventions
 from components.settings import Settings
 
 from .. import ConfigFile, Program, Push, Target, render
 from ..common import ROLE_STEPS
 
-PROGRAMS = [Program("app_server/provision.sh", ROLE_STEPS, mode="0644")]
+EXAMPLE_APP = Path(__file__).resolve().parents[2] / "example-app"
+INSTALL_EXAMPLE_APP = "/usr/local/sbin/platform-install-example-app"
+SUDOERS_FILE = "/etc/sudoers.d/platform-deploy"
+
+PROGRAMS = [
+    Program("app_server/provision.sh", ROLE_STEPS, mode="0644"),
+    Program("app_server/platform-install-example-app.sh", INSTALL_EXAMPLE_APP),
+]
 
 NGINX_CHECK = ["nginx", "-t", "-q"]
 NGINX_RELOAD = ["systemctl", "reload", "nginx"]
+# A graceful pm2 reload (the unit's ExecReload); the deploy user's one sudo command.
+APPS_RELOAD = ["systemctl", "reload", conventions.APPS_UNIT]
 
 
 def files(settings: Settings) -> list[ConfigFile]:
     return [
         ConfigFile("app_server/site.conf", "/etc/nginx/conf.d/platform.conf"),
+        ConfigFile("app_server/ecosystem.config.js", conventions.ECOSYSTEM_FILE),
+        ConfigFile("app_server/platform-apps.service", f"/etc/systemd/system/{conventions.APPS_UNIT}.service"),
+        ConfigFile("app_server/logrotate.conf", "/etc/logrotate.d/platform-pm2"),
+        ConfigFile("app_server/sudoers", SUDOERS_FILE, mode="0440"),
     ]
 
 
 def pushes(settings: Settings) -> dict[str, Push]:
     return {
+        # New datastore addresses or passwords: the apps re-read .env as they restart.
         "env": Push(
             files={".env": Target(conventions.APP_ENV_FILE, mode="0640", owner=f"root:{conventions.APP_USER}")},
-        )
+            then=[["sh", "-c", f"! systemctl is-active --quiet {conventions.APPS_UNIT} || systemctl reload {conventions.APPS_UNIT}"]],
+        ),
+        "example-app": Push(
+            files={"example-app.tar.gz.b64": Target(conventions.EXAMPLE_APP_ARCHIVE)},
+            check=[["sh", "-c", f"base64 -d {conventions.EXAMPLE_APP_ARCHIVE} | tar -tz >/dev/null"]],
+            then=[[INSTALL_EXAMPLE_APP]],
+        ),
     }
 
 
@@ -35,3 +61,26 @@ def after_tls(settings: Settings) -> list[list[str]]:
 def app_env(datastore_address: str, credentials: dict[str, str], settings: Settings) -> str:
     """The apps' environment: where each enabled engine is and how to log in to it."""
     return render("app_server/app.env", datastore=datastore_address, credentials=credentials, settings=settings)
+
+
+def example_app_archive() -> str:
+    """The example app's sources (no node_modules, no tests) as a base64 .tar.gz.
+
+    Byte-for-byte the same for the same sources, so the push re-runs only when they change.
+    """
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for path in sorted(EXAMPLE_APP.rglob("*")):
+            relative = path.relative_to(EXAMPLE_APP)
+            if relative.parts[0] in ("node_modules", "test") or not path.is_file():
+                continue
+            info = tarfile.TarInfo(str(relative))
+            info.size = path.stat().st_size
+            info.mode = 0o644
+            info.mtime = 0
+            with path.open("rb") as f:
+                archive.addfile(info, f)
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped:
+        zipped.write(raw.getvalue())
+    return base64.b64encode(buffer.getvalue()).decode()

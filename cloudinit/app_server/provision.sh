@@ -1,9 +1,123 @@
 # shellcheck shell=bash
 # An app server's steps, run by platform-provision after the common ones.
 
+NODESOURCE_KEYRING=/etc/apt/keyrings/nodesource.gpg
+NODESOURCE_SOURCES=/etc/apt/sources.list.d/nodesource.sources
+# NodeSource's repository signing key, as published by NodeSource.
+NODESOURCE_KEY_FINGERPRINT=6F71F525282841EEDAF851B42F59B5F99B1BE0B4
+NODESOURCE_URL=https://deb.nodesource.com
+
 role_steps() {
-    ensure_packages nginx
+    ensure_packages nginx openssl sudo
+    ensure_node
+    ensure_pm2
+    ensure_release_layout
+    remove_default_site
+    visudo -cqf "${STAGED_FILES}/etc/sudoers.d/platform-deploy"
+    install_configs /etc/sudoers.d/
+    install_configs /etc/logrotate.d/
     install_configs /etc/nginx/
+    install_configs {{ c.APP_ROOT }}/
+    install_configs /etc/systemd/system/
+    ensure_temporary_certificate
     if files_changed_under /etc/nginx/; then nginx -t -q; fi
     ensure_running nginx /etc/nginx/
+    if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
+    ensure_enabled {{ c.APPS_UNIT }}
+    # Before the first release there is nothing to run (the unit's condition says so).
+    if [ -L {{ c.CURRENT_RELEASE_LINK }} ]; then
+        ensure_running {{ c.APPS_UNIT }} {{ c.APP_ROOT }}/
+    fi
+}
+
+apt_lists_ready() {
+    [ -f /var/lib/platform/apt-updated ] && return 0
+    apt-get update -q
+    touch /var/lib/platform/apt-updated
+}
+
+# The distribution's Node.js when it is the major asked for, NodeSource's otherwise.
+ensure_node() {
+    local distro_major
+    if [ "$(node -v 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/')" = "$NODE_MAJOR" ]; then return 0; fi
+    apt_lists_ready
+    distro_major=$(apt-cache policy nodejs | awk '/Candidate:/ { print $2 }' | sed -E 's/^[0-9]+://; s/^([0-9]+).*/\1/')
+    if [ "$distro_major" = "$NODE_MAJOR" ]; then
+        ensure_packages nodejs npm
+    else
+        ensure_nodesource_repository
+        ensure_packages nodejs  # NodeSource's package carries npm
+    fi
+    [ "$(node -v | sed -E 's/^v([0-9]+).*/\1/')" = "$NODE_MAJOR" ] || {
+        log "node $(node -v) is installed, but nodeMajor is ${NODE_MAJOR}"
+        return 1
+    }
+}
+
+ensure_nodesource_repository() {
+    local key fingerprint
+    ensure_packages ca-certificates curl gnupg
+    if [ ! -s "$NODESOURCE_KEYRING" ]; then
+        key=$(mktemp)
+        curl -fsSL --retry 5 "${NODESOURCE_URL}/gpgkey/nodesource-repo.gpg.key" | gpg --dearmor > "$key"
+        fingerprint=$(gpg --show-keys --with-colons "$key" | awk -F: '/^fpr/ { print $10; exit }')
+        if [ "$fingerprint" != "$NODESOURCE_KEY_FINGERPRINT" ]; then
+            log "NodeSource key has fingerprint ${fingerprint}, expected ${NODESOURCE_KEY_FINGERPRINT}"
+            rm -f "$key"
+            return 1
+        fi
+        install -D -m 0644 "$key" "$NODESOURCE_KEYRING"
+        rm -f "$key"
+        changed "$NODESOURCE_KEYRING"
+    fi
+    local sources_text="Types: deb
+URIs: ${NODESOURCE_URL}/node_${NODE_MAJOR}.x
+Suites: nodistro
+Components: main
+Signed-By: ${NODESOURCE_KEYRING}"
+    if [ ! -f "$NODESOURCE_SOURCES" ] || [ "$(cat "$NODESOURCE_SOURCES")" != "$sources_text" ]; then
+        printf '%s\n' "$sources_text" > "$NODESOURCE_SOURCES"
+        # NodeSource's nodejs must win over the distribution's older one.
+        printf 'Package: nodejs\nPin: origin deb.nodesource.com\nPin-Priority: 600\n' \
+            > /etc/apt/preferences.d/nodesource
+        apt-get update -q
+        changed "$NODESOURCE_SOURCES"
+    fi
+}
+
+ensure_pm2() {
+    local pm2={{ c.PM2_BIN_DIR }}/pm2
+    if [ -x "$pm2" ] && [ "$(PM2_HOME=/nonexistent "$pm2" --version 2>/dev/null | cut -d. -f1)" = "{{ c.PM2_MAJOR }}" ]; then
+        return 0
+    fi
+    npm install --global --prefix /usr/local --no-fund --no-audit "pm2@{{ c.PM2_MAJOR }}"
+    changed "pm2 {{ c.PM2_MAJOR }}"
+}
+
+# releases/ and current belong to deploy (group app reads them); the sticky app root
+# lets deploy replace `current` but not touch shared/, which root owns.
+ensure_release_layout() {
+    ensure_dir {{ c.APP_ROOT }} 1775 root:{{ c.DEPLOY_USER }}
+    ensure_dir {{ c.RELEASES_DIR }} 2750 {{ c.DEPLOY_USER }}:{{ c.APP_USER }}
+    ensure_dir "$(dirname {{ c.APP_ENV_FILE }})" 0750 root:{{ c.APP_USER }}
+    ensure_dir {{ c.PM2_HOME }} 0700 {{ c.APP_USER }}:{{ c.APP_USER }}
+    ensure_dir {{ c.PM2_LOG_DIR }} 0750 {{ c.APP_USER }}:{{ c.APP_USER }}
+}
+
+remove_default_site() {
+    [ -e /etc/nginx/sites-enabled/default ] || return 0
+    rm -f /etc/nginx/sites-enabled/default
+    CHANGED_FILES+=(/etc/nginx/sites-enabled/default)
+    changed "removed nginx's default site"
+}
+
+# nginx must start before the program pushes the internal CA's certificate.
+ensure_temporary_certificate() {
+    [ -e {{ c.SERVER_CERT_PATH }} ] && [ -e {{ c.SERVER_KEY_PATH }} ] && return 0
+    install -d -m 0755 {{ c.TLS_DIR }}
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+        -subj "/CN=$(hostname)" -keyout {{ c.SERVER_KEY_PATH }} -out {{ c.SERVER_CERT_PATH }} 2>/dev/null
+    chown root:{{ c.TLS_KEY_GROUP }} {{ c.SERVER_KEY_PATH }}
+    chmod 0640 {{ c.SERVER_KEY_PATH }}
+    changed "temporary self-signed certificate"
 }

@@ -1,0 +1,192 @@
+"""The app server's files, checked by the programs that read them: nginx, shellcheck,
+logrotate, visudo, and pm2 running the example app from the rendered ecosystem file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import cloudinit
+from cloudinit import app_server
+from components import conventions as c
+
+from render_helpers_lb_app import (
+    ENGINE_CASES, in_namespace, make_ca, nginx_check, nginx_tree, issue, require, run, settings,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SITE = "/etc/nginx/conf.d/platform.conf"
+LOGROTATE = "/etc/logrotate.d/platform-pm2"
+
+
+def app_files(engines=None) -> dict[str, str]:
+    return cloudinit.rendered_files(c.APP_SERVER, settings(engines))
+
+
+@pytest.mark.parametrize("engines", ENGINE_CASES.values(), ids=ENGINE_CASES.keys())
+def test_nginx_accepts_the_rendered_app_server_config(tmp_path, engines):
+    ca = make_ca(tmp_path / "ca", "ca")
+    cert = issue(ca, tmp_path / "ca", "server", dns=["staging-app-1", "staging-app"], ips=["10.110.16.5"])
+    root = nginx_tree(tmp_path / "ns", {
+        SITE: app_files(engines)[SITE], c.SERVER_CERT_PATH: cert.cert, c.SERVER_KEY_PATH: cert.key,
+    })
+    result = nginx_check(root)
+    assert result.returncode == 0, result.stderr
+
+
+def test_site_routes_api_and_health_to_the_api_app():
+    site = app_files()[SITE]
+    assert f"listen {c.APP_TLS_PORT} ssl" in site
+    assert f"location = {c.HEALTH_PATH} {{ proxy_pass http://api_app; }}" in site
+    assert f"location {c.API_PATH_PREFIX} {{ proxy_pass http://api_app; }}" in site
+    assert f"server 127.0.0.1:{c.API_APP_PORT};" in site and f"server 127.0.0.1:{c.WEB_APP_PORT};" in site
+
+
+@pytest.mark.parametrize("path", [p.path for p in app_server.PROGRAMS])
+def test_shellcheck_passes_on_app_server_scripts(path):
+    result = run([require("shellcheck"), "--shell=bash", "-"], input=app_files()[path])
+    assert result.returncode == 0, result.stdout
+
+
+def test_shellcheck_passes_on_the_provisioning_with_the_library():
+    files = app_files()
+    combined = "\n".join(files[p] for p in ("/usr/local/lib/platform/common.sh", app_server.PROGRAMS[0].path))
+    result = run([require("shellcheck"), "--shell=bash", "-"], input="#!/bin/bash\n" + combined + "\nrole_steps\n")
+    assert result.returncode == 0, result.stdout
+
+
+def test_sudoers_drop_in_passes_visudo_and_allows_only_the_reload(tmp_path):
+    sudoers = tmp_path / "platform-deploy"
+    sudoers.write_text(app_files()[app_server.SUDOERS_FILE])
+    sudoers.chmod(0o440)
+    result = run([require("visudo"), "-cf", str(sudoers)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    rules = [line for line in sudoers.read_text().splitlines() if line and not line.startswith("#")]
+    assert rules == [
+        f"Cmnd_Alias PLATFORM_RELOAD_APPS = /usr/bin/systemctl reload {c.APPS_UNIT}",
+        f"{c.DEPLOY_USER} ALL=(root) NOPASSWD: PLATFORM_RELOAD_APPS",
+    ]
+    broken = tmp_path / "broken"
+    broken.write_text(sudoers.read_text().replace("NOPASSWD:", "NOPASSWD"))
+    assert run([require("visudo"), "-cf", str(broken)]).returncode != 0, "visudo really checks"
+
+
+def test_logrotate_accepts_the_pm2_rotation(tmp_path):
+    root = nginx_tree(tmp_path / "ns", {
+        LOGROTATE: app_files()[LOGROTATE],
+        f"{c.PM2_LOG_DIR}/web.out.log": "a line\n",
+    })
+    # logrotate wants the su user to exist: the namespace's /etc/passwd is an overlay copy.
+    script = (
+        f"id -u {c.APP_USER} >/dev/null 2>&1 || useradd --system {c.APP_USER}; "
+        f"chown -R {c.APP_USER}:{c.APP_USER} {c.PM2_LOG_DIR}; chmod 0750 {c.PM2_LOG_DIR}; "
+        f"logrotate -d -f {LOGROTATE}"
+    )
+    require("logrotate")
+    result = run(in_namespace(root, ["sh", "-c", script]))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "error" not in output.lower(), output
+    assert f"rotating pattern: {c.PM2_LOG_DIR}/*.log" in output
+    assert "copying" in output and "truncating" in output, output
+
+
+def test_env_push_names_every_enabled_engine_and_is_readable_by_app_only():
+    env = app_server.app_env("10.110.16.9", {"postgresql": "pw1", "redis": "pw2"}, settings(["postgresql", "redis"]))
+    assert "POSTGRESQL_HOST=10.110.16.9" in env and "REDIS_PORT=6380" in env and "REDIS_PASSWORD=pw2" in env
+    assert "MONGODB" not in env and f"PLATFORM_CA_FILE={c.CA_CERT_PATH}" in env
+    target = cloudinit.pushes(c.APP_SERVER, settings())["env"].files[".env"]
+    assert (target.path, target.mode, target.owner) == (c.APP_ENV_FILE, "0640", f"root:{c.APP_USER}")
+
+
+def test_example_app_archive_is_stable_and_holds_the_sources(tmp_path):
+    archive = app_server.example_app_archive()
+    assert archive == app_server.example_app_archive(), "same sources, same push: no re-run"
+    (tmp_path / "a.b64").write_text(archive)
+    listing = run(["sh", "-c", f"base64 -d {tmp_path}/a.b64 | tar -tz"]).stdout.split()
+    assert {"package.json", "package-lock.json", "api/server.js", "web/server.js"} <= set(listing)
+    assert not any(name.startswith(("node_modules", "test/")) for name in listing)
+
+
+# --- pm2 running the rendered ecosystem -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pm2_bin(tmp_path_factory) -> Path:
+    """pm2 at the pinned major, installed with npm like provisioning does (but in a temp dir)."""
+    prefix = tmp_path_factory.mktemp("pm2")
+    result = run([require("npm"), "install", "--global", "--prefix", str(prefix), "--no-fund", "--no-audit",
+                  f"pm2@{c.PM2_MAJOR}"])
+    assert result.returncode == 0, result.stderr
+    return prefix / "bin"
+
+
+@pytest.fixture(scope="session")
+def example_app_modules(tmp_path_factory) -> Path:
+    """The example app's dependencies from its lockfile, as the droplet installs them."""
+    work = tmp_path_factory.mktemp("example-app")
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(REPO / "example-app" / name, work / name)
+    result = run([require("npm"), "ci", "--omit=dev", "--no-fund", "--no-audit", "--prefix", str(work)])
+    assert result.returncode == 0, result.stderr
+    return work / "node_modules"
+
+
+PM2_SCRIPT = r"""
+set -eu
+export PM2_HOME=/tmp/pm2-home PATH={bin}:$PATH
+mkdir -p {releases} {logs}
+for r in r1 r2; do
+  cp -r {source} {releases}/$r
+  ln -s {modules} {releases}/$r/node_modules
+done
+sed -i 's/It works/Release two/' {releases}/r2/web/server.js
+ln -sfn {releases}/r1 {current}
+pm2 start {ecosystem} >/dev/null
+get() {{ node -e "fetch('http://127.0.0.1:'+process.argv[1]+process.argv[2]).then(async r=>console.log(r.status, (await r.text()).replace(/\s+/g,' ')))" "$@"; }}
+echo "WEB $(get {web} /)"
+echo "HEALTH $(get {api} /healthz)"
+echo "HELLO $(get {api} /api/hello)"
+# A release switch and a graceful reload, with requests running all along.
+( for i in $(seq 1 60); do get {web} / | cut -c1-3; sleep 0.05; done > /tmp/during-reload ) &
+loader=$!
+ln -sfn {releases}/r2 {current}.new && mv -T {current}.new {current}
+pm2 reload {ecosystem} --update-env >/dev/null
+wait $loader
+echo "DURING $(sort /tmp/during-reload | uniq -c | tr '\n' ' ')"
+echo "AFTER $(get {web} /)"
+echo "JLIST $(pm2 jlist)"
+ls {logs}
+pm2 kill >/dev/null
+"""
+
+
+def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests(tmp_path, pm2_bin, example_app_modules):
+    for port in (c.WEB_APP_PORT, c.API_APP_PORT):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is taken on this host"
+    root = nginx_tree(tmp_path / "ns", {c.ECOSYSTEM_FILE: app_files()[c.ECOSYSTEM_FILE]})
+    script = PM2_SCRIPT.format(
+        bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR, source=REPO / "example-app",
+        modules=example_app_modules, current=c.CURRENT_RELEASE_LINK, ecosystem=c.ECOSYSTEM_FILE,
+        web=c.WEB_APP_PORT, api=c.API_APP_PORT,
+    )
+    result = subprocess.run(in_namespace(root, ["bash", "-c", script]), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines() if " " in line}
+    assert lines["WEB"].startswith("200 ") and "It works" in lines["WEB"]
+    assert lines["HEALTH"].startswith("200 ") and '"status":"disabled"' in lines["HEALTH"]
+    assert lines["HELLO"].startswith("200 ")
+    assert lines["DURING"].split() == ["60", "200"], f"every request during the reload answered: {lines['DURING']}"
+    assert "Release two" in lines["AFTER"], "the reload picked up the new `current`"
+    processes = json.loads(lines["JLIST"])
+    assert sorted({p["name"] for p in processes}) == ["api", "web"]
+    assert all(p["pm2_env"]["status"] == "online" and p["pm2_env"]["exec_mode"] == "cluster_mode" for p in processes)
+    # pm2 counts a reload in restart_time; crash loops show up as unstable restarts.
+    assert all(p["pm2_env"]["unstable_restarts"] == 0 for p in processes), "no crash-restarts"
+    assert "web.out.log" in result.stdout and "api.out.log" in result.stdout
