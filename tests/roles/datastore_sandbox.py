@@ -101,6 +101,8 @@ unit_start() {{
         rabbitmq-server)
             (HOME=/var/lib/rabbitmq runuser -u rabbitmq -- /usr/lib/rabbitmq/bin/rabbitmq-server \
                 >>"$T/rabbitmq.log" 2>&1 &)
+            # The CLI reaches the node only once it has registered with epmd.
+            for _ in $(seq 60); do rabbitmqctl --quiet ping >/dev/null 2>&1 && break; sleep 1; done
             rabbitmqctl --quiet await_startup --timeout 90 ;;
         *) echo "fake systemctl: no unit $1" >&2; return 1 ;;
     esac
