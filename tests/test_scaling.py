@@ -101,3 +101,16 @@ def test_a_settings_change_that_touches_first_boot_is_seen_as_a_change():
     other = mockcloud.deploy(mockcloud.stack_settings("staging", nodeMajor=20), previous=two)
     changed_droplets = {name for (type_, name) in changed(other) if type_.endswith(":Droplet")}
     assert {"app-1", "app-2"} <= changed_droplets
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect, left to cloudinit/ (not this suite's file): role_env writes NODE_MAJOR, "
+    "ACME_* and ENGINES into every role's platform.env, so an app-only or LB-only setting changes the "
+    "datastore's user_data, which replaces it (and production's protect then stops the update)",
+)
+@pytest.mark.parametrize("setting, value", [("nodeMajor", 20), ("acmeEmail", "other@example.com")])
+def test_a_setting_the_datastore_does_not_use_leaves_its_first_boot_alone(setting, value):
+    base = mockcloud.deploy(mockcloud.stack_settings("staging"))
+    other = mockcloud.deploy(mockcloud.stack_settings("staging", **{setting: value}), previous=base)
+    assert other.named("datastore", ":Droplet").state["userData"] == base.named("datastore", ":Droplet").state["userData"]

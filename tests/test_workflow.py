@@ -80,10 +80,8 @@ def test_pull_requests_run_the_tests_then_preview_both_stacks():
     assert any("bash .ci/run" in step.get("run", "") for step in jobs["test"]["steps"])
     preview = jobs["preview"]
     assert preview["needs"] == "test"
-    assert preview["env"] == {
-        "PULUMI_ACCESS_TOKEN": "${{ secrets.PULUMI_ACCESS_TOKEN }}",
-        "DIGITALOCEAN_TOKEN": "${{ secrets.DIGITALOCEAN_TOKEN }}",
-    }
+    for name in ("PULUMI_ACCESS_TOKEN", "DIGITALOCEAN_TOKEN", "SPACES_ACCESS_KEY_ID", "SPACES_SECRET_ACCESS_KEY"):
+        assert preview["env"][name] == "${{ secrets.%s }}" % name
     pulumi_steps = [s for s in preview["steps"] if s.get("uses", "").startswith("pulumi/actions@")]
     assert [(s["with"]["command"], s["with"]["stack-name"]) for s in pulumi_steps] == [
         ("preview", "staging"),
