@@ -188,8 +188,14 @@ common_steps() {
     ensure_symlink {{ c.CA_CERT_PATH }} {{ c.CA_TRUST_LINK }}
 
     step "config files"
-    local path
-    for path in $COMMON_CONFIG_FILES; do install_configs "$path"; done
+    local entry path mode owner group
+    local -a common_files
+    read -ra common_files <<<"$COMMON_CONFIG_FILES"
+    for entry in $CONFIG_FILES; do
+        IFS=: read -r path mode owner group <<<"$entry"
+        # Only the common files: a role installs its own after its packages.
+        if contains "$path" "${common_files[@]}"; then install_config "$path" "$mode" "$owner:$group"; fi
+    done
 
     step "sshd"
     if files_changed_under /etc/ssh/; then

@@ -26,6 +26,7 @@ ROLES = conventions.ROLES
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: boots a container (systemd-nspawn); runs in CI, deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "localcloud: boots droplets of the local cloud (root)")
 
 
 @pytest.fixture(scope="session")
