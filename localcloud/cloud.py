@@ -15,6 +15,10 @@ class DropletSpec:
     name: str
     user_data: str
     tags: tuple[str, ...] = ()
+    # Addresses the caller's plan assigned; empty: the local cloud picks by slot.
+    public_ip: str = ""
+    vpc_ip: str = ""
+    extra_public_ips: tuple[str, ...] = ()   # reserved IPs assigned to this droplet
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,13 @@ def _digest(text: str) -> str:
 
 
 def _net(name: str, rec: dict) -> network.DropletNet:
-    return network.DropletNet(name, rec["slot"], rec["vpc_cidr"])
+    return network.DropletNet(name, rec["slot"], rec["vpc_cidr"], rec.get("public_ip", ""),
+                              rec.get("vpc_ip", ""), tuple(rec.get("extra_public_ips", ())))
+
+
+def _given_addresses(fields: dict) -> tuple:
+    return (fields.get("public_ip", ""), fields.get("vpc_ip", ""),
+            tuple(fields.get("extra_public_ips", ())))
 
 
 def _free_slot(used: set[int]) -> int:
@@ -50,7 +60,8 @@ def up(specs: list[DropletSpec], vpc_cidr: str = DEFAULT_VPC_CIDR,
     current = state.load()
     for spec in specs:
         rec = current["droplets"].get(spec.name)
-        if rec and rec.get("user_data_sha256") != _digest(spec.user_data):
+        if rec and (rec.get("user_data_sha256") != _digest(spec.user_data)
+                    or _given_addresses(rec) != _given_addresses(vars(spec))):
             destroy(spec.name)
         elif rec and rec.get("vpc_cidr", vpc_cidr) != vpc_cidr:
             raise ValueError(f"{spec.name} exists in VPC {rec['vpc_cidr']}, not {vpc_cidr}")
@@ -61,7 +72,9 @@ def up(specs: list[DropletSpec], vpc_cidr: str = DEFAULT_VPC_CIDR,
             rec = s["droplets"].setdefault(spec.name, {})
             rec.setdefault("slot", _free_slot(used))
             rec.update(vpc_cidr=vpc_cidr, tags=list(spec.tags),
-                       user_data_sha256=_digest(spec.user_data), image=str(rootfs))
+                       user_data_sha256=_digest(spec.user_data), image=str(rootfs),
+                       public_ip=spec.public_ip, vpc_ip=spec.vpc_ip,
+                       extra_public_ips=list(spec.extra_public_ips))
         recs = dict(s["droplets"])
 
     with shell.Step("network and proxy"):

@@ -21,6 +21,8 @@ DROPLETS_DIR = STATE_ROOT / "droplets"
 VOLUMES_DIR = STATE_ROOT / "volumes"
 STATE_FILE = STATE_ROOT / "state.json"
 PROXY_LOG = STATE_ROOT / "proxy.log"
+# CAs of local services (the ACME server's TLS) that every droplet image trusts.
+TRUSTED_CAS_DIR = STATE_ROOT / "trusted-cas"
 
 # Where `ip netns add` puts namespaces; nspawn joins them by this path.
 NETNS_DIR = Path("/run/netns")

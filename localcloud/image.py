@@ -90,6 +90,12 @@ def host_ca_texts() -> str:
     return "\n".join(p.read_text() for p in sorted(paths) if p.is_file())
 
 
+def local_service_cas() -> dict[str, str]:
+    """CAs of the local cloud's own services (config.TRUSTED_CAS_DIR), by file name."""
+    d = config.TRUSTED_CAS_DIR
+    return {p.stem: p.read_text() for p in sorted(d.glob("*.pem"))} if d.is_dir() else {}
+
+
 def host_apt_source_files() -> dict[str, str]:
     """The host's apt source files, copied verbatim so droplets use the same archive."""
     files = {}
@@ -115,6 +121,7 @@ def recipe() -> dict:
         "apt_proxy": apt_proxy_conf(config.PROXY_URL),
         "npmrc": npmrc(config.PROXY_URL),
         "host_cas": hashlib.sha256(host_ca_texts().encode()).hexdigest(),
+        "local_service_cas": local_service_cas(),
     }
 
 
@@ -167,6 +174,8 @@ def build(force: bool = False) -> Path:
             extra = extra_host_cas(host_ca_texts(), (rootfs / IMAGE_CA_BUNDLE).read_text())
             for i, pem in enumerate(extra):
                 _write(rootfs, f"{IMAGE_EXTRA_CA_DIR}/localcloud-host-{i}.crt", pem + "\n")
+            for name, pem in r["local_service_cas"].items():
+                _write(rootfs, f"{IMAGE_EXTRA_CA_DIR}/{name}.crt", pem)
             shell.run(chroot_command(rootfs, "update-ca-certificates"))
             print(f"[localcloud]   {len(extra)} host CA(s) not in Debian's bundle copied in")
         with shell.Step("install " + " ".join(config.IMAGE_EXTRA_PACKAGES)):

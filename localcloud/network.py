@@ -21,8 +21,12 @@ from . import config, shell
 class DropletNet:
     """Where one droplet sits on the emulated networks."""
     name: str
-    slot: int                 # 0, 1, ...: picks its addresses and switch port names
+    slot: int                 # 0, 1, ...: picks its switch port names (and default addresses)
     vpc_cidr: str
+    # Addresses a plan gave it (as a cloud assigns them); empty: chosen by slot.
+    given_public_ip: str = ""
+    given_vpc_ip: str = ""
+    extra_public_ips: tuple[str, ...] = ()   # e.g. a reserved IP assigned to it
 
     @property
     def netns(self) -> str:
@@ -30,11 +34,11 @@ class DropletNet:
 
     @property
     def public_ip(self) -> str:
-        return str(config.PUBLIC_NET[config.FIRST_DROPLET_HOST + self.slot])
+        return self.given_public_ip or str(config.PUBLIC_NET[config.FIRST_DROPLET_HOST + self.slot])
 
     @property
     def vpc_ip(self) -> str:
-        return str(ipaddress.ip_network(self.vpc_cidr)[config.FIRST_VPC_HOST + self.slot])
+        return self.given_vpc_ip or str(ipaddress.ip_network(self.vpc_cidr)[config.FIRST_VPC_HOST + self.slot])
 
     @property
     def public_port(self) -> str:   # switch-side end of eth0
@@ -46,7 +50,7 @@ class DropletNet:
 
     @property
     def addresses(self) -> list[str]:
-        return [self.public_ip, self.vpc_ip]
+        return [self.public_ip, *self.extra_public_ips, self.vpc_ip]
 
 
 def netns_name(droplet: str) -> str:
@@ -155,6 +159,8 @@ def ensure_droplet_net(net: DropletNet) -> None:
     ensure_netns(net.netns)
     plug(net.netns, "eth0", config.PUBLIC_BRIDGE, net.public_port, net.public_ip,
          config.PUBLIC_NET.prefixlen)
+    for extra in net.extra_public_ips:
+        shell.run(ip(net.netns, "addr", "replace", f"{extra}/32", "dev", "eth0"))
     vpc = ipaddress.ip_network(net.vpc_cidr)
     plug(net.netns, "eth1", config.VPC_BRIDGE, net.vpc_port, net.vpc_ip, vpc.prefixlen)
     shell.run(ip(net.netns, "route", "replace", "default", "via", str(config.PUBLIC_GATEWAY_IP)))

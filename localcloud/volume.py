@@ -44,8 +44,8 @@ def losetup_detach_command(loop: str) -> shell.Command:
     return ["losetup", "--detach", loop]
 
 
-def mkfs_command(filesystem: str, target: str, volume: str) -> shell.Command:
-    return [f"mkfs.{filesystem}", "-q", "-L", volume[:16], target]
+def mkfs_command(filesystem: str, target: str, volume: str, label: str | None = None) -> shell.Command:
+    return [f"mkfs.{filesystem}", "-q", "-L", (label or volume)[:16], target]
 
 
 def loop_of(path: Path) -> str | None:
@@ -53,7 +53,7 @@ def loop_of(path: Path) -> str | None:
     return out[0] if out else None
 
 
-def create(volume: str, size_mb: int, filesystem: str | None = "ext4") -> Path:
+def create(volume: str, size_mb: int, filesystem: str | None = "ext4", label: str | None = None) -> Path:
     """A volume, formatted like DigitalOcean's initial_filesystem_type; kept if it exists."""
     path = image_file(volume)
     if not path.exists():
@@ -61,7 +61,7 @@ def create(volume: str, size_mb: int, filesystem: str | None = "ext4") -> Path:
         with open(path, "wb") as f:
             f.truncate(size_mb * 1024 * 1024)
         if filesystem:
-            shell.run(mkfs_command(filesystem, str(path), volume))
+            shell.run(mkfs_command(filesystem, str(path), volume, label))
     return path
 
 
