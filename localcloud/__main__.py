@@ -1,29 +1,57 @@
-"""python -m localcloud {image|status|teardown|leftovers}"""
+"""python -m localcloud {up|check|status|shell NAME|down} [--stack S]  (a whole stack)
+   python -m localcloud {image|droplets|teardown|leftovers}          (the low layer)"""
 
 import argparse
 import json
+import os
+import sys
 from dataclasses import asdict
 
 from . import cloud, image, teardown
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(prog="localcloud")
     sub = p.add_subparsers(dest="cmd", required=True)
+    for name, text in (("up", "boot the stack from the program's plan, run its pushes"),
+                       ("check", "prove the basic path from the internet client"),
+                       ("status", "the stack's droplets and their cloud-init status"),
+                       ("down", "remove the stack's droplets, volumes and firewalls")):
+        sub.add_parser(name, help=text).add_argument("--stack", default="staging")
+    sh = sub.add_parser("shell", help="a root shell on one of the stack's droplets")
+    sh.add_argument("name", help="lb, app-1, datastore, ... or the droplet's full name")
+    sh.add_argument("--stack", default="staging")
     sub.add_parser("image", help="build the droplet image (cached)")
-    sub.add_parser("status", help="show droplets")
+    sub.add_parser("droplets", help="every droplet of the local cloud")
     td = sub.add_parser("teardown", help="remove everything, also after a killed run")
     td.add_argument("--keep-volumes", action="store_true")
     sub.add_parser("leftovers", help="list what of ours is still on the machine")
     args = p.parse_args()
-    if args.cmd == "image":
+
+    if args.cmd in ("up", "check", "status", "shell", "down"):
+        from . import stack
+        plan = stack.plan(args.stack)
+        if args.cmd == "up":
+            result = stack.up(plan)
+            return 0 if stack.healthy(result) else 1
+        if args.cmd == "check":
+            return 0 if stack.check_passed(stack.check(plan), plan) else 1
+        if args.cmd == "status":
+            print(json.dumps(stack.status(plan), indent=1))
+        elif args.cmd == "shell":
+            argv = stack.shell_argv(plan.droplet(args.name).name)
+            os.execvp(argv[0], argv)
+        elif args.cmd == "down":
+            stack.down(plan)
+    elif args.cmd == "image":
         print(image.build())
-    elif args.cmd == "status":
+    elif args.cmd == "droplets":
         print(json.dumps({n: asdict(i) for n, i in cloud.status().items()}, indent=1))
     elif args.cmd == "teardown":
         teardown.teardown(keep_volumes=args.keep_volumes)
     elif args.cmd == "leftovers":
         print(json.dumps(teardown.leftovers(), indent=1))
+    return 0
 
 
-main()
+sys.exit(main())

@@ -1,0 +1,181 @@
+"""The staging stack on the local cloud, booted from the program's own plan.
+
+Unit tests first (the plan's translation: firewalls, volumes, command order, SSH argv);
+then, marked `localcloud` (root, several minutes), the real stack: up, checks, down.
+"""
+
+import os
+import shlex
+from types import SimpleNamespace
+
+import pytest
+
+from localcloud import acme, config, firewall, stack
+
+# --- the plan's translation (no root needed) --------------------------------
+
+
+def test_a_do_firewall_becomes_the_same_local_rules():
+    fw = stack.firewall_of({
+        "name": "staging-app", "tags": ["staging-app"],
+        "inboundRules": [{"protocol": "tcp", "portRange": "8443", "sourceTags": ["staging-lb"]},
+                         {"protocol": "tcp", "portRange": "22", "sourceAddresses": ["203.0.113.10/32"],
+                          "sourceDropletIds": [7.0]}],
+        "outboundRules": [{"protocol": "icmp", "destinationAddresses": ["0.0.0.0/0", "::/0"]}],
+    }, {"7": "staging-lb"})
+    assert fw == firewall.Firewall(
+        "staging-app",
+        inbound=(firewall.Rule("tcp", "8443", tags=("staging-lb",)),
+                 firewall.Rule("tcp", "22", addresses=("203.0.113.10/32",), droplets=("staging-lb",))),
+        outbound=(firewall.Rule("icmp", "all", addresses=("0.0.0.0/0", "::/0")),),
+        tags=("staging-app",))
+
+
+def _command(name, kind, deps=()):
+    login = {"user": "ops", "host": "10.0.0.2", "privateKey": "KEY"}
+    state = {"create": f"sudo /usr/local/sbin/platform-push {kind}", "stdin": "{}", "connection": login}
+    resource = SimpleNamespace(type="command:remote:Command", name=name, state=state)
+    request = SimpleNamespace(dependencies=[f"urn:pulumi:s::p::t::{d}" for d in deps])
+    return resource, request
+
+
+def test_remote_commands_follow_dependencies_then_the_push_order():
+    pairs = [_command("lb-upstreams-push", "upstreams"), _command("app-1-env-push", "env"),
+             _command("app-1-tls-push", "tls", deps=["app-1-env-push"]),   # a made-up dependency wins
+             _command("datastore-secrets-push", "secrets"), _command("lb-tls-push", "tls")]
+    options = {(r.type, r.name): req for r, req in pairs}
+    order = [c.name for c in stack.ordered_commands([r for r, _ in pairs], options)]
+    assert order == ["lb-tls-push", "datastore-secrets-push", "app-1-env-push", "app-1-tls-push",
+                     "lb-upstreams-push"]
+
+
+def test_commands_in_a_cycle_are_refused():
+    pairs = [_command("a", "tls", deps=["b"]), _command("b", "tls", deps=["a"])]
+    with pytest.raises(ValueError, match="cycle"):
+        stack.ordered_commands([r for r, _ in pairs], {(r.type, r.name): q for r, q in pairs})
+
+
+def test_ssh_through_the_jump_host_uses_its_own_key_and_known_hosts():
+    login, jump = stack.Login("ops", "10.110.16.3", "K"), stack.Login("ops", "198.51.100.3", "J")
+    argv = stack.ssh_command(login, "/t/key", "/t/kh", "sudo platform-push tls", jump, "/t/jump-key")
+    assert argv[-2:] == ["ops@10.110.16.3", "sudo platform-push tls"]
+    assert argv[:3] == ["ssh", "-i", "/t/key"]
+    proxy = next(a for a in argv if a.startswith("ProxyCommand="))
+    assert shlex.split(proxy.split("=", 1)[1])[:3] == ["ssh", "-i", "/t/jump-key"]
+    assert proxy.endswith("-W %h:%p ops@198.51.100.3")
+    assert "UserKnownHostsFile=/t/kh" in argv and "StrictHostKeyChecking=no" in argv
+
+
+def test_overrides_keep_the_stacks_admin_range_and_add_only_the_host():
+    overrides = stack.local_overrides({"adminCidrs": ["203.0.113.10/32"],
+                                       "engines": ["postgresql", "mongodb", "redis"]})
+    assert overrides["adminCidrs"] == ["203.0.113.10/32", f"{config.HOST_PUBLIC_IP}/32"]
+    assert overrides["engines"] == ["postgresql", "redis"]
+    assert overrides["acmeDirectory"] == acme.DIRECTORY_URL
+    assert set(overrides) == set(stack.LOCAL_OVERRIDES_WHY)
+
+
+def test_the_staging_plan_has_the_programs_addresses_and_resources():
+    p = stack.plan_from(*_staging_deployment())
+    assert {d.key for d in p.droplets} == {"lb", "datastore", "app-1", "app-2"}
+    assert len(p.lb.reserved_ips) == 1 and p.lb.reserved_ips[0] not in {d.public_ip for d in p.droplets}
+    assert [v.name for v in p.volumes] == ["staging-data"] and p.volumes[0].droplet == "staging-datastore"
+    assert {f.name for f in p.firewalls} == {"staging-lb", "staging-app", "staging-datastore"}
+    kinds = [c.kind for c in p.commands]
+    assert kinds.index("upstreams") > max(i for i, k in enumerate(kinds) if k == "tls")
+    topo = p.topology()
+    assert firewall.attached(p.firewalls[0], topo)  # every firewall reaches a droplet by tag
+
+
+def _staging_deployment():
+    import mockcloud
+    overrides = stack.local_overrides(mockcloud.stack_file_config("staging"))
+    settings = mockcloud.stack_settings("staging", **overrides)
+    d = mockcloud.deploy(settings)
+    return d.resources, d.mocks.options, "staging", settings, overrides
+
+
+# --- the real stack (root; boots four droplets) ------------------------------
+
+@pytest.fixture(scope="module")
+def up(needs_root):
+    p = stack.plan("staging")
+    try:
+        yield stack.up(p)
+    finally:
+        stack.down(p)
+
+
+@pytest.fixture(scope="module")
+def seen(up):
+    return stack.check(up.plan)
+
+
+@pytest.mark.localcloud
+def test_cloud_init_is_done_without_errors_on_every_droplet(up):
+    assert up.cloud_init == {d.name: "done" for d in up.plan.droplets}
+    for report in up.reports:
+        assert "errors: []" in report.cloud_init or "errors" not in report.cloud_init, report.cloud_init
+
+
+@pytest.mark.localcloud
+def test_every_droplet_is_provisioned(up):
+    failed = {r.name: (r.provision_failed, r.provision_log_tail) for r in up.reports if not r.provisioned}
+    assert not failed
+
+
+@pytest.mark.localcloud
+def test_every_push_is_applied(up):
+    assert [c.name for c in up.plan.commands] == [r.name for r in up.pushes]
+    assert {r.name: r.output[-500:] for r in up.pushes if not r.ok} == {}
+
+
+@pytest.mark.localcloud
+def test_https_through_the_lb_is_answered_by_an_app_server(seen):
+    assert " 200" in seen["https_status"] and seen["https_body_has_served_by"]
+
+
+@pytest.mark.localcloud
+def test_every_app_server_answers_in_turn(up, seen):
+    assert sorted(set(seen["https_served_by"])) == sorted(d.name for d in up.plan.with_tag("-app"))
+
+
+@pytest.mark.localcloud
+def test_http_redirects_to_https(up, seen):
+    code, _, location = seen["http"].partition(" ")
+    assert code in ("301", "308") and location.startswith(f"https://{up.plan.domain}")
+
+
+@pytest.mark.localcloud
+def test_the_certificate_comes_from_the_local_acme_server(seen):
+    assert seen["certificate"]["verified"], seen["certificate"]
+
+
+@pytest.mark.localcloud
+def test_from_the_internet_only_80_and_443_are_open_on_the_lb(seen):
+    # SSH is open to the admin range only; the internet client is not in it.
+    opened = {port for port, st in seen["lb_ports_from_internet"].items() if st == "open"}
+    assert opened == {80, 443}
+    assert seen["lb_ports_from_internet"][22] == "filtered"
+
+
+@pytest.mark.localcloud
+def test_from_the_lb_no_datastore_port_but_ssh_is_open(seen):
+    opened = {port for port, st in seen["datastore_ports_from_lb"].items() if st == "open"}
+    assert opened == {22}
+
+
+def test_keys_never_outlive_the_ssh_run(tmp_path, monkeypatch):
+    made = []
+    real = stack._write_key
+
+    def spy(directory, name, text):
+        path = real(directory, name, text)
+        made.append((path, os.stat(path).st_mode & 0o777))
+        return path
+
+    monkeypatch.setattr(stack, "_write_key", spy)
+    monkeypatch.setattr(stack.subprocess, "run", lambda *a, **k: SimpleNamespace(returncode=0, stdout=""))
+    stack.run_ssh(stack.Login("ops", "192.0.2.9", "K"), "true", jump=stack.Login("ops", "192.0.2.8", "J"))
+    assert [mode for _, mode in made] == [0o600, 0o600]
+    assert not any(os.path.exists(path) for path, _ in made)
