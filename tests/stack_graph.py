@@ -117,7 +117,12 @@ def fingerprints(secret: str) -> list[str]:
 
 def readable_text(user_data: str) -> str:
     """A cloud-config as the droplet reads it: the YAML decoded, every string joined."""
-    return user_data + "\n" + "\n".join(strings_outside_secrets(yaml.safe_load(user_data)))
+    return user_data + "\n" + "\n".join(strings_outside_secrets(load_yaml(user_data)))
+
+
+def load_yaml(text: str) -> Any:
+    """PyYAML's C loader when built with libyaml: the cloud-configs are tens of KiB."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 ENGINE_PORTS = {name: str(engine.tls_port) for name, engine in conventions.ENGINES.items()}

@@ -14,10 +14,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from components import conventions
-from stack_graph import droplets, readable_text
+from stack_graph import droplets, load_yaml, readable_text
 
 CLOUD_INIT = "/usr/bin/cloud-init"
 # The cloud-init modules the program configures, and nothing else.
@@ -88,7 +87,7 @@ def test_cloud_init_schema_rejects_a_broken_config(tmp_path):
 def test_only_known_module_keys_at_the_top(user_data_by_droplet):
     for name, text in user_data_by_droplet.items():
         assert text.startswith("#cloud-config\n"), name
-        assert set(yaml.safe_load(text)) <= MODULE_KEYS, f"{name}: {set(yaml.safe_load(text)) - MODULE_KEYS}"
+        assert set(load_yaml(text)) <= MODULE_KEYS, f"{name}: {set(load_yaml(text)) - MODULE_KEYS}"
 
 
 def test_the_allowed_module_keys_are_cloud_inits_own():
@@ -129,7 +128,7 @@ def test_first_boot_data_names_no_address_and_no_pool_size(deployment):
 def test_operators_and_the_automation_key_can_log_in(deployment):
     automation = deployment.named("automation-key", ":PrivateKey").state["publicKeyOpenssh"].strip()
     for d in droplets(deployment):
-        (user,) = yaml.safe_load(d.state["userData"])["users"]
+        (user,) = load_yaml(d.state["userData"])["users"]
         assert user["name"] == conventions.OPERATOR_USER
         assert user["ssh_authorized_keys"] == [automation, *deployment.settings.ssh_public_keys]
         assert user["lock_passwd"] is True
