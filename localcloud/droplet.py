@@ -82,6 +82,9 @@ def nspawn_command(name: str, p: Paths) -> shell.Command:
     return ["systemd-nspawn", "-D", str(p.root), "-M", name, "-b",
             "--register=no", "--keep-unit",     # no host systemd: --register=no alone fails
             "--console=read-only",
+            # A droplet is a VM that runs its own firewall (ufw); nspawn drops this by default.
+            # The cloud firewall stays out of its reach, in the switch namespace.
+            "--capability=CAP_NET_ADMIN",
             f"--network-namespace-path={network.netns_path(network.netns_name(name))}",
             f"--bind={p.by_id}:{VOLUME_DIR_INSIDE}"]
 

@@ -6,6 +6,7 @@ of packages, settings, mirror or host CAs builds a new image and nothing else do
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import re
@@ -160,6 +161,16 @@ def build(force: bool = False) -> Path:
     final = image_dir(r)
     if (final / "complete").exists() and not force:
         return final / "rootfs"
+    config.IMAGES_DIR.mkdir(parents=True, exist_ok=True)
+    # Two processes building the same recipe would delete each other's half-built tree.
+    with open(config.IMAGES_DIR / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "complete").exists() and not force:
+            return final / "rootfs"
+        return _build(r, final)
+
+
+def _build(r: dict, final: Path) -> Path:
     building = final.with_name(final.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
     rootfs = building / "rootfs"
