@@ -195,15 +195,11 @@ def role_env(role: str, settings: Settings, files: list[ConfigFile]) -> str:
         "PLATFORM_ROLE": role,
         "PLATFORM_STACK": settings.stack,
         "STAGED_FILES": STAGED_FILES,
-        "ENGINES": " ".join(settings.engines),
-        "NODE_MAJOR": str(settings.node_major),
-        "VPC_IP_RANGE": settings.vpc_ip_range,
-        "DOMAIN": settings.domain,
-        "ACME_EMAIL": settings.acme_email,
-        "ACME_DIRECTORY": settings.acme_directory,
         # path:mode:owner of every staged file, for the installer.
         "CONFIG_FILES": " ".join(f"{f.path}:{f.mode}:{f.owner}" for f in files),
         # The common steps install only these; a role installs its own after its packages.
         "COMMON_CONFIG_FILES": " ".join(f.path for f in common.files(settings)),
+        # Only the settings this role uses: any other would replace its droplets for nothing.
+        **role_module(role).provisioning_inputs(settings),
     }
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())

@@ -104,13 +104,16 @@ def test_a_settings_change_that_touches_first_boot_is_seen_as_a_change(staging_d
     assert {"app-1", "app-2"} <= changed_droplets
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect, left to cloudinit/ (not this suite's file): role_env writes NODE_MAJOR, "
-    "ACME_* and ENGINES into every role's platform.env, so an app-only or LB-only setting changes the "
-    "datastore's user_data, which replaces it (and production's protect then stops the update)",
-)
 def test_a_setting_the_datastore_does_not_use_leaves_its_first_boot_alone(staging_deployment):
     base = staging_deployment
-    other = mockcloud.deploy(mockcloud.stack_settings("staging", nodeMajor=20), previous=base)
-    assert other.named("datastore", ":Droplet").state["userData"] == base.named("datastore", ":Droplet").state["userData"]
+    for change in ({"nodeMajor": 20}, {"acmeEmail": "other@example.com"}, {"domain": "other.example.com"}):
+        other = mockcloud.deploy(mockcloud.stack_settings("staging", **change), previous=base)
+        before = base.named("datastore", ":Droplet").state["userData"]
+        assert other.named("datastore", ":Droplet").state["userData"] == before, change
+
+
+def test_a_setting_the_app_servers_do_not_use_leaves_their_first_boot_alone(staging_deployment):
+    base = staging_deployment
+    other = mockcloud.deploy(mockcloud.stack_settings("staging", acmeEmail="other@example.com"), previous=base)
+    for name in ("app-1", "app-2"):
+        assert other.named(name, ":Droplet").state["userData"] == base.named(name, ":Droplet").state["userData"]

@@ -84,3 +84,8 @@ def example_app_archive() -> str:
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped:
         zipped.write(raw.getvalue())
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def provisioning_inputs(settings: Settings) -> dict[str, str]:
+    """Shell variables of /etc/platform/platform.env that this role's scripts read."""
+    return {"NODE_MAJOR": str(settings.node_major)}

@@ -113,3 +113,8 @@ def after_tls(settings: Settings) -> list[list[str]]:
 def secrets_env(passwords: dict[str, str]) -> str:
     """The engines' passwords, as the provisioning script reads them."""
     return "".join(f"{name.upper()}_PASSWORD={value}\n" for name, value in sorted(passwords.items()))
+
+
+def provisioning_inputs(settings: Settings) -> dict[str, str]:
+    """Shell variables of /etc/platform/platform.env that this role's scripts read."""
+    return {"VPC_IP_RANGE": settings.vpc_ip_range}

@@ -46,3 +46,12 @@ def after_tls(settings: Settings) -> list[list[str]]:
 def upstreams(app_server_addresses: list[str]) -> str:
     """The LB's list of app servers, pushed whenever the pool changes."""
     return render("load_balancer/upstreams.conf", servers=sorted(app_server_addresses))
+
+
+def provisioning_inputs(settings: Settings) -> dict[str, str]:
+    """Shell variables of /etc/platform/platform.env that this role's scripts read."""
+    return {
+        "DOMAIN": settings.domain,
+        "ACME_EMAIL": settings.acme_email,
+        "ACME_DIRECTORY": settings.acme_directory,
+    }
