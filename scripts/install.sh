@@ -35,6 +35,8 @@ step "Python environment (venv/)"
 venv/bin/pip install -q -r requirements.txt
 
 step "Node.js tools"
+# The workflow linter the tests run, pinned in tests/tools/package.json.
+npm install --prefix tests/tools --no-package-lock --no-audit --no-fund --loglevel=error
 if [ -f .ci/npm-packages.txt ]; then
     npm_missing=()
     while read -r pkg; do
