@@ -98,6 +98,8 @@ def role_module(role: str):
 
 def template_context(role: str, settings: Settings) -> dict[str, Any]:
     """Everything a template may use: settings, the role, and the shared facts."""
+    from . import common
+
     return {
         "role": role,
         "settings": settings,
@@ -107,6 +109,7 @@ def template_context(role: str, settings: Settings) -> dict[str, Any]:
         "engines": [conventions.ENGINES[name] for name in settings.engines],
         # The role module's own facts (its file paths, units), so its scripts name them once.
         "facts": role_module(role),
+        "ssh_logins": common.ssh_logins(role),
     }
 
 
@@ -161,7 +164,9 @@ def first_boot(role: str, settings: Settings, automation_public_key: str) -> str
                 "groups": ["sudo"],
                 "sudo": "ALL=(ALL) NOPASSWD:ALL",
                 "lock_passwd": True,
-                "ssh_authorized_keys": [automation_public_key, *settings.ssh_public_keys],
+                # Only the program's own key: operators' keys are pushed, so adding one
+                # replaces no droplet.
+                "ssh_authorized_keys": [automation_public_key],
             }
         ],
         "disable_root": True,

@@ -52,12 +52,8 @@ class AppServerPool(pulumi.ComponentResource):
                 ip_addresses=[droplet.ipv4_address_private],
                 parent=self,
             )
-            remote.push(
-                f"{member}-tls-push",
-                route=route,
-                kind="tls",
-                files={"ca.crt": cert.ca_cert_pem, "server.crt": cert.cert_pem, "server.key": cert.key_pem},
-                parent=self,
+            remote.push_identity(
+                member, route=route, role=conventions.APP_SERVER, settings=settings, cert=cert, parent=self
             )
             remote.push(f"{member}-env-push", route=route, kind="env", files={".env": app_env}, parent=self)
             # The first release, so a new stack serves something; ignored once one is deployed.

@@ -80,6 +80,8 @@ TLS_KEY_GROUP = "platform-tls"
 
 # --- Paths on the droplets -----------------------------------------------------------
 PLATFORM_ETC = "/etc/platform"
+# Operators' public keys per login, pushed after boot: adding a key replaces no droplet.
+LOGIN_KEYS_DIR = "/etc/ssh/authorized_keys.d"
 PLATFORM_STATE = "/var/lib/platform"
 # Every log the platform writes goes here as *.log (logrotate rotates them all).
 PLATFORM_LOG_DIR = "/var/log/platform"
@@ -159,8 +161,9 @@ PM2_HOME = f"{APP_ROOT}/.pm2"
 PM2_LOG_DIR = "/var/log/platform/pm2"
 ECOSYSTEM_FILE = f"{APP_ROOT}/ecosystem.config.js"
 APPS_UNIT = "platform-apps"
-# The one command the deploy user may run with sudo: a graceful pm2 reload.
-RELOAD_APPS_COMMAND = "/usr/local/sbin/platform-reload-apps"
+PM2_BIN_DIR = "/usr/local/bin"  # npm install -g --prefix /usr/local
+# Where the program's push of the example app lands before it becomes the first release.
+EXAMPLE_APP_ARCHIVE = f"{PLATFORM_STATE}/example-app.tar.gz.b64"
 
 # The size DigitalOcean allows for a droplet's user_data.
 USER_DATA_LIMIT_BYTES = 64 * 1024

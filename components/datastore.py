@@ -99,12 +99,8 @@ class Datastore(pulumi.ComponentResource):
         cert = ca.issue(
             name, dns_names=[f"{settings.stack}-{name}"], ip_addresses=[self.private_ip], parent=self
         )
-        remote.push(
-            f"{name}-tls-push",
-            route=route,
-            kind="tls",
-            files={"ca.crt": cert.ca_cert_pem, "server.crt": cert.cert_pem, "server.key": cert.key_pem},
-            parent=self,
+        remote.push_identity(
+            name, route=route, role=conventions.DATASTORE, settings=settings, cert=cert, parent=self
         )
         remote.push(
             f"{name}-secrets-push",

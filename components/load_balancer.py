@@ -69,12 +69,8 @@ class LoadBalancer(pulumi.ComponentResource):
         cert = ca.issue(
             name, dns_names=[f"{settings.stack}-{name}", settings.domain], ip_addresses=[self.private_ip], parent=self
         )
-        remote.push(
-            f"{name}-tls-push",
-            route=self.route,
-            kind="tls",
-            files={"ca.crt": cert.ca_cert_pem, "server.crt": cert.cert_pem, "server.key": cert.key_pem},
-            parent=self,
+        remote.push_identity(
+            name, route=self.route, role=conventions.LOAD_BALANCER, settings=settings, cert=cert, parent=self
         )
         self.register_outputs({"public_ip": self.public_ip, "private_ip": self.private_ip})
 

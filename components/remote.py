@@ -18,7 +18,11 @@ import pulumi
 import pulumi_command as command
 import pulumi_tls as tls
 
+from cloudinit import common as common_files
+
 from . import conventions
+from .pki import ServerCertificate
+from .settings import Settings
 
 
 class AutomationKey(pulumi.ComponentResource):
@@ -66,6 +70,32 @@ def push_command(kind: str) -> str:
 def payload(files: dict[str, pulumi.Input[str]]) -> pulumi.Output[str]:
     """The files of one push as JSON; secret when any of them is."""
     return pulumi.Output.all(**files).apply(lambda resolved: json.dumps(resolved, sort_keys=True))
+
+
+def push_identity(
+    name: str,
+    *,
+    route: SshRoute,
+    role: str,
+    settings: Settings,
+    cert: ServerCertificate,
+    parent: pulumi.Resource,
+) -> None:
+    """What every droplet receives after boot: its TLS identity and the operators' keys."""
+    push(
+        f"{name}-tls-push",
+        route=route,
+        kind="tls",
+        files={"ca.crt": cert.ca_cert_pem, "server.crt": cert.cert_pem, "server.key": cert.key_pem},
+        parent=parent,
+    )
+    push(
+        f"{name}-operators-push",
+        route=route,
+        kind="operators",
+        files=common_files.operator_keys(role, settings),
+        parent=parent,
+    )
 
 
 def push(

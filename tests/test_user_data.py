@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import mockcloud
 from components import conventions
 from stack_graph import droplets, load_yaml, readable_text
 
@@ -125,10 +126,29 @@ def test_first_boot_data_names_no_address_and_no_pool_size(deployment):
     assert len(app_data) == 1  # every app server boots the same
 
 
-def test_operators_and_the_automation_key_can_log_in(deployment):
+def test_first_boot_lets_in_the_automation_key_only(deployment):
     automation = deployment.named("automation-key", ":PrivateKey").state["publicKeyOpenssh"].strip()
     for d in droplets(deployment):
         (user,) = load_yaml(d.state["userData"])["users"]
         assert user["name"] == conventions.OPERATOR_USER
-        assert user["ssh_authorized_keys"] == [automation, *deployment.settings.ssh_public_keys]
+        assert user["ssh_authorized_keys"] == [automation]
         assert user["lock_passwd"] is True
+
+
+def test_operators_keys_are_pushed_to_every_login_of_every_droplet(deployment):
+    keys = "".join(k + "\n" for k in deployment.settings.ssh_public_keys)
+    pushes = {r.name: r for r in deployment.of_type("remote:Command") if r.name.endswith("-operators-push")}
+    assert set(pushes) == {f"{d.name}-operators-push" for d in droplets(deployment)}
+    for name, push in pushes.items():
+        files = json.loads(push.state["stdin"])
+        assert conventions.OPERATOR_USER in files
+        assert set(files.values()) == {keys}, name
+    app_logins = json.loads(pushes["app-1-operators-push"].state["stdin"])
+    assert set(app_logins) == {conventions.OPERATOR_USER, conventions.DEPLOY_USER}
+
+
+def test_adding_an_operator_key_replaces_no_droplet(deployment):
+    more_keys = [*deployment.settings.ssh_public_keys, deployment.named("automation-key", ":PrivateKey").state["publicKeyOpenssh"].strip()]
+    other = mockcloud.deploy(mockcloud.stack_settings(deployment.settings.stack, sshPublicKeys=more_keys), previous=deployment)
+    for d in droplets(deployment):
+        assert other.named(d.name, ":Droplet").state["userData"] == d.state["userData"], d.name

@@ -48,5 +48,20 @@ def pushes(role: str, settings: Settings) -> dict[str, Push]:
             },
             check=[["openssl", "x509", "-noout", "-in", conventions.SERVER_CERT_PATH]],
             then=[["update-ca-certificates"], *role_module(role).after_tls(settings)],
-        )
+        ),
+        # sshd reads these at each login: nothing to reload.
+        "operators": Push(
+            files={login: Target(f"{conventions.LOGIN_KEYS_DIR}/{login}") for login in ssh_logins(role)},
+        ),
     }
+
+
+def ssh_logins(role: str) -> list[str]:
+    """Who may log in over SSH on this role."""
+    return [conventions.OPERATOR_USER] + [u.name for u in conventions.ROLE_USERS[role] if u.ssh_login]
+
+
+def operator_keys(role: str, settings: Settings) -> dict[str, str]:
+    """The `operators` push: every login of the role takes the operators' keys."""
+    keys = "".join(key + "\n" for key in settings.ssh_public_keys)
+    return {login: keys for login in ssh_logins(role)}

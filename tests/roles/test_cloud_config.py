@@ -81,7 +81,7 @@ def test_cloud_config_fits_and_holds_no_secret(role, stack_settings):
     assert config["package_update"] is True and config["package_upgrade"] is True
     (operator,) = config["users"]
     assert operator["name"] == conventions.OPERATOR_USER and operator["lock_passwd"] is True
-    assert set(stack_settings.ssh_public_keys) <= set(operator["ssh_authorized_keys"])
+    assert operator["ssh_authorized_keys"] == [stack_settings.ssh_public_keys[0]]  # the key first_boot was given
     paths = [f["path"] for f in config["write_files"]]
     assert len(paths) == len(set(paths))
     assert conventions.PROVISION_COMMAND in paths and conventions.PUSH_COMMAND in paths
