@@ -1,8 +1,7 @@
 # shellcheck shell=bash
 # An app server's steps, run by platform-provision after the common ones.
 
-NODESOURCE_KEYRING=/etc/apt/keyrings/nodesource.gpg
-NODESOURCE_SOURCES=/etc/apt/sources.list.d/nodesource.sources
+NODESOURCE_PIN=/etc/apt/preferences.d/nodesource
 # NodeSource's repository signing key, as published by NodeSource.
 NODESOURCE_KEY_FINGERPRINT=6F71F525282841EEDAF851B42F59B5F99B1BE0B4
 NODESOURCE_URL=https://deb.nodesource.com
@@ -55,33 +54,18 @@ ensure_node() {
 }
 
 ensure_nodesource_repository() {
-    local key fingerprint
-    ensure_packages ca-certificates curl gnupg
-    if [ ! -s "$NODESOURCE_KEYRING" ]; then
-        key=$(mktemp)
-        curl -fsSL --retry 5 "${NODESOURCE_URL}/gpgkey/nodesource-repo.gpg.key" | gpg --dearmor > "$key"
-        fingerprint=$(gpg --show-keys --with-colons "$key" | awk -F: '/^fpr/ { print $10; exit }')
-        if [ "$fingerprint" != "$NODESOURCE_KEY_FINGERPRINT" ]; then
-            log "NodeSource key has fingerprint ${fingerprint}, expected ${NODESOURCE_KEY_FINGERPRINT}"
-            rm -f "$key"
-            return 1
-        fi
-        install -D -m 0644 "$key" "$NODESOURCE_KEYRING"
-        rm -f "$key"
-        changed "$NODESOURCE_KEYRING"
-    fi
-    local sources_text="Types: deb
+    ensure_apt_repository nodesource "${NODESOURCE_URL}/gpgkey/nodesource-repo.gpg.key" \
+        "$NODESOURCE_KEY_FINGERPRINT" "Types: deb
 URIs: ${NODESOURCE_URL}/node_${NODE_MAJOR}.x
 Suites: nodistro
-Components: main
-Signed-By: ${NODESOURCE_KEYRING}"
-    if [ ! -f "$NODESOURCE_SOURCES" ] || [ "$(cat "$NODESOURCE_SOURCES")" != "$sources_text" ]; then
-        printf '%s\n' "$sources_text" > "$NODESOURCE_SOURCES"
-        # NodeSource's nodejs must win over the distribution's older one.
-        printf 'Package: nodejs\nPin: origin deb.nodesource.com\nPin-Priority: 600\n' \
-            > /etc/apt/preferences.d/nodesource
-        apt-get update -q
-        changed "$NODESOURCE_SOURCES"
+Components: main"
+    # NodeSource's nodejs must win over the distribution's older one.
+    local pin='Package: nodejs
+Pin: origin deb.nodesource.com
+Pin-Priority: 600'
+    if [ "$(cat "$NODESOURCE_PIN" 2>/dev/null)" != "$pin" ]; then
+        printf '%s\n' "$pin" > "$NODESOURCE_PIN"
+        changed "$NODESOURCE_PIN"
     fi
 }
 

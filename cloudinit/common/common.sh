@@ -29,6 +29,35 @@ ensure_packages() {
     changed "installed ${missing[*]}"
 }
 
+# A vendor's apt repository: its signing key, fetched over HTTPS and checked against
+# a fingerprint when one is pinned, and a deb822 sources file signed by it.
+ensure_apt_repository() {
+    local name=$1 key_url=$2 fingerprint=$3 sources_text=$4
+    local keyring=/etc/apt/keyrings/$name.gpg sources=/etc/apt/sources.list.d/$name.sources
+    local key actual
+    ensure_packages ca-certificates curl gnupg
+    if [ ! -s "$keyring" ]; then
+        key=$(mktemp)
+        curl -fsSL --retry 5 "$key_url" | gpg --dearmor > "$key"
+        actual=$(gpg --show-keys --with-colons "$key" | awk -F: '/^fpr/ { print $10; exit }')
+        if [ -n "$fingerprint" ] && [ "$actual" != "$fingerprint" ]; then
+            log "$name key has fingerprint ${actual}, expected ${fingerprint}"
+            rm -f "$key"
+            return 1
+        fi
+        install -D -m 0644 "$key" "$keyring"
+        rm -f "$key"
+        changed "$keyring (key fingerprint $actual)"
+    fi
+    sources_text="${sources_text}
+Signed-By: ${keyring}"
+    if [ ! -f "$sources" ] || [ "$(cat "$sources")" != "$sources_text" ]; then
+        printf '%s\n' "$sources_text" > "$sources"
+        apt-get update -q
+        changed "$sources"
+    fi
+}
+
 # A system user (no password) with no login shell, unless one is given.
 ensure_user() {
     local name=$1 home=$2 shell=${3:-/usr/sbin/nologin}

@@ -309,15 +309,28 @@ rabbitmq_logins() {
 }
 {% endif %}
 {% if "mongodb" in settings.engines %}
+MONGODB_SERIES=8.0
+MONGODB_REPOSITORY=https://repo.mongodb.org
+# MongoDB publishes no fingerprint to pin; the key is trusted through HTTPS, as its docs do.
+MONGODB_KEY_URL=https://pgp.mongodb.com/server-${MONGODB_SERIES}.asc
+
 
 # --- MongoDB -------------------------------------------------------------------------
 
+# Not in Debian's or Ubuntu's archive: MongoDB publishes its own repository for both.
+ensure_mongodb_repository() {
+    local distro codename component=main
+    distro=$(sed -n 's/^ID=//p' /etc/os-release)
+    codename=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)
+    [ "$distro" = ubuntu ] && component=multiverse
+    ensure_apt_repository mongodb-org "${MONGODB_KEY_URL}" "" "Types: deb
+URIs: ${MONGODB_REPOSITORY}/apt/${distro}
+Suites: ${codename}/mongodb-org/${MONGODB_SERIES}
+Components: ${component}"
+}
+
 mongodb_steps() {
-    # Not in Debian's or Ubuntu's archive: MongoDB's own apt repository must be configured.
-    if ! apt-cache show mongodb-org-server >/dev/null 2>&1; then
-        log "mongodb-org-server is not available from any configured apt source: add MongoDB's apt repository, or switch mongodb off in the stack's engines setting"
-        return 1
-    fi
+    ensure_mongodb_repository
     ensure_packages_unstarted mongodb-org-server mongodb-mongosh
     install_file {{ facts.MONGODB_CONF }}
     install_file {{ facts.MONGODB_USERS_SCRIPT }}
