@@ -27,6 +27,8 @@ CLOUD_CFG = (
     "# from outside the droplet, so cloud-init must leave it alone.\n"
     "datasource_list: [NoCloud, None]\n"
     "network: {config: disabled}\n"
+    "# As DigitalOcean's images do: the hostname resolves (sudo waits on DNS otherwise).\n"
+    "manage_etc_hosts: true\n"
 )
 CLOUD_CFG_PATH = "etc/cloud/cloud.cfg.d/99-localcloud.cfg"
 

@@ -363,7 +363,7 @@ class DropletReport:
 
 def wait_for_cloud_init(p: Plan, timeout: float = 1800) -> dict[str, str]:
     """Poll every droplet, printing each change of status; returns the last status of each."""
-    start, last = time.monotonic(), {}
+    start, last, shown = time.monotonic(), {}, time.monotonic()
     pending = [d.name for d in p.droplets]
     while pending and time.monotonic() - start < timeout:
         for name in list(pending):
@@ -373,8 +373,31 @@ def wait_for_cloud_init(p: Plan, timeout: float = 1800) -> dict[str, str]:
                 last[name] = status
             if status in ("done", "error", "degraded", "disabled"):
                 pending.remove(name)
+        if time.monotonic() - shown > PROGRESS_EVERY:
+            shown = time.monotonic()
+            for name in pending:
+                print(f"[localcloud]   {name} ({shown - start:.0f}s): {latest_log_line(name)}", flush=True)
         time.sleep(2)
     return last
+
+
+PROGRESS_EVERY = 30   # seconds between progress lines while droplets provision
+BOOT_LOGS = ("var/log/platform/provision.log", "var/log/cloud-init-output.log")
+
+
+def latest_log_line(name: str) -> str:
+    """The last line a droplet's first boot logged (read from its disk on the host)."""
+    for rel in BOOT_LOGS:
+        path = droplet.Paths(name).root / rel
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - 4096))
+                lines = f.read().decode(errors="replace").replace("\r", "\n").strip().splitlines()
+        except OSError:
+            continue
+        if lines:
+            return f"{rel.rsplit('/', 1)[1]}: {lines[-1][-160:]}"
+    return "(no log yet)"
 
 
 def droplet_report(name: str) -> DropletReport:
