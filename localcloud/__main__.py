@@ -30,7 +30,7 @@ def main() -> int:
 
     if args.cmd in ("up", "check", "status", "shell", "down"):
         from . import stack
-        plan = stack.plan(args.stack)
+        plan = stack.plan(args.stack) if args.cmd == "up" else stack.deployed(args.stack)
         if args.cmd == "up":
             result = stack.up(plan)
             return 0 if stack.healthy(result) else 1

@@ -99,6 +99,7 @@ class Plan:
     firewalls: list[firewall.Firewall]
     volumes: list[PlannedVolume]
     commands: list[RemoteCommand]
+    record: dict | None = field(default=None, repr=False)   # saved as the stack's state by `up`
 
     def droplet(self, key_or_name: str) -> PlannedDroplet:
         for d in self.droplets:
@@ -134,30 +135,44 @@ def state_file(stack: str) -> Path:
     return config.STATE_ROOT / "stacks" / f"{stack}.json"
 
 
-def save_deployment(stack: str, mocks) -> None:
-    path = state_file(stack)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    record = {
+def deployment_record(mocks, settings, overrides: dict) -> dict:
+    """What a run of the program leaves in the stack's state file."""
+    return {
+        "domain": settings.domain, "vpc_ip_range": settings.vpc_ip_range, "overrides": overrides,
         "resources": [{"type": r.type, "name": r.name, "id": r.id, "inputs": r.inputs, "state": r.state}
                       for r in mocks.resources],
         "raw_state": [[t, n, st] for (t, n), st in mocks._raw_state.items()],
     }
+
+
+def save_record(stack: str, record: dict) -> None:
+    path = state_file(stack)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(record, f)
     os.replace(path.with_suffix(".tmp"), path)
 
 
-def previous_deployment(stack: str):
-    """The last run's state in the shape mockcloud.deploy(previous=) reads, or None."""
-    import mockcloud
-    from cryptography.hazmat.primitives import serialization
+def load_record(stack: str) -> dict | None:
     try:
-        record = json.loads(state_file(stack).read_text())
+        return json.loads(state_file(stack).read_text())
     except (OSError, ValueError):
         return None
-    resources = [mockcloud.Resource(r["type"], r["name"], r["id"], r["inputs"], r["state"])
-                 for r in record["resources"]]
+
+
+def _resources(record: dict) -> list:
+    import mockcloud
+    return [mockcloud.Resource(r["type"], r["name"], r["id"], r["inputs"], r["state"])
+            for r in record["resources"]]
+
+
+def previous_deployment(record: dict | None):
+    """The last `up`'s state in the shape mockcloud.deploy(previous=) reads, or None."""
+    if not record:
+        return None
+    from cryptography.hazmat.primitives import serialization
+    resources = _resources(record)
     keys = {r.state["privateKeyPem"]: serialization.load_pem_private_key(r.state["privateKeyPem"].encode(), None)
             for r in resources if r.type.endswith("PrivateKey")}
     mocks = SimpleNamespace(resources=resources, _keys=keys,
@@ -166,14 +181,26 @@ def previous_deployment(stack: str):
 
 
 def plan(stack: str = "staging") -> Plan:
-    """Run the program under the mock engine, from the stack's last state when there is
-    one: unchanged resources keep their keys and passwords, so droplets are reused."""
+    """Run the program under the mock engine from the state of the last `up`, as
+    `pulumi up` starts from the stack's state: unchanged resources keep their keys,
+    passwords and addresses, so their droplets are reused. Saved only by `up`."""
     import mockcloud   # the program and the SDK load only when a plan is wanted
     overrides = local_overrides(mockcloud.stack_file_config(stack))
     settings = mockcloud.stack_settings(stack, **overrides)
-    deployment = mockcloud.deploy(settings, previous=previous_deployment(stack))
-    save_deployment(stack, deployment.mocks)
-    return plan_from(deployment.resources, deployment.mocks.options, stack, settings, overrides)
+    deployment = mockcloud.deploy(settings, previous=previous_deployment(load_record(stack)))
+    p = plan_from(deployment.resources, deployment.mocks.options, stack, settings, overrides)
+    p.record = deployment_record(deployment.mocks, settings, overrides)
+    return p
+
+
+def deployed(stack: str = "staging") -> Plan:
+    """What the last `up` deployed (for check, status, shell, down): the program's
+    current code may differ, as a changed program differs from a stack's state."""
+    record = load_record(stack)
+    if record is None:
+        raise SystemExit(f"no local stack {stack!r}: run `python -m localcloud up` first")
+    settings = SimpleNamespace(domain=record["domain"], vpc_ip_range=record["vpc_ip_range"])
+    return plan_from(_resources(record), {}, stack, settings, record["overrides"])
 
 
 def _suffix(resource_type: str) -> str:
@@ -439,7 +466,14 @@ def up(p: Plan | None = None, timeout: float = 2400) -> UpResult:
     p = p or plan()
     print_overrides(p)
     acme.ensure_tls_ca()     # before the image is built: droplets trust the ACME server
+    previous = deployed(p.stack) if load_record(p.stack) else None
+    if previous:   # droplets the program no longer has go, as `pulumi up` deletes them
+        for gone in {d.name for d in previous.droplets} - {d.name for d in p.droplets}:
+            if gone in state.load()["droplets"]:
+                cloud.destroy(gone)
     cloud.up(specs(p), vpc_cidr=p.vpc_cidr, wait=False)
+    if p.record:
+        save_record(p.stack, p.record)
     acme.ensure_running(p.lb.reserved_ips[0])   # DNS: the domain resolves to the LB
     with shell.Step("volumes"):
         for v in p.volumes:
