@@ -162,6 +162,8 @@ PM2_LOG_DIR = "/var/log/platform/pm2"
 ECOSYSTEM_FILE = f"{APP_ROOT}/ecosystem.config.js"
 APPS_UNIT = "platform-apps"
 PM2_BIN_DIR = "/usr/local/bin"  # npm install -g --prefix /usr/local
+# `python -m deploy` holds this on the load balancer while it deploys (one deploy at a time).
+DEPLOY_LOCK_DIR = f"{PLATFORM_STATE}/deploy.lock"
 # Where the program's push of the example app lands before it becomes the first release.
 EXAMPLE_APP_ARCHIVE = f"{PLATFORM_STATE}/example-app.tar.gz.b64"
 
