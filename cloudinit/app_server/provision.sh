@@ -7,7 +7,8 @@ NODESOURCE_KEY_FINGERPRINT=6F71F525282841EEDAF851B42F59B5F99B1BE0B4
 NODESOURCE_URL=https://deb.nodesource.com
 
 role_steps() {
-    ensure_packages nginx openssl sudo
+    # rsync receives releases from `python -m deploy`; curl is its health check.
+    ensure_packages nginx openssl sudo rsync curl
     ensure_node
     ensure_pm2
     ensure_release_layout
