@@ -1,0 +1,13 @@
+"""Deploy the app to a stack's servers, roll back, list releases: `python -m deploy`.
+
+Builds a release once on the operator's machine, uploads it to every app server through
+the load balancer (the jump host) as the deploy user, and switches the servers one at a
+time, each only after the one before it is healthy. See deploy/roll.py for the order.
+"""
+
+from pathlib import Path
+
+# Every default of the deploy command, in one place (the CLI's --help shows them).
+DEFAULT_APP_DIR = str(Path(__file__).resolve().parents[1] / "example-app")
+KEEP_RELEASES = 5            # releases kept on each server (current and previous always stay)
+HEALTH_TIMEOUT_SECONDS = 60  # how long a server may take to answer /healthz after a reload

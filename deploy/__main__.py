@@ -1,0 +1,103 @@
+"""python -m deploy {deploy|rollback|releases} STACK [--local] ...
+
+  deploy STACK [--app DIR] [--keep N] [--health-timeout S] [--break-lock]
+  rollback STACK [--to RELEASE]
+  releases STACK
+
+STACK is a Pulumi stack (its outputs via `pulumi stack output`), or with --local the
+stack `python -m localcloud up` booted on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+
+from . import DEFAULT_APP_DIR, HEALTH_TIMEOUT_SECONDS, KEEP_RELEASES, commands, release
+from .executor import CommandFailed, Executor
+from .roll import Deployer, DeployError, Locked, Outcome, releases_table, summary
+from .targets import LocalStack, PulumiStack, StackTarget, TargetError
+
+EXIT_STOPPED = 1
+EXIT_LOCKED = 3
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m deploy", description=__doc__.split("\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("stack", help="the stack: staging, production, ...")
+    common.add_argument("--local", action="store_true", help="the stack on this machine's local cloud")
+    common.add_argument("-i", "--identity", help="the operator's SSH private key (default: ssh's own)")
+    common.add_argument("-v", "--verbose", action="store_true", help="print every command (secrets redacted)")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("deploy", parents=[common], help="build, upload and roll out a release")
+    d.add_argument("--app", default=DEFAULT_APP_DIR, help="the app directory (default: the example app)")
+    d.add_argument("--keep", type=int, default=KEEP_RELEASES, help=f"releases kept per server (default {KEEP_RELEASES})")
+    d.add_argument("--break-lock", action="store_true", help="remove a stale deploy lock first")
+    r = sub.add_parser("rollback", parents=[common], help="switch every server back to the previous release")
+    r.add_argument("--to", metavar="RELEASE", help="a named release instead of the previous one")
+    r.add_argument("--break-lock", action="store_true", help="remove a stale deploy lock first")
+    for command in (d, r):
+        command.add_argument("--health-timeout", type=int, default=HEALTH_TIMEOUT_SECONDS,
+                             help=f"seconds a server may take to be healthy (default {HEALTH_TIMEOUT_SECONDS})")
+    sub.add_parser("releases", parents=[common], help="what each server holds and which is current")
+    return p
+
+
+def target_of(args, executor: Executor) -> StackTarget:
+    if args.local:
+        return LocalStack(args.stack, args.identity)
+    return PulumiStack(args.stack, executor, args.identity)
+
+
+def main(argv: list[str] | None = None, executor: Executor | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "keep", 2) < 2:
+        parser().error("--keep must be at least 2 (the current release and the one before it)")
+    executor = executor or Executor(verbose=args.verbose)
+    work = tempfile.mkdtemp(prefix="deploy-")
+    deployer = None
+    try:
+        stack = target_of(args, executor).resolve()
+        deployer = Deployer(stack, executor, getattr(args, "health_timeout", HEALTH_TIMEOUT_SECONDS), control_dir=work)
+        if args.command == "releases":
+            for line in releases_table(deployer.releases()):
+                executor.say(line)
+            return 0
+        deployer.lock(args.command, break_lock=args.break_lock)
+        if args.command == "deploy":
+            executor.say(f"building {args.app} ...")
+            build = release.build(args.app, work, executor)
+            executor.say(f"built {build.release_id}")
+            outcome: Outcome = deployer.deploy(build, args.keep)
+        else:
+            outcome = deployer.rollback(args.to)
+        for line in summary(outcome):
+            executor.say(line)
+        return 0 if outcome.ok else EXIT_STOPPED
+    except Locked as locked:
+        executor.say(f"refused: {locked}")
+        return EXIT_LOCKED
+    except (TargetError, DeployError, ValueError) as problem:
+        executor.say(f"{args.command}: {problem}")
+        return EXIT_STOPPED
+    except CommandFailed as failed:
+        executor.say(f"{args.command}: {failed}")
+        for line in failed.result.output.strip().splitlines()[-10:]:
+            executor.say(f"  ! {line}")
+        return EXIT_STOPPED
+    finally:
+        if deployer is not None:
+            try:
+                deployer.unlock()
+            except CommandFailed as failed:
+                executor.say(f"could not release the deploy lock: {failed}")
+            for server in (None, *deployer.stack.servers):
+                executor.run(commands.close_connection(deployer.stack, work, server), timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

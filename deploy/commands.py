@@ -1,0 +1,174 @@
+"""Every command a deploy runs, as data: small functions returning argument lists.
+
+Nothing here runs anything (deploy/executor.py does), so the tests assert on exactly what
+would be run on the operator's machine, the load balancer and each app server.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudinit.app_server import APPS_RELOAD
+from components import conventions
+
+from .targets import Server, Stack
+
+REMOTE_SCRIPT = Path(__file__).with_name("remote.sh")
+# What the release leaves out of the app directory: built fresh, or not needed to run.
+BUILD_EXCLUDES = ("node_modules", "test", ".git", ".env")
+# Group `app` reads releases (setgid directory); nobody else does.
+RELEASE_MODES = "D2750,Fg+r,Fo-rwx"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A command for one host: the ssh argv and what goes to its stdin."""
+
+    argv: list[str]
+    stdin: str | None = None
+
+
+# --- ssh ---------------------------------------------------------------------------
+
+def ssh_options(stack: Stack, control_dir: str | None = None) -> list[str]:
+    options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=15",
+               "-o", "LogLevel=ERROR"]
+    if stack.identity:
+        options = ["-i", stack.identity, "-o", "IdentitiesOnly=yes", *options]
+    if stack.known_hosts == "/dev/null":
+        # The local cloud makes new host keys with every droplet; nothing to pin.
+        options += ["-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no"]
+    else:
+        options += ["-o", "StrictHostKeyChecking=accept-new"]
+    if control_dir:
+        # One connection per host for the whole deploy: each step is a round trip, not a login.
+        options += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_dir}/%C", "-o", "ControlPersist=60"]
+    return options
+
+
+def jump_login(stack: Stack) -> str:
+    return f"{conventions.OPERATOR_USER}@{stack.jump_host}"
+
+
+def ssh_via_jump(stack: Stack, control_dir: str | None = None) -> list[str]:
+    """ssh to a private address through the LB, as the deploy user; the host comes last."""
+    proxy = ["ssh", *ssh_options(stack), "-W", "%h:%p", jump_login(stack)]
+    return ["ssh", *ssh_options(stack, control_dir), "-o", "ProxyCommand=" + shlex.join(proxy),
+            "-l", conventions.DEPLOY_USER]
+
+
+def on_server(stack: Stack, server: Server, remote: list[str], control_dir: str | None = None,
+              stdin: str | None = None) -> Remote:
+    return Remote([*ssh_via_jump(stack, control_dir), server.address, shlex.join(remote)], stdin)
+
+
+def on_jump_host(stack: Stack, remote: list[str], control_dir: str | None = None,
+                 stdin: str | None = None) -> Remote:
+    return Remote(["ssh", *ssh_options(stack, control_dir), jump_login(stack), shlex.join(remote)], stdin)
+
+
+# --- the server half (deploy/remote.sh) ------------------------------------------------
+
+def prelude(stack: Stack) -> str:
+    """The facts remote.sh reads, from their one home."""
+    pool_name = conventions.app_pool_tls_name(stack.name)
+    facts = {
+        "RELEASES_DIR": conventions.RELEASES_DIR,
+        "CURRENT_LINK": conventions.CURRENT_RELEASE_LINK,
+        "LOCK_DIR": conventions.DEPLOY_LOCK_DIR,
+        "CA_FILE": conventions.CA_CERT_PATH,
+        "HEALTH_NAME": pool_name,
+        "HEALTH_PORT": str(conventions.APP_TLS_PORT),
+        "HEALTH_URL": f"https://{pool_name}:{conventions.APP_TLS_PORT}{conventions.HEALTH_PATH}",
+    }
+    return "".join(f"{key}={shlex.quote(value)}\n" for key, value in facts.items())
+
+
+def script(stack: Stack) -> str:
+    return prelude(stack) + REMOTE_SCRIPT.read_text()
+
+
+def release_action(stack: Stack, server: Server, *args: str, control_dir: str | None = None) -> Remote:
+    """remote.sh ACTION ARGS on an app server, as deploy."""
+    return on_server(stack, server, ["bash", "-s", "--", *args], control_dir, stdin=script(stack))
+
+
+def list_releases(stack, server, control_dir=None) -> Remote:
+    return release_action(stack, server, "list", control_dir=control_dir)
+
+
+def accept(stack, server, release_id, control_dir=None) -> Remote:
+    return release_action(stack, server, "accept", release_id, control_dir=control_dir)
+
+
+def switch(stack, server, release_id, control_dir=None) -> Remote:
+    return release_action(stack, server, "switch", release_id, control_dir=control_dir)
+
+
+def health(stack, server, timeout: int, control_dir=None) -> Remote:
+    return release_action(stack, server, "health", str(timeout), control_dir=control_dir)
+
+
+def prune(stack, server, keep: int, control_dir=None) -> Remote:
+    return release_action(stack, server, "prune", str(keep), control_dir=control_dir)
+
+
+def reload_apps(stack, server, control_dir=None) -> Remote:
+    """pm2's graceful reload: the deploy user's one sudo command."""
+    return on_server(stack, server, ["sudo", "-n", *APPS_RELOAD], control_dir)
+
+
+def lock_action(stack: Stack, *args: str, control_dir: str | None = None) -> Remote:
+    """remote.sh on the LB as root: the lock lives in a root-owned directory."""
+    return on_jump_host(stack, ["sudo", "-n", "bash", "-s", "--", *args], control_dir, stdin=script(stack))
+
+
+def lock(stack, holder: str, control_dir=None) -> Remote:
+    return lock_action(stack, "lock", holder, control_dir=control_dir)
+
+
+def unlock(stack, holder: str, control_dir=None) -> Remote:
+    return lock_action(stack, "unlock", holder, control_dir=control_dir)
+
+
+def break_lock(stack, control_dir=None) -> Remote:
+    return lock_action(stack, "break-lock", control_dir=control_dir)
+
+
+def upload(stack: Stack, server: Server, build_dir: str, release_id: str, control_dir: str | None = None) -> list[str]:
+    """rsync the built release next to the others; unchanged files hard-link to `current`'s."""
+    ssh = shlex.join(ssh_via_jump(stack, control_dir))
+    return ["rsync", "--recursive", "--links", "--perms", "--times", "--delete", "--compress",
+            f"--chmod={RELEASE_MODES}", f"--link-dest={conventions.CURRENT_RELEASE_LINK}/",
+            "-e", ssh, f"{build_dir.rstrip('/')}/",
+            f"{server.address}:{conventions.RELEASES_DIR}/{release_id}.partial/"]
+
+
+# --- the build, on the operator's machine ---------------------------------------------
+
+def git_commit(app_dir: str) -> list[str]:
+    return ["git", "-C", app_dir, "rev-parse", "--short=7", "HEAD"]
+
+
+def git_changes(app_dir: str) -> list[str]:
+    return ["git", "-C", app_dir, "status", "--porcelain", "--", "."]
+
+
+def copy_sources(app_dir: str, build_dir: str) -> list[str]:
+    excludes = [f"--exclude=/{name}" for name in BUILD_EXCLUDES]
+    return ["rsync", "--recursive", "--links", "--perms", "--times", *excludes,
+            f"{app_dir.rstrip('/')}/", f"{build_dir.rstrip('/')}/"]
+
+
+def install_dependencies(build_dir: str) -> list[str]:
+    """Production dependencies exactly as the lockfile says."""
+    return ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund", "--prefix", build_dir]
+
+
+def close_connection(stack: Stack, control_dir: str, server: Server | None = None) -> list[str]:
+    """Stop the shared connection to one host (the LB when server is None)."""
+    if server is None:
+        return ["ssh", *ssh_options(stack, control_dir), "-O", "exit", jump_login(stack)]
+    return [*ssh_via_jump(stack, control_dir), "-O", "exit", server.address]

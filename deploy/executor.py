@@ -1,0 +1,76 @@
+"""The one place deploy runs commands. Everything else builds argument lists.
+
+Every command and every line of its output passes through `redact` before it is printed,
+so a secret handed to the executor (a key, a token in the environment) never reaches a
+terminal or a CI log.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+REDACTED = "[REDACTED]"
+# Environment variables whose values are secrets wherever they appear.
+SECRET_ENV = ("NPM_TOKEN", "NODE_AUTH_TOKEN", "SPACES_ACCESS_KEY_ID", "SPACES_SECRET_ACCESS_KEY",
+              "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DIGITALOCEAN_TOKEN", "PULUMI_ACCESS_TOKEN")
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class CommandFailed(RuntimeError):
+    def __init__(self, what: str, result: Result):
+        super().__init__(f"{what}: exit {result.returncode}")
+        self.result = result
+
+
+@dataclass
+class Executor:
+    secrets: list[str] = field(default_factory=lambda: [os.environ[n] for n in SECRET_ENV if os.environ.get(n)])
+    verbose: bool = False
+    out: object = sys.stdout
+
+    def redact(self, text: str) -> str:
+        # Longest first, so a secret containing another is hidden whole.
+        for secret in sorted((s for s in self.secrets if s), key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def say(self, line: str) -> None:
+        print(self.redact(line), file=self.out, flush=True)
+
+    def run(self, argv: list[str], *, input: str | None = None, timeout: float = 900) -> Result:
+        """Run argv, output and errors together; never raises for a non-zero exit."""
+        if self.verbose:
+            self.say("$ " + shlex.join(argv))
+        try:
+            proc = subprocess.run(argv, input=input, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, timeout=timeout)
+            result = Result(argv, proc.returncode, proc.stdout)
+        except subprocess.TimeoutExpired as expired:
+            result = Result(argv, 124, f"timed out after {timeout:.0f}s: {expired.output or ''}")
+        if self.verbose and result.output.strip():
+            for line in result.output.rstrip().splitlines():
+                self.say("  | " + line)
+        return result
+
+    def check(self, what: str, argv: list[str], **kwargs) -> Result:
+        """Run argv; on failure print its (redacted) output and raise CommandFailed."""
+        result = self.run(argv, **kwargs)
+        if not result.ok:
+            for line in result.output.rstrip().splitlines()[-20:]:
+                self.say(f"  ! {line}")
+            raise CommandFailed(what, result)
+        return result

@@ -1,0 +1,248 @@
+"""Deploy, roll back and list releases: the order of things, one server at a time.
+
+A deploy uploads the release to every server first (nothing switches if an upload
+fails), then per server: switch `current`, reload pm2 gracefully, wait for health. The
+first server that does not become healthy is switched back to the release it ran, and
+the roll stops there: the servers after it never left the old release.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from . import commands
+from .commands import Remote
+from .executor import CommandFailed, Executor, Result
+from .release import Build
+from .targets import Server, Stack
+
+LOCKED_EXIT = 3  # remote.sh's exit when someone else holds the lock
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What one server holds: releases oldest first, and the current one."""
+
+    server: Server
+    releases: tuple[str, ...]
+    current: str | None
+
+    def previous(self) -> str | None:
+        """The release deployed before the current one."""
+        if self.current not in self.releases:
+            return None
+        index = self.releases.index(self.current)
+        return self.releases[index - 1] if index > 0 else None
+
+
+def parse_list(server: Server, output: str) -> Holdings:
+    releases, current = [], None
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) < 2:
+            continue
+        releases.append(fields[0])
+        if fields[2:] == ["current"]:
+            current = fields[0]
+    return Holdings(server, tuple(releases), current)
+
+
+@dataclass
+class Step:
+    server: Server
+    from_release: str | None
+    to_release: str
+    ok: bool = False
+    seconds: float = 0.0
+    problem: str = ""
+    switched_back: bool = False
+
+
+@dataclass
+class Outcome:
+    action: str
+    steps: list[Step] = field(default_factory=list)
+    untouched: list[Server] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(step.ok for step in self.steps) and not self.untouched
+
+
+class Locked(RuntimeError):
+    pass
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+def holder_text(action: str, now: dt.datetime | None = None) -> str:
+    """Who takes the lock, for the next one who finds it taken."""
+    since = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{getpass.getuser()}@{socket.gethostname()} since {since} ({action}, pid {os.getpid()})"
+
+
+@dataclass
+class Deployer:
+    stack: Stack
+    executor: Executor
+    health_timeout: int = 60
+    control_dir: str | None = None
+    holder: str = ""
+
+    def say(self, line: str) -> None:
+        self.executor.say(line)
+
+    def remote(self, what: str, command: Remote) -> Result:
+        return self.executor.check(what, command.argv, input=command.stdin)
+
+    # --- the lock ----------------------------------------------------------------------
+
+    def lock(self, action: str, break_lock: bool = False) -> None:
+        if break_lock:
+            result = self.remote("break the deploy lock", commands.break_lock(self.stack, self.control_dir))
+            self.say(f"{self.stack.name}: {result.output.strip()}")
+        holder = holder_text(action)
+        command = commands.lock(self.stack, holder, self.control_dir)
+        result = self.executor.run(command.argv, input=command.stdin)
+        if result.returncode == LOCKED_EXIT:
+            held = result.output.strip().removeprefix("held by ")
+            raise Locked(f"{self.stack.name} is locked: a deploy by {held} holds it. If that deploy is no "
+                         f"longer running, run again with --break-lock.")
+        if not result.ok:
+            raise CommandFailed("take the deploy lock", result)
+        self.holder = holder   # only now is the lock ours to release
+
+    def unlock(self) -> None:
+        if self.holder:
+            self.remote("release the deploy lock", commands.unlock(self.stack, self.holder, self.control_dir))
+            self.holder = ""
+
+    # --- what the servers hold ---------------------------------------------------------
+
+    def holdings(self, server: Server) -> Holdings:
+        result = self.remote(f"{server.name}: list releases",
+                             commands.list_releases(self.stack, server, self.control_dir))
+        return parse_list(server, result.output)
+
+    def upload(self, server: Server, build: Build) -> None:
+        start = time.monotonic()
+        self.executor.check(f"{server.name}: upload {build.release_id}",
+                            commands.upload(self.stack, server, build.directory, build.release_id, self.control_dir))
+        self.remote(f"{server.name}: accept {build.release_id}",
+                    commands.accept(self.stack, server, build.release_id, self.control_dir))
+        self.say(f"[{server.name}] uploaded {build.release_id} ({time.monotonic() - start:.1f}s)")
+
+    # --- one server, then the next ------------------------------------------------------
+
+    def switch_and_check(self, server: Server, release_id: str) -> None:
+        self.remote(f"{server.name}: switch to {release_id}",
+                    commands.switch(self.stack, server, release_id, self.control_dir))
+        self.remote(f"{server.name}: reload the apps", commands.reload_apps(self.stack, server, self.control_dir))
+        self.remote(f"{server.name}: health", commands.health(self.stack, server, self.health_timeout, self.control_dir))
+
+    def roll(self, outcome: Outcome, plan: list[tuple[Holdings, str]]) -> Outcome:
+        for number, (held, to_release) in enumerate(plan):
+            server = held.server
+            step = Step(server, held.current, to_release)
+            outcome.steps.append(step)
+            self.say(f"[{server.name}] {held.current or '(none)'} -> {to_release}: switching, reloading, "
+                     f"waiting for health (up to {self.health_timeout}s)")
+            start = time.monotonic()
+            try:
+                self.switch_and_check(server, to_release)
+            except CommandFailed as failed:
+                step.seconds = time.monotonic() - start
+                step.problem = f"{failed}: {last_line(failed.result.output)}"
+                self.say(f"[{server.name}] FAILED {step.problem}")
+                self.switch_back(step)
+                outcome.untouched = [h.server for h, _ in plan[number + 1:]]
+                return outcome
+            step.ok = True
+            step.seconds = time.monotonic() - start
+            self.say(f"[{server.name}] healthy on {to_release} ({step.seconds:.1f}s)")
+        return outcome
+
+    def switch_back(self, step: Step) -> None:
+        if step.from_release is None:
+            self.say(f"[{step.server.name}] had no release before; nothing to switch back to")
+            return
+        self.say(f"[{step.server.name}] switching back to {step.from_release}")
+        try:
+            self.switch_and_check(step.server, step.from_release)
+            step.switched_back = True
+            self.say(f"[{step.server.name}] back on {step.from_release}, healthy")
+        except CommandFailed as failed:
+            self.say(f"[{step.server.name}] switching back FAILED too: {failed}: {last_line(failed.result.output)}")
+
+    # --- the commands -----------------------------------------------------------------
+
+    def deploy(self, build: Build, keep: int) -> Outcome:
+        outcome = Outcome("deploy")
+        held = [self.holdings(server) for server in self.stack.servers]
+        for server in self.stack.servers:
+            self.upload(server, build)
+        self.roll(outcome, [(h, build.release_id) for h in held])
+        if outcome.ok:
+            for server in self.stack.servers:
+                removed = self.remote(f"{server.name}: prune", commands.prune(self.stack, server, keep, self.control_dir))
+                for line in removed.output.split("\n"):
+                    if line.strip():
+                        self.say(f"[{server.name}] {line.strip()}")
+        return outcome
+
+    def rollback_plan(self, to: str | None) -> list[tuple[Holdings, str]]:
+        plan, problems = [], []
+        for server in self.stack.servers:
+            held = self.holdings(server)
+            target = to or held.previous()
+            if target is None:
+                problems.append(f"{server.name}: no release before {held.current}")
+            elif target not in held.releases:
+                problems.append(f"{server.name}: does not hold {target} (it holds {', '.join(held.releases)})")
+            else:
+                plan.append((held, target))
+        if problems:
+            raise DeployError("cannot roll back: " + "; ".join(problems))
+        return plan
+
+    def rollback(self, to: str | None) -> Outcome:
+        return self.roll(Outcome("rollback"), self.rollback_plan(to))
+
+    def releases(self) -> list[Holdings]:
+        return [self.holdings(server) for server in self.stack.servers]
+
+
+def last_line(output: str) -> str:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def summary(outcome: Outcome) -> list[str]:
+    lines = [f"{outcome.action}: {'done' if outcome.ok else 'STOPPED'}"]
+    for step in outcome.steps:
+        if step.ok:
+            lines.append(f"  {step.server.name}: {step.to_release} (healthy in {step.seconds:.1f}s)")
+        else:
+            back = f"switched back to {step.from_release}" if step.switched_back else "NOT switched back: check it"
+            lines.append(f"  {step.server.name}: {step.to_release} failed ({step.problem}); {back}")
+    for server in outcome.untouched:
+        lines.append(f"  {server.name}: not touched (still on its release)")
+    return lines
+
+
+def releases_table(holdings: list[Holdings]) -> list[str]:
+    lines = []
+    for held in holdings:
+        lines.append(f"{held.server.name} ({held.server.address}):")
+        for release in reversed(held.releases):
+            lines.append(f"  {'*' if release == held.current else ' '} {release}")
+        if not held.releases:
+            lines.append("    (no releases)")
+    return lines

@@ -1,0 +1,114 @@
+"""Where a stack's app servers are and how to reach them: `StackTarget`.
+
+A deploy needs only the load balancer's public address (the jump host), each app
+server's name and private address, and the operator's key. A real stack says so in its
+Pulumi outputs (`pulumi stack output --json`); a stack on the local cloud in the state
+`python -m localcloud up` keeps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from components import conventions
+
+from .executor import CommandFailed, Executor
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str        # app-1, app-2, ...: as the program names them
+    address: str     # private address, reached through the jump host
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    jump_host: str                   # the LB's public (reserved) address
+    servers: tuple[Server, ...]
+    # The operator's private key file; None: ssh's own defaults (agent, ~/.ssh/config).
+    identity: str | None = None
+    # None: the operator's own known_hosts.
+    known_hosts: str | None = None
+
+
+class StackTarget(Protocol):
+    def resolve(self) -> Stack: ...
+
+
+class TargetError(RuntimeError):
+    pass
+
+
+def app_servers(app_ips: list[str]) -> tuple[Server, ...]:
+    """The program numbers app servers from 1 in the order of `private_ips.app`."""
+    return tuple(Server(f"{conventions.APP_SERVER}-{n}", ip) for n, ip in enumerate(app_ips, start=1))
+
+
+def stack_from_outputs(stack: str, outputs: dict, identity: str | None = None) -> Stack:
+    try:
+        return Stack(stack, outputs["public_ip"], app_servers(outputs["private_ips"]["app"]), identity)
+    except (KeyError, TypeError) as missing:
+        raise TargetError(f"stack {stack}: its outputs lack public_ip or private_ips.app ({missing}); "
+                          "run `pulumi up` with this version of the program first") from None
+
+
+@dataclass
+class PulumiStack:
+    """A real stack: its outputs, read with the Pulumi CLI."""
+
+    name: str
+    executor: Executor
+    identity: str | None = None
+
+    def output_command(self) -> list[str]:
+        return ["pulumi", "stack", "output", "--json", "--stack", self.name]
+
+    def resolve(self) -> Stack:
+        try:
+            result = self.executor.check(f"pulumi outputs of {self.name}", self.output_command())
+        except FileNotFoundError:
+            raise TargetError("the Pulumi CLI is not installed (or not on PATH)") from None
+        except CommandFailed as failed:
+            raise TargetError(f"`pulumi stack output` failed for {self.name}: exit {failed.result.returncode}") from None
+        return stack_from_outputs(self.name, json.loads(result.output), self.identity)
+
+
+@dataclass
+class LocalStack:
+    """A stack booted by `python -m localcloud up`: the addresses its plan gave the droplets."""
+
+    name: str
+    identity: str | None = None
+
+    def state_file(self) -> Path:
+        from localcloud import stack as local_stack
+        return local_stack.state_file(self.name)
+
+    def default_identity(self) -> str | None:
+        # The local cloud's operator key, once it keeps one (its public half in the
+        # stack's sshPublicKeys, so the operators push lets `deploy` log in with it).
+        from localcloud import config
+        key = getattr(config, "OPERATOR_KEY", None)
+        return str(key) if key and Path(key).exists() else None
+
+    def resolve(self) -> Stack:
+        try:
+            record = json.loads(self.state_file().read_text())
+        except OSError:
+            raise TargetError(f"no local stack {self.name}: run `python -m localcloud up --stack {self.name}`") from None
+        droplets = {r["name"]: r["state"] for r in record["resources"] if r["type"].endswith(":Droplet")}
+        reserved = [r["state"]["ipAddress"] for r in record["resources"] if r["type"].endswith(":ReservedIp")]
+        apps = sorted((name for name in droplets if name.startswith(f"{conventions.APP_SERVER}-")),
+                      key=lambda name: int(name.rsplit("-", 1)[1]))
+        if not reserved or not apps:
+            raise TargetError(f"local stack {self.name} has no reserved IP or no app servers in its state")
+        identity = self.identity or self.default_identity()
+        if identity is None:
+            raise TargetError(f"local stack {self.name}: no operator key; pass --identity KEY (a key in the "
+                              "stack's sshPublicKeys)")
+        return Stack(self.name, reserved[0], tuple(Server(n, droplets[n]["ipv4AddressPrivate"]) for n in apps),
+                     identity, known_hosts="/dev/null")

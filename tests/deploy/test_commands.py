@@ -1,0 +1,160 @@
+"""The commands deploy builds, the targets it reads, and a real build of a small app."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import cloudinit
+from components import conventions
+from deploy import commands, release
+from deploy.executor import Executor
+from deploy.targets import LocalStack, PulumiStack, Server, Stack, TargetError, stack_from_outputs
+
+from deploy_helpers import require_tool
+
+SERVER = Server("app-1", "10.110.16.3")
+STACK = Stack("staging", "198.51.100.2", (SERVER,), identity="/keys/operator")
+
+
+def test_app_servers_are_reached_as_deploy_through_the_lb_as_the_operator():
+    argv = commands.list_releases(STACK, SERVER).argv
+    assert argv[0] == "ssh" and argv[-2:] == ["10.110.16.3", "bash -s -- list"]
+    assert argv[argv.index("-l") + 1] == conventions.DEPLOY_USER
+    assert argv[argv.index("-i") + 1] == "/keys/operator"
+    (proxy,) = [a.split("=", 1)[1] for a in argv if a.startswith("ProxyCommand=")]
+    proxy = shlex.split(proxy)
+    assert proxy[0] == "ssh" and proxy[-3:] == ["-W", "%h:%p", "ops@198.51.100.2"]
+    assert proxy[proxy.index("-i") + 1] == "/keys/operator"
+    assert "BatchMode=yes" in argv and "BatchMode=yes" in proxy
+
+
+def test_the_reload_is_exactly_the_command_the_deploy_users_sudoers_allows(staging_settings):
+    remote = shlex.split(commands.reload_apps(STACK, SERVER).argv[-1])
+    assert remote[:2] == ["sudo", "-n"]
+    sudoers = cloudinit.rendered_files(conventions.APP_SERVER, staging_settings)["/etc/sudoers.d/platform-deploy"]
+    allowed = [line.split("=", 1)[1].strip() for line in sudoers.splitlines() if line.startswith("Cmnd_Alias")]
+    # sudo finds systemctl on its secure_path: /usr/bin comes first there on both images.
+    assert allowed == ["/usr/bin/" + " ".join(remote[2:])]
+
+
+@pytest.fixture(scope="module")
+def staging_settings():
+    import mockcloud
+    return mockcloud.stack_settings("staging")
+
+
+def test_the_lock_runs_as_root_on_the_lb_with_the_holder_as_one_argument():
+    command = commands.lock(STACK, "alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 1)")
+    assert command.argv[-2] == "ops@198.51.100.2"
+    assert shlex.split(command.argv[-1]) == ["sudo", "-n", "bash", "-s", "--", "lock",
+                                             "alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 1)"]
+    assert f"LOCK_DIR={conventions.DEPLOY_LOCK_DIR}\n" in command.stdin
+
+
+def test_the_script_carries_the_facts_from_conventions():
+    sent = commands.script(STACK)
+    assert f"RELEASES_DIR={conventions.RELEASES_DIR}\n" in sent
+    assert f"CURRENT_LINK={conventions.CURRENT_RELEASE_LINK}\n" in sent
+    assert f"CA_FILE={conventions.CA_CERT_PATH}\n" in sent
+    name = conventions.app_pool_tls_name("staging")
+    assert f"HEALTH_URL=https://{name}:{conventions.APP_TLS_PORT}{conventions.HEALTH_PATH}\n" in sent
+
+
+def test_upload_goes_to_a_partial_directory_hard_linking_against_current():
+    argv = commands.upload(STACK, SERVER, "/tmp/build/R1", "R1")
+    assert argv[0] == "rsync" and argv[-2:] == ["/tmp/build/R1/", f"10.110.16.3:{conventions.RELEASES_DIR}/R1.partial/"]
+    assert f"--link-dest={conventions.CURRENT_RELEASE_LINK}/" in argv
+    assert "--delete" in argv and "--chmod=D2750,Fg+r,Fo-rwx" in argv
+    # Owner and group are not sent: files take the releases directory's group (app).
+    assert not {"-a", "--archive", "--owner", "--group"} & set(argv)
+    remote_shell = shlex.split(argv[argv.index("-e") + 1])
+    assert remote_shell[:1] == ["ssh"] and remote_shell[-2:] == ["-l", conventions.DEPLOY_USER]
+
+
+def test_real_stacks_pin_host_keys_and_local_ones_do_not():
+    assert "StrictHostKeyChecking=accept-new" in commands.ssh_options(STACK)
+    local = Stack("staging", "198.51.100.2", (SERVER,), "/k", known_hosts="/dev/null")
+    assert "StrictHostKeyChecking=no" in commands.ssh_options(local)
+    assert "-i" not in commands.ssh_options(Stack("s", "1.2.3.4", (SERVER,)))
+
+
+def test_pulumi_target_reads_the_programs_own_outputs():
+    import mockcloud
+    outputs = mockcloud.deploy(mockcloud.stack_settings("staging")).outputs
+    stack = stack_from_outputs("staging", json.loads(json.dumps(outputs)))
+    assert stack.jump_host == outputs["public_ip"]
+    assert [s.address for s in stack.servers] == outputs["private_ips"]["app"]
+    assert [s.name for s in stack.servers] == ["app-1", "app-2"]
+    assert PulumiStack("staging", Executor()).output_command() == [
+        "pulumi", "stack", "output", "--json", "--stack", "staging"]
+
+
+def test_pulumi_target_says_what_is_missing():
+    with pytest.raises(TargetError, match="lack public_ip or private_ips.app"):
+        stack_from_outputs("staging", {"url": "https://x"})
+
+
+def test_local_target_reads_the_local_clouds_stack_state(tmp_path, monkeypatch):
+    record = {"resources": [
+        {"type": "digitalocean:index/droplet:Droplet", "name": n, "id": str(i), "inputs": {},
+         "state": {"name": f"staging-{n}", "ipv4AddressPrivate": ip}}
+        for i, (n, ip) in enumerate([("lb", "10.0.0.1"), ("app-10", "10.0.0.12"), ("app-2", "10.0.0.4"),
+                                     ("datastore", "10.0.0.2")])
+    ] + [{"type": "digitalocean:index/reservedIp:ReservedIp", "name": "lb-ip", "id": "9", "inputs": {},
+          "state": {"ipAddress": "198.51.100.2"}}]}
+    state = tmp_path / "staging.json"
+    state.write_text(json.dumps(record))
+    monkeypatch.setattr(LocalStack, "state_file", lambda self: state)
+    stack = LocalStack("staging", identity="/keys/k").resolve()
+    assert stack.jump_host == "198.51.100.2" and stack.identity == "/keys/k"
+    assert stack.servers == (Server("app-2", "10.0.0.4"), Server("app-10", "10.0.0.12"))
+    monkeypatch.setattr(LocalStack, "default_identity", lambda self: None)
+    with pytest.raises(TargetError, match="no operator key"):
+        LocalStack("staging").resolve()
+
+
+# --- the build -----------------------------------------------------------------------------
+
+def test_release_ids_sort_by_utc_time_and_name_commit_and_dirt():
+    now = dt.datetime(2026, 11, 29, 22, 30, 5, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert release.release_id("abc1234", False, now) == "20261129T213005Z-abc1234"
+    assert release.release_id("abc1234", True, now) == "20261129T213005Z-abc1234-dirty"
+
+
+def test_build_installs_dependencies_from_the_lockfile_and_names_the_commit(tmp_path):
+    """The example app, built for real (npm ci from the registry, as an operator's machine does)."""
+    require_tool("git", "git")
+    require_tool("npm", "npm")
+    from deploy import DEFAULT_APP_DIR
+    app = Path(DEFAULT_APP_DIR)
+    commit = subprocess.run(["git", "-C", str(app), "rev-parse", "--short=7", "HEAD"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(app), "status", "--porcelain", "--", "."],
+                                capture_output=True, text=True, check=True).stdout.strip())
+    built = release.build(str(app), str(tmp_path / "work"), Executor())
+    assert built.release_id.endswith(f"Z-{commit}" + ("-dirty" if dirty else ""))
+    out = Path(built.directory)
+    lock = json.loads((app / "package-lock.json").read_text())
+    for name, entry in lock["packages"].items():
+        if name.startswith("node_modules/") and not entry.get("dev"):
+            assert (out / name / "package.json").exists(), name
+    assert not (out / "test").exists()
+    assert (out / "api" / "server.js").exists()
+    assert (out / "REVISION").read_text() == built.release_id + "\n"
+
+
+def test_dependencies_are_installed_for_production_from_the_lockfile():
+    assert commands.install_dependencies("/tmp/b") == ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund",
+                                                        "--prefix", "/tmp/b"]
+
+
+def test_build_refuses_a_directory_without_a_lockfile(tmp_path):
+    (tmp_path / "package.json").write_text("{}")
+    with pytest.raises(ValueError, match="package-lock.json"):
+        release.build(str(tmp_path), str(tmp_path / "work"), Executor())

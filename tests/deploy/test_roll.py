@@ -1,0 +1,233 @@
+"""The roll logic and the CLI with a fake executor: a fleet of servers kept as data.
+
+The fake reads the very argument lists deploy builds (ssh through the jump host, rsync,
+remote.sh actions on stdin) and answers as the servers would, so these tests assert on
+the order of commands and on what each server ends up running.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+from dataclasses import dataclass, field
+
+import pytest
+
+from components import conventions
+from deploy import __main__ as cli
+from deploy import commands, roll
+from deploy.executor import Executor, Result
+from deploy.release import Build
+from deploy.targets import Server, Stack
+
+SERVERS = (Server("app-1", "10.110.16.3"), Server("app-2", "10.110.16.4"), Server("app-3", "10.110.16.5"))
+STACK = Stack("staging", "198.51.100.2", SERVERS, identity="/keys/operator")
+OLD, NEW = "20261129T100000Z-aaaaaaa", "20261129T213005Z-bbbbbbb"
+
+
+@dataclass
+class FakeServer:
+    releases: list[str] = field(default_factory=lambda: [OLD])
+    current: str | None = OLD
+    running: str | None = OLD           # what pm2 runs: `current` as of the last reload
+
+
+@dataclass
+class Fleet(Executor):
+    """An Executor whose commands land on simulated servers instead of a network."""
+
+    servers: dict[str, FakeServer] = field(default_factory=dict)
+    unhealthy: set[tuple[str, str]] = field(default_factory=set)   # (address, release) that never get healthy
+    lock_holder: str | None = None
+    log: list[tuple[str, str]] = field(default_factory=list)       # (host, action) in the order run
+
+    def __post_init__(self):
+        self.servers = self.servers or {s.address: FakeServer() for s in SERVERS}
+        self.out = io.StringIO()
+
+    def run(self, argv, *, input=None, timeout=900):
+        if argv[0] == "rsync":
+            address = argv[-1].split(":", 1)[0]
+            rid = argv[-1].rsplit("/", 2)[-2].removesuffix(".partial")
+            self.log.append((address, f"rsync {rid}"))
+            self.servers[address].releases.append(rid + ".partial")
+            return Result(argv, 0, "")
+        assert argv[0] == "ssh"
+        if "-O" in argv:
+            return Result(argv, 0, "")
+        host, remote = argv[-2], shlex.split(argv[-1])
+        if host == f"{conventions.OPERATOR_USER}@{STACK.jump_host}":
+            return self.on_lb(argv, remote, input)
+        return self.on_server(host, remote, input)
+
+    def on_lb(self, argv, remote, script):
+        assert remote[:5] == ["sudo", "-n", "bash", "-s", "--"] and script.startswith("RELEASES_DIR=")
+        action, *args = remote[5:]
+        self.log.append(("lb", action))
+        if action == "lock":
+            if self.lock_holder:
+                return Result(argv, 3, f"held by {self.lock_holder}\n")
+            self.lock_holder = args[0]
+            return Result(argv, 0, "locked\n")
+        if action == "unlock":
+            assert self.lock_holder == args[0], "unlocks only its own lock"
+            self.lock_holder = None
+            return Result(argv, 0, "")
+        if action == "break-lock":
+            holder, self.lock_holder = self.lock_holder, None
+            return Result(argv, 0, f"removed the lock of {holder}\n")
+        raise AssertionError(action)
+
+    def on_server(self, address, remote, script):
+        server = self.servers[address]
+        if remote == ["sudo", "-n", "systemctl", "reload", conventions.APPS_UNIT]:
+            self.log.append((address, "reload"))
+            server.running = server.current
+            return Result([], 0, "")
+        assert remote[:3] == ["bash", "-s", "--"] and script.startswith("RELEASES_DIR=")
+        action, *args = remote[3:]
+        self.log.append((address, " ".join([action, *args])))
+        if action == "list":
+            return Result([], 0, "".join(f"{r} 1700000000{' current' if r == server.current else ''}\n"
+                                         for r in server.releases if not r.endswith(".partial")))
+        if action == "accept":
+            server.releases.remove(args[0] + ".partial")
+            server.releases.append(args[0])
+            return Result([], 0, "")
+        if action == "switch":
+            server.current = args[0]
+            return Result([], 0, "")
+        if action == "health":
+            if (address, server.running) in self.unhealthy:
+                return Result([], 1, "deploy: https://staging-app:8443/healthz did not answer 200 ... (last: 502)\n")
+            return Result([], 0, "healthy\n")
+        if action == "prune":
+            return Result([], 0, "")
+        raise AssertionError(action)
+
+    def printed(self) -> str:
+        return self.out.getvalue()
+
+
+BUILD = Build(NEW, "/tmp/deploy-x/" + NEW)
+
+
+def test_a_deploy_uploads_everywhere_first_then_rolls_one_server_at_a_time():
+    fleet = Fleet()
+    outcome = roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)
+    assert outcome.ok
+    server_log = [(host, action) for host, action in fleet.log if host != "lb"]
+    a1, a2, a3 = (s.address for s in SERVERS)
+    assert server_log == [
+        (a1, "list"), (a2, "list"), (a3, "list"),
+        (a1, f"rsync {NEW}"), (a1, f"accept {NEW}"),
+        (a2, f"rsync {NEW}"), (a2, f"accept {NEW}"),
+        (a3, f"rsync {NEW}"), (a3, f"accept {NEW}"),
+        (a1, f"switch {NEW}"), (a1, "reload"), (a1, "health 60"),
+        (a2, f"switch {NEW}"), (a2, "reload"), (a2, "health 60"),
+        (a3, f"switch {NEW}"), (a3, "reload"), (a3, "health 60"),
+        (a1, "prune 5"), (a2, "prune 5"), (a3, "prune 5"),
+    ]
+    assert all(s.running == NEW for s in fleet.servers.values())
+
+
+def test_a_server_that_does_not_get_healthy_is_switched_back_and_the_roll_stops():
+    fleet = Fleet(unhealthy={(SERVERS[1].address, NEW)})
+    outcome = roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)
+    assert not outcome.ok
+    first, second, third = (fleet.servers[s.address] for s in SERVERS)
+    assert first.running == NEW                       # done before the bad one
+    assert (second.current, second.running) == (OLD, OLD)   # switched back and reloaded
+    assert (third.current, third.running) == (OLD, OLD)     # never touched
+    a2, a3 = SERVERS[1].address, SERVERS[2].address
+    assert [a for h, a in fleet.log if h == a2][-6:] == [
+        f"switch {NEW}", "reload", "health 60", f"switch {OLD}", "reload", "health 60"]
+    assert [a for h, a in fleet.log if h == a3 and a.startswith(("switch", "reload"))] == []
+    assert not [a for h, a in fleet.log if a.startswith("prune")], "nothing is pruned after a failed roll"
+    text = "\n".join(roll.summary(outcome))
+    assert "deploy: STOPPED" in text
+    assert f"app-2: {NEW} failed" in text and f"switched back to {OLD}" in text
+    assert "app-3: not touched" in text
+
+
+def test_the_cli_exits_non_zero_when_the_roll_stops_and_still_releases_the_lock(monkeypatch):
+    fleet = Fleet(unhealthy={(SERVERS[0].address, NEW)})
+    monkeypatch.setattr(cli.release, "build", lambda app, work, executor: BUILD)
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    assert cli.main(["deploy", "staging"], executor=fleet) == cli.EXIT_STOPPED
+    assert fleet.lock_holder is None
+    assert all(s.running == OLD for s in fleet.servers.values())
+    assert [a for h, a in fleet.log if h == "lb"] == ["lock", "unlock"]
+
+
+class _Target:
+    def resolve(self):
+        return STACK
+
+
+def test_a_second_deploy_is_refused_naming_who_holds_the_lock_and_since_when(monkeypatch):
+    fleet = Fleet(lock_holder="alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 4242)")
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    monkeypatch.setattr(cli.release, "build", lambda *a: pytest.fail("a refused deploy builds nothing"))
+    assert cli.main(["deploy", "staging"], executor=fleet) == cli.EXIT_LOCKED
+    assert ("refused: staging is locked: a deploy by alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 4242) "
+            "holds it. If that deploy is no longer running, run again with --break-lock.") in fleet.printed()
+    assert fleet.lock_holder.startswith("alice@laptop"), "the other deploy's lock stays"
+    assert all(s.current == OLD for s in fleet.servers.values())
+
+
+def test_break_lock_removes_a_stale_lock_says_whose_and_deploys(monkeypatch):
+    fleet = Fleet(lock_holder="alice@laptop since 2026-11-28T09:00:00Z (deploy, pid 4242)")
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    monkeypatch.setattr(cli.release, "build", lambda app, work, executor: BUILD)
+    assert cli.main(["deploy", "staging", "--break-lock"], executor=fleet) == 0
+    assert "removed the lock of alice@laptop since 2026-11-28T09:00:00Z" in fleet.printed()
+    assert [a for h, a in fleet.log if h == "lb"] == ["break-lock", "lock", "unlock"]
+    assert all(s.running == NEW for s in fleet.servers.values())
+
+
+def test_rollback_returns_every_server_to_the_release_before_current():
+    fleet = Fleet()
+    roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)
+    outcome = roll.Deployer(STACK, fleet).rollback(None)
+    assert outcome.ok
+    assert all((s.current, s.running) == (OLD, OLD) for s in fleet.servers.values())
+
+
+def test_rollback_to_a_named_release_refuses_before_touching_anything_when_a_server_lacks_it():
+    fleet = Fleet()
+    roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)
+    fleet.servers[SERVERS[2].address].releases.remove(OLD)
+    with pytest.raises(roll.DeployError, match=f"app-3: does not hold {OLD}"):
+        roll.Deployer(STACK, fleet).rollback(OLD)
+    assert all(s.running == NEW for s in fleet.servers.values())
+
+
+def test_releases_lists_each_server_newest_first_with_the_current_one_marked():
+    fleet = Fleet()
+    roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)
+    lines = roll.releases_table(roll.Deployer(STACK, fleet).releases())
+    assert lines[:3] == ["app-1 (10.110.16.3):", f"  * {NEW}", f"    {OLD}"]
+
+
+def test_secrets_are_redacted_in_commands_and_output():
+    out = io.StringIO()
+    executor = Executor(secrets=["s3cr3t-token", "s3cr3t"], verbose=True, out=out)
+    executor.run(["sh", "-c", "echo token=s3cr3t-token; echo pw=s3cr3t", "s3cr3t"])
+    printed = out.getvalue()
+    assert "s3cr3t" not in printed
+    assert "token=[REDACTED]" in printed and "pw=[REDACTED]" in printed
+
+
+def test_secrets_from_the_environment_are_redacted(monkeypatch):
+    monkeypatch.setenv("NPM_TOKEN", "npm_abcdef123456")
+    out = io.StringIO()
+    executor = Executor(out=out)
+    executor.say("npm error: //registry/:_authToken=npm_abcdef123456")
+    assert out.getvalue() == "npm error: //registry/:_authToken=[REDACTED]\n"
+
+
+def test_keep_below_two_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["deploy", "staging", "--keep", "1"], executor=Fleet())
+    assert "--keep must be at least 2" in capsys.readouterr().err
