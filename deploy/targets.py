@@ -79,14 +79,10 @@ class PulumiStack:
 
 @dataclass
 class LocalStack:
-    """A stack booted by `python -m localcloud up`: the addresses its plan gave the droplets."""
+    """A stack booted by `python -m localcloud up`: what its last `up` deployed."""
 
     name: str
     identity: str | None = None
-
-    def state_file(self) -> Path:
-        from localcloud import stack as local_stack
-        return local_stack.state_file(self.name)
 
     def default_identity(self) -> str | None:
         # The local cloud's operator key, once it keeps one (its public half in the
@@ -96,19 +92,18 @@ class LocalStack:
         return str(key) if key and Path(key).exists() else None
 
     def resolve(self) -> Stack:
+        from localcloud import stack as local_stack
         try:
-            record = json.loads(self.state_file().read_text())
-        except OSError:
-            raise TargetError(f"no local stack {self.name}: run `python -m localcloud up --stack {self.name}`") from None
-        droplets = {r["name"]: r["state"] for r in record["resources"] if r["type"].endswith(":Droplet")}
-        reserved = [r["state"]["ipAddress"] for r in record["resources"] if r["type"].endswith(":ReservedIp")]
-        apps = sorted((name for name in droplets if name.startswith(f"{conventions.APP_SERVER}-")),
-                      key=lambda name: int(name.rsplit("-", 1)[1]))
-        if not reserved or not apps:
-            raise TargetError(f"local stack {self.name} has no reserved IP or no app servers in its state")
+            deployed = local_stack.deployed(self.name)
+        except SystemExit as missing:   # localcloud's own message: run `up` first
+            raise TargetError(str(missing)) from None
+        apps = sorted((d for d in deployed.droplets if d.key.startswith(f"{conventions.APP_SERVER}-")),
+                      key=lambda d: int(d.key.rsplit("-", 1)[1]))
+        if not apps:
+            raise TargetError(f"local stack {self.name} has no app servers")
         identity = self.identity or self.default_identity()
         if identity is None:
             raise TargetError(f"local stack {self.name}: no operator key; pass --identity KEY (a key in the "
                               "stack's sshPublicKeys)")
-        return Stack(self.name, reserved[0], tuple(Server(n, droplets[n]["ipv4AddressPrivate"]) for n in apps),
+        return Stack(self.name, deployed.lb.reserved_ips[0], tuple(Server(d.key, d.vpc_ip) for d in apps),
                      identity, known_hosts="/dev/null")

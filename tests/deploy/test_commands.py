@@ -100,23 +100,33 @@ def test_pulumi_target_says_what_is_missing():
         stack_from_outputs("staging", {"url": "https://x"})
 
 
-def test_local_target_reads_the_local_clouds_stack_state(tmp_path, monkeypatch):
-    record = {"resources": [
-        {"type": "digitalocean:index/droplet:Droplet", "name": n, "id": str(i), "inputs": {},
-         "state": {"name": f"staging-{n}", "ipv4AddressPrivate": ip}}
-        for i, (n, ip) in enumerate([("lb", "10.0.0.1"), ("app-10", "10.0.0.12"), ("app-2", "10.0.0.4"),
-                                     ("datastore", "10.0.0.2")])
-    ] + [{"type": "digitalocean:index/reservedIp:ReservedIp", "name": "lb-ip", "id": "9", "inputs": {},
-          "state": {"ipAddress": "198.51.100.2"}}]}
+def test_local_target_reads_what_the_local_clouds_last_up_deployed(tmp_path, monkeypatch):
+    from localcloud import stack as local_stack
+    droplets = [("lb", "10.0.0.1"), ("app-10", "10.0.0.12"), ("app-2", "10.0.0.4"), ("datastore", "10.0.0.2")]
+    record = {"domain": "staging.example.com", "vpc_ip_range": "10.0.0.0/24", "overrides": {}, "raw_state": [],
+              "resources": [
+                  {"type": "digitalocean:index/droplet:Droplet", "name": n, "id": str(i), "inputs": {},
+                   "state": {"name": f"staging-{n}", "ipv4AddressPrivate": ip, "ipv4Address": f"198.51.100.{10 + i}",
+                             "userData": "", "tags": []}}
+                  for i, (n, ip) in enumerate(droplets)
+              ] + [
+                  {"type": "digitalocean:index/reservedIp:ReservedIp", "name": "lb-ip", "id": "ip", "inputs": {},
+                   "state": {"ipAddress": "198.51.100.2"}},
+                  {"type": "digitalocean:index/reservedIpAssignment:ReservedIpAssignment", "name": "lb-ip-a",
+                   "id": "a", "inputs": {}, "state": {"ipAddress": "198.51.100.2", "dropletId": 0}},
+              ]}
     state = tmp_path / "staging.json"
     state.write_text(json.dumps(record))
-    monkeypatch.setattr(LocalStack, "state_file", lambda self: state)
+    monkeypatch.setattr(local_stack, "state_file", lambda name: state)
     stack = LocalStack("staging", identity="/keys/k").resolve()
     assert stack.jump_host == "198.51.100.2" and stack.identity == "/keys/k"
     assert stack.servers == (Server("app-2", "10.0.0.4"), Server("app-10", "10.0.0.12"))
     monkeypatch.setattr(LocalStack, "default_identity", lambda self: None)
     with pytest.raises(TargetError, match="no operator key"):
         LocalStack("staging").resolve()
+    monkeypatch.setattr(local_stack, "state_file", lambda name: tmp_path / "none.json")
+    with pytest.raises(TargetError, match="localcloud up"):
+        LocalStack("staging", identity="/k").resolve()
 
 
 # --- the build -----------------------------------------------------------------------------
