@@ -169,3 +169,33 @@ EXAMPLE_APP_ARCHIVE = f"{PLATFORM_STATE}/example-app.tar.gz.b64"
 
 # The size DigitalOcean allows for a droplet's user_data.
 USER_DATA_LIMIT_BYTES = 64 * 1024
+
+# --- Backups (restic, from the datastore to the stack's Spaces bucket) -----------------
+BACKUP_COMMAND = "/usr/local/sbin/platform-backup"
+RESTORE_COMMAND = "/usr/local/sbin/platform-restore"
+BACKUP_LIBRARY = "/usr/local/lib/platform/backup.sh"
+BACKUP_UNIT = "platform-backup"  # .service runs one backup, .timer schedules it
+# Root-only: the repository, its password and the scoped Spaces key (the `backup` push).
+BACKUP_SECRETS_FILE = f"{PLATFORM_ETC}/backup.env"
+# Retention, as pushed from the settings (not secret).
+BACKUP_RETENTION_FILE = f"{PLATFORM_ETC}/backup.conf"
+# Engine dumps are written here, then sent; the root disk, not the volume being dumped.
+BACKUP_SPOOL = "/var/backups/platform"
+# last-success / last-failure markers that `platform-backup status` reads.
+BACKUP_STATE_DIR = f"{PLATFORM_STATE}/backup"
+BACKUP_LOG = f"{PLATFORM_LOG_DIR}/backup.log"
+BACKUP_CACHE_DIR = "/var/cache/platform-backup"
+# A backup older than this (hours) counts as missed: one daily run plus slack.
+BACKUP_MAX_AGE_HOURS = 26
+# Inside the bucket: restic's repository of the datastore.
+BACKUP_REPOSITORY_PREFIX = "restic/datastore"
+
+
+def spaces_endpoint(region: str) -> str:
+    """The S3 endpoint of a Spaces region."""
+    return f"https://{region}.digitaloceanspaces.com"
+
+
+def backup_host(stack: str) -> str:
+    """restic's host name for the datastore's snapshots: the same on a rebuilt droplet."""
+    return f"{stack}-datastore"

@@ -10,6 +10,7 @@ import cloudinit
 from cloudinit import datastore as datastore_files
 
 from . import conventions, remote
+from .backups import Backups
 from .network import Network
 from .pki import InternalCA
 from .settings import Settings
@@ -109,4 +110,8 @@ class Datastore(pulumi.ComponentResource):
             files={"secrets.env": pulumi.Output.secret(pulumi.Output.all(**passwords)).apply(datastore_files.secrets_env)},
             parent=self,
         )
+        if settings.backups:
+            self.backups = Backups(
+                f"{name}-backup", settings=settings, bucket=self.backup_bucket, route=route, opts=child
+            )
         self.register_outputs({"private_ip": self.private_ip})

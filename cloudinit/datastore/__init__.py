@@ -8,13 +8,20 @@ provisioning applies them to each engine.
 
 from __future__ import annotations
 
+import shlex
+
 from components import conventions
 from components.settings import Settings
 
-from .. import ConfigFile, Program, Push, Target
+from .. import ConfigFile, Program, Push, Target, render
 from ..common import ROLE_STEPS
 
-PROGRAMS = [Program("datastore/provision.sh", ROLE_STEPS, mode="0644")]
+PROGRAMS = [
+    Program("datastore/provision.sh", ROLE_STEPS, mode="0644"),
+    Program("datastore/backup.sh", conventions.BACKUP_LIBRARY, mode="0644"),
+    Program("datastore/platform-backup.sh", conventions.BACKUP_COMMAND),
+    Program("datastore/platform-restore.sh", conventions.RESTORE_COMMAND),
+]
 
 SECRETS_FILE = conventions.DATASTORE_SECRETS_FILE
 # Logins that only the datastore itself uses, besides the app's one per engine.
@@ -45,6 +52,11 @@ UNITS = {
 }
 STUNNEL_REDIS_UNIT = "stunnel@platform-redis.service"  # reads REDIS_STUNNEL_CONF
 STUNNEL_REDIS_DROP_IN = f"/etc/systemd/system/{STUNNEL_REDIS_UNIT}.d/50-platform.conf"
+
+
+BACKUP_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_UNIT}.service"
+# Pushed, not first-boot: changing the hour must not replace the datastore droplet.
+BACKUP_TIMER = f"/etc/systemd/system/{conventions.BACKUP_UNIT}.timer"
 
 
 def drop_in(engine: str) -> str:
@@ -85,7 +97,8 @@ def engine_files(engine: str) -> list[ConfigFile]:
 
 
 def files(settings: Settings) -> list[ConfigFile]:
-    return [f for engine in settings.engines for f in engine_files(engine)]
+    backups = [ConfigFile("datastore/platform-backup.service", BACKUP_SERVICE)] if settings.backups else []
+    return [f for engine in settings.engines for f in engine_files(engine)] + backups
 
 
 def password_names(settings: Settings) -> list[str]:
@@ -96,12 +109,53 @@ def password_names(settings: Settings) -> list[str]:
 
 
 def pushes(settings: Settings) -> dict[str, Push]:
-    return {
+    kinds = {
         "secrets": Push(
             files={"secrets.env": Target(SECRETS_FILE, mode="0600")},
             then=[[conventions.PROVISION_COMMAND]],
         )
     }
+    if settings.backups:
+        timer = f"{conventions.BACKUP_UNIT}.timer"
+        kinds["backup"] = Push(
+            files={
+                "backup.env": Target(conventions.BACKUP_SECRETS_FILE, mode="0600"),
+                "backup.conf": Target(conventions.BACKUP_RETENTION_FILE),
+                timer: Target(BACKUP_TIMER),
+            },
+            # Reaching the repository (and creating it the first time) is the check: a
+            # wrong key or bucket puts the previous files back and fails `pulumi up`.
+            check=[[conventions.BACKUP_COMMAND, "init"]],
+            then=[["systemctl", "daemon-reload"], ["systemctl", "enable", timer],
+                  ["systemctl", "restart", timer]],
+        )
+    return kinds
+
+
+def backup_schedule_files(settings: Settings) -> dict[str, str]:
+    """The `backup` push's files besides restic's secrets: retention and the timer."""
+    context = {"settings": settings}
+    return {
+        "backup.conf": render("datastore/backup.conf", **context),
+        f"{conventions.BACKUP_UNIT}.timer": render("datastore/platform-backup.timer", **context),
+    }
+
+
+def backup_repository(region: str, bucket: str) -> str:
+    """restic's name for the repository in the stack's bucket."""
+    return f"s3:{conventions.spaces_endpoint(region)}/{bucket}/{conventions.BACKUP_REPOSITORY_PREFIX}"
+
+
+def backup_env(repository: str, password: str, access_key: str, secret_key: str) -> str:
+    """restic's environment, as platform-backup sources it."""
+    values = {
+        "RESTIC_REPOSITORY": repository,
+        "RESTIC_PASSWORD": password,
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
+    }
+    # An empty value (a provider that gave no key) fails the push's check, not this render.
+    return "".join(f"{name}={shlex.quote(value or '')}\n" for name, value in values.items())
 
 
 def after_tls(settings: Settings) -> list[list[str]]:

@@ -32,6 +32,10 @@ role_steps() {
     step "{{ engine.name }}"
     {{ engine.name }}_steps
 {% endfor %}
+{% if settings.backups %}
+    step "backups"
+    backup_steps
+{% endif %}
 }
 
 # --- The volume --------------------------------------------------------------------
@@ -183,6 +187,21 @@ engine_running() {
         fi
     done
 }
+{% if settings.backups %}
+
+# --- Backups -------------------------------------------------------------------------
+
+# restic and the unit that runs platform-backup; the `backup` push brings the repository's
+# settings and the timer, then enables it.
+backup_steps() {
+    ensure_packages restic
+    ensure_dir {{ c.BACKUP_SPOOL }} 0711 root:root
+    ensure_dir {{ c.BACKUP_STATE_DIR }} 0700 root:root
+    ensure_dir {{ c.BACKUP_CACHE_DIR }} 0700 root:root
+    install_file {{ facts.BACKUP_SERVICE }}
+    if files_changed_under {{ facts.BACKUP_SERVICE }}; then systemctl daemon-reload; fi
+}
+{% endif %}
 {% if "postgresql" in settings.engines %}
 
 # --- PostgreSQL ----------------------------------------------------------------------

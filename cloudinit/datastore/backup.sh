@@ -1,0 +1,106 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # the variables are for platform-backup and platform-restore
+# Shared by platform-backup and platform-restore (sourced): where the dumps go, how
+# restic is reached, and the log. restic's settings (repository, password, Spaces key)
+# come from {{ c.BACKUP_SECRETS_FILE }} (root-only, the `backup` push); retention from
+# {{ c.BACKUP_RETENTION_FILE }} (same push, from the stack's settings).
+
+SPOOL={{ c.BACKUP_SPOOL }}
+# What a snapshot carries besides the configuration: one folder per engine.
+DUMPS=$SPOOL/dumps
+STATE_DIR={{ c.BACKUP_STATE_DIR }}
+LOG_FILE={{ c.BACKUP_LOG }}
+SECRETS_FILE={{ c.BACKUP_SECRETS_FILE }}
+RETENTION_FILE={{ c.BACKUP_RETENTION_FILE }}
+ENGINE_SECRETS={{ c.DATASTORE_SECRETS_FILE }}
+BACKUP_USER={{ c.BACKUP_USER }}
+ENGINES=({{ settings.engines | join(" ") }})
+# Snapshots are filed under the stack's datastore, not the droplet: a rebuilt droplet
+# finds (and continues) the same series.
+SNAPSHOTS=(--host {{ c.backup_host(settings.stack) }} --tag platform)
+# Configuration of this role, kept for reference (a rebuilt droplet gets its own from
+# the program; restores put these beside /etc, never over it).
+CONFIG_PATHS=(
+    {{ c.PLATFORM_ETC }}
+    /etc/systemd/system
+{% if "postgresql" in settings.engines %}
+    /etc/postgresql
+    /etc/postgresql-common/createcluster.d
+{% endif %}
+{% if "redis" in settings.engines %}
+    /etc/redis
+    /etc/stunnel
+{% endif %}
+{% if "rabbitmq" in settings.engines %}
+    /etc/rabbitmq
+{% endif %}
+{% if "mongodb" in settings.engines %}
+    {{ facts.MONGODB_CONF }}
+{% endif %}
+)
+# The repository's own password is no use inside the repository.
+CONFIG_EXCLUDES=(--exclude "$SECRETS_FILE")
+# S3 errors are retried for minutes; a status check should answer sooner.
+STATUS_TIMEOUT_SECONDS=120
+export RESTIC_CACHE_DIR={{ c.BACKUP_CACHE_DIR }}
+
+log() {
+    local line
+    line="$(date -u +%FT%TZ) $*"
+    printf '%s\n' "$line" >&2
+    if [ -d "$(dirname "$LOG_FILE")" ]; then printf '%s\n' "$line" >> "$LOG_FILE"; fi
+}
+
+die() {
+    log "error: $*"
+    exit 1
+}
+
+require_root() {
+    [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0 $*)"
+}
+
+load_backup_settings() {
+    [ -r "$SECRETS_FILE" ] || die "$SECRETS_FILE is missing: the backup push has not run yet"
+    set -a
+    # shellcheck source=/dev/null
+    . "$SECRETS_FILE"
+    set +a
+    : "${RESTIC_REPOSITORY:?not set in $SECRETS_FILE}" "${RESTIC_PASSWORD:?not set in $SECRETS_FILE}"
+    if [ -r "$RETENTION_FILE" ]; then
+        # shellcheck source=/dev/null
+        . "$RETENTION_FILE"
+    fi
+}
+
+load_engine_secrets() {
+    if [ -r "$ENGINE_SECRETS" ]; then
+        # shellcheck source=/dev/null
+        . "$ENGINE_SECRETS"
+    fi
+}
+
+engine_enabled() {
+    local engine
+    for engine in "${ENGINES[@]}"; do [ "$engine" = "$1" ] && return 0; done
+    return 1
+}
+
+as_backup_user() { runuser -u "$BACKUP_USER" -- "$@"; }
+as_postgres() { runuser -u postgres -- "$@"; }
+{% if "mongodb" in settings.engines %}
+
+# A MongoDB tools config holding the app login's password, so it is not in argv.
+mongodb_tools_config() {
+    local file
+    file=$(mktemp)
+    printf 'password: %s\n' "$MONGODB_PASSWORD" > "$file"
+    printf '%s\n' "$file"
+}
+
+mongodb_connection=(
+    --host=127.0.0.1 --port={{ c.ENGINES["mongodb"].tls_port }}
+    --ssl --sslCAFile={{ c.CA_CERT_PATH }} --sslAllowInvalidHostnames
+    --username={{ c.ENGINE_APP_USER }} --authenticationDatabase={{ c.ENGINE_APP_DATABASE }}
+)
+{% endif %}

@@ -1,0 +1,143 @@
+#!/bin/bash
+# platform-restore: puts data from a restic snapshot back into the running engines.
+#
+#   platform-restore list                      the snapshots (newest last)
+#   platform-restore ENGINE [SNAPSHOT]         one engine from the latest (or the named) snapshot
+#   platform-restore all [SNAPSHOT]            every enabled engine
+#   platform-restore config [SNAPSHOT]         this role's configuration, into {{ c.BACKUP_SPOOL }}/restored/ (for reading)
+#
+# ENGINE is one of: {{ settings.engines | join(", ") or "(no engine enabled)" }}.
+# The engine must be running (provisioning starts it on a new droplet); its current data
+# is replaced by the snapshot's.
+set -Eeuo pipefail
+# shellcheck source=backup.sh
+. {{ c.BACKUP_LIBRARY }}
+
+main() {
+    local what=${1:-} snapshot=${2:-latest}
+    case "$what" in
+        list) require_root "$@"; load_backup_settings; restic snapshots "${SNAPSHOTS[@]}" ;;
+        all) require_root "$@"; restore_engines "$snapshot" "${ENGINES[@]}" ;;
+        config) require_root "$@"; restore_config "$snapshot" ;;
+        ""|-h|--help|help) sed -n '2,11s/^# \{0,1\}//p' "$0" ;;
+        *)
+            engine_enabled "$what" || die "$what is not an enabled engine (${ENGINES[*]:-none}), all, config or list"
+            require_root "$@"
+            restore_engines "$snapshot" "$what"
+            ;;
+    esac
+}
+
+# Fetches the engines' dumps from the snapshot into a work directory, then loads each.
+restore_engines() {
+    local snapshot=$1 engine
+    shift
+    load_backup_settings
+    load_engine_secrets
+    cd /
+    WORK=$(mktemp -d "$SPOOL/restore.XXXXXX")
+    trap 'rm -rf "$WORK"' EXIT
+    local work=$WORK
+    local includes=()
+    for engine in "$@"; do includes+=(--include "$DUMPS/$engine"); done
+    log "restore of ${*} from snapshot $snapshot started"
+    restic restore "$snapshot" "${SNAPSHOTS[@]}" --target "$work" "${includes[@]}"
+    for engine in "$@"; do
+        [ -d "$work$DUMPS/$engine" ] || die "snapshot $snapshot holds no $engine backup"
+        "restore_$engine" "$work$DUMPS/$engine"
+        log "restored $engine from snapshot $snapshot"
+    done
+}
+
+restore_config() {
+    local snapshot=$1 target=$SPOOL/restored
+    load_backup_settings
+    rm -rf "$target"
+    install -d -m 0700 "$target"
+    local includes=() path
+    for path in "${CONFIG_PATHS[@]}"; do includes+=(--include "$path"); done
+    restic restore "$snapshot" "${SNAPSHOTS[@]}" --target "$target" "${includes[@]}"
+    log "configuration of snapshot $snapshot restored under $target (compare, then copy what you need)"
+}
+{% if "postgresql" in settings.engines %}
+
+# Each database is dropped (its sessions ended) and re-created from its dump, owner and
+# grants included. The roles are the program's: provisioning has made them.
+restore_postgresql() {
+    local dir=$1 dump db
+    for dump in "$dir"/*.dump; do
+        [ -e "$dump" ] || die "no PostgreSQL dump in the snapshot"
+        db=$(basename "$dump" .dump)
+        # On stdin: the dump stays readable by root only.
+        if [ "$db" = postgres ]; then
+            # The maintenance database cannot be dropped while we are connected to it.
+            as_postgres pg_restore --exit-on-error --clean --if-exists -d postgres < "$dump"
+            continue
+        fi
+        as_postgres psql -X -q -v ON_ERROR_STOP=1 -d postgres -v db="$db" <<'SQL'
+SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', :'db') \gexec
+SQL
+        as_postgres pg_restore --exit-on-error --create -d postgres < "$dump"
+    done
+}
+{% endif %}
+{% if "redis" in settings.engines %}
+
+# Redis loads its data only when it starts, and with append-only on it ignores an RDB
+# file. So: stop it, put the snapshot in place of its files, load it in a private
+# instance with append-only off (a socket, no port), turn append-only on there so Redis
+# writes its own files from memory, stop that, start the real one.
+restore_redis() {
+    local dir=$1 data private=$WORK/redis
+    [ -s "$dir/dump.rdb" ] || die "no Redis snapshot in the backup"
+    data=$(redis_data_dir)
+    systemctl stop redis-server
+    rm -rf "${data:?}/appendonlydir" "$data/appendonly.aof"
+    install -m 0660 -o redis -g redis "$dir/dump.rdb" "$data/dump.rdb"
+    chmod 0711 "$WORK"
+    install -d -m 0700 -o redis -g redis "$private"
+    runuser -u redis -- redis-server {{ facts.REDIS_CONF }} --appendonly no --port 0 \
+        --unixsocket "$private/redis.sock" --pidfile "$private/redis.pid" --supervised no --daemonize yes
+    until private_redis PING >/dev/null 2>&1; do sleep 0.2; done
+    private_redis CONFIG SET appendonly yes >/dev/null
+    until private_redis INFO persistence | grep -q '^aof_rewrite_in_progress:0' \
+        && private_redis INFO persistence | grep -q '^aof_rewrite_scheduled:0' \
+        && compgen -G "$data/appendonlydir/*.base.rdb" >/dev/null; do
+        sleep 0.2
+    done
+    local pid
+    pid=$(cat "$private/redis.pid")
+    private_redis SHUTDOWN >/dev/null 2>&1 || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    systemctl start redis-server
+}
+
+private_redis() { REDISCLI_AUTH=$REDIS_PASSWORD redis-cli -s "$WORK/redis/redis.sock" "$@"; }
+
+redis_data_dir() { sed -n 's/^dir[[:space:]]\{1,\}//p' {{ facts.REDIS_CONF }} | tail -n 1; }
+{% endif %}
+{% if "rabbitmq" in settings.engines %}
+
+# Definitions are merged into the running broker: vhosts, users, permissions, queues.
+restore_rabbitmq() {
+    local dir=$1
+    [ -s "$dir/definitions.json" ] || die "no RabbitMQ definitions in the backup"
+    rabbitmqctl --quiet import_definitions "$dir/definitions.json"
+}
+{% endif %}
+{% if "mongodb" in settings.engines %}
+
+# The app's collections are dropped and loaded from the archive.
+restore_mongodb() {
+    local dir=$1 config
+    local archive=$dir/{{ c.ENGINE_APP_DATABASE }}.archive.gz
+    [ -s "$archive" ] || die "no MongoDB archive in the backup"
+    config=$(mongodb_tools_config)
+    mongorestore --quiet --config="$config" "${mongodb_connection[@]}" \
+        --nsInclude='{{ c.ENGINE_APP_DATABASE }}.*' --drop --gzip --archive="$archive" \
+        || { rm -f "$config"; false; }
+    rm -f "$config"
+}
+{% endif %}
+
+main "$@"

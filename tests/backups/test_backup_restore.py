@@ -1,0 +1,322 @@
+"""Backups and restores, for real: the rendered platform-backup and platform-restore run
+inside the datastore sandbox (tests/roles) against engines started on their rendered
+configs, with restic sending to an S3 server (moto) on loopback in place of Spaces.
+
+Known data is written, backed up, destroyed, restored, and compared by row counts and
+checksums. MongoDB cannot run here (no binaries): its part of the scripts is rendered
+and shellchecked only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import secrets
+import shutil
+import string
+import subprocess
+
+import pytest
+
+import cloudinit
+import mockcloud
+from cloudinit import datastore
+from components import conventions
+
+from backup_sandbox import BackupSandbox, repository
+
+DS = conventions.DATASTORE
+
+
+def tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is missing: apt-get install {package}"
+    return path
+
+
+def password() -> str:
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
+
+
+def passwords_for(settings):
+    return {name: password() for name in datastore.password_names(settings)}
+
+
+# One provisioning run of the given steps, as role_steps runs them.
+PROVISION = """
+provision() {
+    ( set -Eeu; trap 'echo "FAILED: $BASH_COMMAND" >&2' ERR; CHANGES=0; note_certificate_change; load_secrets; for s in "$@"; do "$s"; done )
+    echo "CHECK provision $?"
+}
+"""
+
+PG_CHECKSUM = (
+    "SELECT count(*) || ' ' || md5(string_agg(id || ':' || payload, ',' ORDER BY id)) FROM items"
+)
+REDIS_KEYS = 2000
+
+
+def redis_fingerprint(cli: str) -> str:
+    """A line that changes if any key, value, list item or hash field changes."""
+    keys = " ".join(f"key:{i}" for i in range(REDIS_KEYS))
+    return (
+        f'{{ echo "size $({cli} DBSIZE)"; {cli} MGET {keys} | sha256sum; '
+        f"{cli} LRANGE queue 0 -1 | sha256sum; {cli} HGETALL profile | sha256sum; }}"
+    )
+
+
+def test_postgresql_and_redis_survive_destroy_and_restore(tmp_path):
+    tool("restic", "restic")
+    tool("psql", "postgresql-client")
+    tool("redis-server", "redis-server")
+    settings = mockcloud.stack_settings("staging", engines=["postgresql", "redis"])
+    pw = passwords_for(settings)
+    box = BackupSandbox(tmp_path, settings, pw, restic_password=password(), repository_url=repository())
+    app, db = conventions.ENGINE_APP_USER, conventions.ENGINE_APP_DATABASE
+    psql = "runuser -u postgres -- psql -X -A -t -v ON_ERROR_STOP=1"
+    cli = f"REDISCLI_AUTH={pw['redis']} redis-cli -h 127.0.0.1 -p {conventions.ENGINES['redis'].local_port}"
+    app_tls = (f"PGPASSWORD={pw['postgresql']} psql -X -A -t \"host={box.address} port=5432 dbname={db} "
+               f"user={app} sslmode=verify-full sslrootcert={conventions.CA_CERT_PATH}\"")
+    fingerprints = f"""
+fingerprints() {{
+    echo "pg-app $({psql} -d {db} -c "{PG_CHECKSUM}") seq $({psql} -d {db} -c "SELECT last_value FROM items_id_seq")"
+    echo "pg-reports $({psql} -d reports -c "{PG_CHECKSUM}")"
+    echo "redis $({redis_fingerprint(cli)} | tr '\\n' ' ')"
+}}
+"""
+    run = box.run(PROVISION + fingerprints + f"""
+provision postgresql_steps redis_steps backup_steps
+start_s3
+check init {conventions.BACKUP_COMMAND} init
+# Known data: the app's database (owned by the app's login) and a second database.
+{psql} -d {db} <<'SQL'
+SET ROLE {app};
+CREATE TABLE items (id bigserial PRIMARY KEY, payload text NOT NULL);
+INSERT INTO items (payload) SELECT md5(g::text) || repeat('x', g % 50) FROM generate_series(1, 20000) g;
+DELETE FROM items WHERE id % 7 = 0;
+SQL
+{psql} -c "CREATE DATABASE reports OWNER {app}"
+{psql} -d reports -c "SET ROLE {app}; CREATE TABLE items (id bigserial PRIMARY KEY, payload text); INSERT INTO items (payload) SELECT 'r' || g FROM generate_series(1, 500) g"
+for i in $(seq 0 {REDIS_KEYS - 1}); do echo "SET key:$i value-$i-$RANDOM"; done | {cli} >/dev/null
+{cli} RPUSH queue a b c d e >/dev/null
+{cli} HSET profile name ada lang en visits 42 >/dev/null
+fingerprints | sed 's/^/BEFORE /'
+check backup {conventions.BACKUP_COMMAND} run
+check status {conventions.BACKUP_COMMAND} status
+check dumps-cleaned test ! -e {conventions.BACKUP_SPOOL}/dumps
+# Lose everything.
+{psql} -c "DROP DATABASE {db} WITH (FORCE)" -c "DROP DATABASE reports WITH (FORCE)"
+{cli} FLUSHALL >/dev/null
+check lost test "$({cli} DBSIZE)" = 0
+check restore-list {conventions.RESTORE_COMMAND} list
+check restore {conventions.RESTORE_COMMAND} all
+fingerprints | sed 's/^/AFTER /'
+check app-logs-in test "$({app_tls} -c 'SELECT count(*) FROM items')" -gt 0
+check app-owns {psql} -d {db} -c "SELECT 1 FROM pg_tables WHERE tablename = 'items' AND tableowner = '{app}'"
+check backup-role-connects runuser -u {conventions.BACKUP_USER} -- psql -X -d {db} -c "SELECT count(*) FROM items"
+# The next run's dump works on the restored data, as the timer would run it.
+check backup-again {conventions.BACKUP_COMMAND} run
+""", timeout=240)
+    out = run.output
+    assert run.status("provision") == 0, out
+    assert run.status("init") == 0, out
+    assert run.status("backup") == 0, out
+    assert run.status("status") == 0, out
+    assert "status: ok" in run.completed.stdout
+    assert run.status("dumps-cleaned") == 0, out
+    assert run.status("lost") == 0, out
+    assert run.status("restore-list") == 0, out
+    assert run.status("restore") == 0, out
+    before = re.findall(r"^BEFORE (.*)$", run.completed.stdout, re.M)
+    after = re.findall(r"^AFTER (.*)$", run.completed.stdout, re.M)
+    assert len(before) == 3 and all(" " in line for line in before), out
+    assert after == before, out
+    assert re.search(r"^BEFORE pg-app 17143 [0-9a-f]{32} seq 20000$", run.completed.stdout, re.M), before
+    assert f"redis size {REDIS_KEYS + 2} " in before[2]
+    assert run.status("app-logs-in") == 0, out
+    assert run.status("app-owns") == 0, out
+    assert run.status("backup-role-connects") == 0, out
+    assert run.status("backup-again") == 0, out
+
+
+def test_rabbitmq_definitions_survive_destroy_and_restore(tmp_path):
+    tool("restic", "restic")
+    tool("rabbitmq-server", "rabbitmq-server")
+    settings = mockcloud.stack_settings("staging", engines=["rabbitmq"])
+    pw = passwords_for(settings)
+    box = BackupSandbox(tmp_path, settings, pw, restic_password=password(), repository_url=repository())
+    vhost, app = conventions.ENGINE_APP_DATABASE, conventions.ENGINE_APP_USER
+    ctl = "rabbitmqctl --quiet --no-table-headers"
+    run = box.run(PROVISION + f"""
+provision rabbitmq_steps backup_steps
+start_s3
+check init {conventions.BACKUP_COMMAND} init
+{ctl} add_vhost reports
+{ctl} set_permissions -p reports {app} '^reports-.*' '.*' '.*'
+rabbitmqctl --quiet eval 'rabbit_amqqueue:declare(rabbit_misc:r(<<"{vhost}">>, queue, <<"orders">>), true, false, [], none, <<"test">>).' >/dev/null
+listing() {{
+    echo "vhosts $({ctl} list_vhosts | sort | tr '\\n' ' ')"
+    echo "users $({ctl} list_users | cut -f1 | sort | tr '\\n' ' ')"
+    echo "perms $({ctl} list_user_permissions {app} | sort | tr '\\n\\t' '  ')"
+    echo "queues $({ctl} list_queues -p {vhost} name durable | sort | tr '\\n\\t' '  ')"
+}}
+listing | sed 's/^/BEFORE /'
+check backup {conventions.BACKUP_COMMAND} run
+# Lose the definitions.
+{ctl} delete_vhost reports
+{ctl} delete_vhost {vhost}
+{ctl} delete_user {app}
+check lost bash -c "! {ctl} list_vhosts | grep -qx {vhost}"
+check restore {conventions.RESTORE_COMMAND} rabbitmq
+listing | sed 's/^/AFTER /'
+check app-authenticates rabbitmqctl --quiet authenticate_user {app} {pw['rabbitmq']}
+""", timeout=240)
+    out = run.output
+    assert run.status("provision") == 0, out
+    assert run.status("init") == 0, out
+    assert run.status("backup") == 0, out
+    assert run.status("lost") == 0, out
+    assert run.status("restore") == 0, out
+    before = re.findall(r"^BEFORE (.*)$", run.completed.stdout, re.M)
+    after = re.findall(r"^AFTER (.*)$", run.completed.stdout, re.M)
+    assert len(before) == 4, out
+    assert "reports" in before[0] and vhost in before[0] and "orders true" in before[3], before
+    assert after == before, out
+    assert run.status("app-authenticates") == 0, out
+
+
+def expected_kept(times: list[datetime.datetime], daily: int, weekly: int, monthly: int) -> set:
+    """restic's policy: the newest snapshot of each of the last N days, ISO weeks, months."""
+    kept = set()
+    for count, period in ((daily, lambda t: t.date()), (weekly, lambda t: t.isocalendar()[:2]),
+                          (monthly, lambda t: (t.year, t.month))):
+        seen = []
+        for t in sorted(times, reverse=True):
+            if period(t) not in seen and len(seen) < count:
+                seen.append(period(t))
+                kept.add(t)
+    return kept
+
+
+def test_retention_keeps_what_the_settings_say(tmp_path):
+    tool("restic", "restic")
+    settings = mockcloud.stack_settings(
+        "staging", engines=[], backupKeepDaily=3, backupKeepWeekly=2, backupKeepMonthly=2
+    )
+    box = BackupSandbox(tmp_path, settings, {}, restic_password=password(), repository_url=repository())
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0, tzinfo=None)
+    # A daily snapshot at the backup hour for 75 days before today's run.
+    times = [(now - datetime.timedelta(days=d)).replace(hour=settings.backup_hour_utc, minute=0, second=0)
+             for d in range(1, 76)]
+    host = conventions.backup_host(settings.stack)
+    made = "\n".join(
+        f'restic backup --quiet --host {host} --tag platform --time "{t:%Y-%m-%d %H:%M:%S}" /etc/hostname'
+        for t in times
+    )
+    run = box.run(PROVISION + f"""
+provision backup_steps
+start_s3
+check init {conventions.BACKUP_COMMAND} init
+set -a; . {conventions.BACKUP_SECRETS_FILE}; set +a
+export RESTIC_CACHE_DIR={conventions.BACKUP_CACHE_DIR}
+{made}
+# Someone else's snapshots in the same bucket are not this series: never forgotten.
+restic backup --quiet --host elsewhere --tag platform --time "2020-01-01 00:00:00" /etc/hostname
+check backup {conventions.BACKUP_COMMAND} run
+echo "SNAPSHOTS $(restic snapshots --json)"
+""", timeout=240)
+    out = run.output
+    assert run.status("init") == 0, out
+    assert run.status("backup") == 0, out
+    (listing,) = re.findall(r"^SNAPSHOTS (.*)$", run.completed.stdout, re.M)
+    snapshots = json.loads(listing)
+    ours = [s for s in snapshots if s["hostname"] == host]
+    assert [s for s in snapshots if s["hostname"] == "elsewhere"], "another host's snapshot was forgotten"
+    kept = {datetime.datetime.fromisoformat(s["time"][:19]) for s in ours}
+    today = max(kept)
+    assert today >= now - datetime.timedelta(minutes=5), "today's run is not among the kept snapshots"
+    expected = expected_kept(times + [today], daily=3, weekly=2, monthly=2)
+    assert kept == expected
+    assert 3 <= len(kept) <= 7
+
+
+def test_status_reports_an_unreachable_repository_and_a_failed_run(tmp_path):
+    tool("restic", "restic")
+    settings = mockcloud.stack_settings("staging", engines=[])
+    # Nothing listens on this port in the namespace.
+    box = BackupSandbox(tmp_path, settings, {}, restic_password=password(), repository_url=repository(port=9))
+    state = conventions.BACKUP_STATE_DIR
+    run = box.run(PROVISION + f"""
+provision backup_steps
+check status-never {conventions.BACKUP_COMMAND} status
+check backup {conventions.BACKUP_COMMAND} run
+check failure-marker test -s {state}/last-failure
+cat {state}/last-failure
+check status {conventions.BACKUP_COMMAND} status
+# An old success and no failure since: a missed backup.
+rm {state}/last-failure
+echo "$(( $(date +%s) - 27 * 3600 )) 2000-01-01T00:00:00Z 0123abcd" > {state}/last-success
+check status-missed {conventions.BACKUP_COMMAND} status
+check logged grep -q "backup FAILED at: send" {conventions.BACKUP_LOG}
+""", timeout=200)
+    out = run.output
+    stdout = run.completed.stdout
+    assert run.status("status-never") == 1, out
+    assert "last success: never" in stdout
+    assert run.status("backup") != 0, out
+    assert run.status("failure-marker") == 0, out
+    assert "send failed" in stdout
+    assert run.status("status") == 1, out
+    assert "FAILING: the last run failed" in stdout
+    assert "UNREACHABLE: the repository s3:http://127.0.0.1:9/" in stdout
+    assert run.status("status-missed") == 1, out
+    assert "MISSED: no successful backup for 26h" in stdout
+    assert run.status("logged") == 0, out
+
+
+# --- The scripts, rendered -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engines", [list(conventions.ENGINES), [], ["mongodb"]], ids=["all", "none", "mongodb"])
+def test_backup_scripts_pass_shellcheck(tmp_path, engines):
+    shellcheck = tool("shellcheck", "shellcheck")
+    settings = mockcloud.stack_settings("staging", engines=engines)
+    files = cloudinit.rendered_files(DS, settings)
+    for path in (conventions.BACKUP_LIBRARY, conventions.BACKUP_COMMAND, conventions.RESTORE_COMMAND):
+        (tmp_path / path.rsplit("/", 1)[1]).write_text(files[path])
+    # shellcheck reads what a script sources but reports only the script: each file on its own.
+    result = subprocess.run(
+        [shellcheck, "--shell=bash", "--severity=style", "--external-sources",
+         "backup.sh", "platform-backup", "platform-restore"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The library is found next to the scripts by that name: the check covered it.
+    assert "# shellcheck source=backup.sh" in files[conventions.BACKUP_COMMAND]
+    assert conventions.BACKUP_LIBRARY.endswith("/backup.sh")
+
+
+def test_mongodb_is_dumped_and_restored_without_its_password_in_argv():
+    """No MongoDB here: what the scripts would run is checked as text."""
+    settings = mockcloud.stack_settings("staging", engines=["mongodb"])
+    files = cloudinit.rendered_files(DS, settings)
+    backup, restore = files[conventions.BACKUP_COMMAND], files[conventions.RESTORE_COMMAND]
+    library = files[conventions.BACKUP_LIBRARY]
+    assert "mongodump --quiet --config=" in backup and "--archive=" in backup and "--gzip" in backup
+    assert "mongorestore --quiet --config=" in restore and "--drop" in restore
+    assert "printf 'password: %s\\n' \"$MONGODB_PASSWORD\"" in library
+    assert "--password" not in backup + restore + library
+
+
+def test_the_timer_runs_at_the_backup_hour_and_catches_up():
+    analyze = tool("systemd-analyze", "systemd")
+    for hour in (0, 3, 23):
+        settings = mockcloud.stack_settings("staging", backupHourUtc=hour)
+        timer = datastore.backup_schedule_files(settings)[f"{conventions.BACKUP_UNIT}.timer"]
+        (calendar,) = re.findall(r"^OnCalendar=(.*)$", timer, re.M)
+        assert calendar == f"*-*-* {hour:02d}:00:00 UTC"
+        normalized = subprocess.run([analyze, "calendar", calendar], capture_output=True, text=True)
+        assert normalized.returncode == 0, normalized.stderr
+        assert f"Normalized form: *-*-* {hour:02d}:00:00 UTC" in normalized.stdout
+        assert "Persistent=true" in timer
