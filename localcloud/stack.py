@@ -31,6 +31,7 @@ LOCAL_OVERRIDES_WHY = {
     "acmeDirectory": "the local ACME server (pebble) on the host stands in for Let's Encrypt",
     "engines": "MongoDB's apt repository is not reachable here; the other engines stay",
     "adminCidrs": "the host runs the remote commands (as pulumi would), so its address joins the admin range",
+    "backups": "no S3-compatible stand-in for Spaces here yet: the backup push's `restic init` cannot reach it",
 }
 
 
@@ -43,6 +44,7 @@ def local_overrides(stack_config: dict) -> dict:
         "acmeDirectory": acme.DIRECTORY_URL,
         "engines": [e for e in stack_config.get("engines", []) if e != "mongodb"],
         "adminCidrs": admin + [f"{config.HOST_PUBLIC_IP}/32"],
+        "backups": False,
     }
 
 
@@ -487,9 +489,23 @@ def up(p: Plan | None = None, timeout: float = 2400) -> UpResult:
     print_report(reports)
     with shell.Step("remote commands over SSH"):
         pushes = run_commands(p)
+    if all(r.provisioned for r in reports) and all(r.ok for r in pushes):
+        with shell.Step("the LB's certificate from the ACME server"):
+            wait_for_certificate(p)
     took = time.monotonic() - start
     print(f"[localcloud] up: {took:.0f}s", flush=True)
     return UpResult(p, statuses, reports, pushes, took)
+
+
+def wait_for_certificate(p: Plan, timeout: float = 300) -> dict:
+    """certbot runs from a timer on the LB; wait until HTTPS verifies against pebble's root."""
+    start = time.monotonic()
+    while True:
+        seen = acme.certificate_check(p.domain, p.lb.reserved_ips[0])
+        if seen["verified"] or time.monotonic() - start > timeout:
+            print(f"[localcloud] certificate: {seen} ({time.monotonic() - start:.0f}s)", flush=True)
+            return seen
+        time.sleep(5)
 
 
 def down(p: Plan) -> None:
