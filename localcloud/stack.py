@@ -520,6 +520,7 @@ def down(p: Plan) -> None:
         volume.image_file(v.name).unlink(missing_ok=True)
     firewall.clear()
     acme.stop()
+    state_file(p.stack).unlink(missing_ok=True)   # as `pulumi destroy` empties the stack
 
 
 # --- checks -----------------------------------------------------------------
