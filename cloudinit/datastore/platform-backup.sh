@@ -112,7 +112,8 @@ dump_redis() {
 dump_rabbitmq() {
     local dir=$DUMPS/rabbitmq
     install -d -m 0700 "$dir"
-    rabbitmqctl --quiet export_definitions "$dir/definitions.json" >/dev/null
+    # To stdout: the broker, not this script, would write a named file (as rabbitmq).
+    rabbitmqctl --quiet export_definitions - --format json > "$dir/definitions.json"
     [ -s "$dir/definitions.json" ]
 }
 {% endif %}

@@ -122,7 +122,12 @@ redis_data_dir() { sed -n 's/^dir[[:space:]]\{1,\}//p' {{ facts.REDIS_CONF }} | 
 restore_rabbitmq() {
     local dir=$1
     [ -s "$dir/definitions.json" ] || die "no RabbitMQ definitions in the backup"
-    rabbitmqctl --quiet import_definitions "$dir/definitions.json"
+    # rabbitmqctl runs as rabbitmq (the distribution's wrapper): it reads its own copy.
+    local readable=$WORK/rabbitmq
+    chmod 0711 "$WORK"
+    install -d -m 0700 -o rabbitmq -g rabbitmq "$readable"
+    install -m 0600 -o rabbitmq -g rabbitmq "$dir/definitions.json" "$readable/definitions.json"
+    rabbitmqctl --quiet import_definitions "$readable/definitions.json"
 }
 {% endif %}
 {% if "mongodb" in settings.engines %}

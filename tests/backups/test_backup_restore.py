@@ -147,7 +147,8 @@ def test_rabbitmq_definitions_survive_destroy_and_restore(tmp_path):
     pw = passwords_for(settings)
     box = BackupSandbox(tmp_path, settings, pw, restic_password=password(), repository_url=repository())
     vhost, app = conventions.ENGINE_APP_DATABASE, conventions.ENGINE_APP_USER
-    ctl = "rabbitmqctl --quiet --no-table-headers"
+    ctl = "rabbitmqctl --quiet"
+    ls = "rabbitmqctl --quiet --no-table-headers"
     run = box.run(PROVISION + f"""
 provision rabbitmq_steps backup_steps
 start_s3
@@ -156,10 +157,10 @@ check init {conventions.BACKUP_COMMAND} init
 {ctl} set_permissions -p reports {app} '^reports-.*' '.*' '.*'
 rabbitmqctl --quiet eval 'rabbit_amqqueue:declare(rabbit_misc:r(<<"{vhost}">>, queue, <<"orders">>), true, false, [], none, <<"test">>).' >/dev/null
 listing() {{
-    echo "vhosts $({ctl} list_vhosts | sort | tr '\\n' ' ')"
-    echo "users $({ctl} list_users | cut -f1 | sort | tr '\\n' ' ')"
-    echo "perms $({ctl} list_user_permissions {app} | sort | tr '\\n\\t' '  ')"
-    echo "queues $({ctl} list_queues -p {vhost} name durable | sort | tr '\\n\\t' '  ')"
+    echo "vhosts $({ls} list_vhosts | sort | tr '\\n' ' ')"
+    echo "users $({ls} list_users | cut -f1 | sort | tr '\\n' ' ')"
+    echo "perms $({ls} list_user_permissions {app} | sort | tr '\\n\\t' '  ')"
+    echo "queues $({ls} list_queues -p {vhost} name durable | sort | tr '\\n\\t' '  ')"
 }}
 listing | sed 's/^/BEFORE /'
 check backup {conventions.BACKUP_COMMAND} run
@@ -167,7 +168,7 @@ check backup {conventions.BACKUP_COMMAND} run
 {ctl} delete_vhost reports
 {ctl} delete_vhost {vhost}
 {ctl} delete_user {app}
-check lost bash -c "! {ctl} list_vhosts | grep -qx {vhost}"
+check lost bash -c "! {ls} list_vhosts | grep -qx {vhost}"
 check restore {conventions.RESTORE_COMMAND} rabbitmq
 listing | sed 's/^/AFTER /'
 check app-authenticates rabbitmqctl --quiet authenticate_user {app} {pw['rabbitmq']}
