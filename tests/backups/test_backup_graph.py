@@ -1,0 +1,97 @@
+"""The backups in the Pulumi graph: a key scoped to the stack's bucket, a generated
+repository password, and the `backup` push that carries them (secret) with the schedule
+and retention from the settings; nothing of it in first-boot data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pytest
+
+import cloudinit
+import mockcloud
+from cloudinit import datastore
+from components import conventions
+
+KEY_ID = "DO00TESTACCESSKEYID"
+SECRET_KEY = "TestSecretKeyValue/with+characters="
+
+
+@pytest.fixture
+def key_mock(monkeypatch):
+    """The mock engine gives a SpacesKey the two values DigitalOcean returns for one."""
+    monkeypatch.setattr(
+        mockcloud.ProviderMocks, "_SpacesKey",
+        lambda self, inputs: {"accessKey": KEY_ID, "secretKey": SECRET_KEY}, raising=False,
+    )
+
+
+def push_files(deployment):
+    push = deployment.named("datastore-backup-push", ":Command")
+    assert push.state["create"].split()[-1] == "backup"
+    assert mockcloud.is_secret(push.inputs["stdin"])
+    return json.loads(mockcloud.plain(push.inputs["stdin"]))
+
+
+def env_values(text: str) -> dict[str, str]:
+    return {k: shlex.split(v)[0] if v else "" for k, v in (line.split("=", 1) for line in text.splitlines())}
+
+
+def test_backup_key_is_scoped_to_the_bucket_and_reaches_only_the_push(key_mock):
+    settings = mockcloud.stack_settings(
+        "production", backupHourUtc=5, backupKeepDaily=10, backupKeepWeekly=3, backupKeepMonthly=12
+    )
+    deployment = mockcloud.deploy(settings)
+    bucket = deployment.named("datastore-backups", ":SpacesBucket")
+    key = deployment.named("datastore-backup-key", ":SpacesKey")
+    assert key.state["grants"] == [{"bucket": bucket.state["name"], "permission": "readwrite"}]
+    assert "secretKey" in key.additional_secret_outputs
+    password = deployment.named("datastore-backup-repository-password", ":RandomPassword")
+    files = push_files(deployment)
+    assert set(files) == {"backup.env", "backup.conf", f"{conventions.BACKUP_UNIT}.timer"}
+    env = env_values(files["backup.env"])
+    assert env == {
+        "RESTIC_REPOSITORY": f"s3:https://{settings.spaces_region}.digitaloceanspaces.com/"
+                             f"{bucket.state['name']}/{conventions.BACKUP_REPOSITORY_PREFIX}",
+        "RESTIC_PASSWORD": password.state["result"],
+        "AWS_ACCESS_KEY_ID": KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    }
+    assert re.findall(r"^KEEP_(\w+)=(\d+)$", files["backup.conf"], re.M) == [
+        ("DAILY", "10"), ("WEEKLY", "3"), ("MONTHLY", "12")
+    ]
+    assert "OnCalendar=*-*-* 05:00:00 UTC" in files[f"{conventions.BACKUP_UNIT}.timer"]
+    # On the droplet: root-only, checked by reaching the repository before anything else.
+    table = json.loads(cloudinit.push_table(conventions.DATASTORE, settings))["backup"]
+    assert table["files"]["backup.env"] == {"path": conventions.BACKUP_SECRETS_FILE, "mode": "0600", "owner": "root:root"}
+    assert table["check"] == [[conventions.BACKUP_COMMAND, "init"]]
+    # Never in first-boot data, which DigitalOcean shows in its control panel.
+    store = deployment.named("datastore", ":Droplet")
+    for secret in (password.state["result"], SECRET_KEY, KEY_ID):
+        assert all(secret not in str(d.state.get("userData", "")) for d in deployment.of_type(":Droplet"))
+    assert "KEEP_DAILY=" not in store.state["userData"]  # retention changes replace no droplet
+    assert "OnCalendar" not in store.state["userData"]
+
+
+def test_schedule_and_retention_changes_touch_only_the_backup_push(key_mock):
+    before = mockcloud.deploy(mockcloud.stack_settings("staging"))
+    after = mockcloud.deploy(
+        mockcloud.stack_settings("staging", backupHourUtc=1, backupKeepMonthly=24), previous=before
+    )
+    changed = sorted(r.name for r in after.resources if not r.unchanged and not r.type.startswith("pulumi:"))
+    assert changed == ["datastore-backup-push"]
+
+
+def test_no_backups_means_no_key_push_unit_or_restic():
+    settings = mockcloud.stack_settings("staging", backups=False)
+    deployment = mockcloud.deploy(settings)
+    kinds = {r.state["create"].split()[-1] for r in deployment.of_type(":Command")}
+    assert "backup" not in kinds
+    assert not deployment.of_type(":SpacesKey") and not deployment.of_type(":SpacesBucket")
+    files = cloudinit.rendered_files(conventions.DATASTORE, settings)
+    assert datastore.BACKUP_SERVICE not in files
+    assert "restic" not in files["/usr/local/lib/platform/role.sh"]
+    assert "backup" not in json.loads(cloudinit.push_table(conventions.DATASTORE, settings))
