@@ -321,3 +321,71 @@ def test_the_timer_runs_at_the_backup_hour_and_catches_up():
         assert normalized.returncode == 0, normalized.stderr
         assert f"Normalized form: *-*-* {hour:02d}:00:00 UTC" in normalized.stdout
         assert "Persistent=true" in timer
+
+
+def test_a_freshly_built_datastore_gets_everything_back(tmp_path):
+    """The droplet and its volume are gone: a new one is provisioned on an empty volume
+    (same rendered files, same pushes) and `platform-restore all` brings the data back.
+
+    The S3 server lives only as long as the namespace, so the "new droplet" is the same
+    namespace with every engine stopped and the volume, the clusters' configuration, the
+    platform's state and restic's cache wiped, then provisioned from scratch.
+    """
+    tool("restic", "restic")
+    settings = mockcloud.stack_settings("staging", engines=["postgresql", "redis", "rabbitmq"])
+    pw = passwords_for(settings)
+    box = BackupSandbox(tmp_path, settings, pw, restic_password=password(), repository_url=repository())
+    app, db = conventions.ENGINE_APP_USER, conventions.ENGINE_APP_DATABASE
+    psql = "runuser -u postgres -- psql -X -A -t -v ON_ERROR_STOP=1"
+    cli = f"REDISCLI_AUTH={pw['redis']} redis-cli -h 127.0.0.1 -p {conventions.ENGINES['redis'].local_port}"
+    ls = "rabbitmqctl --quiet --no-table-headers"
+    steps = "postgresql_steps redis_steps rabbitmq_steps backup_steps"
+    run = box.run(PROVISION + f"""
+fingerprints() {{
+    echo "pg $({psql} -d {db} -c "{PG_CHECKSUM}")"
+    echo "redis $({redis_fingerprint(cli)} | tr '\\n' ' ')"
+    echo "rabbitmq $({ls} list_vhosts | sort | tr '\\n' ' ') $({ls} list_queues -p {db} name durable | tr '\\n\\t' '  ')"
+}}
+provision {steps}
+start_s3
+check init {conventions.BACKUP_COMMAND} init
+{psql} -d {db} -c "SET ROLE {app}; CREATE TABLE items (id bigserial PRIMARY KEY, payload text NOT NULL); INSERT INTO items (payload) SELECT md5(g::text) FROM generate_series(1, 5000) g"
+for i in $(seq 0 {REDIS_KEYS - 1}); do echo "SET key:$i v$i"; done | {cli} >/dev/null
+{cli} RPUSH queue a b >/dev/null
+{cli} HSET profile name ada >/dev/null
+rabbitmqctl --quiet add_vhost reports
+rabbitmqctl --quiet eval 'rabbit_amqqueue:declare(rabbit_misc:r(<<"{db}">>, queue, <<"orders">>), true, false, [], none, <<"test">>).' >/dev/null
+fingerprints | sed 's/^/BEFORE /'
+check backup {conventions.BACKUP_COMMAND} run
+
+# The droplet and its volume are gone.
+systemctl stop "postgresql@$(postgresql_version)-main"
+systemctl stop {datastore.STUNNEL_REDIS_UNIT}
+systemctl stop redis-server
+systemctl stop rabbitmq-server
+check engines-stopped bash -c "! pgrep -x 'postgres|redis-server|beam.smp'"
+find {conventions.DATA_MOUNT} -mindepth 1 -delete
+rm -rf /etc/postgresql/*/main {conventions.PLATFORM_STATE}/* {conventions.BACKUP_CACHE_DIR} {conventions.BACKUP_SPOOL}
+check volume-empty test -z "$(ls -A {conventions.DATA_MOUNT})"
+
+# A new one: first-boot provisioning on an empty volume, then the pushes' provisioning.
+provision {steps}
+check empty-again test "$({psql} -d {db} -c "SELECT count(*) FROM pg_tables WHERE tablename = 'items'")" = 0
+check restore {conventions.RESTORE_COMMAND} all
+fingerprints | sed 's/^/AFTER /'
+check app-authenticates-rabbitmq rabbitmqctl --quiet authenticate_user {app} {pw['rabbitmq']}
+check status {conventions.BACKUP_COMMAND} status
+""", timeout=400)
+    out = run.output
+    for label in ("init", "backup", "engines-stopped", "volume-empty", "empty-again", "restore",
+                  "app-authenticates-rabbitmq"):
+        assert run.status(label) == 0, f"{label}:\n{out[-8000:]}"
+    assert re.findall(r"^CHECK provision (\d+)$", run.completed.stdout, re.M) == ["0", "0"], out
+    before = re.findall(r"^BEFORE (.*)$", run.completed.stdout, re.M)
+    after = re.findall(r"^AFTER (.*)$", run.completed.stdout, re.M)
+    assert len(before) == 3 and before[0].startswith("pg 5000 "), out
+    assert "orders true" in before[2] and "reports" in before[2], before
+    assert after == before, out
+    # The new droplet has not made a backup yet, but the series it continues is there.
+    assert "last success: never" in run.completed.stdout
+    assert re.search(r"^1 snapshots$", run.completed.stdout, re.M), out
