@@ -15,6 +15,7 @@ role_steps() {
     ensure_initial_upstreams
     ensure_resolver_file
     ensure_temporary_certificate
+    ensure_placeholder_ca
     if files_changed_under /etc/nginx/; then nginx -t -q; fi
     ensure_running nginx /etc/nginx/
     if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
@@ -67,4 +68,16 @@ ensure_temporary_certificate() {
     ln -sfn "$SELF_SIGNED_CERT" {{ c.LB_PUBLIC_CERT_PATH }}
     ln -sfn "$SELF_SIGNED_KEY" {{ c.LB_PUBLIC_KEY_PATH }}
     changed "temporary self-signed certificate for ${DOMAIN}"
+}
+
+# nginx verifies the app servers against the stack's CA, which only the tls push brings.
+# Until then it reads a placeholder whose key is thrown away at once: nothing can pass
+# its check, and before the first upstreams push there is no app server to check anyway.
+ensure_placeholder_ca() {
+    [ -e {{ c.CA_CERT_PATH }} ] && return 0
+    install -d -m 0755 {{ c.TLS_DIR }}
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+        -subj "/CN=placeholder until the tls push" -keyout /dev/null -out {{ c.CA_CERT_PATH }} 2>/dev/null
+    chmod 0644 {{ c.CA_CERT_PATH }}
+    changed "placeholder {{ c.CA_CERT_PATH }} until the tls push"
 }
