@@ -187,6 +187,9 @@ BACKUP_LOG = f"{PLATFORM_LOG_DIR}/backup.log"
 BACKUP_CACHE_DIR = "/var/cache/platform-backup"
 # A backup older than this (hours) counts as missed: one daily run plus slack.
 BACKUP_MAX_AGE_HOURS = 26
+# Every snapshot this recent is kept besides the daily/weekly/monthly ones, so an
+# on-demand backup (before a risky change) outlives a second run on the same day.
+BACKUP_KEEP_WITHIN = "1d"
 # Inside the bucket: restic's repository of the datastore.
 BACKUP_REPOSITORY_PREFIX = "restic/datastore"
 

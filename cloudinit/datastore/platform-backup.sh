@@ -54,6 +54,8 @@ backup() {
         "dump_$engine"
     done
     CURRENT="send"
+    # A run killed midway leaves its lock in the repository; restic removes only stale ones.
+    restic unlock --quiet
     local configs=() path summary snapshot
     for path in "${CONFIG_PATHS[@]}"; do
         if [ -e "$path" ]; then configs+=("$path"); fi
@@ -62,7 +64,7 @@ backup() {
     snapshot=$(printf '%s' "$summary" | sed -n 's/.*"snapshot_id":"\([0-9a-f]*\)".*/\1/p')
     [ -n "$snapshot" ] || { CURRENT="send (no snapshot id in restic's summary)"; false; }
     CURRENT="retention"
-    restic forget --quiet "${SNAPSHOTS[@]}" --group-by host,tags \
+    restic forget --quiet "${SNAPSHOTS[@]}" --group-by host,tags --keep-within {{ c.BACKUP_KEEP_WITHIN }} \
         --keep-daily "$KEEP_DAILY" --keep-weekly "$KEEP_WEEKLY" --keep-monthly "$KEEP_MONTHLY" --prune
     rm -rf "$DUMPS"
     printf '%s %s %s\n' "$(date +%s)" "$(date -u +%FT%TZ)" "$snapshot" > "$STATE_DIR/last-success"

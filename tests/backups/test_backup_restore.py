@@ -89,6 +89,10 @@ fingerprints() {{
 provision postgresql_steps redis_steps backup_steps
 start_s3
 check init {conventions.BACKUP_COMMAND} init
+restic_first_snapshot() {{
+    ( set -a; . {conventions.BACKUP_SECRETS_FILE}; RESTIC_CACHE_DIR={conventions.BACKUP_CACHE_DIR} restic snapshots --json ) \
+        | python3 -c 'import json, sys; print(sorted(json.load(sys.stdin), key=lambda s: s["time"])[0]["short_id"])'
+}}
 # Known data: the app's database (owned by the app's login) and a second database.
 {psql} -d {db} <<'SQL'
 SET ROLE {app};
@@ -117,6 +121,16 @@ check app-owns {psql} -d {db} -c "SELECT 1 FROM pg_tables WHERE tablename = 'ite
 check backup-role-connects runuser -u {conventions.BACKUP_USER} -- psql -X -d {db} -c "SELECT count(*) FROM items"
 # The next run's dump works on the restored data, as the timer would run it.
 check backup-again {conventions.BACKUP_COMMAND} run
+# A chosen snapshot: the first one, after the data has changed and been backed up again.
+first=$(restic_first_snapshot)
+{psql} -d {db} -c "SET ROLE {app}; INSERT INTO items (payload) VALUES ('later')"
+check backup-changed {conventions.BACKUP_COMMAND} run
+check restore-chosen {conventions.RESTORE_COMMAND} postgresql "$first"
+fingerprints | sed 's/^/CHOSEN /'
+# The configuration comes back beside /etc, without the repository's own secrets.
+check restore-config {conventions.RESTORE_COMMAND} config
+check config-restored cmp {conventions.BACKUP_SPOOL}/restored{datastore.POSTGRESQL_HBA} {datastore.POSTGRESQL_HBA}
+check config-without-restic-secrets test ! -e {conventions.BACKUP_SPOOL}/restored{conventions.BACKUP_SECRETS_FILE}
 """, timeout=240)
     out = run.output
     assert run.status("provision") == 0, out
@@ -138,6 +152,13 @@ check backup-again {conventions.BACKUP_COMMAND} run
     assert run.status("app-owns") == 0, out
     assert run.status("backup-role-connects") == 0, out
     assert run.status("backup-again") == 0, out
+    assert run.status("backup-changed") == 0, out
+    assert run.status("restore-chosen") == 0, out
+    chosen = re.findall(r"^CHOSEN (.*)$", run.completed.stdout, re.M)
+    assert chosen[:2] == before[:2], out  # PostgreSQL as in the first snapshot: 'later' is gone
+    assert run.status("restore-config") == 0, out
+    assert run.status("config-restored") == 0, out
+    assert run.status("config-without-restic-secrets") == 0, out
 
 
 def test_rabbitmq_definitions_survive_destroy_and_restore(tmp_path):
@@ -188,8 +209,10 @@ check app-authenticates rabbitmqctl --quiet authenticate_user {app} {pw['rabbitm
 
 
 def expected_kept(times: list[datetime.datetime], daily: int, weekly: int, monthly: int) -> set:
-    """restic's policy: the newest snapshot of each of the last N days, ISO weeks, months."""
-    kept = set()
+    """restic's policy: every snapshot within a day of the newest, and the newest of each
+    of the last N days, ISO weeks, months."""
+    assert conventions.BACKUP_KEEP_WITHIN == "1d"
+    kept = {t for t in times if t >= max(times) - datetime.timedelta(days=1)}
     for count, period in ((daily, lambda t: t.date()), (weekly, lambda t: t.isocalendar()[:2]),
                           (monthly, lambda t: (t.year, t.month))):
         seen = []
