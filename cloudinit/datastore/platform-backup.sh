@@ -39,6 +39,10 @@ backup() {
     flock -n 9 || die "another backup is running"
     install -d -m 0700 "$STATE_DIR"
     trap 'failed $?' ERR
+    # systemd stops a run that hangs (TimeoutStartSec): that is a failure too.
+    trap 'failed 143' TERM INT
+    CURRENT="settings"
+    [ -r "$SECRETS_FILE" ] || { CURRENT="settings ($SECRETS_FILE missing: has the backup push run?)"; false; }
     load_backup_settings
     load_engine_secrets
     cd /
@@ -73,7 +77,7 @@ backup() {
 
 failed() {
     local status=$1
-    trap - ERR
+    trap - ERR TERM INT
     printf '%s %s %s\n' "$(date +%s)" "$(date -u +%FT%TZ)" "$CURRENT failed (exit $status)" > "$STATE_DIR/last-failure"
     rm -rf "$DUMPS"
     log "backup FAILED at: $CURRENT (exit $status)"

@@ -283,6 +283,10 @@ rm {state}/last-failure
 echo "$(( $(date +%s) - 27 * 3600 )) 2000-01-01T00:00:00Z 0123abcd" > {state}/last-success
 check status-missed {conventions.BACKUP_COMMAND} status
 check logged grep -q "backup FAILED at: send" {conventions.BACKUP_LOG}
+# Before the backup push has run, a timer's run fails visibly too.
+rm {conventions.BACKUP_SECRETS_FILE}
+check backup-unconfigured {conventions.BACKUP_COMMAND} run
+check unconfigured-marker grep -q "backup push" {state}/last-failure
 """, timeout=200)
     out = run.output
     stdout = run.completed.stdout
@@ -297,6 +301,8 @@ check logged grep -q "backup FAILED at: send" {conventions.BACKUP_LOG}
     assert run.status("status-missed") == 1, out
     assert "MISSED: no successful backup for 26h" in stdout
     assert run.status("logged") == 0, out
+    assert run.status("backup-unconfigured") == 1, out
+    assert run.status("unconfigured-marker") == 0, out
 
 
 # --- The scripts, rendered -------------------------------------------------------------------
@@ -412,3 +418,22 @@ check status {conventions.BACKUP_COMMAND} status
     # The new droplet has not made a backup yet, but the series it continues is there.
     assert "last success: never" in run.completed.stdout
     assert re.search(r"^1 snapshots$", run.completed.stdout, re.M), out
+
+
+def test_systemd_reads_the_service_and_the_timer(tmp_path):
+    analyze = tool("systemd-analyze", "systemd")
+    settings = mockcloud.stack_settings("staging")
+    service = cloudinit.rendered_files(DS, settings)[datastore.BACKUP_SERVICE]
+    assert f"ExecStart={conventions.BACKUP_COMMAND} run\n" in service
+    # systemd checks that ExecStart exists; the script is not installed on this machine.
+    (tmp_path / f"{conventions.BACKUP_UNIT}.service").write_text(
+        service.replace(conventions.BACKUP_COMMAND, shutil.which("true")))
+    timer = datastore.backup_schedule_files(settings)[f"{conventions.BACKUP_UNIT}.timer"]
+    (tmp_path / f"{conventions.BACKUP_UNIT}.timer").write_text(timer)
+    units = [f"./{conventions.BACKUP_UNIT}.timer", f"./{conventions.BACKUP_UNIT}.service"]
+    result = subprocess.run([analyze, "verify", *units], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    # The check can fail: a broken schedule is refused.
+    (tmp_path / f"{conventions.BACKUP_UNIT}.timer").write_text(timer.replace("OnCalendar=*-*-* ", "OnCalendar=bogus "))
+    broken = subprocess.run([analyze, "verify", *units], cwd=tmp_path, capture_output=True, text=True)
+    assert broken.returncode != 0
