@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -579,12 +580,15 @@ def check(p: Plan) -> dict:
     seen["certificate"] = acme.certificate_check(p.domain, ip)
     lb_ports = (conventions.SSH_PORT, conventions.HTTP_PORT, conventions.HTTPS_PORT,
                 conventions.APP_TLS_PORT, *(e.tls_port for e in conventions.ENGINES.values()))
-    seen["lb_ports_from_internet"] = {port: port_state_from_internet(ip, port) for port in lb_ports}
     (datastore,) = p.with_tag(conventions.DATASTORE)
     store_ports = (conventions.SSH_PORT, *(e.tls_port for e in conventions.ENGINES.values()),
-                   *(e.local_port for e in conventions.ENGINES.values() if getattr(e, "local_port", None)))
-    seen["datastore_ports_from_lb"] = {port: port_state_from(p.lb.name, datastore.vpc_ip, port)
-                                       for port in store_ports}
+                   *(e.local_port for e in conventions.ENGINES.values() if e.local_port))
+    # Probes of filtered ports wait out their timeout: run them side by side.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        lb_states = pool.map(lambda port: port_state_from_internet(ip, port), lb_ports)
+        store_states = pool.map(lambda port: port_state_from(p.lb.name, datastore.vpc_ip, port), store_ports)
+        seen["lb_ports_from_internet"] = dict(zip(lb_ports, lb_states))
+        seen["datastore_ports_from_lb"] = dict(zip(store_ports, store_states))
     for key, value in seen.items():
         print(f"[localcloud] check {key}: {value}", flush=True)
     return seen
