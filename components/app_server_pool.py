@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pulumi
 
-import cloudinit
 from cloudinit import app_server as app_files
 
 from . import conventions, remote
@@ -30,10 +29,6 @@ class AppServerPool(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("node-platform:index:AppServerPool", name, None, opts)
-        # The same first-boot data for every member, whatever the pool's size.
-        user_data = key.public_key_openssh.apply(
-            lambda k: cloudinit.first_boot(conventions.APP_SERVER, settings, k)
-        )
         app_env = pulumi.Output.all(datastore.private_ip, datastore.passwords).apply(
             lambda args: app_files.app_env(args[0], args[1], settings)
         )
@@ -43,7 +38,7 @@ class AppServerPool(pulumi.ComponentResource):
         for number in range(1, settings.app_server_count + 1):
             member = f"{name}-{number}"
             droplet = network.droplet(
-                member, role=conventions.APP_SERVER, size=settings.app_size, user_data=user_data, parent=self
+                member, role=conventions.APP_SERVER, size=settings.app_size, parent=self
             )
             route = remote.SshRoute(host=droplet.ipv4_address_private, key=key, jump_host=jump_host)
             cert = ca.issue(

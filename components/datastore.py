@@ -6,7 +6,6 @@ import pulumi
 import pulumi_digitalocean as do
 import pulumi_random as random
 
-import cloudinit
 from cloudinit import datastore as datastore_files
 
 from . import conventions, remote
@@ -41,9 +40,6 @@ class Datastore(pulumi.ComponentResource):
             name,
             role=conventions.DATASTORE,
             size=settings.datastore_size,
-            user_data=key.public_key_openssh.apply(
-                lambda k: cloudinit.first_boot(conventions.DATASTORE, settings, k)
-            ),
             parent=self,
             protect=settings.protect_data,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pulumi
 import pulumi_digitalocean as do
 
-import cloudinit
 from cloudinit import load_balancer as lb_files
 
 from . import conventions, remote
@@ -30,14 +29,10 @@ class LoadBalancer(pulumi.ComponentResource):
     ):
         super().__init__("node-platform:index:LoadBalancer", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self._key = key
         self.droplet = network.droplet(
             name,
             role=conventions.LOAD_BALANCER,
             size=settings.lb_size,
-            user_data=key.public_key_openssh.apply(
-                lambda k: cloudinit.first_boot(conventions.LOAD_BALANCER, settings, k)
-            ),
             parent=self,
         )
         # The address DNS points at: it outlives a replacement of the droplet.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_digitalocean as do
 
+import cloudinit
+
 from . import conventions, firewalls
 from .remote import AutomationKey
 from .settings import Settings
@@ -20,6 +22,7 @@ class Network(pulumi.ComponentResource):
     ):
         super().__init__("node-platform:index:Network", name, None, opts)
         self._settings = settings
+        self._key = key
         child = pulumi.ResourceOptions(parent=self)
         self.vpc = do.Vpc(
             f"{name}-vpc",
@@ -49,11 +52,12 @@ class Network(pulumi.ComponentResource):
         *,
         role: str,
         size: str,
-        user_data: pulumi.Input[str],
         parent: pulumi.Resource,
         protect: bool = False,
     ) -> do.Droplet:
+        """A droplet of `role`, booting the role's cloud-config (the same for every member)."""
         settings = self._settings
+        user_data = self._key.public_key_openssh.apply(lambda key: cloudinit.first_boot(role, settings, key))
         return do.Droplet(
             name,
             name=f"{settings.stack}-{name}",
