@@ -11,6 +11,7 @@ scripts, which run as their own processes, use it as they would use systemd.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -38,6 +39,8 @@ systemctl() {{
     shift
     [ "${{1:-}}" = --quiet ] && shift
     local unit=${{1:-}}
+    echo "$verb $unit" >> "$T/systemctl.log"
+    case "$unit" in *.timer) return 0 ;; esac  # timers: recorded only
     case "$verb" in
         is-enabled|enable|daemon-reload) return 0 ;;
         is-active) unit_active "$unit" ;;
@@ -48,6 +51,9 @@ systemctl() {{
     esac
 }}
 export -f systemctl unit_active unit_start unit_stop wait_for_port
+# platform-push runs `systemctl` as a program: this one calls the function above.
+printf '#!/bin/bash\nsystemctl "$@"\n' > /usr/local/sbin/systemctl
+chmod 0755 /usr/local/sbin/systemctl
 start_s3() {{
     "{moto}" -H 127.0.0.1 -p {port} >>"$T/moto.log" 2>&1 &
     wait_for_port 127.0.0.1 {port}
@@ -61,6 +67,16 @@ def moto_server() -> str:
     return found
 
 
+def backup_payload(settings, restic_password: str, repository_url: str) -> dict[str, str]:
+    """The `backup` push's files, as components/backups.py sends them (the S3 server's key)."""
+    return {
+        "backup.env": datastore.backup_env(
+            repository=repository_url, password=restic_password, access_key=S3_KEY_ID, secret_key=S3_SECRET
+        ),
+        **datastore.backup_schedule_files(settings),
+    }
+
+
 def repository(port: int = S3_PORT) -> str:
     return f"s3:http://127.0.0.1:{port}/{BUCKET}/{conventions.BACKUP_REPOSITORY_PREFIX}"
 
@@ -68,21 +84,20 @@ def repository(port: int = S3_PORT) -> str:
 class BackupSandbox(datastore_sandbox.Sandbox):
     """A datastore sandbox whose backup push has run, pointing restic at `repository`."""
 
-    def __init__(self, tmp: Path, settings, passwords, restic_password: str, repository_url: str):
+    def __init__(self, tmp: Path, settings, passwords, restic_password: str, repository_url: str,
+                 pushed: bool = True):
         super().__init__(tmp, settings, passwords)
+        self.payload = backup_payload(settings, restic_password, repository_url)
         # Programs are executables on a droplet (cloud-init writes them with their mode).
         for program in cloudinit.programs(conventions.DATASTORE):
             (tmp / "root" / program.path.lstrip("/")).chmod(int(program.mode, 8))
-        files = {
-            conventions.BACKUP_SECRETS_FILE: datastore.backup_env(
-                repository=repository_url, password=restic_password, access_key=S3_KEY_ID, secret_key=S3_SECRET
-            ),
-        }
-        schedule = datastore.backup_schedule_files(settings)
-        files[conventions.BACKUP_RETENTION_FILE] = schedule["backup.conf"]
-        files[datastore.BACKUP_TIMER] = schedule[f"{conventions.BACKUP_UNIT}.timer"]
-        for path, text in files.items():
-            self._write(tmp / "root" / path.lstrip("/"), text)
+        # The push table platform-push reads (cloud-init writes it at first boot).
+        self._write(tmp / "root" / cloudinit.PUSH_TABLE.lstrip("/"), cloudinit.push_table(conventions.DATASTORE, settings))
+        if not pushed:
+            return
+        targets = json.loads(cloudinit.push_table(conventions.DATASTORE, settings))["backup"]["files"]
+        for name, text in self.payload.items():
+            self._write(tmp / "root" / targets[name]["path"].lstrip("/"), text)
         (tmp / "root" / conventions.BACKUP_SECRETS_FILE.lstrip("/")).chmod(0o600)
 
     def run(self, script: str, timeout: float = 150):

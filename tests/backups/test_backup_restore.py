@@ -24,7 +24,7 @@ import mockcloud
 from cloudinit import datastore
 from components import conventions
 
-from backup_sandbox import BackupSandbox, repository
+from backup_sandbox import BackupSandbox, backup_payload, repository
 
 DS = conventions.DATASTORE
 
@@ -46,7 +46,7 @@ def passwords_for(settings):
 # One provisioning run of the given steps, as role_steps runs them.
 PROVISION = """
 provision() {
-    ( set -Eeu; trap 'echo "FAILED: $BASH_COMMAND" >&2' ERR; CHANGES=0; note_certificate_change; load_secrets; for s in "$@"; do "$s"; done )
+    ( set -Eeu; trap 'echo "FAILED: $BASH_COMMAND" >&2' ERR; CHANGES=0; note_certificate_change; load_secrets; for s in "$@"; do "$s"; done; echo "CHANGES $CHANGES" )
     echo "CHECK provision $?"
 }
 """
@@ -437,3 +437,46 @@ def test_systemd_reads_the_service_and_the_timer(tmp_path):
     (tmp_path / f"{conventions.BACKUP_UNIT}.timer").write_text(timer.replace("OnCalendar=*-*-* ", "OnCalendar=bogus "))
     broken = subprocess.run([analyze, "verify", *units], cwd=tmp_path, capture_output=True, text=True)
     assert broken.returncode != 0
+
+
+def test_the_backup_push_installs_checks_and_refuses_a_repository_it_cannot_reach(tmp_path):
+    """platform-push backup, as the program runs it: files root-only, the repository
+    created by the check, the timer enabled; a wrong repository leaves nothing behind."""
+    tool("restic", "restic")
+    settings = mockcloud.stack_settings("staging", engines=[])
+    restic_password = password()
+    box = BackupSandbox(tmp_path, settings, {}, restic_password=restic_password,
+                        repository_url=repository(), pushed=False)
+    good = json.dumps(box.payload)
+    bad = json.dumps(backup_payload(settings, restic_password, repository(port=9)))
+    (tmp_path / "good.json").write_text(good)
+    (tmp_path / "bad.json").write_text(bad)
+    timer = f"{conventions.BACKUP_UNIT}.timer"
+    run = box.run(PROVISION + f"""
+provision backup_steps
+provision backup_steps
+start_s3
+touch {conventions.PROVISIONED_MARKER}
+check push-unreachable {conventions.PUSH_COMMAND} backup < "$T/bad.json"
+check nothing-left bash -c "! ls {conventions.BACKUP_SECRETS_FILE} {conventions.BACKUP_RETENTION_FILE} {datastore.BACKUP_TIMER}"
+check push {conventions.PUSH_COMMAND} backup < "$T/good.json"
+check secrets-root-only test "$(stat -c '%a %U:%G' {conventions.BACKUP_SECRETS_FILE})" = "600 root:root"
+check timer-installed test -s {datastore.BACKUP_TIMER}
+check repository bash -c "set -a; . {conventions.BACKUP_SECRETS_FILE}; RESTIC_CACHE_DIR=$T/cache restic cat config"
+check push-again {conventions.PUSH_COMMAND} backup < "$T/good.json"
+cat "$T/systemctl.log"
+""", timeout=200)
+    out = run.output
+    # Idempotent: the second provisioning run changes nothing.
+    changes = re.findall(r"^CHANGES (\d+)$", run.completed.stdout, re.M)
+    assert len(changes) == 2 and int(changes[0]) > 0 and changes[1] == "0", out
+    assert run.status("push-unreachable") != 0, out
+    assert "check failed; previous files restored" in out
+    assert run.status("nothing-left") == 0, out
+    assert run.status("push") == 0, out
+    assert run.status("secrets-root-only") == 0, out
+    assert run.status("timer-installed") == 0, out
+    assert run.status("repository") == 0, out
+    assert run.status("push-again") == 0 and "platform-push backup: no change" in out, out
+    log = run.completed.stdout
+    assert f"enable {timer}\n" in log and f"restart {timer}\n" in log
