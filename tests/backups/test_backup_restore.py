@@ -392,7 +392,9 @@ systemctl stop "postgresql@$(postgresql_version)-main"
 systemctl stop {datastore.STUNNEL_REDIS_UNIT}
 systemctl stop redis-server
 systemctl stop rabbitmq-server
-check engines-stopped bash -c "! pgrep -x 'postgres|redis-server|beam.smp'"
+# The Erlang VM may take a moment to exit after the broker has stopped.
+for _ in $(seq 60); do pgrep -x 'postgres|redis-server|beam.smp' >/dev/null || break; sleep 0.5; done
+check engines-stopped bash -c "! pgrep -a -x 'postgres|redis-server|beam.smp'"
 find {conventions.DATA_MOUNT} -mindepth 1 -delete
 rm -rf /etc/postgresql/*/main {conventions.PLATFORM_STATE}/* {conventions.BACKUP_CACHE_DIR} {conventions.BACKUP_SPOOL}
 check volume-empty test -z "$(ls -A {conventions.DATA_MOUNT})"
