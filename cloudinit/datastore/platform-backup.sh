@@ -64,7 +64,8 @@ backup() {
     for path in "${CONFIG_PATHS[@]}"; do
         if [ -e "$path" ]; then configs+=("$path"); fi
     done
-    summary=$(restic backup --json --quiet "${SNAPSHOTS[@]}" "${CONFIG_EXCLUDES[@]}" "$DUMPS" "${configs[@]}" | tail -n 1)
+    summary=$(restic backup --json --quiet "${SNAPSHOTS[@]}" "${CONFIG_EXCLUDES[@]}" "$DUMPS" "${configs[@]}" \
+        | grep '"message_type":"summary"')
     snapshot=$(printf '%s' "$summary" | sed -n 's/.*"snapshot_id":"\([0-9a-f]*\)".*/\1/p')
     [ -n "$snapshot" ] || { CURRENT="send (no snapshot id in restic's summary)"; false; }
     CURRENT="retention"
