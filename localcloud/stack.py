@@ -12,6 +12,7 @@ pushes, over real SSH through the LB as jump host) are the plan's own resources.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
@@ -19,6 +20,7 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -463,10 +465,29 @@ class UpResult:
     seconds: float
 
 
+@contextmanager
+def exclusive(stack: str):
+    """One up or down of a stack at a time (tests and people share this machine)."""
+    path = state_file(stack).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[localcloud] stack {stack} is busy (another up or down); waiting", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def up(p: Plan | None = None, timeout: float = 2400) -> UpResult:
     """Boot the stack: network, ACME server, droplets, volume, firewalls, then the pushes."""
-    start = time.monotonic()
     p = p or plan()
+    with exclusive(p.stack):
+        return _up(p, timeout)
+
+
+def _up(p: Plan, timeout: float) -> UpResult:
+    start = time.monotonic()
     print_overrides(p)
     acme.ensure_tls_ca()     # before the image is built: droplets trust the ACME server
     previous = deployed(p.stack) if load_record(p.stack) else None
@@ -511,6 +532,11 @@ def wait_for_certificate(p: Plan, timeout: float = 300) -> dict:
 
 def down(p: Plan) -> None:
     """Remove this stack's droplets, volumes and firewall rules; others stay."""
+    with exclusive(p.stack):
+        _down(p)
+
+
+def _down(p: Plan) -> None:
     for d in p.droplets:
         if d.name in state.load()["droplets"]:
             cloud.destroy(d.name)

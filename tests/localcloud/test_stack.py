@@ -87,6 +87,15 @@ def test_the_staging_plan_has_the_programs_addresses_and_resources():
     assert firewall.attached(p.firewalls[0], topo)  # every firewall reaches a droplet by tag
 
 
+def test_a_droplet_takes_the_addresses_its_plan_gave_it():
+    from localcloud import network
+    net = network.DropletNet("lb", 5, "10.110.16.0/24", "198.51.100.3", "10.110.16.1", ("198.51.100.2",))
+    assert (net.public_ip, net.vpc_ip, net.public_port) == ("198.51.100.3", "10.110.16.1", "pub5")
+    assert net.addresses == ["198.51.100.3", "198.51.100.2", "10.110.16.1"]
+    by_slot = network.DropletNet("lb", 5, "10.110.16.0/24")
+    assert (by_slot.public_ip, by_slot.vpc_ip) == (str(config.PUBLIC_NET[15]), "10.110.16.7")
+
+
 def _staging_deployment():
     import mockcloud
     overrides = stack.local_overrides(mockcloud.stack_file_config("staging"))
