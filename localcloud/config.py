@@ -13,6 +13,10 @@ HOST_PACKAGES: tuple[str, ...] = (
     "nftables",           # the cloud firewall, in the switch namespace
     "e2fsprogs",          # mkfs.ext4 for volumes
     "util-linux",         # losetup, nsenter, mount
+    "pebble",             # the local ACME server (and pebble-challtestsrv for its DNS)
+    "openssl",            # the ACME server's TLS certificate
+    "curl",               # the stack's checks from the internet client
+    "openssh-client",     # the plan's remote commands, through the LB as jump host
 )
 
 STATE_ROOT = Path("/var/lib/localcloud")
