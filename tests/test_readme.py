@@ -38,7 +38,10 @@ def test_the_table_has_a_row_per_setting_with_type_default_and_meaning():
         assert key == f"`{setting.key}`" and kind and default and meaning == setting.meaning
 
 
-def test_readme_names_the_test_command_and_renders_a_diagram():
+def test_readme_names_the_commands_that_ci_and_a_user_run_and_renders_a_diagram():
     text = README.read_text()
-    assert "```sh\nbash .ci/run\n```" in text
+    assert "```sh\nbash scripts/test.sh\n```" in text
+    assert "exec bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+    assert "```sh\nbash scripts/local-cloud.sh\n```" in text
+    assert (ROOT / "scripts" / "local-cloud.sh").exists()
     assert "```mermaid\nflowchart" in text
