@@ -35,3 +35,113 @@ def production_deployment() -> mockcloud.Deployment:
 def deployment(request, staging_deployment, production_deployment) -> mockcloud.Deployment:
     """Each stack's deployment in turn."""
     return {"staging": staging_deployment, "production": production_deployment}[request.param]
+
+
+# --- the staging stack on the local cloud, booted once per session ------------------
+
+LOCAL_STACK = "staging"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests on the shared local stack run last: the local cloud's low-layer tests remove
+    every droplet (global teardown) and must be done before the stack comes up."""
+    items.sort(key=lambda item: "local_stack" in getattr(item, "fixturenames", ()))
+
+
+class LocalStack:
+    """The booted stack: its plan, the last `up`, and ways to reach its droplets."""
+
+    def __init__(self, plan, result):
+        self.plan, self.result = plan, result
+
+    @property
+    def domain(self) -> str:
+        return self.plan.domain
+
+    @property
+    def address(self) -> str:
+        return self.plan.lb.reserved_ips[0]
+
+    def name(self, key: str) -> str:
+        return self.plan.droplet(key).name
+
+    def app_servers(self) -> list[str]:
+        from components import conventions
+        return sorted(d.name for d in self.plan.with_tag(conventions.APP_SERVER))
+
+    @property
+    def datastore(self):
+        from components import conventions
+        (store,) = self.plan.with_tag(conventions.DATASTORE)
+        return store
+
+    def run(self, key: str, argv: list[str], timeout: float = 120, check: bool = False, input=None):
+        """A command as root on a droplet (key or name)."""
+        from localcloud import droplet
+        return droplet.exec(self.name(key), argv, check=check, timeout=timeout, input=input)
+
+    def internet(self, argv: list[str], timeout: float = 120):
+        """A command from the internet client."""
+        from localcloud import cloud, shell
+        return shell.run(cloud.internet_client(argv), check=False, timeout=timeout)
+
+    def curl_argv(self, path: str, *extra: str) -> list[str]:
+        """curl to the domain through the LB, verifying against the ACME server's root."""
+        from localcloud import acme
+        root = acme.ACME_DIR / "root.pem"
+        root.write_text(acme.root_pem())
+        return ["curl", "--silent", "--show-error", "--max-time", "15", "--cacert", str(root),
+                "--resolve", f"{self.domain}:443:{self.address}", *extra, f"https://{self.domain}{path}"]
+
+    def https(self, path: str, *extra: str):
+        return self.internet(self.curl_argv(path, *extra))
+
+    def boot_ids(self) -> dict[str, tuple[str, int]]:
+        """Each running droplet's kernel-independent identity: systemd's boot id and nspawn's init PID."""
+        from localcloud import droplet
+        return {d.name: (self.run(d.name, ["cat", "/proc/sys/kernel/random/boot_id"]).stdout.strip(),
+                         droplet.container_init_pid(d.name))
+                for d in self.plan.droplets if droplet.is_running(d.name)}
+
+    def wait_healthy(self, timeout: float = 180) -> dict:
+        """Until /healthz through the LB is 200 with every enabled engine ok."""
+        import json
+        import time
+        deadline, last = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            proc = self.https("/healthz", "-w", "\n%{http_code}")
+            body, _, code = proc.stdout.rpartition("\n")
+            last = (code, body)
+            if code == "200":
+                return json.loads(body)
+            time.sleep(2)
+        raise AssertionError(f"not healthy within {timeout}s: {last}")
+
+    def up(self, plan):
+        """Apply a (changed) plan, as `pulumi up` does; the handle follows it."""
+        from localcloud import stack
+        result = stack.up(plan)
+        assert stack.healthy(result), "up did not finish cleanly (see the [localcloud] lines)"
+        self.plan, self.result = plan, result
+        return result
+
+
+@pytest.fixture(scope="session")
+def local_stack():
+    """The staging stack booted ONCE per session from the program's plan (droplets already
+    up with the same user_data are reused by `up`); removed at the end unless it was
+    already up when the session started (then it is left as found)."""
+    import os
+    from localcloud import droplet, stack
+    if os.geteuid() != 0:
+        pytest.fail("the local stack needs root (and the Debian packages in localcloud.config.HOST_PACKAGES)")
+    record = stack.load_record(LOCAL_STACK)
+    was_up = record is not None and all(droplet.is_running(d.name) for d in stack.deployed(LOCAL_STACK).droplets)
+    handle = LocalStack(None, None)
+    plan = stack.plan(LOCAL_STACK)
+    try:
+        handle.up(plan)
+        yield handle
+    finally:
+        if not was_up:
+            stack.down(stack.deployed(LOCAL_STACK) if stack.load_record(LOCAL_STACK) else plan)

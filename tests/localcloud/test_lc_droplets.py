@@ -53,6 +53,10 @@ def get_from_internet(url: str) -> str:
 
 @pytest.fixture(scope="module")
 def pair(needs_root):
+    others = [n for n in state.load()["droplets"] if not n.startswith("lc-test-") and droplet.is_running(n)]
+    if others:   # the teardown below removes every droplet: never someone else's
+        pytest.fail(f"droplets of others are running ({', '.join(sorted(others))}): these tests tear down "
+                    "the whole local cloud; run them first (the suite orders them so) or on an idle machine")
     teardown.teardown()          # a previous run may have been killed half way
     t0 = time.monotonic()
     specs = [cloud.DropletSpec("lc-test-a", USER_DATA.format(name="a"), tags=("client",)),

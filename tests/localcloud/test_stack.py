@@ -1,7 +1,7 @@
 """The staging stack on the local cloud, booted from the program's own plan.
 
 Unit tests first (the plan's translation: firewalls, volumes, command order, SSH argv);
-then, marked `localcloud` (root, several minutes), the real stack: up, checks, down.
+then, marked `localcloud` (root), the session's shared stack (`local_stack` in tests/conftest.py).
 """
 
 import os
@@ -107,19 +107,14 @@ def _staging_deployment():
 # --- the real stack (root; boots four droplets) ------------------------------
 
 @pytest.fixture(scope="module")
-def up(needs_root):
-    if stack.load_record("staging"):
-        stack.down(stack.deployed("staging"))   # every droplet boots afresh
-    p = stack.plan("staging")
-    try:
-        yield stack.up(p)
-    finally:
-        stack.down(p)
+def up(local_stack):
+    """The `up` of the session's shared stack (tests/conftest.py: booted once, reused)."""
+    return local_stack.result
 
 
 @pytest.fixture(scope="module")
-def seen(up):
-    return stack.check(up.plan)
+def seen(local_stack):
+    return stack.check(local_stack.plan)
 
 
 @pytest.mark.localcloud
