@@ -482,3 +482,29 @@ cat "$T/systemctl.log"
     assert run.status("push-again") == 0 and "platform-push backup: no change" in out, out
     log = run.completed.stdout
     assert f"enable {timer}\n" in log and f"restart {timer}\n" in log
+
+
+def test_a_database_the_backup_role_cannot_open_fails_the_run_after_the_rest_is_sent(tmp_path):
+    tool("restic", "restic")
+    tool("psql", "postgresql-client")
+    settings = mockcloud.stack_settings("staging", engines=["postgresql"])
+    box = BackupSandbox(tmp_path, settings, passwords_for(settings), restic_password=password(),
+                        repository_url=repository())
+    psql = "runuser -u postgres -- psql -X -A -t -v ON_ERROR_STOP=1"
+    run = box.run(PROVISION + f"""
+provision postgresql_steps backup_steps
+start_s3
+{conventions.BACKUP_COMMAND} init >/dev/null
+{psql} -c "CREATE DATABASE hidden" -c "REVOKE CONNECT ON DATABASE hidden FROM PUBLIC"
+check backup {conventions.BACKUP_COMMAND} run
+cat {conventions.BACKUP_STATE_DIR}/last-failure
+check no-success test ! -e {conventions.BACKUP_STATE_DIR}/last-success
+check status {conventions.BACKUP_COMMAND} status
+check app-restorable {conventions.RESTORE_COMMAND} postgresql
+""", timeout=200)
+    out = run.output
+    assert run.status("backup") == 1, out
+    assert re.search(r"PostgreSQL databases not in snapshot [0-9a-f]+ .*: hidden failed", run.completed.stdout), out
+    assert run.status("no-success") == 0, out
+    assert run.status("status") == 1 and "FAILING" in run.completed.stdout, out
+    assert run.status("app-restorable") == 0, out  # the databases it could read were sent
