@@ -10,6 +10,17 @@ from dataclasses import asdict
 from . import cloud, image, teardown
 
 
+def changes(pairs: list[str]) -> dict:
+    import yaml
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="localcloud")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -17,7 +28,11 @@ def main() -> int:
                        ("check", "prove the basic path from the internet client"),
                        ("status", "the stack's droplets and their cloud-init status"),
                        ("down", "remove the stack's droplets, volumes and firewalls")):
-        sub.add_parser(name, help=text).add_argument("--stack", default="staging")
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--stack", default="staging")
+        if name == "up":
+            cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="changes",
+                             help="a setting for this run, as `pulumi config set` (YAML value), e.g. appServerCount=3")
     sh = sub.add_parser("shell", help="a root shell on one of the stack's droplets")
     sh.add_argument("name", help="lb, app-1, datastore, ... or the droplet's full name")
     sh.add_argument("--stack", default="staging")
@@ -30,7 +45,7 @@ def main() -> int:
 
     if args.cmd in ("up", "check", "status", "shell", "down"):
         from . import stack
-        plan = stack.plan(args.stack) if args.cmd == "up" else stack.deployed(args.stack)
+        plan = stack.plan(args.stack, changes(args.changes)) if args.cmd == "up" else stack.deployed(args.stack)
         if args.cmd == "up":
             result = stack.up(plan)
             return 0 if stack.healthy(result) else 1

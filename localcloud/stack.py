@@ -185,13 +185,19 @@ def previous_deployment(record: dict | None):
     return SimpleNamespace(mocks=mocks)
 
 
-def plan(stack: str = "staging") -> Plan:
+def plan(stack: str = "staging", changes: dict | None = None) -> Plan:
     """Run the program under the mock engine from the state of the last `up`, as
     `pulumi up` starts from the stack's state: unchanged resources keep their keys,
-    passwords and addresses, so their droplets are reused. Saved only by `up`."""
+    passwords and addresses, so their droplets are reused. Saved only by `up`.
+
+    `changes` are settings set for this run, as `pulumi config set` would
+    (e.g. {"appServerCount": 3}); they cannot change a local override."""
     import mockcloud   # the program and the SDK load only when a plan is wanted
     overrides = local_overrides(mockcloud.stack_file_config(stack))
-    settings = mockcloud.stack_settings(stack, **overrides)
+    clash = set(changes or {}) & set(overrides)
+    if clash:
+        raise ValueError(f"{sorted(clash)}: set for this machine by LOCAL_OVERRIDES; see stack.LOCAL_OVERRIDES_WHY")
+    settings = mockcloud.stack_settings(stack, **(changes or {}), **overrides)
     deployment = mockcloud.deploy(settings, previous=previous_deployment(load_record(stack)))
     p = plan_from(deployment.resources, deployment.mocks.options, stack, settings, overrides)
     p.record = deployment_record(deployment.mocks, settings, overrides)
@@ -491,10 +497,11 @@ def _up(p: Plan, timeout: float) -> UpResult:
     print_overrides(p)
     acme.ensure_tls_ca()     # before the image is built: droplets trust the ACME server
     previous = deployed(p.stack) if load_record(p.stack) else None
-    if previous:   # droplets the program no longer has go, as `pulumi up` deletes them
-        for gone in {d.name for d in previous.droplets} - {d.name for d in p.droplets}:
-            if gone in state.load()["droplets"]:
-                cloud.destroy(gone)
+    # Droplets the program no longer has go last, as `pulumi up` deletes them: after the
+    # pushes that stop depending on them (the LB's upstream list), so no request is sent
+    # to a droplet already gone. Until then their firewalls stay as they were.
+    leaving = [d for d in (previous.droplets if previous else [])
+               if d.name not in {k.name for k in p.droplets} and d.name in state.load()["droplets"]]
     cloud.up(specs(p), vpc_cidr=p.vpc_cidr, wait=False)
     if p.record:
         save_record(p.stack, p.record)
@@ -504,19 +511,37 @@ def _up(p: Plan, timeout: float) -> UpResult:
             volume.create(v.name, v.size_mb, v.filesystem, v.label)
             volume.attach(v.droplet, v.name)
     with shell.Step("cloud firewalls"):
-        firewall.apply(p.firewalls, p.topology())
+        firewall.apply(p.firewalls, with_leaving(p.topology(), previous, leaving))
     with shell.Step("cloud-init on every droplet"):
         statuses = wait_for_cloud_init(p, timeout)
     reports = [droplet_report(d.name) for d in p.droplets]
     print_report(reports)
     with shell.Step("remote commands over SSH"):
         pushes = run_commands(p)
+    if leaving:
+        with shell.Step("droplets the program no longer has"):
+            for d in leaving:
+                cloud.destroy(d.name)
+            firewall.apply(p.firewalls, p.topology())
     if all(r.provisioned for r in reports) and all(r.ok for r in pushes):
         with shell.Step("the LB's certificate from the ACME server"):
             wait_for_certificate(p)
     took = time.monotonic() - start
     print(f"[localcloud] up: {took:.0f}s", flush=True)
     return UpResult(p, statuses, reports, pushes, took)
+
+
+def with_leaving(topo: firewall.Topology, previous: Plan | None, leaving: list[PlannedDroplet]) -> firewall.Topology:
+    """The plan's topology plus the droplets about to be removed (their old addresses and tags)."""
+    if not leaving:
+        return topo
+    old = previous.topology()
+    addresses = {**topo.addresses, **{d.name: old.addresses[d.name] for d in leaving}}
+    tags = {tag: list(names) for tag, names in topo.tags.items()}
+    for d in leaving:
+        for tag in d.tags:
+            tags.setdefault(tag, []).append(d.name)
+    return firewall.Topology(addresses, tags)
 
 
 def wait_for_certificate(p: Plan, timeout: float = 300) -> dict:

@@ -196,3 +196,20 @@ def test_keys_never_outlive_the_ssh_run(tmp_path, monkeypatch):
     stack.run_ssh(stack.Login("ops", "192.0.2.9", "K"), "true", jump=stack.Login("ops", "192.0.2.8", "J"))
     assert [mode for _, mode in made] == [0o600, 0o600]
     assert not any(os.path.exists(path) for path, _ in made)
+
+
+def test_a_leaving_droplet_keeps_its_firewall_place_until_it_is_removed():
+    def planned(name, tags, vpc_ip):
+        return stack.PlannedDroplet(name, name, name, "", tags, "198.51.100.9", vpc_ip)
+    lb, app1, app3 = (planned("lb", ("s-lb",), "10.0.0.1"), planned("app-1", ("s-app",), "10.0.0.2"),
+                      planned("app-3", ("s-app",), "10.0.0.4"))
+    before = stack.Plan("s", "d", {}, "10.0.0.0/24", [lb, app1, app3], [], [], [])
+    after = stack.Plan("s", "d", {}, "10.0.0.0/24", [lb, app1], [], [], [])
+    topo = stack.with_leaving(after.topology(), before, [app3])
+    assert topo.tags["s-app"] == ["app-1", "app-3"] and topo.addresses["app-3"] == before.topology().addresses["app-3"]
+    assert stack.with_leaving(after.topology(), before, []) == after.topology()
+
+
+def test_a_run_cannot_change_a_setting_the_local_overrides_hold():
+    with pytest.raises(ValueError, match="LOCAL_OVERRIDES"):
+        stack.plan("staging", {"image": "ubuntu-24-04-x64"})
