@@ -18,8 +18,10 @@ from .targets import Server, Stack
 REMOTE_SCRIPT = Path(__file__).with_name("remote.sh")
 # What the release leaves out of the app directory: built fresh, or not needed to run.
 BUILD_EXCLUDES = ("node_modules", "test", ".git", ".env")
-# Group `app` reads releases (setgid directory); nobody else does.
-RELEASE_MODES = "D2750,Fg+r,Fo-rwx"
+# releases/ (2750 deploy:app) is the gate: only group `app` gets past it. Inside, a release
+# is readable by all, as the app user is "other" there: deploy, not in group `app`, cannot
+# give files to that group (a chmod by it even clears the directory's setgid bit).
+RELEASE_MODES = "Du=rwx,Dgo=rx,Fu+rw,Fgo+rX,Fgo-w"
 
 
 @dataclass(frozen=True)

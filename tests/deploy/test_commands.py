@@ -70,8 +70,9 @@ def test_upload_goes_to_a_partial_directory_hard_linking_against_current():
     argv = commands.upload(STACK, SERVER, "/tmp/build/R1", "R1")
     assert argv[0] == "rsync" and argv[-2:] == ["/tmp/build/R1/", f"10.110.16.3:{conventions.RELEASES_DIR}/R1.partial/"]
     assert f"--link-dest={conventions.CURRENT_RELEASE_LINK}/" in argv
-    assert "--delete" in argv and "--chmod=D2750,Fg+r,Fo-rwx" in argv
-    # Owner and group are not sent: files take the releases directory's group (app).
+    assert "--delete" in argv and "--chmod=Du=rwx,Dgo=rx,Fu+rw,Fgo+rX,Fgo-w" in argv
+    # Owner and group are not sent (deploy could not set them): the app user reads a
+    # release as "other", past the releases directory that only its group may enter.
     assert not {"-a", "--archive", "--owner", "--group"} & set(argv)
     remote_shell = shlex.split(argv[argv.index("-e") + 1])
     assert remote_shell[:1] == ["ssh"] and remote_shell[-2:] == ["-l", conventions.DEPLOY_USER]
@@ -168,3 +169,22 @@ def test_build_refuses_a_directory_without_a_lockfile(tmp_path):
     (tmp_path / "package.json").write_text("{}")
     with pytest.raises(ValueError, match="package-lock.json"):
         release.build(str(tmp_path), str(tmp_path / "work"), Executor())
+
+
+def test_uploaded_files_are_readable_and_never_writable_by_others(tmp_path):
+    """rsync with the upload's modes, locally: what lands is what the app user can read."""
+    require_tool("rsync", "rsync")
+    src = tmp_path / "src"
+    (src / "node_modules" / ".bin").mkdir(parents=True)
+    (src / "server.js").write_text("x")
+    (src / "server.js").chmod(0o600)
+    (src / "node_modules" / ".bin" / "tool").write_text("#!/bin/sh\n")
+    (src / "node_modules" / ".bin" / "tool").chmod(0o700)
+    (src / "node_modules").chmod(0o700)
+    argv = commands.upload(STACK, SERVER, str(src), "R1")
+    local = [a for a in argv[: argv.index("-e")]] + [f"{src}/", f"{tmp_path / 'dest'}/"]
+    subprocess.run(local, check=True)
+    mode = lambda p: oct((tmp_path / "dest" / p).stat().st_mode & 0o7777)  # noqa: E731
+    assert mode("server.js") == "0o644"
+    assert mode("node_modules") == "0o755"
+    assert mode("node_modules/.bin/tool") == "0o755"
