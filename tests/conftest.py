@@ -87,11 +87,20 @@ class LocalStack:
 
     def curl_argv(self, path: str, *extra: str) -> list[str]:
         """curl to the domain through the LB, verifying against the ACME server's root."""
+        return ["curl", "--silent", "--show-error", "--max-time", "15", "--cacert", self.cafile(),
+                "--resolve", f"{self.domain}:443:{self.address}", *extra, f"https://{self.domain}{path}"]
+
+    def cafile(self) -> str:
+        """The ACME server's root, as the internet client's browsers would trust Let's Encrypt's."""
         from localcloud import acme
         root = acme.ACME_DIR / "root.pem"
         root.write_text(acme.root_pem())
-        return ["curl", "--silent", "--show-error", "--max-time", "15", "--cacert", str(root),
-                "--resolve", f"{self.domain}:443:{self.address}", *extra, f"https://{self.domain}{path}"]
+        return str(root)
+
+    def stream(self, path: str, rate: float = 20, seconds: float = 20):
+        """Start a steady stream of GETs through the LB (localcloud.traffic); .result() it."""
+        from localcloud import traffic
+        return traffic.start(self.domain, self.address, self.cafile(), path, rate, seconds)
 
     def https(self, path: str, *extra: str):
         return self.internet(self.curl_argv(path, *extra))

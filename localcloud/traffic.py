@@ -1,0 +1,67 @@
+"""Steady request streams from the internet client: each request a new HTTPS connection
+to the LB's address, the certificate verified for the domain; counts by outcome.
+
+    proc = traffic.start(domain, address, cafile, "/api/hello", rate=20, seconds=20)
+    ... change the stack ...
+    counts = traffic.result(proc)     # {"requests": 400, "failed": 0, "by_status": {...}, "hosts": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from . import cloud
+
+# Runs in the internet client's namespace with the host's python3; stdout: one JSON line.
+STREAM = r'''
+import collections, http.client, json, socket, ssl, sys, time
+domain, address, cafile, path, rate, seconds = sys.argv[1:7]
+rate, seconds = float(rate), float(seconds)
+ctx = ssl.create_default_context(cafile=cafile)
+
+class Conn(http.client.HTTPSConnection):
+    def connect(self):
+        self.sock = ctx.wrap_socket(socket.create_connection((address, 443), timeout=10),
+                                    server_hostname=domain)
+
+statuses, hosts, errors = collections.Counter(), collections.Counter(), collections.Counter()
+start = time.monotonic()
+n = 0
+while n < rate * seconds:
+    due = start + n / rate
+    time.sleep(max(0, due - time.monotonic()))
+    n += 1
+    try:
+        c = Conn(domain, 443, timeout=10)
+        c.request("GET", path, headers={"Connection": "close"})
+        r = c.getresponse()
+        body = r.read()
+        statuses[r.status] += 1
+        try:
+            hosts[json.loads(body).get("host", "?")] += 1
+        except ValueError:
+            hosts["?"] += 1
+        c.close()
+    except Exception as e:
+        errors[type(e).__name__ + ": " + str(e)[:80]] += 1
+failed = sum(v for k, v in statuses.items() if k >= 400) + sum(errors.values())
+print(json.dumps({"requests": n, "failed": failed, "by_status": statuses, "errors": errors,
+                  "hosts": hosts, "seconds": round(time.monotonic() - start, 1)}))
+'''
+
+
+def argv(domain: str, address: str, cafile: str, path: str, rate: float, seconds: float) -> list[str]:
+    return ["python3", "-c", STREAM, domain, address, cafile, path, str(rate), str(seconds)]
+
+
+def start(domain: str, address: str, cafile: str, path: str, rate: float = 20, seconds: float = 20):
+    return subprocess.Popen(cloud.internet_client(argv(domain, address, cafile, path, rate, seconds)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def result(proc, timeout: float = 300) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"request stream failed (exit {proc.returncode}): {err[-800:]}")
+    return json.loads(out.strip().splitlines()[-1])

@@ -1,0 +1,213 @@
+"""The booted staging stack at work and under change (the session's `local_stack`).
+
+Engines over TLS and data that survives restarts; plaintext refused; the app servers'
+view of the datastore; an app server stopped and the datastore rebooted under traffic;
+2 -> 3 -> 2 app servers; provisioning run again changes nothing. Tests that change the
+stack leave it as they found it (two app servers, healthy)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from components import conventions
+from localcloud import droplet, stack, traffic
+
+pytestmark = pytest.mark.localcloud
+
+ENABLED = ("postgresql", "redis", "rabbitmq")   # the staging stack's engines less LOCAL_OVERRIDES'
+
+
+def test_the_local_stack_enables_the_engines_these_tests_expect(local_stack):
+    assert tuple(local_stack.result.plan.overrides["engines"]) == ENABLED
+
+
+def post_note(s, text: str) -> dict:
+    proc = s.https("/api/notes", "-X", "POST", "-H", "content-type: application/json",
+                   "--data", json.dumps({"text": text}), "-w", "\n%{http_code}")
+    body, _, code = proc.stdout.rpartition("\n")
+    assert code == "201", proc.stdout + proc.stderr
+    return json.loads(body)
+
+
+def read_notes(s) -> dict:
+    proc = s.https("/api/notes", "-w", "\n%{http_code}")
+    body, _, code = proc.stdout.rpartition("\n")
+    assert code == "200", proc.stdout + proc.stderr
+    return json.loads(body)["engines"]
+
+
+def assert_note_in_every_engine(engines: dict, text: str) -> None:
+    assert {n: r["status"] for n, r in engines.items()} == {**{e: "ok" for e in ENABLED}, "mongodb": "disabled"}
+    for name in ("postgresql", "redis"):   # newest first
+        assert text in [n["text"] for n in engines[name]["result"]], (name, engines[name])
+    # RabbitMQ's read peeks at the queue's 10 oldest messages.
+    rabbit = [n["text"] for n in engines["rabbitmq"]["result"]]
+    assert text in rabbit or len(rabbit) == 10, rabbit
+
+
+def test_healthz_through_the_lb_reports_every_enabled_engine_ok(local_stack):
+    report = local_stack.wait_healthy(timeout=60)
+    assert report["engines"] == {**{e: {"status": "ok"} for e in ENABLED}, "mongodb": {"status": "disabled"}}
+
+
+def test_the_app_connects_to_each_engine_with_tls_verified_against_the_stacks_ca(local_stack):
+    env = local_stack.run("app-1", ["cat", conventions.APP_ENV_FILE], check=True).stdout
+    ca = re.search(r"^PLATFORM_CA_FILE=(.+)$", env, re.M).group(1).strip().strip('"')
+    for engine in ENABLED:
+        port = re.search(rf"^{engine.upper()}_PORT=(\d+)$", env, re.M).group(1)
+        assert int(port) == conventions.ENGINES[engine].tls_port
+    # The datastore's certificate verifies against that CA under the address the app uses.
+    host = re.search(r"^POSTGRESQL_HOST=(.+)$", env, re.M).group(1).strip()
+    for engine in ("redis", "rabbitmq"):
+        port = conventions.ENGINES[engine].tls_port
+        out = local_stack.run("app-1", ["sh", "-c", f"openssl s_client -connect {host}:{port} -CAfile {ca} "
+                                        f"-verify_return_error -verify_ip {host} </dev/null 2>&1"]).stdout
+        assert "Verify return code: 0 (ok)" in out, out[-600:]
+
+
+def test_a_note_goes_to_every_engine_and_survives_a_restart_of_the_apps(local_stack):
+    text = f"note-{uuid.uuid4()}"
+    written = post_note(local_stack, text)
+    assert {n: r["status"] for n, r in written["engines"].items()} == \
+        {**{e: "ok" for e in ENABLED}, "mongodb": "disabled"}
+    assert_note_in_every_engine(read_notes(local_stack), text)
+    for app in local_stack.app_servers():
+        local_stack.run(app, ["systemctl", "restart", conventions.APPS_UNIT], check=True)
+    local_stack.wait_healthy(timeout=120)
+    for _ in local_stack.app_servers():   # each server in turn reads it back
+        assert_note_in_every_engine(read_notes(local_stack), text)
+
+
+# --- plaintext is refused ---------------------------------------------------
+
+PG_PLAINTEXT_STARTUP = r'''
+import socket, struct, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+params = b"user\0app\0database\0app\0\0"
+s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+print(s.recv(4096).decode("latin-1"))
+'''
+
+PLAIN_REDIS_PING = r'''
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"PING\r\n")
+try:
+    print(repr(s.recv(4096)))
+except socket.timeout:
+    print("timeout")
+except ConnectionResetError:
+    print("reset")   # stunnel drops a client that does not start TLS
+'''
+
+
+def test_postgresql_refuses_a_connection_without_tls(local_stack):
+    host = local_stack.datastore.vpc_ip
+    out = local_stack.run("app-1", ["python3", "-c", PG_PLAINTEXT_STARTUP, host, "5432"], check=True).stdout
+    assert out.startswith("E") and "no encryption" in out, out     # pg_hba: hostssl only
+
+
+def test_stunnels_redis_port_gives_no_redis_reply_to_plain_tcp(local_stack):
+    host = local_stack.datastore.vpc_ip
+    out = local_stack.run("app-1", ["python3", "-c", PLAIN_REDIS_PING, host,
+                                    str(conventions.ENGINES["redis"].tls_port)], check=True).stdout.strip()
+    assert out in ("reset", "timeout", "b''"), out    # closed, reset or silent: never a RESP reply
+
+
+def test_from_an_app_server_only_the_enabled_engines_tls_ports_are_open_on_the_datastore(local_stack):
+    host = local_stack.datastore.vpc_ip
+    ports = {conventions.SSH_PORT, 5672, *(e.tls_port for e in conventions.ENGINES.values()),
+             *(e.local_port for e in conventions.ENGINES.values() if e.local_port)}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        states = dict(zip(ports, pool.map(lambda port: stack.port_state_from(
+            local_stack.name("app-1"), host, port), ports)))
+    assert {p for p, st in states.items() if st == "open"} == \
+        {conventions.ENGINES[e].tls_port for e in ENABLED}, states
+
+
+# --- provisioning again ------------------------------------------------------
+
+def test_provisioning_again_changes_nothing_on_any_droplet(local_stack):
+    def again(d):
+        proc = local_stack.run(d.name, [conventions.PROVISION_COMMAND], timeout=900)
+        counts = re.findall(r"provisioning finished: (\d+) change", proc.stdout)
+        return d.name, (proc.returncode, counts[-1] if counts else proc.stdout[-600:])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = dict(pool.map(again, local_stack.plan.droplets))
+    assert results == {d.name: (0, "0") for d in local_stack.plan.droplets}
+
+
+# --- failures under traffic ---------------------------------------------------
+
+def test_stopping_an_app_server_under_steady_traffic_loses_no_request(local_stack):
+    app = local_stack.app_servers()[-1]
+    stream = local_stack.stream("/api/hello", rate=20, seconds=20)
+    time.sleep(5)
+    droplet.stop(app)
+    counts = traffic.result(stream)
+    print(f"\n[figures] app server stopped under 20 req/s for 20 s: {counts}")
+    assert counts["requests"] == 400 and counts["failed"] == 0, counts
+    droplet.start(app)
+    droplet.wait_booted(app, timeout=180)
+    local_stack.wait_healthy(timeout=120)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:   # nginx tries it again after fail_timeout
+        after = traffic.result(local_stack.stream("/api/hello", rate=10, seconds=3))
+        if app in after["hosts"]:
+            break
+    assert app in after["hosts"] and after["failed"] == 0, after
+
+
+def test_rebooting_the_datastore_keeps_committed_data_and_the_apps_recover_alone(local_stack):
+    text = f"before-reboot-{uuid.uuid4()}"
+    post_note(local_stack, text)
+    store = local_stack.datastore.name
+    droplet.reboot(store, timeout=180)
+    t0 = time.monotonic()
+    local_stack.wait_healthy(timeout=180)        # no push, no restart of the apps
+    print(f"\n[figures] healthy again {time.monotonic() - t0:.0f}s after the datastore booted")
+    for _ in local_stack.app_servers():
+        assert_note_in_every_engine(read_notes(local_stack), text)
+
+
+# --- scaling 2 -> 3 -> 2 --------------------------------------------------------
+
+def test_scaling_to_three_adds_one_droplet_and_back_to_two_fails_no_request(local_stack):
+    two = local_stack.plan
+    before = local_stack.boot_ids()
+    three = stack.plan(two.stack, {"appServerCount": 3})
+    new = {d.name for d in three.droplets} - {d.name for d in two.droplets}
+    assert len(new) == 1 and {d.name: d.user_data for d in two.droplets} == \
+        {d.name: d.user_data for d in three.droplets if d.name not in new}
+    (app3,) = new
+    try:
+        result = local_stack.up(three)
+        ran = [r.name for r in result.pushes]
+        assert any("upstreams" in n for n in ran)
+        after = local_stack.boot_ids()
+        assert {n: after[n] for n in before} == before       # nothing else rebooted or replaced
+        seen = traffic.result(local_stack.stream("/api/hello", rate=10, seconds=6))
+        assert app3 in seen["hosts"] and seen["failed"] == 0, seen
+        upstreams = local_stack.run("lb", ["cat", conventions.LB_UPSTREAMS_FILE]).stdout
+        assert three.droplet(app3).vpc_ip in upstreams, upstreams
+    finally:
+        stream = local_stack.stream("/api/hello", rate=20, seconds=40)
+        back = stack.plan(two.stack)
+        local_stack.up(back)
+        counts = traffic.result(stream)
+    print(f"\n[figures] 3 -> 2 under 20 req/s for 40 s: {counts}")
+    assert app3 not in droplet_names()
+    assert counts["failed"] == 0, counts
+    assert local_stack.boot_ids() == before
+    local_stack.wait_healthy(timeout=60)
+
+
+def droplet_names() -> set[str]:
+    from localcloud import state
+    return set(state.load()["droplets"])
