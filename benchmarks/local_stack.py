@@ -1,0 +1,272 @@
+"""Figures of the staging stack on the local cloud (for the README); prints, asserts nothing.
+
+    venv/bin/python benchmarks/local_stack.py                 # throughput ratios, latency (stack up)
+    venv/bin/python benchmarks/local_stack.py --disruptions   # + failed requests: app-server stop, 2->3->2
+    venv/bin/python benchmarks/local_stack.py --boot          # + down, then `up` to healthy (image cached)
+    venv/bin/python benchmarks/local_stack.py --image         # + a cold image build (into a scratch dir)
+
+Throughput: wrk in the internet client's namespace, over TLS to the LB's reserved IP, to
+the same LB and app servers by three server blocks chosen by Host header (a
+benchmark-only nginx file on the LB, removed afterwards):
+  * the stack's own:   re-encrypted to the app servers' 8443, upstream keepalive, TLS session reuse;
+  * plain:             the same app servers' nginx on a plaintext port (a benchmark-only
+                       server block and firewall opening, removed afterwards);
+  * no-reuse:          re-encrypted, no upstream keepalive, no TLS session reuse.
+Traffic goes only to addresses inside the local cloud's namespaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components import conventions  # noqa: E402
+from localcloud import acme, cloud, droplet, firewall, image, network, shell, stack, traffic  # noqa: E402
+
+STACK = "staging"
+BENCH_PLAIN_PORT = 8089          # benchmark only: app servers' plaintext server block
+LB_BENCH_CONF = "/etc/nginx/conf.d/zz-benchmark.conf"
+APP_BENCH_CONF = "/etc/nginx/conf.d/zz-benchmark-plain.conf"
+PATH = "/api/hello"
+
+APP_PLAIN = """# benchmark only (benchmarks/local_stack.py); removed after the run
+server {{
+    listen {port};
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $host;
+    location {api} {{ proxy_pass http://api_app; }}
+    location / {{ proxy_pass http://web_app; }}
+}}
+"""
+
+LB_VARIANTS = """# benchmark only (benchmarks/local_stack.py); removed after the run
+upstream bench_plain {{
+{plain}
+    keepalive 32;
+}}
+upstream bench_tls_no_keepalive {{
+{tls}
+}}
+server {{
+    listen 443 ssl http2;
+    server_name plain.bench;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{
+        proxy_pass http://bench_plain;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+    }}
+}}
+server {{
+    listen 443 ssl http2;
+    server_name no-reuse.bench;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{
+        proxy_pass https://bench_tls_no_keepalive;
+        proxy_ssl_verify on;
+        proxy_ssl_verify_depth 2;
+        proxy_ssl_trusted_certificate {ca};
+        proxy_ssl_name {tls_name};
+        proxy_ssl_server_name on;
+        proxy_ssl_session_reuse off;
+        proxy_http_version 1.1;
+        proxy_set_header Host $host;
+    }}
+}}
+"""
+
+
+def sh(p, key, script, check=True):
+    out = droplet.exec(p.droplet(key).name, ["sh", "-ec", script], check=False, timeout=120)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{key}: {script}: {out.stdout}{out.stderr}")
+    return out.stdout
+
+
+def write(p, key, path, text):
+    droplet.exec(p.droplet(key).name, ["sh", "-c", f"cat > {path}"], input=text, timeout=60)
+
+
+class Variants:
+    """The benchmark-only server blocks and firewall opening; `with` removes them all."""
+
+    def __init__(self, p):
+        self.p = p
+        self.apps = [d for d in p.with_tag(conventions.APP_SERVER)]
+
+    def __enter__(self):
+        p = self.p
+        for app in self.apps:
+            write(p, app.key, APP_BENCH_CONF, APP_PLAIN.format(port=BENCH_PLAIN_PORT, api=conventions.API_PATH_PREFIX))
+            sh(p, app.key, f"ufw insert 1 allow proto tcp from {p.lb.vpc_ip} to any port {BENCH_PLAIN_PORT}"
+                           " >/dev/null && nginx -t 2>/dev/null && systemctl reload nginx")
+        (lb_tag,) = [t for t in p.lb.tags if t.endswith(conventions.LOAD_BALANCER)]
+        (app_tag,) = {t for a in self.apps for t in a.tags if t.endswith("-" + conventions.APP_SERVER)}
+        bench_fw = firewall.Firewall("benchmark-plain", tags=(app_tag,),
+                                     inbound=(firewall.Rule("tcp", str(BENCH_PLAIN_PORT), tags=(lb_tag,)),))
+        firewall.apply([*p.firewalls, bench_fw], p.topology())
+        write(p, "lb", LB_BENCH_CONF, LB_VARIANTS.format(
+            plain="\n".join(f"    server {a.vpc_ip}:{BENCH_PLAIN_PORT};" for a in self.apps),
+            tls="\n".join(f"    server {a.vpc_ip}:{conventions.APP_TLS_PORT};" for a in self.apps),
+            cert=conventions.LB_PUBLIC_CERT_PATH, key=conventions.LB_PUBLIC_KEY_PATH,
+            ca=conventions.CA_CERT_PATH, tls_name=conventions.app_pool_tls_name(p.stack)))
+        sh(p, "lb", "nginx -t 2>/dev/null && systemctl reload nginx")
+        return self
+
+    def __exit__(self, *exc):
+        p = self.p
+        sh(p, "lb", f"rm -f {LB_BENCH_CONF} && nginx -t 2>/dev/null && systemctl reload nginx", check=False)
+        firewall.apply(p.firewalls, p.topology())
+        for app in self.apps:
+            sh(p, app.key, f"rm -f {APP_BENCH_CONF}; ufw delete allow proto tcp from {p.lb.vpc_ip} to any port "
+                           f"{BENCH_PLAIN_PORT} >/dev/null; nginx -t 2>/dev/null && systemctl reload nginx",
+               check=False)
+
+
+def wrk(p, host: str, seconds: int = 15, connections: int = 32) -> dict:
+    ip = p.lb.reserved_ips[0]
+    argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency",
+            "-H", f"Host: {host}", f"https://{ip}{PATH}"]
+    out = shell.run(cloud.internet_client(argv), check=False, timeout=seconds + 60).stdout
+    total = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out).groups()
+    requests, secs = int(total[0]), float(total[1])
+    if re.search(r"requests in [\d.]+ms", out):
+        secs /= 1000
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    non_2xx = int(errors.group(1)) if errors else 0
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    # Only answered requests count: a 503 maintenance page is fast and must not inflate it.
+    return {"ok_rps": round((requests - non_2xx) / secs, 1), "requests": requests, "non_2xx": non_2xx,
+            "socket_errors": socket_errors.group(1) if socket_errors else "none"}
+
+
+# Fixed-rate latency: one keep-alive TLS connection, requests at a fixed pace.
+LATENCY = r'''
+import http.client, json, ssl, sys, time
+host, address, port, path, rate, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), int(sys.argv[6])
+ctx = ssl._create_unverified_context()
+c = http.client.HTTPSConnection(address, port, context=ctx, timeout=10)
+times, start = [], time.monotonic()
+for i in range(n):
+    time.sleep(max(0, start + i / rate - time.monotonic()))
+    t = time.perf_counter()
+    c.request("GET", path, headers={"Host": host})
+    r = c.getresponse(); r.read()
+    times.append((time.perf_counter() - t) * 1000)
+print(json.dumps(times))
+'''
+
+
+def percentiles(ms: list[float]) -> dict:
+    ms = sorted(ms)
+    return {"p50": round(statistics.median(ms), 2), "p99": round(ms[int(len(ms) * 0.99) - 1], 2)}
+
+
+def latency(p, rate: float = 50, n: int = 1000) -> dict:
+    """Through the LB (internet client -> 443) vs straight to an app server's 8443 (from the
+    LB's own namespace, the LB's leg to it): the difference is what the LB adds."""
+    ip, app = p.lb.reserved_ips[0], p.with_tag(conventions.APP_SERVER)[0]
+    args = [PATH, str(rate), str(n)]
+    via_lb = shell.run(cloud.internet_client(["python3", "-c", LATENCY, p.domain, ip, "443", *args]),
+                       timeout=n / rate + 120).stdout
+    direct = shell.run(["ip", "netns", "exec", network.netns_name(p.lb.name), "python3", "-c", LATENCY, p.domain, app.vpc_ip,
+                        str(conventions.APP_TLS_PORT), *args], timeout=n / rate + 120).stdout
+    lb, ds = percentiles(json.loads(via_lb)), percentiles(json.loads(direct))
+    return {"rate_per_s": rate, "requests": n, "through_lb_ms": lb, "direct_to_app_ms": ds,
+            "added_ms": {k: round(lb[k] - ds[k], 2) for k in lb}}
+
+
+def throughput(p, rounds: int = 3) -> dict:
+    figures = {"tls": [], "plain": [], "no_reuse": []}
+    with Variants(p):
+        for _ in range(rounds):   # interleaved, so drift on the shared machine hits all alike
+            figures["tls"].append(wrk(p, p.domain))
+            figures["plain"].append(wrk(p, "plain.bench"))
+            figures["no_reuse"].append(wrk(p, "no-reuse.bench"))
+    med = {k: statistics.median(r["ok_rps"] for r in v) for k, v in figures.items()}
+    return {"rounds": figures, "median_ok_rps": med,
+            "tls_over_plain": round(med["tls"] / med["plain"], 3),
+            "reuse_over_no_reuse": round(med["tls"] / med["no_reuse"], 2)}
+
+
+def disruptions(p) -> dict:
+    ca = str(acme.ACME_DIR / "root.pem")
+    (acme.ACME_DIR / "root.pem").write_text(acme.root_pem())
+    app = p.with_tag(conventions.APP_SERVER)[-1].name
+    s = traffic.start(p.domain, p.lb.reserved_ips[0], ca, PATH, 20, 20)
+    time.sleep(5)
+    droplet.stop(app)
+    stop = traffic.result(s)
+    droplet.start(app)
+    droplet.wait_booted(app, 180)
+    three = stack.plan(STACK, {"appServerCount": 3})
+    s = traffic.start(p.domain, p.lb.reserved_ips[0], ca, PATH, 20, 120)
+    t0 = time.monotonic()
+    stack.up(three)
+    grow_s = time.monotonic() - t0
+    grow = traffic.result(s)
+    s = traffic.start(p.domain, p.lb.reserved_ips[0], ca, PATH, 20, 60)
+    t0 = time.monotonic()
+    stack.up(stack.plan(STACK))
+    shrink_s = time.monotonic() - t0
+    shrink = traffic.result(s)
+    brief = lambda c: {k: c[k] for k in ("requests", "failed", "by_status", "errors", "hosts")}  # noqa: E731
+    return {"app_server_stop_20rps_20s": brief(stop), "scale_2_to_3": {**brief(grow), "up_s": round(grow_s)},
+            "scale_3_to_2": {**brief(shrink), "up_s": round(shrink_s)}}
+
+
+def healthy_after_up(p_maker) -> float:
+    t0 = time.monotonic()
+    p = p_maker()
+    result = stack.up(p)
+    assert stack.healthy(result)
+    ca = acme.ACME_DIR / "root.pem"
+    ca.write_text(acme.root_pem())
+    argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(ca), "--resolve",
+            f"{p.domain}:443:{p.lb.reserved_ips[0]}", f"https://{p.domain}{conventions.HEALTH_PATH}"]
+    while shell.run(cloud.internet_client(argv), check=False).stdout != "200":
+        time.sleep(2)
+    return time.monotonic() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--boot", action="store_true", help="down, then up to healthy (image cached)")
+    ap.add_argument("--image", action="store_true", help="a cold image build into a scratch directory")
+    ap.add_argument("--disruptions", action="store_true", help="failed requests: app-server stop, 2->3->2")
+    args = ap.parse_args()
+    out: dict = {}
+    if args.image:
+        r = image.recipe()
+        scratch = image.image_dir(r).with_name(image.image_dir(r).name + ".benchmark")
+        t0 = time.monotonic()
+        image._build(r, scratch)
+        out["image_build_cold_s"] = round(time.monotonic() - t0)
+        subprocess.run(["rm", "-rf", str(scratch)], check=False)
+    if args.boot:
+        if stack.load_record(STACK):
+            stack.down(stack.deployed(STACK))
+        out["up_to_healthy_image_cached_s"] = round(healthy_after_up(lambda: stack.plan(STACK)))
+    p = stack.deployed(STACK)
+    out["throughput"] = throughput(p)
+    out["latency"] = latency(p)
+    if args.disruptions:
+        out["disruptions"] = disruptions(p)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
