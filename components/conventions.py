@@ -152,10 +152,6 @@ def app_pool_tls_name(stack: str) -> str:
 
 
 # --- The apps on an app server --------------------------------------------------------
-# The login the apps use on every engine, and their database / vhost (the datastore
-# creates them; the app servers' .env names them).
-DATASTORE_APP_USER = "app"
-DATASTORE_APP_DATABASE = "app"
 PM2_MAJOR = 6
 PM2_HOME = f"{APP_ROOT}/.pm2"
 PM2_LOG_DIR = "/var/log/platform/pm2"

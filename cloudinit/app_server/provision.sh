@@ -89,13 +89,6 @@ ensure_release_layout() {
     ensure_dir {{ c.PM2_LOG_DIR }} 0750 {{ c.APP_USER }}:{{ c.APP_USER }}
 }
 
-remove_default_site() {
-    [ -e /etc/nginx/sites-enabled/default ] || return 0
-    rm -f /etc/nginx/sites-enabled/default
-    CHANGED_FILES+=(/etc/nginx/sites-enabled/default)
-    changed "removed nginx's default site"
-}
-
 # nginx must start before the program pushes the internal CA's certificate.
 ensure_temporary_certificate() {
     [ -e {{ c.SERVER_CERT_PATH }} ] && [ -e {{ c.SERVER_KEY_PATH }} ] && return 0

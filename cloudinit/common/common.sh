@@ -29,6 +29,14 @@ ensure_packages() {
     changed "installed ${missing[*]}"
 }
 
+# Debian's and Ubuntu's default nginx site claims port 80 as default_server.
+remove_default_site() {
+    [ -e /etc/nginx/sites-enabled/default ] || return 0
+    rm -f /etc/nginx/sites-enabled/default
+    CHANGED_FILES+=(/etc/nginx/sites-enabled/default)
+    changed "removed nginx's default site"
+}
+
 # A vendor's apt repository: its signing key, fetched over HTTPS and checked against
 # a fingerprint when one is pinned, and a deb822 sources file signed by it.
 ensure_apt_repository() {

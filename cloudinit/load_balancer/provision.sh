@@ -25,14 +25,6 @@ role_steps() {
     ensure_running certbot.timer
 }
 
-# Debian's default site also claims port 80 as default_server.
-remove_default_site() {
-    [ -e /etc/nginx/sites-enabled/default ] || return 0
-    rm -f /etc/nginx/sites-enabled/default
-    CHANGED_FILES+=(/etc/nginx/sites-enabled/default)
-    changed "removed nginx's default site"
-}
-
 # Before the first push there is no pool: an upstream that sends everyone to the
 # maintenance page. Later pushes own this file; provisioning never rewrites it.
 ensure_initial_upstreams() {
