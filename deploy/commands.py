@@ -113,6 +113,10 @@ def health(stack, server, timeout: int, control_dir=None) -> Remote:
     return release_action(stack, server, "health", str(timeout), control_dir=control_dir)
 
 
+def activated(stack, server, release_id, control_dir=None) -> Remote:
+    return release_action(stack, server, "activated", release_id, control_dir=control_dir)
+
+
 def prune(stack, server, keep: int, control_dir=None) -> Remote:
     return release_action(stack, server, "prune", str(keep), control_dir=control_dir)
 

@@ -5,11 +5,12 @@
 # its server half always match and a change here replaces no droplet.
 #
 # On an app server, as the deploy user:
-#   list                  one line per release: <id> <mtime> [current]
+#   list                  one line per release: <id> <mtime> [current] [previous]
 #   accept ID             ID.partial (the rsync target) becomes the release ID
 #   switch ID             point `current` at release ID, atomically
 #   health SECONDS        wait until /healthz answers 200 three times in a row
-#   prune KEEP            keep the KEEP newest releases, `current` and the one before it
+#   activated ID          record that ID ran healthy (what `previous` is made of)
+#   prune KEEP            keep the KEEP newest releases, `current` and `previous`
 # On the load balancer, as root (sudo):
 #   lock HOLDER           take the deploy lock; refuses (exit 3) naming who holds it
 #   unlock HOLDER         release the lock if HOLDER holds it
@@ -25,6 +26,10 @@ valid_id() {
     esac
 }
 
+# Releases that ran healthy, oldest first: a release uploaded but never healthy (a stopped
+# deploy) is newer on disk, yet never what a rollback returns to.
+HISTORY="$RELEASES_DIR/.activated"
+
 current_id() {
     if [ -L "$CURRENT_LINK" ]; then basename "$(readlink "$CURRENT_LINK")"; fi
 }
@@ -35,12 +40,26 @@ releases_by_age() {
         | sort -n | cut -d' ' -f2
 }
 
-list() {
+# The last release that ran healthy before the current one, if it is still here.
+previous_id() {
     local current id
     current=$(current_id)
+    [ -f "$HISTORY" ] || return 0
+    while read -r id; do
+        if [ "$id" != "$current" ] && [ -d "$RELEASES_DIR/$id" ]; then echo "$id"; return 0; fi
+    done < <(tac "$HISTORY")
+}
+
+list() {
+    local current previous id marks
+    current=$(current_id)
+    previous=$(previous_id)
     while read -r id; do
         [ -n "$id" ] || continue
-        printf '%s %s%s\n' "$id" "$(stat -c %Y "$RELEASES_DIR/$id")" "$([ "$id" = "$current" ] && echo ' current')"
+        marks=""
+        if [ "$id" = "$current" ]; then marks+=" current"; fi
+        if [ "$id" = "$previous" ]; then marks+=" previous"; fi
+        printf '%s %s%s\n' "$id" "$(stat -c %Y "$RELEASES_DIR/$id")" "$marks"
     done < <(releases_by_age)
 }
 
@@ -60,6 +79,8 @@ accept() {
 switch() {
     valid_id "$1"
     [ -d "$RELEASES_DIR/$1" ] || { echo "deploy: no release $1 on $(hostname)" >&2; exit 1; }
+    # What ran before the first deploy (the example app) ran healthy: the history starts with it.
+    if [ ! -s "$HISTORY" ] && [ -n "$(current_id)" ]; then current_id > "$HISTORY"; fi
     # A new link beside the old one, renamed over it: `current` is never missing.
     ln -sfn "$RELEASES_DIR/$1" "$CURRENT_LINK.new"
     mv -T "$CURRENT_LINK.new" "$CURRENT_LINK"
@@ -78,13 +99,18 @@ health() {
     exit 1
 }
 
+activated() {
+    valid_id "$1"
+    echo "$1" >> "$HISTORY"
+    # Only the recent past matters for `previous`.
+    tail -n 100 "$HISTORY" > "$HISTORY.new" && mv -T "$HISTORY.new" "$HISTORY"
+}
+
 prune() {
-    local keep=$1 current previous="" id
+    local keep=$1 current previous id
     current=$(current_id)
+    previous=$(previous_id)
     mapfile -t ids < <(releases_by_age)
-    for ((i = 0; i < ${#ids[@]}; i++)); do
-        if [ "${ids[i]}" = "$current" ] && [ "$i" -gt 0 ]; then previous=${ids[i - 1]}; fi
-    done
     for ((i = 0; i < ${#ids[@]} - keep; i++)); do
         id=${ids[i]}
         if [ "$id" = "$current" ] || [ "$id" = "$previous" ]; then continue; fi
@@ -136,6 +162,7 @@ case "$action" in
     accept) accept "$1" ;;
     switch) switch "$1" ;;
     health) health "$1" ;;
+    activated) activated "$1" ;;
     prune) prune "$1" ;;
     lock) lock "$1" ;;
     unlock) unlock "$1" ;;

@@ -26,30 +26,27 @@ LOCKED_EXIT = 3  # remote.sh's exit when someone else holds the lock
 
 @dataclass(frozen=True)
 class Holdings:
-    """What one server holds: releases oldest first, and the current one."""
+    """What one server holds: releases oldest first, the current one, and the previous
+    one: the last that ran healthy before it (a release that never did is not it)."""
 
     server: Server
     releases: tuple[str, ...]
     current: str | None
-
-    def previous(self) -> str | None:
-        """The release deployed before the current one."""
-        if self.current not in self.releases:
-            return None
-        index = self.releases.index(self.current)
-        return self.releases[index - 1] if index > 0 else None
+    previous: str | None = None
 
 
 def parse_list(server: Server, output: str) -> Holdings:
-    releases, current = [], None
+    releases, current, previous = [], None, None
     for line in output.splitlines():
         fields = line.split()
         if len(fields) < 2:
             continue
         releases.append(fields[0])
-        if fields[2:] == ["current"]:
+        if "current" in fields[2:]:
             current = fields[0]
-    return Holdings(server, tuple(releases), current)
+        if "previous" in fields[2:]:
+            previous = fields[0]
+    return Holdings(server, tuple(releases), current, previous)
 
 
 @dataclass
@@ -146,6 +143,8 @@ class Deployer:
                     commands.switch(self.stack, server, release_id, self.control_dir))
         self.remote(f"{server.name}: reload the apps", commands.reload_apps(self.stack, server, self.control_dir))
         self.remote(f"{server.name}: health", commands.health(self.stack, server, self.health_timeout, self.control_dir))
+        self.remote(f"{server.name}: record {release_id}",
+                    commands.activated(self.stack, server, release_id, self.control_dir))
 
     def roll(self, outcome: Outcome, plan: list[tuple[Holdings, str]]) -> Outcome:
         for number, (held, to_release) in enumerate(plan):
@@ -201,7 +200,7 @@ class Deployer:
         plan, problems = [], []
         for server in self.stack.servers:
             held = self.holdings(server)
-            target = to or held.previous()
+            target = to or held.previous
             if target is None:
                 problems.append(f"{server.name}: no release before {held.current}")
             elif target not in held.releases:

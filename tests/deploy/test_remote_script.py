@@ -96,16 +96,35 @@ def test_accept_of_a_release_already_there_leaves_its_files_alone(layout):
     assert not (layout / "releases" / "r1.partial").exists()
 
 
-def test_prune_keeps_the_newest_and_never_current_or_the_one_before(layout):
+def activate(layout: Path, name: str) -> None:
+    assert run(layout, "switch", name).returncode == 0
+    assert run(layout, "activated", name).returncode == 0
+
+
+def test_previous_is_the_last_release_that_ran_healthy_not_the_newest_upload(layout):
+    add_release(layout, "r0", 40)
+    run(layout, "switch", "r0")           # the first release, there before any deploy
+    add_release(layout, "r1", 30)
+    activate(layout, "r1")                # the history starts with r0, then r1
+    add_release(layout, "r2", 20)
+    run(layout, "switch", "r2")           # a stopped deploy: never recorded as healthy
+    activate(layout, "r1")
+    listed = {line.split()[0]: line.split()[2:] for line in run(layout, "list").stdout.splitlines()}
+    assert listed == {"r0": ["previous"], "r1": ["current"], "r2": []}
+
+
+def test_prune_keeps_the_newest_and_never_current_or_previous(layout):
     for age, name in enumerate(["r7", "r6", "r5", "r4", "r3", "r2", "r1"]):
         add_release(layout, name, 100 + age * 10)   # r1 oldest ... r7 newest
-    run(layout, "switch", "r2")                       # rolled back far: current is old
+    activate(layout, "r1")
+    activate(layout, "r7")
+    activate(layout, "r2")                            # rolled back far: current is old
     result = run(layout, "prune", "3")
     assert result.returncode == 0, result.stderr
-    kept = sorted(p.name for p in (layout / "releases").iterdir())
-    # The 3 newest, plus current (r2) and the release before it (r1).
-    assert kept == ["r1", "r2", "r5", "r6", "r7"]
-    assert sorted(result.stdout.split()) == sorted(["removed", "r3", "removed", "r4"])
+    kept = sorted(p.name for p in (layout / "releases").iterdir() if not p.name.startswith("."))
+    # The 3 newest (r7 is also previous), plus current (r2).
+    assert kept == ["r2", "r5", "r6", "r7"]
+    assert sorted(result.stdout.split()) == sorted(["removed", "r1", "removed", "r3", "removed", "r4"])
 
 
 def test_the_lock_is_taken_once_names_its_holder_and_only_its_holder_releases_it(layout):

@@ -30,6 +30,7 @@ class FakeServer:
     releases: list[str] = field(default_factory=lambda: [OLD])
     current: str | None = OLD
     running: str | None = OLD           # what pm2 runs: `current` as of the last reload
+    activated: list[str] = field(default_factory=lambda: [OLD])   # remote.sh's history
 
 
 @dataclass
@@ -88,8 +89,13 @@ class Fleet(Executor):
         action, *args = remote[3:]
         self.log.append((address, " ".join([action, *args])))
         if action == "list":
-            return Result([], 0, "".join(f"{r} 1700000000{' current' if r == server.current else ''}\n"
+            previous = next((r for r in reversed(server.activated) if r != server.current), None)
+            marks = lambda r: (" current" if r == server.current else "") + (" previous" if r == previous else "")  # noqa: E731
+            return Result([], 0, "".join(f"{r} 1700000000{marks(r)}\n"
                                          for r in server.releases if not r.endswith(".partial")))
+        if action == "activated":
+            server.activated.append(args[0])
+            return Result([], 0, "")
         if action == "accept":
             server.releases.remove(args[0] + ".partial")
             server.releases.append(args[0])
@@ -123,9 +129,9 @@ def test_a_deploy_uploads_everywhere_first_then_rolls_one_server_at_a_time():
         (a1, f"rsync {NEW}"), (a1, f"accept {NEW}"),
         (a2, f"rsync {NEW}"), (a2, f"accept {NEW}"),
         (a3, f"rsync {NEW}"), (a3, f"accept {NEW}"),
-        (a1, f"switch {NEW}"), (a1, "reload"), (a1, "health 60"),
-        (a2, f"switch {NEW}"), (a2, "reload"), (a2, "health 60"),
-        (a3, f"switch {NEW}"), (a3, "reload"), (a3, "health 60"),
+        (a1, f"switch {NEW}"), (a1, "reload"), (a1, "health 60"), (a1, f"activated {NEW}"),
+        (a2, f"switch {NEW}"), (a2, "reload"), (a2, "health 60"), (a2, f"activated {NEW}"),
+        (a3, f"switch {NEW}"), (a3, "reload"), (a3, "health 60"), (a3, f"activated {NEW}"),
         (a1, "prune 5"), (a2, "prune 5"), (a3, "prune 5"),
     ]
     assert all(s.running == NEW for s in fleet.servers.values())
@@ -140,8 +146,9 @@ def test_a_server_that_does_not_get_healthy_is_switched_back_and_the_roll_stops(
     assert (second.current, second.running) == (OLD, OLD)   # switched back and reloaded
     assert (third.current, third.running) == (OLD, OLD)     # never touched
     a2, a3 = SERVERS[1].address, SERVERS[2].address
-    assert [a for h, a in fleet.log if h == a2][-6:] == [
-        f"switch {NEW}", "reload", "health 60", f"switch {OLD}", "reload", "health 60"]
+    assert [a for h, a in fleet.log if h == a2][-7:] == [
+        f"switch {NEW}", "reload", "health 60", f"switch {OLD}", "reload", "health 60", f"activated {OLD}"]
+    assert fleet.servers[a2].activated == [OLD, OLD], "the release that failed is never recorded as healthy"
     assert [a for h, a in fleet.log if h == a3 and a.startswith(("switch", "reload"))] == []
     assert not [a for h, a in fleet.log if a.startswith("prune")], "nothing is pruned after a failed roll"
     text = "\n".join(roll.summary(outcome))
@@ -231,3 +238,15 @@ def test_keep_below_two_is_refused(capsys):
     with pytest.raises(SystemExit):
         cli.main(["deploy", "staging", "--keep", "1"], executor=Fleet())
     assert "--keep must be at least 2" in capsys.readouterr().err
+
+
+def test_rollback_skips_a_release_that_never_ran_healthy():
+    """A stopped deploy leaves its release on disk, newest of all; rollback returns to the
+    release that ran before the current one, not to that one."""
+    fleet = Fleet()
+    roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)                 # OLD -> NEW everywhere
+    fleet.unhealthy = {(SERVERS[0].address, "20261129T220000Z-badbad0")}
+    roll.Deployer(STACK, fleet).deploy(Build("20261129T220000Z-badbad0", "/tmp/x"), keep=5)   # stops, back on NEW
+    outcome = roll.Deployer(STACK, fleet).rollback(None)
+    assert outcome.ok
+    assert all((s.current, s.running) == (OLD, OLD) for s in fleet.servers.values())

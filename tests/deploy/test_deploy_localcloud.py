@@ -1,0 +1,267 @@
+"""Deploys on the stack booted by `python -m localcloud up` (marker `localcloud`, root).
+
+Real droplets, real SSH through the LB as jump host, rsync as the deploy user, pm2's
+graceful reload under systemd, and a steady stream of GETs from the internet client
+through the LB's TLS front while it all happens. The tests run in order on one stack:
+deploy, a bad release that stops at the first server, rollback, concurrent deploys.
+
+Operator key: deploy logs in as `deploy` with an operator's key. The local cloud does not
+(yet) keep one of its own, so the fixture makes one and runs the program's own
+`operators` push with it added to the stack's sshPublicKeys, exactly as `pulumi up`
+would after `sshPublicKeys` gained that key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from components import conventions
+from deploy import DEFAULT_APP_DIR
+
+pytestmark = pytest.mark.localcloud
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK = "staging"
+HEALTH_TIMEOUT = "25"
+
+
+def stack_is_up() -> bool:
+    from localcloud import droplet
+    from localcloud import stack as local
+    if local.load_record(STACK) is None:
+        return False
+    return all(droplet.is_running(d.name) for d in local.deployed(STACK).droplets)
+
+
+@pytest.fixture(scope="module")
+def plan():
+    """The local stack: the one already up, or one booted here (and removed afterwards)."""
+    from localcloud import stack as local
+    if os.geteuid() != 0:
+        pytest.fail("the localcloud tests need root")
+    booted = None
+    if not stack_is_up():
+        booted = local.plan(STACK)
+        local.up(booted)
+    yield local.deployed(STACK)
+    if booted is not None:
+        local.down(booted)
+
+
+@pytest.fixture(scope="module")
+def operator_key(plan, tmp_path_factory):
+    """A key of this test's operator."""
+    key = tmp_path_factory.mktemp("operator") / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy-test", "-f", str(key)], check=True)
+    return str(key)
+
+
+@pytest.fixture(autouse=True)
+def operator_key_pushed(plan, operator_key):
+    """Every login takes the key by the program's own operators push (again before each
+    test: another `localcloud up` re-runs the plan's pushes, which lack it)."""
+    from localcloud import stack as local
+    public = Path(operator_key).with_suffix(".pub").read_text().strip()
+    pushes = [c for c in plan.commands if c.kind == "operators"]
+    assert pushes, "the plan has no operators push"
+    for push in pushes:
+        keys = {login: text + public + "\n" for login, text in json.loads(push.stdin).items()}
+        result = local.run_ssh(push.login, push.create, jump=push.jump, stdin=json.dumps(keys, sort_keys=True))
+        assert result.returncode == 0, f"{push.name}: {result.stdout}"
+
+
+def deploy_cli(*args: str, key: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deploy", *args, STACK, "--local", "-i", key],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def app_servers(plan):
+    return sorted((d for d in plan.droplets if d.key.startswith("app-")), key=lambda d: d.key)
+
+
+def on(name: str, script: str) -> str:
+    from localcloud import droplet
+    return droplet.exec(name, ["bash", "-c", script], check=False, timeout=60).stdout.strip()
+
+
+def current_of(name: str) -> str:
+    return os.path.basename(on(name, f"readlink {conventions.CURRENT_RELEASE_LINK}"))
+
+
+def running_releases(name: str) -> set[str]:
+    """The release every pm2 worker of the apps runs from (their working directories)."""
+    dirs = on(name, "for p in $(pgrep -u app -f 'node '); do readlink /proc/$p/cwd; done")
+    return {os.path.basename(d) for d in dirs.splitlines() if d.startswith(conventions.RELEASES_DIR)}
+
+
+# --- a steady stream of requests through the LB -----------------------------------------
+
+LOAD = r"""
+import http.client, ssl, sys, time, json
+address, domain, stop_file = sys.argv[1], sys.argv[2], sys.argv[3]
+ctx = ssl._create_unverified_context()   # availability is measured here, not the public certificate
+sent = failed = 0; failures = []
+paths = ["/", "/api/hello"]
+while True:
+    try:
+        open(stop_file).close(); break
+    except OSError:
+        pass
+    path = paths[sent % 2]; sent += 1
+    try:
+        c = http.client.HTTPSConnection(address, 443, context=ctx, timeout=10)
+        c.request("GET", path, headers={"Host": domain}); r = c.getresponse(); r.read(); c.close()
+        if r.status != 200:
+            failed += 1; failures.append(f"{time.time():.1f} {path} {r.status}")
+    except Exception as e:
+        failed += 1; failures.append(f"{time.time():.1f} {path} {type(e).__name__}: {e}")
+    time.sleep(0.02)
+print(json.dumps({"sent": sent, "failed": failed, "failures": failures[:20]}))
+"""
+
+
+class Load:
+    """GETs of / and /api/hello, one after another, from the internet client to the LB."""
+
+    def __init__(self, plan, tmp_path: Path):
+        from localcloud import cloud
+        self.stop_file = tmp_path / "stop-load"
+        script = tmp_path / "load.py"
+        script.write_text(LOAD)
+        argv = cloud.internet_client(["python3", str(script), plan.lb.reserved_ips[0], plan.domain, str(self.stop_file)])
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def stop(self) -> dict:
+        self.stop_file.touch()
+        out, err = self.proc.communicate(timeout=60)
+        assert self.proc.returncode == 0, err
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def release_id_from(output: str) -> str:
+    match = re.search(r"^built (\S+)$", output, re.M)
+    assert match, output
+    return match.group(1)
+
+
+def bad_app(tmp_path: Path) -> str:
+    """The example app with an API that dies as it starts: /healthz never answers."""
+    app = tmp_path / "bad-app"
+    shutil.copytree(DEFAULT_APP_DIR, app, ignore=shutil.ignore_patterns("node_modules"))
+    server = app / "api" / "server.js"
+    server.write_text("'use strict';\nconsole.error('bad release: exiting');\nprocess.exit(1);\n" + server.read_text())
+    return str(app)
+
+
+# --- the tests, in order ---------------------------------------------------------------
+
+def serving(plan) -> str:
+    """The status line of a GET of / through the LB, from the internet client."""
+    from localcloud import stack as local
+    seen = local.from_internet(local.curl_argv(f"https://{plan.domain}/", plan.domain, plan.lb.reserved_ips[0],
+                                               443, "-k", "-o", "/dev/null", "-w", "%{http_code}"))
+    return seen.stdout.strip()
+
+
+def test_deploy_under_load_loses_no_request_and_every_server_runs_the_new_release(plan, operator_key, tmp_path):
+    assert serving(plan) == "200", "the local stack does not serve / through its LB: nothing to measure"
+    before = {d.name: current_of(d.name) for d in app_servers(plan)}
+    load = Load(plan, tmp_path)
+    time.sleep(2)
+    start = time.monotonic()
+    result = deploy_cli("deploy", "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
+    took = time.monotonic() - start
+    time.sleep(2)
+    seen = load.stop()
+    print(result.stdout, f"\n[deploy took {took:.1f}s] load: {seen}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    new = release_id_from(result.stdout)
+    assert seen["sent"] > 100 and seen["failed"] == 0, seen
+    for d in app_servers(plan):
+        assert current_of(d.name) == new
+        assert running_releases(d.name) == {new}, f"{d.name}: pm2 workers run {running_releases(d.name)}"
+        assert before[d.name] != new
+    assert "deploy: done" in result.stdout
+
+
+def test_a_bad_release_stops_at_the_first_server_switched_back_and_loses_no_request(plan, operator_key, tmp_path):
+    servers = app_servers(plan)
+    good = {d.name: current_of(d.name) for d in servers}
+    load = Load(plan, tmp_path)
+    time.sleep(2)
+    result = deploy_cli("deploy", "--app", bad_app(tmp_path), "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
+    time.sleep(2)
+    seen = load.stop()
+    print(result.stdout, f"\nload: {seen}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    bad = release_id_from(result.stdout)
+    first, *rest = servers
+    assert f"{first.key}: {bad} failed" in result.stdout
+    assert f"switched back to {good[first.name]}" in result.stdout
+    for d in rest:
+        assert f"{d.key}: not touched" in result.stdout
+    for d in servers:
+        assert current_of(d.name) == good[d.name]
+        assert running_releases(d.name) == {good[d.name]}
+    # The bad release was uploaded everywhere (before any switch), run nowhere.
+    assert bad in deploy_cli("releases", key=operator_key).stdout
+    assert seen["sent"] > 100 and seen["failed"] == 0, seen
+
+
+def test_rollback_returns_every_server_to_the_previous_release(plan, operator_key, tmp_path):
+    servers = app_servers(plan)
+    listed = deploy_cli("releases", key=operator_key)
+    assert listed.returncode == 0, listed.stdout
+    current = {d.name: current_of(d.name) for d in servers}
+    load = Load(plan, tmp_path)
+    result = deploy_cli("rollback", "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
+    seen = load.stop()
+    print(listed.stdout, result.stdout, f"\nload: {seen}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for d in servers:
+        now = current_of(d.name)
+        assert now != current[d.name]
+        assert running_releases(d.name) == {now}
+        assert f"{d.key}: {now} (healthy" in result.stdout
+    assert seen["failed"] == 0, seen
+    back = deploy_cli("rollback", "--to", current[servers[0].name], key=operator_key)
+    assert back.returncode == 0, back.stdout
+    assert all(current_of(d.name) == current[d.name] for d in servers)
+
+
+def test_a_concurrent_deploy_is_refused_naming_the_holder_and_a_stale_lock_can_be_broken(plan, operator_key):
+    first = subprocess.Popen([sys.executable, "-m", "deploy", "deploy", STACK, "--local", "-i", operator_key,
+                              "--health-timeout", HEALTH_TIMEOUT], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while on(plan.lb.name, f"cat {conventions.DEPLOY_LOCK_DIR}/holder 2>/dev/null") == "":
+            assert time.monotonic() < deadline and first.poll() is None, "the first deploy never took the lock"
+            time.sleep(0.5)
+        holder = on(plan.lb.name, f"cat {conventions.DEPLOY_LOCK_DIR}/holder")
+        second = deploy_cli("deploy", key=operator_key)
+    finally:
+        out, _ = first.communicate(timeout=900)
+    print(second.stdout, out)
+    assert second.returncode == 3, second.stdout
+    assert f"is locked: a deploy by {holder} holds it" in second.stdout
+    assert re.match(r"^\S+@\S+ since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(deploy, pid \d+\)$", holder), holder
+    assert first.returncode == 0, out
+    assert on(plan.lb.name, f"test -e {conventions.DEPLOY_LOCK_DIR} && echo held") == ""
+
+    # A deploy that died holding the lock: refused until broken explicitly.
+    on(plan.lb.name, f"mkdir {conventions.DEPLOY_LOCK_DIR} && echo 'gone@laptop since 2026-01-01T00:00:00Z "
+                     f"(deploy, pid 1)' > {conventions.DEPLOY_LOCK_DIR}/holder")
+    assert deploy_cli("rollback", key=operator_key).returncode == 3
+    broken = deploy_cli("rollback", "--break-lock", key=operator_key)
+    assert broken.returncode == 0, broken.stdout
+    assert "removed the lock of gone@laptop since 2026-01-01T00:00:00Z" in broken.stdout
