@@ -13,6 +13,7 @@ import pulumi
 from components import conventions, prices
 from components.app_server_pool import AppServerPool
 from components.datastore import Datastore
+from components.foundation import Foundation
 from components.load_balancer import LoadBalancer
 from components.network import Network
 from components.pki import InternalCA
@@ -23,16 +24,16 @@ from components.settings import Settings, SettingsError, stack_config
 def build(settings: Settings) -> dict[str, object]:
     """Register the whole platform; returns the stack outputs."""
     key = AutomationKey("automation")
-    network = Network("network", settings=settings, key=key)
-    ca = InternalCA("internal-ca", stack=settings.stack)
+    base = Foundation(
+        settings=settings,
+        key=key,
+        network=Network("network", settings=settings, key=key),
+        ca=InternalCA("internal-ca", stack=settings.stack),
+    )
 
-    lb = LoadBalancer("lb", settings=settings, network=network, ca=ca, key=key)
-    datastore = Datastore(
-        "datastore", settings=settings, network=network, ca=ca, key=key, jump_host=lb.jump_host
-    )
-    pool = AppServerPool(
-        "app", settings=settings, network=network, ca=ca, key=key, jump_host=lb.jump_host, datastore=datastore
-    )
+    lb = LoadBalancer("lb", base=base)
+    datastore = Datastore("datastore", base=base, jump_host=lb.jump_host)
+    pool = AppServerPool("app", base=base, jump_host=lb.jump_host, datastore=datastore)
     lb.send_traffic_to(pool.private_ips)
 
     return {
@@ -44,7 +45,7 @@ def build(settings: Settings) -> dict[str, object]:
             "app": pool.private_ips,
             "datastore": datastore.private_ip,
         },
-        "ca_cert_pem": ca.cert_pem,
+        "ca_cert_pem": base.ca.cert_pem,
         "monthly_cost_estimate": prices.monthly_estimate(
             droplet_sizes=[settings.lb_size, settings.datastore_size]
             + [settings.app_size] * settings.app_server_count,

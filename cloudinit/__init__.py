@@ -10,6 +10,8 @@ operation, so a droplet is never replaced by scaling, a new certificate or a pas
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -143,7 +145,7 @@ def first_boot(role: str, settings: Settings, automation_public_key: str) -> str
     """The role's cloud-config (user_data). Holds no secret: only public keys and settings."""
     context = template_context(role, settings)
     write_files = [
-        {"path": p.path, "permissions": p.mode, "content": render(p.template, **context)}
+        {"path": p.path, "permissions": p.mode, **compressed(render(p.template, **context))}
         for p in programs(role)
     ]
     write_files += [
@@ -178,6 +180,20 @@ def first_boot(role: str, settings: Settings, automation_public_key: str) -> str
         "runcmd": [[conventions.PROVISION_COMMAND]],
     }
     return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=1000)
+
+
+def compressed(text: str) -> dict[str, str]:
+    """A write_files body as gzip+base64, which cloud-init decodes: the scripts are most of a
+    role's first boot, and DigitalOcean takes at most 64 KiB of user_data. mtime=0 keeps the
+    bytes, and so the droplet, the same from run to run."""
+    return {"encoding": "gz+b64", "content": base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()}
+
+
+def decoded(entry: dict[str, str]) -> str:
+    """A write_files entry's text, as cloud-init writes it."""
+    if entry.get("encoding") == "gz+b64":
+        return gzip.decompress(base64.b64decode(entry["content"])).decode()
+    return entry["content"]
 
 
 def push_table(role: str, settings: Settings) -> str:

@@ -8,9 +8,7 @@ from cloudinit import app_server as app_files
 
 from . import conventions, remote
 from .datastore import Datastore
-from .network import Network
-from .pki import InternalCA
-from .settings import Settings
+from .foundation import Foundation
 
 
 class AppServerPool(pulumi.ComponentResource):
@@ -20,15 +18,13 @@ class AppServerPool(pulumi.ComponentResource):
         self,
         name: str,
         *,
-        settings: Settings,
-        network: Network,
-        ca: InternalCA,
-        key: remote.AutomationKey,
+        base: Foundation,
         jump_host: pulumi.Input[str],
         datastore: Datastore,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("node-platform:index:AppServerPool", name, None, opts)
+        settings, network, ca, key = base.settings, base.network, base.ca, base.key
         app_env = pulumi.Output.all(datastore.private_ip, datastore.passwords).apply(
             lambda args: app_files.app_env(args[0], args[1], settings)
         )

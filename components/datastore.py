@@ -10,9 +10,7 @@ from cloudinit import datastore as datastore_files
 
 from . import conventions, remote
 from .backups import Backups
-from .network import Network
-from .pki import InternalCA
-from .settings import Settings
+from .foundation import Foundation
 
 PASSWORD_LENGTH = 32
 NONCURRENT_BACKUP_DAYS = 30
@@ -26,14 +24,12 @@ class Datastore(pulumi.ComponentResource):
         self,
         name: str,
         *,
-        settings: Settings,
-        network: Network,
-        ca: InternalCA,
-        key: remote.AutomationKey,
+        base: Foundation,
         jump_host: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("node-platform:index:Datastore", name, None, opts)
+        settings, network, ca, key = base.settings, base.network, base.ca, base.key
         child = pulumi.ResourceOptions(parent=self)
         kept = pulumi.ResourceOptions(parent=self, protect=settings.protect_data)
         self.droplet = network.droplet(

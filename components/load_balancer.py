@@ -8,9 +8,7 @@ import pulumi_digitalocean as do
 from cloudinit import load_balancer as lb_files
 
 from . import conventions, remote
-from .network import Network
-from .pki import InternalCA
-from .settings import Settings
+from .foundation import Foundation
 
 
 class LoadBalancer(pulumi.ComponentResource):
@@ -21,13 +19,11 @@ class LoadBalancer(pulumi.ComponentResource):
         self,
         name: str,
         *,
-        settings: Settings,
-        network: Network,
-        ca: InternalCA,
-        key: remote.AutomationKey,
+        base: Foundation,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("node-platform:index:LoadBalancer", name, None, opts)
+        settings, network, ca, key = base.settings, base.network, base.ca, base.key
         child = pulumi.ResourceOptions(parent=self)
         self.droplet = network.droplet(
             name,

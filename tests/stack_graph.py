@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 import yaml
 
+import cloudinit
 import mockcloud
 from components import conventions, firewalls
 
@@ -117,7 +118,9 @@ def fingerprints(secret: str) -> list[str]:
 
 def readable_text(user_data: str) -> str:
     """A cloud-config as the droplet reads it: the YAML decoded, every string joined."""
-    return user_data + "\n" + "\n".join(strings_outside_secrets(load_yaml(user_data)))
+    config = load_yaml(user_data)
+    files = [cloudinit.decoded(entry) for entry in config.get("write_files", [])]
+    return user_data + "\n" + "\n".join([*strings_outside_secrets(config), *files])
 
 
 def load_yaml(text: str) -> Any:

@@ -6,7 +6,6 @@ a pass. `require_tool` names the Debian package to install.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,10 +16,8 @@ sys.path.insert(0, str(ROOT))
 
 import cloudinit  # noqa: E402
 import mockcloud  # noqa: E402
-from components import conventions  # noqa: E402
 
 STACKS = ("staging", "production")
-ROLES = conventions.ROLES
 
 
 def pytest_configure(config):
@@ -71,11 +68,3 @@ def render_role(tmp_path):
         return render_role_into(role, settings, tmp_path / f"{role}-{settings.stack}-{next(roots)}")
 
     return render
-
-
-def require_tool(name: str, package: str) -> str:
-    """The tool's path; fails the test (never skips) when it is not installed."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
-    if not path:
-        pytest.fail(f"{name} is not installed: apt-get install {package}")
-    return path

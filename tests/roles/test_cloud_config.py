@@ -18,7 +18,7 @@ import yaml
 import cloudinit
 from components import conventions
 
-from conftest import ROLES, require_tool
+from role_checks import ROLES, require_tool
 
 # The top-level keys this program's cloud-configs may use, each a cloud-init module's.
 ALLOWED_KEYS = {

@@ -20,7 +20,7 @@ import cloudinit
 from cloudinit import common
 from components import conventions
 
-from conftest import ROLES, require_tool
+from role_checks import ROLES, require_tool
 
 LIB = "usr/local/lib/platform"
 

@@ -23,7 +23,7 @@ import cloudinit
 from cloudinit import common
 from components import conventions
 
-from conftest import require_tool
+from role_checks import require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.localcloud]
 
@@ -38,6 +38,7 @@ def common_only_user_data(settings, automation_key: str) -> str:
     config = yaml.safe_load(cloudinit.first_boot(ROLE, settings, automation_key))
     for entry in config["write_files"]:
         if entry["path"] == common.ROLE_STEPS:
+            entry.pop("encoding", None)
             entry["content"] = NO_ROLE_STEPS
         if entry["path"] == cloudinit.PUSH_TABLE:
             table = json.loads(entry["content"])
