@@ -35,13 +35,15 @@ class Engine:
     tls_port: int
     # Where the engine itself listens on the datastore when TLS is done in front of it.
     local_port: int | None = None
+    # Logins are by password alone (Redis's requirepass): the app sends no user name.
+    password_only: bool = False
 
 
 ENGINES = {
     "postgresql": Engine("postgresql", tls_port=5432),
     "mongodb": Engine("mongodb", tls_port=27017),
     # Redis listens on loopback only; stunnel terminates TLS in front of it.
-    "redis": Engine("redis", tls_port=6380, local_port=6379),
+    "redis": Engine("redis", tls_port=6380, local_port=6379, password_only=True),
     # AMQPS only: the plaintext AMQP port is never opened.
     "rabbitmq": Engine("rabbitmq", tls_port=5671),
 }
