@@ -212,6 +212,10 @@ def disruptions(p) -> dict:
     droplet.start(app)
     droplet.wait_booted(app, 180)
     three = stack.plan(STACK, {"appServerCount": 3})
+    if {d.name: d.id for d in p.droplets} != {d.name: d.id for d in three.droplets if d.name in
+                                               {k.name for k in p.droplets}}:
+        raise SystemExit("the stack was replaced during the benchmark (another up/down on this machine): "
+                         "figures from here on would not be a 2->3 scaling")
     s = traffic.start(p.domain, p.lb.reserved_ips[0], ca, PATH, 20, 120)
     t0 = time.monotonic()
     stack.up(three)
@@ -260,12 +264,20 @@ def main() -> int:
             stack.down(stack.deployed(STACK))
         out["up_to_healthy_image_cached_s"] = round(healthy_after_up(lambda: stack.plan(STACK)))
     p = stack.deployed(STACK)
-    out["throughput"] = throughput(p)
-    out["latency"] = latency(p)
+    show(out)
+    out = {"throughput": throughput(p)}
+    show(out)
+    out = {"latency": latency(p)}
+    show(out)
     if args.disruptions:
-        out["disruptions"] = disruptions(p)
-    print(json.dumps(out, indent=1))
+        show({"disruptions": disruptions(p)})
     return 0
+
+
+def show(figures: dict) -> None:
+    """Each part as soon as it is measured: a later part may fail on a shared machine."""
+    if figures:
+        print(json.dumps(figures, indent=1), flush=True)
 
 
 if __name__ == "__main__":
