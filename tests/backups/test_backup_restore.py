@@ -12,9 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
-import secrets
 import shutil
-import string
 import subprocess
 
 import pytest
@@ -25,18 +23,11 @@ from cloudinit import datastore
 from components import conventions
 
 from backup_sandbox import BackupSandbox, backup_payload, repository
+from datastore_sandbox import password, tool
 
 DS = conventions.DATASTORE
 
 
-def tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} is missing: apt-get install {package}"
-    return path
-
-
-def password() -> str:
-    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
 
 
 def passwords_for(settings):

@@ -16,8 +16,10 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import re
+import secrets
 import shlex
 import shutil
+import string
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +137,16 @@ STAGED_FILES="$T/staged"
 # The provisioning driver's helper, for the engine steps called on their own here.
 step() {{ log "step: $1"; }}
 """
+
+
+def tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is missing: apt-get install {package}"
+    return path
+
+
+def password() -> str:
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
 
 
 @dataclass

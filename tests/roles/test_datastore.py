@@ -10,9 +10,6 @@ installable here: its config and user script are checked for structure only.
 from __future__ import annotations
 
 import re
-import secrets
-import shutil
-import string
 import subprocess
 
 import pytest
@@ -23,20 +20,12 @@ import mockcloud
 from cloudinit import common, datastore
 from components import conventions
 
-from datastore_sandbox import Sandbox, vpc_address
+from datastore_sandbox import Sandbox, password, tool, vpc_address
 
 DS = conventions.DATASTORE
 PG_CONNECT = "host={host} port={port} dbname={db} user={user} sslmode={mode} sslrootcert={ca} connect_timeout=5"
 
 
-def tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} is missing: apt-get install {package}"
-    return path
-
-
-def password() -> str:
-    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
 
 
 @pytest.fixture(scope="module")
