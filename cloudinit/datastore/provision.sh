@@ -216,14 +216,34 @@ postgresql_steps() {
     ensure_dir {{ c.DATA_MOUNT }}/postgresql 0755 postgres:postgres
     local version
     version=$(postgresql_version)
-    if [ ! -f "/etc/postgresql/$version/main/postgresql.conf" ]; then
-        # On the volume (createcluster.d); an existing data directory there is taken over.
-        pg_createcluster "$version" main
-        changed "PostgreSQL $version cluster main"
-    fi
+    ensure_postgresql_cluster "$version"
     tls_ready || return 0
     engine_running "postgresql@$version-main" {{ facts.POSTGRESQL_DIR }}/
     postgresql_logins
+}
+
+# The cluster's data is on the volume (createcluster.d); its /etc files are on the root
+# disk, so a copy of them is kept beside the data: a new droplet on the same volume (the
+# old one replaced or lost) takes the cluster over instead of failing to create it.
+ensure_postgresql_cluster() {
+    local version=$1
+    local conf_dir=/etc/postgresql/$version/main
+    local kept={{ c.DATA_MOUNT }}/postgresql/$version/etc-main
+    if [ ! -f "$conf_dir/postgresql.conf" ]; then
+        if [ -f "$kept/postgresql.conf" ]; then
+            mkdir -p "$(dirname "$conf_dir")"
+            cp -a "$kept" "$conf_dir"
+            changed "PostgreSQL $version cluster main taken over from the volume"
+        else
+            pg_createcluster "$version" main
+            changed "PostgreSQL $version cluster main"
+        fi
+    fi
+    if ! diff -r "$conf_dir" "$kept" >/dev/null 2>&1; then
+        rm -rf "$kept"
+        cp -a "$conf_dir" "$kept"
+        changed "$conf_dir kept on the volume"
+    fi
 }
 
 # The distribution's version (15 on Debian 12, 16 on Ubuntu 24.04), as installed.

@@ -210,6 +210,34 @@ psql -X -At "{conn('verify-full')}" -c "SHOW listen_addresses"
     assert run.status("data-on-volume") == 0, out
 
 
+def test_postgresql_on_a_new_droplet_takes_over_the_cluster_on_the_kept_volume(tmp_path, staging):
+    """The datastore replaced, its volume kept: the new root disk has no /etc/postgresql."""
+    tool("psql", "postgresql-client")
+    pw = passwords_for(staging)
+    box = Sandbox(tmp_path, staging, pw)
+    port = conventions.ENGINES["postgresql"].tls_port
+    db, user = conventions.ENGINE_APP_DATABASE, conventions.ENGINE_APP_USER
+    conn = PG_CONNECT.format(host=box.address, port=port, db=db, user=user, mode="verify-full", ca=box.ca_cert)
+    run = box.run(ROUND + f"""
+round first postgresql_steps
+export PGPASSWORD={pw['postgresql']}
+check write psql -X "{conn}" -c "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)"
+v=$(postgresql_version)
+check stop pg_ctlcluster "$v" main stop
+check new-root-disk rm -rf "/etc/postgresql/$v/main"
+round new-droplet postgresql_steps
+round again postgresql_steps
+check read test "$(psql -X -At "{conn}" -c "SELECT x FROM kept")" = 42
+""")
+    out = run.output
+    assert run.status("round-first") == 0, out
+    assert run.status("write") == 0 and run.status("new-root-disk") == 0, out
+    assert run.status("round-new-droplet") == 0, out
+    assert "taken over from the volume" in out
+    assert run.status("read") == 0, out
+    assert run.status("round-again") == 0 and run.changes("again") == 0, out
+
+
 def test_redis_behind_stunnel_on_the_rendered_configs(tmp_path, staging):
     tool("stunnel4", "stunnel4")
     tool("redis-server", "redis-server")
