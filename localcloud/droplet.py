@@ -131,7 +131,11 @@ def launcher_pid(name: str) -> int | None:
 def nspawn_pid(name: str) -> int | None:
     lp = launcher_pid(name)
     for c in children(lp) if lp else []:
-        if Path(f"/proc/{c}/comm").read_text().strip() == "systemd-nspawn":
+        try:
+            comm = Path(f"/proc/{c}/comm").read_text().strip()
+        except OSError:  # the child exited between the listing and the read (a reboot's exec)
+            continue
+        if comm == "systemd-nspawn":
             return c
     return None
 
