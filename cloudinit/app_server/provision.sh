@@ -71,8 +71,10 @@ Pin-Priority: 600'
 }
 
 ensure_pm2() {
-    local pm2={{ c.PM2_BIN_DIR }}/pm2
-    if [ -x "$pm2" ] && [ "$(PM2_HOME=/nonexistent "$pm2" --version 2>/dev/null | cut -d. -f1)" = "{{ c.PM2_MAJOR }}" ]; then
+    # The installed package's own version: running `pm2 --version` first prints pm2's
+    # first-run banner instead, which read as "not installed" once (a needless reinstall).
+    local package={{ c.PM2_BIN_DIR }}/../lib/node_modules/pm2/package.json
+    if [ -x {{ c.PM2_BIN_DIR }}/pm2 ] && [ "$(node -p "require('$package').version.split('.')[0]" 2>/dev/null)" = "{{ c.PM2_MAJOR }}" ]; then
         return 0
     fi
     npm install --global --prefix /usr/local --no-fund --no-audit "pm2@{{ c.PM2_MAJOR }}"
