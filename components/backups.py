@@ -45,8 +45,8 @@ class Backups(pulumi.ComponentResource):
             grants=[do.SpacesKeyGrantArgs(bucket=bucket.name, permission="readwrite")],
             opts=child,
         )
-        repository = pulumi.Output.all(bucket.region, bucket.name).apply(
-            lambda rb: datastore_files.backup_repository(rb[0], rb[1])
+        repository = bucket.name.apply(
+            lambda bucket_name: datastore_files.backup_repository(settings.spaces_endpoint, bucket_name)
         )
         secrets = pulumi.Output.secret(
             pulumi.Output.all(

@@ -124,6 +124,10 @@ def https_url(raw: Any) -> str:
     return value
 
 
+def optional_https_url(raw: Any) -> str:
+    return "" if raw in (None, "") else https_url(raw)
+
+
 def cidr_list(raw: Any) -> tuple[str, ...]:
     allowed = "a non-empty list of CIDRs such as [203.0.113.7/32]"
     value = _decoded(raw)
@@ -220,6 +224,9 @@ SETTINGS = (
     Setting("backupKeepMonthly", 6, whole_number(0, 120), "Monthly backups kept."),
     Setting("spacesRegion", "", one_of(("",) + SPACES_REGIONS),
             "Region of the backup bucket; empty means the stack's region."),
+    Setting("spacesEndpoint", "", optional_https_url,
+            "S3 endpoint backups are sent to; empty means the bucket region's Spaces endpoint. "
+            "Only a stand-in for Spaces (the local cloud's) needs another."),
     Setting("dropletBackups", False, boolean, "DigitalOcean's weekly droplet backups too."),
     Setting("protectData", False, boolean,
             "Protect the datastore droplet and volume from deletion (production)."),
@@ -255,6 +262,7 @@ class Settings:
     backup_keep_weekly: int
     backup_keep_monthly: int
     spaces_region: str
+    spaces_endpoint: str
     droplet_backups: bool
     protect_data: bool
 
@@ -283,6 +291,8 @@ class Settings:
             raise SettingsError(stack, problems)
         if not values["spaces_region"]:
             values["spaces_region"] = values["region"]
+        if not values["spaces_endpoint"]:
+            values["spaces_endpoint"] = conventions.spaces_endpoint(values["spaces_region"])
         return cls(stack=stack, **values)
 
 

@@ -174,6 +174,11 @@ class ProviderMocks(pulumi.runtime.Mocks):
     def _SpacesBucket(self, inputs):
         return {"bucketDomainName": f"{inputs['name']}.{inputs['region']}.digitaloceanspaces.com"}
 
+    def _SpacesKey(self, inputs):
+        # Shaped like DigitalOcean's: a 20-character id and a 43-character secret.
+        return {"accessKey": "DO" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(18)),
+                "secretKey": secrets.token_urlsafe(32)}
+
     # --- random --------------------------------------------------------------------------
     def _RandomPassword(self, inputs):
         alphabet = string.ascii_letters + string.digits

@@ -24,6 +24,7 @@ TYPES = {
     "optional_domain_name": "DNS name or empty",
     "email": "e-mail",
     "https_url": "https URL",
+    "optional_https_url": "https URL or empty",
     "cidr_list": "list of CIDRs",
     "vpc_range": "IPv4 CIDR",
     "ssh_public_keys": "list of SSH public keys",

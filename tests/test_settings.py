@@ -110,6 +110,17 @@ def test_bad_region():
     assert "ams3" in problem
 
 
+@pytest.mark.parametrize("endpoint", ["http://198.51.100.1", "fra1.digitaloceanspaces.com", "https://"])
+def test_spaces_endpoint_must_be_https(endpoint):
+    assert the_problem(spacesEndpoint=endpoint) == f"spacesEndpoint: {endpoint!r} is not allowed: an https:// URL"
+
+
+def test_spaces_endpoint_defaults_to_the_bucket_regions():
+    settings = mockcloud.stack_settings("staging", region="tor1", spacesRegion="fra1")
+    assert settings.spaces_endpoint == "https://fra1.digitaloceanspaces.com"
+    assert mockcloud.stack_settings("staging", spacesEndpoint="https://198.51.100.1").spaces_endpoint == "https://198.51.100.1"
+
+
 def test_dns_zone_must_contain_the_domain():
     assert the_problem(dnsZone="example.org") == (
         "dnsZone: 'example.org' is not allowed: a zone that contains domain 'staging.example.com'"

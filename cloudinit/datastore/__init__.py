@@ -141,9 +141,10 @@ def backup_schedule_files(settings: Settings) -> dict[str, str]:
     }
 
 
-def backup_repository(region: str, bucket: str) -> str:
-    """restic's name for the repository in the stack's bucket."""
-    return f"s3:{conventions.spaces_endpoint(region)}/{bucket}/{conventions.BACKUP_REPOSITORY_PREFIX}"
+def backup_repository(endpoint: str, bucket: str) -> str:
+    """restic's name for the repository in the stack's bucket (path-style: the bucket
+    follows the endpoint)."""
+    return f"s3:{endpoint}/{bucket}/{conventions.BACKUP_REPOSITORY_PREFIX}"
 
 
 def backup_env(repository: str, password: str, access_key: str, secret_key: str) -> str:
