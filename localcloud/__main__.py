@@ -1,4 +1,4 @@
-"""python -m localcloud {up|check|status|shell NAME|down} [--stack S]  (a whole stack)
+"""python -m localcloud {up|check|status|shell NAME|lose NAME|down} [--stack S]  (a whole stack)
    python -m localcloud {image|droplets|teardown|leftovers}          (the low layer)"""
 
 import argparse
@@ -33,6 +33,9 @@ def main() -> int:
         if name == "up":
             cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="changes",
                              help="a setting for this run, as `pulumi config set` (YAML value), e.g. appServerCount=3")
+    lose = sub.add_parser("lose", help="destroy one droplet and its volumes, as if lost (the next up rebuilds them)")
+    lose.add_argument("name", help="lb, app-1, datastore, ... or the droplet's full name")
+    lose.add_argument("--stack", default="staging")
     sh = sub.add_parser("shell", help="a root shell on one of the stack's droplets")
     sh.add_argument("name", help="lb, app-1, datastore, ... or the droplet's full name")
     sh.add_argument("--stack", default="staging")
@@ -43,7 +46,7 @@ def main() -> int:
     sub.add_parser("leftovers", help="list what of ours is still on the machine")
     args = p.parse_args()
 
-    if args.cmd in ("up", "check", "status", "shell", "down"):
+    if args.cmd in ("up", "check", "status", "shell", "lose", "down"):
         from . import stack
         plan = stack.plan(args.stack, changes(args.changes)) if args.cmd == "up" else stack.deployed(args.stack)
         if args.cmd == "up":
@@ -56,6 +59,8 @@ def main() -> int:
         elif args.cmd == "shell":
             argv = stack.shell_argv(plan.droplet(args.name).name)
             os.execvp(argv[0], argv)
+        elif args.cmd == "lose":
+            stack.lose(plan, args.name)
         elif args.cmd == "down":
             stack.down(plan)
     elif args.cmd == "image":

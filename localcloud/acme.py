@@ -12,13 +12,10 @@ https://127.0.0.1:15000/roots/0 gives it, to verify a chain against.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
-from . import config, network, shell
+from . import config, daemon, network, shell
 
 ACME_DIR = config.STATE_ROOT / "acme"
 PORT = 14000
@@ -35,8 +32,6 @@ TLS_CERT = ACME_DIR / "tls.pem"
 PEBBLE_CONFIG = ACME_DIR / "pebble-config.json"
 LOG = ACME_DIR / "pebble.log"
 TRUSTED_CA_NAME = "localcloud-acme-tls.pem"   # in config.TRUSTED_CAS_DIR
-
-PROCESSES = ("pebble", "pebble-challtestsrv")
 
 
 # --- command builders -------------------------------------------------------
@@ -111,25 +106,8 @@ def ensure_tls_ca() -> Path:
 
 # --- processes --------------------------------------------------------------
 
-def _pid_file(process: str) -> Path:
-    return ACME_DIR / f"{process}.pid"
-
-
-def running_pid(process: str) -> int | None:
-    try:
-        pid = int(_pid_file(process).read_text())
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-    except (OSError, ValueError):
-        return None
-    return pid if process.startswith(comm) else None
-
-
-def _start(process: str, argv: shell.Command, env: dict | None = None) -> int:
-    with open(LOG, "ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, **(env or {})}, cwd=ACME_DIR)
-    _pid_file(process).write_text(str(proc.pid))
-    return proc.pid
+DAEMONS = {process: daemon.Daemon(ACME_DIR / f"{process}.pid", LOG, process.encode())
+           for process in ("pebble-challtestsrv", "pebble")}
 
 
 def ensure_running(domain_address: str) -> None:
@@ -139,14 +117,14 @@ def ensure_running(domain_address: str) -> None:
     ensure_tls_ca()
     PEBBLE_CONFIG.write_text(json.dumps(pebble_config(), indent=1))
     marker = ACME_DIR / "dns-address"
-    if running_pid("pebble-challtestsrv") and marker.exists() and marker.read_text() != domain_address:
+    if DAEMONS["pebble-challtestsrv"].running_pid() and marker.exists() and marker.read_text() != domain_address:
         stop()
     marker.write_text(domain_address)
     with shell.Step("ACME server (pebble)"):
-        if not running_pid("pebble-challtestsrv"):
-            _start("pebble-challtestsrv", challtestsrv_command(domain_address))
-        if not running_pid("pebble"):
-            _start("pebble", pebble_command(), PEBBLE_ENV)
+        for process, argv, env in (("pebble-challtestsrv", challtestsrv_command(domain_address), None),
+                                   ("pebble", pebble_command(), PEBBLE_ENV)):
+            if not DAEMONS[process].running_pid():
+                DAEMONS[process].start(argv, env, cwd=ACME_DIR)
         deadline = time.monotonic() + 30
         while not shell.succeeds(["curl", "-sf", "--cacert", str(TLS_CA_CERT), DIRECTORY_URL], timeout=10):
             if time.monotonic() > deadline:
@@ -155,11 +133,8 @@ def ensure_running(domain_address: str) -> None:
 
 
 def stop() -> None:
-    for process in PROCESSES:
-        pid = running_pid(process)
-        if pid:
-            os.kill(pid, signal.SIGTERM)
-        _pid_file(process).unlink(missing_ok=True)
+    for d in DAEMONS.values():
+        d.stop()
 
 
 # --- checks -----------------------------------------------------------------

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import select
-import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import config, sources
+from . import config, daemon, sources
 
 ALLOWED_PORTS = frozenset({80, 443})
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization",
@@ -145,14 +142,11 @@ def proxy_command(hosts: list[str]) -> list[str]:
             "--port", str(config.PROXY_PORT), *[a for h in sorted(hosts) for a in ("--allow", h)]]
 
 
+DAEMON = daemon.Daemon(PIDFILE, config.PROXY_LOG, b"localcloud.proxy")
+
+
 def running_pid() -> int | None:
-    """The pid in PIDFILE, if that process is still our proxy."""
-    try:
-        pid = int(PIDFILE.read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    return pid if b"localcloud.proxy" in cmdline else None
+    return DAEMON.running_pid()
 
 
 def ensure_running() -> int:
@@ -161,12 +155,8 @@ def ensure_running() -> int:
     if pid:
         return pid
     hosts = sorted(allowlist_from_host().hosts)
-    config.STATE_ROOT.mkdir(parents=True, exist_ok=True)
-    log = open(config.PROXY_LOG, "ab")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    proc = subprocess.Popen(proxy_command(hosts), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                            env=env, start_new_session=True)
-    PIDFILE.write_text(str(proc.pid))
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = DAEMON.start(proxy_command(hosts), env)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -180,14 +170,7 @@ def ensure_running() -> int:
 
 
 def stop() -> None:
-    pid = running_pid()
-    if pid:
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(50):
-            if not Path(f"/proc/{pid}").exists():
-                break
-            time.sleep(0.1)
-    PIDFILE.unlink(missing_ok=True)
+    DAEMON.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import acme, cloud, config, droplet, firewall, shell, state, volume
+from . import acme, cloud, config, droplet, firewall, shell, spaces, state, volume
 
 # The settings that cannot work here, and why. Everything else is the stack's own.
 LOCAL_OVERRIDES_WHY = {
@@ -34,7 +34,7 @@ LOCAL_OVERRIDES_WHY = {
     "acmeDirectory": "the local ACME server (pebble) on the host stands in for Let's Encrypt",
     "engines": "MongoDB's apt repository is not reachable here; the other engines stay",
     "adminCidrs": "the host runs the remote commands (as pulumi would), so its address joins the admin range",
-    "backups": "no S3-compatible stand-in for Spaces here yet: the backup push's `restic init` cannot reach it",
+    "spacesEndpoint": "moto's S3 server on the host stands in for Spaces (localcloud/spaces.py)",
 }
 
 
@@ -47,7 +47,7 @@ def local_overrides(stack_config: dict) -> dict:
         "acmeDirectory": acme.DIRECTORY_URL,
         "engines": [e for e in stack_config.get("engines", []) if e != "mongodb"],
         "adminCidrs": admin + [f"{config.HOST_PUBLIC_IP}/32"],
-        "backups": False,
+        "spacesEndpoint": spaces.ENDPOINT,
     }
 
 
@@ -94,6 +94,12 @@ class PlannedVolume:
     droplet: str                   # droplet name it is attached to
 
 
+@dataclass(frozen=True)
+class PlannedBucket:
+    name: str
+    versioning: bool
+
+
 @dataclass
 class Plan:
     stack: str
@@ -104,6 +110,7 @@ class Plan:
     firewalls: list[firewall.Firewall]
     volumes: list[PlannedVolume]
     commands: list[RemoteCommand]
+    buckets: list[PlannedBucket] = field(default_factory=list)
     record: dict | None = field(default=None, repr=False)   # saved as the stack's state by `up`
 
     def droplet(self, key_or_name: str) -> PlannedDroplet:
@@ -198,10 +205,27 @@ def plan(stack: str = "staging", changes: dict | None = None) -> Plan:
     if clash:
         raise ValueError(f"{sorted(clash)}: set for this machine by LOCAL_OVERRIDES; see stack.LOCAL_OVERRIDES_WHY")
     settings = mockcloud.stack_settings(stack, **(changes or {}), **overrides)
-    deployment = mockcloud.deploy(settings, previous=previous_deployment(load_record(stack)))
+    deployment = mockcloud.deploy(settings, previous=previous_deployment(refreshed(load_record(stack))))
     p = plan_from(deployment.resources, deployment.mocks.options, stack, settings, overrides)
     p.record = deployment_record(deployment.mocks, settings, overrides)
     return p
+
+
+def refreshed(record: dict | None) -> dict | None:
+    """The record less the droplets and volumes gone from this machine, as `pulumi refresh`
+    finds what was deleted outside the program: the next run creates them anew."""
+    if not record:
+        return record
+    on_machine = state.load()["droplets"]
+    gone = set()
+    for r in record["resources"]:
+        kind, name = _suffix(r["type"]), r["state"].get("name", "")
+        if (kind == "Droplet" and name not in on_machine) or (kind == "Volume" and not volume.image_file(name).exists()):
+            gone.add((r["type"], r["name"]))
+            print(f"[localcloud] refresh: {kind.lower()} {name} is gone; the program creates it anew", flush=True)
+    return {**record,
+            "resources": [r for r in record["resources"] if (r["type"], r["name"]) not in gone],
+            "raw_state": [[t, n, st] for t, n, st in record["raw_state"] if (t, n) not in gone]}
 
 
 def deployed(stack: str = "staging") -> Plan:
@@ -238,9 +262,11 @@ def plan_from(resources, options: dict, stack: str, settings, overrides: dict) -
     firewalls = [firewall_of(r.state, by_id) for r in by_type.get("Firewall", [])]
     volumes = volumes_of(by_type.get("Volume", []), by_type.get("VolumeAttachment", []), by_id)
     commands = ordered_commands(by_type.get("Command", []), options)
+    buckets = [PlannedBucket(b.state["name"], bool((b.state.get("versioning") or {}).get("enabled")))
+               for b in by_type.get("SpacesBucket", [])]
     (vpc,) = by_type.get("Vpc", [None])
     return Plan(stack, settings.domain, overrides, vpc.state["ipRange"] if vpc else settings.vpc_ip_range,
-                droplets, firewalls, volumes, commands)
+                droplets, firewalls, volumes, commands, buckets)
 
 
 def rule_of(rule: dict, direction: str, by_id: dict[str, str]) -> firewall.Rule:
@@ -506,6 +532,10 @@ def _up(p: Plan, timeout: float) -> UpResult:
     if p.record:
         save_record(p.stack, p.record)
     acme.ensure_running(p.lb.reserved_ips[0])   # DNS: the domain resolves to the LB
+    if p.buckets:
+        spaces.ensure_running()
+        for b in p.buckets:
+            spaces.ensure_bucket(b.name, b.versioning)
     with shell.Step("volumes"):
         for v in p.volumes:
             volume.create(v.name, v.size_mb, v.filesystem, v.label)
@@ -555,6 +585,19 @@ def wait_for_certificate(p: Plan, timeout: float = 300) -> dict:
         time.sleep(5)
 
 
+def lose(p: Plan, key_or_name: str) -> None:
+    """Destroy one droplet and its volumes outside the program, as when a droplet is lost:
+    the stack's state still has them until the next `up` refreshes it."""
+    d = p.droplet(key_or_name)
+    with exclusive(p.stack):
+        if d.name in state.load()["droplets"]:
+            cloud.destroy(d.name)
+        for v in p.volumes:
+            if v.droplet == d.name:
+                volume.delete(v.name)
+    print(f"[localcloud] {d.name} and its volumes are gone; `up` builds them anew", flush=True)
+
+
 def down(p: Plan) -> None:
     """Remove this stack's droplets, volumes and firewall rules; others stay."""
     with exclusive(p.stack):
@@ -566,12 +609,10 @@ def _down(p: Plan) -> None:
         if d.name in state.load()["droplets"]:
             cloud.destroy(d.name)
     for v in p.volumes:
-        loop = volume.loop_of(volume.image_file(v.name))
-        if loop:
-            shell.run(volume.losetup_detach_command(loop), check=False)
-        volume.image_file(v.name).unlink(missing_ok=True)
+        volume.delete(v.name)
     firewall.clear()
     acme.stop()
+    spaces.stop()
     state_file(p.stack).unlink(missing_ok=True)   # as `pulumi destroy` empties the stack
 
 

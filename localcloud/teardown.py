@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from . import config, droplet, network, proxy, shell, state, volume
+from . import acme, config, droplet, network, proxy, shell, spaces, state, volume
 
 
 def our_cgroup_droplets() -> list[str]:
@@ -63,7 +63,8 @@ def teardown(keep_volumes: bool = False) -> None:
             shell.run(umount_command(point), check=False)
         for loop in volume.our_loops():
             shell.run(volume.losetup_detach_command(loop), check=False)
-        proxy.stop()
+        for service in (proxy, acme, spaces):
+            service.stop()
         # Deleting the switch namespace also removes the host's lc-host link (its peer).
         for ns in network.list_netns():
             if ns.startswith(config.PREFIX):
@@ -81,8 +82,8 @@ def leftovers() -> dict[str, list[str]]:
     procs = []
     for name in our_cgroup_droplets():
         procs += [str(p) for p in droplet.cgroup_pids(name)]
-    if proxy.running_pid():
-        procs.append(str(proxy.running_pid()))
+    services = (proxy.DAEMON, *acme.DAEMONS.values(), spaces.DAEMON)
+    procs += [str(d.running_pid()) for d in services if d.running_pid()]
     return {
         "netns": [n for n in network.list_netns() if n.startswith(config.PREFIX)],
         "links": [config.HOST_LINK] if network.link_exists(None, config.HOST_LINK) else [],

@@ -102,6 +102,14 @@ def detach(name: str, volume: str) -> None:
         s["droplets"].get(name, {}).get("volumes", {}).pop(volume, None)
 
 
+def delete(volume: str) -> None:
+    """The volume's loop device and file; its data is gone."""
+    loop = loop_of(image_file(volume))
+    if loop:
+        shell.run(losetup_detach_command(loop), check=False)
+    image_file(volume).unlink(missing_ok=True)
+
+
 def refresh(name: str) -> None:
     """Before a boot: re-make the nodes, since loop numbers can change between runs."""
     for vol in state.load()["droplets"].get(name, {}).get("volumes", {}):

@@ -1,0 +1,44 @@
+"""The local cloud's host services (proxy, ACME server, Spaces stand-in) as background
+processes: started once, found again by their pid file, stopped by teardown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Daemon:
+    pid_file: Path
+    log: Path
+    # In /proc/<pid>/cmdline of our process: a recycled pid is not mistaken for it.
+    marker: bytes
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if self.marker in cmdline else None
+
+    def start(self, argv: list[str], env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env={**os.environ, **(env or {})}, cwd=cwd)
+        self.pid_file.write_text(str(proc.pid))
+        return proc
+
+    def stop(self, timeout: float = 5) -> None:
+        pid = self.running_pid()
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
