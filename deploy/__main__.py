@@ -64,6 +64,29 @@ def archive_store(target: StackTarget, executor: Executor) -> Store | None:
     return store
 
 
+def rollback(deployer: Deployer, to: str | None, target: StackTarget, executor: Executor) -> Outcome:
+    try:
+        return deployer.rollback(to)
+    except DeployError as problem:
+        if to is None:
+            raise
+        raise DeployError(f"{problem}. {archive_note(to, target, executor)}") from None
+
+
+def archive_note(release_id: str, target: StackTarget, executor: Executor) -> str:
+    """Whether a release the servers lack can still be had from the archive."""
+    try:
+        store = target.archive_store()
+    except NotArchived as why:
+        return f"No archive to look in: {why}"
+    executor.secrets.extend(store.secrets)
+    where = store.url(release_id, archive.TARBALL)
+    if archive.archived(store, release_id):
+        return (f"It is archived at {where}: restore it to every server (README: \"Restoring a release from the "
+                f"archive by hand\"), then roll back to it")
+    return f"It is not archived either (no {store.url(release_id, archive.MANIFEST)})"
+
+
 def main(argv: list[str] | None = None, executor: Executor | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "keep", 2) < 2:
@@ -90,7 +113,7 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
                 archive.archive(store, build, work, executor)
             outcome: Outcome = deployer.deploy(build, args.keep)
         else:
-            outcome = deployer.rollback(args.to)
+            outcome = rollback(deployer, args.to, target, executor)
         for line in summary(outcome):
             executor.say(line)
         return 0 if outcome.ok else EXIT_STOPPED

@@ -185,6 +185,21 @@ def send(store: Store, plan: list[Upload]) -> None:
                                f"{failed}.{hint} No server was touched.") from None
 
 
+def archived(store: Store, release_id: str) -> bool:
+    """Whether the release's manifest, uploaded last, is in the archive."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client(store).head_object(Bucket=store.bucket, Key=store.key(release_id, MANIFEST))
+        return True
+    except ClientError as failed:
+        if failed.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            return False
+        raise ArchiveError(f"could not look in s3://{store.bucket} at {store.endpoint}: {failed}") from None
+    except BotoCoreError as failed:
+        raise ArchiveError(f"could not look in s3://{store.bucket} at {store.endpoint}: {failed}") from None
+
+
 def archive(store: Store, build: Build, work_dir: str, executor: Executor) -> None:
     """Pack the release with its configuration and manifest, then upload both."""
     start = time.monotonic()

@@ -275,3 +275,20 @@ def test_uploads_put_the_manifest_last_under_the_stacks_prefix(tmp_path, store):
     assert [(u.key, u.content_type) for u in plan] == [
         ("releases/staging/R1.tar.gz", "application/gzip"), ("releases/staging/R1.json", "application/json")]
     assert os.fspath(plan[0].path).endswith("R1.tar.gz")
+
+
+def test_rollback_to_a_release_the_servers_lack_says_whether_the_archive_has_it(monkeypatch, store, build):
+    assert deploy(monkeypatch, Fleet(), _Target(store), build) == 0   # archived; that fleet is gone
+    fleet = Fleet()                                                  # servers that never held it
+    assert cli.main(["rollback", "staging", "--to", NEW], executor=fleet) == cli.EXIT_STOPPED
+    assert f"app-1: does not hold {NEW}" in fleet.printed()
+    assert f"It is archived at s3://{store.bucket}/{KEYS[0]}: restore it to every server" in fleet.printed()
+    never = "20200101T000000Z-0000000"
+    assert cli.main(["rollback", "staging", "--to", never], executor=fleet) == cli.EXIT_STOPPED
+    assert f"It is not archived either (no s3://{store.bucket}/releases/staging/{never}.json)" in fleet.printed()
+    assert all(s.current == OLD for s in fleet.servers.values())
+    assert [a for h, a in fleet.log if h != "lb" and not a.startswith("list")] == [], "nothing switched"
+    nowhere = Fleet()
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    assert cli.main(["rollback", "staging", "--to", never], executor=nowhere) == cli.EXIT_STOPPED
+    assert "No archive to look in: this test stack has no bucket" in nowhere.printed()
