@@ -17,6 +17,7 @@ from components.foundation import Foundation
 from components.load_balancer import LoadBalancer
 from components.network import Network
 from components.pki import InternalCA
+from components.release_archive import release_archive
 from components.remote import AutomationKey
 from components.settings import Settings, SettingsError, stack_config
 
@@ -36,7 +37,7 @@ def build(settings: Settings) -> dict[str, object]:
     pool = AppServerPool("app", base=base, jump_host=lb.jump_host, datastore=datastore)
     lb.send_traffic_to(pool.private_ips)
 
-    return {
+    outputs = {
         "url": f"https://{settings.domain}",
         "public_ip": lb.public_ip,
         "ssh": ssh_commands(lb.public_ip, pool.private_ips, datastore.private_ip),
@@ -54,6 +55,11 @@ def build(settings: Settings) -> dict[str, object]:
             droplet_backups=settings.droplet_backups,
         ),
     }
+    if settings.backups:
+        outputs["release_archive"] = release_archive(
+            "release-archive", settings=settings, bucket=datastore.backup_bucket, datastore_address=datastore.private_ip
+        )
+    return outputs
 
 
 def ssh_commands(jump_ip, app_ips, datastore_ip) -> pulumi.Output[dict]:

@@ -190,6 +190,8 @@ BACKUP_MAX_AGE_HOURS = 26
 BACKUP_KEEP_WITHIN = "1d"
 # Inside the bucket: restic's repository of the datastore.
 BACKUP_REPOSITORY_PREFIX = "restic/datastore"
+# Inside the same bucket: every release `python -m deploy` rolled out, with its manifest.
+RELEASE_ARCHIVE_PREFIX = "releases"
 
 
 def spaces_endpoint(region: str) -> str:
@@ -200,3 +202,8 @@ def spaces_endpoint(region: str) -> str:
 def backup_host(stack: str) -> str:
     """restic's host name for the datastore's snapshots: the same on a rebuilt droplet."""
     return f"{stack}-datastore"
+
+
+def release_archive_key(stack: str, release_id: str, suffix: str) -> str:
+    """A release's object in the backup bucket: releases/<stack>/<id>.tar.gz (and .json)."""
+    return f"{RELEASE_ARCHIVE_PREFIX}/{stack}/{release_id}{suffix}"

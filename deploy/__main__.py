@@ -15,7 +15,8 @@ import shutil
 import sys
 import tempfile
 
-from . import DEFAULT_APP_DIR, HEALTH_TIMEOUT_SECONDS, KEEP_RELEASES, commands, release
+from . import DEFAULT_APP_DIR, HEALTH_TIMEOUT_SECONDS, KEEP_RELEASES, archive, commands, release
+from .archive import ArchiveError, NotArchived, Store
 from .executor import CommandFailed, Executor
 from .roll import Deployer, DeployError, Locked, Outcome, releases_table, summary
 from .targets import LocalStack, PulumiStack, StackTarget, TargetError
@@ -52,6 +53,40 @@ def target_of(args, executor: Executor) -> StackTarget:
     return PulumiStack(args.stack, executor, args.identity)
 
 
+def archive_store(target: StackTarget, executor: Executor) -> Store | None:
+    """Where this deploy archives its release; None (said why) when the stack has nowhere."""
+    try:
+        store = target.archive_store()
+    except NotArchived as why:
+        executor.say(f"the release will not be archived: {why}")
+        return None
+    executor.secrets.extend(store.secrets)   # redacted from every line printed from here on
+    return store
+
+
+def rollback(deployer: Deployer, to: str | None, target: StackTarget, executor: Executor) -> Outcome:
+    try:
+        return deployer.rollback(to)
+    except DeployError as problem:
+        if to is None:
+            raise
+        raise DeployError(f"{problem}. {archive_note(to, target, executor)}") from None
+
+
+def archive_note(release_id: str, target: StackTarget, executor: Executor) -> str:
+    """Whether a release the servers lack can still be had from the archive."""
+    try:
+        store = target.archive_store()
+    except NotArchived as why:
+        return f"No archive to look in: {why}"
+    executor.secrets.extend(store.secrets)
+    where = store.url(release_id, archive.TARBALL)
+    if archive.archived(store, release_id):
+        return (f"It is archived at {where}: restore it to every server (README: \"Restoring a release from the "
+                f"archive by hand\"), then roll back to it")
+    return f"It is not archived either (no {store.url(release_id, archive.MANIFEST)})"
+
+
 def main(argv: list[str] | None = None, executor: Executor | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "keep", 2) < 2:
@@ -60,27 +95,32 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
     work = tempfile.mkdtemp(prefix="deploy-")
     deployer = None
     try:
-        stack = target_of(args, executor).resolve()
+        target = target_of(args, executor)
+        stack = target.resolve()
         deployer = Deployer(stack, executor, getattr(args, "health_timeout", HEALTH_TIMEOUT_SECONDS), control_dir=work)
         if args.command == "releases":
             for line in releases_table(deployer.releases()):
                 executor.say(line)
             return 0
+        store = archive_store(target, executor) if args.command == "deploy" else None
         deployer.lock(args.command, break_lock=args.break_lock)
         if args.command == "deploy":
             executor.say(f"building {args.app} ...")
             build = release.build(args.app, work, executor)
             executor.say(f"built {build.release_id}")
+            if store:
+                # Before any server: a release that cannot be archived is not rolled out.
+                archive.archive(store, build, work, executor)
             outcome: Outcome = deployer.deploy(build, args.keep)
         else:
-            outcome = deployer.rollback(args.to)
+            outcome = rollback(deployer, args.to, target, executor)
         for line in summary(outcome):
             executor.say(line)
         return 0 if outcome.ok else EXIT_STOPPED
     except Locked as locked:
         executor.say(f"refused: {locked}")
         return EXIT_LOCKED
-    except (TargetError, DeployError, ValueError) as problem:
+    except (TargetError, DeployError, ArchiveError, ValueError) as problem:
         executor.say(f"{args.command}: {problem}")
         return EXIT_STOPPED
     except CommandFailed as failed:

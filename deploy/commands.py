@@ -168,6 +168,10 @@ def copy_sources(app_dir: str, build_dir: str) -> list[str]:
             f"{app_dir.rstrip('/')}/", f"{build_dir.rstrip('/')}/"]
 
 
+def node_version() -> list[str]:
+    return ["node", "--version"]
+
+
 def install_dependencies(build_dir: str) -> list[str]:
     """Production dependencies exactly as the lockfile says."""
     return ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund", "--prefix", build_dir]

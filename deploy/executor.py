@@ -51,8 +51,11 @@ class Executor:
     def say(self, line: str) -> None:
         print(self.redact(line), file=self.out, flush=True)
 
-    def run(self, argv: list[str], *, input: str | None = None, timeout: float = 900) -> Result:
-        """Run argv, output and errors together; never raises for a non-zero exit."""
+    def run(self, argv: list[str], *, input: str | None = None, timeout: float = 900,
+            secret_output: bool = False) -> Result:
+        """Run argv, output and errors together; never raises for a non-zero exit.
+
+        secret_output: the output holds secrets not known yet (so not redactable): never print it."""
         if self.verbose:
             self.say("$ " + shlex.join(argv))
         try:
@@ -62,7 +65,7 @@ class Executor:
         except subprocess.TimeoutExpired as expired:
             result = Result(argv, 124, f"timed out after {timeout:.0f}s: {expired.output or ''}")
         if self.verbose and result.output.strip():
-            for line in result.output.rstrip().splitlines():
+            for line in self.printable(result, secret_output):
                 self.say("  | " + line)
         return result
 
@@ -70,7 +73,13 @@ class Executor:
         """Run argv; on failure print its (redacted) output and raise CommandFailed."""
         result = self.run(argv, **kwargs)
         if not result.ok:
-            for line in result.output.rstrip().splitlines()[-20:]:
+            for line in self.printable(result, kwargs.get("secret_output", False))[-20:]:
                 self.say(f"  ! {line}")
             raise CommandFailed(what, result)
         return result
+
+    @staticmethod
+    def printable(result: Result, secret_output: bool) -> list[str]:
+        if secret_output:
+            return ["(output not shown: it may hold secrets)"]
+        return result.output.rstrip().splitlines()

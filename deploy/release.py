@@ -16,6 +16,11 @@ REVISION_FILE = "REVISION"
 class Build:
     release_id: str
     directory: str
+    # What the archive's manifest says of it.
+    commit: str = "nogit"
+    dirty: bool = True
+    built_at: str = ""          # UTC, ISO 8601
+    node_version: str = ""      # the node that ran `npm ci`: native modules are built for it
 
 
 def release_id(commit: str, dirty: bool, now: dt.datetime) -> str:
@@ -38,10 +43,13 @@ def build(app_dir: str, work_dir: str, executor: Executor, now: dt.datetime | No
     if not (app / "package.json").is_file() or not (app / "package-lock.json").is_file():
         raise ValueError(f"{app_dir}: an app directory needs package.json and package-lock.json (npm ci)")
     commit, dirty = source_version(app_dir, executor)
-    rid = release_id(commit, dirty, now or dt.datetime.now(dt.timezone.utc))
+    now = now or dt.datetime.now(dt.timezone.utc)
+    rid = release_id(commit, dirty, now)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     directory = str(Path(work_dir) / rid)
     executor.check("copy the app's sources", commands.copy_sources(app_dir, directory))
     executor.check("npm ci --omit=dev", commands.install_dependencies(directory))
     (Path(directory) / REVISION_FILE).write_text(rid + "\n")
-    return Build(rid, directory)
+    node = executor.run(commands.node_version())
+    return Build(rid, directory, commit, dirty, now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 node.output.strip() if node.ok else "unknown")

@@ -8,6 +8,7 @@ Pulumi outputs (`pulumi stack output --json`); a stack on the local cloud in the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Protocol
 
 from components import conventions
 
+from .archive import OUTPUT, Store, store_from_outputs
 from .executor import CommandFailed, Executor
 
 
@@ -37,6 +39,9 @@ class Stack:
 
 class StackTarget(Protocol):
     def resolve(self) -> Stack: ...
+
+    def archive_store(self) -> Store:
+        """Where releases are archived; raises archive.NotArchived saying why when nowhere."""
 
 
 class TargetError(RuntimeError):
@@ -76,6 +81,22 @@ class PulumiStack:
             raise TargetError(f"`pulumi stack output` failed for {self.name}: exit {failed.result.returncode}") from None
         return stack_from_outputs(self.name, json.loads(result.output), self.identity)
 
+    def secret_output_command(self) -> list[str]:
+        return ["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", self.name]
+
+    def archive_store(self) -> Store:
+        try:
+            result = self.executor.check(f"pulumi outputs of {self.name}, with secrets", self.secret_output_command(),
+                                         secret_output=True)
+        except FileNotFoundError:
+            raise TargetError("the Pulumi CLI is not installed (or not on PATH)") from None
+        except CommandFailed as failed:
+            raise TargetError(f"`pulumi stack output --show-secrets` failed for {self.name}: "
+                              f"exit {failed.result.returncode}") from None
+        return store_from_outputs(self.name, json.loads(result.output), missing_why=(
+            f"stack {self.name} has no {OUTPUT} output: its backup bucket exists only with the setting "
+            f"`backups: true` (if it is on, run `pulumi up` with this version of the program)"))
+
 
 @dataclass
 class LocalStack:
@@ -107,3 +128,12 @@ class LocalStack:
                               "stack's sshPublicKeys)")
         return Stack(self.name, deployed.lb.reserved_ips[0], tuple(Server(d.key, d.vpc_ip) for d in apps),
                      identity, known_hosts="/dev/null")
+
+    def archive_store(self) -> Store:
+        from localcloud import spaces, stack as local_stack
+        record = local_stack.load_record(self.name) or {}
+        why = (f"local stack {self.name}: its state holds no {OUTPUT} output (backups off, or an `up` of an "
+               "older version of the program: run `python -m localcloud up`)")
+        store = store_from_outputs(self.name, record.get("outputs") or {}, missing_why=why)
+        # The Spaces stand-in's certificate is signed by the local cloud's own CA.
+        return dataclasses.replace(store, ca_bundle=str(spaces.CA_CERT))

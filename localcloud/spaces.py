@@ -22,6 +22,7 @@ PORT = 443
 ENDPOINT = f"https://{config.HOST_PUBLIC_IP}"
 SPACES_DIR = config.STATE_ROOT / "spaces"
 LOG = SPACES_DIR / "moto.log"
+CA_CERT = acme.TLS_CA_CERT   # what a client of the stand-in verifies its certificate with
 DAEMON = daemon.Daemon(SPACES_DIR / "moto.pid", LOG, b"moto_server")
 # moto signs nothing with these: any key pair is accepted, as any scoped key is by Spaces.
 REGION = "us-east-1"
@@ -39,7 +40,7 @@ def client(access_key: str = "localcloud", secret_key: str = "localcloud"):
     """A boto3 S3 client of the stand-in, verifying its certificate."""
     import boto3
     from botocore.config import Config
-    return boto3.client("s3", endpoint_url=ENDPOINT, region_name=REGION, verify=str(acme.TLS_CA_CERT),
+    return boto3.client("s3", endpoint_url=ENDPOINT, region_name=REGION, verify=str(CA_CERT),
                         aws_access_key_id=access_key, aws_secret_access_key=secret_key,
                         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
 
@@ -51,7 +52,7 @@ def ensure_running() -> None:
         if not DAEMON.running_pid():
             DAEMON.start(server_command(), {"MOTO_ALLOW_NONEXISTENT_REGION": "true"}, cwd=SPACES_DIR)
         deadline = time.monotonic() + 30
-        while not shell.succeeds(["curl", "-sf", "--cacert", str(acme.TLS_CA_CERT), ENDPOINT + "/"], timeout=10):
+        while not shell.succeeds(["curl", "-sf", "--cacert", str(CA_CERT), ENDPOINT + "/"], timeout=10):
             if time.monotonic() > deadline or not DAEMON.running_pid():
                 raise RuntimeError(f"the Spaces stand-in does not answer at {ENDPOINT}; see {LOG}")
             time.sleep(0.5)

@@ -147,10 +147,12 @@ def state_file(stack: str) -> Path:
     return config.STATE_ROOT / "stacks" / f"{stack}.json"
 
 
-def deployment_record(mocks, settings, overrides: dict) -> dict:
+def deployment_record(mocks, settings, overrides: dict, outputs: dict | None = None) -> dict:
     """What a run of the program leaves in the stack's state file."""
     return {
         "domain": settings.domain, "vpc_ip_range": settings.vpc_ip_range, "overrides": overrides,
+        # The stack outputs, as `pulumi stack output --json --show-secrets` gives them (deploy reads them).
+        "outputs": outputs or {},
         "resources": [{"type": r.type, "name": r.name, "id": r.id, "inputs": r.inputs, "state": r.state}
                       for r in mocks.resources],
         "raw_state": [[t, n, st] for (t, n), st in mocks._raw_state.items()],
@@ -207,7 +209,7 @@ def plan(stack: str = "staging", changes: dict | None = None) -> Plan:
     settings = mockcloud.stack_settings(stack, **(changes or {}), **overrides)
     deployment = mockcloud.deploy(settings, previous=previous_deployment(refreshed(load_record(stack))))
     p = plan_from(deployment.resources, deployment.mocks.options, stack, settings, overrides)
-    p.record = deployment_record(deployment.mocks, settings, overrides)
+    p.record = deployment_record(deployment.mocks, settings, overrides, deployment.outputs)
     return p
 
 

@@ -175,9 +175,12 @@ class ProviderMocks(pulumi.runtime.Mocks):
         return {"bucketDomainName": f"{inputs['name']}.{inputs['region']}.digitaloceanspaces.com"}
 
     def _SpacesKey(self, inputs):
-        # Shaped like DigitalOcean's: a 20-character id and a 43-character secret.
-        return {"accessKey": "DO" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(18)),
-                "secretKey": secrets.token_urlsafe(32)}
+        # DigitalOcean's shapes: a 20-character id starting DO00, a 43-character secret.
+        upper = string.ascii_uppercase + string.digits
+        return {
+            "accessKey": "DO00" + "".join(secrets.choice(upper) for _ in range(16)),
+            "secretKey": "".join(secrets.choice(string.ascii_letters + string.digits + "+/") for _ in range(43)),
+        }
 
     # --- random --------------------------------------------------------------------------
     def _RandomPassword(self, inputs):
@@ -302,11 +305,17 @@ def deploy(settings: Settings, previous: Deployment | None = None) -> Deployment
     )
     build = build_program()
     result: dict[str, Any] = {}
+    secret_outputs: dict[str, bool] = {}
 
     @pulumi.runtime.test
     def run():
-        outputs = build(settings)
-        return pulumi.Output.all(**outputs).apply(result.update)
+        outputs = {name: pulumi.Output.from_input(value) for name, value in build(settings).items()}
+
+        async def secrecy():
+            # What `pulumi stack output` would show as [secret].
+            secret_outputs.update({name: await output.is_secret() for name, output in outputs.items()})
+
+        return pulumi.Output.all(pulumi.Output.all(**outputs).apply(result.update), secrecy())
 
     try:
         run()
@@ -314,7 +323,8 @@ def deploy(settings: Settings, previous: Deployment | None = None) -> Deployment
         # The engine's chain of awaits is too deep for pytest to print; keep the program's part.
         where = "".join(traceback.format_exception(failure)[-12:])
         raise ProgramFailed(f"the program failed under the mock engine: {failure!r}\n{where}") from None
-    return Deployment(settings=settings, resources=mocks.resources, outputs=result, mocks=mocks)
+    return Deployment(settings=settings, resources=mocks.resources, outputs=result, secret_outputs=secret_outputs,
+                      mocks=mocks)
 
 
 class ProgramFailed(RuntimeError):

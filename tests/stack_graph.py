@@ -101,6 +101,8 @@ def secret_values(deployment: mockcloud.Deployment) -> dict[str, str]:
         if r.type.endswith(":PrivateKey"):
             found[f"{r.name}.privateKeyPem"] = r.state["privateKeyPem"]
             found[f"{r.name}.privateKeyOpenssh"] = r.state["privateKeyOpenssh"]
+        if r.type.endswith(":SpacesKey"):
+            found[f"{r.name}.secretKey"] = r.state["secretKey"]
     return found
 
 

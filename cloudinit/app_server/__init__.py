@@ -63,6 +63,24 @@ def app_env(datastore_address: str, credentials: dict[str, str], settings: Setti
     return render("app_server/app.env", datastore=datastore_address, credentials=credentials, settings=settings)
 
 
+# What a password reads as in the app's environment kept with a release (the real
+# values live in the stack's state and in .env on the servers only).
+SECRET_PLACEHOLDER = "<secret: in the stack's state>"
+
+
+def run_configuration(datastore_address: str, settings: Settings) -> dict[str, str]:
+    """The files that say how a release runs, as archived with it: pm2's ecosystem file as
+    provisioned, and the apps' environment with every password left out."""
+    from .. import template_context
+
+    return {
+        "ecosystem.config.js": render("app_server/ecosystem.config.js",
+                                      **template_context(conventions.APP_SERVER, settings)),
+        "app.env.template": app_env(datastore_address,
+                                    {engine: SECRET_PLACEHOLDER for engine in settings.engines}, settings),
+    }
+
+
 def example_app_archive() -> str:
     """The example app's sources (no node_modules, no tests) as a base64 .tar.gz.
 

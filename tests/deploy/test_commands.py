@@ -150,6 +150,11 @@ def test_build_installs_dependencies_from_the_lockfile_and_names_the_commit(tmp_
                                 capture_output=True, text=True, check=True).stdout.strip())
     built = release.build(str(app), str(tmp_path / "work"), Executor())
     assert built.release_id.endswith(f"Z-{commit}" + ("-dirty" if dirty else ""))
+    # What the archive's manifest records of it.
+    assert (built.commit, built.dirty) == (commit, dirty)
+    assert built.release_id.startswith(built.built_at.replace("-", "").replace(":", ""))
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    assert built.node_version == node
     out = Path(built.directory)
     lock = json.loads((app / "package-lock.json").read_text())
     for name, entry in lock["packages"].items():

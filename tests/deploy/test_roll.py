@@ -16,6 +16,7 @@ import pytest
 from components import conventions
 from deploy import __main__ as cli
 from deploy import commands, roll
+from deploy.archive import NotArchived
 from deploy.executor import Executor, Result
 from deploy.release import Build
 from deploy.targets import Server, Stack
@@ -167,9 +168,17 @@ def test_the_cli_exits_non_zero_when_the_roll_stops_and_still_releases_the_lock(
     assert [a for h, a in fleet.log if h == "lb"] == ["lock", "unlock"]
 
 
+@dataclass
 class _Target:
+    store: object = None   # an archive.Store, or None: the stack has nowhere to archive
+
     def resolve(self):
         return STACK
+
+    def archive_store(self):
+        if self.store is None:
+            raise NotArchived("this test stack has no bucket")
+        return self.store
 
 
 def test_a_second_deploy_is_refused_naming_who_holds_the_lock_and_since_when(monkeypatch):

@@ -1,0 +1,297 @@
+"""Each release archived to the stack's bucket before any server receives it.
+
+Where and with which key come from the program's own `release_archive` output; the
+deploys run with the fleet of test_roll (servers kept as data) against moto's S3 on
+loopback over TLS with a private CA, as a local stand-in for Spaces would be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import boto3
+import pytest
+
+import mockcloud
+from deploy import __main__ as cli
+from deploy import archive
+from deploy.archive import ArchiveError, NotArchived, Store, store_from_outputs
+from deploy.executor import CommandFailed, Executor, Result
+from deploy.release import Build
+from deploy.targets import LocalStack, PulumiStack
+
+from s3_stand_in import s3_over_tls
+from test_roll import NEW, OLD, Fleet, _Target
+
+KEYS = (f"releases/staging/{NEW}.tar.gz", f"releases/staging/{NEW}.json")
+
+
+@pytest.fixture(scope="module")
+def staging():
+    return mockcloud.deploy(mockcloud.stack_settings("staging"))
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    with s3_over_tls(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3(stand_in):
+    """The test's own view of the bucket store."""
+    return boto3.client("s3", endpoint_url=stand_in.endpoint, region_name="us-east-1", verify=stand_in.ca_file,
+                        aws_access_key_id="test", aws_secret_access_key="test")
+
+
+@pytest.fixture
+def store(staging, stand_in, s3, monkeypatch) -> Store:
+    """The staging stack's own output, its endpoint and bucket moved to the stand-in."""
+    bucket = f"staging-backups-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    monkeypatch.setenv("AWS_CA_BUNDLE", stand_in.ca_file)
+    outputs = json.loads(json.dumps(staging.outputs))
+    outputs["release_archive"] |= {"endpoint": stand_in.endpoint, "bucket": bucket}
+    return store_from_outputs("staging", outputs, missing_why="")
+
+
+@pytest.fixture
+def build(tmp_path) -> Build:
+    """A built release as release.build leaves it: sources, node_modules, REVISION."""
+    root = tmp_path / NEW
+    (root / "web").mkdir(parents=True)
+    (root / "node_modules" / "pg").mkdir(parents=True)
+    (root / "node_modules" / ".bin").mkdir()
+    (root / "package.json").write_text(json.dumps({"name": "shop", "version": "2.3.4"}))
+    (root / "web" / "server.js").write_text("require('pg');\n")
+    (root / "web" / "server.js").chmod(0o600)
+    (root / "node_modules" / "pg" / "index.js").write_text("module.exports = {};\n")
+    (root / "node_modules" / "pg" / "cli.js").write_text("#!/usr/bin/env node\n")
+    (root / "node_modules" / "pg" / "cli.js").chmod(0o700)
+    (root / "node_modules" / ".bin" / "pg").symlink_to("../pg/cli.js")
+    (root / "REVISION").write_text(NEW + "\n")
+    return Build(NEW, str(root), "bbbbbbb", False, "2026-11-29T21:30:05Z", "v22.11.0")
+
+
+def deploy(monkeypatch, fleet: Fleet, target: _Target, build: Build) -> int:
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: target)
+    monkeypatch.setattr(cli.release, "build", lambda app, work, executor: build)
+    return cli.main(["deploy", "staging"], executor=fleet)
+
+
+def objects(s3, bucket: str) -> list[str]:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def secrets_of(staging, store: Store) -> list[str]:
+    passwords = [r.state["result"] for r in staging.of_type(":RandomPassword")]
+    return [store.access_key_id, store.secret_access_key, *passwords]
+
+
+# --- a deploy against the stand-in ---------------------------------------------------------
+
+def test_a_deploy_archives_release_configuration_and_manifest_before_any_server(
+        monkeypatch, staging, store, s3, build):
+    fleet = Fleet()
+    archived_when_first_sent: list[list[str]] = []
+    send = fleet.run
+
+    def run(argv, **kwargs):
+        if argv[0] == "rsync" and not archived_when_first_sent:
+            archived_when_first_sent.append(objects(s3, store.bucket))
+        return send(argv, **kwargs)
+
+    fleet.run = run
+    assert deploy(monkeypatch, fleet, _Target(store), build) == 0
+    assert archived_when_first_sent == [sorted(KEYS)]
+    assert all(server.running == NEW for server in fleet.servers.values())
+
+    tarball = s3.get_object(Bucket=store.bucket, Key=KEYS[0])["Body"].read()
+    manifest = json.loads(s3.get_object(Bucket=store.bucket, Key=KEYS[1])["Body"].read())
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as packed:
+        members = {m.name: m for m in packed.getmembers()}
+        read = lambda name: packed.extractfile(members[name]).read().decode()  # noqa: E731
+        # The release exactly as the servers receive it, with the modes they hold it in.
+        built = {str(Path("release") / p.relative_to(build.directory)) for p in Path(build.directory).rglob("*")}
+        assert {n for n in members if n.startswith("release/")} == built
+        assert read("release/web/server.js") == "require('pg');\n"
+        assert read("release/REVISION") == NEW + "\n"
+        assert members["release/web/server.js"].mode == 0o644
+        assert members["release/node_modules/pg/cli.js"].mode == 0o755
+        assert members["release/node_modules/.bin/pg"].linkname == "../pg/cli.js"
+        assert {(m.uid, m.uname) for m in members.values()} == {(0, "")}
+        # How it runs: what the program provisions, passwords left out.
+        assert read("config/ecosystem.config.js") == store.configuration["ecosystem.config.js"]
+        assert read("config/app.env.template") == store.configuration["app.env.template"]
+        inner = json.loads(read("manifest.json"))
+    assert manifest == inner | {"tarball_bytes": len(tarball), "tarball_sha256": hashlib.sha256(tarball).hexdigest()}
+    assert inner == {
+        "release_id": NEW, "stack": "staging", "git_commit": "bbbbbbb", "dirty": False,
+        "built_at": "2026-11-29T21:30:05Z", "node_version": "v22.11.0", "app": {"name": "shop", "version": "2.3.4"},
+        "release": "release/", "configuration": ["config/app.env.template", "config/ecosystem.config.js"],
+        "tarball": KEYS[0],
+    }
+    printed = fleet.printed()
+    assert f"archiving {NEW}" in printed and f"s3://{store.bucket}/{KEYS[0]}" in printed
+    assert f"archived {NEW} with its manifest" in printed
+    everything = json.dumps(manifest) + printed + read_config(tarball)
+    for secret in secrets_of(staging, store):
+        assert secret not in everything
+
+
+def read_config(tarball: bytes) -> str:
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as packed:
+        return "".join(packed.extractfile(m).read().decode() for m in packed.getmembers() if m.name.startswith("config/"))
+
+
+def test_an_upload_that_fails_stops_the_deploy_before_any_server_is_touched(monkeypatch, staging, store, s3, build):
+    missing = replace(store, bucket=f"gone-{uuid.uuid4().hex[:8]}")
+    fleet = Fleet()
+    assert deploy(monkeypatch, fleet, _Target(missing), build) == cli.EXIT_STOPPED
+    assert [action for host, action in fleet.log if host != "lb"] == [], "no server listed, sent to or switched"
+    assert [action for host, action in fleet.log if host == "lb"] == ["lock", "unlock"]
+    assert all((s.current, s.running, s.releases) == (OLD, OLD, [OLD]) for s in fleet.servers.values())
+    printed = fleet.printed()
+    assert f"deploy: could not archive to s3://{missing.bucket}/{KEYS[0]} at {store.endpoint}" in printed
+    assert "NoSuchBucket" in printed and "No server was touched." in printed
+    for secret in secrets_of(staging, store):
+        assert secret not in printed
+
+
+def test_the_endpoint_ca_comes_from_aws_ca_bundle_and_without_it_nothing_is_deployed(
+        monkeypatch, store, s3, build):
+    """boto3 is never given `verify`: the stand-in's private CA is trusted only through
+    AWS_CA_BUNDLE (the success above ran with it)."""
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    fleet = Fleet()
+    assert deploy(monkeypatch, fleet, _Target(store), build) == cli.EXIT_STOPPED
+    assert "certificate verify failed" in fleet.printed()
+    assert "set AWS_CA_BUNDLE to a file holding it (now: unset)" in fleet.printed()
+    assert objects(s3, store.bucket) == []
+    assert not [action for host, action in fleet.log if host != "lb"]
+
+
+def test_a_stack_with_nowhere_to_archive_says_why_and_deploys(monkeypatch, build):
+    fleet = Fleet()
+    assert deploy(monkeypatch, fleet, _Target(), build) == 0
+    assert "the release will not be archived: this test stack has no bucket" in fleet.printed()
+    assert all(server.running == NEW for server in fleet.servers.values())
+
+
+# --- where the store comes from ------------------------------------------------------------
+
+def test_the_store_is_the_programs_output_and_its_key_is_redacted_once_read(staging):
+    outputs = json.loads(json.dumps(staging.outputs))   # as `pulumi stack output --json` gives them
+    found = store_from_outputs("staging", outputs, missing_why="")
+    expected = staging.outputs["release_archive"]
+    assert (found.bucket, found.endpoint, found.access_key_id) == (
+        expected["bucket"], expected["endpoint"], expected["access_key_id"])
+    assert found.url("R1", archive.TARBALL) == f"s3://{expected['bucket']}/releases/staging/R1.tar.gz"
+    assert expected["secret_access_key"] not in repr(found)
+    executor = Executor(secrets=[], out=io.StringIO())
+    target = _Target(found)
+    assert cli.archive_store(target, executor) is found
+    executor.say(f"key {found.access_key_id} secret {found.secret_access_key}")
+    assert executor.out.getvalue() == "key [REDACTED] secret [REDACTED]\n"
+
+
+def test_no_output_means_not_archived_with_the_reason_and_a_broken_one_is_an_error():
+    with pytest.raises(NotArchived, match="backups: true"):
+        store_from_outputs("staging", {"public_ip": "198.51.100.2"}, missing_why="set backups: true")
+    with pytest.raises(ArchiveError, match="release_archive lacks 'secret_access_key'"):
+        store_from_outputs("staging", {"release_archive": {"bucket": "b", "region": "r", "endpoint": "e",
+                                                           "access_key_id": "k"}}, missing_why="")
+
+
+class Outputs(Executor):
+    """Answers `pulumi stack output` with the program's outputs; keeps what it was asked."""
+
+    def __init__(self, outputs: dict):
+        super().__init__(secrets=[], verbose=True, out=io.StringIO())
+        self.outputs, self.asked = outputs, []
+
+    def run(self, argv, *, input=None, timeout=900, secret_output=False):
+        self.asked.append((argv, secret_output))
+        return Result(argv, 0, json.dumps(self.outputs))
+
+
+def test_a_real_stack_reads_the_key_with_show_secrets_and_prints_none_of_it(staging):
+    executor = Outputs(staging.outputs)
+    found = PulumiStack("staging", executor).archive_store()
+    assert executor.asked == [(["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", "staging"], True)]
+    assert found.secret_access_key == staging.outputs["release_archive"]["secret_access_key"]
+    executor = Outputs({"public_ip": "198.51.100.2"})
+    with pytest.raises(NotArchived, match="setting `backups: true`"):
+        PulumiStack("staging", executor).archive_store()
+
+
+def test_output_marked_secret_is_never_printed_even_verbose_or_failing(tmp_path):
+    (tmp_path / "secret").write_text("s3cr3t-value\n")
+    out = io.StringIO()
+    executor = Executor(secrets=[], verbose=True, out=out)
+    assert executor.run(["cat", str(tmp_path / "secret")], secret_output=True).output == "s3cr3t-value\n"
+    with pytest.raises(CommandFailed):
+        executor.check("show", ["sh", "-c", f"cat {tmp_path}/secret; exit 1"], secret_output=True)
+    assert "s3cr3t-value" not in out.getvalue()
+    assert "(output not shown: it may hold secrets)" in out.getvalue()
+    executor.run(["cat", str(tmp_path / "secret")])
+    assert "  | s3cr3t-value" in out.getvalue(), "other output is printed as before"
+
+
+def test_a_local_stack_reads_its_state_or_says_why_it_cannot(tmp_path, monkeypatch, staging):
+    from localcloud import stack as local_stack
+    state = tmp_path / "staging.json"
+    monkeypatch.setattr(local_stack, "state_file", lambda name: state)
+    from localcloud import spaces
+    state.write_text(json.dumps({"overrides": {}, "outputs": staging.outputs}))
+    store = LocalStack("staging").archive_store()
+    assert store.bucket == staging.outputs["release_archive"]["bucket"]
+    assert store.ca_bundle == str(spaces.CA_CERT), "the stand-in's private CA is trusted for a local stack"
+    for record in ({"overrides": {}, "outputs": {"public_ip": "198.51.100.2"}},   # backups off
+                   {"overrides": {}}):                                            # an `up` before outputs were kept
+        state.write_text(json.dumps(record))
+        with pytest.raises(NotArchived, match="localcloud up"):
+            LocalStack("staging").archive_store()
+
+
+def test_the_local_clouds_state_keeps_the_programs_outputs(tmp_path, monkeypatch):
+    from localcloud import stack as local_stack
+    monkeypatch.setattr(local_stack, "state_file", lambda name: tmp_path / "none.json")
+    record = local_stack.plan("staging").record
+    saved = json.loads(json.dumps(record))
+    assert saved["outputs"]["public_ip"] == record["outputs"]["public_ip"]
+    assert saved["outputs"]["private_ips"]["app"]
+    # The Spaces stand-in is the archive's endpoint, as it is the backups'.
+    from localcloud import spaces
+    assert saved["outputs"]["release_archive"]["endpoint"] == spaces.ENDPOINT
+
+
+def test_uploads_put_the_manifest_last_under_the_stacks_prefix(tmp_path, store):
+    plan = archive.uploads(store, "R1", tmp_path / "R1.tar.gz", tmp_path / "R1.json")
+    assert [(u.key, u.content_type) for u in plan] == [
+        ("releases/staging/R1.tar.gz", "application/gzip"), ("releases/staging/R1.json", "application/json")]
+    assert os.fspath(plan[0].path).endswith("R1.tar.gz")
+
+
+def test_rollback_to_a_release_the_servers_lack_says_whether_the_archive_has_it(monkeypatch, store, build):
+    assert deploy(monkeypatch, Fleet(), _Target(store), build) == 0   # archived; that fleet is gone
+    fleet = Fleet()                                                  # servers that never held it
+    assert cli.main(["rollback", "staging", "--to", NEW], executor=fleet) == cli.EXIT_STOPPED
+    assert f"app-1: does not hold {NEW}" in fleet.printed()
+    assert f"It is archived at s3://{store.bucket}/{KEYS[0]}: restore it to every server" in fleet.printed()
+    never = "20200101T000000Z-0000000"
+    assert cli.main(["rollback", "staging", "--to", never], executor=fleet) == cli.EXIT_STOPPED
+    assert f"It is not archived either (no s3://{store.bucket}/releases/staging/{never}.json)" in fleet.printed()
+    assert all(s.current == OLD for s in fleet.servers.values())
+    assert [a for h, a in fleet.log if h != "lb" and not a.startswith("list")] == [], "nothing switched"
+    nowhere = Fleet()
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    assert cli.main(["rollback", "staging", "--to", never], executor=nowhere) == cli.EXIT_STOPPED
+    assert "No archive to look in: this test stack has no bucket" in nowhere.printed()

@@ -1,0 +1,60 @@
+"""The release archive in the Pulumi graph: a deploy key of its own scoped to the backup
+bucket, and the secret stack output the deploy command reads (only with backups on)."""
+
+from __future__ import annotations
+
+import pytest
+
+import mockcloud
+from cloudinit import app_server
+from components import conventions
+
+
+@pytest.fixture(scope="module")
+def production():
+    return mockcloud.deploy(mockcloud.stack_settings("production"))
+
+
+def test_the_deploy_key_reaches_only_the_backup_bucket_and_is_not_the_datastores(production):
+    bucket = production.named("datastore-backups", ":SpacesBucket")
+    key = production.named("release-archive-key", ":SpacesKey")
+    assert key.state["grants"] == [{"bucket": bucket.state["name"], "permission": "readwrite"}]
+    assert key.state["name"] == "production-deploys"
+    assert "secretKey" in key.additional_secret_outputs
+    backup_key = production.named("datastore-backup-key", ":SpacesKey")
+    assert key.state["accessKey"] != backup_key.state["accessKey"]
+    assert key.state["accessKey"].startswith("DO00") and len(key.state["accessKey"]) == 20
+
+
+def test_the_output_names_bucket_endpoint_and_key_and_is_secret(production):
+    settings = production.settings
+    bucket = production.named("datastore-backups", ":SpacesBucket")
+    key = production.named("release-archive-key", ":SpacesKey")
+    archive = production.outputs["release_archive"]
+    assert production.secret_outputs["release_archive"] is True
+    assert {k: v for k, v in archive.items() if k != "configuration"} == {
+        "bucket": bucket.state["name"],
+        "region": settings.spaces_region,
+        "endpoint": conventions.spaces_endpoint(settings.spaces_region),
+        "access_key_id": key.state["accessKey"],
+        "secret_access_key": key.state["secretKey"],
+    }
+    assert production.secret_outputs["private_ips"] is False, "only what holds a secret is hidden"
+
+
+def test_the_configuration_is_what_the_servers_run_with_less_the_passwords(production):
+    configuration = production.outputs["release_archive"]["configuration"]
+    datastore = production.outputs["private_ips"]["datastore"]
+    assert configuration == app_server.run_configuration(datastore, production.settings)
+    env = configuration["app.env.template"]
+    assert f"POSTGRESQL_HOST={datastore}\n" in env
+    assert f"POSTGRESQL_PASSWORD={app_server.SECRET_PLACEHOLDER}\n" in env
+    passwords = [r.state["result"] for r in production.of_type(":RandomPassword")]
+    assert passwords and not any(p in text for p in passwords for text in configuration.values())
+    assert f"'{conventions.CURRENT_RELEASE_LINK}'" in configuration["ecosystem.config.js"]
+
+
+def test_no_backups_means_no_deploy_key_and_no_output():
+    deployment = mockcloud.deploy(mockcloud.stack_settings("staging", backups=False))
+    assert not deployment.of_type(":SpacesKey")
+    assert "release_archive" not in deployment.outputs
