@@ -1,6 +1,6 @@
 """The local stand-in for Spaces: moto's S3 server on the host, over TLS.
 
-    datastore restic ──https──▶ moto 198.51.100.1:443 (the host services' certificate,
+    datastore restic ──https──▶ moto 198.51.100.1:9000 (the host services' certificate,
                                 signed by the CA every droplet image trusts)
 
 `up` creates the plan's buckets in it, as DigitalOcean creates a `SpacesBucket`, and
@@ -18,8 +18,9 @@ from pathlib import Path
 
 from . import acme, config, daemon, shell
 
-PORT = 443
-ENDPOINT = f"https://{config.HOST_PUBLIC_IP}"
+# Not 443: tests of the LB role run nginx on the host's 443 while a local stack is up.
+PORT = 9000
+ENDPOINT = f"https://{config.HOST_PUBLIC_IP}:{PORT}"
 SPACES_DIR = config.STATE_ROOT / "spaces"
 LOG = SPACES_DIR / "moto.log"
 CA_CERT = acme.TLS_CA_CERT   # what a client of the stand-in verifies its certificate with

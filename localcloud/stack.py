@@ -156,6 +156,8 @@ def deployment_record(mocks, settings, overrides: dict, outputs: dict | None = N
         "resources": [{"type": r.type, "name": r.name, "id": r.id, "inputs": r.inputs, "state": r.state}
                       for r in mocks.resources],
         "raw_state": [[t, n, st] for (t, n), st in mocks._raw_state.items()],
+        "retired_addresses": sorted(mocks.retired_addresses),
+        "last_id": mocks.last_id,
     }
 
 
@@ -190,7 +192,9 @@ def previous_deployment(record: dict | None):
     keys = {r.state["privateKeyPem"]: serialization.load_pem_private_key(r.state["privateKeyPem"].encode(), None)
             for r in resources if r.type.endswith("PrivateKey")}
     mocks = SimpleNamespace(resources=resources, _keys=keys,
-                            _raw_state={(t, n): st for t, n, st in record["raw_state"]})
+                            _raw_state={(t, n): st for t, n, st in record["raw_state"]},
+                            retired_addresses=set(record.get("retired_addresses", ())),
+                            last_id=int(record.get("last_id", 0)))
     return SimpleNamespace(mocks=mocks)
 
 
@@ -225,9 +229,13 @@ def refreshed(record: dict | None) -> dict | None:
         if (kind == "Droplet" and name not in on_machine) or (kind == "Volume" and not volume.image_file(name).exists()):
             gone.add((r["type"], r["name"]))
             print(f"[localcloud] refresh: {kind.lower()} {name} is gone; the program creates it anew", flush=True)
+    retired = {r["state"].get(field) for r in record["resources"] if (r["type"], r["name"]) in gone
+               for field in ("ipv4Address", "ipv4AddressPrivate")} - {None}
     return {**record,
             "resources": [r for r in record["resources"] if (r["type"], r["name"]) not in gone],
-            "raw_state": [[t, n, st] for t, n, st in record["raw_state"] if (t, n) not in gone]}
+            "raw_state": [[t, n, st] for t, n, st in record["raw_state"] if (t, n) not in gone],
+            "retired_addresses": sorted(set(record.get("retired_addresses", ())) | retired),
+            "last_id": max([int(record.get("last_id", 0)), *(int(r["id"]) for r in record["resources"] if r["id"].isdigit())])}
 
 
 def deployed(stack: str = "staging") -> Plan:

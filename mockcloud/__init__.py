@@ -106,8 +106,14 @@ class ProviderMocks(pulumi.runtime.Mocks):
         # their id and outputs (addresses, keys, passwords), as they would for real.
         self._state = {(r.type, r.name): r for r in previous.resources} if previous else {}
         self._raw_state = dict(previous._raw_state) if previous else {}
-        self._ids = itertools.count(100000 + (len(previous._raw_state) * 10 if previous else 0))
-        taken = {
+        # Ids are never reused either, also those of resources deleted since (last_id).
+        self.last_id = max([getattr(previous, "last_id", 0), 100000,
+                            *(int(r.id) for r in (previous.resources if previous else []) if r.id.isdigit())])
+        self._ids = itertools.count(self.last_id + 1)
+        # Addresses in use, and those of droplets deleted since: DigitalOcean does not hand a
+        # deleted droplet's address to the next one at once, so a replacement is reached anew.
+        self.retired_addresses: set[str] = set(getattr(previous, "retired_addresses", ()))
+        taken = self.retired_addresses | {
             r.state.get(field)
             for r in (previous.resources if previous else [])
             for field in ("ipv4Address", "ipv4AddressPrivate", "ipAddress")
@@ -138,6 +144,7 @@ class ProviderMocks(pulumi.runtime.Mocks):
                 if name in state and not is_secret(state[name]):
                     state[name] = secret(state[name])
             resource_id = before.id if before else str(next(self._ids))
+            self.last_id = max(self.last_id, int(resource_id))
         self._raw_state[(args.typ, args.name)] = state
         self.resources.append(
             Resource(

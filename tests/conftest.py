@@ -44,8 +44,10 @@ LOCAL_STACK = "staging"
 
 def pytest_collection_modifyitems(session, config, items):
     """Tests on the shared local stack run last: the local cloud's low-layer tests remove
-    every droplet (global teardown) and must be done before the stack comes up."""
-    items.sort(key=lambda item: "local_stack" in getattr(item, "fixturenames", ()))
+    every droplet (global teardown) and must be done before the stack comes up. Among
+    them, a module with RUNS_LAST_ON_THE_STACK (it replaces droplets) goes last."""
+    items.sort(key=lambda item: ("local_stack" in getattr(item, "fixturenames", ()),
+                                 getattr(item.module, "RUNS_LAST_ON_THE_STACK", False)))
 
 
 class LocalStack:

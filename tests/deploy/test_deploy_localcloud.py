@@ -34,27 +34,12 @@ STACK = "staging"
 HEALTH_TIMEOUT = "25"
 
 
-def stack_is_up() -> bool:
-    from localcloud import droplet
-    from localcloud import stack as local
-    if local.load_record(STACK) is None:
-        return False
-    return all(droplet.is_running(d.name) for d in local.deployed(STACK).droplets)
-
-
 @pytest.fixture(scope="module")
-def plan():
-    """The local stack: the one already up, or one booted here (and removed afterwards)."""
+def plan(local_stack):
+    """The session's local stack (tests/conftest.py), as its last `up` deployed it."""
     from localcloud import stack as local
-    if os.geteuid() != 0:
-        pytest.fail("the localcloud tests need root")
-    booted = None
-    if not stack_is_up():
-        booted = local.plan(STACK)
-        local.up(booted)
-    yield local.deployed(STACK)
-    if booted is not None:
-        local.down(booted)
+    assert local_stack.plan.stack == STACK
+    return local.deployed(STACK)
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +176,29 @@ def test_deploy_under_load_loses_no_request_and_every_server_runs_the_new_releas
         assert running_releases(d.name) == {new}, f"{d.name}: pm2 workers run {running_releases(d.name)}"
         assert before[d.name] != new
     assert "deploy: done" in result.stdout
+    archived_in_the_spaces_stand_in(plan, new, result.stdout)
+
+
+def archived_in_the_spaces_stand_in(plan, release: str, output: str) -> None:
+    """The release and its manifest are in the stack's bucket, and match what the servers hold."""
+    import hashlib
+    import io
+    import tarfile
+    from localcloud import spaces
+    assert f"archived {release} with its manifest" in output, output
+    s3 = spaces.client()
+    prefix = f"releases/{STACK}/{release}"
+    bucket = plan.buckets[0].name
+    tarball = s3.get_object(Bucket=bucket, Key=f"{prefix}.tar.gz")["Body"].read()
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}.json")["Body"].read())
+    assert manifest["tarball_sha256"] == hashlib.sha256(tarball).hexdigest()
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
+        assert tar.extractfile("release/REVISION").read().decode().strip() == release
+        archived = {m.name.removeprefix("release/") for m in tar.getmembers()
+                    if m.name.startswith("release/") and m.isfile() and "node_modules" not in m.name}
+    name = app_servers(plan)[0].name
+    held = on(name, f"cd {conventions.RELEASES_DIR}/{release} && find . -path ./node_modules -prune -o -type f -print")
+    assert archived == {p.removeprefix("./") for p in held.splitlines()}
 
 
 def test_a_bad_release_stops_at_the_first_server_switched_back_and_loses_no_request(plan, operator_key, tmp_path):
