@@ -70,10 +70,13 @@ def ssh_commands(jump_ip, app_ips, datastore_ip) -> pulumi.Output[dict]:
 
 def load_settings() -> Settings:
     """The stack's settings from its Pulumi config; stops the run with every problem found."""
-    from pulumi.runtime.config import CONFIG, get_config_env
+    from pulumi.runtime.config import CONFIG, get_config_env, get_config_secret_keys_env, is_config_secret
 
-    raw = stack_config(conventions.PROJECT, {**get_config_env(), **CONFIG.get()})
-    return Settings.from_config(pulumi.get_stack(), raw)
+    config = {**get_config_env(), **CONFIG.get()}
+    # The CLI names the keys it decrypted (`--secret`); the automation API marks them in CONFIG.
+    encrypted = {k: None for k in config if is_config_secret(k) or k in get_config_secret_keys_env()}
+    raw = stack_config(conventions.PROJECT, config)
+    return Settings.from_config(pulumi.get_stack(), raw, secret_keys=stack_config(conventions.PROJECT, encrypted))
 
 
 if __name__ == "__main__":
