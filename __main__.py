@@ -11,6 +11,7 @@ from __future__ import annotations
 import pulumi
 
 from components import conventions, prices
+from components.alerts import Alerts
 from components.app_server_pool import AppServerPool
 from components.datastore import Datastore
 from components.foundation import Foundation
@@ -35,6 +36,8 @@ def build(settings: Settings) -> dict[str, object]:
     datastore = Datastore("datastore", base=base, jump_host=lb.jump_host)
     pool = AppServerPool("app", base=base, jump_host=lb.jump_host, datastore=datastore)
     lb.send_traffic_to(pool.private_ips)
+    if settings.alert_emails:
+        Alerts("alerts", settings=settings, network=base.network)
 
     return {
         "url": f"https://{settings.domain}",
