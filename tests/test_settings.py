@@ -255,3 +255,6 @@ def test_the_program_reads_the_webhook_only_when_the_cli_marks_it_secret(monkeyp
     assert resources == []
     resources, stop = run_main(monkeypatch, config, secret=("alertWebhookUrl",))
     assert stop is None
+    (backup_push,) = [r for r in resources if r.name == "datastore-backup-push"]
+    assert mockcloud.is_secret(backup_push.inputs["stdin"])
+    assert WEBHOOK in mockcloud.plain(backup_push.inputs["stdin"])
