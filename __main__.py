@@ -11,6 +11,7 @@ from __future__ import annotations
 import pulumi
 
 from components import conventions, prices
+from components.alerts import Alerts
 from components.app_server_pool import AppServerPool
 from components.datastore import Datastore
 from components.foundation import Foundation
@@ -36,6 +37,8 @@ def build(settings: Settings) -> dict[str, object]:
     datastore = Datastore("datastore", base=base, jump_host=lb.jump_host)
     pool = AppServerPool("app", base=base, jump_host=lb.jump_host, datastore=datastore)
     lb.send_traffic_to(pool.private_ips)
+    if settings.alert_emails:
+        Alerts("alerts", settings=settings, network=base.network)
 
     outputs = {
         "url": f"https://{settings.domain}",
@@ -76,10 +79,13 @@ def ssh_commands(jump_ip, app_ips, datastore_ip) -> pulumi.Output[dict]:
 
 def load_settings() -> Settings:
     """The stack's settings from its Pulumi config; stops the run with every problem found."""
-    from pulumi.runtime.config import CONFIG, get_config_env
+    from pulumi.runtime.config import CONFIG, get_config_env, get_config_secret_keys_env, is_config_secret
 
-    raw = stack_config(conventions.PROJECT, {**get_config_env(), **CONFIG.get()})
-    return Settings.from_config(pulumi.get_stack(), raw)
+    config = {**get_config_env(), **CONFIG.get()}
+    # The CLI names the keys it decrypted (`--secret`); the automation API marks them in CONFIG.
+    encrypted = {k: None for k in config if is_config_secret(k) or k in get_config_secret_keys_env()}
+    raw = stack_config(conventions.PROJECT, config)
+    return Settings.from_config(pulumi.get_stack(), raw, secret_keys=stack_config(conventions.PROJECT, encrypted))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The datastore's backups: a Spaces key that can reach only the stack's backup bucket, and
-restic's repository password, pushed to the datastore with the schedule and retention.
+restic's repository password, pushed to the datastore with the schedule and retention
+(and the backup alerts' webhook, alertWebhookUrl).
 
 restic on the datastore does the work (cloudinit/datastore/platform-backup.sh). The
 password encrypts every snapshot; it lives in the stack's state (a secret) and in one
@@ -56,12 +57,16 @@ class Backups(pulumi.ComponentResource):
                 secret_key=self.key.secret_key,
             )
         )
+        webhook = settings.alert_webhook_url
         self.push = remote.push(
             f"{name}-push",
             route=route,
             kind="backup",
             files={
                 "backup.env": secrets.apply(lambda s: datastore_files.backup_env(**s)),
+                # Pushed when empty too: unsetting alertWebhookUrl must clear it on the droplet.
+                "alert.env": webhook.output().apply(datastore_files.alert_env) if webhook
+                else datastore_files.alert_env(""),
                 **datastore_files.backup_schedule_files(settings),
             },
             parent=self,

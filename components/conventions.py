@@ -173,6 +173,12 @@ BACKUP_COMMAND = "/usr/local/sbin/platform-backup"
 RESTORE_COMMAND = "/usr/local/sbin/platform-restore"
 BACKUP_LIBRARY = "/usr/local/lib/platform/backup.sh"
 BACKUP_UNIT = "platform-backup"  # .service runs one backup, .timer schedules it
+# Started by the backup unit's OnFailure=: alerts that a run failed, at once.
+BACKUP_ALERT_UNIT = "platform-backup-alert"
+# .timer runs `platform-backup check` hourly: a missed backup alerts (once per change of state).
+BACKUP_CHECK_UNIT = "platform-backup-check"
+# Root-only: the backup alerts' webhook URL, alertWebhookUrl (the `backup` push too).
+ALERT_SETTINGS_FILE = f"{PLATFORM_ETC}/alert.env"
 # Root-only: the repository, its password and the scoped Spaces key (the `backup` push).
 BACKUP_SECRETS_FILE = f"{PLATFORM_ETC}/backup.env"
 # Retention, as pushed from the settings (not secret).

@@ -12,8 +12,8 @@ import difflib
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Collection
 
 from . import conventions, prices
 
@@ -128,6 +128,19 @@ def optional_https_url(raw: Any) -> str:
     return "" if raw in (None, "") else https_url(raw)
 
 
+def email_list(raw: Any) -> tuple[str, ...]:
+    allowed = "a list of e-mail addresses such as [ops@example.com] (may be empty)"
+    value = _decoded(raw)
+    if isinstance(value, str):
+        value = [value] if value else []
+    if not isinstance(value, list):
+        raise Invalid(allowed)
+    for item in value:
+        if not _EMAIL.match(str(item)):
+            raise Invalid(f"{allowed}; {str(item)!r} is not one")
+    return tuple(str(item) for item in value)
+
+
 def cidr_list(raw: Any) -> tuple[str, ...]:
     allowed = "a non-empty list of CIDRs such as [203.0.113.7/32]"
     value = _decoded(raw)
@@ -189,6 +202,24 @@ class Setting:
     default: Any
     parse: Callable[[Any], Any]
     meaning: str
+    # Set with `pulumi config set --secret`; never shown, reaches the graph as a secret Output.
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret setting's value: `str` and `repr` hide it, so no log or message shows it."""
+
+    value: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return "[secret]"
+
+    def output(self):
+        """The value for the graph, as `pulumi.Config.get_secret` hands it out: a secret Output."""
+        import pulumi  # here, not above: reading and checking settings needs no Pulumi SDK
+
+        return pulumi.Output.secret(self.value)
 
 
 # The one table of settings: the README's settings reference is checked against it.
@@ -230,6 +261,12 @@ SETTINGS = (
     Setting("dropletBackups", False, boolean, "DigitalOcean's weekly droplet backups too."),
     Setting("protectData", False, boolean,
             "Protect the datastore droplet and volume from deletion (production)."),
+    Setting("alertEmails", [], email_list,
+            "Who gets DigitalOcean Monitoring's alerts (disk, memory, CPU, load); none when empty."),
+    Setting("alertWebhookUrl", "", optional_https_url,
+            "A Slack/Mattermost-compatible incoming webhook for the datastore's backup alerts; "
+            "empty means they are only logged. Set it with `pulumi config set --secret`.",
+            secret=True),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -265,9 +302,12 @@ class Settings:
     spaces_endpoint: str
     droplet_backups: bool
     protect_data: bool
+    alert_emails: tuple[str, ...]
+    alert_webhook_url: Secret | None
 
     @classmethod
-    def from_config(cls, stack: str, raw: dict[str, Any]) -> "Settings":
+    def from_config(cls, stack: str, raw: dict[str, Any], secret_keys: Collection[str] = ()) -> "Settings":
+        """`secret_keys`: the keys of `raw` that the config holds encrypted (`--secret`)."""
         problems: list[str] = []
         for key in raw:
             if key not in _BY_KEY:
@@ -282,10 +322,20 @@ class Settings:
                     f"{setting.key}: missing; it must be set to {_allowed(setting)} ({setting.meaning})"
                 )
                 continue
+            shown = _hidden(value) if setting.secret else _shown(value)
             try:
-                values[_snake(setting.key)] = setting.parse(value)
+                parsed = setting.parse(value)
             except Invalid as allowed:
-                problems.append(f"{setting.key}: {_shown(value)} is not allowed: {allowed}")
+                problems.append(f"{setting.key}: {shown} is not allowed: {allowed}")
+                continue
+            if setting.secret:
+                if parsed and setting.key not in secret_keys:
+                    problems.append(
+                        f"{setting.key}: {shown} is not allowed in plain text (Pulumi.{stack}.yaml would "
+                        f"show it): set it with `pulumi config set --secret {setting.key} ...`"
+                    )
+                parsed = Secret(parsed) if parsed else None
+            values[_snake(setting.key)] = parsed
         problems += _cross_checks(values)
         if problems:
             raise SettingsError(stack, problems)
@@ -328,6 +378,14 @@ def _snake(key: str) -> str:
 def _shown(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
     return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _hidden(value: Any) -> str:
+    """A secret value as a message may show it: its scheme and host at most."""
+    shown = re.match(r"^([a-z][a-z0-9+.-]*://)(?:[^/?#\s@]*@)?([^/?#\s@]*)", str(value), re.IGNORECASE)
+    if not shown:
+        return "(a value hidden: a secret)"
+    return repr(f"{shown.group(1)}{shown.group(2)}/...") + " (the rest hidden: a secret)"
 
 
 def stack_config(project: str, config: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from components import conventions
-from components.settings import Settings, stack_config
+from components.settings import SETTINGS, Settings, stack_config
 
 ROOT = Path(__file__).resolve().parent.parent
 # Documentation range (RFC 5737): never a real host's address.
@@ -44,7 +44,10 @@ def stack_file_config(stack: str) -> dict[str, Any]:
 
 
 def stack_settings(stack: str, **overrides: Any) -> Settings:
-    return Settings.from_config(stack, {**stack_file_config(stack), **overrides})
+    """The stack file's settings with `overrides` set as `pulumi config set` would set them
+    (with --secret for a secret setting)."""
+    secret = [s.key for s in SETTINGS if s.secret and s.key in overrides]
+    return Settings.from_config(stack, {**stack_file_config(stack), **overrides}, secret_keys=secret)
 
 
 # How the engine marks a secret value in the inputs it hands to mocks.

@@ -25,6 +25,7 @@ TYPES = {
     "email": "e-mail",
     "https_url": "https URL",
     "optional_https_url": "https URL or empty",
+    "email_list": "list of e-mails",
     "cidr_list": "list of CIDRs",
     "vpc_range": "IPv4 CIDR",
     "ssh_public_keys": "list of SSH public keys",
@@ -43,6 +44,8 @@ def type_of(setting: Setting) -> str:
     if name == "whole_number":
         low, high = sorted(cell.cell_contents for cell in parser.__closure__)
         kind = f"integer {low}–{high}"
+    if setting.secret:
+        kind += ", **secret**"
     return kind
 
 
@@ -51,6 +54,8 @@ def default_of(setting: Setting) -> str:
         return "**required**"
     if isinstance(setting.default, bool):
         return f"`{str(setting.default).lower()}`"
+    if setting.default == []:
+        return "(none)"
     if isinstance(setting.default, list):
         return "`[" + ", ".join(setting.default) + "]`"
     if setting.default == "":

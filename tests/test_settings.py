@@ -14,7 +14,7 @@ import pytest
 
 import mockcloud
 from components import conventions, prices
-from components.settings import REQUIRED, SETTINGS, Settings, SettingsError
+from components.settings import REQUIRED, SETTINGS, Secret, Settings, SettingsError
 
 STACK_FILE = {"staging": mockcloud.stack_file_config("staging")}
 
@@ -156,6 +156,59 @@ def test_the_zone_check_runs_alongside_other_problems():
     assert keys == ["appServerCount", "dnsZone"]
 
 
+def test_alert_emails_default_to_none_and_take_a_list():
+    assert mockcloud.stack_settings("staging").alert_emails == ()
+    settings = mockcloud.stack_settings("staging", alertEmails=["ops@example.com", "oncall@example.org"])
+    assert settings.alert_emails == ("ops@example.com", "oncall@example.org")
+    # The CLI hands lists over as JSON text.
+    assert mockcloud.stack_settings("staging", alertEmails='["ops@example.com"]').alert_emails == ("ops@example.com",)
+
+
+@pytest.mark.parametrize("addresses, bad", [(["ops@example.com", "oncall"], "'oncall'"),
+                                            (["ops at example.com"], "'ops at example.com'"),
+                                            ({"to": "ops@example.com"}, None), (42, None)])
+def test_bad_alert_emails(addresses, bad):
+    problem = the_problem(alertEmails=addresses)
+    assert problem.startswith(f"alertEmails: {repr(json.dumps(addresses))} is not allowed: "
+                              "a list of e-mail addresses such as [ops@example.com]"), problem
+    if bad:
+        assert problem.endswith(f"; {bad} is not one")
+
+
+WEBHOOK = "https://hooks.example.com/services/T000/B000/XXXXSECRETPATH"
+
+
+def test_the_webhook_is_a_secret_that_nothing_shows():
+    assert mockcloud.stack_settings("staging").alert_webhook_url is None
+    settings = mockcloud.stack_settings("staging", alertWebhookUrl=WEBHOOK)
+    assert settings.alert_webhook_url == Secret(WEBHOOK)
+    assert settings.alert_webhook_url.value == WEBHOOK
+    for shown in (str(settings), repr(settings), str(settings.alert_webhook_url), f"{settings.alert_webhook_url}"):
+        assert "SECRETPATH" not in shown and "hooks.example.com" not in shown
+
+
+@pytest.mark.parametrize("url", ["http://hooks.example.com/services/XXXXSECRETPATH",
+                                 "ftp://user:XXXXSECRETPATH@hooks.example.com/x", "hooks.example.com/XXXXSECRETPATH"])
+def test_bad_webhook_names_the_setting_but_hides_the_secret_part(url):
+    problem = the_problem(alertWebhookUrl=url)
+    assert problem.startswith("alertWebhookUrl: ") and problem.endswith("is not allowed: an https:// URL")
+    assert "SECRETPATH" not in problem
+    if "://" in url:  # scheme and host say which value it is
+        assert f"'{url.split('://')[0]}://hooks.example.com/...' (the rest hidden: a secret)" in problem
+
+
+def test_a_webhook_set_in_plain_text_is_refused():
+    config = {**STACK_FILE["staging"], "alertWebhookUrl": WEBHOOK}
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_config("staging", config)
+    (problem,) = raised.value.problems
+    assert problem == (
+        "alertWebhookUrl: 'https://hooks.example.com/...' (the rest hidden: a secret) is not allowed in plain text "
+        "(Pulumi.staging.yaml would show it): set it with `pulumi config set --secret alertWebhookUrl ...`"
+    )
+    assert Settings.from_config("staging", config, secret_keys={"alertWebhookUrl"}).alert_webhook_url.value == WEBHOOK
+
+
 def test_every_setting_has_a_default_or_is_required_and_a_meaning():
     for setting in SETTINGS:
         assert setting.meaning.endswith("."), setting.key
@@ -166,12 +219,15 @@ def test_every_setting_has_a_default_or_is_required_and_a_meaning():
 # --- The program's own path: __main__.py reads the config the Pulumi CLI hands it ------------
 
 
-def run_main(monkeypatch, config: dict[str, object]) -> tuple[list[mockcloud.Resource], SystemExit | None]:
-    """Runs __main__.py as `pulumi up` would, with config in PULUMI_CONFIG (strings, lists as JSON)."""
+def run_main(monkeypatch, config: dict[str, object], secret: tuple[str, ...] = ()
+             ) -> tuple[list[mockcloud.Resource], SystemExit | None]:
+    """Runs __main__.py as `pulumi up` would, with config in PULUMI_CONFIG (strings, lists as
+    JSON) and the keys set with --secret in PULUMI_CONFIG_SECRET_KEYS."""
     as_cli_gives_it = {
         f"{conventions.PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()
     }
     monkeypatch.setenv("PULUMI_CONFIG", json.dumps(as_cli_gives_it))
+    monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps([f"{conventions.PROJECT}:{k}" for k in secret]))
     mocks = mockcloud.ProviderMocks("10.110.16.0/24")
     pulumi.runtime.set_mocks(mocks, project=conventions.PROJECT, stack="staging", preview=False)
     stopped: dict[str, SystemExit] = {}
@@ -200,3 +256,16 @@ def test_good_settings_register_the_platform_through_the_same_path(monkeypatch):
     resources, stop = run_main(monkeypatch, STACK_FILE["staging"])
     assert stop is None
     assert sum(r.type.endswith(":Droplet") for r in resources) == 4
+
+
+def test_the_program_reads_the_webhook_only_when_the_cli_marks_it_secret(monkeypatch):
+    config = {**STACK_FILE["staging"], "alertWebhookUrl": WEBHOOK}
+    resources, stop = run_main(monkeypatch, config)
+    assert stop is not None and "alertWebhookUrl: " in str(stop.code) and "--secret" in str(stop.code)
+    assert "SECRETPATH" not in str(stop.code)
+    assert resources == []
+    resources, stop = run_main(monkeypatch, config, secret=("alertWebhookUrl",))
+    assert stop is None
+    (backup_push,) = [r for r in resources if r.name == "datastore-backup-push"]
+    assert mockcloud.is_secret(backup_push.inputs["stdin"])
+    assert WEBHOOK in mockcloud.plain(backup_push.inputs["stdin"])

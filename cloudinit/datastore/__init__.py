@@ -55,6 +55,9 @@ STUNNEL_REDIS_DROP_IN = f"/etc/systemd/system/{STUNNEL_REDIS_UNIT}.d/50-platform
 
 
 BACKUP_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_UNIT}.service"
+BACKUP_ALERT_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_ALERT_UNIT}.service"
+BACKUP_CHECK_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_CHECK_UNIT}.service"
+BACKUP_CHECK_TIMER = f"/etc/systemd/system/{conventions.BACKUP_CHECK_UNIT}.timer"
 # Pushed, not first-boot: changing the hour must not replace the datastore droplet.
 BACKUP_TIMER = f"/etc/systemd/system/{conventions.BACKUP_UNIT}.timer"
 
@@ -97,7 +100,12 @@ def engine_files(engine: str) -> list[ConfigFile]:
 
 
 def files(settings: Settings) -> list[ConfigFile]:
-    backups = [ConfigFile("datastore/platform-backup.service", BACKUP_SERVICE)] if settings.backups else []
+    backups = [
+        ConfigFile("datastore/platform-backup.service", BACKUP_SERVICE),
+        ConfigFile("datastore/platform-backup-alert.service", BACKUP_ALERT_SERVICE),
+        ConfigFile("datastore/platform-backup-check.service", BACKUP_CHECK_SERVICE),
+        ConfigFile("datastore/platform-backup-check.timer", BACKUP_CHECK_TIMER),
+    ] if settings.backups else []
     return [f for engine in settings.engines for f in engine_files(engine)] + backups
 
 
@@ -120,6 +128,7 @@ def pushes(settings: Settings) -> dict[str, Push]:
         kinds["backup"] = Push(
             files={
                 "backup.env": Target(conventions.BACKUP_SECRETS_FILE, mode="0600"),
+                "alert.env": Target(conventions.ALERT_SETTINGS_FILE, mode="0600"),
                 "backup.conf": Target(conventions.BACKUP_RETENTION_FILE),
                 timer: Target(BACKUP_TIMER),
             },
@@ -157,6 +166,11 @@ def backup_env(repository: str, password: str, access_key: str, secret_key: str)
     }
     # An empty value (a provider that gave no key) fails the push's check, not this render.
     return "".join(f"{name}={shlex.quote(value or '')}\n" for name, value in values.items())
+
+
+def alert_env(webhook_url: str) -> str:
+    """Where platform-backup sends its alerts; empty: to the log only."""
+    return f"ALERT_WEBHOOK_URL={shlex.quote(webhook_url)}\n"
 
 
 def after_tls(settings: Settings) -> list[list[str]]:

@@ -4,15 +4,27 @@
 #   platform-backup [run]   dump every engine, send a snapshot, apply retention (the timer runs this)
 #   platform-backup status  last success, last failure, the snapshots; exit 1 when failing or missed
 #   platform-backup init    create the repository when it does not exist (the backup push runs this)
+#   platform-backup check   alert when the state changed: a run failed, a backup was missed, or
+#                           they recovered ({{ c.BACKUP_CHECK_UNIT }}.timer, hourly; `check after-failure`
+#                           from {{ c.BACKUP_ALERT_UNIT }}.service when a run's unit failed)
+#   platform-backup test-alert  send a test alert where alerts go, changing no state
 #
 # Each run records {{ c.BACKUP_STATE_DIR }}/last-success or last-failure and logs to
-# {{ c.BACKUP_LOG }}; a failed run also fails {{ c.BACKUP_UNIT }}.service.
+# {{ c.BACKUP_LOG }}; a failed run also fails {{ c.BACKUP_UNIT }}.service. Alerts go to the
+# webhook in {{ c.ALERT_SETTINGS_FILE }} (alertWebhookUrl), or only to that log without one.
 set -Eeuo pipefail
 # shellcheck source=backup.sh
 . {{ c.BACKUP_LIBRARY }}
 
 MAX_AGE_HOURS={{ c.BACKUP_MAX_AGE_HOURS }}
+STACK={{ settings.stack }}
 LOCK_FILE=/run/lock/platform-backup.lock
+CHECK_LOCK_FILE=/run/lock/platform-backup-check.lock
+# A webhook that does not answer is given up on within about a minute (then retried by the
+# next check): the alert units must not hang.
+WEBHOOK_ATTEMPT_SECONDS=15
+WEBHOOK_RETRIES=3
+WEBHOOK_RETRY_SECONDS=60
 CURRENT="start"
 # What a run could not back up (it fails once the rest is sent).
 UNREADABLE=""
@@ -23,8 +35,10 @@ main() {
         run) require_root "$@"; backup ;;
         status) require_root "$@"; status ;;
         init) require_root "$@"; load_backup_settings; init_repository ;;
-        -h|--help|help) sed -n '2,10s/^# \{0,1\}//p' "$0" ;;
-        *) die "unknown command $command (run, status, init)" ;;
+        check) require_root "$@"; check "${@:2}" ;;
+        test-alert) require_root "$@"; send_alert "[$STACK] test alert from $(uname -n): backup alerts arrive here." ;;
+        -h|--help|help) sed -n '2,14s/^# \{0,1\}//p' "$0" ;;
+        *) die "unknown command $command (run, status, init, check, test-alert)" ;;
     esac
 }
 
@@ -148,35 +162,60 @@ dump_mongodb() {
 }
 {% endif %}
 
-# --- Status -----------------------------------------------------------------------------
+# --- State, status and alerts ---------------------------------------------------------
 
 marker() { cat "$STATE_DIR/$1" 2>/dev/null || true; }
 
-status() {
-    local healthy=1 success failure now age
-    now=$(date +%s)
+# The backups' state from the markers alone (no network): STATE is ok, missed, or
+# "failing <when the run failed>" (so each failed run is a new state); PROBLEM says why.
+# Before the first success a backup counts as missed from the first check, since a new
+# droplet makes its first backup only at the next backup hour.
+backup_state() {
+    local success failure since epoch when what
     success=$(marker last-success)
     failure=$(marker last-failure)
-    if [ -z "$success" ]; then
-        echo "last success: never"
-        healthy=0
-    else
-        age=$(( (now - ${success%% *}) / 3600 ))
-        echo "last success: $(cut -d' ' -f2- <<<"$success" | sed 's/ / snapshot /') (${age}h ago)"
-        if [ "$age" -ge "$MAX_AGE_HOURS" ]; then
-            echo "MISSED: no successful backup for ${MAX_AGE_HOURS}h or more"
-            healthy=0
-        fi
+    STATE=ok
+    PROBLEM=""
+    if [ -n "$failure" ] && { [ -z "$success" ] || [ "${failure%% *}" -ge "${success%% *}" ]; }; then
+        read -r epoch when what <<<"$failure"
+        STATE="failing $epoch"
+        PROBLEM="the run of $when failed at: $what"
+        return 0
     fi
-    if [ -n "$failure" ]; then
-        echo "last failure: $(cut -d' ' -f2- <<<"$failure")"
-        if [ -z "$success" ] || [ "${failure%% *}" -ge "${success%% *}" ]; then
-            echo "FAILING: the last run failed; see $LOG_FILE"
-            healthy=0
-        fi
+    since=${success%% *}
+    if [ -z "$since" ]; then since=$(marker watched-since); fi
+    if [ -n "$since" ] && [ $(( ($(date +%s) - since) / 3600 )) -ge "$MAX_AGE_HOURS" ]; then
+        STATE=missed
+        PROBLEM="no successful backup for ${MAX_AGE_HOURS}h or more (last success: $(success_summary))"
+    fi
+}
+
+success_summary() {
+    local epoch when snapshot
+    read -r epoch when snapshot <<<"$(marker last-success)"
+    if [ -z "${epoch:-}" ]; then echo never; return 0; fi
+    echo "$when snapshot $snapshot ($(( ($(date +%s) - epoch) / 3600 ))h ago)"
+}
+
+status() {
+    local healthy=1 epoch when what target alerted_at
+    echo "last success: $(success_summary)"
+    if [ -z "$(marker last-success)" ]; then healthy=0; fi
+    if [ -n "$(marker last-failure)" ]; then
+        read -r epoch when what <<<"$(marker last-failure)"
+        echo "last failure: $when $what"
     else
         echo "last failure: none"
     fi
+    backup_state
+    case "$STATE" in
+        failing*) echo "FAILING: the last run failed; see $LOG_FILE"; healthy=0 ;;
+        missed) echo "MISSED: no successful backup for ${MAX_AGE_HOURS}h or more"; healthy=0 ;;
+    esac
+    target="$LOG_FILE only (no alertWebhookUrl)"
+    if [ -n "$(webhook_url)" ]; then target="the webhook"; fi
+    alerted_at=$(marker alerted | cut -s -f2)
+    echo "alerts: to $target; last alert: ${alerted_at:-none}"
     echo "snapshots:"
     if [ -r "$SECRETS_FILE" ]; then load_backup_settings; fi
     if [ -z "${RESTIC_REPOSITORY:-}" ] || ! timeout "$STATUS_TIMEOUT_SECONDS" restic snapshots "${SNAPSHOTS[@]}"; then
@@ -189,6 +228,77 @@ status() {
     fi
     echo "status: FAILING"
     return 1
+}
+
+# Alerts once per change of state: each failed run, a missed backup, and the recovery
+# after either. When the webhook cannot be reached nothing is recorded, so the next
+# check tries again.
+check() {
+    local alerted text
+    exec 8>"$CHECK_LOCK_FILE"
+    flock -w 300 8 || die "another check is still running"
+    install -d -m 0700 "$STATE_DIR"
+    [ -s "$STATE_DIR/watched-since" ] || date +%s > "$STATE_DIR/watched-since"
+    if [ "${1:-}" = after-failure ]; then record_unit_failure; fi
+    backup_state
+    alerted=$(marker alerted | cut -f1)
+    [ "$STATE" != "$alerted" ] || return 0
+    case "$STATE" in
+        ok)
+            # The first check on a healthy droplet has nothing to report.
+            if [ -z "$alerted" ]; then echo ok > "$STATE_DIR/alerted"; return 0; fi
+            text="recovered: last success $(success_summary)" ;;
+        missed) text="MISSED: $PROBLEM" ;;
+        *) text="FAILED: $PROBLEM" ;;
+    esac
+    text="[$STACK] datastore backup $text, on $(uname -n). Details: sudo $0 status"
+    send_alert "$text" || return 1
+    printf '%s\t%s\t%s\n' "$STATE" "$(date -u +%FT%TZ)" "$text" > "$STATE_DIR/alerted"
+}
+
+# The backup unit failed (OnFailure=). A run records where it failed; a run that could
+# not (killed, or refused by the lock) is recorded here, so that it alerts too.
+record_unit_failure() {
+    backup_state
+    case "$STATE" in failing*) return 0 ;; esac
+    printf '%s %s %s\n' "$(date +%s)" "$(date -u +%FT%TZ)" \
+        "a step it could not record: the unit ended with ${MONITOR_SERVICE_RESULT:-an unknown result} (journalctl -u {{ c.BACKUP_UNIT }})" \
+        > "$STATE_DIR/last-failure"
+}
+
+webhook_url() {
+    if [ -r "$ALERT_FILE" ]; then
+        # shellcheck source=/dev/null
+        ( . "$ALERT_FILE" && printf '%s' "${ALERT_WEBHOOK_URL:-}" )
+    fi
+}
+
+# One alert as Slack and Mattermost take it, {"text": ...}, or a log line when there is no
+# webhook. The URL is a secret: curl reads it from a config on a pipe, not from argv
+# (which every user can read in ps), and it is never logged.
+send_alert() {
+    local text=$1 url body status=0
+    url=$(webhook_url)
+    if [ -z "$url" ]; then
+        log "ALERT (logged only: no alertWebhookUrl): $text"
+        return 0
+    fi
+    log "ALERT (to the webhook): $text"
+    body=$(python3 -c 'import json, sys; print(json.dumps({"text": sys.argv[1]}))' "$text")
+    curl --config <(curl_url "$url") --proto =https --fail --silent --show-error --output /dev/null \
+        --max-time "$WEBHOOK_ATTEMPT_SECONDS" --retry "$WEBHOOK_RETRIES" --retry-connrefused \
+        --retry-max-time "$WEBHOOK_RETRY_SECONDS" \
+        --header 'Content-Type: application/json' --data-binary "$body" || status=$?
+    if [ "$status" -ne 0 ]; then
+        log "alert NOT delivered to the webhook (curl exit $status); the next check tries again"
+        return 1
+    fi
+}
+
+# The URL in curl's config syntax: backslashes and double quotes escaped.
+curl_url() {
+    local url=${1//\\/\\\\}
+    printf 'url = "%s"\n' "${url//\"/\\\"}"
 }
 
 main "$@"

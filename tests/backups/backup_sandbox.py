@@ -67,12 +67,13 @@ def moto_server() -> str:
     return found
 
 
-def backup_payload(settings, restic_password: str, repository_url: str) -> dict[str, str]:
+def backup_payload(settings, restic_password: str, repository_url: str, webhook_url: str = "") -> dict[str, str]:
     """The `backup` push's files, as components/backups.py sends them (the S3 server's key)."""
     return {
         "backup.env": datastore.backup_env(
             repository=repository_url, password=restic_password, access_key=S3_KEY_ID, secret_key=S3_SECRET
         ),
+        "alert.env": datastore.alert_env(webhook_url),
         **datastore.backup_schedule_files(settings),
     }
 
@@ -85,9 +86,9 @@ class BackupSandbox(datastore_sandbox.Sandbox):
     """A datastore sandbox whose backup push has run, pointing restic at `repository`."""
 
     def __init__(self, tmp: Path, settings, passwords, restic_password: str, repository_url: str,
-                 pushed: bool = True):
+                 pushed: bool = True, webhook_url: str = ""):
         super().__init__(tmp, settings, passwords)
-        self.payload = backup_payload(settings, restic_password, repository_url)
+        self.payload = backup_payload(settings, restic_password, repository_url, webhook_url)
         # Programs are executables on a droplet (cloud-init writes them with their mode).
         for program in cloudinit.programs(conventions.DATASTORE):
             (tmp / "root" / program.path.lstrip("/")).chmod(int(program.mode, 8))
@@ -98,7 +99,8 @@ class BackupSandbox(datastore_sandbox.Sandbox):
         targets = json.loads(cloudinit.push_table(conventions.DATASTORE, settings))["backup"]["files"]
         for name, text in self.payload.items():
             self._write(tmp / "root" / targets[name]["path"].lstrip("/"), text)
-        (tmp / "root" / conventions.BACKUP_SECRETS_FILE.lstrip("/")).chmod(0o600)
+        for secret in (conventions.BACKUP_SECRETS_FILE, conventions.ALERT_SETTINGS_FILE):
+            (tmp / "root" / secret.lstrip("/")).chmod(0o600)
 
     def run(self, script: str, timeout: float = 150):
         prelude = datastore_sandbox.PRELUDE

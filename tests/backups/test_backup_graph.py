@@ -51,7 +51,8 @@ def test_backup_key_is_scoped_to_the_bucket_and_reaches_only_the_push(key_mock):
     assert "secretKey" in key.additional_secret_outputs
     password = deployment.named("datastore-backup-repository-password", ":RandomPassword")
     files = push_files(deployment)
-    assert set(files) == {"backup.env", "backup.conf", f"{conventions.BACKUP_UNIT}.timer"}
+    assert set(files) == {"backup.env", "alert.env", "backup.conf", f"{conventions.BACKUP_UNIT}.timer"}
+    assert env_values(files["alert.env"]) == {"ALERT_WEBHOOK_URL": ""}  # no alertWebhookUrl in the file
     env = env_values(files["backup.env"])
     assert env == {
         "RESTIC_REPOSITORY": f"s3:https://{settings.spaces_region}.digitaloceanspaces.com/"
@@ -73,7 +74,7 @@ def test_backup_key_is_scoped_to_the_bucket_and_reaches_only_the_push(key_mock):
     for secret in (password.state["result"], SECRET_KEY, KEY_ID):
         assert all(secret not in str(d.state.get("userData", "")) for d in deployment.of_type(":Droplet"))
     assert "KEEP_DAILY=" not in store.state["userData"]  # retention changes replace no droplet
-    assert "OnCalendar" not in store.state["userData"]
+    assert "OnCalendar=*-*-* 05:" not in store.state["userData"]  # the hour neither (the hourly check's timer is)
 
 
 def test_schedule_and_retention_changes_touch_only_the_backup_push(key_mock):
@@ -95,3 +96,30 @@ def test_no_backups_means_no_key_push_unit_or_restic():
     assert datastore.BACKUP_SERVICE not in files
     assert "restic" not in files["/usr/local/lib/platform/role.sh"]
     assert "backup" not in json.loads(cloudinit.push_table(conventions.DATASTORE, settings))
+
+
+WEBHOOK = "https://hooks.example.com/services/T000/B000/Xy'z\"$(reboot)"
+
+
+def test_the_webhook_reaches_only_the_backup_push_root_only(key_mock):
+    settings = mockcloud.stack_settings("staging", alertWebhookUrl=WEBHOOK)
+    deployment = mockcloud.deploy(settings)
+    files = push_files(deployment)  # the push's stdin is a secret
+    # Quoted for the shell that sources it: the value comes back exactly, never run.
+    assert env_values(files["alert.env"]) == {"ALERT_WEBHOOK_URL": WEBHOOK}
+    table = json.loads(cloudinit.push_table(conventions.DATASTORE, settings))["backup"]
+    assert table["files"]["alert.env"] == {"path": conventions.ALERT_SETTINGS_FILE, "mode": "0600", "owner": "root:root"}
+    for resource in deployment.resources:
+        if resource.name != "datastore-backup-push":
+            assert "T000/B000" not in json.dumps(resource.inputs), resource.name
+    assert all("T000/B000" not in d.state["userData"] for d in deployment.of_type(":Droplet"))
+
+
+def test_setting_or_unsetting_the_webhook_touches_only_the_backup_push(key_mock):
+    before = mockcloud.deploy(mockcloud.stack_settings("staging"))
+    with_webhook = mockcloud.deploy(mockcloud.stack_settings("staging", alertWebhookUrl=WEBHOOK), previous=before)
+    without = mockcloud.deploy(mockcloud.stack_settings("staging"), previous=with_webhook)
+    for deployment in (with_webhook, without):
+        changed = sorted(r.name for r in deployment.resources if not r.unchanged and not r.type.startswith("pulumi:"))
+        assert changed == ["datastore-backup-push"]
+    assert env_values(push_files(without)["alert.env"]) == {"ALERT_WEBHOOK_URL": ""}

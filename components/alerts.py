@@ -1,0 +1,91 @@
+"""DigitalOcean Monitoring alert policies on the stack's droplets, e-mailed to alertEmails.
+
+Policies select droplets by tag, so a new app server is watched the moment it exists
+(every droplet is created with `monitoring=True`, which installs the metrics agent).
+
+E-mail only: the provider's Slack target needs a channel name and DigitalOcean's own
+Slack app authorised in the workspace, which a plain incoming webhook (alertWebhookUrl,
+also Mattermost's) does not give. The webhook carries the datastore's backup alerts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_digitalocean as do
+
+from . import conventions
+from .network import Network
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One alert policy: DigitalOcean's metric, above what value, for how long."""
+
+    name: str
+    metric: str
+    above: float
+    window: str  # 5m, 10m, 30m or 1h
+    description: str
+
+
+# Every droplet of the stack (its stack tag). The thresholds leave room to act before
+# the droplet stops serving: a full disk stops PostgreSQL and journald, swapless droplets
+# kill processes when memory runs out.
+STACK_THRESHOLDS = (
+    Threshold("disk", "v1/insights/droplet/disk_utilization_percent", 85, "5m", "disk over 85% full"),
+    Threshold("memory", "v1/insights/droplet/memory_utilization_percent", 90, "10m", "memory over 90% used"),
+    Threshold("cpu", "v1/insights/droplet/cpu", 90, "30m", "CPU over 90% for 30 minutes"),
+)
+# Load is absolute, so it is set per role from the role's size: this many runnable tasks
+# per vCPU, averaged over 5 minutes, for LOAD_WINDOW.
+LOAD_PER_VCPU = 2
+LOAD_METRIC = "v1/insights/droplet/load_5"
+LOAD_WINDOW = "10m"
+
+
+def vcpus(size: str) -> int:
+    """vCPUs of a droplet size slug: s-2vcpu-4gb, g-4vcpu-16gb, c-2."""
+    found = re.match(r"^[a-z]+-(\d+)vcpu-", size) or re.match(r"^c-(\d+)$", size)
+    if not found:
+        raise ValueError(f"no vCPU count in droplet size {size!r}")
+    return int(found.group(1))
+
+
+def role_sizes(settings: Settings) -> dict[str, str]:
+    return {
+        conventions.LOAD_BALANCER: settings.lb_size,
+        conventions.APP_SERVER: settings.app_size,
+        conventions.DATASTORE: settings.datastore_size,
+    }
+
+
+class Alerts(pulumi.ComponentResource):
+    def __init__(
+        self, name: str, *, settings: Settings, network: Network, opts: pulumi.ResourceOptions | None = None
+    ):
+        super().__init__("node-platform:index:Alerts", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        send = do.MonitorAlertAlertsArgs(emails=list(settings.alert_emails))
+        self.policies: list[do.MonitorAlert] = []
+        for t in STACK_THRESHOLDS:
+            self.policies.append(do.MonitorAlert(
+                f"{name}-{t.name}",
+                type=t.metric, compare="GreaterThan", value=t.above, window=t.window,
+                tags=[network.stack_tag.name], alerts=send, enabled=True,
+                description=f"{settings.stack}: {t.description}",
+                opts=child,
+            ))
+        for role, size in role_sizes(settings).items():
+            limit = LOAD_PER_VCPU * vcpus(size)
+            self.policies.append(do.MonitorAlert(
+                f"{name}-{role}-load",
+                type=LOAD_METRIC, compare="GreaterThan", value=limit, window=LOAD_WINDOW,
+                tags=[network.role_tags[role].name], alerts=send, enabled=True,
+                description=f"{settings.stack} {role}: 5-minute load over {limit} ({size})",
+                opts=child,
+            ))
+        self.register_outputs({})
