@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from components import conventions
@@ -106,11 +105,10 @@ class LocalStack:
     identity: str | None = None
 
     def default_identity(self) -> str | None:
-        # The local cloud's operator key, once it keeps one (its public half in the
-        # stack's sshPublicKeys, so the operators push lets `deploy` log in with it).
+        # The local cloud's operator key (its public half joins the stack's sshPublicKeys,
+        # so the operators push lets `deploy` log in with it).
         from localcloud import config
-        key = getattr(config, "OPERATOR_KEY", None)
-        return str(key) if key and Path(key).exists() else None
+        return str(config.OPERATOR_KEY) if config.OPERATOR_KEY.exists() else None
 
     def resolve(self) -> Stack:
         from localcloud import stack as local_stack

@@ -25,6 +25,9 @@ DROPLETS_DIR = STATE_ROOT / "droplets"
 VOLUMES_DIR = STATE_ROOT / "volumes"
 STATE_FILE = STATE_ROOT / "state.json"
 PROXY_LOG = STATE_ROOT / "proxy.log"
+# The local cloud's own operator: its public key joins the stack's sshPublicKeys (a local
+# override), so `python -m deploy ... --local` logs in with it like any operator.
+OPERATOR_KEY = STATE_ROOT / "operator" / "id_ed25519"
 # CAs of local services (the ACME server's TLS) that every droplet image trusts.
 TRUSTED_CAS_DIR = STATE_ROOT / "trusted-cas"
 

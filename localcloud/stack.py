@@ -35,12 +35,14 @@ LOCAL_OVERRIDES_WHY = {
     "engines": "MongoDB's apt repository is not reachable here; the other engines stay",
     "adminCidrs": "the host runs the remote commands (as pulumi would), so its address joins the admin range",
     "spacesEndpoint": "moto's S3 server on the host stands in for Spaces (localcloud/spaces.py)",
+    "sshPublicKeys": "the local cloud's operator key joins the stack's, so local deploys log in (config.OPERATOR_KEY)",
 }
 
 
 def local_overrides(stack_config: dict) -> dict:
     """LOCAL_OVERRIDES for a stack: one visible dict, printed by `up`."""
     admin = list(stack_config.get("adminCidrs") or [])
+    operators = list(stack_config.get("sshPublicKeys") or [])
     return {
         "image": "debian-12-x64",
         "nodeMajor": 18,
@@ -48,7 +50,17 @@ def local_overrides(stack_config: dict) -> dict:
         "engines": [e for e in stack_config.get("engines", []) if e != "mongodb"],
         "adminCidrs": admin + [f"{config.HOST_PUBLIC_IP}/32"],
         "spacesEndpoint": spaces.ENDPOINT,
+        "sshPublicKeys": operators + [operator_public_key()],
     }
+
+
+def operator_public_key() -> str:
+    """The local cloud's operator key, made once (root-only, like ~/.ssh)."""
+    key = config.OPERATOR_KEY
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shell.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "localcloud-operator", "-f", str(key)])
+    return key.with_suffix(".pub").read_text().strip()
 
 
 # Pushes run in this order when the plan's dependencies leave them free: certificates

@@ -5,10 +5,9 @@ graceful reload under systemd, and a steady stream of GETs from the internet cli
 through the LB's TLS front while it all happens. The tests run in order on one stack:
 deploy, a bad release that stops at the first server, rollback, concurrent deploys.
 
-Operator key: deploy logs in as `deploy` with an operator's key. The local cloud does not
-(yet) keep one of its own, so the fixture makes one and runs the program's own
-`operators` push with it added to the stack's sshPublicKeys, exactly as `pulumi up`
-would after `sshPublicKeys` gained that key.
+Operator key: deploy logs in as `deploy` with an operator's key: the local cloud's own,
+which a local override adds to the stack's sshPublicKeys (the program's operators push
+brings it to every droplet).
 """
 
 from __future__ import annotations
@@ -43,25 +42,11 @@ def plan(local_stack):
 
 
 @pytest.fixture(scope="module")
-def operator_key(plan, tmp_path_factory):
-    """A key of this test's operator."""
-    key = tmp_path_factory.mktemp("operator") / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy-test", "-f", str(key)], check=True)
-    return str(key)
-
-
-@pytest.fixture(autouse=True)
-def operator_key_pushed(plan, operator_key):
-    """Every login takes the key by the program's own operators push (again before each
-    test: another `localcloud up` re-runs the plan's pushes, which lack it)."""
-    from localcloud import stack as local
-    public = Path(operator_key).with_suffix(".pub").read_text().strip()
-    pushes = [c for c in plan.commands if c.kind == "operators"]
-    assert pushes, "the plan has no operators push"
-    for push in pushes:
-        keys = {login: text + public + "\n" for login, text in json.loads(push.stdin).items()}
-        result = local.run_ssh(push.login, push.create, jump=push.jump, stdin=json.dumps(keys, sort_keys=True))
-        assert result.returncode == 0, f"{push.name}: {result.stdout}"
+def operator_key(plan):
+    """The local cloud's operator key: the plan's operators push gave every droplet its public half."""
+    from localcloud import config
+    assert config.OPERATOR_KEY.exists(), "the local stack's `up` makes the operator key"
+    return str(config.OPERATOR_KEY)
 
 
 def deploy_cli(*args: str, key: str) -> subprocess.CompletedProcess:

@@ -67,9 +67,11 @@ def test_ssh_through_the_jump_host_uses_its_own_key_and_known_hosts():
 
 
 def test_overrides_keep_the_stacks_admin_range_and_add_only_the_host():
-    overrides = stack.local_overrides({"adminCidrs": ["203.0.113.10/32"],
+    overrides = stack.local_overrides({"adminCidrs": ["203.0.113.10/32"], "sshPublicKeys": ["ssh-ed25519 AAAA ops"],
                                        "engines": ["postgresql", "mongodb", "redis"]})
     assert overrides["adminCidrs"] == ["203.0.113.10/32", f"{config.HOST_PUBLIC_IP}/32"]
+    assert overrides["sshPublicKeys"] == ["ssh-ed25519 AAAA ops", stack.operator_public_key()]
+    assert config.OPERATOR_KEY.with_suffix(".pub").read_text().strip() == stack.operator_public_key()
     assert overrides["engines"] == ["postgresql", "redis"]
     assert overrides["acmeDirectory"] == acme.DIRECTORY_URL
     assert set(overrides) == set(stack.LOCAL_OVERRIDES_WHY)
