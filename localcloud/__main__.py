@@ -36,6 +36,7 @@ def main() -> int:
     lose = sub.add_parser("lose", help="destroy one droplet and its volumes, as if lost (the next up rebuilds them)")
     lose.add_argument("name", help="lb, app-1, datastore, ... or the droplet's full name")
     lose.add_argument("--stack", default="staging")
+    lose.add_argument("--keep-volumes", action="store_true", help="the volumes survive (the next up attaches them)")
     sh = sub.add_parser("shell", help="a root shell on one of the stack's droplets")
     sh.add_argument("name", help="lb, app-1, datastore, ... or the droplet's full name")
     sh.add_argument("--stack", default="staging")
@@ -60,7 +61,7 @@ def main() -> int:
             argv = stack.shell_argv(plan.droplet(args.name).name)
             os.execvp(argv[0], argv)
         elif args.cmd == "lose":
-            stack.lose(plan, args.name)
+            stack.lose(plan, args.name, keep_volumes=args.keep_volumes)
         elif args.cmd == "down":
             stack.down(plan)
     elif args.cmd == "image":

@@ -607,17 +607,18 @@ def wait_for_certificate(p: Plan, timeout: float = 300) -> dict:
         time.sleep(5)
 
 
-def lose(p: Plan, key_or_name: str) -> None:
-    """Destroy one droplet and its volumes outside the program, as when a droplet is lost:
-    the stack's state still has them until the next `up` refreshes it."""
+def lose(p: Plan, key_or_name: str, keep_volumes: bool = False) -> None:
+    """Destroy one droplet (and its volumes, unless kept) outside the program, as when a
+    droplet is lost: the stack's state still has them until the next `up` refreshes it."""
     d = p.droplet(key_or_name)
     with exclusive(p.stack):
         if d.name in state.load()["droplets"]:
             cloud.destroy(d.name)
         for v in p.volumes:
-            if v.droplet == d.name:
+            if v.droplet == d.name and not keep_volumes:
                 volume.delete(v.name)
-    print(f"[localcloud] {d.name} and its volumes are gone; `up` builds them anew", flush=True)
+    what = "is gone, its volumes kept" if keep_volumes else "and its volumes are gone"
+    print(f"[localcloud] {d.name} {what}; `up` builds it anew", flush=True)
 
 
 def down(p: Plan) -> None:

@@ -1,4 +1,5 @@
-"""The README's runbook "the datastore droplet is gone", run on the booted staging stack.
+"""The README's runbook "the datastore droplet is gone", run on the booted staging stack:
+both of its branches, the volume survived and the volume is gone too.
 
 Known data goes into every enabled engine (through the app and directly), a backup goes
 to the Spaces stand-in, the datastore droplet and its volume are destroyed, `up` builds a
@@ -61,14 +62,40 @@ def notes_in(s) -> dict:
     return {name: [n["text"] for n in (r.get("result") or [])] for name, r in json.loads(body)["engines"].items()}
 
 
+def test_a_new_datastore_on_the_surviving_volume_takes_the_data_over(local_stack):
+    """Runbook step 1: the droplet is gone, its volume is not. No restore: the new droplet
+    mounts the volume and its engines take their data over (PostgreSQL's cluster files are
+    kept on the volume for this)."""
+    s = local_stack
+    s.wait_healthy()
+    note = f"kept-volume-{uuid.uuid4()}"
+    post(s, note)
+    seeded = on_datastore(s, SEED)
+    assert seeded.returncode == 0, seeded.stdout
+    before = on_datastore(s, FINGERPRINTS).stdout
+    old = s.plan.droplet("datastore")
+    stack.lose(s.plan, "datastore", keep_volumes=True)
+    s.up(stack.plan(s.plan.stack))
+    new = s.plan.droplet("datastore")
+    assert (new.id, new.vpc_ip) != (old.id, old.vpc_ip), "a new droplet at a new address"
+    assert on_datastore(s, FINGERPRINTS).stdout == before
+    s.wait_healthy(timeout=240)
+    notes = notes_in(s)
+    assert note in notes["postgresql"] and note in notes["redis"], notes
+
+
+def post(s, note: str) -> None:
+    posted = s.https("/api/notes", "-X", "POST", "-H", "content-type: application/json",
+                     "--data", f'{{"text": "{note}"}}', "-o", "/dev/null", "-w", "%{http_code}")
+    assert posted.stdout == "201", posted.stdout + (posted.stderr or "")
+
+
 def test_the_datastore_is_lost_rebuilt_and_restored_from_the_spaces_stand_in(local_stack):
     s = local_stack
     assert s.plan.overrides["spacesEndpoint"] == spaces.ENDPOINT
     s.wait_healthy()
     note = f"before-the-loss-{uuid.uuid4()}"
-    posted = s.https("/api/notes", "-X", "POST", "-H", "content-type: application/json",
-                     "--data", f'{{"text": "{note}"}}', "-o", "/dev/null", "-w", "%{http_code}")
-    assert posted.stdout == "201", posted.stdout + (posted.stderr or "")
+    post(s, note)
     seeded = on_datastore(s, SEED)
     assert seeded.returncode == 0, seeded.stdout + (seeded.stderr or "")
     before = on_datastore(s, FINGERPRINTS).stdout
