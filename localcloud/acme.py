@@ -106,8 +106,12 @@ def ensure_tls_ca() -> Path:
 
 # --- processes --------------------------------------------------------------
 
-DAEMONS = {process: daemon.Daemon(ACME_DIR / f"{process}.pid", LOG, process.encode())
-           for process in ("pebble-challtestsrv", "pebble")}
+# Markers: arguments only our two processes are started with.
+DAEMONS = {
+    "pebble-challtestsrv": daemon.Daemon(ACME_DIR / "pebble-challtestsrv.pid", LOG,
+                                         b"\x00-management\x00" + CHALLTESTSRV_MANAGEMENT.encode()),
+    "pebble": daemon.Daemon(ACME_DIR / "pebble.pid", LOG, b"\x00-config\x00" + str(PEBBLE_CONFIG).encode()),
+}
 
 
 def ensure_running(domain_address: str) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 class Daemon:
     pid_file: Path
     log: Path
-    # In /proc/<pid>/cmdline of our process: a recycled pid is not mistaken for it.
+    # In /proc/<pid>/cmdline of our process only (NUL-separated arguments): a recycled pid
+    # is not mistaken for it, and teardown finds it without its pid file.
     marker: bytes
 
     def running_pid(self) -> int | None:
@@ -34,10 +35,23 @@ class Daemon:
         self.pid_file.write_text(str(proc.pid))
         return proc
 
+    def strays(self) -> list[int]:
+        """Our processes whose pid file is gone (a deleted state directory, a killed run)."""
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and self.marker in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                pass
+        return [pid for pid in found if pid != os.getpid()]
+
     def stop(self, timeout: float = 5) -> None:
-        pid = self.running_pid()
-        if pid:
-            os.kill(pid, signal.SIGTERM)
+        for pid in {self.running_pid(), *self.strays()} - {None}:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
             deadline = time.monotonic() + timeout
             while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
                 time.sleep(0.1)

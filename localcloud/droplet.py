@@ -275,9 +275,12 @@ def wait_booted(name: str, timeout: float = 60) -> str:
 def cgroup_pids(name: str) -> list[int]:
     pids = set()
     for top in cgroup_dirs(name):
-        for procs in top.rglob("cgroup.procs") if top.exists() else []:
+        # os.walk, not rglob: a stopping container removes its cgroups while they are read.
+        for directory, _, files in os.walk(top):
+            if "cgroup.procs" not in files:
+                continue
             try:
-                pids.update(int(p) for p in procs.read_text().split())
+                pids.update(int(p) for p in Path(directory, "cgroup.procs").read_text().split())
             except OSError:
                 pass
     return sorted(pids)

@@ -142,7 +142,7 @@ def proxy_command(hosts: list[str]) -> list[str]:
             "--port", str(config.PROXY_PORT), *[a for h in sorted(hosts) for a in ("--allow", h)]]
 
 
-DAEMON = daemon.Daemon(PIDFILE, config.PROXY_LOG, b"localcloud.proxy")
+DAEMON = daemon.Daemon(PIDFILE, config.PROXY_LOG, b"\x00-m\x00localcloud.proxy\x00")
 
 
 def running_pid() -> int | None:

@@ -24,7 +24,8 @@ ENDPOINT = f"https://{config.HOST_PUBLIC_IP}:{PORT}"
 SPACES_DIR = config.STATE_ROOT / "spaces"
 LOG = SPACES_DIR / "moto.log"
 CA_CERT = acme.TLS_CA_CERT   # what a client of the stand-in verifies its certificate with
-DAEMON = daemon.Daemon(SPACES_DIR / "moto.pid", LOG, b"moto_server")
+DAEMON = daemon.Daemon(SPACES_DIR / "moto.pid", LOG,
+                       f"moto_server\x00--host\x00{config.HOST_PUBLIC_IP}\x00--port\x00{PORT}".encode())
 # moto signs nothing with these: any key pair is accepted, as any scoped key is by Spaces.
 REGION = "us-east-1"
 

@@ -83,7 +83,7 @@ def leftovers() -> dict[str, list[str]]:
     for name in our_cgroup_droplets():
         procs += [str(p) for p in droplet.cgroup_pids(name)]
     services = (proxy.DAEMON, *acme.DAEMONS.values(), spaces.DAEMON)
-    procs += [str(d.running_pid()) for d in services if d.running_pid()]
+    procs += [str(pid) for d in services for pid in sorted({d.running_pid(), *d.strays()} - {None})]
     return {
         "netns": [n for n in network.list_netns() if n.startswith(config.PREFIX)],
         "links": [config.HOST_LINK] if network.link_exists(None, config.HOST_LINK) else [],
