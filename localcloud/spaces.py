@@ -26,8 +26,10 @@ LOG = SPACES_DIR / "moto.log"
 CA_CERT = acme.TLS_CA_CERT   # what a client of the stand-in verifies its certificate with
 DAEMON = daemon.Daemon(SPACES_DIR / "moto.pid", LOG,
                        f"moto_server\x00--host\x00{config.HOST_PUBLIC_IP}\x00--port\x00{PORT}".encode())
-# moto signs nothing with these: any key pair is accepted, as any scoped key is by Spaces.
 REGION = "us-east-1"
+# moto accepts any key pair (as it accepts the droplets' scoped keys): the host's own
+# client needs no key of the stack.
+HOST_KEY = ("localcloud", "localcloud")
 
 
 def server_command() -> shell.Command:
@@ -38,12 +40,12 @@ def server_command() -> shell.Command:
             "--ssl-cert", str(acme.TLS_CERT), "--ssl-key", str(acme.TLS_KEY)]
 
 
-def client(access_key: str = "localcloud", secret_key: str = "localcloud"):
-    """A boto3 S3 client of the stand-in, verifying its certificate."""
+def client():
+    """A boto3 S3 client of the stand-in (for the host: buckets, tests), verifying its certificate."""
     import boto3
     from botocore.config import Config
     return boto3.client("s3", endpoint_url=ENDPOINT, region_name=REGION, verify=str(CA_CERT),
-                        aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                        aws_access_key_id=HOST_KEY[0], aws_secret_access_key=HOST_KEY[1],
                         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
 
 
