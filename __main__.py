@@ -37,6 +37,9 @@ def build(settings: Settings) -> dict[str, object]:
     datastore = Datastore("datastore", base=base, jump_host=lb.jump_host)
     pool = AppServerPool("app", base=base, jump_host=lb.jump_host, datastore=datastore)
     lb.send_traffic_to(pool.private_ips)
+    if settings.backups:
+        lb.back_up_to(datastore.backup_bucket)
+        pool.back_up_to(datastore.backup_bucket)
     if settings.alert_emails:
         Alerts("alerts", settings=settings, network=base.network)
 

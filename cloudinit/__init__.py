@@ -112,6 +112,9 @@ def template_context(role: str, settings: Settings) -> dict[str, Any]:
         # The role module's own facts (its file paths, units), so its scripts name them once.
         "facts": role_module(role),
         "ssh_logins": common.ssh_logins(role),
+        # What the role's backups carry: its configuration, and the datastore's engines' dumps.
+        "backup_paths": role_module(role).backup_paths(settings),
+        "dumped_engines": list(settings.engines) if role == conventions.DATASTORE else [],
     }
 
 

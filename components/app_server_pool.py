@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pulumi
+import pulumi_digitalocean as do
 
 from cloudinit import app_server as app_files
 
 from . import conventions, remote
+from .backups import Backups
 from .datastore import Datastore
 from .foundation import Foundation
 
@@ -29,8 +31,10 @@ class AppServerPool(pulumi.ComponentResource):
             lambda args: app_files.app_env(args[0], args[1], settings)
         )
         network.firewall(conventions.APP_SERVER, parent=self)
+        self._settings = settings
         self.droplets = []
         self.private_ips = []
+        self.routes: dict[str, remote.SshRoute] = {}
         for number in range(1, settings.app_server_count + 1):
             member = f"{name}-{number}"
             droplet = network.droplet(
@@ -56,5 +60,14 @@ class AppServerPool(pulumi.ComponentResource):
                 parent=self,
             )
             self.droplets.append(droplet)
+            self.routes[member] = route
             self.private_ips.append(droplet.ipv4_address_private)
         self.register_outputs({"private_ips": self.private_ips})
+
+    def back_up_to(self, bucket: do.SpacesBucket) -> None:
+        """Each server's configuration, daily, to the stack's backup bucket (one repository
+        for the pool, a series per server)."""
+        Backups(
+            f"{self._name}-backup", settings=self._settings, role=conventions.APP_SERVER, bucket=bucket,
+            members=self.routes, opts=pulumi.ResourceOptions(parent=self),
+        )

@@ -1,10 +1,13 @@
-"""The datastore's backups: a Spaces key that can reach only the stack's backup bucket, and
-restic's repository password, pushed to the datastore with the schedule and retention
-(and the backup alerts' webhook, alertWebhookUrl).
+"""One role's backups: a Spaces key that can reach only the stack's backup bucket, and
+restic's repository password, pushed to each of the role's droplets with the schedule
+and retention (and the backup alerts' webhook, alertWebhookUrl).
 
-restic on the datastore does the work (cloudinit/datastore/platform-backup.sh). The
-password encrypts every snapshot; it lives in the stack's state (a secret) and in one
-root-only file on the datastore, so a rebuilt datastore reads the old snapshots.
+restic on each droplet does the work (cloudinit/common/platform-backup.sh): the datastore
+sends its engines' dumps and configuration, the load balancer its certificates and
+configuration, each app server its configuration. Each role has its own repository
+(restic/<role>) and password: a load balancer's files open none of the datastore's dumps.
+The password lives in the stack's state (a secret) and in one root-only file per
+droplet, so a rebuilt droplet reads the old snapshots.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import pulumi
 import pulumi_digitalocean as do
 import pulumi_random as random
 
-from cloudinit import datastore as datastore_files
+from cloudinit import common as common_files
 
 from . import conventions, remote
 from .settings import Settings
@@ -27,10 +30,12 @@ class Backups(pulumi.ComponentResource):
         name: str,
         *,
         settings: Settings,
+        role: str,
         bucket: do.SpacesBucket,
-        route: remote.SshRoute,
+        members: dict[str, remote.SshRoute],
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """members: each droplet of the role by its name in the stack (`lb`, `app-1`)."""
         super().__init__("node-platform:index:Backups", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         # Losing it loses every snapshot. Its inputs never change, so it is never replaced;
@@ -42,34 +47,35 @@ class Backups(pulumi.ComponentResource):
         # create any. (restic needs delete for retention, which `readwrite` includes.)
         self.key = do.SpacesKey(
             f"{name}-key",
-            name=f"{settings.stack}-datastore-backups",
+            name=f"{settings.stack}-{role}-backups",
             grants=[do.SpacesKeyGrantArgs(bucket=bucket.name, permission="readwrite")],
             opts=child,
         )
-        repository = bucket.name.apply(
-            lambda bucket_name: datastore_files.backup_repository(settings.spaces_endpoint, bucket_name)
-        )
-        secrets = pulumi.Output.secret(
-            pulumi.Output.all(
-                repository=repository,
-                password=password.result,
-                access_key=self.key.access_key,
-                secret_key=self.key.secret_key,
-            )
+        self.repository = bucket.name.apply(
+            lambda bucket_name: common_files.backup_repository(settings.spaces_endpoint, bucket_name, role)
         )
         webhook = settings.alert_webhook_url
-        self.push = remote.push(
-            f"{name}-push",
-            route=route,
-            kind="backup",
-            files={
-                "backup.env": secrets.apply(lambda s: datastore_files.backup_env(**s)),
-                # Pushed when empty too: unsetting alertWebhookUrl must clear it on the droplet.
-                "alert.env": webhook.output().apply(datastore_files.alert_env) if webhook
-                else datastore_files.alert_env(""),
-                **datastore_files.backup_schedule_files(settings),
-            },
-            parent=self,
-        )
-        self.repository = repository
-        self.register_outputs({"repository": repository})
+        # Pushed when empty too: unsetting alertWebhookUrl must clear it on the droplet.
+        alert_env = webhook.output().apply(common_files.alert_env) if webhook else common_files.alert_env("")
+        for member, route in members.items():
+            secrets = pulumi.Output.secret(
+                pulumi.Output.all(
+                    repository=self.repository,
+                    password=password.result,
+                    access_key=self.key.access_key,
+                    secret_key=self.key.secret_key,
+                    host=conventions.backup_host(settings.stack, member),
+                )
+            )
+            remote.push(
+                f"{member}-backup-push",
+                route=route,
+                kind="backup",
+                files={
+                    "backup.env": secrets.apply(lambda s: common_files.backup_env(**s)),
+                    "alert.env": alert_env,
+                    **common_files.backup_schedule_files(settings),
+                },
+                parent=self,
+            )
+        self.register_outputs({"repository": self.repository})

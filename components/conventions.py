@@ -168,7 +168,7 @@ EXAMPLE_APP_ARCHIVE = f"{PLATFORM_STATE}/example-app.tar.gz.b64"
 # The size DigitalOcean allows for a droplet's user_data.
 USER_DATA_LIMIT_BYTES = 64 * 1024
 
-# --- Backups (restic, from the datastore to the stack's Spaces bucket) -----------------
+# --- Backups (restic, from every droplet to the stack's Spaces bucket) ----------------
 BACKUP_COMMAND = "/usr/local/sbin/platform-backup"
 RESTORE_COMMAND = "/usr/local/sbin/platform-restore"
 BACKUP_LIBRARY = "/usr/local/lib/platform/backup.sh"
@@ -179,11 +179,13 @@ BACKUP_ALERT_UNIT = "platform-backup-alert"
 BACKUP_CHECK_UNIT = "platform-backup-check"
 # Root-only: the backup alerts' webhook URL, alertWebhookUrl (the `backup` push too).
 ALERT_SETTINGS_FILE = f"{PLATFORM_ETC}/alert.env"
-# Root-only: the repository, its password and the scoped Spaces key (the `backup` push).
+# Root-only: the repository, its password, the scoped Spaces key and the snapshots' host
+# name (the `backup` push).
 BACKUP_SECRETS_FILE = f"{PLATFORM_ETC}/backup.env"
 # Retention, as pushed from the settings (not secret).
 BACKUP_RETENTION_FILE = f"{PLATFORM_ETC}/backup.conf"
-# Engine dumps are written here, then sent; the root disk, not the volume being dumped.
+# Engine dumps (the datastore's) are written here, then sent; the root disk, not the
+# volume being dumped.
 BACKUP_SPOOL = "/var/backups/platform"
 # last-success / last-failure markers that `platform-backup status` reads.
 BACKUP_STATE_DIR = f"{PLATFORM_STATE}/backup"
@@ -194,8 +196,9 @@ BACKUP_MAX_AGE_HOURS = 26
 # Every snapshot this recent is kept besides the daily/weekly/monthly ones, so an
 # on-demand backup (before a risky change) outlives a second run on the same day.
 BACKUP_KEEP_WITHIN = "1d"
-# Inside the bucket: restic's repository of the datastore.
-BACKUP_REPOSITORY_PREFIX = "restic/datastore"
+# Inside the bucket: one restic repository per role, restic/<role>, each with its own
+# password, so a load balancer's key opens none of the datastore's dumps.
+BACKUP_REPOSITORY_PREFIX = "restic"
 # Inside the same bucket: every release `python -m deploy` rolled out, with its manifest.
 RELEASE_ARCHIVE_PREFIX = "releases"
 
@@ -205,9 +208,15 @@ def spaces_endpoint(region: str) -> str:
     return f"https://{region}.digitaloceanspaces.com"
 
 
-def backup_host(stack: str) -> str:
-    """restic's host name for the datastore's snapshots: the same on a rebuilt droplet."""
-    return f"{stack}-datastore"
+def backup_repository_path(role: str) -> str:
+    """A role's restic repository inside the backup bucket."""
+    return f"{BACKUP_REPOSITORY_PREFIX}/{role}"
+
+
+def backup_host(stack: str, member: str) -> str:
+    """restic's host name for one droplet's snapshots (member: `datastore`, `lb`, `app-2`):
+    the droplet's name in the stack, so a rebuilt droplet finds and continues its series."""
+    return f"{stack}-{member}"
 
 
 def release_archive_key(stack: str, release_id: str, suffix: str) -> str:

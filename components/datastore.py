@@ -104,6 +104,7 @@ class Datastore(pulumi.ComponentResource):
         )
         if settings.backups:
             self.backups = Backups(
-                f"{name}-backup", settings=settings, bucket=self.backup_bucket, route=route, opts=child
+                f"{name}-backup", settings=settings, role=conventions.DATASTORE, bucket=self.backup_bucket,
+                members={name: route}, opts=child,
             )
         self.register_outputs({"private_ip": self.private_ip})

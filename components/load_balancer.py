@@ -8,6 +8,7 @@ import pulumi_digitalocean as do
 from cloudinit import load_balancer as lb_files
 
 from . import conventions, remote
+from .backups import Backups
 from .foundation import Foundation
 
 
@@ -57,6 +58,7 @@ class LoadBalancer(pulumi.ComponentResource):
         # pulumi-command reaches the LB directly and everything else through it.
         self.jump_host = self.droplet.ipv4_address
         self.route = remote.SshRoute(host=self.droplet.ipv4_address, key=key)
+        self._settings = settings
         cert = ca.issue(
             name, dns_names=[f"{settings.stack}-{name}", settings.domain], ip_addresses=[self.private_ip], parent=self
         )
@@ -74,4 +76,12 @@ class LoadBalancer(pulumi.ComponentResource):
             kind="upstreams",
             files={"upstreams.conf": upstreams},
             parent=self,
+        )
+
+    def back_up_to(self, bucket: do.SpacesBucket) -> None:
+        """Its certificates and configuration, daily, to the stack's backup bucket: a rebuilt
+        LB takes its certificate back before asking Let's Encrypt for one."""
+        Backups(
+            f"{self._name}-backup", settings=self._settings, role=conventions.LOAD_BALANCER, bucket=bucket,
+            members={self._name: self.route}, opts=pulumi.ResourceOptions(parent=self),
         )

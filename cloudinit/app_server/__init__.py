@@ -58,6 +58,17 @@ def after_tls(settings: Settings) -> list[list[str]]:
     return [NGINX_CHECK, NGINX_RELOAD]
 
 
+def backup_paths(settings: Settings) -> list[str]:
+    """An app server's configuration, and the apps' environment and pm2 file. The releases
+    are not here: each deploy archives its own (deploy/archive.py)."""
+    return [conventions.PLATFORM_ETC, "/etc/nginx", "/etc/systemd/system", "/etc/sudoers.d",
+            conventions.APP_ENV_FILE, conventions.ECOSYSTEM_FILE]
+
+
+def after_backup_settings(settings: Settings) -> list[list[str]]:
+    return []
+
+
 def app_env(datastore_address: str, credentials: dict[str, str], settings: Settings) -> str:
     """The apps' environment: where each enabled engine is and how to log in to it."""
     return render("app_server/app.env", datastore=datastore_address, credentials=credentials, settings=settings)

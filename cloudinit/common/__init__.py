@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
+
 from components import conventions
 from components.settings import Settings
 
-from .. import ConfigFile, Program, Push, Target, role_module
+from .. import ConfigFile, Program, Push, Target, render, role_module
 
 LIBRARY = "/usr/local/lib/platform/common.sh"
 ROLE_STEPS = "/usr/local/lib/platform/role.sh"
@@ -14,6 +16,9 @@ PROGRAMS = [
     Program("common/platform-provision.sh", conventions.PROVISION_COMMAND),
     Program("common/common.sh", LIBRARY, mode="0644"),
     Program("common/platform-push.py", conventions.PUSH_COMMAND),
+    Program("common/backup.sh", conventions.BACKUP_LIBRARY, mode="0644"),
+    Program("common/platform-backup.sh", conventions.BACKUP_COMMAND),
+    Program("common/platform-restore.sh", conventions.RESTORE_COMMAND),
 ]
 
 
@@ -25,6 +30,13 @@ AUTO_UPGRADES = "/etc/apt/apt.conf.d/21platform-auto-upgrades"
 UNATTENDED_UPGRADES = "/etc/apt/apt.conf.d/52platform-unattended-upgrades"
 LOGROTATE = "/etc/logrotate.d/platform"
 
+BACKUP_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_UNIT}.service"
+BACKUP_ALERT_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_ALERT_UNIT}.service"
+BACKUP_CHECK_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_CHECK_UNIT}.service"
+BACKUP_CHECK_TIMER = f"/etc/systemd/system/{conventions.BACKUP_CHECK_UNIT}.timer"
+# Pushed, not first-boot: changing the hour must not replace a droplet.
+BACKUP_TIMER = f"/etc/systemd/system/{conventions.BACKUP_UNIT}.timer"
+
 
 def files(settings: Settings) -> list[ConfigFile]:
     return [
@@ -34,12 +46,17 @@ def files(settings: Settings) -> list[ConfigFile]:
         ConfigFile("common/unattended-upgrades.conf", UNATTENDED_UPGRADES),
         ConfigFile("common/logrotate.conf", LOGROTATE),
         ConfigFile("common/firewall.rules", conventions.FIREWALL_RULES_FILE),
-    ]
+    ] + ([
+        ConfigFile("common/platform-backup.service", BACKUP_SERVICE),
+        ConfigFile("common/platform-backup-alert.service", BACKUP_ALERT_SERVICE),
+        ConfigFile("common/platform-backup-check.service", BACKUP_CHECK_SERVICE),
+        ConfigFile("common/platform-backup-check.timer", BACKUP_CHECK_TIMER),
+    ] if settings.backups else [])
 
 
 def pushes(role: str, settings: Settings) -> dict[str, Push]:
     """The droplet's certificate from the internal CA; the role says what reloads after it."""
-    return {
+    kinds = {
         "tls": Push(
             files={
                 "ca.crt": Target(conventions.CA_CERT_PATH),
@@ -54,6 +71,22 @@ def pushes(role: str, settings: Settings) -> dict[str, Push]:
             files={login: Target(f"{conventions.LOGIN_KEYS_DIR}/{login}") for login in ssh_logins(role)},
         ),
     }
+    if settings.backups:
+        timer = f"{conventions.BACKUP_UNIT}.timer"
+        kinds["backup"] = Push(
+            files={
+                "backup.env": Target(conventions.BACKUP_SECRETS_FILE, mode="0600"),
+                "alert.env": Target(conventions.ALERT_SETTINGS_FILE, mode="0600"),
+                "backup.conf": Target(conventions.BACKUP_RETENTION_FILE),
+                timer: Target(BACKUP_TIMER),
+            },
+            # Reaching the repository (and creating it the first time) is the check: a
+            # wrong key or bucket puts the previous files back and fails `pulumi up`.
+            check=[[conventions.BACKUP_COMMAND, "init"]],
+            then=[["systemctl", "daemon-reload"], ["systemctl", "enable", timer],
+                  ["systemctl", "restart", timer], *role_module(role).after_backup_settings(settings)],
+        )
+    return kinds
 
 
 def ssh_logins(role: str) -> list[str]:
@@ -65,3 +98,39 @@ def operator_keys(role: str, settings: Settings) -> dict[str, str]:
     """The `operators` push: every login of the role takes the operators' keys."""
     keys = "".join(key + "\n" for key in settings.ssh_public_keys)
     return {login: keys for login in ssh_logins(role)}
+
+
+# --- Backups: the `backup` push's files ------------------------------------------------
+
+
+def backup_repository(endpoint: str, bucket: str, role: str) -> str:
+    """restic's name for a role's repository in the stack's bucket (path-style: the bucket
+    follows the endpoint)."""
+    return f"s3:{endpoint}/{bucket}/{conventions.backup_repository_path(role)}"
+
+
+def backup_env(repository: str, password: str, access_key: str, secret_key: str, host: str) -> str:
+    """restic's environment and the snapshots' host name, as platform-backup sources them."""
+    values = {
+        "RESTIC_REPOSITORY": repository,
+        "RESTIC_PASSWORD": password,
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
+        "BACKUP_HOST": host,
+    }
+    # An empty value (a provider that gave no key) fails the push's check, not this render.
+    return "".join(f"{name}={shlex.quote(value or '')}\n" for name, value in values.items())
+
+
+def alert_env(webhook_url: str) -> str:
+    """Where platform-backup sends its alerts; empty: to the log only."""
+    return f"ALERT_WEBHOOK_URL={shlex.quote(webhook_url)}\n"
+
+
+def backup_schedule_files(settings: Settings) -> dict[str, str]:
+    """The `backup` push's files besides restic's secrets: retention and the timer."""
+    context = {"settings": settings}
+    return {
+        "backup.conf": render("common/backup.conf", **context),
+        f"{conventions.BACKUP_UNIT}.timer": render("common/platform-backup.timer", **context),
+    }

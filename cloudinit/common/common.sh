@@ -257,4 +257,24 @@ common_steps() {
     ensure_enabled systemd-timesyncd
     # In a container the host keeps the clock and timesyncd refuses to start.
     if ! in_container; then ensure_running systemd-timesyncd; fi
+{% if settings.backups %}
+
+    step "backups"
+    backup_steps
+{% endif %}
 }
+{% if settings.backups %}
+
+# restic and the units that run platform-backup; the `backup` push brings the repository's
+# settings and the timer, then enables it. The alert units need no push: without a
+# webhook their alerts go to the log.
+backup_steps() {
+    ensure_packages restic curl
+    ensure_dir {{ c.BACKUP_SPOOL }} 0711 root:root
+    ensure_dir {{ c.BACKUP_STATE_DIR }} 0700 root:root
+    ensure_dir {{ c.BACKUP_CACHE_DIR }} 0700 root:root
+    install_configs /etc/systemd/system/{{ c.BACKUP_UNIT }}
+    if files_changed_under /etc/systemd/system/{{ c.BACKUP_UNIT }}; then systemctl daemon-reload; fi
+    ensure_running {{ c.BACKUP_CHECK_UNIT }}.timer /etc/systemd/system/{{ c.BACKUP_CHECK_UNIT }}.timer
+}
+{% endif %}

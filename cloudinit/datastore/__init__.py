@@ -8,19 +8,15 @@ provisioning applies them to each engine.
 
 from __future__ import annotations
 
-import shlex
 
 from components import conventions
 from components.settings import Settings
 
-from .. import ConfigFile, Program, Push, Target, render
+from .. import ConfigFile, Program, Push, Target
 from ..common import ROLE_STEPS
 
 PROGRAMS = [
     Program("datastore/provision.sh", ROLE_STEPS, mode="0644"),
-    Program("datastore/backup.sh", conventions.BACKUP_LIBRARY, mode="0644"),
-    Program("datastore/platform-backup.sh", conventions.BACKUP_COMMAND),
-    Program("datastore/platform-restore.sh", conventions.RESTORE_COMMAND),
 ]
 
 SECRETS_FILE = conventions.DATASTORE_SECRETS_FILE
@@ -53,13 +49,6 @@ UNITS = {
 STUNNEL_REDIS_UNIT = "stunnel@platform-redis.service"  # reads REDIS_STUNNEL_CONF
 STUNNEL_REDIS_DROP_IN = f"/etc/systemd/system/{STUNNEL_REDIS_UNIT}.d/50-platform.conf"
 
-
-BACKUP_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_UNIT}.service"
-BACKUP_ALERT_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_ALERT_UNIT}.service"
-BACKUP_CHECK_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_CHECK_UNIT}.service"
-BACKUP_CHECK_TIMER = f"/etc/systemd/system/{conventions.BACKUP_CHECK_UNIT}.timer"
-# Pushed, not first-boot: changing the hour must not replace the datastore droplet.
-BACKUP_TIMER = f"/etc/systemd/system/{conventions.BACKUP_UNIT}.timer"
 
 
 def drop_in(engine: str) -> str:
@@ -100,13 +89,7 @@ def engine_files(engine: str) -> list[ConfigFile]:
 
 
 def files(settings: Settings) -> list[ConfigFile]:
-    backups = [
-        ConfigFile("datastore/platform-backup.service", BACKUP_SERVICE),
-        ConfigFile("datastore/platform-backup-alert.service", BACKUP_ALERT_SERVICE),
-        ConfigFile("datastore/platform-backup-check.service", BACKUP_CHECK_SERVICE),
-        ConfigFile("datastore/platform-backup-check.timer", BACKUP_CHECK_TIMER),
-    ] if settings.backups else []
-    return [f for engine in settings.engines for f in engine_files(engine)] + backups
+    return [f for engine in settings.engines for f in engine_files(engine)]
 
 
 def password_names(settings: Settings) -> list[str]:
@@ -123,54 +106,25 @@ def pushes(settings: Settings) -> dict[str, Push]:
             then=[[conventions.PROVISION_COMMAND]],
         )
     }
-    if settings.backups:
-        timer = f"{conventions.BACKUP_UNIT}.timer"
-        kinds["backup"] = Push(
-            files={
-                "backup.env": Target(conventions.BACKUP_SECRETS_FILE, mode="0600"),
-                "alert.env": Target(conventions.ALERT_SETTINGS_FILE, mode="0600"),
-                "backup.conf": Target(conventions.BACKUP_RETENTION_FILE),
-                timer: Target(BACKUP_TIMER),
-            },
-            # Reaching the repository (and creating it the first time) is the check: a
-            # wrong key or bucket puts the previous files back and fails `pulumi up`.
-            check=[[conventions.BACKUP_COMMAND, "init"]],
-            then=[["systemctl", "daemon-reload"], ["systemctl", "enable", timer],
-                  ["systemctl", "restart", timer]],
-        )
     return kinds
 
 
-def backup_schedule_files(settings: Settings) -> dict[str, str]:
-    """The `backup` push's files besides restic's secrets: retention and the timer."""
-    context = {"settings": settings}
-    return {
-        "backup.conf": render("datastore/backup.conf", **context),
-        f"{conventions.BACKUP_UNIT}.timer": render("datastore/platform-backup.timer", **context),
+def backup_paths(settings: Settings) -> list[str]:
+    """The configuration kept with the engines' dumps (a rebuilt droplet gets its own from
+    the program; restores put these beside /etc, never over it)."""
+    per_engine = {
+        "postgresql": ["/etc/postgresql", "/etc/postgresql-common/createcluster.d"],
+        "redis": ["/etc/redis", "/etc/stunnel"],
+        "rabbitmq": ["/etc/rabbitmq"],
+        "mongodb": [MONGODB_CONF],
     }
+    return [conventions.PLATFORM_ETC, "/etc/systemd/system"] + [
+        path for engine in settings.engines for path in per_engine[engine]
+    ]
 
 
-def backup_repository(endpoint: str, bucket: str) -> str:
-    """restic's name for the repository in the stack's bucket (path-style: the bucket
-    follows the endpoint)."""
-    return f"s3:{endpoint}/{bucket}/{conventions.BACKUP_REPOSITORY_PREFIX}"
-
-
-def backup_env(repository: str, password: str, access_key: str, secret_key: str) -> str:
-    """restic's environment, as platform-backup sources it."""
-    values = {
-        "RESTIC_REPOSITORY": repository,
-        "RESTIC_PASSWORD": password,
-        "AWS_ACCESS_KEY_ID": access_key,
-        "AWS_SECRET_ACCESS_KEY": secret_key,
-    }
-    # An empty value (a provider that gave no key) fails the push's check, not this render.
-    return "".join(f"{name}={shlex.quote(value or '')}\n" for name, value in values.items())
-
-
-def alert_env(webhook_url: str) -> str:
-    """Where platform-backup sends its alerts; empty: to the log only."""
-    return f"ALERT_WEBHOOK_URL={shlex.quote(webhook_url)}\n"
+def after_backup_settings(settings: Settings) -> list[list[str]]:
+    return []
 
 
 def after_tls(settings: Settings) -> list[list[str]]:

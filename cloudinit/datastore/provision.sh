@@ -32,10 +32,6 @@ role_steps() {
     step "{{ engine.name }}"
     {{ engine.name }}_steps
 {% endfor %}
-{% if settings.backups %}
-    step "backups"
-    backup_steps
-{% endif %}
 }
 
 # --- The volume --------------------------------------------------------------------
@@ -187,26 +183,6 @@ engine_running() {
         fi
     done
 }
-{% if settings.backups %}
-
-# --- Backups -------------------------------------------------------------------------
-
-# restic and the unit that runs platform-backup; the `backup` push brings the repository's
-# settings and the timer, then enables it. The alert units need no push: without a
-# webhook their alerts go to the log.
-backup_steps() {
-    ensure_packages restic curl
-    ensure_dir {{ c.BACKUP_SPOOL }} 0711 root:root
-    ensure_dir {{ c.BACKUP_STATE_DIR }} 0700 root:root
-    ensure_dir {{ c.BACKUP_CACHE_DIR }} 0700 root:root
-    install_file {{ facts.BACKUP_SERVICE }}
-    install_file {{ facts.BACKUP_ALERT_SERVICE }}
-    install_file {{ facts.BACKUP_CHECK_SERVICE }}
-    install_file {{ facts.BACKUP_CHECK_TIMER }}
-    if files_changed_under /etc/systemd/system/{{ c.BACKUP_UNIT }}; then systemctl daemon-reload; fi
-    ensure_running {{ c.BACKUP_CHECK_UNIT }}.timer {{ facts.BACKUP_CHECK_TIMER }}
-}
-{% endif %}
 {% if "postgresql" in settings.engines %}
 
 # --- PostgreSQL ----------------------------------------------------------------------

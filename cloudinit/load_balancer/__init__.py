@@ -43,6 +43,22 @@ def after_tls(settings: Settings) -> list[list[str]]:
     return [NGINX_CHECK, NGINX_RELOAD]
 
 
+# What the LB's backups hold: certbot's account, certificates and renewal settings (a
+# rebuilt LB takes its certificate back instead of asking Let's Encrypt again), and its
+# configuration.
+BACKUP_PATHS = ("/etc/letsencrypt", "/etc/nginx", conventions.PLATFORM_ETC, "/etc/systemd/system")
+
+
+def backup_paths(settings: Settings) -> list[str]:
+    return list(BACKUP_PATHS)
+
+
+def after_backup_settings(settings: Settings) -> list[list[str]]:
+    # The first certificate waits for the backups (platform-certificate): ask now, not at
+    # the timer's next try.
+    return [["systemctl", "start", "--no-block", "platform-certificate.service"]]
+
+
 def upstreams(app_server_addresses: list[str]) -> str:
     """The LB's list of app servers, pushed whenever the pool changes."""
     return render("load_balancer/upstreams.conf", servers=sorted(app_server_addresses))

@@ -17,3 +17,7 @@ if ! nginx -t -q; then
     exit 1
 fi
 systemctl reload nginx
+{% if settings.backups %}
+# A new certificate is in the backups within minutes, not at the next backup hour.
+systemctl start --no-block {{ c.BACKUP_UNIT }}.service
+{% endif %}

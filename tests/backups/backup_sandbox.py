@@ -18,7 +18,7 @@ from pathlib import Path
 
 import cloudinit
 import datastore_sandbox
-from cloudinit import datastore
+from cloudinit import common
 from components import conventions
 
 # Loopback inside the namespace: nothing else listens there.
@@ -70,16 +70,17 @@ def moto_server() -> str:
 def backup_payload(settings, restic_password: str, repository_url: str, webhook_url: str = "") -> dict[str, str]:
     """The `backup` push's files, as components/backups.py sends them (the S3 server's key)."""
     return {
-        "backup.env": datastore.backup_env(
-            repository=repository_url, password=restic_password, access_key=S3_KEY_ID, secret_key=S3_SECRET
+        "backup.env": common.backup_env(
+            repository=repository_url, password=restic_password, access_key=S3_KEY_ID, secret_key=S3_SECRET,
+            host=conventions.backup_host(settings.stack, "datastore"),
         ),
-        "alert.env": datastore.alert_env(webhook_url),
-        **datastore.backup_schedule_files(settings),
+        "alert.env": common.alert_env(webhook_url),
+        **common.backup_schedule_files(settings),
     }
 
 
 def repository(port: int = S3_PORT) -> str:
-    return f"s3:http://127.0.0.1:{port}/{BUCKET}/{conventions.BACKUP_REPOSITORY_PREFIX}"
+    return f"s3:http://127.0.0.1:{port}/{BUCKET}/{conventions.backup_repository_path(conventions.DATASTORE)}"
 
 
 class BackupSandbox(datastore_sandbox.Sandbox):

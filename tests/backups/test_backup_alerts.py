@@ -20,7 +20,7 @@ from pathlib import Path
 
 import cloudinit
 import mockcloud
-from cloudinit import datastore
+from cloudinit import common
 from components import conventions
 
 from backup_sandbox import S3_SECRET, BackupSandbox, repository
@@ -250,14 +250,14 @@ def test_systemd_reads_the_alert_units_and_the_backup_unit_names_its_alert(tmp_p
     settings = mockcloud.stack_settings("staging")
     files = cloudinit.rendered_files(DS, settings)
     units = {
-        datastore.BACKUP_SERVICE: f"{conventions.BACKUP_UNIT}.service",
-        datastore.BACKUP_ALERT_SERVICE: f"{conventions.BACKUP_ALERT_UNIT}.service",
-        datastore.BACKUP_CHECK_SERVICE: f"{conventions.BACKUP_CHECK_UNIT}.service",
-        datastore.BACKUP_CHECK_TIMER: f"{conventions.BACKUP_CHECK_UNIT}.timer",
+        common.BACKUP_SERVICE: f"{conventions.BACKUP_UNIT}.service",
+        common.BACKUP_ALERT_SERVICE: f"{conventions.BACKUP_ALERT_UNIT}.service",
+        common.BACKUP_CHECK_SERVICE: f"{conventions.BACKUP_CHECK_UNIT}.service",
+        common.BACKUP_CHECK_TIMER: f"{conventions.BACKUP_CHECK_UNIT}.timer",
     }
-    assert f"OnFailure={conventions.BACKUP_ALERT_UNIT}.service\n" in files[datastore.BACKUP_SERVICE]
-    assert f"ExecStart={BACKUP} check after-failure\n" in files[datastore.BACKUP_ALERT_SERVICE]
-    assert f"ExecStart={BACKUP} check\n" in files[datastore.BACKUP_CHECK_SERVICE]
+    assert f"OnFailure={conventions.BACKUP_ALERT_UNIT}.service\n" in files[common.BACKUP_SERVICE]
+    assert f"ExecStart={BACKUP} check after-failure\n" in files[common.BACKUP_ALERT_SERVICE]
+    assert f"ExecStart={BACKUP} check\n" in files[common.BACKUP_CHECK_SERVICE]
     # systemd checks that ExecStart exists; the script is not installed on this machine.
     for path, name in units.items():
         (tmp_path / name).write_text(files[path].replace(BACKUP, shutil.which("true")))
@@ -271,7 +271,7 @@ def test_systemd_reads_the_alert_units_and_the_backup_unit_names_its_alert(tmp_p
     normalized = subprocess.run([analyze, "calendar", "hourly"], capture_output=True, text=True)
     assert "Normalized form: *-*-* *:00:00" in normalized.stdout
     # The check can fail: an alert unit that is not there is reported.
-    (tmp_path / units[datastore.BACKUP_ALERT_SERVICE]).unlink()
+    (tmp_path / units[common.BACKUP_ALERT_SERVICE]).unlink()
     assert "platform-backup-alert.service" in verify().stderr
 
 
@@ -283,5 +283,5 @@ def test_provisioning_enables_the_hourly_check_and_changes_nothing_the_second_ti
     # The sandbox's systemctl answers that timers are enabled and active: provisioning asked.
     for verb in ("is-enabled", "is-active"):
         assert f"{verb} {conventions.BACKUP_CHECK_UNIT}.timer\n" in run.completed.stdout
-    for path in (datastore.BACKUP_ALERT_SERVICE, datastore.BACKUP_CHECK_SERVICE, datastore.BACKUP_CHECK_TIMER):
+    for path in (common.BACKUP_ALERT_SERVICE, common.BACKUP_CHECK_SERVICE, common.BACKUP_CHECK_TIMER):
         assert (tmp_path / "ov" / "_etc.up" / path.removeprefix("/etc/")).is_file(), path

@@ -1,6 +1,7 @@
-"""The backups in the Pulumi graph: a key scoped to the stack's bucket, a generated
-repository password, and the `backup` push that carries them (secret) with the schedule
-and retention from the settings; nothing of it in first-boot data.
+"""The backups in the Pulumi graph: per role, a key scoped to the stack's bucket and a
+generated repository password, and on each droplet the `backup` push that carries them
+(secret) with the schedule and retention from the settings; nothing of it in first-boot
+data.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 
 import cloudinit
 import mockcloud
-from cloudinit import datastore
+from cloudinit import common
 from components import conventions
 
 KEY_ID = "DO00TESTACCESSKEYID"
@@ -29,8 +30,14 @@ def key_mock(monkeypatch):
     )
 
 
-def push_files(deployment):
-    push = deployment.named("datastore-backup-push", ":Command")
+# Each droplet of the staging stack (two app servers) by its name in the stack, and its role.
+MEMBERS = {"lb": conventions.LOAD_BALANCER, "app-1": conventions.APP_SERVER, "app-2": conventions.APP_SERVER,
+           "datastore": conventions.DATASTORE}
+BACKUP_PUSHES = sorted(f"{member}-backup-push" for member in MEMBERS)
+
+
+def push_files(deployment, member="datastore"):
+    push = deployment.named(f"{member}-backup-push", ":Command")
     assert push.state["create"].split()[-1] == "backup"
     assert mockcloud.is_secret(push.inputs["stdin"])
     return json.loads(mockcloud.plain(push.inputs["stdin"]))
@@ -42,39 +49,58 @@ def env_values(text: str) -> dict[str, str]:
 
 def test_backup_key_is_scoped_to_the_bucket_and_reaches_only_the_push(key_mock):
     settings = mockcloud.stack_settings(
-        "production", backupHourUtc=5, backupKeepDaily=10, backupKeepWeekly=3, backupKeepMonthly=12
+        "staging", backupHourUtc=5, backupKeepDaily=10, backupKeepWeekly=3, backupKeepMonthly=12
     )
     deployment = mockcloud.deploy(settings)
     bucket = deployment.named("datastore-backups", ":SpacesBucket")
-    key = deployment.named("datastore-backup-key", ":SpacesKey")
-    assert key.state["grants"] == [{"bucket": bucket.state["name"], "permission": "readwrite"}]
-    assert "secretKey" in key.additional_secret_outputs
-    password = deployment.named("datastore-backup-repository-password", ":RandomPassword")
-    files = push_files(deployment)
-    assert set(files) == {"backup.env", "alert.env", "backup.conf", f"{conventions.BACKUP_UNIT}.timer"}
-    assert env_values(files["alert.env"]) == {"ALERT_WEBHOOK_URL": ""}  # no alertWebhookUrl in the file
-    env = env_values(files["backup.env"])
-    assert env == {
-        "RESTIC_REPOSITORY": f"s3:https://{settings.spaces_region}.digitaloceanspaces.com/"
-                             f"{bucket.state['name']}/{conventions.BACKUP_REPOSITORY_PREFIX}",
-        "RESTIC_PASSWORD": password.state["result"],
-        "AWS_ACCESS_KEY_ID": KEY_ID,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-    }
-    assert re.findall(r"^KEEP_(\w+)=(\d+)$", files["backup.conf"], re.M) == [
-        ("DAILY", "10"), ("WEEKLY", "3"), ("MONTHLY", "12")
-    ]
-    assert "OnCalendar=*-*-* 05:00:00 UTC" in files[f"{conventions.BACKUP_UNIT}.timer"]
-    # On the droplet: root-only, checked by reaching the repository before anything else.
-    table = json.loads(cloudinit.push_table(conventions.DATASTORE, settings))["backup"]
-    assert table["files"]["backup.env"] == {"path": conventions.BACKUP_SECRETS_FILE, "mode": "0600", "owner": "root:root"}
-    assert table["check"] == [[conventions.BACKUP_COMMAND, "init"]]
+    passwords = {}
+    for member, role in MEMBERS.items():
+        component = "app" if role == conventions.APP_SERVER else member
+        key = deployment.named(f"{component}-backup-key", ":SpacesKey")
+        assert key.state["name"] == f"staging-{role}-backups"
+        assert key.state["grants"] == [{"bucket": bucket.state["name"], "permission": "readwrite"}]
+        assert "secretKey" in key.additional_secret_outputs
+        password = deployment.named(f"{component}-backup-repository-password", ":RandomPassword")
+        passwords[role] = password.state["result"]
+        files = push_files(deployment, member)
+        assert set(files) == {"backup.env", "alert.env", "backup.conf", f"{conventions.BACKUP_UNIT}.timer"}
+        assert env_values(files["alert.env"]) == {"ALERT_WEBHOOK_URL": ""}  # no alertWebhookUrl in the file
+        # One repository per role, a series of snapshots per droplet.
+        assert env_values(files["backup.env"]) == {
+            "RESTIC_REPOSITORY": f"s3:https://{settings.spaces_region}.digitaloceanspaces.com/"
+                                 f"{bucket.state['name']}/restic/{role}",
+            "RESTIC_PASSWORD": password.state["result"],
+            "AWS_ACCESS_KEY_ID": KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "BACKUP_HOST": f"staging-{member}",
+        }
+        assert re.findall(r"^KEEP_(\w+)=(\d+)$", files["backup.conf"], re.M) == [
+            ("DAILY", "10"), ("WEEKLY", "3"), ("MONTHLY", "12")
+        ]
+        assert "OnCalendar=*-*-* 05:00:00 UTC" in files[f"{conventions.BACKUP_UNIT}.timer"]
+        # On the droplet: root-only, checked by reaching the repository before anything else.
+        table = json.loads(cloudinit.push_table(role, settings))["backup"]
+        assert table["files"]["backup.env"] == {"path": conventions.BACKUP_SECRETS_FILE, "mode": "0600", "owner": "root:root"}
+        assert table["check"] == [[conventions.BACKUP_COMMAND, "init"]]
+    # A role's files open no other role's repository.
+    assert len(set(passwords.values())) == 3
     # Never in first-boot data, which DigitalOcean shows in its control panel.
-    store = deployment.named("datastore", ":Droplet")
-    for secret in (password.state["result"], SECRET_KEY, KEY_ID):
-        assert all(secret not in str(d.state.get("userData", "")) for d in deployment.of_type(":Droplet"))
-    assert "KEEP_DAILY=" not in store.state["userData"]  # retention changes replace no droplet
-    assert "OnCalendar=*-*-* 05:" not in store.state["userData"]  # the hour neither (the hourly check's timer is)
+    for droplet in deployment.of_type(":Droplet"):
+        for secret in (*passwords.values(), SECRET_KEY, KEY_ID):
+            assert secret not in droplet.state["userData"]
+        assert "KEEP_DAILY=" not in droplet.state["userData"]  # retention changes replace no droplet
+        assert "OnCalendar=*-*-* 05:" not in droplet.state["userData"]  # the hour neither
+
+
+def test_the_load_balancer_asks_for_its_certificate_once_its_backups_are_reachable():
+    settings = mockcloud.stack_settings("staging")
+    backup = json.loads(cloudinit.push_table(conventions.LOAD_BALANCER, settings))["backup"]
+    assert backup["then"][-1] == ["systemctl", "start", "--no-block", "platform-certificate.service"]
+    files = cloudinit.rendered_files(conventions.LOAD_BALANCER, settings)
+    assert "/etc/letsencrypt" in files[conventions.BACKUP_LIBRARY]
+    assert f"{conventions.RESTORE_COMMAND} certificates" in files[conventions.CERTIFICATE_COMMAND]
+    without = cloudinit.rendered_files(conventions.LOAD_BALANCER, mockcloud.stack_settings("staging", backups=False))
+    assert conventions.RESTORE_COMMAND not in without[conventions.CERTIFICATE_COMMAND]
 
 
 def test_schedule_and_retention_changes_touch_only_the_backup_push(key_mock):
@@ -83,7 +109,7 @@ def test_schedule_and_retention_changes_touch_only_the_backup_push(key_mock):
         mockcloud.stack_settings("staging", backupHourUtc=1, backupKeepMonthly=24), previous=before
     )
     changed = sorted(r.name for r in after.resources if not r.unchanged and not r.type.startswith("pulumi:"))
-    assert changed == ["datastore-backup-push"]
+    assert changed == BACKUP_PUSHES
 
 
 def test_no_backups_means_no_key_push_unit_or_restic():
@@ -92,10 +118,11 @@ def test_no_backups_means_no_key_push_unit_or_restic():
     kinds = {r.state["create"].split()[-1] for r in deployment.of_type(":Command")}
     assert "backup" not in kinds
     assert not deployment.of_type(":SpacesKey") and not deployment.of_type(":SpacesBucket")
-    files = cloudinit.rendered_files(conventions.DATASTORE, settings)
-    assert datastore.BACKUP_SERVICE not in files
-    assert "restic" not in files["/usr/local/lib/platform/role.sh"]
-    assert "backup" not in json.loads(cloudinit.push_table(conventions.DATASTORE, settings))
+    for role in conventions.ROLES:
+        files = cloudinit.rendered_files(role, settings)
+        assert common.BACKUP_SERVICE not in files
+        assert "restic" not in files[common.LIBRARY] + files[common.ROLE_STEPS]
+        assert "backup" not in json.loads(cloudinit.push_table(role, settings))
 
 
 WEBHOOK = "https://hooks.example.com/services/T000/B000/Xy'z\"$(reboot)"
@@ -110,7 +137,7 @@ def test_the_webhook_reaches_only_the_backup_push_root_only(key_mock):
     table = json.loads(cloudinit.push_table(conventions.DATASTORE, settings))["backup"]
     assert table["files"]["alert.env"] == {"path": conventions.ALERT_SETTINGS_FILE, "mode": "0600", "owner": "root:root"}
     for resource in deployment.resources:
-        if resource.name != "datastore-backup-push":
+        if resource.name not in BACKUP_PUSHES:
             assert "T000/B000" not in json.dumps(resource.inputs), resource.name
     assert all("T000/B000" not in d.state["userData"] for d in deployment.of_type(":Droplet"))
 
@@ -121,5 +148,5 @@ def test_setting_or_unsetting_the_webhook_touches_only_the_backup_push(key_mock)
     without = mockcloud.deploy(mockcloud.stack_settings("staging"), previous=with_webhook)
     for deployment in (with_webhook, without):
         changed = sorted(r.name for r in deployment.resources if not r.unchanged and not r.type.startswith("pulumi:"))
-        assert changed == ["datastore-backup-push"]
+        assert changed == BACKUP_PUSHES
     assert env_values(push_files(without)["alert.env"]) == {"ALERT_WEBHOOK_URL": ""}

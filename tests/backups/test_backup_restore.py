@@ -19,7 +19,7 @@ import pytest
 
 import cloudinit
 import mockcloud
-from cloudinit import datastore
+from cloudinit import common, datastore
 from components import conventions
 
 from backup_sandbox import BackupSandbox, backup_payload, repository
@@ -224,7 +224,7 @@ def test_retention_keeps_what_the_settings_say(tmp_path):
     # A daily snapshot at the backup hour for 75 days before today's run.
     times = [(now - datetime.timedelta(days=d)).replace(hour=settings.backup_hour_utc, minute=0, second=0)
              for d in range(1, 76)]
-    host = conventions.backup_host(settings.stack)
+    host = conventions.backup_host(settings.stack, "datastore")
     made = "\n".join(
         f'restic backup --quiet --host {host} --tag platform --time "{t:%Y-%m-%d %H:%M:%S}" /etc/hostname'
         for t in times
@@ -334,7 +334,7 @@ def test_the_timer_runs_at_the_backup_hour_and_catches_up():
     analyze = tool("systemd-analyze", "systemd")
     for hour in (0, 3, 23):
         settings = mockcloud.stack_settings("staging", backupHourUtc=hour)
-        timer = datastore.backup_schedule_files(settings)[f"{conventions.BACKUP_UNIT}.timer"]
+        timer = common.backup_schedule_files(settings)[f"{conventions.BACKUP_UNIT}.timer"]
         (calendar,) = re.findall(r"^OnCalendar=(.*)$", timer, re.M)
         assert calendar == f"*-*-* {hour:02d}:00:00 UTC"
         normalized = subprocess.run([analyze, "calendar", calendar], capture_output=True, text=True)
@@ -416,12 +416,12 @@ check status {conventions.BACKUP_COMMAND} status
 def test_systemd_reads_the_service_and_the_timer(tmp_path):
     analyze = tool("systemd-analyze", "systemd")
     settings = mockcloud.stack_settings("staging")
-    service = cloudinit.rendered_files(DS, settings)[datastore.BACKUP_SERVICE]
+    service = cloudinit.rendered_files(DS, settings)[common.BACKUP_SERVICE]
     assert f"ExecStart={conventions.BACKUP_COMMAND} run\n" in service
     # systemd checks that ExecStart exists; the script is not installed on this machine.
     (tmp_path / f"{conventions.BACKUP_UNIT}.service").write_text(
         service.replace(conventions.BACKUP_COMMAND, shutil.which("true")))
-    timer = datastore.backup_schedule_files(settings)[f"{conventions.BACKUP_UNIT}.timer"]
+    timer = common.backup_schedule_files(settings)[f"{conventions.BACKUP_UNIT}.timer"]
     (tmp_path / f"{conventions.BACKUP_UNIT}.timer").write_text(timer)
     units = [f"./{conventions.BACKUP_UNIT}.timer", f"./{conventions.BACKUP_UNIT}.service"]
     result = subprocess.run([analyze, "verify", *units], cwd=tmp_path, capture_output=True, text=True)
@@ -451,10 +451,10 @@ provision backup_steps
 start_s3
 touch {conventions.PROVISIONED_MARKER}
 check push-unreachable {conventions.PUSH_COMMAND} backup < "$T/bad.json"
-check nothing-left bash -c "! ls {conventions.BACKUP_SECRETS_FILE} {conventions.BACKUP_RETENTION_FILE} {datastore.BACKUP_TIMER}"
+check nothing-left bash -c "! ls {conventions.BACKUP_SECRETS_FILE} {conventions.BACKUP_RETENTION_FILE} {common.BACKUP_TIMER}"
 check push {conventions.PUSH_COMMAND} backup < "$T/good.json"
 check secrets-root-only test "$(stat -c '%a %U:%G' {conventions.BACKUP_SECRETS_FILE})" = "600 root:root"
-check timer-installed test -s {datastore.BACKUP_TIMER}
+check timer-installed test -s {common.BACKUP_TIMER}
 check repository bash -c "set -a; . {conventions.BACKUP_SECRETS_FILE}; RESTIC_CACHE_DIR=$T/cache restic cat config"
 check push-again {conventions.PUSH_COMMAND} backup < "$T/good.json"
 cat "$T/systemctl.log"

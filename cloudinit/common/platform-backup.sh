@@ -1,7 +1,8 @@
 #!/bin/bash
-# platform-backup: backs the datastore up with restic to the stack's Spaces bucket.
+# platform-backup: backs this droplet up with restic to its role's repository in the stack's
+# Spaces bucket: its configuration{{ ', the certificates' if role == c.LOAD_BALANCER else '' }}{{ ', every engine\'s dump' if dumped_engines else '' }}.
 #
-#   platform-backup [run]   dump every engine, send a snapshot, apply retention (the timer runs this)
+#   platform-backup [run]   {{ 'dump every engine, ' if dumped_engines else '' }}send a snapshot, apply retention (the timer runs this)
 #   platform-backup status  last success, last failure, the snapshots; exit 1 when failing or missed
 #   platform-backup init    create the repository when it does not exist (the backup push runs this)
 #   platform-backup check   alert when the state changed: a run failed, a backup was missed, or
@@ -18,6 +19,7 @@ set -Eeuo pipefail
 
 MAX_AGE_HOURS={{ c.BACKUP_MAX_AGE_HOURS }}
 STACK={{ settings.stack }}
+ROLE={{ role }}
 LOCK_FILE=/run/lock/platform-backup.lock
 CHECK_LOCK_FILE=/run/lock/platform-backup-check.lock
 # A webhook that does not answer is given up on within about a minute (then retried by the
@@ -37,7 +39,7 @@ main() {
         init) require_root "$@"; load_backup_settings; init_repository ;;
         check) require_root "$@"; check "${@:2}" ;;
         test-alert) require_root "$@"; send_alert "[$STACK] test alert from $(uname -n): backup alerts arrive here." ;;
-        -h|--help|help) sed -n '2,14s/^# \{0,1\}//p' "$0" ;;
+        -h|--help|help) sed -n '2,15s/^# \{0,1\}//p' "$0" ;;
         *) die "unknown command $command (run, status, init, check, test-alert)" ;;
     esac
 }
@@ -106,7 +108,7 @@ failed() {
 }
 
 # --- One function per engine: each leaves its dump under $DUMPS/<engine> ----------------
-{% if "postgresql" in settings.engines %}
+{% if "postgresql" in dumped_engines %}
 
 # One custom-format dump per database, as the read-only backup role (peer login): each
 # is a consistent snapshot of its database. Roles are the program's (provisioning makes them).
@@ -124,7 +126,7 @@ dump_postgresql() {
         "SELECT string_agg(datname, ' ') FROM pg_database WHERE datallowconn AND NOT datistemplate AND NOT has_database_privilege(datname, 'CONNECT')")
 }
 {% endif %}
-{% if "redis" in settings.engines %}
+{% if "redis" in dumped_engines %}
 
 # A point-in-time RDB snapshot over the replication protocol (the password from the
 # environment, not argv).
@@ -136,7 +138,7 @@ dump_redis() {
     [ -s "$dir/dump.rdb" ]
 }
 {% endif %}
-{% if "rabbitmq" in settings.engines %}
+{% if "rabbitmq" in dumped_engines %}
 
 # Vhosts, users (password hashes), permissions, queues, exchanges, bindings, policies.
 # Messages in flight are not kept: a queue is transport, not storage.
@@ -148,7 +150,7 @@ dump_rabbitmq() {
     [ -s "$dir/definitions.json" ]
 }
 {% endif %}
-{% if "mongodb" in settings.engines %}
+{% if "mongodb" in dumped_engines %}
 
 # The app's database as one gzipped archive, with the app's login (dbOwner of it).
 dump_mongodb() {
@@ -251,7 +253,7 @@ check() {
         missed) text="MISSED: $PROBLEM" ;;
         *) text="FAILED: $PROBLEM" ;;
     esac
-    text="[$STACK] datastore backup $text, on $(uname -n). Details: sudo $0 status"
+    text="[$STACK] $ROLE backup $text, on $(uname -n). Details: sudo $0 status"
     send_alert "$text" || return 1
     printf '%s\t%s\t%s\n' "$STATE" "$(date -u +%FT%TZ)" "$text" > "$STATE_DIR/alerted"
 }

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # the variables are for platform-backup and platform-restore
-# Shared by platform-backup and platform-restore (sourced): where the dumps go, how
-# restic is reached, and the log. restic's settings (repository, password, Spaces key)
+# Shared by platform-backup and platform-restore (sourced): what a snapshot holds, where
+# the dumps go, how restic is reached, and the log. restic's settings (repository, password, Spaces key)
 # come from {{ c.BACKUP_SECRETS_FILE }} (root-only, the `backup` push); retention from
 # {{ c.BACKUP_RETENTION_FILE }} (same push, from the stack's settings).
 
@@ -15,29 +15,13 @@ RETENTION_FILE={{ c.BACKUP_RETENTION_FILE }}
 ALERT_FILE={{ c.ALERT_SETTINGS_FILE }}
 ENGINE_SECRETS={{ c.DATASTORE_SECRETS_FILE }}
 BACKUP_USER={{ c.BACKUP_USER }}
-ENGINES=({{ settings.engines | join(" ") }})
-# Snapshots are filed under the stack's datastore, not the droplet: a rebuilt droplet
-# finds (and continues) the same series.
-SNAPSHOTS=(--host {{ c.backup_host(settings.stack) }} --tag platform)
-# Configuration of this role, kept for reference (a rebuilt droplet gets its own from
-# the program; restores put these beside /etc, never over it).
+# The engines whose dumps a snapshot carries (the datastore's; none elsewhere).
+ENGINES=({{ dumped_engines | join(" ") }})
+# This role's configuration{{ " (and the LB's certificates)" if role == c.LOAD_BALANCER else "" }}.
 CONFIG_PATHS=(
-    {{ c.PLATFORM_ETC }}
-    /etc/systemd/system
-{% if "postgresql" in settings.engines %}
-    /etc/postgresql
-    /etc/postgresql-common/createcluster.d
-{% endif %}
-{% if "redis" in settings.engines %}
-    /etc/redis
-    /etc/stunnel
-{% endif %}
-{% if "rabbitmq" in settings.engines %}
-    /etc/rabbitmq
-{% endif %}
-{% if "mongodb" in settings.engines %}
-    {{ facts.MONGODB_CONF }}
-{% endif %}
+{% for path in backup_paths %}
+    {{ path }}
+{% endfor %}
 )
 # The repository's own password is no use inside the repository.
 CONFIG_EXCLUDES=(--exclude "$SECRETS_FILE")
@@ -68,6 +52,10 @@ load_backup_settings() {
     . "$SECRETS_FILE"
     set +a
     : "${RESTIC_REPOSITORY:?not set in $SECRETS_FILE}" "${RESTIC_PASSWORD:?not set in $SECRETS_FILE}"
+    : "${BACKUP_HOST:?not set in $SECRETS_FILE}"
+    # Snapshots are filed under the droplet's name in the stack, not its hostname: a
+    # rebuilt droplet finds (and continues) the same series.
+    SNAPSHOTS=(--host "$BACKUP_HOST" --tag platform)
     if [ -r "$RETENTION_FILE" ]; then
         # shellcheck source=/dev/null
         . "$RETENTION_FILE"
@@ -89,7 +77,7 @@ engine_enabled() {
 
 as_backup_user() { runuser -u "$BACKUP_USER" -- "$@"; }
 as_postgres() { runuser -u postgres -- "$@"; }
-{% if "mongodb" in settings.engines %}
+{% if "mongodb" in dumped_engines %}
 
 # A MongoDB tools config holding the app login's password, so it is not in argv.
 mongodb_tools_config() {

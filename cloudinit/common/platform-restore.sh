@@ -1,14 +1,22 @@
 #!/bin/bash
-# platform-restore: puts data from a restic snapshot back into the running engines.
+# platform-restore: puts back what a restic snapshot of this droplet holds.
 #
 #   platform-restore list                      the snapshots (newest last)
+{% if dumped_engines %}
 #   platform-restore ENGINE [SNAPSHOT]         one engine from the latest (or the named) snapshot
 #   platform-restore all [SNAPSHOT]            every enabled engine
+{% endif %}
 #   platform-restore config [SNAPSHOT]         this role's configuration, into {{ c.BACKUP_SPOOL }}/restored/ (for reading)
+{% if role == c.LOAD_BALANCER %}
+#   platform-restore certificates [SNAPSHOT]   certbot's certificate and account, onto an LB that has none
+#                                              (platform-certificate does this before asking for a new one)
+{% endif %}
+{% if dumped_engines %}
 #
-# ENGINE is one of: {{ settings.engines | join(", ") or "(no engine enabled)" }}.
+# ENGINE is one of: {{ dumped_engines | join(", ") }}.
 # The engine must be running (provisioning starts it on a new droplet); its current data
 # is replaced by the snapshot's.
+{% endif %}
 set -Eeuo pipefail
 # shellcheck source=backup.sh
 . {{ c.BACKUP_LIBRARY }}
@@ -17,11 +25,18 @@ main() {
     local what=${1:-} snapshot=${2:-latest}
     case "$what" in
         list) require_root "$@"; load_backup_settings; restic snapshots "${SNAPSHOTS[@]}" ;;
-        all) require_root "$@"; restore_engines "$snapshot" "${ENGINES[@]}" ;;
+        all)
+            [ "${#ENGINES[@]}" -gt 0 ] || die "no engine's data on this droplet: list, config{{ ', certificates' if role == c.LOAD_BALANCER else '' }}"
+            require_root "$@"
+            restore_engines "$snapshot" "${ENGINES[@]}"
+            ;;
         config) require_root "$@"; restore_config "$snapshot" ;;
-        ""|-h|--help|help) sed -n '2,11s/^# \{0,1\}//p' "$0" ;;
+{% if role == c.LOAD_BALANCER %}
+        certificates) require_root "$@"; restore_certificates "$snapshot" ;;
+{% endif %}
+        ""|-h|--help|help) sed -n '2,/^set /{/^set /d;s/^# \{0,1\}//p}' "$0" ;;
         *)
-            engine_enabled "$what" || die "$what is not an enabled engine (${ENGINES[*]:-none}), all, config or list"
+            engine_enabled "$what" || die "$what: not one of list, config{{ ', certificates' if role == c.LOAD_BALANCER else '' }}{{ ', all or an enabled engine (' ~ (dumped_engines | join(', ')) ~ ')' if dumped_engines else '' }}"
             require_root "$@"
             restore_engines "$snapshot" "$what"
             ;;
@@ -59,7 +74,39 @@ restore_config() {
     restic restore "$snapshot" "${SNAPSHOTS[@]}" --target "$target" "${includes[@]}"
     log "configuration of snapshot $snapshot restored under $target (compare, then copy what you need)"
 }
-{% if "postgresql" in settings.engines %}
+{% if role == c.LOAD_BALANCER %}
+
+# certbot's whole /etc/letsencrypt (account, archive, live links, renewal settings) from
+# the snapshot, if it holds a certificate for {{ settings.domain }} that has not expired.
+# Exit 3: nothing usable to restore (ask the ACME directory instead).
+restore_certificates() {
+    local snapshot=$1 found
+    local live=/etc/letsencrypt/live/{{ c.LB_CERT_NAME }}
+    load_backup_settings
+    [ ! -e "$live" ] || die "$live exists: this LB has its certificate (move /etc/letsencrypt aside to restore over it)"
+    if [ "$snapshot" = latest ] && ! restic snapshots --json "${SNAPSHOTS[@]}" | grep -q '"id"'; then
+        log "no snapshot of $BACKUP_HOST yet: no certificate to restore"
+        return 3
+    fi
+    WORK=$(mktemp -d "$SPOOL/restore.XXXXXX")
+    trap 'rm -rf "$WORK"' EXIT
+    restic restore "$snapshot" "${SNAPSHOTS[@]}" --target "$WORK" --include /etc/letsencrypt
+    found=$WORK$live/fullchain.pem
+    if [ ! -f "$found" ]; then
+        log "snapshot $snapshot holds no certificate"
+        return 3
+    fi
+    if ! openssl x509 -noout -checkend 0 -in "$found" >/dev/null \
+        || ! openssl x509 -noout -ext subjectAltName -in "$found" | grep -qF "DNS:{{ settings.domain }}"; then
+        log "the certificate in snapshot $snapshot has expired or is not for {{ settings.domain }}: not restored"
+        return 3
+    fi
+    install -d -m 0755 /etc/letsencrypt
+    cp -a "$WORK/etc/letsencrypt/." /etc/letsencrypt/
+    log "restored the certificate for {{ settings.domain }} from snapshot $snapshot ($(openssl x509 -noout -enddate -in "$live/fullchain.pem"))"
+}
+{% endif %}
+{% if "postgresql" in dumped_engines %}
 
 # Each database is dropped (its sessions ended) and re-created from its dump, owner and
 # grants included. The roles are the program's: provisioning has made them.
@@ -81,7 +128,7 @@ SQL
     done
 }
 {% endif %}
-{% if "redis" in settings.engines %}
+{% if "redis" in dumped_engines %}
 
 # Redis loads its data only when it starts, and with append-only on it ignores an RDB
 # file. So: stop it, put the snapshot in place of its files, load it in a private
@@ -116,7 +163,7 @@ private_redis() { REDISCLI_AUTH=$REDIS_PASSWORD redis-cli -s "$WORK/redis/redis.
 
 redis_data_dir() { sed -n 's/^dir[[:space:]]\{1,\}//p' {{ facts.REDIS_CONF }} | tail -n 1; }
 {% endif %}
-{% if "rabbitmq" in settings.engines %}
+{% if "rabbitmq" in dumped_engines %}
 
 # Definitions are merged into the running broker: vhosts, users, permissions, queues.
 restore_rabbitmq() {
@@ -130,7 +177,7 @@ restore_rabbitmq() {
     rabbitmqctl --quiet import_definitions "$readable/definitions.json"
 }
 {% endif %}
-{% if "mongodb" in settings.engines %}
+{% if "mongodb" in dumped_engines %}
 
 # The app's collections are dropped and loaded from the archive.
 restore_mongodb() {
