@@ -248,7 +248,8 @@ SETTINGS = (
     Setting("vpcIpRange", "10.110.0.0/20", vpc_range, "Private range of the stack's VPC."),
     Setting("nodeMajor", 22, one_of(NODE_MAJORS), "Node.js major version on the app servers."),
     Setting("backups", True, boolean,
-            "Back the datastore up to a Spaces bucket (created in the stack)."),
+            "Back every droplet up to a Spaces bucket (created in the stack): the datastore's data, "
+            "the LB's certificates, every role's configuration."),
     Setting("backupHourUtc", 3, whole_number(0, 23), "Hour (UTC) of the daily backup."),
     Setting("backupKeepDaily", 7, whole_number(1, 366), "Daily backups kept."),
     Setting("backupKeepWeekly", 4, whole_number(0, 104), "Weekly backups kept."),
@@ -264,7 +265,7 @@ SETTINGS = (
     Setting("alertEmails", [], email_list,
             "Who gets DigitalOcean Monitoring's alerts (disk, memory, CPU, load); none when empty."),
     Setting("alertWebhookUrl", "", optional_https_url,
-            "A Slack/Mattermost-compatible incoming webhook for the datastore's backup alerts; "
+            "A Slack/Mattermost-compatible incoming webhook for every droplet's backup alerts; "
             "empty means they are only logged. Set it with `pulumi config set --secret`.",
             secret=True),
 )
