@@ -199,6 +199,9 @@ BACKUP_KEEP_WITHIN = "1d"
 # Inside the bucket: one restic repository per role, restic/<role>, each with its own
 # password, so a load balancer's key opens none of the datastore's dumps.
 BACKUP_REPOSITORY_PREFIX = "restic"
+# The backup bucket keeps a deleted or overwritten object this many days (versioning and a
+# lifecycle rule), then clears it.
+BUCKET_NONCURRENT_DAYS = 30
 # Inside the same bucket: every release `python -m deploy` rolled out, with its manifest.
 RELEASE_ARCHIVE_PREFIX = "releases"
 

@@ -13,7 +13,6 @@ from .backups import Backups
 from .foundation import Foundation
 
 PASSWORD_LENGTH = 32
-NONCURRENT_BACKUP_DAYS = 30
 
 
 class Datastore(pulumi.ComponentResource):
@@ -69,7 +68,7 @@ class Datastore(pulumi.ComponentResource):
                         abort_incomplete_multipart_upload_days=1,
                         # Retention itself is the backup tool's; this only clears what it deleted.
                         noncurrent_version_expiration=do.SpacesBucketLifecycleRuleNoncurrentVersionExpirationArgs(
-                            days=NONCURRENT_BACKUP_DAYS
+                            days=conventions.BUCKET_NONCURRENT_DAYS
                         ),
                     )
                 ],

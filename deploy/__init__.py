@@ -10,4 +10,8 @@ from pathlib import Path
 # Every default of the deploy command, in one place (the CLI's --help shows them).
 DEFAULT_APP_DIR = str(Path(__file__).resolve().parents[1] / "example-app")
 KEEP_RELEASES = 5            # releases kept on each server (current and previous always stay)
+# Releases kept in the bucket's archive; each deploy deletes older ones (the bucket's
+# versioning keeps a deleted object BUCKET_NONCURRENT_DAYS more days). Each holds its
+# node_modules.
+ARCHIVED_RELEASES_KEPT = 30
 HEALTH_TIMEOUT_SECONDS = 60  # how long a server may take to answer /healthz after a reload

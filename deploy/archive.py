@@ -8,6 +8,8 @@
 
 The manifest goes up last: when it is there, the tarball is whole. Where and with which
 key come from the stack's `release_archive` output (components/release_archive.py).
+Each deploy then deletes the stack's archived releases older than the newest
+ARCHIVED_RELEASES_KEPT (ids sort by age), the manifest first.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components import conventions
+
+from . import ARCHIVED_RELEASES_KEPT
 
 if TYPE_CHECKING:   # targets imports this module, and release imports targets
     from .executor import Executor
@@ -204,8 +208,32 @@ def archived(store: Store, release_id: str) -> bool:
         raise ArchiveError(f"could not look in s3://{store.bucket} at {store.endpoint}: {failed}") from None
 
 
+def archived_ids(store: Store) -> list[str]:
+    """The stack's archived releases, oldest first (a tarball without its manifest too)."""
+    prefix = store.key("", "")
+    ids = set()
+    for page in client(store).get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix):
+        for listed in page.get("Contents", []):
+            name = listed["Key"].removeprefix(prefix)
+            ids.update(name.removesuffix(suffix) for suffix in (TARBALL, MANIFEST) if name.endswith(suffix))
+    return sorted(ids)
+
+
+def prune(store: Store, keep: int) -> list[str]:
+    """Delete the stack's archived releases but the newest `keep`; returns the ids deleted.
+    The manifest goes first, so a release half deleted reads as not archived. One request
+    per object: DeleteObjects needs a checksum header not every S3-compatible store takes."""
+    s3 = client(store)
+    old = archived_ids(store)[:-keep]
+    for release_id in old:
+        for suffix in (MANIFEST, TARBALL):
+            s3.delete_object(Bucket=store.bucket, Key=store.key(release_id, suffix))
+    return old
+
+
 def archive(store: Store, build: Build, work_dir: str, executor: Executor) -> None:
-    """Pack the release with its configuration and manifest, then upload both."""
+    """Pack the release with its configuration and manifest, upload both, then delete the
+    archived releases beyond the newest ARCHIVED_RELEASES_KEPT."""
     start = time.monotonic()
     facts = manifest(store, build)
     tarball = Path(work_dir) / f"{build.release_id}{TARBALL}"
@@ -219,3 +247,17 @@ def archive(store: Store, build: Build, work_dir: str, executor: Executor) -> No
                  f"{store.url(build.release_id, TARBALL)} at {store.endpoint} ...")
     send(store, uploads(store, build.release_id, tarball, manifest_file))
     executor.say(f"archived {build.release_id} with its manifest ({time.monotonic() - start:.1f}s)")
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        removed = prune(store, ARCHIVED_RELEASES_KEPT)
+    except (Boto3Error, BotoCoreError, ClientError) as failed:
+        # The new release is archived; old ones left over cost space, not safety.
+        executor.say(f"warning: could not delete archived releases older than the newest "
+                     f"{ARCHIVED_RELEASES_KEPT} ({failed}); the deploy goes on")
+        return
+    if removed:
+        executor.say(f"deleted {len(removed)} archived release(s) older than the newest {ARCHIVED_RELEASES_KEPT} "
+                     f"({removed[0]} .. {removed[-1]}); the bucket's versioning keeps them "
+                     f"{conventions.BUCKET_NONCURRENT_DAYS} more days")

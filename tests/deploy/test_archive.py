@@ -295,3 +295,32 @@ def test_rollback_to_a_release_the_servers_lack_says_whether_the_archive_has_it(
     monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
     assert cli.main(["rollback", "staging", "--to", never], executor=nowhere) == cli.EXIT_STOPPED
     assert "No archive to look in: this test stack has no bucket" in nowhere.printed()
+
+
+def test_a_deploy_deletes_the_stacks_archived_releases_beyond_the_newest_kept(monkeypatch, store, s3, build):
+    older = ["20260101T000000Z-1111111", "20260201T000000Z-2222222", "20260301T000000Z-3333333"]
+    for release_id in older:
+        for suffix in (archive.TARBALL, archive.MANIFEST):
+            s3.put_object(Bucket=store.bucket, Key=store.key(release_id, suffix), Body=b"old")
+    other_stack = f"releases/production/{older[0]}.tar.gz"
+    s3.put_object(Bucket=store.bucket, Key=other_stack, Body=b"not this stack's")
+    monkeypatch.setattr(archive, "ARCHIVED_RELEASES_KEPT", 2)
+    fleet = Fleet()
+    assert deploy(monkeypatch, fleet, _Target(store), build) == 0
+    kept = sorted(KEYS + (store.key(older[-1], archive.TARBALL), store.key(older[-1], archive.MANIFEST)))
+    assert objects(s3, store.bucket) == sorted(kept + [other_stack])
+    assert archive.archived_ids(store) == [older[-1], NEW]
+    assert f"deleted 2 archived release(s) older than the newest 2 ({older[0]} .. {older[1]})" in fleet.printed()
+
+
+def test_a_deploy_whose_old_archives_cannot_be_deleted_warns_and_goes_on(monkeypatch, store, build):
+    from botocore.exceptions import ClientError
+
+    def refused(store, keep):
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no delete"}}, "DeleteObject")
+
+    monkeypatch.setattr(archive, "prune", refused)
+    fleet = Fleet()
+    assert deploy(monkeypatch, fleet, _Target(store), build) == 0
+    assert "warning: could not delete archived releases older than the newest" in fleet.printed()
+    assert all(server.running == NEW for server in fleet.servers.values())

@@ -35,10 +35,20 @@ def snapshot_objects(s, role: str) -> list[str]:
 def test_every_droplet_backs_its_configuration_up_to_its_roles_repository(local_stack):
     s = local_stack
     for droplet in s.plan.droplets:
+        # systemd has the daily run and the hourly check scheduled (the `backup` push enabled
+        # the first, provisioning the second).
+        for timer in (conventions.BACKUP_UNIT, conventions.BACKUP_CHECK_UNIT):
+            active = s.run(droplet.name, ["systemctl", "is-active", f"{timer}.timer"])
+            assert active.stdout.strip() == "active", f"{droplet.name} {timer}.timer: {active.stdout}"
         backup = s.run(droplet.name, [conventions.BACKUP_COMMAND, "run"], timeout=600)
         assert backup.returncode == 0, droplet.name + backup.stdout + (backup.stderr or "")
         status = s.run(droplet.name, [conventions.BACKUP_COMMAND, "status"], timeout=180)
         assert status.returncode == 0 and "status: ok" in status.stdout, droplet.name + status.stdout
+        # What the hourly timer starts runs as a unit and finds nothing to alert.
+        check = s.run(droplet.name, ["systemctl", "start", f"{conventions.BACKUP_CHECK_UNIT}.service"], timeout=300)
+        assert check.returncode == 0, droplet.name + check.stdout + (check.stderr or "")
+        alerted = s.run(droplet.name, ["cut", "-f1", f"{conventions.BACKUP_STATE_DIR}/alerted"])
+        assert alerted.stdout.strip() == "ok", droplet.name + alerted.stdout + (alerted.stderr or "")
     for role in conventions.ROLES:
         assert snapshot_objects(s, role), f"no snapshot in restic/{role}"
     # What an app server's snapshot holds comes back as it is on the server.
