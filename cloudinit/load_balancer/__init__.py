@@ -14,6 +14,8 @@ PROGRAMS = [
     Program("load_balancer/platform-certificate-deployed.sh", conventions.CERTIFICATE_DEPLOY_HOOK),
 ]
 
+# Gets the first certificate (.service), retried by its .timer until it has one.
+CERTIFICATE_UNIT = "platform-certificate"
 NGINX_CHECK = ["nginx", "-t", "-q"]
 # A reload starts new workers and lets the old ones finish their requests.
 NGINX_RELOAD = ["systemctl", "reload", "nginx"]
@@ -23,8 +25,8 @@ def files(settings: Settings) -> list[ConfigFile]:
     return [
         ConfigFile("load_balancer/site.conf", "/etc/nginx/conf.d/platform.conf"),
         ConfigFile("load_balancer/maintenance.html", f"{conventions.MAINTENANCE_ROOT}/maintenance.html"),
-        ConfigFile("load_balancer/platform-certificate.service", "/etc/systemd/system/platform-certificate.service"),
-        ConfigFile("load_balancer/platform-certificate.timer", "/etc/systemd/system/platform-certificate.timer"),
+        ConfigFile("load_balancer/platform-certificate.service", f"/etc/systemd/system/{CERTIFICATE_UNIT}.service"),
+        ConfigFile("load_balancer/platform-certificate.timer", f"/etc/systemd/system/{CERTIFICATE_UNIT}.timer"),
     ]
 
 
@@ -43,20 +45,16 @@ def after_tls(settings: Settings) -> list[list[str]]:
     return [NGINX_CHECK, NGINX_RELOAD]
 
 
-# What the LB's backups hold: certbot's account, certificates and renewal settings (a
-# rebuilt LB takes its certificate back instead of asking Let's Encrypt again), and its
-# configuration.
-BACKUP_PATHS = ("/etc/letsencrypt", "/etc/nginx", conventions.PLATFORM_ETC, "/etc/systemd/system")
-
-
 def backup_paths(settings: Settings) -> list[str]:
-    return list(BACKUP_PATHS)
+    """certbot's account, certificates and renewal settings (a rebuilt LB takes its
+    certificate back instead of asking Let's Encrypt again), and the configuration."""
+    return ["/etc/letsencrypt", "/etc/nginx", conventions.PLATFORM_ETC, "/etc/systemd/system"]
 
 
 def after_backup_settings(settings: Settings) -> list[list[str]]:
     # The first certificate waits for the backups (platform-certificate): ask now, not at
     # the timer's next try.
-    return [["systemctl", "start", "--no-block", "platform-certificate.service"]]
+    return [["systemctl", "start", "--no-block", f"{CERTIFICATE_UNIT}.service"]]
 
 
 def upstreams(app_server_addresses: list[str]) -> str:

@@ -21,7 +21,7 @@ role_steps() {
     if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
     # certbot runs from a timer that retries until it has the certificate, so an ACME
     # server that cannot reach us yet (DNS not pointed) never fails provisioning.
-    ensure_running platform-certificate.timer
+    ensure_running {{ facts.CERTIFICATE_UNIT }}.timer
     ensure_running certbot.timer
 }
 

@@ -14,7 +14,7 @@ import pytest
 
 import cloudinit
 import mockcloud
-from cloudinit import common
+from cloudinit import common, load_balancer
 from components import conventions
 
 KEY_ID = "DO00TESTACCESSKEYID"
@@ -95,7 +95,7 @@ def test_backup_key_is_scoped_to_the_bucket_and_reaches_only_the_push(key_mock):
 def test_the_load_balancer_asks_for_its_certificate_once_its_backups_are_reachable():
     settings = mockcloud.stack_settings("staging")
     backup = json.loads(cloudinit.push_table(conventions.LOAD_BALANCER, settings))["backup"]
-    assert backup["then"][-1] == ["systemctl", "start", "--no-block", "platform-certificate.service"]
+    assert backup["then"][-1] == ["systemctl", "start", "--no-block", f"{load_balancer.CERTIFICATE_UNIT}.service"]
     files = cloudinit.rendered_files(conventions.LOAD_BALANCER, settings)
     assert "/etc/letsencrypt" in files[conventions.BACKUP_LIBRARY]
     assert f"{conventions.RESTORE_COMMAND} certificates" in files[conventions.CERTIFICATE_COMMAND]

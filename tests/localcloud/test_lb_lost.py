@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from cloudinit import load_balancer
 from components import conventions
 from localcloud import spaces, stack
 
@@ -79,6 +80,6 @@ def test_a_rebuilt_load_balancer_serves_its_certificate_from_the_backups(local_s
     assert new.id != old.id, "a new droplet, not the old one restarted"
     s.wait_healthy(timeout=300)
     assert served_certificate(s) == before, "the same certificate, not a new one from the ACME server"
-    journal = s.run("lb", ["journalctl", "--no-pager", "-u", "platform-certificate.service"])
+    journal = s.run("lb", ["journalctl", "--no-pager", "-u", f"{load_balancer.CERTIFICATE_UNIT}.service"])
     assert "restored the certificate for" in journal.stdout, journal.stdout
     assert "Requesting a certificate" not in journal.stdout, journal.stdout
