@@ -21,6 +21,9 @@ MAX_AGE_HOURS={{ c.BACKUP_MAX_AGE_HOURS }}
 STACK={{ settings.stack }}
 ROLE={{ role }}
 LOCK_FILE=/run/lock/platform-backup.lock
+# A run started while another is running (the timer's and the LB's certificate hook's, or
+# one by hand) waits for it, then sends its own snapshot; a run that hangs is given up on.
+LOCK_WAIT_SECONDS=900
 CHECK_LOCK_FILE=/run/lock/platform-backup-check.lock
 # A webhook that does not answer is given up on within about a minute (then retried by the
 # next check): the alert units must not hang.
@@ -54,7 +57,7 @@ init_repository() {
 
 backup() {
     exec 9>"$LOCK_FILE"
-    flock -n 9 || die "another backup is running"
+    flock -w "$LOCK_WAIT_SECONDS" 9 || die "another backup has been running for ${LOCK_WAIT_SECONDS}s or more"
     install -d -m 0700 "$STATE_DIR"
     trap 'failed $?' ERR
     # systemd stops a run that hangs (TimeoutStartSec): that is a failure too.

@@ -9,6 +9,8 @@ stack healthy.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from cloudinit import load_balancer
@@ -33,9 +35,26 @@ def snapshot_objects(s, role: str) -> list[str]:
     return [o["Key"] for o in listed.get("Contents", [])]
 
 
+def backup_unit_idle(s, name: str, timeout: float = 600) -> str:
+    """Waits out a run of the backup unit (the LB's deploy hook, or the daily timer): a run
+    by hand meanwhile is refused by the lock. Returns the unit's state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = s.run(name, ["systemctl", "is-active", f"{conventions.BACKUP_UNIT}.service"]).stdout.strip()
+        if state not in ("activating", "active", "reloading") or time.monotonic() > deadline:
+            return state
+        time.sleep(2)
+
+
 def test_every_droplet_backs_its_configuration_up_to_its_roles_repository(local_stack):
     s = local_stack
+    # The certificate went to the backups when it was issued: certbot's deploy hook
+    # started the backup unit (this test runs its backups as a command, not as the unit).
+    assert backup_unit_idle(s, "lb") == "inactive"
+    hooked = s.run("lb", ["journalctl", "--no-pager", "-u", f"{conventions.BACKUP_UNIT}.service"])
+    assert "backup finished: snapshot" in hooked.stdout, hooked.stdout
     for droplet in s.plan.droplets:
+        backup_unit_idle(s, droplet.name)
         # systemd has the daily run and the hourly check scheduled (the `backup` push enabled
         # the first, provisioning the second).
         for timer in (conventions.BACKUP_UNIT, conventions.BACKUP_CHECK_UNIT):
@@ -68,10 +87,9 @@ def test_a_rebuilt_load_balancer_serves_its_certificate_from_the_backups(local_s
     s = local_stack
     s.wait_healthy()
     before = served_certificate(s)
-    # The certificate went to the backups when it was issued: certbot's deploy hook started
-    # the backup unit (the tests run backups as a command, not through the unit).
-    hooked = s.run("lb", ["journalctl", "--no-pager", "-u", f"{conventions.BACKUP_UNIT}.service"])
-    assert "backup finished: snapshot" in hooked.stdout, hooked.stdout
+    # The LB's backups hold the certificate (the deploy hook's run, finished).
+    assert backup_unit_idle(s, "lb") == "inactive"
+    assert snapshot_objects(s, conventions.LOAD_BALANCER)
 
     old = s.plan.droplet("lb")
     stack.lose(s.plan, "lb")

@@ -1,10 +1,11 @@
-"""`platform-restore certificates`, the LB's rendered script, for real: restic (a local
-repository) and openssl in a private mount namespace where /etc, /var and /usr/local are
-overlays, so nothing reaches the host.
+"""The LB's rendered backup scripts for real: restic (a local repository) and openssl in a
+private mount namespace where /etc, /var and /usr/local are overlays, so nothing reaches
+the host.
 
-A certificate for the stack's domain comes back with certbot's links intact; one that has
-expired or is for another domain, or an empty repository, gives exit 3 (the caller asks
-the ACME server instead); an LB that has its certificate is never overwritten.
+`platform-restore certificates`: a certificate for the stack's domain comes back with
+certbot's links intact; one that has expired or is for another domain, or an empty
+repository, gives exit 3 (the caller asks the ACME server instead); an LB that has its
+certificate is never overwritten. `platform-backup run` during another run waits for it.
 """
 
 from __future__ import annotations
@@ -164,3 +165,20 @@ check nothing-in-place test ! -e {LIVE}
     assert status(stdout, "restore") == 3, log
     assert "has expired or is not for" in log
     assert status(stdout, "nothing-in-place") == 0, log
+
+
+def test_a_backup_started_during_another_waits_for_it(run_lb):
+    """The LB's certificate hook and the daily timer may start the backup unit together:
+    the second run waits for the first, then sends its own snapshot (no false alert)."""
+    script = cloudinit.rendered_files(conventions.LOAD_BALANCER, mockcloud.stack_settings("staging"))[BACKUP]
+    lock_file = re.search(r"^LOCK_FILE=(\S+)$", script, re.M).group(1)
+    stdout, log = run_lb(f"""
+issue valid
+( exec 9>{lock_file}; flock 9; sleep 4 ) &
+sleep 1
+started=$(date +%s)
+check backup {BACKUP} run
+check waited test $(( $(date +%s) - started )) -ge 2
+""")
+    assert status(stdout, "backup") == 0, log
+    assert status(stdout, "waited") == 0, log
