@@ -55,7 +55,8 @@ def files(settings: Settings) -> list[ConfigFile]:
 
 
 def pushes(role: str, settings: Settings) -> dict[str, Push]:
-    """The droplet's certificate from the internal CA; the role says what reloads after it."""
+    """The droplet's certificate from the internal CA, the operators' keys and, with backups
+    on, the backup settings; the role says what reloads after each."""
     kinds = {
         "tls": Push(
             files={

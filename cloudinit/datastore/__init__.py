@@ -8,7 +8,6 @@ provisioning applies them to each engine.
 
 from __future__ import annotations
 
-
 from components import conventions
 from components.settings import Settings
 
@@ -100,13 +99,12 @@ def password_names(settings: Settings) -> list[str]:
 
 
 def pushes(settings: Settings) -> dict[str, Push]:
-    kinds = {
+    return {
         "secrets": Push(
             files={"secrets.env": Target(SECRETS_FILE, mode="0600")},
             then=[[conventions.PROVISION_COMMAND]],
         )
     }
-    return kinds
 
 
 def backup_paths(settings: Settings) -> list[str]:
