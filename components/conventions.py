@@ -191,6 +191,9 @@ BACKUP_SPOOL = "/var/backups/platform"
 BACKUP_STATE_DIR = f"{PLATFORM_STATE}/backup"
 BACKUP_LOG = f"{PLATFORM_LOG_DIR}/backup.log"
 BACKUP_CACHE_DIR = "/var/cache/platform-backup"
+# A backup run started while another runs waits this long for it, then fails (a run that
+# hangs alerts); the LB's certificate hook and the daily timer may start runs together.
+BACKUP_LOCK_WAIT_SECONDS = 900
 # A backup older than this (hours) counts as missed: one daily run plus slack.
 BACKUP_MAX_AGE_HOURS = 26
 # Every snapshot this recent is kept besides the daily/weekly/monthly ones, so an

@@ -23,7 +23,7 @@ ROLE={{ role }}
 LOCK_FILE=/run/lock/platform-backup.lock
 # A run started while another is running (the timer's and the LB's certificate hook's, or
 # one by hand) waits for it, then sends its own snapshot; a run that hangs is given up on.
-LOCK_WAIT_SECONDS=900
+LOCK_WAIT_SECONDS={{ c.BACKUP_LOCK_WAIT_SECONDS }}
 CHECK_LOCK_FILE=/run/lock/platform-backup-check.lock
 # A webhook that does not answer is given up on within about a minute (then retried by the
 # next check): the alert units must not hang.

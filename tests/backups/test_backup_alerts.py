@@ -136,7 +136,9 @@ echo "HOST $(uname -n)"
     assert_no_secret_leaked(tmp_path, run, restic_password, S3_SECRET)
 
 
-def test_a_missed_backup_alerts_once_and_the_recovery_says_so(tmp_path):
+def test_a_missed_backup_alerts_once_and_the_recovery_says_so(tmp_path, monkeypatch):
+    # A run gives up on the lock within seconds here, not minutes.
+    monkeypatch.setattr(conventions, "BACKUP_LOCK_WAIT_SECONDS", 2)
     box, restic_password = sandbox(tmp_path)
     lock = "/run/lock/platform-backup.lock"
     run = box.run(receiver_prelude(tmp_path) + PROVISION + f"""
@@ -155,8 +157,8 @@ check recovered {BACKUP} check
 count recovered
 check recovered-again {BACKUP} check
 count recovered-again
-# A run the unit could not even start recording (the lock is held: a run by hand is going
-# on) fails the unit too, and alerts through OnFailure= all the same.
+# A run the unit could not even start recording (the lock held for longer than a run waits
+# for it: a run that hangs) fails the unit too, and alerts through OnFailure= all the same.
 flock {lock} sleep 60 &
 HOLDER=$!
 for _ in $(seq 50); do flock -n {lock} true || break; sleep 0.1; done
