@@ -165,6 +165,8 @@ DEPLOY_LOCK_DIR = f"{PLATFORM_STATE}/deploy.lock"
 # Where the program's push of the example app lands before it becomes the first release.
 EXAMPLE_APP_ARCHIVE = f"{PLATFORM_STATE}/example-app.tar.gz.b64"
 
+# How long provisioning's apt-get waits for apt's locks (apt-daily may hold them at boot).
+APT_LOCK_WAIT_SECONDS = 600
 # The size DigitalOcean allows for a droplet's user_data.
 USER_DATA_LIMIT_BYTES = 64 * 1024
 

@@ -32,7 +32,7 @@ role_steps() {
 
 apt_lists_ready() {
     [ -f /var/lib/platform/apt-updated ] && return 0
-    apt-get update -q
+    apt_get update -q
     touch /var/lib/platform/apt-updated
 }
 

@@ -12,6 +12,10 @@ changed() {
     log "changed: $*"
 }
 
+# apt-get that waits for apt's locks instead of failing: the distribution's apt-daily and
+# unattended-upgrades may hold them while first boot provisions.
+apt_get() { apt-get -o DPkg::Lock::Timeout={{ c.APT_LOCK_WAIT_SECONDS }} "$@"; }
+
 # Installs packages that are not installed yet; never upgrades (unattended-upgrades does).
 ensure_packages() {
     local missing=()
@@ -21,10 +25,10 @@ ensure_packages() {
     done
     [ "${#missing[@]}" -eq 0 ] && return 0
     if [ ! -f /var/lib/platform/apt-updated ]; then
-        apt-get update -q
+        apt_get update -q
         touch /var/lib/platform/apt-updated
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    DEBIAN_FRONTEND=noninteractive apt_get install -y -q --no-install-recommends \
         -o Dpkg::Options::=--force-confold "${missing[@]}"
     changed "installed ${missing[*]}"
 }
@@ -61,7 +65,7 @@ ensure_apt_repository() {
 Signed-By: ${keyring}"
     if [ ! -f "$sources" ] || [ "$(cat "$sources")" != "$sources_text" ]; then
         printf '%s\n' "$sources_text" > "$sources"
-        apt-get update -q
+        apt_get update -q
         changed "$sources"
     fi
 }
