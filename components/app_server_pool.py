@@ -40,7 +40,9 @@ class AppServerPool(pulumi.ComponentResource):
             droplet = network.droplet(
                 member, role=conventions.APP_SERVER, size=settings.app_size, parent=self
             )
-            route = remote.SshRoute(host=droplet.ipv4_address_private, key=key, jump_host=jump_host)
+            route = remote.route_to(
+                member, droplet=droplet, host=droplet.ipv4_address_private, key=key, jump_host=jump_host, parent=self
+            )
             cert = ca.issue(
                 member,
                 dns_names=[f"{settings.stack}-{member}", conventions.app_pool_tls_name(settings.stack)],

@@ -87,7 +87,9 @@ class Datastore(pulumi.ComponentResource):
             pulumi.Output.all(**{engine: passwords[engine] for engine in settings.engines})
         )
         self.private_ip = self.droplet.ipv4_address_private
-        route = remote.SshRoute(host=self.private_ip, key=key, jump_host=jump_host)
+        route = remote.route_to(
+            name, droplet=self.droplet, host=self.private_ip, key=key, jump_host=jump_host, parent=self
+        )
         cert = ca.issue(
             name, dns_names=[f"{settings.stack}-{name}"], ip_addresses=[self.private_ip], parent=self
         )

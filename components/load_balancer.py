@@ -57,7 +57,7 @@ class LoadBalancer(pulumi.ComponentResource):
         self.private_ip = self.droplet.ipv4_address_private
         # pulumi-command reaches the LB directly and everything else through it.
         self.jump_host = self.droplet.ipv4_address
-        self.route = remote.SshRoute(host=self.droplet.ipv4_address, key=key)
+        self.route = remote.route_to(name, droplet=self.droplet, host=self.droplet.ipv4_address, key=key, parent=self)
         self._settings = settings
         cert = ca.issue(
             name, dns_names=[f"{settings.stack}-{name}", settings.domain], ip_addresses=[self.private_ip], parent=self

@@ -13,14 +13,16 @@ import hashlib
 import json
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 import pulumi
 import pulumi_command as command
+import pulumi_digitalocean as do
 import pulumi_tls as tls
 
 from cloudinit import common as common_files
 
-from . import conventions
+from . import conventions, ssh
 from .pki import ServerCertificate
 from .settings import Settings
 
@@ -39,27 +41,79 @@ class AutomationKey(pulumi.ComponentResource):
 
 @dataclass(frozen=True)
 class SshRoute:
-    """How to log in to one droplet: directly (the LB) or through the LB as jump host."""
+    """How to log in to one droplet: directly (the LB) or through the LB as jump host.
+
+    `ready` is the droplet's login gate: every push waits for it."""
 
     host: pulumi.Input[str]
     key: AutomationKey
     jump_host: pulumi.Input[str] | None = None
+    ready: pulumi.Resource | None = None
 
     def connection(self) -> command.remote.ConnectionArgs:
         proxy = None
         if self.jump_host is not None:
+            # The jump host needs the same patience: it may be booting too.
             proxy = command.remote.ProxyConnectionArgs(
                 host=self.jump_host,
                 user=conventions.OPERATOR_USER,
                 private_key=self.key.private_key_pem,
+                dial_error_limit=ssh.DIAL_ERROR_LIMIT,
+                per_dial_timeout=ssh.PER_DIAL_TIMEOUT,
             )
         return command.remote.ConnectionArgs(
             host=self.host,
             user=conventions.OPERATOR_USER,
             private_key=self.key.private_key_pem,
             proxy=proxy,
-            dial_error_limit=60,  # a new droplet takes a minute or two to take SSH logins
+            dial_error_limit=ssh.DIAL_ERROR_LIMIT,
+            per_dial_timeout=ssh.PER_DIAL_TIMEOUT,
         )
+
+
+LOGIN_GATE_SCRIPT = Path(__file__).with_name("wait-for-login.sh")
+
+
+def route_to(
+    name: str,
+    *,
+    droplet: do.Droplet,
+    host: pulumi.Input[str],
+    key: AutomationKey,
+    parent: pulumi.Resource,
+    jump_host: pulumi.Input[str] | None = None,
+) -> SshRoute:
+    """The route to a new droplet, and its login gate.
+
+    pulumi-command starts a push as soon as the droplet exists, while it boots; its SSH
+    client retries refused connections but not a refused login (through a jump host a
+    failed handshake is final), and a booting droplet refuses logins until cloud-init has
+    written the `ops` user and key and /run/nologin is gone. So a local command on the
+    machine running `pulumi up` first retries a real login until one succeeds; every push
+    to the droplet depends on it. It runs again when the droplet is replaced."""
+    environment = {
+        "PLATFORM_SSH_KEY": key.private_key_pem,
+        "PLATFORM_SSH_LOGIN": pulumi.Output.from_input(host).apply(ssh.login),
+        "PLATFORM_SSH_JUMP": pulumi.Output.from_input(jump_host).apply(ssh.login) if jump_host is not None else "",
+    }
+    gate = command.local.Command(
+        f"{name}-login-gate",
+        create=login_gate_script(),
+        interpreter=["/bin/bash", "-c"],
+        environment=environment,
+        triggers=[droplet.id],
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+    return SshRoute(host=host, key=key, jump_host=jump_host, ready=gate)
+
+
+def login_gate_script() -> str:
+    """The gate's bash script, with the SSH options from their one home."""
+    options = ssh.openssh_options(known_hosts="/dev/null")
+    return (LOGIN_GATE_SCRIPT.read_text()
+            .replace("@SSH_OPTIONS@", shlex.join(options))
+            .replace("@WAIT_SECONDS@", str(ssh.LOGIN_WAIT_SECONDS))
+            .replace("@RETRY_SECONDS@", str(ssh.LOGIN_RETRY_SECONDS)))
 
 
 def push_command(kind: str) -> str:
@@ -115,5 +169,5 @@ def push(
         create=push_command(kind),
         stdin=body,
         triggers=[body.apply(lambda text: hashlib.sha256(text.encode()).hexdigest())],
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=depends_on or []),
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[*filter(None, [route.ready]), *(depends_on or [])]),
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudinit.app_server import APPS_RELOAD
-from components import conventions
+from components import conventions, ssh
 
 from .targets import Server, Stack
 
@@ -35,29 +35,16 @@ class Remote:
 # --- ssh ---------------------------------------------------------------------------
 
 def ssh_options(stack: Stack, control_dir: str | None = None) -> list[str]:
-    options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=15",
-               "-o", "LogLevel=ERROR"]
-    if stack.identity:
-        options = ["-i", stack.identity, "-o", "IdentitiesOnly=yes", *options]
-    if stack.known_hosts == "/dev/null":
-        # The local cloud makes new host keys with every droplet; nothing to pin.
-        options += ["-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no"]
-    else:
-        options += ["-o", "StrictHostKeyChecking=accept-new"]
-    if control_dir:
-        # One connection per host for the whole deploy: each step is a round trip, not a login.
-        options += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_dir}/%C", "-o", "ControlPersist=60"]
-    return options
+    return ssh.openssh_options(stack.identity, stack.known_hosts, control_dir)
 
 
 def jump_login(stack: Stack) -> str:
-    return f"{conventions.OPERATOR_USER}@{stack.jump_host}"
+    return ssh.login(stack.jump_host)
 
 
 def ssh_via_jump(stack: Stack, control_dir: str | None = None) -> list[str]:
     """ssh to a private address through the LB, as the deploy user; the host comes last."""
-    proxy = ["ssh", *ssh_options(stack), "-W", "%h:%p", jump_login(stack)]
-    return ["ssh", *ssh_options(stack, control_dir), "-o", "ProxyCommand=" + shlex.join(proxy),
+    return ["ssh", *ssh_options(stack, control_dir), *ssh.through(jump_login(stack), ssh_options(stack)),
             "-l", conventions.DEPLOY_USER]
 
 

@@ -19,6 +19,8 @@ APP_3 = {
     ("tls:index/privateKey:PrivateKey", "app-3-tls-key"),
     ("tls:index/certRequest:CertRequest", "app-3-tls-csr"),
     ("tls:index/locallySignedCert:LocallySignedCert", "app-3-tls-cert"),
+    # Waits until app-3 takes logins; its pushes wait for it.
+    ("command:local:Command", "app-3-login-gate"),
 }
 
 
