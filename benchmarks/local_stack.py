@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import conventions  # noqa: E402
-from localcloud import acme, cloud, droplet, firewall, image, network, shell, stack, traffic  # noqa: E402
+from localcloud import acme, checks, cloud, droplet, firewall, image, network, records, shell, stack, traffic  # noqa: E402
 
 STACK = "staging"
 BENCH_PLAIN_PORT = 8089          # benchmark only: app servers' plaintext server block
@@ -210,7 +210,7 @@ def disruptions(p) -> dict:
     time.sleep(5)
     droplet.stop(app)
     stop = traffic.result(s)
-    droplet.start(app)
+    cloud.start(app)
     droplet.wait_booted(app, 180)
     three = stack.plan(STACK, {"appServerCount": 3})
     if {d.name: d.id for d in p.droplets} != {d.name: d.id for d in three.droplets if d.name in
@@ -262,11 +262,11 @@ def main() -> int:
         out["image_build_cold_s"] = round(time.monotonic() - t0)
         subprocess.run(["rm", "-rf", str(scratch)], check=False)
     if args.boot:
-        if stack.load_record(STACK):
+        if records.load(STACK):
             stack.down(stack.deployed(STACK))
         out["up_to_healthy_image_cached_s"] = round(healthy_after_up(lambda: stack.plan(STACK)))
     if args.cold:
-        if stack.load_record(STACK):
+        if records.load(STACK):
             stack.down(stack.deployed(STACK))
         # Set aside, not deleted: `up` builds its own, after which image.prune removes this
         # copy; a failed build puts it back.

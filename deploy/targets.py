@@ -111,9 +111,9 @@ class LocalStack:
         return str(config.OPERATOR_KEY) if config.OPERATOR_KEY.exists() else None
 
     def resolve(self) -> Stack:
-        from localcloud import stack as local_stack
+        from localcloud import plan
         try:
-            deployed = local_stack.deployed(self.name)
+            deployed = plan.deployed(self.name)
         except SystemExit as missing:   # localcloud's own message: run `up` first
             raise TargetError(str(missing)) from None
         apps = sorted((d for d in deployed.droplets if d.key.startswith(f"{conventions.APP_SERVER}-")),
@@ -128,8 +128,8 @@ class LocalStack:
                      identity, known_hosts="/dev/null")
 
     def archive_store(self) -> Store:
-        from localcloud import spaces, stack as local_stack
-        record = local_stack.load_record(self.name) or {}
+        from localcloud import records, spaces
+        record = records.load(self.name) or {}
         why = (f"local stack {self.name}: its state holds no {OUTPUT} output (backups off, or an `up` of an "
                "older version of the program: run `python -m localcloud up`)")
         store = store_from_outputs(self.name, record.get("outputs") or {}, missing_why=why)

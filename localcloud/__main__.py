@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import asdict
 
-from . import cloud, image, teardown
+from . import cloud, image, stack, teardown
 
 
 def changes(pairs: list[str]) -> dict:
@@ -33,6 +33,9 @@ def main() -> int:
         if name == "up":
             cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="changes",
                              help="a setting for this run, as `pulumi config set` (YAML value), e.g. appServerCount=3")
+            cmd.add_argument("--order", choices=stack.ORDERS, default="engine",
+                             help="engine: commands start as soon as what they depend on exists, many at once "
+                                  "(as `pulumi up`); serial: one at a time once every droplet has booted")
     lose = sub.add_parser("lose", help="destroy one droplet and its volumes, as if lost (the next up rebuilds them)")
     lose.add_argument("name", help="lb, app-1, datastore, ... or the droplet's full name")
     lose.add_argument("--stack", default="staging")
@@ -48,13 +51,13 @@ def main() -> int:
     args = p.parse_args()
 
     if args.cmd in ("up", "check", "status", "shell", "lose", "down"):
-        from . import stack
+        from . import checks
         plan = stack.plan(args.stack, changes(args.changes)) if args.cmd == "up" else stack.deployed(args.stack)
         if args.cmd == "up":
-            result = stack.up(plan)
+            result = stack.up(plan, order=args.order)
             return 0 if stack.healthy(result) else 1
         if args.cmd == "check":
-            return 0 if stack.check_passed(stack.check(plan), plan) else 1
+            return 0 if checks.check_passed(checks.check(plan), plan) else 1
         if args.cmd == "status":
             print(json.dumps(stack.status(plan), indent=1))
         elif args.cmd == "shell":

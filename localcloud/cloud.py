@@ -19,6 +19,7 @@ class DropletSpec:
     public_ip: str = ""
     vpc_ip: str = ""
     extra_public_ips: tuple[str, ...] = ()   # reserved IPs assigned to this droplet
+    quirks: droplet.BootQuirks = droplet.BootQuirks()   # a test's delays in its boot
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,18 @@ def up(specs: list[DropletSpec], vpc_cidr: str = DEFAULT_VPC_CIDR,
     with shell.Step(f"boot {', '.join(sp.name for sp in specs)}"):
         for spec in specs:
             if not droplet.is_running(spec.name):
-                droplet.prepare(spec.name, rootfs, spec.user_data)
-                droplet.start(spec.name)
+                droplet.prepare(spec.name, rootfs, spec.user_data, spec.quirks)
+                start(spec.name)
         if wait:
             for spec in specs:
                 droplet.wait_cloud_init(spec.name, timeout)
     return {sp.name: info(sp.name) for sp in specs}
+
+
+def start(name: str) -> int:
+    """Boot a prepared droplet, its volumes presented (loop numbers change between runs)."""
+    volume.refresh(name)
+    return droplet.start(name)
 
 
 def info(name: str) -> DropletInfo:

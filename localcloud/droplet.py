@@ -34,6 +34,13 @@ done
 
 
 @dataclass(frozen=True)
+class BootQuirks:
+    """Delays a test gives one droplet's boot, beyond DigitalOcean-like (`boot_files`)."""
+    sshd_late: int = 0             # seconds sshd starts late
+    logins_refused: int = 0        # seconds /run/nologin outlives its usual removal
+
+
+@dataclass(frozen=True)
 class Paths:
     """Where one droplet's files live on the host."""
     name: str
@@ -100,6 +107,44 @@ def exec_command(pid: int, argv: list[str]) -> shell.Command:
             "HOME=/root", "LANG=C.UTF-8", *argv]
 
 
+# Debian's cloud-init starts sshd only once it has written users and keys. On the cloud
+# a push can still meet an sshd that answers and refuses the login (its user not there
+# yet, or /run/nologin until boot finishes), so a local droplet's sshd answers from the
+# start of boot, with host keys of its own, before cloud-init has run: the worst case.
+EARLY_SSHD = """\
+[Unit]
+DefaultDependencies=no
+After=systemd-tmpfiles-setup.service
+[Service]
+ExecStartPre=
+{late}ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
+TimeoutStartSec=infinity
+"""
+LATE_LOGINS = """\
+[Service]
+ExecStartPre=/bin/sleep {seconds}
+TimeoutStartSec=infinity
+"""
+UNIT_DIR = "etc/systemd/system"
+
+
+def boot_files(image_rootfs: Path, quirks: BootQuirks) -> dict[str, str]:
+    """Files that make a droplet boot like the cloud's (see EARLY_SSHD), by path in it."""
+    cloud_init = (image_rootfs / "lib/systemd/system/cloud-init.service").read_text()
+    late = f"ExecStartPre=/bin/sleep {quirks.sshd_late}\n" if quirks.sshd_late else ""
+    files = {
+        f"{UNIT_DIR}/cloud-init.service": "".join(
+            line for line in cloud_init.splitlines(keepends=True)
+            if line.strip() not in ("Before=sshd.service", "Before=sshd-keygen.service")),
+        f"{UNIT_DIR}/ssh.service.d/localcloud-boot.conf": EARLY_SSHD.format(late=late),
+    }
+    if quirks.logins_refused:
+        files[f"{UNIT_DIR}/systemd-user-sessions.service.d/localcloud-late.conf"] = \
+            LATE_LOGINS.format(seconds=quirks.logins_refused)
+    return files
+
+
 def meta_data(name: str) -> str:
     return f"instance-id: {name}\nlocal-hostname: {name}\n"
 
@@ -162,8 +207,9 @@ def is_running(name: str) -> bool:
 
 # --- life cycle -------------------------------------------------------------
 
-def prepare(name: str, image_rootfs: Path, user_data: str) -> Paths:
-    """The droplet's disk: an overlay over the image, holding its NoCloud seed."""
+def prepare(name: str, image_rootfs: Path, user_data: str, quirks: BootQuirks = BootQuirks()) -> Paths:
+    """The droplet's disk: an overlay over the image, holding its NoCloud seed and the
+    files that make it boot like the cloud's."""
     p = Paths(name)
     for d in (p.root, p.upper, p.work):
         d.mkdir(parents=True, exist_ok=True)
@@ -172,6 +218,9 @@ def prepare(name: str, image_rootfs: Path, user_data: str) -> Paths:
     p.seed.mkdir(parents=True, exist_ok=True)
     (p.seed / "meta-data").write_text(meta_data(name))
     (p.seed / "user-data").write_text(user_data)
+    for rel, text in boot_files(image_rootfs, quirks).items():
+        (p.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (p.root / rel).write_text(text)
     return p
 
 
@@ -181,9 +230,7 @@ def start(name: str) -> int:
         return launcher_pid(name)
     p = Paths(name)
     log = open(p.console_log, "ab")
-    from . import volume   # volume builds on this module
     p.by_id.mkdir(parents=True, exist_ok=True)
-    volume.refresh(name)
     proc = subprocess.Popen(launcher_command(name, nspawn_command(name, p)),
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)

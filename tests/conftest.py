@@ -143,10 +143,10 @@ def local_stack():
     up with the same user_data are reused by `up`); removed at the end unless it was
     already up when the session started (then it is left as found)."""
     import os
-    from localcloud import droplet, stack
+    from localcloud import droplet, records, stack
     if os.geteuid() != 0:
         pytest.fail("the local stack needs root (and the Debian packages in localcloud.config.HOST_PACKAGES)")
-    record = stack.load_record(LOCAL_STACK)
+    record = records.load(LOCAL_STACK)
     was_up = record is not None and all(droplet.is_running(d.name) for d in stack.deployed(LOCAL_STACK).droplets)
     handle = LocalStack(None, None)
     plan = stack.plan(LOCAL_STACK)
@@ -155,4 +155,4 @@ def local_stack():
         yield handle
     finally:
         if not was_up:
-            stack.down(stack.deployed(LOCAL_STACK) if stack.load_record(LOCAL_STACK) else plan)
+            stack.down(stack.deployed(LOCAL_STACK) if records.load(LOCAL_STACK) else plan)

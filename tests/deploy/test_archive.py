@@ -246,9 +246,9 @@ def test_output_marked_secret_is_never_printed_even_verbose_or_failing(tmp_path)
 
 
 def test_a_local_stack_reads_its_state_or_says_why_it_cannot(tmp_path, monkeypatch, staging):
-    from localcloud import stack as local_stack
+    from localcloud import records
     state = tmp_path / "staging.json"
-    monkeypatch.setattr(local_stack, "state_file", lambda name: state)
+    monkeypatch.setattr(records, "state_file", lambda name: state)
     from localcloud import spaces
     state.write_text(json.dumps({"overrides": {}, "outputs": staging.outputs}))
     store = LocalStack("staging").archive_store()
@@ -262,9 +262,9 @@ def test_a_local_stack_reads_its_state_or_says_why_it_cannot(tmp_path, monkeypat
 
 
 def test_the_local_clouds_state_keeps_the_programs_outputs(tmp_path, monkeypatch):
-    from localcloud import stack as local_stack
-    monkeypatch.setattr(local_stack, "state_file", lambda name: tmp_path / "none.json")
-    record = local_stack.plan("staging").record
+    from localcloud import plan as local_plan, records
+    monkeypatch.setattr(records, "state_file", lambda name: tmp_path / "none.json")
+    record = local_plan.plan("staging").record
     saved = json.loads(json.dumps(record))
     assert saved["outputs"]["public_ip"] == record["outputs"]["public_ip"]
     assert saved["outputs"]["private_ips"]["app"]

@@ -102,7 +102,7 @@ def test_pulumi_target_says_what_is_missing():
 
 
 def test_local_target_reads_what_the_local_clouds_last_up_deployed(tmp_path, monkeypatch):
-    from localcloud import stack as local_stack
+    from localcloud import records
     droplets = [("lb", "10.0.0.1"), ("app-10", "10.0.0.12"), ("app-2", "10.0.0.4"), ("datastore", "10.0.0.2")]
     record = {"domain": "staging.example.com", "vpc_ip_range": "10.0.0.0/24", "overrides": {}, "raw_state": [],
               "resources": [
@@ -118,14 +118,14 @@ def test_local_target_reads_what_the_local_clouds_last_up_deployed(tmp_path, mon
               ]}
     state = tmp_path / "staging.json"
     state.write_text(json.dumps(record))
-    monkeypatch.setattr(local_stack, "state_file", lambda name: state)
+    monkeypatch.setattr(records, "state_file", lambda name: state)
     stack = LocalStack("staging", identity="/keys/k").resolve()
     assert stack.jump_host == "198.51.100.2" and stack.identity == "/keys/k"
     assert stack.servers == (Server("app-2", "10.0.0.4"), Server("app-10", "10.0.0.12"))
     monkeypatch.setattr(LocalStack, "default_identity", lambda self: None)
     with pytest.raises(TargetError, match="no operator key"):
         LocalStack("staging").resolve()
-    monkeypatch.setattr(local_stack, "state_file", lambda name: tmp_path / "none.json")
+    monkeypatch.setattr(records, "state_file", lambda name: tmp_path / "none.json")
     with pytest.raises(TargetError, match="localcloud up"):
         LocalStack("staging", identity="/k").resolve()
 

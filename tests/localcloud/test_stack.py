@@ -1,22 +1,20 @@
 """The staging stack on the local cloud, booted from the program's own plan.
 
-Unit tests first (the plan's translation: firewalls, volumes, command order, SSH argv);
+Unit tests first (the plan's translation: firewalls, volumes, command order);
 then, marked `localcloud` (root), the session's shared stack (`local_stack` in tests/conftest.py).
 """
 
-import os
-import shlex
 from types import SimpleNamespace
 
 import pytest
 
-from localcloud import acme, config, firewall, stack
+from localcloud import acme, checks, config, firewall, plan, stack
 
 # --- the plan's translation (no root needed) --------------------------------
 
 
 def test_a_do_firewall_becomes_the_same_local_rules():
-    fw = stack.firewall_of({
+    fw = plan.firewall_of({
         "name": "staging-app", "tags": ["staging-app"],
         "inboundRules": [{"protocol": "tcp", "portRange": "8443", "sourceTags": ["staging-lb"]},
                          {"protocol": "tcp", "portRange": "22", "sourceAddresses": ["203.0.113.10/32"],
@@ -44,41 +42,31 @@ def test_remote_commands_follow_dependencies_then_the_push_order():
              _command("app-1-tls-push", "tls", deps=["app-1-env-push"]),   # a made-up dependency wins
              _command("datastore-secrets-push", "secrets"), _command("lb-tls-push", "tls")]
     options = {(r.type, r.name): req for r, req in pairs}
-    order = [c.name for c in stack.ordered_commands([r for r, _ in pairs], options)]
+    order = [c.name for c in plan.ordered_commands([r for r, _ in pairs], options)]
     assert order == ["lb-tls-push", "datastore-secrets-push", "app-1-env-push", "app-1-tls-push",
                      "lb-upstreams-push"]
+    assert plan.ordered_commands([r for r, _ in pairs], options)[3].needs == {"app-1-env-push"}
 
 
 def test_commands_in_a_cycle_are_refused():
     pairs = [_command("a", "tls", deps=["b"]), _command("b", "tls", deps=["a"])]
     with pytest.raises(ValueError, match="cycle"):
-        stack.ordered_commands([r for r, _ in pairs], {(r.type, r.name): q for r, q in pairs})
-
-
-def test_ssh_through_the_jump_host_uses_its_own_key_and_known_hosts():
-    login, jump = stack.Login("ops", "10.110.16.3", "K"), stack.Login("ops", "198.51.100.3", "J")
-    argv = stack.ssh_command(login, "/t/key", "/t/kh", "sudo platform-push tls", jump, "/t/jump-key")
-    assert argv[-2:] == ["ops@10.110.16.3", "sudo platform-push tls"]
-    assert argv[:3] == ["ssh", "-i", "/t/key"]
-    proxy = next(a for a in argv if a.startswith("ProxyCommand="))
-    assert shlex.split(proxy.split("=", 1)[1])[:3] == ["ssh", "-i", "/t/jump-key"]
-    assert proxy.endswith("-W %h:%p ops@198.51.100.3")
-    assert "UserKnownHostsFile=/t/kh" in argv and "StrictHostKeyChecking=no" in argv
+        plan.ordered_commands([r for r, _ in pairs], {(r.type, r.name): q for r, q in pairs})
 
 
 def test_overrides_keep_the_stacks_admin_range_and_add_only_the_host():
-    overrides = stack.local_overrides({"adminCidrs": ["203.0.113.10/32"], "sshPublicKeys": ["ssh-ed25519 AAAA ops"],
+    overrides = plan.local_overrides({"adminCidrs": ["203.0.113.10/32"], "sshPublicKeys": ["ssh-ed25519 AAAA ops"],
                                        "engines": ["postgresql", "mongodb", "redis"]})
     assert overrides["adminCidrs"] == ["203.0.113.10/32", f"{config.HOST_PUBLIC_IP}/32"]
-    assert overrides["sshPublicKeys"] == ["ssh-ed25519 AAAA ops", stack.operator_public_key()]
-    assert config.OPERATOR_KEY.with_suffix(".pub").read_text().strip() == stack.operator_public_key()
+    assert overrides["sshPublicKeys"] == ["ssh-ed25519 AAAA ops", plan.operator_public_key()]
+    assert config.OPERATOR_KEY.with_suffix(".pub").read_text().strip() == plan.operator_public_key()
     assert overrides["engines"] == ["postgresql", "redis"]
     assert overrides["acmeDirectory"] == acme.DIRECTORY_URL
-    assert set(overrides) == set(stack.LOCAL_OVERRIDES_WHY)
+    assert set(overrides) == set(plan.LOCAL_OVERRIDES_WHY)
 
 
 def test_the_staging_plan_has_the_programs_addresses_and_resources():
-    p = stack.plan_from(*_staging_deployment())
+    p = plan.plan_from(*_staging_deployment())
     assert {d.key for d in p.droplets} == {"lb", "datastore", "app-1", "app-2"}
     assert len(p.lb.reserved_ips) == 1 and p.lb.reserved_ips[0] not in {d.public_ip for d in p.droplets}
     assert [v.name for v in p.volumes] == ["staging-data"] and p.volumes[0].droplet == "staging-datastore"
@@ -100,7 +88,7 @@ def test_a_droplet_takes_the_addresses_its_plan_gave_it():
 
 def _staging_deployment():
     import mockcloud
-    overrides = stack.local_overrides(mockcloud.stack_file_config("staging"))
+    overrides = plan.local_overrides(mockcloud.stack_file_config("staging"))
     settings = mockcloud.stack_settings("staging", **overrides)
     d = mockcloud.deploy(settings)
     return d.resources, d.mocks.options, "staging", settings, overrides
@@ -116,7 +104,7 @@ def up(local_stack):
 
 @pytest.fixture(scope="module")
 def seen(local_stack):
-    return stack.check(local_stack.plan)
+    return checks.check(local_stack.plan)
 
 
 @pytest.mark.localcloud
@@ -134,12 +122,12 @@ def test_every_droplet_is_provisioned(up):
 
 @pytest.mark.localcloud
 def test_every_push_is_applied_those_behind_the_lb_through_it(up):
-    assert [c.name for c in up.plan.commands] == [r.name for r in up.pushes]
-    assert {r.name: r.output[-500:] for r in up.pushes if not r.ok} == {}
+    assert [c.name for c in up.plan.commands] == [r.name for r in up.commands]
+    assert {r.name: r.output[-500:] for r in up.commands if not r.ok} == {}
+    pushes = [c for c in up.plan.commands if isinstance(c, plan.RemoteCommand)]
     lb = up.plan.lb.public_ip
-    behind = {c.name for c in up.plan.commands if c.jump}
-    assert behind and all(c.jump.host == lb for c in up.plan.commands if c.jump)
-    assert {c.login.host for c in up.plan.commands if not c.jump} == {lb}
+    assert any(c.proxy for c in pushes) and all(c.proxy.host == lb for c in pushes if c.proxy)
+    assert {c.target.host for c in pushes if not c.proxy} == {lb}
 
 
 @pytest.mark.localcloud
@@ -181,32 +169,16 @@ def test_from_the_lb_no_datastore_port_but_ssh_is_open(seen):
 
 @pytest.mark.localcloud
 def test_the_whole_check_passes(up, seen):
-    assert stack.check_problems(seen, up.plan) == []
-
-
-def test_keys_never_outlive_the_ssh_run(tmp_path, monkeypatch):
-    made = []
-    real = stack._write_key
-
-    def spy(directory, name, text):
-        path = real(directory, name, text)
-        made.append((path, os.stat(path).st_mode & 0o777))
-        return path
-
-    monkeypatch.setattr(stack, "_write_key", spy)
-    monkeypatch.setattr(stack.subprocess, "run", lambda *a, **k: SimpleNamespace(returncode=0, stdout=""))
-    stack.run_ssh(stack.Login("ops", "192.0.2.9", "K"), "true", jump=stack.Login("ops", "192.0.2.8", "J"))
-    assert [mode for _, mode in made] == [0o600, 0o600]
-    assert not any(os.path.exists(path) for path, _ in made)
+    assert checks.check_problems(seen, up.plan) == []
 
 
 def test_a_leaving_droplet_keeps_its_firewall_place_until_it_is_removed():
     def planned(name, tags, vpc_ip):
-        return stack.PlannedDroplet(name, name, name, "", tags, "198.51.100.9", vpc_ip)
+        return plan.PlannedDroplet(name, name, name, "", tags, "198.51.100.9", vpc_ip)
     lb, app1, app3 = (planned("lb", ("s-lb",), "10.0.0.1"), planned("app-1", ("s-app",), "10.0.0.2"),
                       planned("app-3", ("s-app",), "10.0.0.4"))
-    before = stack.Plan("s", "d", {}, "10.0.0.0/24", [lb, app1, app3], [], [], [])
-    after = stack.Plan("s", "d", {}, "10.0.0.0/24", [lb, app1], [], [], [])
+    before = plan.Plan("s", "d", {}, "10.0.0.0/24", [lb, app1, app3], [], [], [])
+    after = plan.Plan("s", "d", {}, "10.0.0.0/24", [lb, app1], [], [], [])
     topo = stack.with_leaving(after.topology(), before, [app3])
     assert topo.tags["s-app"] == ["app-1", "app-3"] and topo.addresses["app-3"] == before.topology().addresses["app-3"]
     assert stack.with_leaving(after.topology(), before, []) == after.topology()

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from components import conventions
-from localcloud import droplet, stack, traffic
+from localcloud import checks, cloud, droplet, stack, traffic
 
 pytestmark = pytest.mark.localcloud
 
@@ -125,7 +125,7 @@ def test_from_an_app_server_only_the_enabled_engines_tls_ports_are_open_on_the_d
     ports = {conventions.SSH_PORT, 5672, *(e.tls_port for e in conventions.ENGINES.values()),
              *(e.local_port for e in conventions.ENGINES.values() if e.local_port)}
     with ThreadPoolExecutor(max_workers=8) as pool:
-        states = dict(zip(ports, pool.map(lambda port: stack.port_state_from(
+        states = dict(zip(ports, pool.map(lambda port: checks.port_state_from(
             local_stack.name("app-1"), host, port), ports)))
     assert {p for p, st in states.items() if st == "open"} == \
         {conventions.ENGINES[e].tls_port for e in ENABLED}, states
@@ -153,7 +153,7 @@ def test_stopping_an_app_server_under_steady_traffic_loses_no_request(local_stac
     counts = traffic.result(stream)
     print(f"\n[figures] app server stopped under 20 req/s for 20 s: {counts}")
     assert counts["requests"] == 400 and counts["failed"] == 0, counts
-    droplet.start(app)
+    cloud.start(app)
     droplet.wait_booted(app, timeout=180)
     local_stack.wait_healthy(timeout=120)
     deadline = time.monotonic() + 120

@@ -1,0 +1,116 @@
+"""Runs the plan's commands the way the Pulumi engine runs a `pulumi up`.
+
+What it reproduces (pkg/engine and pkg/cmd/pulumi/operations/up.go of pulumi/pulumi):
+- a command starts as soon as everything it depends on exists: its droplet created (not
+  booted: the local cloud starts the droplets, then calls this at once) and the commands
+  it depends on done (`depends_on` and input dependencies, as the program registered them);
+- up to `parallelism` at once, 4 x CPUs by default as in the CLI;
+- only commands that are new or whose inputs changed run (the engine leaves the others);
+- after a failure no new command starts; those running finish; the rest are not run, and
+  a failed command is not recorded, so the next `up` runs it again;
+- remote commands connect with pulumi-command's SSH client semantics (`pulumi_ssh`);
+  local commands run on this machine with their environment, as pulumi-command's
+  local Command does.
+
+`serial` is the order this local cloud used before: one command at a time, in dependency
+order, after every droplet finished booting. The benchmark compares the two.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import pulumi_ssh
+from .plan import LocalCommand, RemoteCommand
+
+ROOT = Path(__file__).resolve().parents[1]   # a local Command runs in the program's directory
+DEFAULT_PARALLELISM = 4 * (os.cpu_count() or 1)
+SHOWN_OUTPUT_LINES = 8
+
+
+@dataclass
+class CommandResult:
+    name: str
+    status: str                    # ok, failed, not run (after a failure), unchanged
+    returncode: int | None
+    output: str
+    started: float                 # seconds since the run began
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "unchanged")
+
+
+def say(line: str) -> None:
+    print(f"[localcloud] {line}", flush=True)
+
+
+def execute(c: RemoteCommand | LocalCommand) -> tuple[int, str]:
+    if isinstance(c, LocalCommand):
+        proc = subprocess.run([*c.interpreter, c.create], env={**os.environ, **c.environment}, cwd=ROOT,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return proc.returncode, proc.stdout
+    return pulumi_ssh.run(c.target, c.proxy, c.create, c.stdin, log=lambda line: say(f"{c.name}: {line}"))
+
+
+def run(commands: list[RemoteCommand | LocalCommand], parallelism: int = DEFAULT_PARALLELISM,
+        execute=execute) -> list[CommandResult]:
+    """Run `commands` (in PUSH_ORDER-ranked dependency order) as the engine would."""
+    start = time.monotonic()
+    results: dict[str, CommandResult] = {}
+    failed = threading.Event()
+
+    def one(c) -> CommandResult:
+        began = time.monotonic()
+        via = f" via {c.proxy.host}" if isinstance(c, RemoteCommand) and c.proxy else ""
+        where = f" on {c.target.host}{via}" if isinstance(c, RemoteCommand) else " on this machine"
+        say(f"{c.name}: started{where} ({began - start:.1f}s)")
+        try:
+            code, output = execute(c)
+        except Exception as error:   # noqa: BLE001 (a crash of one command fails it, not the run)
+            code, output = 255, f"{type(error).__name__}: {error}\n"
+        r = CommandResult(c.name, "ok" if code == 0 else "failed", code, output, began - start, time.monotonic() - began)
+        say(f"{c.name}: exit {code} ({r.seconds:.1f}s)")
+        for line in output.strip().splitlines()[-SHOWN_OUTPUT_LINES:]:
+            say(f"  {c.name} | {line}")
+        if not r.ok:
+            failed.set()
+        return r
+
+    for c in commands:
+        if not c.changed:
+            results[c.name] = CommandResult(c.name, "unchanged", None, "", 0.0, 0.0)
+    todo = [c for c in commands if c.changed]
+    running: dict = {}
+    with ThreadPoolExecutor(max_workers=parallelism) as pool:
+        while todo or running:
+            if not failed.is_set():
+                done_names = {n for n, r in results.items() if r.ok}
+                for c in [c for c in todo if c.needs <= done_names]:
+                    if len(running) >= parallelism:
+                        break
+                    todo.remove(c)
+                    running[pool.submit(one, c)] = c
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                c = running.pop(future)
+                results[c.name] = future.result()
+    for c in todo:
+        reason = "after a failure" if failed.is_set() else "a command it depends on failed"
+        results[c.name] = CommandResult(c.name, "not run", None, reason, 0.0, 0.0)
+        say(f"{c.name}: not run ({reason})")
+    return [results[c.name] for c in commands]
+
+
+def run_serially(commands: list[RemoteCommand | LocalCommand], execute=execute) -> list[CommandResult]:
+    """One at a time, in the given order (the droplets already booted)."""
+    return run(commands, parallelism=1, execute=execute)
