@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +70,29 @@ def wait_for_cloud_init(p: Plan, timeout: float = 1800) -> dict[str, str]:
 
 PROGRESS_EVERY = 30   # seconds between progress lines while droplets provision
 BOOT_LOGS = ("var/log/platform/provision.log", "var/log/cloud-init-output.log")
+
+
+@contextmanager
+def progress(p: Plan):
+    """While the commands run (they wait for provisioning): each droplet's latest boot log
+    line every PROGRESS_EVERY seconds, until its provisioning is done."""
+    from components import conventions
+    stop, start = threading.Event(), time.monotonic()
+
+    def report():
+        while not stop.wait(PROGRESS_EVERY):
+            for d in p.droplets:
+                if not (droplet.Paths(d.name).root / conventions.PROVISIONED_MARKER.lstrip("/")).exists():
+                    print(f"[localcloud]   {d.name} ({time.monotonic() - start:.0f}s): {latest_log_line(d.name)}",
+                          flush=True)
+
+    reporter = threading.Thread(target=report, daemon=True)
+    reporter.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        reporter.join()
 
 
 def latest_log_line(name: str) -> str:
@@ -177,7 +201,8 @@ def _up(p: Plan, order: str, quirks: dict[str, BootQuirks] | None, timeout: floa
             commands = engine.run_serially(p.commands)
     else:
         with shell.Step(f"{len(to_run)} command(s) as the engine runs them (parallelism {engine.DEFAULT_PARALLELISM})"):
-            commands = engine.run(p.commands)
+            with progress(p):
+                commands = engine.run(p.commands)
         with shell.Step("cloud-init on every droplet"):
             statuses = wait_for_cloud_init(p, timeout)
     if p.record:

@@ -50,11 +50,21 @@ def pytest_collection_modifyitems(session, config, items):
                                  getattr(item.module, "RUNS_LAST_ON_THE_STACK", False)))
 
 
+def first_boot_quirks():
+    """A fresh stack boots slower than the cloud's worst case, so the session's first `up`
+    proves the program copes (tests/localcloud/test_engine_order.py): the LB, the jump host
+    of every other push, answers SSH 30 s late, and app-1 refuses logins for its first
+    minute (/run/nologin), longer than the LB's delay."""
+    from localcloud.droplet import BootQuirks
+    return {"lb": BootQuirks(sshd_late=30), "app-1": BootQuirks(logins_refused=60)}
+
+
 class LocalStack:
     """The booted stack: its plan, the last `up`, and ways to reach its droplets."""
 
     def __init__(self, plan, result):
         self.plan, self.result = plan, result
+        self.first_boot = None   # the session's first `up`, when it booted the droplets with first_boot_quirks
 
     @property
     def domain(self) -> str:
@@ -128,10 +138,10 @@ class LocalStack:
             time.sleep(2)
         raise AssertionError(f"not healthy within {timeout}s: {last}")
 
-    def up(self, plan):
+    def up(self, plan, **options):
         """Apply a (changed) plan, as `pulumi up` does; the handle follows it."""
         from localcloud import stack
-        result = stack.up(plan)
+        result = stack.up(plan, **options)
         assert stack.healthy(result), "up did not finish cleanly (see the [localcloud] lines)"
         self.plan, self.result = plan, result
         return result
@@ -151,7 +161,10 @@ def local_stack():
     handle = LocalStack(None, None)
     plan = stack.plan(LOCAL_STACK)
     try:
-        handle.up(plan)
+        if was_up:
+            handle.up(plan)
+        else:
+            handle.first_boot = handle.up(plan, quirks=first_boot_quirks())
         yield handle
     finally:
         if not was_up:

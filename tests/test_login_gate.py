@@ -1,0 +1,74 @@
+"""Every push waits for its droplet's login gate, and every hop gets the same patience.
+
+A first real `pulumi up` starts each push as soon as its droplet exists; the graph must
+make each wait until the droplet takes logins (the gate), and give the jump host's
+connection as many dial tries as the target's.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+import mockcloud
+from components import remote, ssh
+from stack_graph import COMMAND, droplets, of_type
+
+LOCAL_COMMAND = "command:local:Command"
+
+
+def gates(deployment):
+    return {r.name: r for r in of_type(deployment, LOCAL_COMMAND) if r.name.endswith("-login-gate")}
+
+
+def depends_on(deployment, resource) -> set[str]:
+    request = deployment.mocks.options[(resource.type, resource.name)]
+    return {urn.rsplit("::", 1)[-1] for urn in request.dependencies}
+
+
+def test_every_droplet_has_one_gate_that_runs_again_when_it_is_replaced(deployment):
+    by_id = {d.id: d.name for d in droplets(deployment)}
+    found = gates(deployment)
+    assert sorted(found) == sorted(f"{name}-login-gate" for name in by_id.values())
+    for name, gate in found.items():
+        assert gate.state["triggers"] == [next(i for i, n in by_id.items() if f"{n}-login-gate" == name)]
+
+
+def test_every_push_depends_on_its_droplets_gate(deployment):
+    found = gates(deployment)
+    for push in of_type(deployment, COMMAND):
+        host = push.state["connection"]["host"]
+        gate = next(g for g in found.values() if g.state["environment"]["PLATFORM_SSH_LOGIN"] == f"ops@{host}")
+        assert gate.name in depends_on(deployment, push), push.name
+
+
+def test_the_jump_host_gets_the_same_patience_as_the_target(deployment):
+    for push in of_type(deployment, COMMAND):
+        conn = push.state["connection"]
+        assert conn["dialErrorLimit"] == ssh.DIAL_ERROR_LIMIT and conn["perDialTimeout"] == ssh.PER_DIAL_TIMEOUT
+        if conn.get("proxy"):
+            assert conn["proxy"]["dialErrorLimit"] == ssh.DIAL_ERROR_LIMIT, push.name
+            assert conn["proxy"]["perDialTimeout"] == ssh.PER_DIAL_TIMEOUT, push.name
+
+
+def test_the_gate_goes_through_the_lb_and_its_key_stays_a_secret(deployment):
+    lb = deployment.named("lb", ":Droplet")
+    for gate in gates(deployment).values():
+        env = gate.state["environment"]
+        jump = f"ops@{lb.state['ipv4Address']}" if gate.name != "lb-login-gate" else ""
+        assert env["PLATFORM_SSH_JUMP"] == jump
+        assert "PRIVATE KEY" in env["PLATFORM_SSH_KEY"]
+        assert "PRIVATE KEY" not in gate.state["create"]
+        environment = gate.inputs["environment"]
+        assert mockcloud.is_secret(environment) or mockcloud.is_secret(environment["PLATFORM_SSH_KEY"])
+
+
+def test_the_gate_script_passes_shellcheck():
+    checker = shutil.which("shellcheck")
+    if not checker:
+        pytest.fail("shellcheck is missing: apt-get install shellcheck (in .ci/apt-packages.txt)")
+    result = subprocess.run([checker, "--shell=bash", "-"], input=remote.login_gate_script(), text=True,
+                            capture_output=True)
+    assert result.returncode == 0, result.stdout
