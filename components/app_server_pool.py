@@ -68,7 +68,8 @@ class AppServerPool(pulumi.ComponentResource):
 
     def back_up_to(self, bucket: do.SpacesBucket) -> None:
         """Each server's configuration, daily, to the stack's backup bucket (one repository
-        for the pool, a series per server)."""
+        for the pool, a series per server). app-1, which shrinking never removes, creates
+        the repository; the others' pushes wait for its."""
         Backups(
             f"{self._name}-backup", settings=self._settings, role=conventions.APP_SERVER, bucket=bucket,
             members=self.routes, opts=pulumi.ResourceOptions(parent=self),

@@ -35,7 +35,8 @@ class Backups(pulumi.ComponentResource):
         members: dict[str, remote.SshRoute],
         opts: pulumi.ResourceOptions | None = None,
     ):
-        """members: each droplet of the role by its name in the stack (`lb`, `app-1`)."""
+        """members: each droplet of the role by its name in the stack (`lb`, `app-1`); the
+        first creates the role's repository."""
         super().__init__("node-platform:index:Backups", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         # Losing it loses every snapshot. Its inputs never change, so it is never replaced;
@@ -57,7 +58,8 @@ class Backups(pulumi.ComponentResource):
         webhook = settings.alert_webhook_url
         # Pushed when empty too: unsetting alertWebhookUrl must clear it on the droplet.
         alert_env = webhook.output().apply(common_files.alert_env) if webhook else common_files.alert_env("")
-        for member, route in members.items():
+
+        def push(member: str, creates_repository: bool, depends_on: list[pulumi.Resource] | None = None):
             secrets = pulumi.Output.secret(
                 pulumi.Output.all(
                     repository=self.repository,
@@ -67,15 +69,26 @@ class Backups(pulumi.ComponentResource):
                     host=conventions.backup_host(settings.stack, member),
                 )
             )
-            remote.push(
+            return remote.push(
                 f"{member}-backup-push",
-                route=route,
+                route=members[member],
                 kind="backup",
                 files={
-                    "backup.env": secrets.apply(lambda s: common_files.backup_env(**s)),
+                    "backup.env": secrets.apply(
+                        lambda s: common_files.backup_env(**s, creates_repository=creates_repository)
+                    ),
                     "alert.env": alert_env,
                     **common_files.backup_schedule_files(settings),
                 },
                 parent=self,
+                depends_on=depends_on,
             )
+
+        # The repository is created once, by the first member's push; the others wait for it
+        # and only check. Two `restic init` at once (the engine runs pushes in parallel) can
+        # leave a config written by one and a key by the other: a repository none can open.
+        creator, *others = members
+        creator_push = push(creator, creates_repository=True)
+        for member in others:
+            push(member, creates_repository=False, depends_on=[creator_push])
         self.register_outputs({"repository": self.repository})

@@ -81,8 +81,9 @@ def pushes(role: str, settings: Settings) -> dict[str, Push]:
                 "backup.conf": Target(conventions.BACKUP_RETENTION_FILE),
                 timer: Target(BACKUP_TIMER),
             },
-            # Reaching the repository (and creating it the first time) is the check: a
-            # wrong key or bucket puts the previous files back and fails `pulumi up`.
+            # Reaching the repository (and, on the droplet that creates it, creating it the
+            # first time) is the check: a wrong key or bucket puts the previous files back
+            # and fails `pulumi up`.
             check=[[conventions.BACKUP_COMMAND, "init"]],
             then=[["systemctl", "daemon-reload"], ["systemctl", "enable", timer],
                   ["systemctl", "restart", timer], *role_module(role).after_backup_settings(settings)],
@@ -110,14 +111,18 @@ def backup_repository(endpoint: str, bucket: str, role: str) -> str:
     return f"s3:{endpoint}/{bucket}/{conventions.backup_repository_path(role)}"
 
 
-def backup_env(repository: str, password: str, access_key: str, secret_key: str, host: str) -> str:
-    """restic's environment and the snapshots' host name, as platform-backup sources them."""
+def backup_env(
+    repository: str, password: str, access_key: str, secret_key: str, host: str, *, creates_repository: bool
+) -> str:
+    """restic's environment, the snapshots' host name, and whether this droplet creates the
+    repository when it is missing (one droplet per role does), as platform-backup sources them."""
     values = {
         "RESTIC_REPOSITORY": repository,
         "RESTIC_PASSWORD": password,
         "AWS_ACCESS_KEY_ID": access_key,
         "AWS_SECRET_ACCESS_KEY": secret_key,
         "BACKUP_HOST": host,
+        "BACKUP_CREATES_REPOSITORY": "yes" if creates_repository else "no",
     }
     # An empty value (a provider that gave no key) fails the push's check, not this render.
     return "".join(f"{name}={shlex.quote(value or '')}\n" for name, value in values.items())

@@ -4,7 +4,7 @@
 #
 #   platform-backup [run]   {{ 'dump every engine, ' if dumped_engines else '' }}send a snapshot, apply retention (the timer runs this)
 #   platform-backup status  last success, last failure, the snapshots; exit 1 when failing or missed
-#   platform-backup init    create the repository when it does not exist (the backup push runs this)
+#   platform-backup init    check the repository (the backup push runs this); create it if missing when BACKUP_CREATES_REPOSITORY=yes
 #   platform-backup check   alert when the state changed: a run failed, a backup was missed, or
 #                           they recovered ({{ c.BACKUP_CHECK_UNIT }}.timer, hourly; `check after-failure`
 #                           from {{ c.BACKUP_ALERT_UNIT }}.service when a run's unit failed)
@@ -47,9 +47,18 @@ main() {
     esac
 }
 
+# One droplet per role creates the repository (its backup.env says
+# BACKUP_CREATES_REPOSITORY=yes); the program pushes to the others after it, and they only
+# check: two `restic init` at once can leave the config of one and the key of the other,
+# which restic cannot open.
 init_repository() {
-    if restic cat config >/dev/null 2>&1; then
+    local problem
+    if problem=$(restic cat config 2>&1 >/dev/null); then
         return 0
+    fi
+    if [ "${BACKUP_CREATES_REPOSITORY:-no}" != yes ]; then
+        printf '%s\n' "$problem" >&2
+        die "cannot open the repository $RESTIC_REPOSITORY, and this droplet does not create it: the role's first droplet does (its backup push, or sudo $0 init there)"
     fi
     restic init
     log "created the restic repository $RESTIC_REPOSITORY"

@@ -72,7 +72,7 @@ def backup_payload(settings, restic_password: str, repository_url: str, webhook_
     return {
         "backup.env": common.backup_env(
             repository=repository_url, password=restic_password, access_key=S3_KEY_ID, secret_key=S3_SECRET,
-            host=conventions.backup_host(settings.stack, "datastore"),
+            host=conventions.backup_host(settings.stack, "datastore"), creates_repository=True,
         ),
         "alert.env": common.alert_env(webhook_url),
         **common.backup_schedule_files(settings),

@@ -73,6 +73,8 @@ def test_backup_key_is_scoped_to_the_bucket_and_reaches_only_the_push(key_mock):
             "AWS_ACCESS_KEY_ID": KEY_ID,
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             "BACKUP_HOST": f"staging-{member}",
+            # Each role's first droplet creates its repository; app-2 only checks it.
+            "BACKUP_CREATES_REPOSITORY": "no" if member == "app-2" else "yes",
         }
         assert re.findall(r"^KEEP_(\w+)=(\d+)$", files["backup.conf"], re.M) == [
             ("DAILY", "10"), ("WEEKLY", "3"), ("MONTHLY", "12")

@@ -91,7 +91,7 @@ def run_lb(tmp_path_factory):
     backup_env.parent.mkdir(parents=True)
     backup_env.write_text(common.backup_env(
         repository=str(tmp / "repository"), password="test-password", access_key="unused", secret_key="unused",
-        host=conventions.backup_host(settings.stack, "lb"),
+        host=conventions.backup_host(settings.stack, "lb"), creates_repository=True,
     ))
     backup_env.chmod(0o600)
     retention = tmp / "root" / conventions.BACKUP_RETENTION_FILE.lstrip("/")
