@@ -34,8 +34,8 @@ def build(settings: Settings) -> dict[str, object]:
     )
 
     lb = LoadBalancer("lb", base=base)
-    datastore = Datastore("datastore", base=base, jump_host=lb.jump_host)
-    pool = AppServerPool("app", base=base, jump_host=lb.jump_host, datastore=datastore)
+    datastore = Datastore("datastore", base=base, jump=lb.route)
+    pool = AppServerPool("app", base=base, jump=lb.route, datastore=datastore)
     lb.send_traffic_to(pool.private_ips)
     if settings.backups:
         lb.back_up_to(datastore.backup_bucket)

@@ -21,7 +21,7 @@ class AppServerPool(pulumi.ComponentResource):
         name: str,
         *,
         base: Foundation,
-        jump_host: pulumi.Input[str],
+        jump: remote.SshRoute,
         datastore: Datastore,
         opts: pulumi.ResourceOptions | None = None,
     ):
@@ -41,7 +41,7 @@ class AppServerPool(pulumi.ComponentResource):
                 member, role=conventions.APP_SERVER, size=settings.app_size, parent=self
             )
             route = remote.route_to(
-                member, droplet=droplet, host=droplet.ipv4_address_private, key=key, jump_host=jump_host, parent=self
+                member, droplet=droplet, host=droplet.ipv4_address_private, key=key, via=jump, parent=self
             )
             cert = ca.issue(
                 member,

@@ -24,7 +24,7 @@ class Datastore(pulumi.ComponentResource):
         name: str,
         *,
         base: Foundation,
-        jump_host: pulumi.Input[str],
+        jump: remote.SshRoute,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("node-platform:index:Datastore", name, None, opts)
@@ -88,7 +88,7 @@ class Datastore(pulumi.ComponentResource):
         )
         self.private_ip = self.droplet.ipv4_address_private
         route = remote.route_to(
-            name, droplet=self.droplet, host=self.private_ip, key=key, jump_host=jump_host, parent=self
+            name, droplet=self.droplet, host=self.private_ip, key=key, via=jump, parent=self
         )
         cert = ca.issue(
             name, dns_names=[f"{settings.stack}-{name}"], ip_addresses=[self.private_ip], parent=self

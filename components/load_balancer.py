@@ -55,8 +55,7 @@ class LoadBalancer(pulumi.ComponentResource):
 
         self.public_ip = self.reserved_ip.ip_address
         self.private_ip = self.droplet.ipv4_address_private
-        # pulumi-command reaches the LB directly and everything else through it.
-        self.jump_host = self.droplet.ipv4_address
+        # pulumi-command reaches the LB directly and everything else through it (self.route).
         self.route = remote.route_to(name, droplet=self.droplet, host=self.droplet.ipv4_address, key=key, parent=self)
         self._settings = settings
         cert = ca.issue(

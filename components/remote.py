@@ -43,7 +43,7 @@ class AutomationKey(pulumi.ComponentResource):
 class SshRoute:
     """How to log in to one droplet: directly (the LB) or through the LB as jump host.
 
-    `ready` is the droplet's login gate: every push waits for it."""
+    `ready` is the droplet's boot gate: every push waits for it."""
 
     host: pulumi.Input[str]
     key: AutomationKey
@@ -71,7 +71,7 @@ class SshRoute:
         )
 
 
-LOGIN_GATE_SCRIPT = Path(__file__).with_name("wait-for-login.sh")
+BOOT_GATE_SCRIPT = Path(__file__).with_name("wait-for-boot.sh")
 
 
 def route_to(
@@ -81,39 +81,52 @@ def route_to(
     host: pulumi.Input[str],
     key: AutomationKey,
     parent: pulumi.Resource,
-    jump_host: pulumi.Input[str] | None = None,
+    via: SshRoute | None = None,
 ) -> SshRoute:
-    """The route to a new droplet, and its login gate.
+    """The route to a new droplet (through `via`, the jump host's route), and its boot gate.
 
-    pulumi-command starts a push as soon as the droplet exists, while it boots; its SSH
+    pulumi-command starts a push as soon as the droplet exists, while it boots. Its SSH
     client retries refused connections but not a refused login (through a jump host a
     failed handshake is final), and a booting droplet refuses logins until cloud-init has
-    written the `ops` user and key and /run/nologin is gone. So a local command on the
-    machine running `pulumi up` first retries a real login until one succeeds; every push
-    to the droplet depends on it. It runs again when the droplet is replaced."""
+    written the `ops` user and key and /run/nologin is gone. And a connection through the
+    LB opened before the LB's first provisioning turns its host firewall on loses its
+    replies once it does (the firewall never saw it start). So a local command on the
+    machine running `pulumi up` first retries a real login until the droplet has finished
+    first-boot provisioning (or fails at once, naming the step, when provisioning failed);
+    every push to the droplet depends on it, and a droplet behind the LB waits for the
+    LB's gate first. It runs again when the droplet is replaced."""
+    jump_host = via.host if via else None
     environment = {
         "PLATFORM_SSH_KEY": key.private_key_pem,
         "PLATFORM_SSH_LOGIN": pulumi.Output.from_input(host).apply(ssh.login),
-        "PLATFORM_SSH_JUMP": pulumi.Output.from_input(jump_host).apply(ssh.login) if jump_host is not None else "",
+        "PLATFORM_SSH_JUMP": pulumi.Output.from_input(jump_host).apply(ssh.login) if via else "",
     }
     gate = command.local.Command(
-        f"{name}-login-gate",
-        create=login_gate_script(),
+        f"{name}-boot-gate",
+        create=boot_gate_script(),
         interpreter=["/bin/bash", "-c"],
         environment=environment,
         triggers=[droplet.id],
-        opts=pulumi.ResourceOptions(parent=parent),
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[via.ready] if via and via.ready else []),
     )
     return SshRoute(host=host, key=key, jump_host=jump_host, ready=gate)
 
 
-def login_gate_script() -> str:
-    """The gate's bash script, with the SSH options from their one home."""
+def boot_gate_script() -> str:
+    """The gate's bash script, with the SSH options and the markers from their one home."""
     options = ssh.openssh_options(known_hosts="/dev/null")
-    return (LOGIN_GATE_SCRIPT.read_text()
-            .replace("@SSH_OPTIONS@", shlex.join(options))
-            .replace("@WAIT_SECONDS@", str(ssh.LOGIN_WAIT_SECONDS))
-            .replace("@RETRY_SECONDS@", str(ssh.LOGIN_RETRY_SECONDS)))
+    facts = {
+        "@SSH_OPTIONS@": shlex.join(options),
+        "@WAIT_SECONDS@": str(ssh.BOOT_WAIT_SECONDS),
+        "@RETRY_SECONDS@": str(ssh.BOOT_RETRY_SECONDS),
+        "@PROVISIONED@": conventions.PROVISIONED_MARKER,
+        "@PROVISION_FAILED@": conventions.PROVISION_FAILED_MARKER,
+        "@PROVISION_LOG@": conventions.PROVISION_LOG,
+    }
+    text = BOOT_GATE_SCRIPT.read_text()
+    for placeholder, value in facts.items():
+        text = text.replace(placeholder, value)
+    return text
 
 
 def push_command(kind: str) -> str:

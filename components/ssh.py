@@ -1,7 +1,7 @@
 """How the project logs in to droplets over SSH: the one home of every option.
 
 Three clients log in: pulumi-command (the program's pushes, Go's SSH client), OpenSSH
-(the deploy tool, and the login gate every push waits for) and the local cloud's runner
+(the deploy tool, and the boot gate every push waits for) and the local cloud's runner
 (which mirrors pulumi-command). Their options are read from here.
 """
 
@@ -18,9 +18,10 @@ DIAL_ERROR_LIMIT = 60
 # Seconds per TCP connect (pulumi-command's default).
 PER_DIAL_TIMEOUT = 15
 
-# How long the login gate waits for a new droplet to take logins, and between tries.
-LOGIN_WAIT_SECONDS = 900
-LOGIN_RETRY_SECONDS = 3
+# How long the boot gate waits for a new droplet to take logins and finish its first-boot
+# provisioning (packages, npm), and between tries.
+BOOT_WAIT_SECONDS = 1800
+BOOT_RETRY_SECONDS = 3
 
 # OpenSSH's options for every non-interactive login of ours.
 OPENSSH_OPTIONS = ("BatchMode=yes", f"ConnectTimeout={PER_DIAL_TIMEOUT}", "ServerAliveInterval=15",

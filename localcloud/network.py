@@ -142,6 +142,9 @@ def ensure_switch() -> None:
 
 def plug(netns: str, inner: str, bridge: str, port: str, address: str, prefixlen: int) -> None:
     """A veth from netns (named `inner` there) to `bridge` (named `port` on the switch)."""
+    if link_exists(config.SWITCH_NETNS, port) and not link_exists(netns, inner):
+        # The other end of a namespace just deleted: the kernel removes it a moment later.
+        shell.run(ip(config.SWITCH_NETNS, "link", "delete", port), check=False)
     if not link_exists(config.SWITCH_NETNS, port):
         shell.run(veth_pair(port, config.SWITCH_NETNS, inner, netns))
     shell.run(ip(config.SWITCH_NETNS, "link", "set", port, "master", bridge, "up"))

@@ -6,7 +6,7 @@ needs it (droplets, firewalls, volumes, buckets and the commands to run).
 The plan is `mockcloud.deploy` of the stack's settings with LOCAL_OVERRIDES applied:
 only the settings that cannot work on this machine. Droplets get the addresses the plan
 gave them; the cloud firewalls, the volume and the commands (pulumi-command's pushes and
-login gates) are the plan's own resources.
+boot gates) are the plan's own resources.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def operator_public_key() -> str:
     return key.with_suffix(".pub").read_text().strip()
 
 
-# Among commands free to start, these go first: the login gates, then certificates before
+# Among commands free to start, these go first: the boot gates, then certificates before
 # anything that needs them, the app's payload before the LB sends it traffic.
-PUSH_ORDER = ("login-gate", "tls", "secrets", "env", "example-app", "upstreams")
+PUSH_ORDER = ("boot-gate", "tls", "secrets", "env", "example-app", "upstreams")
 REMOTE_COMMAND = "command:remote:Command"
 LOCAL_COMMAND = "command:local:Command"
 
@@ -98,7 +98,7 @@ class LocalCommand:
 
     @property
     def kind(self) -> str:
-        return "login-gate" if self.name.endswith("-login-gate") else "local"
+        return "boot-gate" if self.name.endswith("-boot-gate") else "local"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ APP_3 = {
     ("tls:index/certRequest:CertRequest", "app-3-tls-csr"),
     ("tls:index/locallySignedCert:LocallySignedCert", "app-3-tls-cert"),
     # Waits until app-3 takes logins; its pushes wait for it.
-    ("command:local:Command", "app-3-login-gate"),
+    ("command:local:Command", "app-3-boot-gate"),
 }
 
 

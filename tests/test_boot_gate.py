@@ -1,8 +1,8 @@
-"""Every push waits for its droplet's login gate, and every hop gets the same patience.
+"""Every push waits for its droplet's boot gate, and every hop gets the same patience.
 
 A first real `pulumi up` starts each push as soon as its droplet exists; the graph must
-make each wait until the droplet takes logins (the gate), and give the jump host's
-connection as many dial tries as the target's.
+make each wait until the droplet takes logins and has finished its first boot (the
+gate), and give the jump host's connection as many dial tries as the target's.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ LOCAL_COMMAND = "command:local:Command"
 
 
 def gates(deployment):
-    return {r.name: r for r in of_type(deployment, LOCAL_COMMAND) if r.name.endswith("-login-gate")}
+    return {r.name: r for r in of_type(deployment, LOCAL_COMMAND) if r.name.endswith("-boot-gate")}
 
 
 def depends_on(deployment, resource) -> set[str]:
@@ -31,9 +31,9 @@ def depends_on(deployment, resource) -> set[str]:
 def test_every_droplet_has_one_gate_that_runs_again_when_it_is_replaced(deployment):
     by_id = {d.id: d.name for d in droplets(deployment)}
     found = gates(deployment)
-    assert sorted(found) == sorted(f"{name}-login-gate" for name in by_id.values())
+    assert sorted(found) == sorted(f"{name}-boot-gate" for name in by_id.values())
     for name, gate in found.items():
-        assert gate.state["triggers"] == [next(i for i, n in by_id.items() if f"{n}-login-gate" == name)]
+        assert gate.state["triggers"] == [next(i for i, n in by_id.items() if f"{n}-boot-gate" == name)]
 
 
 def test_every_push_depends_on_its_droplets_gate(deployment):
@@ -42,6 +42,14 @@ def test_every_push_depends_on_its_droplets_gate(deployment):
         host = push.state["connection"]["host"]
         gate = next(g for g in found.values() if g.state["environment"]["PLATFORM_SSH_LOGIN"] == f"ops@{host}")
         assert gate.name in depends_on(deployment, push), push.name
+
+
+def test_a_droplet_behind_the_lb_waits_for_the_lbs_gate_first(deployment):
+    """Its pushes open connections through the LB only once the LB's own first boot (its
+    host firewall included) is over."""
+    for name, gate in gates(deployment).items():
+        if name != "lb-boot-gate":
+            assert "lb-boot-gate" in depends_on(deployment, gate), name
 
 
 def test_the_jump_host_gets_the_same_patience_as_the_target(deployment):
@@ -57,7 +65,7 @@ def test_the_gate_goes_through_the_lb_and_its_key_stays_a_secret(deployment):
     lb = deployment.named("lb", ":Droplet")
     for gate in gates(deployment).values():
         env = gate.state["environment"]
-        jump = f"ops@{lb.state['ipv4Address']}" if gate.name != "lb-login-gate" else ""
+        jump = f"ops@{lb.state['ipv4Address']}" if gate.name != "lb-boot-gate" else ""
         assert env["PLATFORM_SSH_JUMP"] == jump
         assert "PRIVATE KEY" in env["PLATFORM_SSH_KEY"]
         assert "PRIVATE KEY" not in gate.state["create"]
@@ -69,6 +77,6 @@ def test_the_gate_script_passes_shellcheck():
     checker = shutil.which("shellcheck")
     if not checker:
         pytest.fail("shellcheck is missing: apt-get install shellcheck (in .ci/apt-packages.txt)")
-    result = subprocess.run([checker, "--shell=bash", "-"], input=remote.login_gate_script(), text=True,
+    result = subprocess.run([checker, "--shell=bash", "-"], input=remote.boot_gate_script(), text=True,
                             capture_output=True)
     assert result.returncode == 0, result.stdout
