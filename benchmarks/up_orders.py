@@ -16,14 +16,14 @@ import json
 import re
 import statistics
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import conventions  # noqa: E402
-from localcloud import acme, cloud, droplet, records, shell, stack  # noqa: E402
+from local_stack import healthy_after_up  # noqa: E402
+from localcloud import droplet, records, stack  # noqa: E402
 
 STACK = "staging"
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) platform-provision: ")
@@ -42,18 +42,9 @@ def provisioning_seconds(name: str) -> float:
 def one_run(order: str) -> dict:
     if records.load(STACK):
         stack.down(stack.deployed(STACK))
-    t0 = time.monotonic()
-    p = stack.plan(STACK)
-    result = stack.up(p, order=order)
-    assert stack.healthy(result), f"{order}: up did not finish cleanly"
-    ca = acme.ACME_DIR / "root.pem"
-    ca.write_text(acme.root_pem())
-    argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(ca), "--resolve",
-            f"{p.domain}:443:{p.lb.reserved_ips[0]}", f"https://{p.domain}{conventions.HEALTH_PATH}"]
-    while shell.run(cloud.internet_client(argv), check=False).stdout != "200":
-        time.sleep(2)
-    return {"order": order, "up_to_healthy_s": round(time.monotonic() - t0),
-            "slowest_provisioning_s": round(max(provisioning_seconds(d.name) for d in p.droplets)),
+    seconds, result = healthy_after_up(lambda: stack.plan(STACK), order)
+    return {"order": order, "up_to_healthy_s": round(seconds),
+            "slowest_provisioning_s": round(max(provisioning_seconds(d.name) for d in result.plan.droplets)),
             "commands_s_summed": round(sum(r.seconds for r in result.commands))}
 
 
