@@ -43,7 +43,7 @@ class AppServerPool(pulumi.ComponentResource):
             route = remote.SshRoute(host=droplet.ipv4_address_private, key=key, jump_host=jump_host)
             cert = ca.issue(
                 member,
-                dns_names=[f"{settings.stack}-{member}", conventions.app_pool_tls_name(settings.stack)],
+                dns_names=[conventions.droplet_name(settings.stack, member), conventions.app_pool_tls_name(settings.stack)],
                 ip_addresses=[droplet.ipv4_address_private],
                 parent=self,
             )

@@ -14,6 +14,39 @@ APP_SERVER = "app"
 DATASTORE = "datastore"
 ROLES = (LOAD_BALANCER, APP_SERVER, DATASTORE)
 
+# --- Names made from the stack's name ------------------------------------------------
+# DigitalOcean's rules for them: a droplet's name is its hostname (here one DNS label, at
+# most 63: letters, digits, `-`); a volume's is lowercase letters, digits and `-`, starting
+# with a letter, ending with a letter or digit, at most 64; a Spaces bucket's is 3-63
+# lowercase letters, digits and `-`, starting and ending with a letter or digit; a tag's is
+# letters, digits, `:`, `-` and `_`, at most 255. A stack name that starts with a
+# lowercase letter, holds only lowercase letters, digits and `-`, does not end with `-`
+# and is at most STACK_NAME_MAX long makes every name below valid.
+# 40 leaves room: the names closest to their limit, the datastore droplet's hostname
+# (`<stack>-datastore`, 63) and the CA's common name (`<stack> internal CA`, X.509 allows
+# 64), are then 50 and 52 long.
+STACK_NAME_MAX = 40
+STACK_NAME_PATTERN = r"[a-z]([a-z0-9-]*[a-z0-9])?"
+BUCKET_NAME_MAX = 63
+
+
+def droplet_name(stack: str, member: str) -> str:
+    """A droplet's name and hostname (member: `lb`, `app-2`, `datastore`); its certificate
+    carries it too."""
+    return f"{stack}-{member}"
+
+
+def volume_name(stack: str) -> str:
+    """The datastore volume's name, which is also the tail of its device path."""
+    return f"{stack}-data"
+
+
+def bucket_name(stack: str, domain: str) -> str:
+    """The backup bucket's name: the domain makes it unique among every account's buckets.
+    A long one is cut to the limit, and never left ending in `-`, which Spaces refuses."""
+    return f"{stack}-{domain.replace('.', '-')}-backups"[:BUCKET_NAME_MAX].rstrip("-")
+
+
 # --- Ports -------------------------------------------------------------------------
 SSH_PORT = 22
 HTTP_PORT = 80
@@ -114,12 +147,6 @@ DATA_MOUNT = "/mnt/data"
 # DigitalOcean formats a new volume with this filesystem and label.
 VOLUME_FILESYSTEM = "ext4"
 VOLUME_LABEL = "platform-data"
-
-
-def volume_name(stack: str) -> str:
-    """The datastore volume's name, which is also the tail of its device path."""
-    return f"{stack}-data"
-
 
 # The datastore engines' logins. The app's login owns one database (PostgreSQL,
 # MongoDB) or vhost (RabbitMQ) of this name; passwords arrive in DATASTORE_SECRETS_FILE.
@@ -224,7 +251,7 @@ def backup_repository_path(role: str) -> str:
 def backup_host(stack: str, member: str) -> str:
     """restic's host name for one droplet's snapshots (member: `datastore`, `lb`, `app-2`):
     the droplet's name in the stack, so a rebuilt droplet finds and continues its series."""
-    return f"{stack}-{member}"
+    return droplet_name(stack, member)
 
 
 def release_archive_key(stack: str, release_id: str, suffix: str) -> str:

@@ -58,7 +58,7 @@ class Datastore(pulumi.ComponentResource):
         if settings.backups:
             self.backup_bucket = do.SpacesBucket(
                 f"{name}-backups",
-                name=f"{settings.stack}-{settings.domain.replace('.', '-')}-backups"[:63],
+                name=conventions.bucket_name(settings.stack, settings.domain),
                 region=settings.spaces_region,
                 acl="private",
                 versioning=do.SpacesBucketVersioningArgs(enabled=True),
@@ -89,7 +89,8 @@ class Datastore(pulumi.ComponentResource):
         self.private_ip = self.droplet.ipv4_address_private
         route = remote.SshRoute(host=self.private_ip, key=key, jump_host=jump_host)
         cert = ca.issue(
-            name, dns_names=[f"{settings.stack}-{name}"], ip_addresses=[self.private_ip], parent=self
+            name, dns_names=[conventions.droplet_name(settings.stack, name)], ip_addresses=[self.private_ip],
+            parent=self,
         )
         remote.push_identity(
             name, route=route, role=conventions.DATASTORE, settings=settings, cert=cert, parent=self

@@ -60,7 +60,7 @@ class Network(pulumi.ComponentResource):
         user_data = self._key.public_key_openssh.apply(lambda key: cloudinit.first_boot(role, settings, key))
         return do.Droplet(
             name,
-            name=f"{settings.stack}-{name}",
+            name=conventions.droplet_name(settings.stack, name),
             image=settings.image,
             size=size,
             region=settings.region,

@@ -160,3 +160,16 @@ def engine_set(raw: Any) -> tuple[str, ...]:
         raise Invalid(f"{allowed}; unknown: {', '.join(unknown)}")
     # Keep the canonical order so that the same set always renders the same files.
     return tuple(e for e in conventions.ENGINES if e in value)
+
+
+def stack_name(raw: Any) -> str:
+    """The stack's name as `pulumi.get_stack()` gives it (the stack alone, without an
+    organization); conventions makes the droplets', volume's, bucket's and tags' names from it."""
+    value = str(raw)
+    if len(value) > conventions.STACK_NAME_MAX or not re.fullmatch(conventions.STACK_NAME_PATTERN, value):
+        raise Invalid(
+            f"a stack name of lowercase letters, digits and '-', starting with a letter, not ending "
+            f"with '-', at most {conventions.STACK_NAME_MAX} characters (the names of its "
+            f"droplets, volume, backup bucket and tags are made from it)"
+        )
+    return value

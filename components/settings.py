@@ -17,7 +17,7 @@ from typing import Any, Callable, Collection
 from . import conventions, prices
 from .parsers import (
     Invalid, boolean, cidr_list, domain_name, email, email_list, engine_set, https_url, one_of,
-    optional_domain_name, optional_https_url, ssh_public_keys, vpc_range, whole_number,
+    optional_domain_name, optional_https_url, ssh_public_keys, stack_name, vpc_range, whole_number,
 )
 
 REQUIRED = object()
@@ -161,6 +161,10 @@ class Settings:
     def from_config(cls, stack: str, raw: dict[str, Any], secret_keys: Collection[str] = ()) -> "Settings":
         """`secret_keys`: the keys of `raw` that the config holds encrypted (`--secret`)."""
         problems: list[str] = []
+        try:
+            stack_name(stack)  # first: every name DigitalOcean sees is made from it
+        except Invalid as allowed:
+            problems.append(f"stack: {_shown(stack)} is not allowed: {allowed}")
         for key in raw:
             if key not in _BY_KEY:
                 close = difflib.get_close_matches(key, _BY_KEY, n=1)
