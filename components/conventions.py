@@ -47,6 +47,19 @@ def bucket_name(stack: str, domain: str) -> str:
     return f"{stack}-{domain.replace('.', '-')}-backups"[:BUCKET_NAME_MAX].rstrip("-")
 
 
+# Tags are account-wide: a bare `staging` or `app` may already be on droplets that are not
+# the stack's, which a firewall or an alert policy would then take in and `pulumi destroy`
+# would untag. Every tag the program makes or matches carries the project and the stack.
+def stack_tag(stack: str) -> str:
+    """On every droplet of the stack (alert policies watch it)."""
+    return f"{PROJECT}-{stack}"
+
+
+def role_tag(stack: str, role: str) -> str:
+    """On every droplet of one role (firewalls apply by it and admit it)."""
+    return f"{stack_tag(stack)}-{role}"
+
+
 # --- Ports -------------------------------------------------------------------------
 SSH_PORT = 22
 HTTP_PORT = 80

@@ -31,9 +31,9 @@ class Network(pulumi.ComponentResource):
             ip_range=settings.vpc_ip_range,
             opts=child,
         )
-        self.stack_tag = do.Tag(f"{name}-stack-tag", name=settings.stack, opts=child)
+        self.stack_tag = do.Tag(f"{name}-stack-tag", name=conventions.stack_tag(settings.stack), opts=child)
         self.role_tags = {
-            role: do.Tag(f"{name}-{role}-tag", name=firewalls.role_tag(settings.stack, role), opts=child)
+            role: do.Tag(f"{name}-{role}-tag", name=conventions.role_tag(settings.stack, role), opts=child)
             for role in conventions.ROLES
         }
         # Registered with the account so DigitalOcean e-mails no root password; the

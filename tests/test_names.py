@@ -1,11 +1,12 @@
-"""Names made from the stack's name are ones DigitalOcean accepts, whatever the stack.
+"""Names made from the stack's name are ones DigitalOcean accepts; tags are the stack's own.
 
 DigitalOcean's rules are written here from its documentation, not read from the program:
 a droplet's name is a hostname (letters, digits, `.`, `-`; labels of at most 63); a
 volume's is lowercase letters, digits and `-`, starting with a letter and ending with a
 letter or digit, at most 64; a Spaces bucket's is 3-63 lowercase letters, digits and `-`,
 starting and ending with a letter or digit; a tag's is letters, digits, `:`, `-`, `_`, at
-most 255.
+most 255. Tags are account-wide, so every one the program makes or matches carries the
+project and the stack.
 """
 
 from __future__ import annotations
@@ -144,3 +145,30 @@ def test_every_cut_bucket_name_is_valid(stack_length):
         for domain in (f"{'a' * k}.{'b' * 61}.com", f"{'a' * k}.xn--{'c' * 57}.org"):
             name = conventions.bucket_name(stack, domain)
             assert BUCKET_NAME.match(name) and name.startswith(stack + "-"), name
+
+
+# --- Tags carry the project and the stack -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def alerted() -> mockcloud.Deployment:
+    return mockcloud.deploy(mockcloud.stack_settings("staging", alertEmails=["ops@example.com"]))
+
+
+def test_every_tag_is_scoped_to_the_project_and_the_stack(deployment, alerted):
+    for d in (deployment, alerted):
+        stack = d.settings.stack
+        made = {t.state["name"] for t in of_type(d, TAG)}
+        assert made == {f"node-platform-{stack}", *(f"node-platform-{stack}-{role}" for role in conventions.ROLES)}
+        used = tags_used(d)
+        assert used == made  # every tag matched is one the stack made
+        bare = {stack, "node-platform", *conventions.ROLES, *(f"{stack}-{role}" for role in conventions.ROLES)}
+        assert not used & bare, used & bare
+    assert of_type(alerted, MONITOR_ALERT)
+
+
+def test_the_local_cloud_finds_each_roles_droplets_by_the_tag_suffix(deployment):
+    """localcloud's Plan.with_tag(role) takes droplets carrying a tag ending in the role."""
+    for role in conventions.ROLES:
+        by_suffix = [d.name for d in droplets(deployment) if any(t.endswith(role) for t in d.state["tags"])]
+        assert by_suffix == [d.name for d in droplets(deployment, role)], role
