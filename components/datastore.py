@@ -62,6 +62,10 @@ class Datastore(pulumi.ComponentResource):
                 region=settings.spaces_region,
                 acl="private",
                 versioning=do.SpacesBucketVersioningArgs(enabled=True),
+                # A bucket holding objects (or old versions) cannot be deleted: an unprotected
+                # stack's destroy empties it first, so it goes in one command; a protected
+                # one's bucket stays (protect refuses its deletion, and it is never emptied).
+                force_destroy=not settings.protect_data,
                 lifecycle_rules=[
                     do.SpacesBucketLifecycleRuleArgs(
                         enabled=True,

@@ -112,7 +112,9 @@ SETTINGS = (
             "Only a stand-in for Spaces (the local cloud's) needs another."),
     Setting("dropletBackups", False, boolean, "DigitalOcean's weekly droplet backups too."),
     Setting("protectData", False, boolean,
-            "Protect the datastore droplet and volume from deletion (production)."),
+            "Protect the datastore droplet, its volume and the backup bucket from deletion (production). "
+            "When false, `pulumi destroy` also empties and deletes the backup bucket: the stack goes in one "
+            "command."),
     Setting("alertEmails", [], email_list,
             "Who gets DigitalOcean Monitoring's alerts (disk, memory, CPU, load); none when empty."),
     Setting("alertWebhookUrl", "", optional_https_url,

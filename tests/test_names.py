@@ -6,7 +6,7 @@ volume's is lowercase letters, digits and `-`, starting with a letter and ending
 letter or digit, at most 64; a Spaces bucket's is 3-63 lowercase letters, digits and `-`,
 starting and ending with a letter or digit; a tag's is letters, digits, `:`, `-`, `_`, at
 most 255. Tags are account-wide, so every one the program makes or matches carries the
-project and the stack.
+project and the stack. A stack without protectData goes in one `pulumi destroy`.
 """
 
 from __future__ import annotations
@@ -172,3 +172,21 @@ def test_the_local_cloud_finds_each_roles_droplets_by_the_tag_suffix(deployment)
     for role in conventions.ROLES:
         by_suffix = [d.name for d in droplets(deployment) if any(t.endswith(role) for t in d.state["tags"])]
         assert by_suffix == [d.name for d in droplets(deployment, role)], role
+
+
+# --- An unprotected stack is destroyed in one command; a protected one keeps its data ---------
+
+
+def test_staging_bucket_is_emptied_by_destroy_and_productions_is_protected(staging_deployment, production_deployment):
+    (staging_bucket,) = of_type(staging_deployment, BUCKET)
+    (production_bucket,) = of_type(production_deployment, BUCKET)
+    assert staging_bucket.state["forceDestroy"] is True and not staging_bucket.protect
+    assert production_bucket.state["forceDestroy"] is False and production_bucket.protect
+
+
+@pytest.mark.parametrize("protect", [True, False])
+def test_force_destroy_follows_protect_data(protect):
+    deployment = mockcloud.deploy(mockcloud.stack_settings("staging", protectData=protect))
+    (bucket,) = of_type(deployment, BUCKET)
+    assert bucket.state["forceDestroy"] is (not protect)
+    assert bucket.protect is protect
