@@ -60,6 +60,62 @@ def role_tag(stack: str, role: str) -> str:
     return f"{stack_tag(stack)}-{role}"
 
 
+# --- Images ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Image:
+    """A droplet image the program supports, and every way it differs from the others.
+
+    Provisioning finds what it can on the droplet itself (/etc/os-release, the PostgreSQL
+    installed, the archive's nodejs), so both images boot the same first-boot data; every
+    file that names a difference is rendered from this table, and tests hold them to it.
+    """
+
+    slug: str               # DigitalOcean's image slug: the `image` setting
+    name: str
+    os_id: str              # /etc/os-release ID: MongoDB's repository path is apt/<os_id>
+    codename: str           # VERSION_CODENAME: its suite in that repository
+    mongodb_component: str  # that repository's component
+    security_origin: str    # unattended-upgrades' pattern for the security archive
+    postgresql_major: int   # the archive's PostgreSQL; a cluster on the volume is per major
+    nodejs_major: int       # the archive's nodejs: a nodeMajor equal to it needs no NodeSource
+    restic: str             # the archive's restic (the backups)
+    python: str             # python3, which runs platform-push and cloud-init
+    sshd_socket: bool       # ssh.socket starts sshd, so sshd may not be running to reload
+    auth_log: bool          # rsyslog writes /var/log/auth.log; else sshd logs to the journal only
+    proven: str             # what has run on it
+
+
+# Ordered as the files list them (unattended-upgrades' patterns).
+IMAGES = {
+    "debian-12-x64": Image(
+        "debian-12-x64", "Debian 12", os_id="debian", codename="bookworm", mongodb_component="main",
+        security_origin="origin=Debian,codename=${distro_codename}-security,label=Debian-Security",
+        postgresql_major=15, nodejs_major=18, restic="0.14", python="3.11", sshd_socket=False, auth_log=False,
+        proven="booted in the local cloud: every role, the stack served end to end (without MongoDB; nodeMajor 18)",
+    ),
+    "ubuntu-24-04-x64": Image(
+        "ubuntu-24-04-x64", "Ubuntu 24.04", os_id="ubuntu", codename="noble", mongodb_component="multiverse",
+        security_origin="origin=Ubuntu,archive=${distro_codename}-security",
+        postgresql_major=16, nodejs_major=18, restic="0.16", python="3.12", sshd_socket=True, auth_log=True,
+        proven="rendered and checked only (the same first-boot data); never booted here",
+    ),
+}
+# The image the local cloud boots, so the default is the path that has run.
+DEFAULT_IMAGE = "debian-12-x64"
+
+
+def per_image(fact: str) -> str:
+    """One fact of every image, as comments in the rendered files say it: `15 on Debian 12, ...`."""
+    return ", ".join(f"{getattr(image, fact)} on {image.name}" for image in IMAGES.values())
+
+
+def images_where(fact: str, value: object = True) -> str:
+    """The names of the images whose `fact` is `value`, for the rendered files' comments."""
+    return " and ".join(image.name for image in IMAGES.values() if getattr(image, fact) == value)
+
+
 # --- Ports -------------------------------------------------------------------------
 SSH_PORT = 22
 HTTP_PORT = 80

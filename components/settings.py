@@ -30,7 +30,8 @@ REGIONS = (
     "syd1", "atl1",
 )
 SPACES_REGIONS = ("nyc3", "sfo2", "sfo3", "ams3", "sgp1", "lon1", "fra1", "blr1", "syd1")
-IMAGES = ("ubuntu-24-04-x64", "debian-12-x64")
+# Every difference between them: conventions.IMAGES.
+IMAGES = tuple(conventions.IMAGES)
 NODE_MAJORS = (18, 20, 22, 24)
 MAX_APP_SERVERS = 50
 
@@ -76,7 +77,9 @@ class Secret:
 # The one table of settings: the README's settings reference is checked against it.
 SETTINGS = (
     Setting("region", "nyc3", one_of(REGIONS), "DigitalOcean region of every resource."),
-    Setting("image", "ubuntu-24-04-x64", one_of(IMAGES), "Droplet image of every role."),
+    Setting("image", conventions.DEFAULT_IMAGE, one_of(IMAGES),
+            "Droplet image of every role (see Images below: what has run on which); changing it replaces "
+            "every droplet."),
     Setting("lbSize", "s-1vcpu-1gb", droplet_size, "Droplet size of the load balancer."),
     Setting("appSize", "s-1vcpu-2gb", droplet_size, "Droplet size of each app server."),
     Setting("datastoreSize", "s-2vcpu-4gb", droplet_size, "Droplet size of the datastore."),

@@ -35,7 +35,8 @@ def test_the_stack_files_are_valid():
     assert staging.acme_directory.startswith("https://acme-staging-")
     assert not production.acme_directory.startswith("https://acme-staging-")
     assert (staging.protect_data, production.protect_data) == (False, True)
-    assert staging.image == "ubuntu-24-04-x64"
+    assert staging.image == conventions.DEFAULT_IMAGE == "debian-12-x64"  # the default: the image the local cloud boots
+    assert production.image == "ubuntu-24-04-x64"  # set in its file: its droplets run it
 
 
 @pytest.mark.parametrize("count", [0, 200, -1, "two", 2.5])
