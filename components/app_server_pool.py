@@ -45,7 +45,7 @@ class AppServerPool(pulumi.ComponentResource):
             )
             cert = ca.issue(
                 member,
-                dns_names=[f"{settings.stack}-{member}", conventions.app_pool_tls_name(settings.stack)],
+                dns_names=[conventions.droplet_name(settings.stack, member), conventions.app_pool_tls_name(settings.stack)],
                 ip_addresses=[droplet.ipv4_address_private],
                 parent=self,
             )

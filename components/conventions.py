@@ -14,6 +14,108 @@ APP_SERVER = "app"
 DATASTORE = "datastore"
 ROLES = (LOAD_BALANCER, APP_SERVER, DATASTORE)
 
+# --- Names made from the stack's name ------------------------------------------------
+# DigitalOcean's rules for them: a droplet's name is its hostname (here one DNS label, at
+# most 63: letters, digits, `-`); a volume's is lowercase letters, digits and `-`, starting
+# with a letter, ending with a letter or digit, at most 64; a Spaces bucket's is 3-63
+# lowercase letters, digits and `-`, starting and ending with a letter or digit; a tag's is
+# letters, digits, `:`, `-` and `_`, at most 255. A stack name that starts with a
+# lowercase letter, holds only lowercase letters, digits and `-`, does not end with `-`
+# and is at most STACK_NAME_MAX long makes every name below valid.
+# 40 leaves room: the names closest to their limit, the datastore droplet's hostname
+# (`<stack>-datastore`, 63) and the CA's common name (`<stack> internal CA`, X.509 allows
+# 64), are then 50 and 52 long.
+STACK_NAME_MAX = 40
+STACK_NAME_PATTERN = r"[a-z]([a-z0-9-]*[a-z0-9])?"
+BUCKET_NAME_MAX = 63
+
+
+def droplet_name(stack: str, member: str) -> str:
+    """A droplet's name and hostname (member: `lb`, `app-2`, `datastore`); its certificate
+    carries it too."""
+    return f"{stack}-{member}"
+
+
+def volume_name(stack: str) -> str:
+    """The datastore volume's name, which is also the tail of its device path."""
+    return f"{stack}-data"
+
+
+def bucket_name(stack: str, domain: str) -> str:
+    """The backup bucket's name: the domain makes it unique among every account's buckets.
+    A long one is cut to the limit, and never left ending in `-`, which Spaces refuses."""
+    return f"{stack}-{domain.replace('.', '-')}-backups"[:BUCKET_NAME_MAX].rstrip("-")
+
+
+# Tags are account-wide: a bare `staging` or `app` may already be on droplets that are not
+# the stack's, which a firewall or an alert policy would then take in and `pulumi destroy`
+# would untag. Every tag the program makes or matches carries the project and the stack.
+def stack_tag(stack: str) -> str:
+    """On every droplet of the stack (alert policies watch it)."""
+    return f"{PROJECT}-{stack}"
+
+
+def role_tag(stack: str, role: str) -> str:
+    """On every droplet of one role (firewalls apply by it and admit it)."""
+    return f"{stack_tag(stack)}-{role}"
+
+
+# --- Images ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Image:
+    """A droplet image the program supports, and every way it differs from the others.
+
+    Provisioning finds what it can on the droplet itself (/etc/os-release, the PostgreSQL
+    installed, the archive's nodejs), so both images boot the same first-boot data; every
+    file that names a difference is rendered from this table, and tests hold them to it.
+    """
+
+    slug: str               # DigitalOcean's image slug: the `image` setting
+    name: str
+    os_id: str              # /etc/os-release ID: MongoDB's repository path is apt/<os_id>
+    codename: str           # VERSION_CODENAME: its suite in that repository
+    mongodb_component: str  # that repository's component
+    security_origin: str    # unattended-upgrades' pattern for the security archive
+    postgresql_major: int   # the archive's PostgreSQL; a cluster on the volume is per major
+    nodejs_major: int       # the archive's nodejs: a nodeMajor equal to it needs no NodeSource
+    restic: str             # the archive's restic (the backups)
+    python: str             # python3, which runs platform-push and cloud-init
+    sshd_socket: bool       # ssh.socket starts sshd, so sshd may not be running to reload
+    auth_log: bool          # rsyslog writes /var/log/auth.log; else sshd logs to the journal only
+    proven: str             # what has run on it
+
+
+# Ordered as the files list them (unattended-upgrades' patterns).
+IMAGES = {
+    "debian-12-x64": Image(
+        "debian-12-x64", "Debian 12", os_id="debian", codename="bookworm", mongodb_component="main",
+        security_origin="origin=Debian,codename=${distro_codename}-security,label=Debian-Security",
+        postgresql_major=15, nodejs_major=18, restic="0.14", python="3.11", sshd_socket=False, auth_log=False,
+        proven="booted in the local cloud: every role, the stack served end to end (without MongoDB; nodeMajor 18)",
+    ),
+    "ubuntu-24-04-x64": Image(
+        "ubuntu-24-04-x64", "Ubuntu 24.04", os_id="ubuntu", codename="noble", mongodb_component="multiverse",
+        security_origin="origin=Ubuntu,archive=${distro_codename}-security",
+        postgresql_major=16, nodejs_major=18, restic="0.16", python="3.12", sshd_socket=True, auth_log=True,
+        proven="rendered and checked only (the same first-boot data); never booted here",
+    ),
+}
+# The image the local cloud boots, so the default is the path that has run.
+DEFAULT_IMAGE = "debian-12-x64"
+
+
+def per_image(fact: str) -> str:
+    """One fact of every image, as comments in the rendered files say it: `15 on Debian 12, ...`."""
+    return ", ".join(f"{getattr(image, fact)} on {image.name}" for image in IMAGES.values())
+
+
+def images_where(fact: str, value: object = True) -> str:
+    """The names of the images whose `fact` is `value`, for the rendered files' comments."""
+    return " and ".join(image.name for image in IMAGES.values() if getattr(image, fact) == value)
+
+
 # --- Ports -------------------------------------------------------------------------
 SSH_PORT = 22
 HTTP_PORT = 80
@@ -114,12 +216,6 @@ DATA_MOUNT = "/mnt/data"
 # DigitalOcean formats a new volume with this filesystem and label.
 VOLUME_FILESYSTEM = "ext4"
 VOLUME_LABEL = "platform-data"
-
-
-def volume_name(stack: str) -> str:
-    """The datastore volume's name, which is also the tail of its device path."""
-    return f"{stack}-data"
-
 
 # The datastore engines' logins. The app's login owns one database (PostgreSQL,
 # MongoDB) or vhost (RabbitMQ) of this name; passwords arrive in DATASTORE_SECRETS_FILE.
@@ -224,7 +320,7 @@ def backup_repository_path(role: str) -> str:
 def backup_host(stack: str, member: str) -> str:
     """restic's host name for one droplet's snapshots (member: `datastore`, `lb`, `app-2`):
     the droplet's name in the stack, so a rebuilt droplet finds and continues its series."""
-    return f"{stack}-{member}"
+    return droplet_name(stack, member)
 
 
 def release_archive_key(stack: str, release_id: str, suffix: str) -> str:

@@ -58,10 +58,14 @@ class Datastore(pulumi.ComponentResource):
         if settings.backups:
             self.backup_bucket = do.SpacesBucket(
                 f"{name}-backups",
-                name=f"{settings.stack}-{settings.domain.replace('.', '-')}-backups"[:63],
+                name=conventions.bucket_name(settings.stack, settings.domain),
                 region=settings.spaces_region,
                 acl="private",
                 versioning=do.SpacesBucketVersioningArgs(enabled=True),
+                # A bucket holding objects (or old versions) cannot be deleted: an unprotected
+                # stack's destroy empties it first, so it goes in one command; a protected
+                # one's bucket stays (protect refuses its deletion, and it is never emptied).
+                force_destroy=not settings.protect_data,
                 lifecycle_rules=[
                     do.SpacesBucketLifecycleRuleArgs(
                         enabled=True,
@@ -91,7 +95,8 @@ class Datastore(pulumi.ComponentResource):
             name, droplet=self.droplet, host=self.private_ip, key=key, via=jump, parent=self
         )
         cert = ca.issue(
-            name, dns_names=[f"{settings.stack}-{name}"], ip_addresses=[self.private_ip], parent=self
+            name, dns_names=[conventions.droplet_name(settings.stack, name)], ip_addresses=[self.private_ip],
+            parent=self,
         )
         remote.push_identity(
             name, route=route, role=conventions.DATASTORE, settings=settings, cert=cert, parent=self

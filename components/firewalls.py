@@ -34,14 +34,10 @@ class Outbound:
 OUTBOUND = (Outbound("tcp"), Outbound("udp"), Outbound("icmp"))
 
 
-def role_tag(stack: str, role: str) -> str:
-    return f"{stack}-{role}"
-
-
 def inbound_rules(role: str, *, stack: str, admin_cidrs: tuple[str, ...], engines: tuple[str, ...]) -> tuple[Inbound, ...]:
     """What `role` accepts. Anything not listed here is dropped."""
-    lb_tag = (role_tag(stack, conventions.LOAD_BALANCER),)
-    app_tag = (role_tag(stack, conventions.APP_SERVER),)
+    lb_tag = (conventions.role_tag(stack, conventions.LOAD_BALANCER),)
+    app_tag = (conventions.role_tag(stack, conventions.APP_SERVER),)
     if role == conventions.LOAD_BALANCER:
         return (
             Inbound(conventions.HTTP_PORT, from_cidrs=ANYWHERE),

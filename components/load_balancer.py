@@ -59,7 +59,8 @@ class LoadBalancer(pulumi.ComponentResource):
         self.route = remote.route_to(name, droplet=self.droplet, host=self.droplet.ipv4_address, key=key, parent=self)
         self._settings = settings
         cert = ca.issue(
-            name, dns_names=[f"{settings.stack}-{name}", settings.domain], ip_addresses=[self.private_ip], parent=self
+            name, dns_names=[conventions.droplet_name(settings.stack, name), settings.domain],
+            ip_addresses=[self.private_ip], parent=self,
         )
         remote.push_identity(
             name, route=self.route, role=conventions.LOAD_BALANCER, settings=settings, cert=cert, parent=self

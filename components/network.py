@@ -31,9 +31,9 @@ class Network(pulumi.ComponentResource):
             ip_range=settings.vpc_ip_range,
             opts=child,
         )
-        self.stack_tag = do.Tag(f"{name}-stack-tag", name=settings.stack, opts=child)
+        self.stack_tag = do.Tag(f"{name}-stack-tag", name=conventions.stack_tag(settings.stack), opts=child)
         self.role_tags = {
-            role: do.Tag(f"{name}-{role}-tag", name=firewalls.role_tag(settings.stack, role), opts=child)
+            role: do.Tag(f"{name}-{role}-tag", name=conventions.role_tag(settings.stack, role), opts=child)
             for role in conventions.ROLES
         }
         # Registered with the account so DigitalOcean e-mails no root password; the
@@ -60,7 +60,7 @@ class Network(pulumi.ComponentResource):
         user_data = self._key.public_key_openssh.apply(lambda key: cloudinit.first_boot(role, settings, key))
         return do.Droplet(
             name,
-            name=f"{settings.stack}-{name}",
+            name=conventions.droplet_name(settings.stack, name),
             image=settings.image,
             size=size,
             region=settings.region,

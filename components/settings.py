@@ -9,13 +9,16 @@ registered with Pulumi before the settings are valid.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection
 
 from . import conventions, prices
+from .parsers import (
+    Invalid, boolean, cidr_list, domain_name, email, email_list, engine_set, https_url, one_of,
+    optional_domain_name, optional_https_url, ssh_public_keys, stack_name, vpc_range, whole_number,
+)
 
 REQUIRED = object()
 
@@ -27,16 +30,10 @@ REGIONS = (
     "syd1", "atl1",
 )
 SPACES_REGIONS = ("nyc3", "sfo2", "sfo3", "ams3", "sgp1", "lon1", "fra1", "blr1", "syd1")
-IMAGES = ("ubuntu-24-04-x64", "debian-12-x64")
+# Every difference between them: conventions.IMAGES.
+IMAGES = tuple(conventions.IMAGES)
 NODE_MAJORS = (18, 20, 22, 24)
 MAX_APP_SERVERS = 50
-
-_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-_EMAIL = re.compile(r"^[^@\s]+@([a-z0-9-]+\.)+[a-z]{2,63}$", re.IGNORECASE)
-_SSH_KEY = re.compile(
-    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com)"
-    r" [A-Za-z0-9+/]+={0,3}( .*)?$"
-)
 
 
 class SettingsError(ValueError):
@@ -46,151 +43,6 @@ class SettingsError(ValueError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"Pulumi.{stack}.yaml has {len(problems)} bad setting(s):\n{lines}")
-
-
-class Invalid(ValueError):
-    """Raised by a parser with the text of what is allowed."""
-
-
-# --- Parsers: each takes the raw value and returns the typed one, or raises Invalid ----
-
-
-def _decoded(raw: Any) -> Any:
-    """Pulumi hands structured values over as JSON text."""
-    if isinstance(raw, str) and raw[:1] in "[{":
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError:
-            pass
-    return raw
-
-
-def whole_number(low: int, high: int) -> Callable[[Any], int]:
-    def parse(raw: Any) -> int:
-        allowed = f"a whole number from {low} to {high}"
-        if isinstance(raw, bool):
-            raise Invalid(allowed)
-        try:
-            value = int(str(raw), 10)
-        except ValueError:
-            raise Invalid(allowed) from None
-        if not low <= value <= high:
-            raise Invalid(allowed)
-        return value
-
-    return parse
-
-
-def one_of(choices: tuple) -> Callable[[Any], Any]:
-    def parse(raw: Any) -> Any:
-        for choice in choices:
-            if str(raw) == str(choice):
-                return choice
-        raise Invalid("one of " + ", ".join(str(c) for c in choices))
-
-    return parse
-
-
-def boolean(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    if str(raw).lower() in ("true", "false"):
-        return str(raw).lower() == "true"
-    raise Invalid("true or false")
-
-
-def domain_name(raw: Any) -> str:
-    value = str(raw)
-    if not _DOMAIN.match(value):
-        raise Invalid("a lower-case DNS name such as app.example.com")
-    return value
-
-
-def optional_domain_name(raw: Any) -> str:
-    return "" if raw in (None, "") else domain_name(raw)
-
-
-def email(raw: Any) -> str:
-    value = str(raw)
-    if not _EMAIL.match(value):
-        raise Invalid("an e-mail address such as ops@example.com")
-    return value
-
-
-def https_url(raw: Any) -> str:
-    value = str(raw)
-    if not re.match(r"^https://[^\s/]+(/\S*)?$", value):
-        raise Invalid("an https:// URL")
-    return value
-
-
-def optional_https_url(raw: Any) -> str:
-    return "" if raw in (None, "") else https_url(raw)
-
-
-def email_list(raw: Any) -> tuple[str, ...]:
-    allowed = "a list of e-mail addresses such as [ops@example.com] (may be empty)"
-    value = _decoded(raw)
-    if isinstance(value, str):
-        value = [value] if value else []
-    if not isinstance(value, list):
-        raise Invalid(allowed)
-    for item in value:
-        if not _EMAIL.match(str(item)):
-            raise Invalid(f"{allowed}; {str(item)!r} is not one")
-    return tuple(str(item) for item in value)
-
-
-def cidr_list(raw: Any) -> tuple[str, ...]:
-    allowed = "a non-empty list of CIDRs such as [203.0.113.7/32]"
-    value = _decoded(raw)
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise Invalid(allowed)
-    cidrs = []
-    for item in value:
-        try:
-            cidrs.append(str(ipaddress.ip_network(str(item), strict=True)))
-        except ValueError:
-            raise Invalid(f"{allowed} ({item!r} is not one)") from None
-    return tuple(cidrs)
-
-
-def vpc_range(raw: Any) -> str:
-    allowed = "a private (RFC 1918) IPv4 range from /16 to /24, such as 10.110.0.0/20"
-    try:
-        network = ipaddress.ip_network(str(raw), strict=True)
-    except ValueError:
-        raise Invalid(allowed) from None
-    if network.version != 4 or not network.is_private or not 16 <= network.prefixlen <= 24:
-        raise Invalid(allowed)
-    return str(network)
-
-
-def ssh_public_keys(raw: Any) -> tuple[str, ...]:
-    allowed = "a non-empty list of OpenSSH public keys (ssh-ed25519 AAAA... you@host)"
-    value = _decoded(raw)
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise Invalid(allowed)
-    for key in value:
-        if not _SSH_KEY.match(str(key).strip()):
-            raise Invalid(f"{allowed}; {str(key)[:24]!r}... is not one")
-    return tuple(str(key).strip() for key in value)
-
-
-def engine_set(raw: Any) -> tuple[str, ...]:
-    allowed = "a list drawn from " + ", ".join(conventions.ENGINES) + " (may be empty)"
-    value = _decoded(raw)
-    if not isinstance(value, list):
-        raise Invalid(allowed)
-    unknown = [str(v) for v in value if v not in conventions.ENGINES]
-    if unknown:
-        raise Invalid(f"{allowed}; unknown: {', '.join(unknown)}")
-    # Keep the canonical order so that the same set always renders the same files.
-    return tuple(e for e in conventions.ENGINES if e in value)
 
 
 droplet_size = one_of(tuple(prices.DROPLET_MONTHLY))
@@ -225,7 +77,9 @@ class Secret:
 # The one table of settings: the README's settings reference is checked against it.
 SETTINGS = (
     Setting("region", "nyc3", one_of(REGIONS), "DigitalOcean region of every resource."),
-    Setting("image", "ubuntu-24-04-x64", one_of(IMAGES), "Droplet image of every role."),
+    Setting("image", conventions.DEFAULT_IMAGE, one_of(IMAGES),
+            "Droplet image of every role (see Images below: what has run on which); changing it replaces "
+            "every droplet."),
     Setting("lbSize", "s-1vcpu-1gb", droplet_size, "Droplet size of the load balancer."),
     Setting("appSize", "s-1vcpu-2gb", droplet_size, "Droplet size of each app server."),
     Setting("datastoreSize", "s-2vcpu-4gb", droplet_size, "Droplet size of the datastore."),
@@ -261,7 +115,9 @@ SETTINGS = (
             "Only a stand-in for Spaces (the local cloud's) needs another."),
     Setting("dropletBackups", False, boolean, "DigitalOcean's weekly droplet backups too."),
     Setting("protectData", False, boolean,
-            "Protect the datastore droplet and volume from deletion (production)."),
+            "Protect the datastore droplet, its volume and the backup bucket from deletion (production). "
+            "When false, `pulumi destroy` also empties and deletes the backup bucket: the stack goes in one "
+            "command."),
     Setting("alertEmails", [], email_list,
             "Who gets DigitalOcean Monitoring's alerts (disk, memory, CPU, load); none when empty."),
     Setting("alertWebhookUrl", "", optional_https_url,
@@ -310,6 +166,10 @@ class Settings:
     def from_config(cls, stack: str, raw: dict[str, Any], secret_keys: Collection[str] = ()) -> "Settings":
         """`secret_keys`: the keys of `raw` that the config holds encrypted (`--secret`)."""
         problems: list[str] = []
+        try:
+            stack_name(stack)  # first: every name DigitalOcean sees is made from it
+        except Invalid as allowed:
+            problems.append(f"stack: {_shown(stack)} is not allowed: {allowed}")
         for key in raw:
             if key not in _BY_KEY:
                 close = difflib.get_close_matches(key, _BY_KEY, n=1)

@@ -10,7 +10,7 @@ import yaml
 
 import cloudinit
 import mockcloud
-from components import conventions, firewalls
+from components import conventions
 
 DROPLET = "digitalocean:index/droplet:Droplet"
 FIREWALL = "digitalocean:index/firewall:Firewall"
@@ -26,7 +26,7 @@ def droplets(deployment: mockcloud.Deployment, role: str | None = None) -> list[
     found = of_type(deployment, DROPLET)
     if role is None:
         return found
-    tag = firewalls.role_tag(deployment.settings.stack, role)
+    tag = conventions.role_tag(deployment.settings.stack, role)
     return [d for d in found if tag in d.state["tags"]]
 
 
@@ -75,7 +75,7 @@ def reachable(deployment: mockcloud.Deployment, droplet_resource: mockcloud.Reso
 
 
 def tag(deployment: mockcloud.Deployment, role: str) -> str:
-    return "tag:" + firewalls.role_tag(deployment.settings.stack, role)
+    return "tag:" + conventions.role_tag(deployment.settings.stack, role)
 
 
 def strings_outside_secrets(value: Any) -> Iterator[str]:

@@ -54,7 +54,7 @@ def test_policies_mail_the_alert_emails_only_and_sit_under_the_alerts_component(
 def test_stack_thresholds_are_the_table(alerted):
     for t in alerts.STACK_THRESHOLDS:
         policy = alerted.named(f"alerts-{t.name}", ":MonitorAlert")
-        assert policy.state["tags"] == [alerted.settings.stack]
+        assert policy.state["tags"] == [conventions.stack_tag(alerted.settings.stack)]
         assert (policy.state["type"], policy.state["value"], policy.state["window"]) == (t.metric, t.above, t.window)
 
 

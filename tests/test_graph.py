@@ -55,17 +55,18 @@ def test_every_droplet_is_in_the_vpc_with_its_stack_and_one_role_tag(deployment)
     assert vpc.state["ipRange"] == settings.vpc_ip_range
     assert vpc.state["region"] == settings.region
     vpc_range = ipaddress.ip_network(settings.vpc_ip_range)
-    role_tags = {f"{settings.stack}-{role}" for role in conventions.ROLES}
+    stack_tag = conventions.stack_tag(settings.stack)
+    role_tags = {conventions.role_tag(settings.stack, role) for role in conventions.ROLES}
     for d in droplets(deployment):
         assert d.state["vpcUuid"] == vpc.id, d.name
         assert d.state["region"] == settings.region
         assert d.state["image"] == settings.image
-        assert settings.stack in d.state["tags"], d.name
+        assert stack_tag in d.state["tags"], d.name
         assert len(role_tags & set(d.state["tags"])) == 1, d.state["tags"]
         assert ipaddress.ip_address(d.state["ipv4AddressPrivate"]) in vpc_range
         assert d.state["name"] == f"{settings.stack}-{d.name}"
     tags = {t.state["name"] for t in of_type(deployment, "digitalocean:index/tag:Tag")}
-    assert tags == role_tags | {settings.stack}
+    assert tags == role_tags | {stack_tag}
 
 
 def test_sizes_come_from_the_settings(deployment):

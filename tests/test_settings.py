@@ -35,7 +35,8 @@ def test_the_stack_files_are_valid():
     assert staging.acme_directory.startswith("https://acme-staging-")
     assert not production.acme_directory.startswith("https://acme-staging-")
     assert (staging.protect_data, production.protect_data) == (False, True)
-    assert staging.image == "ubuntu-24-04-x64"
+    assert staging.image == conventions.DEFAULT_IMAGE == "debian-12-x64"  # the default: the image the local cloud boots
+    assert production.image == "ubuntu-24-04-x64"  # set in its file: its droplets run it
 
 
 @pytest.mark.parametrize("count", [0, 200, -1, "two", 2.5])
@@ -219,7 +220,7 @@ def test_every_setting_has_a_default_or_is_required_and_a_meaning():
 # --- The program's own path: __main__.py reads the config the Pulumi CLI hands it ------------
 
 
-def run_main(monkeypatch, config: dict[str, object], secret: tuple[str, ...] = ()
+def run_main(monkeypatch, config: dict[str, object], secret: tuple[str, ...] = (), stack: str = "staging"
              ) -> tuple[list[mockcloud.Resource], SystemExit | None]:
     """Runs __main__.py as `pulumi up` would, with config in PULUMI_CONFIG (strings, lists as
     JSON) and the keys set with --secret in PULUMI_CONFIG_SECRET_KEYS."""
@@ -229,7 +230,7 @@ def run_main(monkeypatch, config: dict[str, object], secret: tuple[str, ...] = (
     monkeypatch.setenv("PULUMI_CONFIG", json.dumps(as_cli_gives_it))
     monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps([f"{conventions.PROJECT}:{k}" for k in secret]))
     mocks = mockcloud.ProviderMocks("10.110.16.0/24")
-    pulumi.runtime.set_mocks(mocks, project=conventions.PROJECT, stack="staging", preview=False)
+    pulumi.runtime.set_mocks(mocks, project=conventions.PROJECT, stack=stack, preview=False)
     stopped: dict[str, SystemExit] = {}
 
     @pulumi.runtime.test
@@ -248,6 +249,14 @@ def test_bad_settings_register_nothing(monkeypatch):
     assert stop is not None
     assert str(stop.code).startswith("Pulumi.staging.yaml has 2 bad setting(s):")
     assert "appServerCount: '0' is not allowed" in str(stop.code)
+    assert resources == []
+
+
+def test_a_bad_stack_name_registers_nothing(monkeypatch):
+    """The program checks the name `pulumi.get_stack()` gives it (the stack alone, no organization)."""
+    resources, stop = run_main(monkeypatch, STACK_FILE["staging"], stack="Dev_1")
+    assert stop is not None
+    assert str(stop.code).startswith("Pulumi.Dev_1.yaml has 1 bad setting(s):\n  - stack: 'Dev_1' is not allowed: ")
     assert resources == []
 
 

@@ -241,7 +241,7 @@ common_steps() {
     step "sshd"
     if files_changed_under /etc/ssh/; then
         sshd -t
-        # Ubuntu 24.04 starts sshd from ssh.socket: when it is not running there is
+        # {{ c.images_where("sshd_socket") }} starts sshd from ssh.socket: when it is not running there is
         # nothing to reload and the next start reads the new config.
         systemctl try-reload-or-restart ssh
     fi

@@ -40,7 +40,7 @@ MONGODB_USERS_SCRIPT = f"{conventions.PLATFORM_ETC}/mongodb/users.js"
 # Each engine's systemd unit, and the units that keep data on the volume: a drop-in
 # makes them wait for the mount (RequiresMountsFor).
 UNITS = {
-    "postgresql": "postgresql@.service",  # one instance per cluster, e.g. postgresql@16-main
+    "postgresql": "postgresql@.service",  # one instance per cluster: postgresql@<major>-main
     "mongodb": "mongod.service",
     "redis": "redis-server.service",
     "rabbitmq": "rabbitmq-server.service",

@@ -227,7 +227,7 @@ ensure_postgresql_cluster() {
     fi
 }
 
-# The distribution's version (15 on Debian 12, 16 on Ubuntu 24.04), as installed.
+# The distribution's version ({{ c.per_image("postgresql_major") }}), as installed.
 postgresql_version() {
     find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -n | tail -n 1
 }
@@ -342,7 +342,9 @@ ensure_mongodb_repository() {
     local distro codename component=main
     distro=$(sed -n 's/^ID=//p' /etc/os-release)
     codename=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)
-    [ "$distro" = ubuntu ] && component=multiverse
+{% for image in c.IMAGES.values() if image.mongodb_component != "main" %}
+    [ "$distro" = {{ image.os_id }} ] && component={{ image.mongodb_component }}
+{% endfor %}
     ensure_apt_repository mongodb-org "${MONGODB_KEY_URL}" "" "Types: deb
 URIs: ${MONGODB_REPOSITORY}/apt/${distro}
 Suites: ${codename}/mongodb-org/${MONGODB_SERIES}

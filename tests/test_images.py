@@ -1,0 +1,132 @@
+"""The images a stack may boot: every difference between them is one table
+(conventions.IMAGES), the files that name a difference follow it, and both images boot
+the same first-boot data (provisioning finds the rest on the droplet)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import cloudinit
+import mockcloud
+from components import conventions, settings as settings_module
+from components.settings import SETTINGS
+from stack_graph import droplets
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = list(conventions.IMAGES.values())
+
+
+def rendered(role: str, holding: str) -> str:
+    """The one file of the role's first boot holding `holding`."""
+    files = cloudinit.rendered_files(role, mockcloud.stack_settings("staging"))
+    (text,) = [text for text in files.values() if holding in text]
+    return text
+
+
+def bash(script: str) -> str:
+    return subprocess.run(["bash", "-euc", script], capture_output=True, text=True, check=True).stdout
+
+
+def test_the_image_setting_offers_the_tables_images_and_defaults_to_the_local_clouds():
+    from localcloud import config as local_cloud  # constants only: what the local cloud's image is built from
+
+    (image_setting,) = [s for s in SETTINGS if s.key == "image"]
+    assert settings_module.IMAGES == tuple(conventions.IMAGES)
+    assert all(slug == image.slug for slug, image in conventions.IMAGES.items())
+    assert image_setting.default == conventions.DEFAULT_IMAGE == "debian-12-x64"
+    assert conventions.IMAGES[conventions.DEFAULT_IMAGE].codename == local_cloud.DEBIAN_SUITE
+    assert mockcloud.stack_settings("staging", image="ubuntu-24-04-x64").image == "ubuntu-24-04-x64"
+
+
+def test_both_images_boot_the_same_first_boot_data(staging_deployment):
+    """Only `image` differs between them: what else differs, provisioning finds on the droplet."""
+    assert staging_deployment.settings.image == "debian-12-x64"
+    ubuntu = mockcloud.deploy(mockcloud.stack_settings("staging", image="ubuntu-24-04-x64"), previous=staging_deployment)
+    before = {d.name: d.state for d in droplets(staging_deployment)}
+    for d in droplets(ubuntu):
+        assert d.state["image"] == "ubuntu-24-04-x64"
+        assert d.state["userData"] == before[d.name]["userData"], d.name
+
+
+def test_security_updates_come_from_each_images_own_security_archive():
+    text = rendered(conventions.LOAD_BALANCER, "Unattended-Upgrade::Origins-Pattern {")
+    patterns = re.search(r"Unattended-Upgrade::Origins-Pattern \{\n(.*?)\};", text, re.S).group(1)
+    assert patterns == "".join(f'    // {i.name}\n    "{i.security_origin}";\n' for i in IMAGES)
+
+
+@pytest.mark.parametrize("image", IMAGES, ids=lambda i: i.slug)
+def test_mongodb_comes_from_its_repository_for_the_images_release(image, tmp_path):
+    script = rendered(conventions.DATASTORE, "ensure_mongodb_repository() {")
+    variables = re.search(r"^MONGODB_SERIES=.*?^MONGODB_KEY_URL=.*?$", script, re.M | re.S).group(0)
+    function = re.search(r"^ensure_mongodb_repository\(\) \{.*?^\}$", script, re.M | re.S).group(0)
+    os_release = tmp_path / "os-release"
+    os_release.write_text(f'PRETTY_NAME="{image.name}"\nID={image.os_id}\nVERSION_CODENAME={image.codename}\n')
+    sources = bash("ensure_apt_repository() { printf '%s\\n' \"$4\"; }\n" + variables + "\n"
+                   + function.replace("/etc/os-release", str(os_release)) + "\nensure_mongodb_repository\n")
+    assert sources.splitlines() == [
+        "Types: deb",
+        f"URIs: https://repo.mongodb.org/apt/{image.os_id}",
+        f"Suites: {image.codename}/mongodb-org/8.0",
+        f"Components: {image.mongodb_component}",
+    ]
+
+
+@pytest.mark.parametrize("image", IMAGES, ids=lambda i: i.slug)
+@pytest.mark.parametrize("asked", settings_module.NODE_MAJORS)
+def test_node_is_the_images_own_when_the_major_matches_else_nodesources(image, asked):
+    script = rendered(conventions.APP_SERVER, "ensure_node() {")
+    function = re.search(r"^ensure_node\(\) \{.*?^\}$", script, re.M | re.S).group(0)
+    stubs = f"""
+NODE_MAJOR={asked}; INSTALLED=
+node() {{ [ -n "$INSTALLED" ] && echo "v$NODE_MAJOR.1.0" || return 1; }}
+apt_lists_ready() {{ :; }}
+apt-cache() {{ printf '  Installed: (none)\\n  Candidate: {image.nodejs_major}.19.0+dfsg-6\\n'; }}
+ensure_packages() {{ echo "packages $*"; INSTALLED=1; }}
+ensure_nodesource_repository() {{ echo nodesource; }}
+log() {{ echo "$*"; }}
+"""
+    steps = bash(stubs + function + "\nensure_node\n").splitlines()
+    assert image.nodejs_major in settings_module.NODE_MAJORS
+    if asked == image.nodejs_major:
+        assert steps == ["packages nodejs npm"]
+    else:
+        assert steps == ["nodesource", "packages nodejs"]
+
+
+def test_sshd_and_fail2ban_work_on_every_image():
+    common = rendered(conventions.LOAD_BALANCER, 'step "sshd"')
+    if any(i.sshd_socket for i in IMAGES):  # sshd may not be running: reload only a running one
+        assert "systemctl try-reload-or-restart ssh\n" in common and "systemctl reload ssh" not in common
+    jail = rendered(conventions.LOAD_BALANCER, "[sshd]")
+    if not all(i.auth_log for i in IMAGES):  # no auth.log to read: the journal
+        assert "\nbackend = systemd\n" in jail
+
+
+def image_facts(image: conventions.Image) -> list[str]:
+    """What only one image has, as a file outside the table would spell it (patterns)."""
+    literals = [image.slug, image.name, image.security_origin, f"postgresql@{image.postgresql_major}",
+                f"PostgreSQL {image.postgresql_major}", f"restic {image.restic}", f"python{image.python}"]
+    words = [image.os_id, image.codename] + ([image.mongodb_component] if image.mongodb_component != "main" else [])
+    return [re.escape(fact) for fact in literals] + [rf"\b{word}\b" for word in words]
+
+
+def test_no_file_but_the_table_names_a_difference_between_the_images():
+    sources = [p for folder in ("cloudinit", "components") for p in (ROOT / folder).rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts and p != ROOT / "components" / "conventions.py"]
+    assert len(sources) > 40
+    for image in IMAGES:
+        for fact in image_facts(image):
+            found = [str(p.relative_to(ROOT)) for p in sources if re.search(fact, p.read_text())]
+            assert not found, f"{fact!r} ({image.name}) is written in {found}: it belongs in conventions.IMAGES"
+
+
+def test_the_readme_says_what_each_image_has_and_what_has_run_on_it():
+    readme = (ROOT / "README.md").read_text()
+    for image in IMAGES:
+        row = (f"| `{image.slug}` | {image.postgresql_major} | {image.restic} | {image.nodejs_major} | "
+               f"{image.python} | {'yes' if image.sshd_socket else 'no'} | {image.proven} |")
+        assert row in readme, row
