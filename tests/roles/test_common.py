@@ -48,12 +48,14 @@ def push_sandbox(tmp_path, render_role, staging_settings):
     Each step is (kind, payload dict or raw text); the rendered platform-push runs
     with the test table at its real path, on a droplet that has finished provisioning.
     """
-    push = render_role(conventions.LOAD_BALANCER, staging_settings)[conventions.PUSH_COMMAND]
+    files = render_role(conventions.LOAD_BALANCER, staging_settings)
+    push = files[conventions.PUSH_COMMAND]
     (tmp_path / "table.json").write_text(json.dumps(PUSH_TABLE))
 
     def run(steps, provisioned=True):
         lines = [
             f"mkdir -p {conventions.PLATFORM_ETC} {conventions.PLATFORM_STATE}",
+            f"install -D {files[conventions.LOCK_COMMAND]} {conventions.LOCK_COMMAND}",
             f"cp {tmp_path}/table.json {conventions.PLATFORM_ETC}/pushes.json",
             f"touch {conventions.PROVISIONED_MARKER}" if provisioned
             else f"echo 'step=packages' > {conventions.PROVISION_FAILED_MARKER}",
