@@ -159,7 +159,7 @@ def test_pushes_and_provisioning_started_together_run_one_at_a_time(tmp_path, st
 
 def test_a_wait_beyond_the_bound_fails_naming_the_holder(tmp_path, staging_settings, short_wait):
     short_wait(1)
-    table = {"slow": push_kind("slow", then=[["sleep", "5"]]), "fast": push_kind("fast", then=[])}
+    table = {"slow": push_kind("slow", then=[["sleep", "8"]]), "fast": push_kind("fast", then=[])}
     lock_log = conventions.DROPLET_LOCK_LOG
     script = prepare(tmp_path, staging_settings, table) + [
         f'{push("slow")} > "$T/slow.out" 2>&1 &',
