@@ -195,6 +195,17 @@ PROVISION_FAILED_MARKER = f"{PLATFORM_STATE}/provision-failed"
 PROVISION_COMMAND = "/usr/local/sbin/platform-provision"
 # Receives what the Pulumi program pushes over SSH (certificates, upstreams, secrets).
 PUSH_COMMAND = "/usr/local/sbin/platform-push"
+# The droplet lock: one change to a droplet at a time. Every platform-push (its files,
+# check and then-steps) and every platform-provision run (first boot too) holds it.
+LOCK_COMMAND = "/usr/local/sbin/platform-lock"
+DROPLET_LOCK_FILE = "/run/lock/platform-droplet.lock"
+# A line per take and release: `<UTC time, ms> took|released droplet lock: <holder> (pid N)`.
+DROPLET_LOCK_LOG = f"{PLATFORM_LOG_DIR}/lock.log"
+# A holder puts its pid here for its children: provisioning run by a push's then-step
+# runs inside the push's hold instead of waiting for it forever.
+DROPLET_LOCK_ENV = "PLATFORM_DROPLET_LOCK"
+# A first `pulumi up` queues every push of a droplet at once, some running provisioning.
+DROPLET_LOCK_WAIT_SECONDS = 1800
 
 TLS_DIR = f"{PLATFORM_ETC}/tls"
 CA_CERT_PATH = f"{TLS_DIR}/ca.crt"

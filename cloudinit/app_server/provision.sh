@@ -30,12 +30,6 @@ role_steps() {
     fi
 }
 
-apt_lists_ready() {
-    [ -f /var/lib/platform/apt-updated ] && return 0
-    apt_get update -q
-    touch /var/lib/platform/apt-updated
-}
-
 # The distribution's Node.js when it is the major asked for, NodeSource's otherwise.
 ensure_node() {
     local distro_major

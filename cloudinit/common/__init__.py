@@ -16,6 +16,7 @@ PROGRAMS = [
     Program("common/platform-provision.sh", conventions.PROVISION_COMMAND),
     Program("common/common.sh", LIBRARY, mode="0644"),
     Program("common/platform-push.py", conventions.PUSH_COMMAND),
+    Program("common/platform-lock.py", conventions.LOCK_COMMAND),
     Program("common/backup.sh", conventions.BACKUP_LIBRARY, mode="0644"),
     Program("common/platform-backup.sh", conventions.BACKUP_COMMAND),
     Program("common/platform-restore.sh", conventions.RESTORE_COMMAND),

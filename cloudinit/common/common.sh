@@ -16,6 +16,66 @@ changed() {
 # unattended-upgrades may hold them while first boot provisions.
 apt_get() { apt-get -o DPkg::Lock::Timeout={{ c.APT_LOCK_WAIT_SECONDS }} "$@"; }
 
+# apt-get update, waiting for apt's lists lock: DPkg::Lock::Timeout covers only dpkg's
+# locks, and apt takes the lists lock with fcntl without waiting (flock cannot wait on
+# it). Another apt (apt-daily) holding it is waited for; any other failure fails at once.
+apt_update() {
+    local waited=0 holder
+    while true; do
+        if holder=$(apt_lists_lock_holder); then
+            if [ "$waited" -ge {{ c.APT_LOCK_WAIT_SECONDS }} ]; then
+                log "apt-get update gave up: apt's lists lock is still held by ${holder} after ${waited}s"
+                return 1
+            fi
+            if [ "$waited" -eq 0 ]; then
+                log "apt-get update waits (up to {{ c.APT_LOCK_WAIT_SECONDS }}s) for apt's lists lock, held by ${holder}"
+            fi
+            sleep 1
+            waited=$((waited + 1))
+            continue
+        fi
+        apt_get update -q && return 0
+        # Failed while nobody holds the lock: not a wait, a failure.
+        apt_lists_lock_holder >/dev/null || return 1
+    done
+}
+
+# Who holds apt's lists lock ("pid N (command)"); false when nobody does. F_GETLK only
+# asks: taking the lock, even for an instant, could fail the apt that wants it.
+apt_lists_lock_holder() {
+    local lists=/var/lib/apt/lists/
+    eval "$(apt-config shell lists Dir::State::Lists/d)"
+    python3 - "${lists}lock" <<'PYTHON'
+import ctypes, fcntl, os, sys
+
+class Flock(ctypes.Structure):  # struct flock of 64-bit Linux, as fcntl(2) reads it
+    _fields_ = [("l_type", ctypes.c_short), ("l_whence", ctypes.c_short),
+                ("l_start", ctypes.c_int64), ("l_len", ctypes.c_int64), ("l_pid", ctypes.c_int)]
+
+try:
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+except FileNotFoundError:
+    sys.exit(1)
+asked = Flock(l_type=fcntl.F_WRLCK)
+found = Flock.from_buffer_copy(fcntl.fcntl(fd, fcntl.F_GETLK, bytes(asked)))
+if found.l_type == fcntl.F_UNLCK:
+    sys.exit(1)
+try:
+    with open(f"/proc/{found.l_pid}/comm") as f:
+        name = f.read().strip()
+except OSError:
+    name = "unknown"
+print(f"pid {found.l_pid} ({name})")
+PYTHON
+}
+
+# The package lists, fetched once per droplet (a vendor repository refreshes them itself).
+apt_lists_ready() {
+    [ -f /var/lib/platform/apt-updated ] && return 0
+    apt_update
+    touch /var/lib/platform/apt-updated
+}
+
 # Installs packages that are not installed yet; never upgrades (unattended-upgrades does).
 ensure_packages() {
     local missing=()
@@ -24,10 +84,7 @@ ensure_packages() {
         [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] || missing+=("$pkg")
     done
     [ "${#missing[@]}" -eq 0 ] && return 0
-    if [ ! -f /var/lib/platform/apt-updated ]; then
-        apt_get update -q
-        touch /var/lib/platform/apt-updated
-    fi
+    apt_lists_ready
     DEBIAN_FRONTEND=noninteractive apt_get install -y -q --no-install-recommends \
         -o Dpkg::Options::=--force-confold "${missing[@]}"
     changed "installed ${missing[*]}"
@@ -65,7 +122,7 @@ ensure_apt_repository() {
 Signed-By: ${keyring}"
     if [ ! -f "$sources" ] || [ "$(cat "$sources")" != "$sources_text" ]; then
         printf '%s\n' "$sources_text" > "$sources"
-        apt_get update -q
+        apt_update
         changed "$sources"
     fi
 }

@@ -4,6 +4,12 @@
 # says how many changes it made.
 set -Eeuo pipefail
 
+# One change to the droplet at a time: the run holds the droplet lock, unless it runs
+# inside a hold already (a push's then-step), which it must not wait for.
+if ! {{ c.LOCK_COMMAND }} held; then
+    exec {{ c.LOCK_COMMAND }} run provision "$0" "$@"
+fi
+
 # shellcheck source=/dev/null
 . {{ c.PLATFORM_ETC }}/platform.env
 # shellcheck source=common.sh

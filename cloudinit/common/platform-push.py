@@ -5,12 +5,15 @@ The JSON maps file names to contents. {{ c.PLATFORM_ETC }}/pushes.json says, for
 kind, where each file goes, what checks the new files and what to run after. Files
 that are already as pushed are left alone and nothing is reloaded; when the check
 fails the previous files are put back. Contents are never printed: they may be secrets.
+A push waits for first-boot provisioning, then holds the droplet lock (platform-lock)
+for its files, check and then-steps: pushes and provisioning runs never interleave.
 """
 
 import grp
 import json
 import os
 import pwd
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -20,10 +23,13 @@ PUSH_TABLE = "{{ c.PLATFORM_ETC }}/pushes.json"
 PROVISIONED = "{{ c.PROVISIONED_MARKER }}"
 PROVISION_FAILED = "{{ c.PROVISION_FAILED_MARKER }}"
 WAIT_FOR_PROVISIONING_SECONDS = 1800
+# The droplet lock has one home, the platform-lock command; this loads its code.
+hold_droplet_lock = runpy.run_path("{{ c.LOCK_COMMAND }}")["holding"]
 
 
 def wait_for_provisioning():
-    """A push right after boot waits until first-boot provisioning is over."""
+    """A push right after boot waits until first-boot provisioning is over: it may arrive
+    before cloud-init has started provisioning, and so before it holds the lock."""
     deadline = time.monotonic() + WAIT_FOR_PROVISIONING_SECONDS
     while not os.path.exists(PROVISIONED):
         if os.path.exists(PROVISION_FAILED):
@@ -73,7 +79,14 @@ def main(kind):
     if unknown or missing:
         sys.exit(f"platform-push {kind}: unexpected files {unknown}, missing files {missing}")
     wait_for_provisioning()
+    with hold_droplet_lock(f"push {kind}"):
+        # Another holder's provisioning may have failed while this push waited.
+        if os.path.exists(PROVISION_FAILED):
+            sys.exit("platform-push: provisioning failed on this droplet; see {{ c.PROVISION_LOG }}")
+        apply(kind, spec, files)
 
+
+def apply(kind, spec, files):
     previous = {}
     for name, target in spec["files"].items():
         content = files[name].encode()

@@ -6,7 +6,10 @@ A check whose tool is missing fails (it never skips): a skipped check would read
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +24,25 @@ def require_tool(name: str, package: str) -> str:
     if not path:
         pytest.fail(f"{name} is not installed: apt-get install {package}")
     return path
+
+
+def sandboxed(tmp_path: Path, script: str, *, network: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Runs a bash script with private copy-on-write /etc, /var/lib, /var/log, /usr/local,
+    an empty /run/lock (the droplet lock's home) and its own processes; `network`: a
+    private network too."""
+    require_tool("unshare", "util-linux")
+    if os.geteuid() != 0:
+        pytest.fail("the sandbox needs root (mount namespaces and overlays)")
+    mounts = []
+    for i, lower in enumerate(("/etc", "/var/lib", "/var/log", "/usr/local")):
+        upper, work = tmp_path / f"ov{i}/upper", tmp_path / f"ov{i}/work"
+        upper.mkdir(parents=True)
+        work.mkdir(parents=True)
+        mounts.append(f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {lower}")
+    mounts.append("mkdir -p /run/lock && mount -t tmpfs tmpfs /run/lock")
+    setup = " && ".join(mounts)
+    # A private PID namespace too: whatever the script leaves running dies with it.
+    argv = ["unshare", "-m", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc",
+            *(["-n"] if network else []),
+            "bash", "-c", f"set -e; {setup}; set +e\n{script}"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)

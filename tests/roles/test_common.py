@@ -1,8 +1,9 @@
 """What every droplet gets, checked by the programs that read it.
 
 Anything that would touch the host (ufw, logrotate, platform-push's real paths) runs in
-a private mount namespace with overlays over /etc, /var/lib and /var/log (and a private
-network namespace for ufw): the real paths are used and the host keeps nothing.
+role_checks.sandboxed: a private mount namespace with overlays over /etc, /var/lib,
+/var/log and /usr/local (and a private network namespace for ufw): the real paths are
+used and the host keeps nothing.
 """
 
 from __future__ import annotations
@@ -20,29 +21,9 @@ import cloudinit
 from cloudinit import common
 from components import conventions
 
-from role_checks import ROLES, require_tool
+from role_checks import ROLES, require_tool, sandboxed
 
 LIB = "usr/local/lib/platform"
-
-
-# --- a sandbox over the real paths ---------------------------------------------------
-
-
-def sandboxed(tmp_path: Path, script: str, *, network: bool = False) -> subprocess.CompletedProcess:
-    """Runs a bash script with private copy-on-write /etc, /var/lib, /var/log, /usr/local."""
-    require_tool("unshare", "util-linux")
-    if os.geteuid() != 0:
-        pytest.fail("the sandbox needs root (mount namespaces and overlays)")
-    mounts = []
-    for i, lower in enumerate(("/etc", "/var/lib", "/var/log", "/usr/local")):
-        upper, work = tmp_path / f"ov{i}/upper", tmp_path / f"ov{i}/work"
-        upper.mkdir(parents=True)
-        work.mkdir(parents=True)
-        mounts.append(f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {lower}")
-    setup = " && ".join(mounts)
-    argv = ["unshare", "-m", "--propagation", "private", *(["-n"] if network else []),
-            "bash", "-c", f"set -e; {setup}; set +e\n{script}"]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
 
 # --- platform-push -------------------------------------------------------------------
@@ -67,12 +48,14 @@ def push_sandbox(tmp_path, render_role, staging_settings):
     Each step is (kind, payload dict or raw text); the rendered platform-push runs
     with the test table at its real path, on a droplet that has finished provisioning.
     """
-    push = render_role(conventions.LOAD_BALANCER, staging_settings)[conventions.PUSH_COMMAND]
+    files = render_role(conventions.LOAD_BALANCER, staging_settings)
+    push = files[conventions.PUSH_COMMAND]
     (tmp_path / "table.json").write_text(json.dumps(PUSH_TABLE))
 
     def run(steps, provisioned=True):
         lines = [
             f"mkdir -p {conventions.PLATFORM_ETC} {conventions.PLATFORM_STATE}",
+            f"install -D {files[conventions.LOCK_COMMAND]} {conventions.LOCK_COMMAND}",
             f"cp {tmp_path}/table.json {conventions.PLATFORM_ETC}/pushes.json",
             f"touch {conventions.PROVISIONED_MARKER}" if provisioned
             else f"echo 'step=packages' > {conventions.PROVISION_FAILED_MARKER}",

@@ -97,6 +97,10 @@ def test_first_boot_provisioned_with_changes(droplet):
     log = droplet(["cat", conventions.PROVISION_LOG]).stdout
     (first,) = [int(n) for n in FINISHED.findall(log)]
     assert first > 0, log
+    # cloud-init's run held the droplet lock, and let it go.
+    lock_log = droplet(["cat", conventions.DROPLET_LOCK_LOG]).stdout
+    assert re.search(r"^\S+Z took droplet lock: provision \(pid (\d+)\)\n\S+Z released droplet lock: provision "
+                     r"\(pid \1\)$", lock_log, re.M), lock_log
 
 
 def test_second_run_changes_nothing_and_restarts_nothing(droplet):
@@ -149,6 +153,7 @@ def test_tls_push_installs_the_key_root_only_and_trusts_the_ca(droplet, tmp_path
 
     first = droplet([conventions.PUSH_COMMAND, "tls"], input=payload)
     assert "tls: 3 file(s) changed" in first.stdout
+    assert "released droplet lock: push tls" in droplet(["cat", conventions.DROPLET_LOCK_LOG]).stdout
     assert "PRIVATE KEY" not in first.stdout
     key = droplet(["stat", "-c", "%a %U:%G", conventions.SERVER_KEY_PATH]).stdout.strip()
     assert key == f"640 root:{conventions.TLS_KEY_GROUP}"
