@@ -22,15 +22,13 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from components import conventions
 
 from . import ARCHIVED_RELEASES_KEPT
 
-if TYPE_CHECKING:   # targets imports this module, and release imports targets
-    from .executor import Executor
-    from .release import Build
+from .executor import Executor
+from .release import Build
 
 OUTPUT = "release_archive"   # the stack output that says where releases go
 TARBALL, MANIFEST = ".tar.gz", ".json"

@@ -13,7 +13,7 @@ from pathlib import Path
 from cloudinit.app_server import APPS_RELOAD
 from components import conventions, ssh
 
-from .targets import Server, Stack
+from .records import Server, Stack
 
 REMOTE_SCRIPT = Path(__file__).with_name("remote.sh")
 # What the release leaves out of the app directory: built fresh, or not needed to run.

@@ -19,7 +19,7 @@ from . import commands
 from .commands import Remote
 from .executor import CommandFailed, Executor, Result
 from .release import Build
-from .targets import Server, Stack
+from .records import Server, Stack
 
 LOCKED_EXIT = 3  # remote.sh's exit when someone else holds the lock
 

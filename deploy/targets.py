@@ -17,23 +17,7 @@ from components import conventions
 
 from .archive import OUTPUT, Store, store_from_outputs
 from .executor import CommandFailed, Executor
-
-
-@dataclass(frozen=True)
-class Server:
-    name: str        # app-1, app-2, ...: as the program names them
-    address: str     # private address, reached through the jump host
-
-
-@dataclass(frozen=True)
-class Stack:
-    name: str
-    jump_host: str                   # the LB's public (reserved) address
-    servers: tuple[Server, ...]
-    # The operator's private key file; None: ssh's own defaults (agent, ~/.ssh/config).
-    identity: str | None = None
-    # None: the operator's own known_hosts.
-    known_hosts: str | None = None
+from .records import Server, Stack
 
 
 class StackTarget(Protocol):

@@ -14,7 +14,8 @@ import cloudinit
 from components import conventions
 from deploy import commands, release
 from deploy.executor import Executor
-from deploy.targets import LocalStack, PulumiStack, Server, Stack, TargetError, stack_from_outputs
+from deploy.records import Server, Stack
+from deploy.targets import LocalStack, PulumiStack, TargetError, stack_from_outputs
 
 from deploy_helpers import require_tool
 

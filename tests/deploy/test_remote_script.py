@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from deploy import commands
-from deploy.targets import Server, Stack
+from deploy.records import Server, Stack
 
 from deploy_helpers import require_tool
 

@@ -19,7 +19,7 @@ from deploy import commands, roll
 from deploy.archive import NotArchived
 from deploy.executor import Executor, Result
 from deploy.release import Build
-from deploy.targets import Server, Stack
+from deploy.records import Server, Stack
 
 SERVERS = (Server("app-1", "10.110.16.3"), Server("app-2", "10.110.16.4"), Server("app-3", "10.110.16.5"))
 STACK = Stack("staging", "198.51.100.2", SERVERS, identity="/keys/operator")
