@@ -36,7 +36,7 @@ def build(settings: Settings) -> dict[str, object]:
     lb = LoadBalancer("lb", base=base)
     datastore = Datastore("datastore", base=base, jump=lb.route)
     pool = AppServerPool("app", base=base, jump=lb.route, datastore=datastore)
-    lb.send_traffic_to(pool.private_ips)
+    lb.send_traffic_to(pool.private_ips, serving=pool.serving)
     if settings.backups:
         lb.back_up_to(datastore.backup_bucket)
         pool.back_up_to(datastore.backup_bucket)

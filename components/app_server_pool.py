@@ -34,6 +34,7 @@ class AppServerPool(pulumi.ComponentResource):
         self._settings = settings
         self.droplets = []
         self.private_ips = []
+        self.serving: list[pulumi.Resource] = []   # the pushes after which every member serves
         self.routes: dict[str, remote.SshRoute] = {}
         for number in range(1, settings.app_server_count + 1):
             member = f"{name}-{number}"
@@ -49,18 +50,23 @@ class AppServerPool(pulumi.ComponentResource):
                 ip_addresses=[droplet.ipv4_address_private],
                 parent=self,
             )
-            remote.push_identity(
+            tls = remote.push_identity(
                 member, route=route, role=conventions.APP_SERVER, settings=settings, cert=cert, parent=self
             )
-            remote.push(f"{member}-env-push", route=route, kind="env", files={".env": app_env}, parent=self)
+            env = remote.push(f"{member}-env-push", route=route, kind="env", files={".env": app_env}, parent=self)
             # The first release, so a new stack serves something; ignored once one is deployed.
-            remote.push(
+            # It starts the apps, which need their environment first: the engine would
+            # otherwise run both pushes at once, in either order.
+            example_app = remote.push(
                 f"{member}-example-app-push",
                 route=route,
                 kind="example-app",
                 files={"example-app.tar.gz.b64": app_files.example_app_archive()},
                 parent=self,
+                depends_on=[env],
             )
+            # It serves once its certificate and its first release are in place.
+            self.serving += [tls, example_app]
             self.droplets.append(droplet)
             self.routes[member] = route
             self.private_ips.append(droplet.ipv4_address_private)

@@ -67,8 +67,10 @@ class LoadBalancer(pulumi.ComponentResource):
         )
         self.register_outputs({"public_ip": self.public_ip, "private_ip": self.private_ip})
 
-    def send_traffic_to(self, app_server_addresses: list[pulumi.Output[str]]) -> None:
-        """Push the upstream list; it changes with the pool, the LB droplet never does."""
+    def send_traffic_to(self, app_server_addresses: list[pulumi.Output[str]], serving: list[pulumi.Resource]) -> None:
+        """Push the upstream list; it changes with the pool, the LB droplet never does. It
+        waits for `serving`: a new member joins only once it answers, so no request is
+        sent to a server still booting."""
         upstreams = pulumi.Output.all(*app_server_addresses).apply(lambda ips: lb_files.upstreams(list(ips)))
         remote.push(
             f"{self._name}-upstreams-push",
@@ -76,6 +78,7 @@ class LoadBalancer(pulumi.ComponentResource):
             kind="upstreams",
             files={"upstreams.conf": upstreams},
             parent=self,
+            depends_on=serving,
         )
 
     def back_up_to(self, bucket: do.SpacesBucket) -> None:

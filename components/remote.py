@@ -147,9 +147,10 @@ def push_identity(
     settings: Settings,
     cert: ServerCertificate,
     parent: pulumi.Resource,
-) -> None:
-    """What every droplet receives after boot: its TLS identity and the operators' keys."""
-    push(
+) -> command.remote.Command:
+    """What every droplet receives after boot: its TLS identity and the operators' keys.
+    Returns the TLS push (a server serves TLS only once it is done)."""
+    tls = push(
         f"{name}-tls-push",
         route=route,
         kind="tls",
@@ -163,6 +164,7 @@ def push_identity(
         files=common_files.operator_keys(role, settings),
         parent=parent,
     )
+    return tls
 
 
 def push(

@@ -52,6 +52,26 @@ def test_a_droplet_behind_the_lb_waits_for_the_lbs_gate_first(deployment):
             assert "lb-boot-gate" in depends_on(deployment, gate), name
 
 
+def test_the_first_release_waits_for_the_apps_environment(deployment):
+    """It starts the apps; started before their .env exists, they fail, and the env push's
+    reload with them (seen on the local cloud with the engine's order)."""
+    for push in of_type(deployment, COMMAND):
+        if push.name.endswith("-example-app-push"):
+            member = push.name.removesuffix("-example-app-push")
+            assert f"{member}-env-push" in depends_on(deployment, push), push.name
+
+
+def test_the_lb_sends_traffic_to_an_app_server_only_once_it_serves(deployment):
+    """The upstream list waits for every member's certificate and first release: pushed as
+    soon as a new member's droplet exists, it would send requests to a server still booting."""
+    upstreams = deployment.named("lb-upstreams-push", ":Command")
+    members = {push.name.removesuffix("-tls-push") for push in of_type(deployment, COMMAND)
+               if push.name.startswith("app-") and push.name.endswith("-tls-push")}
+    assert members
+    for member in members:
+        assert {f"{member}-tls-push", f"{member}-example-app-push"} <= depends_on(deployment, upstreams)
+
+
 def test_the_jump_host_gets_the_same_patience_as_the_target(deployment):
     for push in of_type(deployment, COMMAND):
         conn = push.state["connection"]
