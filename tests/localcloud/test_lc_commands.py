@@ -110,3 +110,20 @@ def test_volume_paths_and_commands():
     assert volume.device_path("pgdata") == "/dev/disk/by-id/scsi-0DO_Volume_pgdata"
     assert volume.losetup_attach_command(Path("/v.img")) == ["losetup", "--find", "--show", "/v.img"]
     assert volume.mkfs_command("ext4", "/v.img", "pgdata") == ["mkfs.ext4", "-q", "-L", "pgdata", "/v.img"]
+
+
+def test_a_droplet_boots_with_sshd_answering_before_cloud_init(tmp_path):
+    from localcloud.droplet import BootQuirks, boot_files
+    unit = tmp_path / "lib/systemd/system/cloud-init.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Unit]\nBefore=sshd-keygen.service\nBefore=sshd.service\nBefore=sysinit.target\n")
+    files = boot_files(tmp_path, BootQuirks())
+    assert files["etc/systemd/system/cloud-init.service"] == "[Unit]\nBefore=sysinit.target\n"
+    early = files["etc/systemd/system/ssh.service.d/localcloud-boot.conf"]
+    assert "DefaultDependencies=no" in early and "ExecStartPre=/usr/bin/ssh-keygen -A" in early
+    assert "sleep" not in early and len(files) == 2
+    slow = boot_files(tmp_path, BootQuirks(sshd_late=30, logins_refused=60))
+    assert "ExecStartPre=/bin/sleep 30\nExecStartPre=/usr/bin/ssh-keygen -A" in \
+        slow["etc/systemd/system/ssh.service.d/localcloud-boot.conf"]
+    assert "ExecStartPre=/bin/sleep 60" in \
+        slow["etc/systemd/system/systemd-user-sessions.service.d/localcloud-late.conf"]
