@@ -29,13 +29,13 @@ def local(name: str, needs=(), changed=True) -> LocalCommand:
 class Recorder:
     """An executor that sleeps, fails where told, and records when each command ran."""
 
-    def __init__(self, seconds: float = 0.3, fail: set[str] = frozenset()):
-        self.seconds, self.fail, self.spans, self.lock = seconds, fail, {}, threading.Lock()
+    def __init__(self, seconds: float = 0.3, fail: set[str] = frozenset(), slow: dict[str, float] | None = None):
+        self.seconds, self.fail, self.slow, self.spans, self.lock = seconds, fail, slow or {}, {}, threading.Lock()
         self.t0 = time.monotonic()
 
     def __call__(self, c):
         began = time.monotonic() - self.t0
-        time.sleep(self.seconds)
+        time.sleep(self.slow.get(c.name, self.seconds))
         with self.lock:
             self.spans[c.name] = (began, time.monotonic() - self.t0)
         return (1, "failed on purpose\n") if c.name in self.fail else (0, "")
@@ -71,7 +71,8 @@ def test_a_command_starts_as_soon_as_what_it_depends_on_is_done_and_not_before()
 
 
 def test_after_a_failure_nothing_new_starts_and_the_failed_command_is_reported():
-    rec = Recorder(seconds=0.2, fail={"a"})
+    # b outlasts a's failure by far, so the failure comes first however loaded the machine.
+    rec = Recorder(seconds=0.05, fail={"a"}, slow={"b": 1.5})
     commands = [local("a"), local("b"), local("after-a", needs={"a"}), local("after-b", needs={"b"})]
     results = {r.name: r for r in engine.run(commands, parallelism=2, execute=rec)}
     assert results["a"].status == "failed" and results["a"].returncode == 1
