@@ -24,7 +24,6 @@ STACK = Stack("staging", "198.51.100.2", (Server("app-1", "10.110.16.3"),))
 
 @pytest.fixture
 def layout(tmp_path):
-    require_tool("shellcheck", "shellcheck")
     root = tmp_path / "srv"
     (root / "releases").mkdir(parents=True)
     return root
