@@ -37,15 +37,47 @@ def deployment(request, staging_deployment, production_deployment) -> mockcloud.
     return {"staging": staging_deployment, "production": production_deployment}[request.param]
 
 
+# --- the test tiers (markers registered in pytest.ini) --------------------------------
+
+TIERS = ("fast", "sandbox", "localcloud")
+TESTS = Path(__file__).resolve().parent
+# Folders whose tests run real programs and engines on this machine (root, Debian packages).
+SANDBOX_FOLDERS = ("roles", "backups")
+# Fixtures that boot droplets: a test that uses one is in the local-cloud tier, wherever it is.
+DROPLET_FIXTURES = ("local_stack", "needs_root")
+
+
+def tier_of(item) -> str:
+    """A test's tier: its own or its module's tier marker (for the odd test whose tier is
+    not its folder's), else `localcloud` if it uses a droplet fixture, else `sandbox` in
+    the sandbox folders, else `fast`. A test in two tiers is a collection error."""
+    marked = {m.name for m in item.iter_markers() if m.name in TIERS}
+    boots = [name for name in DROPLET_FIXTURES if name in getattr(item, "fixturenames", ())]
+    if len(marked) > 1 or (boots and marked - {"localcloud"}):
+        raise pytest.UsageError(f"{item.nodeid} is in more than one tier: marked {sorted(marked)}"
+                                + (f", uses {boots} (localcloud)" if boots else ""))
+    if marked:
+        return marked.pop()
+    if boots:
+        return "localcloud"
+    folder = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else None
+    return "sandbox" if folder in SANDBOX_FOLDERS else "fast"
+
+
 # --- the staging stack on the local cloud, booted once per session ------------------
 
 LOCAL_STACK = "staging"
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Tests on the shared local stack run last: the local cloud's low-layer tests remove
-    every droplet (global teardown) and must be done before the stack comes up. Among
-    them, a module with RUNS_LAST_ON_THE_STACK (it replaces droplets) goes last."""
+    """Every test gets its tier's marker (tier_of), then tests on the shared local stack
+    run last: the local cloud's low-layer tests remove every droplet (global teardown) and
+    must be done before the stack comes up. Among them, a module with
+    RUNS_LAST_ON_THE_STACK (it replaces droplets) goes last."""
+    for item in items:
+        tier = tier_of(item)
+        if item.get_closest_marker(tier) is None:
+            item.add_marker(tier)
     items.sort(key=lambda item: ("local_stack" in getattr(item, "fixturenames", ()),
                                  getattr(item.module, "RUNS_LAST_ON_THE_STACK", False)))
 

@@ -124,6 +124,7 @@ def run_init(tmp_path, creates: str | None) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.sandbox  # runs restic
 def test_init_creates_a_missing_repository_only_on_the_droplet_told_to(tmp_path):
     for creates in (None, "no"):
         refused = run_init(tmp_path, creates)

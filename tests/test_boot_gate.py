@@ -93,6 +93,7 @@ def test_the_gate_goes_through_the_lb_and_its_key_stays_a_secret(deployment):
         assert mockcloud.is_secret(environment) or mockcloud.is_secret(environment["PLATFORM_SSH_KEY"])
 
 
+@pytest.mark.sandbox  # runs shellcheck
 def test_the_gate_script_passes_shellcheck():
     checker = shutil.which("shellcheck")
     if not checker:

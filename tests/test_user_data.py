@@ -55,6 +55,7 @@ def user_data_by_droplet(staging_deployment, production_deployment) -> dict[str,
     }
 
 
+@pytest.mark.sandbox  # runs cloud-init
 def test_every_cloud_config_passes_cloud_init_schema(user_data_by_droplet, tmp_path):
     distinct = {}
     for name, text in user_data_by_droplet.items():
@@ -69,6 +70,7 @@ def test_every_cloud_config_passes_cloud_init_schema(user_data_by_droplet, tmp_p
         assert "Valid cloud-config" in result.stdout, result.stdout
 
 
+@pytest.mark.sandbox  # runs cloud-init
 def test_cloud_init_schema_rejects_a_broken_config(tmp_path):
     """The check above can fail: a misspelt key inside a module, a wrong type."""
     broken = tmp_path / "broken.yaml"
@@ -91,6 +93,7 @@ def test_only_known_module_keys_at_the_top(user_data_by_droplet):
         assert set(load_yaml(text)) <= MODULE_KEYS, f"{name}: {set(load_yaml(text)) - MODULE_KEYS}"
 
 
+@pytest.mark.sandbox  # reads the installed cloud-init
 def test_the_allowed_module_keys_are_cloud_inits_own():
     """Each allowed key is a property of the installed cloud-init's cloud-config schema."""
     require_cloud_init()

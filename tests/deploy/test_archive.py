@@ -261,6 +261,8 @@ def test_a_local_stack_reads_its_state_or_says_why_it_cannot(tmp_path, monkeypat
             LocalStack("staging").archive_store()
 
 
+# The plan holds the local cloud's operator key, made by ssh-keygen in /var/lib/localcloud (root).
+@pytest.mark.sandbox
 def test_the_local_clouds_state_keeps_the_programs_outputs(tmp_path, monkeypatch):
     from localcloud import plan as local_plan, records
     monkeypatch.setattr(records, "state_file", lambda name: tmp_path / "none.json")

@@ -139,6 +139,7 @@ def test_release_ids_sort_by_utc_time_and_name_commit_and_dirt():
     assert release.release_id("abc1234", True, now) == "20261129T213005Z-abc1234-dirty"
 
 
+@pytest.mark.sandbox  # runs git and npm
 def test_build_installs_dependencies_from_the_lockfile_and_names_the_commit(tmp_path):
     """The example app, built for real (npm ci from the registry, as an operator's machine does)."""
     require_tool("git", "git")
@@ -177,6 +178,7 @@ def test_build_refuses_a_directory_without_a_lockfile(tmp_path):
         release.build(str(tmp_path), str(tmp_path / "work"), Executor())
 
 
+@pytest.mark.sandbox  # runs rsync
 def test_uploaded_files_are_readable_and_never_writable_by_others(tmp_path):
     """rsync with the upload's modes, locally: what lands is what the app user can read."""
     require_tool("rsync", "rsync")

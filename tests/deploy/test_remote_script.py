@@ -24,7 +24,6 @@ STACK = Stack("staging", "198.51.100.2", (Server("app-1", "10.110.16.3"),))
 
 @pytest.fixture
 def layout(tmp_path):
-    require_tool("shellcheck", "shellcheck")
     root = tmp_path / "srv"
     (root / "releases").mkdir(parents=True)
     return root
@@ -56,6 +55,7 @@ def add_release(layout: Path, name: str, age: int) -> None:
     os.utime(layout / "releases" / name, (stamp, stamp))
 
 
+@pytest.mark.sandbox  # runs shellcheck
 def test_shellcheck_passes_on_the_script_as_sent(tmp_path):
     require_tool("shellcheck", "shellcheck")
     sent = tmp_path / "sent.sh"
@@ -198,6 +198,7 @@ def health_server(pki: Path, code: int):
     return proc, port
 
 
+@pytest.mark.sandbox  # runs curl, its certificates openssl
 @pytest.mark.parametrize("code,expected", [(200, 0), (503, 1)])
 def test_health_waits_for_three_good_answers_verifying_the_pool_certificate(layout, pki, code, expected):
     require_tool("curl", "curl")
@@ -215,6 +216,7 @@ def test_health_waits_for_three_good_answers_verifying_the_pool_certificate(layo
         assert result.stdout.strip() == "healthy"
 
 
+@pytest.mark.sandbox  # runs curl and openssl
 def test_health_fails_when_the_certificate_is_not_the_stack_cas(layout, pki, tmp_path_factory):
     """A server with a certificate from another CA never counts as healthy."""
     require_tool("curl", "curl")

@@ -10,11 +10,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # the repo root
 from localcloud import config as lc_config  # noqa: E402
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "localcloud: boots real droplets (root, Debian packages in localcloud.HOST_PACKAGES)")
-
-
 def missing_host_tools() -> list[str]:
     tools = ["debootstrap", "systemd-nspawn", "ip", "nft", "losetup", "mkfs.ext4", "nsenter"]
     return [t for t in tools if not shutil.which(t)]

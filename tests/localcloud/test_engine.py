@@ -173,6 +173,7 @@ def connections(log) -> int:
     return log.read_text().count("Connection from 127.0.0.1")
 
 
+@pytest.mark.sandbox  # runs sshd (root)
 def test_a_command_runs_with_its_stdin_and_exit_code(sshd):
     start, hop = sshd
     port, _ = start("open", lets_in=True)
@@ -180,6 +181,7 @@ def test_a_command_runs_with_its_stdin_and_exit_code(sshd):
     assert code == 3 and "payload" in output and "to-stderr" in output
 
 
+@pytest.mark.sandbox  # runs sshd (root)
 def test_through_a_jump_host_a_refused_login_is_not_tried_again(sshd):
     start, hop = sshd
     jump, _ = start("jump", lets_in=True)
@@ -191,6 +193,7 @@ def test_through_a_jump_host_a_refused_login_is_not_tried_again(sshd):
     assert time.monotonic() - began < 5          # three waits of 0.1-0.225 s, then the error
 
 
+@pytest.mark.sandbox  # runs sshd (root)
 def test_directly_a_refused_login_is_tried_again_on_a_new_connection(sshd):
     start, hop = sshd
     target, target_log = start("refusing", lets_in=False)
@@ -200,6 +203,7 @@ def test_directly_a_refused_login_is_tried_again_on_a_new_connection(sshd):
     assert connections(target_log) - before == 4
 
 
+@pytest.mark.sandbox  # runs sshd (root)
 def test_the_jump_host_has_its_own_limit(sshd):
     start, hop = sshd
     target, _ = start("open", lets_in=True)

@@ -54,6 +54,8 @@ def test_commands_in_a_cycle_are_refused():
         plan.ordered_commands([r for r, _ in pairs], {(r.type, r.name): q for r, q in pairs})
 
 
+# The plan holds the local cloud's operator key, made by ssh-keygen in /var/lib/localcloud (root).
+@pytest.mark.sandbox
 def test_overrides_keep_the_stacks_admin_range_and_add_only_the_host():
     overrides = plan.local_overrides({"adminCidrs": ["203.0.113.10/32"], "sshPublicKeys": ["ssh-ed25519 AAAA ops"],
                                        "engines": ["postgresql", "mongodb", "redis"]})
@@ -65,6 +67,8 @@ def test_overrides_keep_the_stacks_admin_range_and_add_only_the_host():
     assert set(overrides) == set(plan.LOCAL_OVERRIDES_WHY)
 
 
+# The plan holds the local cloud's operator key, made by ssh-keygen in /var/lib/localcloud (root).
+@pytest.mark.sandbox
 def test_the_staging_plan_has_the_programs_addresses_and_resources():
     p = plan.plan_from(*_staging_deployment())
     assert {d.key for d in p.droplets} == {"lb", "datastore", "app-1", "app-2"}
@@ -184,6 +188,8 @@ def test_a_leaving_droplet_keeps_its_firewall_place_until_it_is_removed():
     assert stack.with_leaving(after.topology(), before, []) == after.topology()
 
 
+# The plan holds the local cloud's operator key, made by ssh-keygen in /var/lib/localcloud (root).
+@pytest.mark.sandbox
 def test_a_run_cannot_change_a_setting_the_local_overrides_hold():
     with pytest.raises(ValueError, match="LOCAL_OVERRIDES"):
         stack.plan("staging", {"image": "ubuntu-24-04-x64"})

@@ -20,12 +20,6 @@ import mockcloud  # noqa: E402
 STACKS = ("staging", "production")
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "slow: boots a container (systemd-nspawn); runs in CI, deselect with -m 'not slow'")
-    config.addinivalue_line("markers", "localcloud: boots droplets of the local cloud (root)")
-
-
 @pytest.fixture(scope="session")
 def staging_settings():
     return mockcloud.stack_settings("staging")

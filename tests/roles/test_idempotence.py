@@ -5,8 +5,8 @@ its role steps are empty and its TLS push reloads nothing but the CA store (ngin
 pm2 and the rest are proven by the local stack). cloud-init runs provisioning once at
 first boot; running it again must report `0 change(s)` and restart nothing.
 
-Slow (boots a container, installs packages through the local cloud's proxy): marked
-`slow` and `localcloud`; CI runs it: `pytest -m slow tests/roles`.
+It boots a droplet (a container, packages through the local cloud's proxy): tier
+`localcloud`, not its folder's `sandbox`; `pytest -m localcloud` runs it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from components import conventions
 
 from role_checks import require_tool
 
-pytestmark = [pytest.mark.slow, pytest.mark.localcloud]
+pytestmark = pytest.mark.localcloud
 
 DROPLET = "roles-common"
 ROLE = conventions.APP_SERVER
