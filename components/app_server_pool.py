@@ -31,6 +31,8 @@ class AppServerPool(pulumi.ComponentResource):
             lambda args: app_files.app_env(args[0], args[1], settings)
         )
         network.firewall(conventions.APP_SERVER, parent=self)
+        # The same sources for every member: archived once, not once per server.
+        example_app_archive = app_files.example_app_archive()
         self._settings = settings
         self.droplets = []
         self.private_ips = []
@@ -61,7 +63,7 @@ class AppServerPool(pulumi.ComponentResource):
                 f"{member}-example-app-push",
                 route=route,
                 kind="example-app",
-                files={"example-app.tar.gz.b64": app_files.example_app_archive()},
+                files={"example-app.tar.gz.b64": example_app_archive},
                 parent=self,
                 depends_on=[env],
             )

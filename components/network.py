@@ -23,6 +23,7 @@ class Network(pulumi.ComponentResource):
         super().__init__("node-platform:index:Network", name, None, opts)
         self._settings = settings
         self._key = key
+        self._user_data: dict[str, pulumi.Output[str]] = {}
         child = pulumi.ResourceOptions(parent=self)
         self.vpc = do.Vpc(
             f"{name}-vpc",
@@ -57,7 +58,6 @@ class Network(pulumi.ComponentResource):
     ) -> do.Droplet:
         """A droplet of `role`, booting the role's cloud-config (the same for every member)."""
         settings = self._settings
-        user_data = self._key.public_key_openssh.apply(lambda key: cloudinit.first_boot(role, settings, key))
         return do.Droplet(
             name,
             name=conventions.droplet_name(settings.stack, name),
@@ -67,12 +67,22 @@ class Network(pulumi.ComponentResource):
             vpc_uuid=self.vpc.id,
             tags=[self.stack_tag.name, self.role_tags[role].name],
             ssh_keys=[self.account_key.fingerprint],
-            user_data=user_data,
+            user_data=self.user_data(role),
             monitoring=True,
             backups=settings.droplet_backups,
             graceful_shutdown=True,
             opts=pulumi.ResourceOptions(parent=parent, protect=protect),
         )
+
+    def user_data(self, role: str) -> pulumi.Output[str]:
+        """The role's cloud-config, rendered once per role: rendering and dumping it is most
+        of the program's own time, and every member boots the same."""
+        if role not in self._user_data:
+            settings = self._settings
+            self._user_data[role] = self._key.public_key_openssh.apply(
+                lambda key: cloudinit.first_boot(role, settings, key)
+            )
+        return self._user_data[role]
 
     def firewall(self, role: str, *, parent: pulumi.Resource) -> do.Firewall:
         """The role's cloud firewall, from the matrix in `firewalls`."""
