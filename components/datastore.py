@@ -98,15 +98,19 @@ class Datastore(pulumi.ComponentResource):
             name, dns_names=[conventions.droplet_name(settings.stack, name)], ip_addresses=[self.private_ip],
             parent=self,
         )
-        remote.push_identity(
+        tls = remote.push_identity(
             name, route=route, role=conventions.DATASTORE, settings=settings, cert=cert, parent=self
         )
+        # The engines start once the droplet's certificate is there; the passwords are applied
+        # to running engines, so they come after it (a new droplet on a kept volume failed
+        # to serve PostgreSQL when the engine's order ran the secrets push first).
         remote.push(
             f"{name}-secrets-push",
             route=route,
             kind="secrets",
             files={"secrets.env": pulumi.Output.secret(pulumi.Output.all(**passwords)).apply(datastore_files.secrets_env)},
             parent=self,
+            depends_on=[tls],
         )
         if settings.backups:
             self.backups = Backups(

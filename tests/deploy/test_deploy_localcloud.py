@@ -136,9 +136,9 @@ def bad_app(tmp_path: Path) -> str:
 
 def serving(plan) -> str:
     """The status line of a GET of / through the LB, from the internet client."""
-    from localcloud import stack as local
-    seen = local.from_internet(local.curl_argv(f"https://{plan.domain}/", plan.domain, plan.lb.reserved_ips[0],
-                                               443, "-k", "-o", "/dev/null", "-w", "%{http_code}"))
+    from localcloud import checks
+    seen = checks.from_internet(checks.curl_argv(f"https://{plan.domain}/", plan.domain, plan.lb.reserved_ips[0],
+                                                 443, "-k", "-o", "/dev/null", "-w", "%{http_code}"))
     return seen.stdout.strip()
 
 
