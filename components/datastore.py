@@ -101,9 +101,8 @@ class Datastore(pulumi.ComponentResource):
         tls = remote.push_identity(
             name, route=route, role=conventions.DATASTORE, settings=settings, cert=cert, parent=self
         )
-        # The engines start once the droplet's certificate is there; the passwords are applied
-        # to running engines, so they come after it (a new droplet on a kept volume failed
-        # to serve PostgreSQL when the engine's order ran the secrets push first).
+        # The engines start once the droplet's certificate is there and the passwords are
+        # applied to running engines: the same order the pushes always had, now in the graph.
         remote.push(
             f"{name}-secrets-push",
             route=route,
