@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pulumi
 
-from components import conventions, prices
+from model import conventions, prices
 from components.alerts import Alerts
 from components.app_server_pool import AppServerPool
 from components.datastore import Datastore
@@ -20,7 +20,7 @@ from components.network import Network
 from components.pki import InternalCA
 from components.release_archive import release_archive
 from components.remote import AutomationKey
-from components.settings import Settings, SettingsError, stack_config
+from model.settings import Settings, SettingsError, stack_config
 
 
 def build(settings: Settings) -> dict[str, object]:

@@ -21,8 +21,8 @@ from typing import Any
 import jinja2
 import yaml
 
-from components import conventions, firewalls
-from components.settings import Settings
+from model import conventions, firewalls
+from model.settings import Settings
 
 HERE = Path(__file__).parent
 # Config files are staged here at first boot; the provisioning script installs each one

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_digitalocean as do
 
-from . import conventions
+from model import conventions
 from .network import Network
-from .settings import Settings
+from model.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ import pulumi_digitalocean as do
 
 from cloudinit import app_server as app_files
 
-from . import conventions, remote
+from . import remote
+
+from model import conventions
 from .backups import Backups
 from .datastore import Datastore
 from .foundation import Foundation

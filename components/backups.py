@@ -18,8 +18,10 @@ import pulumi_random as random
 
 from cloudinit import common as common_files
 
-from . import conventions, remote
-from .settings import Settings
+from . import remote
+
+from model import conventions
+from model.settings import Settings
 
 REPOSITORY_PASSWORD_LENGTH = 48
 

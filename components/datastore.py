@@ -8,7 +8,9 @@ import pulumi_random as random
 
 from cloudinit import datastore as datastore_files
 
-from . import conventions, remote
+from . import remote
+
+from model import conventions
 from .backups import Backups
 from .foundation import Foundation
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from .network import Network
 from .pki import InternalCA
 from .remote import AutomationKey
-from .settings import Settings
+from model.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ import pulumi_digitalocean as do
 
 from cloudinit import load_balancer as lb_files
 
-from . import conventions, remote
+from . import remote
+
+from model import conventions
 from .backups import Backups
 from .foundation import Foundation
 

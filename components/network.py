@@ -11,9 +11,9 @@ import pulumi_digitalocean as do
 
 import cloudinit
 
-from . import conventions, firewalls
+from model import conventions, firewalls
 from .remote import AutomationKey
-from .settings import Settings
+from model.settings import Settings
 
 
 class Network(pulumi.ComponentResource):

@@ -10,7 +10,7 @@ import pulumi_digitalocean as do
 
 from cloudinit import app_server as app_files
 
-from .settings import Settings
+from model.settings import Settings
 
 
 def release_archive(

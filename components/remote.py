@@ -22,9 +22,11 @@ import pulumi_tls as tls
 
 from cloudinit import common as common_files
 
-from . import conventions, ssh
+from . import ssh
+
+from model import conventions
 from .pki import ServerCertificate
-from .settings import Settings
+from model.settings import Settings
 
 
 class AutomationKey(pulumi.ComponentResource):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 
-from . import conventions
+from model import conventions
 
 # pulumi-command dials each hop (the jump host and the target) up to this many times,
 # backing off from 0.1 s x 1.5 to 5 s between tries: about 4 minutes of "connection

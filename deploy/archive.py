@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components import conventions
+from model import conventions
 
 from . import ARCHIVED_RELEASES_KEPT
 

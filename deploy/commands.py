@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudinit.app_server import APPS_RELOAD
-from components import conventions, ssh
+from components import ssh
+from model import conventions
 
 from .records import Server, Stack
 

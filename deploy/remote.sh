@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The server side of `python -m deploy`, sent on stdin with each command (`bash -s -- ACTION
-# ARGS`), after a prelude of facts from components/conventions.py (deploy/commands.py
+# ARGS`), after a prelude of facts from model/conventions.py (deploy/commands.py
 # writes it). Shipped per command rather than installed at first boot, so the tool and
 # its server half always match and a change here replaces no droplet.
 #

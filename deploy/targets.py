@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Protocol
 
-from components import conventions
+from model import conventions
 
 from .archive import OUTPUT, Store, store_from_outputs
 from .executor import CommandFailed, Executor

@@ -46,7 +46,7 @@ def served_by(html_or_headers: str) -> str:
 
 def check(p: Plan) -> dict:
     """The basic path, from the internet client; returns what was seen, prints it."""
-    from components import conventions
+    from model import conventions
     ip = p.lb.reserved_ips[0]
     seen: dict = {}
     https = from_internet(curl_argv(f"https://{p.domain}/", p.domain, ip, 443, "-k", "-D", "-"))
@@ -79,7 +79,7 @@ def check(p: Plan) -> dict:
 
 def check_problems(seen: dict, p: Plan) -> list[str]:
     """What the basic path lacks, from what `check` saw; [] when it all works."""
-    from components import conventions
+    from model import conventions
     problems = []
     if not seen["https_status"].startswith("HTTP/") or " 200" not in seen["https_status"]:
         problems.append(f"HTTPS to {p.domain}: {seen['https_status']!r}")

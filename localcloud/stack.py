@@ -76,7 +76,7 @@ BOOT_LOGS = ("var/log/platform/provision.log", "var/log/cloud-init-output.log")
 def progress(p: Plan):
     """While the commands run (they wait for provisioning): each droplet's latest boot log
     line every PROGRESS_EVERY seconds, until its provisioning is done."""
-    from components import conventions
+    from model import conventions
     stop, start = threading.Event(), time.monotonic()
 
     def report():
@@ -111,7 +111,7 @@ def latest_log_line(name: str) -> str:
 
 
 def droplet_report(name: str) -> DropletReport:
-    from components import conventions
+    from model import conventions
     run = lambda argv: droplet.exec(name, argv, check=False, timeout=60).stdout  # noqa: E731
     failed = run(["cat", conventions.PROVISION_FAILED_MARKER]) if _exists(name, conventions.PROVISION_FAILED_MARKER) else ""
     return DropletReport(name, run(["cloud-init", "status", "--long"]).strip(),

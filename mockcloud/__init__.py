@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from components import conventions
-from components.settings import SETTINGS, Settings, stack_config
+from model import conventions
+from model.settings import SETTINGS, Settings, stack_config
 
 ROOT = Path(__file__).resolve().parent.parent
 # Documentation range (RFC 5737): never a real host's address.

@@ -9,7 +9,7 @@ import collections
 import json
 
 from . import deploy, stack_settings
-from components.settings import SettingsError
+from model.settings import SettingsError
 
 
 def main() -> int:

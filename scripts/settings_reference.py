@@ -2,7 +2,7 @@
 
     venv/bin/python scripts/settings_reference.py
 
-components/settings.py is the one home of every setting's default and meaning; the
+model/settings.py is the one home of every setting's default and meaning; the
 README's table is this script's output, and a test keeps the two equal.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from components.settings import REQUIRED, SETTINGS, Setting  # noqa: E402
+from model.settings import REQUIRED, SETTINGS, Setting  # noqa: E402
 
 # What each parser accepts, in a word, for the table's "type" column.
 TYPES = {

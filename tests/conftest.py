@@ -110,12 +110,12 @@ class LocalStack:
         return self.plan.droplet(key).name
 
     def app_servers(self) -> list[str]:
-        from components import conventions
+        from model import conventions
         return sorted(d.name for d in self.plan.with_tag(conventions.APP_SERVER))
 
     @property
     def datastore(self):
-        from components import conventions
+        from model import conventions
         (store,) = self.plan.with_tag(conventions.DATASTORE)
         return store
 

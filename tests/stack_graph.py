@@ -10,7 +10,7 @@ import yaml
 
 import cloudinit
 import mockcloud
-from components import conventions
+from model import conventions
 
 DROPLET = "digitalocean:index/droplet:Droplet"
 FIREWALL = "digitalocean:index/firewall:Firewall"

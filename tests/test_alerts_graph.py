@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 import mockcloud
-from components import alerts, conventions, prices
+from components import alerts
+from model import conventions, prices
 from stack_graph import droplets, of_type
 
 MONITOR_ALERT = "digitalocean:index/monitorAlert:MonitorAlert"

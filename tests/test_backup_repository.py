@@ -21,7 +21,7 @@ import pytest
 
 import cloudinit
 import mockcloud
-from components import conventions
+from model import conventions
 from stack_graph import COMMAND, pushes
 
 

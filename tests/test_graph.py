@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import mockcloud
-from components import conventions, prices
+from model import conventions, prices
 from stack_graph import (
     COMMAND,
     ENGINE_PORTS,

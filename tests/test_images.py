@@ -12,8 +12,8 @@ import pytest
 
 import cloudinit
 import mockcloud
-from components import conventions, settings as settings_module
-from components.settings import SETTINGS
+from model import conventions, settings as settings_module
+from model.settings import SETTINGS
 from stack_graph import droplets
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ import re
 import pytest
 
 import mockcloud
-from components import conventions
-from components.settings import Settings, SettingsError
+from model import conventions
+from model.settings import Settings, SettingsError
 from stack_graph import FIREWALL, droplets, of_type
 
 TAG = "digitalocean:index/tag:Tag"

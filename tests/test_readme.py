@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from components.settings import SETTINGS
+from model.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

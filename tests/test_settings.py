@@ -13,8 +13,8 @@ import pulumi
 import pytest
 
 import mockcloud
-from components import conventions, prices
-from components.settings import REQUIRED, SETTINGS, Secret, Settings, SettingsError
+from model import conventions, prices
+from model.settings import REQUIRED, SETTINGS, Secret, Settings, SettingsError
 
 STACK_FILE = {"staging": mockcloud.stack_file_config("staging")}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import mockcloud
-from components import conventions
+from model import conventions
 from stack_graph import droplets, load_yaml, readable_text
 
 CLOUD_INIT = "/usr/bin/cloud-init"

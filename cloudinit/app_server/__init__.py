@@ -8,8 +8,8 @@ import io
 import tarfile
 from pathlib import Path
 
-from components import conventions
-from components.settings import Settings
+from model import conventions
+from model.settings import Settings
 
 from .. import ConfigFile, Program, Push, Target, render
 from ..common import ROLE_STEPS

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shlex
 
-from components import conventions
-from components.settings import Settings
+from model import conventions
+from model.settings import Settings
 
 from .. import ConfigFile, Program, Push, Target, render, role_module
 

@@ -8,8 +8,8 @@ provisioning applies them to each engine.
 
 from __future__ import annotations
 
-from components import conventions
-from components.settings import Settings
+from model import conventions
+from model.settings import Settings
 
 from .. import ConfigFile, Program, Push, Target
 from ..common import ROLE_STEPS

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from components import conventions
-from components.settings import Settings
+from model import conventions
+from model.settings import Settings
 
 from .. import ConfigFile, Program, Push, Target, render
 from ..common import ROLE_STEPS

@@ -19,7 +19,7 @@ from pathlib import Path
 import cloudinit
 import datastore_sandbox
 from cloudinit import common
-from components import conventions
+from model import conventions
 
 # Loopback inside the namespace: nothing else listens there.
 S3_PORT = 9000

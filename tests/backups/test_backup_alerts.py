@@ -21,7 +21,7 @@ from pathlib import Path
 import cloudinit
 import mockcloud
 from cloudinit import common
-from components import conventions
+from model import conventions
 
 from backup_sandbox import S3_SECRET, BackupSandbox, repository
 from datastore_sandbox import password, tool

@@ -15,7 +15,7 @@ import pytest
 import cloudinit
 import mockcloud
 from cloudinit import common, load_balancer
-from components import conventions
+from model import conventions
 
 # The graph under the mock engine, nothing run on this machine: tier `fast`, not its folder's.
 pytestmark = pytest.mark.fast

@@ -20,7 +20,7 @@ import pytest
 import cloudinit
 import mockcloud
 from cloudinit import common, datastore
-from components import conventions
+from model import conventions
 
 from backup_sandbox import BackupSandbox, backup_payload, repository
 from datastore_sandbox import password, tool

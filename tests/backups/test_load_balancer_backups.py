@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 import cloudinit
 import mockcloud
 from cloudinit import common
-from components import conventions
+from model import conventions
 
 LIVE = f"/etc/letsencrypt/live/{conventions.LB_CERT_NAME}"
 ARCHIVE = f"/etc/letsencrypt/archive/{conventions.LB_CERT_NAME}"

@@ -7,7 +7,7 @@ import pytest
 
 import mockcloud
 from cloudinit import app_server
-from components import conventions
+from model import conventions
 
 
 @pytest.fixture(scope="module")

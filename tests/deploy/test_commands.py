@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import cloudinit
-from components import conventions
+from model import conventions
 from deploy import commands, release
 from deploy.executor import Executor
 from deploy.records import Server, Stack

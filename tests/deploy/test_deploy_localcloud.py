@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from components import conventions
+from model import conventions
 from deploy import DEFAULT_APP_DIR
 
 pytestmark = pytest.mark.localcloud

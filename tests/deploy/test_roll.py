@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from components import conventions
+from model import conventions
 from deploy import __main__ as cli
 from deploy import commands, roll
 from deploy.archive import NotArchived

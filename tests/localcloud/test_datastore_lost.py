@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from components import conventions
+from model import conventions
 from localcloud import spaces, stack
 
 pytestmark = pytest.mark.localcloud

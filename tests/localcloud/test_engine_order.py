@@ -97,7 +97,7 @@ def lock_spans(log: str, since: datetime) -> list[tuple[datetime, datetime, str]
 
 
 def test_pushes_and_provisioning_sent_at_the_same_instant_never_overlap(local_stack):
-    from components import conventions
+    from model import conventions
     now = local_stack.run("datastore", ["date", "-u", "+%Y-%m-%dT%H:%M:%S.%3NZ"]).stdout.strip()
     since = datetime.fromisoformat(now.replace("Z", "+00:00"))
     pushes = [c for c in local_stack.plan.commands

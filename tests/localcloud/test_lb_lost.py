@@ -14,7 +14,7 @@ import time
 import pytest
 
 from cloudinit import load_balancer
-from components import conventions
+from model import conventions
 from localcloud import spaces, stack
 
 pytestmark = pytest.mark.localcloud

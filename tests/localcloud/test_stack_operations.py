@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from components import conventions
+from model import conventions
 from localcloud import checks, cloud, droplet, stack, traffic
 
 pytestmark = pytest.mark.localcloud

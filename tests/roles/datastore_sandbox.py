@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import cloudinit
-from components import conventions
-from components.settings import Settings
+from model import conventions
+from model.settings import Settings
 
 PRELUDE = r"""
 set -uo pipefail

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mockcloud  # noqa: E402 (conftest puts the repository on sys.path)
-from components import conventions
+from model import conventions
 
 def settings(engines: list[str] | None = None):
     """The staging stack's settings, optionally with another set of engines."""

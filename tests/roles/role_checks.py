@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components import conventions
+from model import conventions
 
 ROLES = conventions.ROLES
 

@@ -13,7 +13,7 @@ import pytest
 
 import cloudinit
 from cloudinit import app_server
-from components import conventions as c
+from model import conventions as c
 
 from render_helpers_lb_app import (
     ENGINE_CASES, in_namespace, make_ca, nginx_check, nginx_tree, issue, require, run, settings,

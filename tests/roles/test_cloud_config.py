@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import cloudinit
-from components import conventions
+from model import conventions
 
 from role_checks import ROLES, require_tool
 

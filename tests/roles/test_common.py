@@ -19,7 +19,7 @@ import pytest
 
 import cloudinit
 from cloudinit import common
-from components import conventions
+from model import conventions
 
 from role_checks import ROLES, require_tool, sandboxed
 

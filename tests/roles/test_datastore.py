@@ -18,7 +18,7 @@ import yaml
 import cloudinit
 import mockcloud
 from cloudinit import common, datastore
-from components import conventions
+from model import conventions
 
 from datastore_sandbox import Sandbox, password, tool, vpc_address
 

@@ -21,7 +21,7 @@ import yaml
 
 import cloudinit
 from cloudinit import common
-from components import conventions
+from model import conventions
 
 from role_checks import require_tool
 

@@ -16,7 +16,7 @@ import pytest
 
 import cloudinit
 from cloudinit import load_balancer
-from components import conventions as c
+from model import conventions as c
 
 from render_helpers_lb_app import (
     ENGINE_CASES, in_namespace, issue, make_ca, nginx_check, nginx_tree, put, require, run,

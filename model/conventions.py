@@ -213,7 +213,7 @@ SERVER_CERT_PATH = f"{TLS_DIR}/server.crt"
 SERVER_KEY_PATH = f"{TLS_DIR}/server.key"
 # update-ca-certificates reads *.crt there: this link to the pushed CA makes it trusted.
 CA_TRUST_LINK = f"/usr/local/share/ca-certificates/{PROJECT}-ca.crt"
-# The droplet's ufw rules, rendered from the cloud firewall's (components/firewalls.py).
+# The droplet's ufw rules, rendered from the cloud firewall's (model/firewalls.py).
 FIREWALL_RULES_FILE = f"{PLATFORM_ETC}/firewall.rules"
 
 APP_ROOT = "/srv/app"

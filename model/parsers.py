@@ -1,5 +1,5 @@
 """The settings' parsers: each takes a raw value from the stack's config and returns the
-typed one, or raises `Invalid` with the text of what is allowed (components/settings.py
+typed one, or raises `Invalid` with the text of what is allowed (model/settings.py
 puts that in its one list of problems).
 """
 
