@@ -53,6 +53,7 @@ def build(settings: Settings) -> dict[str, object]:
             "datastore": datastore.private_ip,
         },
         "ca_cert_pem": base.ca.cert_pem,
+        "host_keys": host_keys({conventions.LOAD_BALANCER: lb.route, **pool.routes, conventions.DATASTORE: datastore.route}),
         "monthly_cost_estimate": prices.monthly_estimate(
             droplet_sizes=[settings.lb_size, settings.datastore_size]
             + [settings.app_size] * settings.app_server_count,
@@ -66,6 +67,13 @@ def build(settings: Settings) -> dict[str, object]:
             "release-archive", settings=settings, bucket=datastore.backup_bucket, datastore_address=datastore.private_ip
         )
     return outputs
+
+
+def host_keys(routes: dict) -> pulumi.Output[dict]:
+    """Each droplet's SSH host key as its boot gate recorded it (name -> key): the deploy
+    tool's known_hosts. Public: pulumi-command may mark a gate's stdout secret (its
+    environment holds the automation key), which would hide it from `pulumi stack output`."""
+    return pulumi.Output.unsecret(pulumi.Output.all(**{name: route.host_key for name, route in routes.items()}))
 
 
 def ssh_commands(jump_ip, app_ips, datastore_ip) -> pulumi.Output[dict]:

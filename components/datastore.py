@@ -96,6 +96,7 @@ class Datastore(pulumi.ComponentResource):
         route = remote.route_to(
             name, droplet=self.droplet, host=self.private_ip, key=key, via=jump, parent=self
         )
+        self.route = route
         cert = ca.issue(
             name, dns_names=[conventions.droplet_name(settings.stack, name)], ip_addresses=[self.private_ip],
             parent=self,

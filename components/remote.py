@@ -45,12 +45,17 @@ class AutomationKey(pulumi.ComponentResource):
 class SshRoute:
     """How to log in to one droplet: directly (the LB) or through the LB as jump host.
 
-    `ready` is the droplet's boot gate: every push waits for it."""
+    `ready` is the droplet's boot gate: every push waits for it. `host_key` is the
+    droplet's SSH host key as its gate recorded it at first contact, `jump_host_key` the
+    jump host's: pulumi-command accepts only these keys (a changed one fails the handshake,
+    before the login, so no payload is sent)."""
 
     host: pulumi.Input[str]
     key: AutomationKey
     jump_host: pulumi.Input[str] | None = None
     ready: pulumi.Resource | None = None
+    host_key: pulumi.Input[str] | None = None
+    jump_host_key: pulumi.Input[str] | None = None
 
     def connection(self) -> command.remote.ConnectionArgs:
         proxy = None
@@ -62,6 +67,7 @@ class SshRoute:
                 private_key=self.key.private_key_pem,
                 dial_error_limit=ssh.DIAL_ERROR_LIMIT,
                 per_dial_timeout=ssh.PER_DIAL_TIMEOUT,
+                host_key=self.jump_host_key,
             )
         return command.remote.ConnectionArgs(
             host=self.host,
@@ -70,6 +76,7 @@ class SshRoute:
             proxy=proxy,
             dial_error_limit=ssh.DIAL_ERROR_LIMIT,
             per_dial_timeout=ssh.PER_DIAL_TIMEOUT,
+            host_key=self.host_key,
         )
 
 
@@ -96,12 +103,17 @@ def route_to(
     machine running `pulumi up` first retries a real login until the droplet has finished
     first-boot provisioning (or fails at once, naming the step, when provisioning failed);
     every push to the droplet depends on it, and a droplet behind the LB waits for the
-    LB's gate first. It runs again when the droplet is replaced."""
+    LB's gate first. It runs again when the droplet is replaced.
+
+    The gate's login is the droplet's first contact: it prints the droplet's host key
+    (trust on first use), which the route pins; through the LB it accepts only the key the
+    LB's gate recorded."""
     jump_host = via.host if via else None
     environment = {
         "PLATFORM_SSH_KEY": key.private_key_pem,
         "PLATFORM_SSH_LOGIN": pulumi.Output.from_input(host).apply(ssh.login),
         "PLATFORM_SSH_JUMP": pulumi.Output.from_input(jump_host).apply(ssh.login) if via else "",
+        "PLATFORM_SSH_JUMP_HOST_KEY": via.host_key if via else "",
     }
     gate = command.local.Command(
         f"{name}-boot-gate",
@@ -111,14 +123,18 @@ def route_to(
         triggers=[droplet.id],
         opts=pulumi.ResourceOptions(parent=parent, depends_on=[via.ready] if via and via.ready else []),
     )
-    return SshRoute(host=host, key=key, jump_host=jump_host, ready=gate)
+    return SshRoute(host=host, key=key, jump_host=jump_host, ready=gate, host_key=gate.stdout,
+                    jump_host_key=via.host_key if via else None)
 
 
 def boot_gate_script() -> str:
     """The gate's bash script, with the SSH options and the markers from their one home."""
-    options = ssh.openssh_options(known_hosts="/dev/null")
     facts = {
-        "@SSH_OPTIONS@": shlex.join(options),
+        "@SSH_OPTIONS@": shlex.join(ssh.batch_options()),
+        # Files in the gate's own directory: the droplet's key, recorded; the jump host's, checked.
+        "@FIRST_USE_OPTIONS@": shlex.join(ssh.first_use("seen")),
+        "@PINNED_OPTIONS@": shlex.join(ssh.pinned("pinned")),
+        "@HOST_KEY_TYPE@": ssh.HOST_KEY_TYPE,
         "@WAIT_SECONDS@": str(ssh.BOOT_WAIT_SECONDS),
         "@RETRY_SECONDS@": str(ssh.BOOT_RETRY_SECONDS),
         "@PROVISIONED@": conventions.PROVISIONED_MARKER,

@@ -11,6 +11,8 @@ stack `python -m localcloud up` booted on this machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import shutil
 import sys
 import tempfile
@@ -18,6 +20,7 @@ import tempfile
 from . import DEFAULT_APP_DIR, HEALTH_TIMEOUT_SECONDS, KEEP_RELEASES, archive, commands, release
 from .archive import ArchiveError, NotArchived, Store
 from .executor import CommandFailed, Executor
+from .records import Stack
 from .roll import Deployer, DeployError, Locked, Outcome, releases_table, summary
 from .targets import LocalStack, PulumiStack, StackTarget, TargetError
 
@@ -87,6 +90,14 @@ def archive_note(release_id: str, target: StackTarget, executor: Executor) -> st
     return f"It is not archived either (no {store.url(release_id, archive.MANIFEST)})"
 
 
+def pinned(stack: Stack, work: str) -> Stack:
+    """The stack with a known_hosts of its droplets' recorded keys, the only ones accepted."""
+    path = os.path.join(work, "known_hosts")
+    with open(path, "w") as f:
+        f.write(commands.known_hosts(stack))
+    return dataclasses.replace(stack, known_hosts=path)
+
+
 def main(argv: list[str] | None = None, executor: Executor | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "keep", 2) < 2:
@@ -96,8 +107,9 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
     deployer = None
     try:
         target = target_of(args, executor)
-        stack = target.resolve()
+        stack = pinned(target.resolve(), work)
         deployer = Deployer(stack, executor, getattr(args, "health_timeout", HEALTH_TIMEOUT_SECONDS), control_dir=work)
+        deployer.check_host_keys()
         if args.command == "releases":
             for line in releases_table(deployer.releases()):
                 executor.say(line)

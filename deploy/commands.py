@@ -35,28 +35,40 @@ class Remote:
 
 # --- ssh ---------------------------------------------------------------------------
 
-def ssh_options(stack: Stack, control_dir: str | None = None) -> list[str]:
-    return ssh.openssh_options(stack.identity, stack.known_hosts, control_dir)
+def ssh_options(stack: Stack, control_dir: str | None = None, host: str | None = None) -> list[str]:
+    """`host`: the droplet by the program's name (lb, app-1): its key in known_hosts is
+    filed under the droplet's name (HostKeyAlias), so a changed key names the droplet."""
+    options = ssh.openssh_options(stack.identity, stack.known_hosts, control_dir)
+    if stack.known_hosts and host:
+        options += ["-o", f"HostKeyAlias={conventions.droplet_name(stack.name, host)}"]
+    return options
+
+
+def known_hosts(stack: Stack) -> str:
+    """The known_hosts a deploy pins: each droplet's key as its boot gate recorded it."""
+    return "".join(ssh.host_key_line(conventions.droplet_name(stack.name, name), key)
+                   for name, key in sorted(stack.host_keys.items()))
 
 
 def jump_login(stack: Stack) -> str:
     return ssh.login(stack.jump_host)
 
 
-def ssh_via_jump(stack: Stack, control_dir: str | None = None) -> list[str]:
+def ssh_via_jump(stack: Stack, control_dir: str | None = None, server: Server | None = None) -> list[str]:
     """ssh to a private address through the LB, as the deploy user; the host comes last."""
-    return ["ssh", *ssh_options(stack, control_dir), *ssh.through(jump_login(stack), ssh_options(stack)),
-            "-l", conventions.DEPLOY_USER]
+    jump = ssh.through(jump_login(stack), ssh_options(stack, host=conventions.LOAD_BALANCER))
+    return ["ssh", *ssh_options(stack, control_dir, server and server.name), *jump, "-l", conventions.DEPLOY_USER]
 
 
 def on_server(stack: Stack, server: Server, remote: list[str], control_dir: str | None = None,
               stdin: str | None = None) -> Remote:
-    return Remote([*ssh_via_jump(stack, control_dir), server.address, shlex.join(remote)], stdin)
+    return Remote([*ssh_via_jump(stack, control_dir, server), server.address, shlex.join(remote)], stdin)
 
 
 def on_jump_host(stack: Stack, remote: list[str], control_dir: str | None = None,
                  stdin: str | None = None) -> Remote:
-    return Remote(["ssh", *ssh_options(stack, control_dir), jump_login(stack), shlex.join(remote)], stdin)
+    return Remote(["ssh", *ssh_options(stack, control_dir, conventions.LOAD_BALANCER), jump_login(stack),
+                   shlex.join(remote)], stdin)
 
 
 # --- the server half (deploy/remote.sh) ------------------------------------------------
@@ -133,7 +145,7 @@ def break_lock(stack, control_dir=None) -> Remote:
 
 def upload(stack: Stack, server: Server, build_dir: str, release_id: str, control_dir: str | None = None) -> list[str]:
     """rsync the built release next to the others; unchanged files hard-link to `current`'s."""
-    ssh = shlex.join(ssh_via_jump(stack, control_dir))
+    ssh = shlex.join(ssh_via_jump(stack, control_dir, server))
     return ["rsync", "--recursive", "--links", "--perms", "--times", "--delete", "--compress",
             f"--chmod={RELEASE_MODES}", f"--link-dest={conventions.CURRENT_RELEASE_LINK}/",
             "-e", ssh, f"{build_dir.rstrip('/')}/",
@@ -168,5 +180,5 @@ def install_dependencies(build_dir: str) -> list[str]:
 def close_connection(stack: Stack, control_dir: str, server: Server | None = None) -> list[str]:
     """Stop the shared connection to one host (the LB when server is None)."""
     if server is None:
-        return ["ssh", *ssh_options(stack, control_dir), "-O", "exit", jump_login(stack)]
-    return [*ssh_via_jump(stack, control_dir), "-O", "exit", server.address]
+        return ["ssh", *ssh_options(stack, control_dir, conventions.LOAD_BALANCER), "-O", "exit", jump_login(stack)]
+    return [*ssh_via_jump(stack, control_dir, server), "-O", "exit", server.address]

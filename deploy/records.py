@@ -6,7 +6,7 @@ that find them (deploy/targets.py), so none of those imports another for its rec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -22,5 +22,9 @@ class Stack:
     servers: tuple[Server, ...]
     # The operator's private key file; None: ssh's own defaults (agent, ~/.ssh/config).
     identity: str | None = None
-    # None: the operator's own known_hosts.
+    # Each droplet's SSH host key by the program's name (lb, app-1, datastore), from the
+    # stack's `host_keys` output: what each droplet's boot gate recorded at first contact.
+    host_keys: dict[str, str] = field(default_factory=dict)
+    # The known_hosts file written from host_keys: only those keys are accepted. None:
+    # the operator's own known_hosts.
     known_hosts: str | None = None

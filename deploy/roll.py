@@ -15,6 +15,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from model import conventions
+
 from . import commands
 from .commands import Remote
 from .executor import CommandFailed, Executor, Result
@@ -98,6 +100,16 @@ class Deployer:
 
     def remote(self, what: str, command: Remote) -> Result:
         return self.executor.check(what, command.argv, input=command.stdin)
+
+    def check_host_keys(self) -> None:
+        """Log in to the LB and to every app server once, before anything is sent: a host
+        key that is not the one recorded at the droplet's first contact stops the run here,
+        naming the droplet (the logins stay open for the steps after, with a control_dir)."""
+        self.remote(f"{conventions.droplet_name(self.stack.name, conventions.LOAD_BALANCER)}: host key",
+                    commands.on_jump_host(self.stack, ["true"], self.control_dir))
+        for server in self.stack.servers:
+            self.remote(f"{conventions.droplet_name(self.stack.name, server.name)}: host key",
+                        commands.on_server(self.stack, server, ["true"], self.control_dir))
 
     # --- the lock ----------------------------------------------------------------------
 

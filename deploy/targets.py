@@ -38,9 +38,10 @@ def app_servers(app_ips: list[str]) -> tuple[Server, ...]:
 
 def stack_from_outputs(stack: str, outputs: dict, identity: str | None = None) -> Stack:
     try:
-        return Stack(stack, outputs["public_ip"], app_servers(outputs["private_ips"]["app"]), identity)
+        return Stack(stack, outputs["public_ip"], app_servers(outputs["private_ips"]["app"]), identity,
+                     host_keys=dict(outputs["host_keys"]))
     except (KeyError, TypeError) as missing:
-        raise TargetError(f"stack {stack}: its outputs lack public_ip or private_ips.app ({missing}); "
+        raise TargetError(f"stack {stack}: its outputs lack public_ip, private_ips.app or host_keys ({missing}); "
                           "run `pulumi up` with this version of the program first") from None
 
 
@@ -108,8 +109,13 @@ class LocalStack:
         if identity is None:
             raise TargetError(f"local stack {self.name}: no operator key; pass --identity KEY (a key in the "
                               "stack's sshPublicKeys)")
+        from localcloud import records
+        host_keys = ((records.load(self.name) or {}).get("outputs") or {}).get("host_keys")
+        if not host_keys:
+            raise TargetError(f"local stack {self.name}: its state holds no host_keys output (an `up` of an "
+                              "older version of the program): run `python -m localcloud up`")
         return Stack(self.name, deployed.lb.reserved_ips[0], tuple(Server(d.key, d.vpc_ip) for d in apps),
-                     identity, known_hosts="/dev/null")
+                     identity, host_keys=dict(host_keys))
 
     def archive_store(self) -> Store:
         from localcloud import records, spaces

@@ -77,6 +77,13 @@ def plain(value: Any) -> Any:
     return value
 
 
+def unknown_stdout(command: str) -> str:
+    """A command's stdout before it has run, as the mock engine answers it: a placeholder
+    naming the command. The local cloud's engine puts what the command printed in its place
+    (localcloud/engine.py), in the commands that read it and in the stack's state."""
+    return f"<stdout of {command}, once it has run>"
+
+
 @dataclass
 class Resource:
     type: str
@@ -144,6 +151,8 @@ class ProviderMocks(pulumi.runtime.Mocks):
             make = getattr(self, "_" + args.typ.split(":")[-1].replace("/", "_"), None)
             if make:
                 state.update(make(inputs))
+            if args.typ.startswith("command:"):
+                state["stdout"] = unknown_stdout(args.name)
             # The engine keeps outputs that the provider's schema calls secret as secrets.
             for name in request.additionalSecretOutputs if request else ():
                 if name in state and not is_secret(state[name]):

@@ -2,7 +2,8 @@
 
 A first real `pulumi up` starts each push as soon as its droplet exists; the graph must
 make each wait until the droplet takes logins and has finished its first boot (the
-gate), and give the jump host's connection as many dial tries as the target's.
+gate), and give the jump host's connection as many dial tries as the target's. The gate
+records the droplet's host key (its stdout), and every later connection pins it.
 """
 
 from __future__ import annotations
@@ -79,6 +80,39 @@ def test_the_jump_host_gets_the_same_patience_as_the_target(deployment):
         if conn.get("proxy"):
             assert conn["proxy"]["dialErrorLimit"] == ssh.DIAL_ERROR_LIMIT, push.name
             assert conn["proxy"]["perDialTimeout"] == ssh.PER_DIAL_TIMEOUT, push.name
+
+
+def gate_of(found: dict, host: str):
+    return next(g for g in found.values() if g.state["environment"]["PLATFORM_SSH_LOGIN"] == f"ops@{host}")
+
+
+def test_every_push_pins_the_host_keys_the_gates_recorded(deployment):
+    """The target's key from its own gate, the jump host's from the LB's: pulumi-command
+    checks a key only when `host_key` is set, on each hop separately."""
+    found = gates(deployment)
+    lb_key = found["lb-boot-gate"].state["stdout"]
+    for push in of_type(deployment, COMMAND):
+        conn = push.state["connection"]
+        assert conn["hostKey"] == gate_of(found, conn["host"]).state["stdout"], push.name
+        if conn.get("proxy"):
+            assert conn["proxy"]["hostKey"] == lb_key, push.name
+        else:
+            assert conn["hostKey"] == lb_key, push.name   # only the LB is reached directly
+
+
+def test_a_gate_behind_the_lb_checks_the_key_the_lbs_gate_recorded(deployment):
+    lb_key = gates(deployment)["lb-boot-gate"].state["stdout"]
+    for name, gate in gates(deployment).items():
+        expected = "" if name == "lb-boot-gate" else lb_key
+        assert gate.state["environment"]["PLATFORM_SSH_JUMP_HOST_KEY"] == expected, name
+
+
+def test_the_stack_output_holds_every_droplets_recorded_host_key(deployment):
+    """The deploy tool's known_hosts: by the program's names, each its gate's stdout."""
+    found = gates(deployment)
+    expected = {name.removesuffix("-boot-gate"): gate.state["stdout"] for name, gate in found.items()}
+    assert deployment.outputs["host_keys"] == expected
+    assert not deployment.secret_outputs["host_keys"]
 
 
 def test_the_gate_goes_through_the_lb_and_its_key_stays_a_secret(deployment):

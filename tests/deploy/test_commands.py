@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -79,10 +80,20 @@ def test_upload_goes_to_a_partial_directory_hard_linking_against_current():
     assert remote_shell[:1] == ["ssh"] and remote_shell[-2:] == ["-l", conventions.DEPLOY_USER]
 
 
-def test_real_stacks_pin_host_keys_and_local_ones_do_not():
+def test_a_deploy_accepts_only_the_host_keys_the_stack_recorded_filed_by_droplet():
+    stack = dataclasses.replace(STACK, host_keys={"lb": "ssh-ed25519 AAAAlb", "app-1": "ssh-ed25519 AAAAapp1"},
+                                known_hosts="/work/known_hosts")
+    assert commands.known_hosts(stack) == ("staging-app-1 ssh-ed25519 AAAAapp1\n"
+                                           "staging-lb ssh-ed25519 AAAAlb\n")
+    argv = commands.list_releases(stack, SERVER).argv
+    (proxy,) = [shlex.split(a.split("=", 1)[1]) for a in argv if a.startswith("ProxyCommand=")]
+    for hop, droplet in ((argv, "staging-app-1"), (proxy, "staging-lb")):
+        assert {"StrictHostKeyChecking=yes", "UserKnownHostsFile=/work/known_hosts",
+                f"HostKeyAlias={droplet}"} <= set(hop), droplet
+        assert "StrictHostKeyChecking=accept-new" not in hop
+    assert "HostKeyAlias=staging-lb" in commands.lock(stack, "me").argv
+    # Without a known_hosts (never from the deploy command): the operator's own.
     assert "StrictHostKeyChecking=accept-new" in commands.ssh_options(STACK)
-    local = Stack("staging", "198.51.100.2", (SERVER,), "/k", known_hosts="/dev/null")
-    assert "StrictHostKeyChecking=no" in commands.ssh_options(local)
     assert "-i" not in commands.ssh_options(Stack("s", "1.2.3.4", (SERVER,)))
 
 
@@ -90,7 +101,7 @@ def test_pulumi_target_reads_the_programs_own_outputs():
     import mockcloud
     outputs = mockcloud.deploy(mockcloud.stack_settings("staging")).outputs
     stack = stack_from_outputs("staging", json.loads(json.dumps(outputs)))
-    assert stack.jump_host == outputs["public_ip"]
+    assert stack.jump_host == outputs["public_ip"] and stack.host_keys == outputs["host_keys"]
     assert [s.address for s in stack.servers] == outputs["private_ips"]["app"]
     assert [s.name for s in stack.servers] == ["app-1", "app-2"]
     assert PulumiStack("staging", Executor()).output_command() == [
@@ -98,8 +109,10 @@ def test_pulumi_target_reads_the_programs_own_outputs():
 
 
 def test_pulumi_target_says_what_is_missing():
-    with pytest.raises(TargetError, match="lack public_ip or private_ips.app"):
+    with pytest.raises(TargetError, match="lack public_ip, private_ips.app or host_keys"):
         stack_from_outputs("staging", {"url": "https://x"})
+    with pytest.raises(TargetError, match=r"host_keys \('host_keys'\); run `pulumi up`"):
+        stack_from_outputs("staging", {"public_ip": "198.51.100.2", "private_ips": {"app": []}})
 
 
 def test_local_target_reads_what_the_local_clouds_last_up_deployed(tmp_path, monkeypatch):
@@ -116,13 +129,14 @@ def test_local_target_reads_what_the_local_clouds_last_up_deployed(tmp_path, mon
                    "state": {"ipAddress": "198.51.100.2"}},
                   {"type": "digitalocean:index/reservedIpAssignment:ReservedIpAssignment", "name": "lb-ip-a",
                    "id": "a", "inputs": {}, "state": {"ipAddress": "198.51.100.2", "dropletId": 0}},
-              ]}
+              ], "outputs": {"host_keys": {n: f"ssh-ed25519 AAAA{n}" for n, _ in droplets}}}
     state = tmp_path / "staging.json"
     state.write_text(json.dumps(record))
     monkeypatch.setattr(records, "state_file", lambda name: state)
     stack = LocalStack("staging", identity="/keys/k").resolve()
     assert stack.jump_host == "198.51.100.2" and stack.identity == "/keys/k"
     assert stack.servers == (Server("app-2", "10.0.0.4"), Server("app-10", "10.0.0.12"))
+    assert stack.host_keys["app-10"] == "ssh-ed25519 AAAAapp-10" and stack.known_hosts is None
     monkeypatch.setattr(LocalStack, "default_identity", lambda self: None)
     with pytest.raises(TargetError, match="no operator key"):
         LocalStack("staging").resolve()

@@ -58,6 +58,8 @@ class Fleet(Executor):
         if "-O" in argv:
             return Result(argv, 0, "")
         host, remote = argv[-2], shlex.split(argv[-1])
+        if remote == ["true"]:   # the host key check, before anything is sent
+            return Result(argv, 0, "")
         if host == f"{conventions.OPERATOR_USER}@{STACK.jump_host}":
             return self.on_lb(argv, remote, input)
         return self.on_server(host, remote, input)
@@ -259,3 +261,19 @@ def test_rollback_skips_a_release_that_never_ran_healthy():
     outcome = roll.Deployer(STACK, fleet).rollback(None)
     assert outcome.ok
     assert all((s.current, s.running) == (OLD, OLD) for s in fleet.servers.values())
+
+
+def test_a_changed_host_key_stops_the_deploy_naming_the_droplet_before_anything_is_sent(monkeypatch):
+    class Changed(Fleet):
+        def run(self, argv, *, input=None, timeout=900):
+            if argv[0] == "ssh" and argv[-2:] == [SERVERS[1].address, "true"]:
+                return Result(argv, 255, "Host key for staging-app-2 has changed and you have requested strict "
+                                         "checking.\nHost key verification failed.\n")
+            return super().run(argv, input=input, timeout=timeout)
+
+    fleet = Changed()
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    assert cli.main(["deploy", "staging"], executor=fleet) == cli.EXIT_STOPPED
+    assert fleet.log == [] and fleet.lock_holder is None   # no lock, no upload, no switch
+    said = fleet.out.getvalue()
+    assert "deploy: staging-app-2: host key: exit 255" in said and "Host key for staging-app-2 has changed" in said
