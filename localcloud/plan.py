@@ -95,6 +95,9 @@ class LocalCommand:
     environment: dict = field(repr=False, hash=False, compare=False)   # may hold secrets
     needs: frozenset[str] = frozenset()
     changed: bool = True
+    # What the program saw of its stdout: the mock engine's placeholder (mockcloud.unknown_stdout)
+    # when it is to run; the engine puts what it prints in its place. Empty when unchanged.
+    unknown_stdout: str = ""
 
     @property
     def kind(self) -> str:
@@ -246,7 +249,8 @@ def command_of(r, needs: frozenset[str] = frozenset()) -> RemoteCommand | LocalC
     changed = not getattr(r, "unchanged", False)
     if r.type == LOCAL_COMMAND:
         return LocalCommand(r.name, r.state["create"], tuple(r.state.get("interpreter") or ("/bin/sh", "-c")),
-                            dict(r.state.get("environment") or {}), needs, changed)
+                            dict(r.state.get("environment") or {}), needs, changed,
+                            r.state.get("stdout") or "" if changed else "")
     conn = r.state["connection"]
     return RemoteCommand(r.name, shlex.split(r.state["create"])[-1], Hop.from_state(conn),
                          Hop.from_state(conn["proxy"]) if conn.get("proxy") else None,

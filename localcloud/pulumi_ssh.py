@@ -18,13 +18,18 @@ with paramiko in place of Go's golang.org/x/crypto/ssh:
 | `ssh.NewClientConn` over that one connection, retried with the  | `OneHandshake`            |
 | target's limit: a failed handshake closes it, so every later    |                           |
 | try fails at once ("use of closed network connection")          |                           |
-| `host_key` unset: the host key is not checked; set: it must be  | `check_host_key`          |
-| that key (`ssh.FixedHostKey`)                                   |                           |
+| `host_key` unset: the host key is not checked; set: only its    | `pin_host_key`,           |
+| type is offered (HostKeyAlgorithms) and the server's key must   | `check_host_key`          |
+| be it (`ssh.FixedHostKey`), else the handshake fails before the |                           |
+| login: an error like any other, so retried as above (through a  |                           |
+| proxy, every retry then fails at once on the closed connection) |                           |
+| a `host_key` that does not parse fails before any dial          | `pinned_key`              |
 | `session.Run(create)` with stdin, stdout and stderr logged      | `run`                     |
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import socket
 import time
@@ -98,19 +103,42 @@ def private_key(text: str) -> paramiko.PKey:
     raise ValueError("the connection's private key is not an ed25519, ECDSA or RSA key")
 
 
-def check_host_key(transport: paramiko.Transport, hop: Hop) -> None:
+def pinned_key(hop: Hop) -> tuple[str, str] | None:
+    """`host_key` as Go's ssh.ParseAuthorizedKey reads it: type and base64 blob."""
     if hop.host_key is None:
+        return None
+    fields = hop.host_key.split()
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+        named = blob[4:4 + int.from_bytes(blob[:4], "big")].decode()
+    except (IndexError, ValueError):
+        named = None
+    if named is None or named != fields[0]:
+        raise ValueError(f"failed to parse host key: {hop.host_key!r}")
+    return fields[0], fields[1]
+
+
+def pin_host_key(transport: paramiko.Transport, hop: Hop) -> None:
+    """Offer the server only the pinned key's type, as Go's HostKeyAlgorithms does."""
+    pinned = pinned_key(hop)
+    if pinned:
+        transport.get_security_options().key_types = [pinned[0]]
+
+
+def check_host_key(transport: paramiko.Transport, hop: Hop) -> None:
+    pinned = pinned_key(hop)
+    if pinned is None:
         return
     key = transport.get_remote_server_key()
-    expected_type, expected_blob = hop.host_key.split()[:2]
-    if (key.get_name(), key.get_base64()) != (expected_type, expected_blob):
-        raise paramiko.SSHException(f"ssh: host key mismatch for {hop.host}")
+    if (key.get_name(), key.get_base64()) != pinned:
+        raise paramiko.SSHException("ssh: handshake failed: ssh: host key mismatch")
 
 
 def handshake(sock, hop: Hop) -> paramiko.Transport:
     """The SSH handshake and the key login over an open connection; closes it on failure."""
     transport = paramiko.Transport(sock)
     try:
+        pin_host_key(transport, hop)
         transport.start_client(timeout=hop.per_dial_timeout or None)
         check_host_key(transport, hop)
         transport.auth_publickey(hop.user, private_key(hop.private_key))
@@ -161,6 +189,10 @@ class Connection:
 
 
 def dial(target: Hop, proxy: Hop | None, log: Callable[[str], None]) -> Connection:
+    # As Go's SSHConfig: a host_key that does not parse fails before any dial.
+    pinned_key(target)
+    if proxy is not None:
+        pinned_key(proxy)
     if proxy is None:
         return Connection(with_retries("Dial", target.dial_error_limit, lambda: ssh_dial(target), log))
     jump = with_retries("Dial proxy", proxy.dial_error_limit, lambda: ssh_dial(proxy), log)

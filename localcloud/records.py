@@ -41,6 +41,29 @@ def without(record: dict, names: set[str]) -> dict:
             "raw_state": [[t, n, st] for t, n, st in record["raw_state"] if n not in names]}
 
 
+def fill(value, known: dict[str, str]):
+    """`value` (a string, or dicts and lists of them) with each placeholder of a command
+    that has run replaced by its output (engine.outputs_of)."""
+    if isinstance(value, str):
+        for placeholder, output in known.items():
+            value = value.replace(placeholder, output)
+        return value
+    if isinstance(value, dict):
+        return {k: fill(v, known) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill(v, known) for v in value]
+    return value
+
+
+def with_outputs(record: dict, known: dict[str, str]) -> dict:
+    """The record with the commands' outputs in place of their placeholders, as the engine
+    stores a command's stdout, and the inputs and stack outputs made from it, once it has
+    run. The next run of the program reads them from here."""
+    if not known:
+        return record
+    return {**record, **{part: fill(record.get(part), known) for part in ("resources", "raw_state", "outputs")}}
+
+
 def save(stack: str, record: dict) -> None:
     path = state_file(stack)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -206,7 +206,9 @@ def _up(p: Plan, order: str, quirks: dict[str, BootQuirks] | None, timeout: floa
         with shell.Step("cloud-init on every droplet"):
             statuses = wait_for_cloud_init(p, timeout)
     if p.record:
-        records.save(p.stack, records.without(p.record, {r.name for r in commands if not r.ok}))
+        # What the commands printed (the gates' host keys) takes the place of the plan's placeholders.
+        ran = records.with_outputs(p.record, engine.outputs_of(p.commands, commands))
+        records.save(p.stack, records.without(ran, {r.name for r in commands if not r.ok}))
     reports = [droplet_report(d.name) for d in p.droplets]
     print_report(reports)
     if leaving:

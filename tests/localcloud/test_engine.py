@@ -88,8 +88,8 @@ def test_only_new_or_changed_commands_run():
 
 
 def test_a_local_command_runs_here_with_its_environment():
-    c = LocalCommand("echo", 'printf "%s" "$GREETING"', ("/bin/sh", "-c"), {"GREETING": "hello"})
-    assert engine.execute(c) == (0, "hello")
+    c = LocalCommand("echo", 'printf "%s\\n" "$GREETING"; echo said >&2', ("/bin/sh", "-c"), {"GREETING": "hello"})
+    assert engine.execute(c) == (0, "said\nhello\n", "hello")   # stdout alone, less its final newline
 
 
 # --- pulumi-command's dial semantics ---------------------------------------------------
@@ -138,7 +138,8 @@ def sshd(tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
     started = []
 
-    def start(name: str, lets_in: bool) -> tuple[int, "Path"]:
+    def start(name: str, lets_in: bool, host_key: "Path" = host_key) -> tuple[int, "Path"]:
+        """`host_key`: the private host key file (else one shared by every sshd here)."""
         port, log = free_port(), tmp_path / f"{name}.log"
         keys = tmp_path / f"{name}.keys"
         keys.write_text(key.with_suffix(".pub").read_text() if lets_in else "")
