@@ -1,5 +1,5 @@
 # The boot gate of components/remote.py: waits until a new droplet takes SSH logins and
-# has finished its first-boot provisioning, then every push to it may start. Runs on the
+# has finished its first boot, then its platform may be pushed. Runs on the
 # machine that runs `pulumi up`, with bash and OpenSSH's client.
 # Environment: PLATFORM_SSH_KEY (the automation key; never printed), PLATFORM_SSH_LOGIN
 # (user@host) and PLATFORM_SSH_JUMP (user@host of the jump host, or empty).
@@ -12,21 +12,15 @@ via=()
 if [ -n "${PLATFORM_SSH_JUMP:-}" ]; then
     via=(-o "ProxyCommand=ssh ${options[*]} -W %h:%p $PLATFORM_SSH_JUMP")
 fi
-# On the droplet: 0 provisioned, 3 provisioning failed (its marker says where), else not yet.
-# shellcheck disable=SC2016 # expanded there, not here
-probe='if [ -e @PROVISIONED@ ]; then exit 0; elif [ -e @PROVISION_FAILED@ ]; then cat @PROVISION_FAILED@; exit 3; else echo "provisioning: $(tail -n 1 @PROVISION_LOG@ 2>/dev/null)"; exit 1; fi'
+# On the droplet: 0 when first boot is done, else what cloud-init is doing.
+probe='test -e @FIRST_BOOT_DONE@ || { cloud-init status 2>&1 | tail -n 1; exit 1; }'
 wait_seconds=@WAIT_SECONDS@
 started=$SECONDS
 last_said=$SECONDS
 while :; do
     # shellcheck disable=SC2029 # $probe is meant for the droplet's shell
     answer=$(ssh "${options[@]}" "${via[@]}" "$PLATFORM_SSH_LOGIN" "$probe" 2>&1 < /dev/null) && break
-    status=$?
     waited=$((SECONDS - started))
-    if [ "$status" -eq 3 ]; then
-        echo "$PLATFORM_SSH_LOGIN: first-boot provisioning failed: $answer (see @PROVISION_LOG@ there)" >&2
-        exit 1
-    fi
     if [ "$waited" -ge "$wait_seconds" ]; then
         echo "$PLATFORM_SSH_LOGIN not ready after ${waited}s: ${answer:-ssh failed}" >&2
         exit 1
