@@ -203,9 +203,14 @@ def bundle(role: str, settings: Settings) -> Bundle:
         # A server that answered this before a new bundle must answer it after.
         "health": role_module(role).HEALTH_URL,
     }
+    return encoded(document)
+
+
+def encoded(document: dict[str, Any]) -> Bundle:
+    """The bundle as platform-bundle reads it. mtime=0: the same bundle, the same bytes."""
     raw = json.dumps(document, sort_keys=True).encode()
     payload = base64.b64encode(gzip.compress(raw, mtime=0)).decode()
-    return Bundle(role, hashlib.sha256(raw).hexdigest(), payload)
+    return Bundle(document["role"], hashlib.sha256(raw).hexdigest(), payload)
 
 
 def placed_files(role: str, settings: Settings) -> dict[str, tuple[str, str]]:
