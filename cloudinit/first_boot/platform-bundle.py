@@ -8,6 +8,7 @@ inside it (its platform-push), which puts it in place under the droplet lock.
 """
 
 import base64
+import fcntl
 import gzip
 import hashlib
 import json
@@ -42,10 +43,16 @@ def main(digest):
 def store(digest, bundle):
     """Writes the bundle's files under BUNDLES/DIGEST/files and its manifest (paths and
     modes, no contents); a bundle stored before is not written again."""
-    home = os.path.join(BUNDLES, digest)
-    if os.path.exists(os.path.join(home, "manifest.json")):
-        return
     os.makedirs(BUNDLES, mode=0o700, exist_ok=True)
+    # The same bundle may arrive twice at once: one stores it, the other finds it stored.
+    with open(os.path.join(BUNDLES, ".store.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        home = os.path.join(BUNDLES, digest)
+        if not os.path.exists(home):
+            write_bundle(home, bundle)
+
+
+def write_bundle(home, bundle):
     incoming = tempfile.mkdtemp(dir=BUNDLES, prefix=".incoming-")
     try:
         for path, entry in bundle["files"].items():
@@ -59,7 +66,6 @@ def store(digest, bundle):
         manifest = {**bundle, "files": {path: entry["mode"] for path, entry in bundle["files"].items()}}
         with open(os.path.join(incoming, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
-        shutil.rmtree(home, ignore_errors=True)
         os.rename(incoming, home)
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
