@@ -1,17 +1,19 @@
-"""First-boot cloud-init for each role, and the files the program pushes later.
+"""What each droplet receives: a fixed first boot, then the platform as a pushed bundle.
 
 Every file a droplet receives is a template in this folder, next to its role:
 `common/` for every droplet, then `load_balancer/`, `app_server/` and `datastore/`.
-Each role's module lists its files (`FILES`: rendered into the cloud-config, installed
-by the provisioning script) and its pushes (`PUSHES`: what `platform-push` accepts over
-SSH after boot). First-boot data depends only on settings that do not change in normal
-operation, so a droplet is never replaced by scaling, a new certificate or a password.
+Each role's module lists its programs and config files (they make up the role's
+`bundle`, which platform-provision installs) and its pushes (what `platform-push` accepts
+over SSH: certificates, secrets, upstreams). First boot (`first_boot/`, user_data) holds
+only the login, the droplet's identity and the bundle's receiver: DigitalOcean replaces a
+droplet whose user_data changes, and no change to the platform or a setting should.
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -144,23 +146,12 @@ def rendered_files(role: str, settings: Settings) -> dict[str, str]:
     return files
 
 
-def first_boot(role: str, settings: Settings, automation_public_key: str) -> str:
-    """The role's cloud-config (user_data). Holds no secret: only public keys and settings."""
-    context = template_context(role, settings)
-    write_files = [
-        {"path": p.path, "permissions": p.mode, **compressed(render(p.template, **context))}
-        for p in programs(role)
-    ]
-    write_files += [
-        {
-            "path": STAGED_FILES + f.path,
-            "permissions": f.mode,
-            "content": render(f.template, **context),
-        }
-        for f in config_files(role, settings)
-    ]
-    write_files.append({"path": PUSH_TABLE, "permissions": "0644", "content": push_table(role, settings)})
-    write_files.append({"path": ROLE_ENV, "permissions": "0644", "content": role_env(role, settings, config_files(role, settings))})
+def first_boot(role: str, stack: str, automation_public_key: str) -> str:
+    """The role's cloud-config (user_data): only what never changes, so no change to the
+    platform or its settings replaces a droplet. The `ops` login with the program's key,
+    the droplet's identity, and the receiver of the platform (platform-bundle); the rest
+    arrives as a bundle, pushed once the droplet takes logins. No secret, no setting."""
+    identity = json.dumps({"stack": stack, "role": role}, sort_keys=True) + "\n"
     config = {
         "users": [
             {
@@ -176,27 +167,61 @@ def first_boot(role: str, settings: Settings, automation_public_key: str) -> str
         ],
         "disable_root": True,
         "ssh_pwauth": False,
-        # OS updates on first boot, before provisioning runs (runcmd comes after).
+        # OS updates on first boot, before the droplet says it is ready (runcmd comes after).
         "package_update": True,
         "package_upgrade": True,
-        "write_files": write_files,
-        "runcmd": [[conventions.PROVISION_COMMAND]],
+        "write_files": [
+            {"path": conventions.BUNDLE_COMMAND, "permissions": "0755", "content": render(RECEIVER)},
+            {"path": conventions.IDENTITY_FILE, "permissions": "0644", "content": identity},
+        ],
+        "runcmd": [["sh", "-c", f"date -u +%FT%TZ > {conventions.FIRST_BOOT_MARKER}"]],
     }
     return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=1000)
 
 
-def compressed(text: str) -> dict[str, str]:
-    """A write_files body as gzip+base64, which cloud-init decodes: the scripts are most of a
-    role's first boot, and DigitalOcean takes at most 64 KiB of user_data. mtime=0 keeps the
-    bytes, and so the droplet, the same from run to run."""
-    return {"encoding": "gz+b64", "content": base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()}
+RECEIVER = "first_boot/platform-bundle.py"
 
 
-def decoded(entry: dict[str, str]) -> str:
-    """A write_files entry's text, as cloud-init writes it."""
-    if entry.get("encoding") == "gz+b64":
-        return gzip.decompress(base64.b64decode(entry["content"])).decode()
-    return entry["content"]
+@dataclass(frozen=True)
+class Bundle:
+    """The role's platform as one content-addressed push: every script, unit and config
+    file, the push table and the role's settings. `payload` is what platform-bundle reads
+    (the JSON, gzip, base64), `digest` the JSON's sha256."""
+
+    role: str
+    digest: str
+    payload: str = field(repr=False)
+
+
+def bundle(role: str, settings: Settings) -> Bundle:
+    document = {
+        "stack": settings.stack,
+        "role": role,
+        "files": {path: {"content": text, "mode": mode} for path, (text, mode) in placed_files(role, settings).items()},
+        # Installed by provisioning from their staged copies; a later bundle without one removes it.
+        "installed": sorted(f.path for f in config_files(role, settings)),
+        # A server that answered this before a new bundle must answer it after.
+        "health": role_module(role).HEALTH_URL,
+    }
+    return encoded(document)
+
+
+def encoded(document: dict[str, Any]) -> Bundle:
+    """The bundle as platform-bundle reads it. mtime=0: the same bundle, the same bytes."""
+    raw = json.dumps(document, sort_keys=True).encode()
+    payload = base64.b64encode(gzip.compress(raw, mtime=0)).decode()
+    return Bundle(document["role"], hashlib.sha256(raw).hexdigest(), payload)
+
+
+def placed_files(role: str, settings: Settings) -> dict[str, tuple[str, str]]:
+    """Every file the bundle puts in place, by path: (content, mode). The programs at their
+    paths, the config files staged for provisioning, the push table, the role's settings."""
+    context = template_context(role, settings)
+    files = {p.path: (render(p.template, **context), p.mode) for p in programs(role)}
+    files.update({STAGED_FILES + f.path: (render(f.template, **context), f.mode) for f in config_files(role, settings)})
+    files[PUSH_TABLE] = (push_table(role, settings), "0644")
+    files[ROLE_ENV] = (role_env(role, settings, config_files(role, settings)), "0644")
+    return files
 
 
 def push_table(role: str, settings: Settings) -> str:

@@ -40,14 +40,24 @@ class AppServerPool(pulumi.ComponentResource):
         self.private_ips = []
         self.serving: list[pulumi.Resource] = []   # the pushes after which every member serves
         self.routes: dict[str, remote.SshRoute] = {}
+        previous: remote.SshRoute | None = None
         for number in range(1, settings.app_server_count + 1):
             member = f"{name}-{number}"
             droplet = network.droplet(
                 member, role=conventions.APP_SERVER, size=settings.app_size, parent=self
             )
-            route = remote.route_to(
-                member, droplet=droplet, host=droplet.ipv4_address_private, key=key, via=jump, parent=self
+            # One member at a time: a new bundle reaches a member once the one before it
+            # serves again, so the LB always has the others.
+            route = remote.install_platform(
+                member,
+                route=remote.route_to(
+                    member, droplet=droplet, host=droplet.ipv4_address_private, key=key, via=jump, parent=self
+                ),
+                bundle=network.bundle(conventions.APP_SERVER),
+                parent=self,
+                after=[previous.ready] if previous else [],
             )
+            previous = route
             cert = ca.issue(
                 member,
                 dns_names=[conventions.droplet_name(settings.stack, member), conventions.app_pool_tls_name(settings.stack)],

@@ -93,8 +93,11 @@ class Datastore(pulumi.ComponentResource):
             pulumi.Output.all(**{engine: passwords[engine] for engine in settings.engines})
         )
         self.private_ip = self.droplet.ipv4_address_private
-        route = remote.route_to(
-            name, droplet=self.droplet, host=self.private_ip, key=key, via=jump, parent=self
+        route = remote.install_platform(
+            name,
+            route=remote.route_to(name, droplet=self.droplet, host=self.private_ip, key=key, via=jump, parent=self),
+            bundle=network.bundle(conventions.DATASTORE),
+            parent=self,
         )
         self.route = route
         cert = ca.issue(

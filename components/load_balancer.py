@@ -58,7 +58,13 @@ class LoadBalancer(pulumi.ComponentResource):
         self.public_ip = self.reserved_ip.ip_address
         self.private_ip = self.droplet.ipv4_address_private
         # pulumi-command reaches the LB directly and everything else through it (self.route).
-        self.route = remote.route_to(name, droplet=self.droplet, host=self.droplet.ipv4_address, key=key, parent=self)
+        # Pushes to the LB, and every route through it, wait for its platform.
+        self.route = remote.install_platform(
+            name,
+            route=remote.route_to(name, droplet=self.droplet, host=self.droplet.ipv4_address, key=key, parent=self),
+            bundle=network.bundle(conventions.LOAD_BALANCER),
+            parent=self,
+        )
         self._settings = settings
         cert = ca.issue(
             name, dns_names=[conventions.droplet_name(settings.stack, name), settings.domain],

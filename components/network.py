@@ -24,6 +24,7 @@ class Network(pulumi.ComponentResource):
         self._settings = settings
         self._key = key
         self._user_data: dict[str, pulumi.Output[str]] = {}
+        self._bundles: dict[str, cloudinit.Bundle] = {}
         child = pulumi.ResourceOptions(parent=self)
         self.vpc = do.Vpc(
             f"{name}-vpc",
@@ -75,14 +76,21 @@ class Network(pulumi.ComponentResource):
         )
 
     def user_data(self, role: str) -> pulumi.Output[str]:
-        """The role's cloud-config, rendered once per role: rendering and dumping it is most
-        of the program's own time, and every member boots the same."""
+        """The role's cloud-config, once per role (every member boots the same). It names
+        the stack and no setting: a changed setting must not replace a droplet."""
         if role not in self._user_data:
-            settings = self._settings
+            stack = self._settings.stack
             self._user_data[role] = self._key.public_key_openssh.apply(
-                lambda key: cloudinit.first_boot(role, settings, key)
+                lambda key: cloudinit.first_boot(role, stack, key)
             )
         return self._user_data[role]
+
+    def bundle(self, role: str) -> cloudinit.Bundle:
+        """The role's platform bundle, rendered once per role: rendering is most of the
+        program's own time, and every member gets the same."""
+        if role not in self._bundles:
+            self._bundles[role] = cloudinit.bundle(role, self._settings)
+        return self._bundles[role]
 
     def firewall(self, role: str, *, parent: pulumi.Resource) -> do.Firewall:
         """The role's cloud firewall, from the matrix in `firewalls`."""

@@ -1,14 +1,16 @@
 """How the program reaches droplets after first boot: SSH through the load balancer.
 
-First-boot data never changes in normal operation (a change would replace the droplet),
-so whatever does change (certificates, the LB's upstream list, passwords, the app's
-environment) is pushed over SSH by a pulumi-command `Command` that re-runs when its
-payload changes. Each payload goes to `platform-push <kind>` on the droplet, which knows
-where that kind of payload belongs, checks it and reloads only what it changed.
+First-boot data never changes (a change would replace the droplet), so everything else
+is pushed over SSH by pulumi-command `Command`s that re-run when their payload changes:
+first the platform itself (the role's bundle: scripts, units, config files, settings),
+then what comes on top of it (certificates, the LB's upstream list, passwords, the app's
+environment), each to `platform-push <kind>` on the droplet, which knows where that kind
+of payload belongs, checks it and reloads only what it changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shlex
@@ -20,6 +22,7 @@ import pulumi_command as command
 import pulumi_digitalocean as do
 import pulumi_tls as tls
 
+import cloudinit
 from cloudinit import common as common_files
 
 from . import ssh
@@ -45,10 +48,10 @@ class AutomationKey(pulumi.ComponentResource):
 class SshRoute:
     """How to log in to one droplet: directly (the LB) or through the LB as jump host.
 
-    `ready` is the droplet's boot gate: every push waits for it. `host_key` is the
-    droplet's SSH host key as its gate recorded it at first contact, `jump_host_key` the
-    jump host's: pulumi-command accepts only these keys (a changed one fails the handshake,
-    before the login, so no payload is sent)."""
+    `ready` is what every push to it waits for: its boot gate, then its platform.
+    `host_key` is the droplet's SSH host key as its gate recorded it at first contact,
+    `jump_host_key` the jump host's: pulumi-command accepts only these keys (a changed one
+    fails the handshake, before the login, so no payload is sent)."""
 
     host: pulumi.Input[str]
     key: AutomationKey
@@ -98,12 +101,11 @@ def route_to(
     client retries refused connections but not a refused login (through a jump host a
     failed handshake is final), and a booting droplet refuses logins until cloud-init has
     written the `ops` user and key and /run/nologin is gone. And a connection through the
-    LB opened before the LB's first provisioning turns its host firewall on loses its
-    replies once it does (the firewall never saw it start). So a local command on the
-    machine running `pulumi up` first retries a real login until the droplet has finished
-    first-boot provisioning (or fails at once, naming the step, when provisioning failed);
-    every push to the droplet depends on it, and a droplet behind the LB waits for the
-    LB's gate first. It runs again when the droplet is replaced.
+    LB opened before the LB's provisioning turns its host firewall on loses its replies
+    once it does (the firewall never saw it start). So a local command on the machine
+    running `pulumi up` first retries a real login until the droplet has finished first
+    boot; the bundle push depends on it, and a droplet behind the LB waits for the LB's
+    `ready` (its platform in place) first. It runs again when the droplet is replaced.
 
     The gate's login is the droplet's first contact: it prints the droplet's host key
     (trust on first use), which the route pins; through the LB it accepts only the key the
@@ -137,14 +139,36 @@ def boot_gate_script() -> str:
         "@HOST_KEY_TYPE@": ssh.HOST_KEY_TYPE,
         "@WAIT_SECONDS@": str(ssh.BOOT_WAIT_SECONDS),
         "@RETRY_SECONDS@": str(ssh.BOOT_RETRY_SECONDS),
-        "@PROVISIONED@": conventions.PROVISIONED_MARKER,
-        "@PROVISION_FAILED@": conventions.PROVISION_FAILED_MARKER,
-        "@PROVISION_LOG@": conventions.PROVISION_LOG,
+        "@FIRST_BOOT_DONE@": conventions.FIRST_BOOT_MARKER,
     }
     text = BOOT_GATE_SCRIPT.read_text()
     for placeholder, value in facts.items():
         text = text.replace(placeholder, value)
     return text
+
+
+def install_platform(
+    name: str,
+    *,
+    route: SshRoute,
+    bundle: cloudinit.Bundle,
+    parent: pulumi.Resource,
+    after: list[pulumi.Resource] | None = None,
+) -> SshRoute:
+    """Push the role's bundle once the droplet takes logins; returns the route whose pushes
+    wait for it. A new bundle (any change to a droplet's files or the role's settings)
+    runs again: the droplet installs it, provisions, and goes back to the previous one if
+    that fails, naming the step. `after`: what must be done first (the pool's previous
+    member, so a change rolls through the pool one server at a time)."""
+    platform = command.remote.Command(
+        f"{name}-bundle-push",
+        connection=route.connection(),
+        create=shlex.join(["sudo", conventions.BUNDLE_COMMAND, bundle.digest]),
+        stdin=bundle.payload,
+        triggers=[bundle.digest],
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[*filter(None, [route.ready]), *(after or [])]),
+    )
+    return dataclasses.replace(route, ready=platform)
 
 
 def push_command(kind: str) -> str:

@@ -1,5 +1,5 @@
 # The boot gate of components/remote.py: waits until a new droplet takes SSH logins and
-# has finished its first-boot provisioning, then every push to it may start. Runs on the
+# has finished its first boot, then its platform may be pushed. Runs on the
 # machine that runs `pulumi up`, with bash and OpenSSH's client.
 # Environment: PLATFORM_SSH_KEY (the automation key; never printed), PLATFORM_SSH_LOGIN
 # (user@host), PLATFORM_SSH_JUMP (user@host of the jump host, or empty) and
@@ -20,9 +20,8 @@ if [ -n "${PLATFORM_SSH_JUMP:-}" ]; then
     printf 'jump-host %s\n' "$PLATFORM_SSH_JUMP_HOST_KEY" > pinned
     via=(-o "ProxyCommand=ssh ${options[*]} @PINNED_OPTIONS@ -o HostKeyAlias=jump-host -W %h:%p $PLATFORM_SSH_JUMP")
 fi
-# On the droplet: 0 provisioned, 3 provisioning failed (its marker says where), else not yet.
-# shellcheck disable=SC2016 # expanded there, not here
-probe='if [ -e @PROVISIONED@ ]; then exit 0; elif [ -e @PROVISION_FAILED@ ]; then cat @PROVISION_FAILED@; exit 3; else echo "provisioning: $(tail -n 1 @PROVISION_LOG@ 2>/dev/null)"; exit 1; fi'
+# On the droplet: 0 when first boot is done, else what cloud-init is doing.
+probe='test -e @FIRST_BOOT_DONE@ || { cloud-init status 2>&1 | tail -n 1; exit 1; }'
 wait_seconds=@WAIT_SECONDS@
 started=$SECONDS
 last_said=$SECONDS
@@ -32,15 +31,10 @@ while :; do
     : > seen
     # shellcheck disable=SC2029 # $probe is meant for the droplet's shell
     answer=$(ssh "${options[@]}" @FIRST_USE_OPTIONS@ "${via[@]}" "$PLATFORM_SSH_LOGIN" "$probe" 2>&1 < /dev/null) && break
-    status=$?
     waited=$((SECONDS - started))
     if [ -n "${PLATFORM_SSH_JUMP:-}" ] && [[ "$answer" == *"Host key verification failed"* ]]; then
         echo "$PLATFORM_SSH_JUMP (the jump host) does not have the host key recorded at its first contact:" \
              "refusing to log in through it: $answer" >&2
-        exit 1
-    fi
-    if [ "$status" -eq 3 ]; then
-        echo "$PLATFORM_SSH_LOGIN: first-boot provisioning failed: $answer (see @PROVISION_LOG@ there)" >&2
         exit 1
     fi
     if [ "$waited" -ge "$wait_seconds" ]; then

@@ -15,6 +15,8 @@ import shlex
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+from model import conventions
+
 from . import acme, config, firewall, records, shell, spaces
 from .pulumi_ssh import Hop
 
@@ -54,9 +56,9 @@ def operator_public_key() -> str:
     return key.with_suffix(".pub").read_text().strip()
 
 
-# Among commands free to start, these go first: the boot gates, then certificates before
+# Among commands free to start, these go first: the boot gates, the platform, then certificates before
 # anything that needs them, the app's payload before the LB sends it traffic.
-PUSH_ORDER = ("boot-gate", "tls", "secrets", "env", "example-app", "upstreams")
+PUSH_ORDER = ("boot-gate", "bundle", "tls", "secrets", "env", "example-app", "upstreams")
 REMOTE_COMMAND = "command:remote:Command"
 LOCAL_COMMAND = "command:local:Command"
 
@@ -252,7 +254,9 @@ def command_of(r, needs: frozenset[str] = frozenset()) -> RemoteCommand | LocalC
                             dict(r.state.get("environment") or {}), needs, changed,
                             r.state.get("stdout") or "" if changed else "")
     conn = r.state["connection"]
-    return RemoteCommand(r.name, shlex.split(r.state["create"])[-1], Hop.from_state(conn),
+    argv = shlex.split(r.state["create"])
+    kind = "bundle" if conventions.BUNDLE_COMMAND in argv else argv[-1]
+    return RemoteCommand(r.name, kind, Hop.from_state(conn),
                          Hop.from_state(conn["proxy"]) if conn.get("proxy") else None,
                          r.state["create"], r.state.get("stdin") or "", needs, changed)
 

@@ -193,6 +193,16 @@ PROVISION_LOG = f"{PLATFORM_LOG_DIR}/provision.log"
 PROVISIONED_MARKER = f"{PLATFORM_STATE}/provisioned"
 PROVISION_FAILED_MARKER = f"{PLATFORM_STATE}/provision-failed"
 PROVISION_COMMAND = "/usr/local/sbin/platform-provision"
+# First boot ends by writing this: the droplet takes logins and waits for its platform.
+FIRST_BOOT_MARKER = f"{PLATFORM_STATE}/first-boot-done"
+# The platform arrives as a bundle, pushed: first boot's receiver (the one program that
+# never changes) stores it by its digest here, next to the previous one, and `current`
+# names the one in place.
+BUNDLE_COMMAND = "/usr/local/sbin/platform-bundle"
+BUNDLES_DIR = f"{PLATFORM_STATE}/bundles"
+CURRENT_BUNDLE = f"{BUNDLES_DIR}/current"
+# Where first boot writes the droplet's identity; the receiver refuses another role's bundle.
+IDENTITY_FILE = f"{PLATFORM_STATE}/identity.json"
 # Receives what the Pulumi program pushes over SSH (certificates, upstreams, secrets).
 PUSH_COMMAND = "/usr/local/sbin/platform-push"
 # The droplet lock: one change to a droplet at a time. Every platform-push (its files,

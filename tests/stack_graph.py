@@ -121,7 +121,7 @@ def fingerprints(secret: str) -> list[str]:
 def readable_text(user_data: str) -> str:
     """A cloud-config as the droplet reads it: the YAML decoded, every string joined."""
     config = load_yaml(user_data)
-    files = [cloudinit.decoded(entry) for entry in config.get("write_files", [])]
+    files = [entry["content"] for entry in config.get("write_files", [])]
     return user_data + "\n" + "\n".join([*strings_outside_secrets(config), *files])
 
 

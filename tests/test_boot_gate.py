@@ -1,9 +1,11 @@
-"""Every push waits for its droplet's boot gate, and every hop gets the same patience.
+"""Every push waits for its droplet's platform, which waits for its boot gate, and every
+hop gets the same patience.
 
 A first real `pulumi up` starts each push as soon as its droplet exists; the graph must
-make each wait until the droplet takes logins and has finished its first boot (the
-gate), and give the jump host's connection as many dial tries as the target's. The gate
-records the droplet's host key (its stdout), and every later connection pins it.
+make the bundle push wait until the droplet takes logins and has finished its first boot
+(the gate), every other push until the platform is in place (the bundle push), and give
+the jump host's connection as many dial tries as the target's. The gate records the
+droplet's host key (its stdout), and every later connection pins it.
 """
 
 from __future__ import annotations
@@ -37,20 +39,39 @@ def test_every_droplet_has_one_gate_that_runs_again_when_it_is_replaced(deployme
         assert gate.state["triggers"] == [next(i for i, n in by_id.items() if f"{n}-boot-gate" == name)]
 
 
-def test_every_push_depends_on_its_droplets_gate(deployment):
+def test_every_bundle_push_depends_on_its_droplets_gate(deployment):
     found = gates(deployment)
-    for push in of_type(deployment, COMMAND):
+    bundles = [push for push in of_type(deployment, COMMAND) if push.name.endswith("-bundle-push")]
+    assert sorted(b.name.removesuffix("-bundle-push") for b in bundles) == sorted(
+        g.removesuffix("-boot-gate") for g in found)
+    for push in bundles:
         host = push.state["connection"]["host"]
         gate = next(g for g in found.values() if g.state["environment"]["PLATFORM_SSH_LOGIN"] == f"ops@{host}")
         assert gate.name in depends_on(deployment, push), push.name
 
 
-def test_a_droplet_behind_the_lb_waits_for_the_lbs_gate_first(deployment):
-    """Its pushes open connections through the LB only once the LB's own first boot (its
+def test_every_other_push_waits_for_its_droplets_platform(deployment):
+    pushes = of_type(deployment, COMMAND)
+    bundle_of = {push.state["connection"]["host"]: push.name for push in pushes if push.name.endswith("-bundle-push")}
+    for push in pushes:
+        if not push.name.endswith("-bundle-push"):
+            assert bundle_of[push.state["connection"]["host"]] in depends_on(deployment, push), push.name
+
+
+def test_a_droplet_behind_the_lb_waits_for_the_lbs_platform_first(deployment):
+    """Its pushes open connections through the LB only once the LB's provisioning (its
     host firewall included) is over."""
     for name, gate in gates(deployment).items():
         if name != "lb-boot-gate":
-            assert "lb-boot-gate" in depends_on(deployment, gate), name
+            assert "lb-bundle-push" in depends_on(deployment, gate), name
+
+
+def test_a_new_bundle_rolls_through_the_pool_one_member_at_a_time(deployment):
+    members = sorted(push.name.removesuffix("-bundle-push") for push in of_type(deployment, COMMAND)
+                     if push.name.startswith("app-") and push.name.endswith("-bundle-push"))
+    assert len(members) == deployment.settings.app_server_count >= 2
+    for before, member in zip(members, members[1:]):
+        assert f"{before}-bundle-push" in depends_on(deployment, deployment.named(f"{member}-bundle-push", ":Command"))
 
 
 def test_the_first_release_waits_for_the_apps_environment(deployment):

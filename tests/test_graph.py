@@ -323,11 +323,15 @@ def test_monthly_cost_of_production_by_hand(production_deployment):
     )
 
 
-def test_the_commands_are_pushes_to_platform_push(deployment):
+def test_the_commands_are_pushes_to_platform_push_or_the_bundle_receiver(deployment):
     for r in of_type(deployment, COMMAND):
-        sudo, command, kind = r.state["create"].split()
-        assert (sudo, command) == ("sudo", conventions.PUSH_COMMAND), r.name
-        assert r.name.endswith(f"-{kind}-push"), r.name
+        sudo, command, argument = r.state["create"].split()
+        if r.name.endswith("-bundle-push"):
+            assert (sudo, command) == ("sudo", conventions.BUNDLE_COMMAND), r.name
+            assert r.state["triggers"] == [argument], r.name   # the digest
+        else:
+            assert (sudo, command) == ("sudo", conventions.PUSH_COMMAND), r.name
+            assert r.name.endswith(f"-{argument}-push"), r.name
         assert r.state["connection"]["user"] == conventions.OPERATOR_USER
         if not r.name.startswith("lb-"):
             assert r.state["connection"]["proxy"]["host"] == droplet(deployment, "lb").state["ipv4Address"]

@@ -18,6 +18,10 @@ EXAMPLE_APP = Path(__file__).resolve().parents[2] / "example-app"
 INSTALL_EXAMPLE_APP = "/usr/local/sbin/platform-install-example-app"
 SUDOERS_FILE = "/etc/sudoers.d/platform-deploy"
 
+# Rolling through the pool: a member that served this before a new bundle must serve it
+# again before the next member gets the bundle.
+HEALTH_URL = f"https://127.0.0.1:{conventions.APP_TLS_PORT}{conventions.HEALTH_PATH}"
+
 PROGRAMS = [
     Program("app_server/provision.sh", ROLE_STEPS, mode="0644"),
     Program("app_server/platform-install-example-app.sh", INSTALL_EXAMPLE_APP),

@@ -214,6 +214,20 @@ ensure_running() {
     fi
 }
 
+# Starts the unit if it is down; reloads it if its config changed in this run: a server
+# on the request path (nginx) takes new config without dropping a connection.
+ensure_reloaded() {
+    local unit=$1 config_prefix=$2
+    ensure_enabled "$unit"
+    if ! systemctl is-active --quiet "$unit"; then
+        systemctl start "$unit"
+        changed "started $unit"
+    elif files_changed_under "$config_prefix"; then
+        systemctl reload "$unit"
+        changed "reloaded $unit"
+    fi
+}
+
 # The step running now, for platform-provision's failure message.
 # shellcheck disable=SC2034 # read by platform-provision
 CURRENT_STEP="start"

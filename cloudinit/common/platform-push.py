@@ -5,8 +5,11 @@ The JSON maps file names to contents. {{ c.PLATFORM_ETC }}/pushes.json says, for
 kind, where each file goes, what checks the new files and what to run after. Files
 that are already as pushed are left alone and nothing is reloaded; when the check
 fails the previous files are put back. Contents are never printed: they may be secrets.
-A push waits for first-boot provisioning, then holds the droplet lock (platform-lock)
+A push waits for the platform's provisioning, then holds the droplet lock (platform-lock)
 for its files, check and then-steps: pushes and provisioning runs never interleave.
+
+`platform-push install-bundle DIGEST` puts a bundle that platform-bundle stored in place
+(see install_bundle).
 """
 
 import grp
@@ -14,17 +17,27 @@ import json
 import os
 import pwd
 import runpy
+import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 PUSH_TABLE = "{{ c.PLATFORM_ETC }}/pushes.json"
 PROVISIONED = "{{ c.PROVISIONED_MARKER }}"
 PROVISION_FAILED = "{{ c.PROVISION_FAILED_MARKER }}"
 WAIT_FOR_PROVISIONING_SECONDS = 1800
-# The droplet lock has one home, the platform-lock command; this loads its code.
-hold_droplet_lock = runpy.run_path("{{ c.LOCK_COMMAND }}")["holding"]
+BUNDLES = "{{ c.BUNDLES_DIR }}"
+CURRENT = "{{ c.CURRENT_BUNDLE }}"
+PROVISION = "{{ c.PROVISION_COMMAND }}"
+# A server that served before a new bundle must serve again within this time.
+HEALTH_WAIT_SECONDS = 90
+# The droplet lock has one home, the platform-lock command, installed next to this one
+# (by the bundle this runs from, the first time): this loads its code.
+HERE = os.path.dirname(os.path.abspath(__file__))
+hold_droplet_lock = runpy.run_path(os.path.join(HERE, os.path.basename("{{ c.LOCK_COMMAND }}")))["holding"]
 
 
 def wait_for_provisioning():
@@ -111,7 +124,115 @@ def apply(kind, spec, files):
             sys.exit(f"platform-push {kind}: {' '.join(argv)} failed")
 
 
+# --- the platform bundle --------------------------------------------------------------
+
+
+def install_bundle(digest):
+    """Puts bundle DIGEST in place and provisions; on failure goes back to the previous one.
+
+    Holding the droplet lock: places the bundle's files (only those that differ), removes
+    the files the previous bundle had and this one has not, points `current` at it, runs
+    platform-provision, and, where the droplet served its health check before, waits for
+    it to serve again. If any of it fails, the previous bundle goes back in place the same
+    way and this exits non-zero, naming the step that failed."""
+    with hold_droplet_lock(f"bundle {digest[:12]}"):
+        previous = current_bundle()
+        if previous == digest and os.path.exists(PROVISIONED) and not os.path.exists(PROVISION_FAILED):
+            print(f"platform-bundle: {digest[:12]} is in place already: no change")
+            return
+        health = manifest(digest).get("health")
+        served = bool(health) and serving(health)
+        print(f"platform-bundle: installing {digest[:12]} (previous: {(previous or 'none')[:12]})", flush=True)
+        place(digest, previous)
+        failure = provision()
+        if failure is None and served and not serving(health, wait=HEALTH_WAIT_SECONDS):
+            failure = f"{health} did not answer within {HEALTH_WAIT_SECONDS}s after provisioning"
+        if failure is None:
+            prune(keep={digest, previous})
+            print(f"platform-bundle: {digest[:12]} in place", flush=True)
+            return
+        if previous is None or previous == digest:
+            sys.exit(f"platform-bundle: {digest[:12]} failed: {failure}; see {{ c.PROVISION_LOG }}")
+        print(f"platform-bundle: {digest[:12]} failed: {failure}; going back to {previous[:12]}", flush=True)
+        place(previous, digest)
+        restored = "restored" if provision() is None else "restored, but its provisioning failed too"
+        sys.exit(f"platform-bundle: {digest[:12]} failed: {failure}; previous bundle {previous[:12]} {restored};"
+                 f" see {{ c.PROVISION_LOG }}")
+
+
+def current_bundle():
+    try:
+        return os.path.basename(os.readlink(CURRENT))
+    except FileNotFoundError:
+        return None
+
+
+def manifest(digest):
+    with open(os.path.join(BUNDLES, digest, "manifest.json")) as f:
+        return json.load(f)
+
+
+def place(digest, replaced):
+    """The bundle's files where they belong; the replaced bundle's leftovers removed (its
+    files and the config files it installed that this bundle does not); `current` moved."""
+    new = manifest(digest)
+    for path, mode in new["files"].items():
+        with open(os.path.join(BUNDLES, digest, "files", path.lstrip("/")), "rb") as f:
+            content = f.read()
+        if read(path) != content or (os.stat(path).st_mode & 0o7777) != int(mode, 8):
+            write(path, content, mode, "root:root")
+    if replaced is not None and replaced != digest:
+        old = manifest(replaced)
+        for path in sorted((set(old["files"]) - set(new["files"])) | (set(old["installed"]) - set(new["installed"]))):
+            if os.path.lexists(path):
+                print(f"platform-bundle: removing {path} (not in {digest[:12]})")
+                os.unlink(path)
+    link = os.path.join(BUNDLES, f".current-{os.getpid()}")
+    os.symlink(digest, link)
+    os.replace(link, CURRENT)
+
+
+def provision():
+    """Runs platform-provision (inside this hold); None when it succeeded, else what failed."""
+    if run([PROVISION]):
+        return None
+    try:
+        with open(PROVISION_FAILED) as f:
+            return "provisioning failed: " + f.read().strip()
+    except FileNotFoundError:
+        return "provisioning failed"
+
+
+def serving(url, wait=0):
+    """True when the droplet's own health check answers 200 (within `wait` seconds). Its
+    certificate is the droplet's own, for its names, not 127.0.0.1: not verified here."""
+    deadline = time.monotonic() + wait
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5, context=context) as answer:
+                if answer.status == 200:
+                    return True
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(2)
+
+
+def prune(keep):
+    """Keeps the bundle in place and the one before it; removes older ones."""
+    for name in os.listdir(BUNDLES):
+        if name not in keep and name != os.path.basename(CURRENT) and not name.startswith("."):
+            shutil.rmtree(os.path.join(BUNDLES, name), ignore_errors=True)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: platform-push KIND < files.json")
-    main(sys.argv[1])
+    if len(sys.argv) == 3 and sys.argv[1] == "install-bundle":
+        install_bundle(sys.argv[2])
+    elif len(sys.argv) == 2:
+        main(sys.argv[1])
+    else:
+        sys.exit("usage: platform-push KIND < files.json | platform-push install-bundle DIGEST")

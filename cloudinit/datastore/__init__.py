@@ -14,6 +14,9 @@ from model.settings import Settings
 from .. import ConfigFile, Program, Push, Target
 from ..common import ROLE_STEPS
 
+# Nothing to wait for after a new bundle: no pool member to keep serving.
+HEALTH_URL = None
+
 PROGRAMS = [
     Program("datastore/provision.sh", ROLE_STEPS, mode="0644"),
 ]

@@ -8,6 +8,9 @@ from model.settings import Settings
 from .. import ConfigFile, Program, Push, Target, render
 from ..common import ROLE_STEPS
 
+# Nothing to wait for after a new bundle: no pool member to keep serving.
+HEALTH_URL = None
+
 PROGRAMS = [
     Program("load_balancer/provision.sh", ROLE_STEPS, mode="0644"),
     Program("load_balancer/platform-certificate.sh", conventions.CERTIFICATE_COMMAND),

@@ -17,7 +17,7 @@ role_steps() {
     ensure_temporary_certificate
     ensure_placeholder_ca
     if files_changed_under /etc/nginx/; then nginx -t -q; fi
-    ensure_running nginx /etc/nginx/
+    ensure_reloaded nginx /etc/nginx/
     if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
     # certbot runs from a timer that retries until it has the certificate, so an ACME
     # server that cannot reach us yet (DNS not pointed) never fails provisioning.

@@ -2,8 +2,8 @@
 
 On the session's first `up` (tests/conftest.py: first_boot_quirks) every boot gate started
 as soon as its droplet existed, while the LB answered SSH 30 s late and then refused
-logins until a minute into its boot; every push started as soon as its gate let it,
-several to one droplet at once. Then pushes and provisioning runs sent to one droplet at
+logins until a minute into its boot; every bundle push started as soon as its gate let
+it, and the other pushes as soon as the platform was in place, several to one droplet at once. Then pushes and provisioning runs sent to one droplet at
 the same instant never interleave.
 """
 
@@ -46,7 +46,7 @@ def test_the_gates_started_with_the_droplets_and_the_pushes_as_soon_as_they_open
         # A free slot of the engine's parallelism may be what it waited for.
         assert done[c.name].started >= opened, c.name
     store = [done[c.name] for c in first_boot.plan.commands
-             if c.name.startswith("datastore-") and c.name.endswith("-push") and not c.needs - {"datastore-boot-gate"}]
+             if c.name.startswith("datastore-") and c.name.endswith("-push") and not c.needs - {"datastore-bundle-push"}]
     starts = sorted(r.started for r in store)
     assert len(store) >= 3 and starts[-1] - starts[0] < 5, {r.name: round(r.started, 1) for r in store}
 

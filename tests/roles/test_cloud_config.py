@@ -27,6 +27,10 @@ ALLOWED_KEYS = {
 }
 
 
+# A few KiB: the login, the identity and the receiver.
+FIRST_BOOT_BYTES = 4096
+
+
 def cloud_init_schema_keys() -> set[str]:
     """The top-level keys cloud-init's installed schema defines."""
     require_tool("cloud-init", "cloud-init")
@@ -52,7 +56,7 @@ def unknown_keys(text: str) -> set[str]:
 
 
 def first_boot(role, settings) -> str:
-    return cloudinit.first_boot(role, settings, settings.ssh_public_keys[0])
+    return cloudinit.first_boot(role, settings.stack, settings.ssh_public_keys[0])
 
 
 def test_the_allowed_keys_are_cloud_init_module_keys():
@@ -70,21 +74,23 @@ def test_cloud_config_is_valid_for_cloud_init(tmp_path, role, stack_settings):
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_cloud_config_fits_and_holds_no_secret(role, stack_settings):
+def test_cloud_config_is_small_and_holds_no_secret(role, stack_settings):
     text = first_boot(role, stack_settings)
-    assert len(text.encode()) < conventions.USER_DATA_LIMIT_BYTES
+    assert len(text.encode()) < FIRST_BOOT_BYTES < conventions.USER_DATA_LIMIT_BYTES
     # Key material, or a password given a literal value (scripts may read $..._PASSWORD).
     assert not re.search(r"PRIVATE KEY-----(\\n|\n)\s*[A-Za-z0-9+/]{20}", text)
     assert not re.search(r"PASSWORD=[^$\s\\\"']", text)
     config = yaml.safe_load(text)
-    assert config["runcmd"] == [[conventions.PROVISION_COMMAND]]
+    # First boot only says it is done; the platform comes by the bundle push.
+    assert config["runcmd"] == [["sh", "-c", f"date -u +%FT%TZ > {conventions.FIRST_BOOT_MARKER}"]]
     assert config["package_update"] is True and config["package_upgrade"] is True
     (operator,) = config["users"]
     assert operator["name"] == conventions.OPERATOR_USER and operator["lock_passwd"] is True
     assert operator["ssh_authorized_keys"] == [stack_settings.ssh_public_keys[0]]  # the key first_boot was given
     paths = [f["path"] for f in config["write_files"]]
     assert len(paths) == len(set(paths))
-    assert conventions.PROVISION_COMMAND in paths and conventions.PUSH_COMMAND in paths
+    assert paths == [conventions.BUNDLE_COMMAND, conventions.IDENTITY_FILE]
+    assert json.loads(config["write_files"][1]["content"]) == {"stack": stack_settings.stack, "role": role}
 
 
 def test_schema_check_rejects_a_bad_config(tmp_path):

@@ -1,0 +1,111 @@
+"""Upgrading the booted stack in place: a change to the platform's files reaches every
+droplet by its bundle push, under a steady load, replacing nothing; a change that fails
+on app-1 stops the roll there and app-1 goes back to its previous bundle.
+
+The change is made the way a developer makes one: a line added to templates the droplets
+receive (the program renders them from cloudinit/, patched here for the plan). At the
+end the stack is put back on the platform as committed.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import jinja2
+import pytest
+
+import cloudinit
+from localcloud import stack, traffic
+from model import conventions
+
+# A line in config files of every role; the two nginx files make the LB and the app
+# servers reload under the load.
+EVERYWHERE = ("common/logrotate.conf", "app_server/site.conf", "load_balancer/site.conf")
+LOGROTATE = "/etc/logrotate.d/platform"
+
+
+def plan_with_lines(local_stack, monkeypatch, lines: dict[str, str]):
+    """The stack's plan with `lines[template]` added at the end of each template."""
+    original = cloudinit._templates
+
+    def load(name):
+        source = original.loader.get_source(original, name)[0]
+        return source + lines[name] + "\n" if name in lines else source
+
+    monkeypatch.setattr(cloudinit, "_templates", original.overlay(loader=jinja2.FunctionLoader(load)))
+    try:
+        return stack.plan(local_stack.plan.stack)
+    finally:
+        monkeypatch.undo()
+
+
+def up_under_load(local_stack, p, **options) -> tuple[stack.UpResult, dict]:
+    """`up` while streams of GETs run back to back through the LB, 20 a second."""
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=stack.up(p, **options)))
+    totals = {"requests": 0, "failed": 0, "hosts": {}, "errors": {}}
+    runner.start()
+    while runner.is_alive():
+        counts = traffic.result(local_stack.stream("/api/hello", rate=20, seconds=5))
+        totals["requests"] += counts["requests"]
+        totals["failed"] += counts["failed"]
+        for key in ("hosts", "errors"):
+            for name, n in counts[key].items():
+                totals[key][name] = totals[key].get(name, 0) + n
+    runner.join()
+    return outcome["result"], totals
+
+
+def current_bundle(local_stack, key: str) -> str:
+    return local_stack.run(key, ["readlink", conventions.CURRENT_BUNDLE]).stdout.strip().rsplit("/", 1)[-1]
+
+
+@pytest.fixture(scope="module")
+def back_to_committed(local_stack):
+    """After the module, the stack on the platform as committed (every bundle again)."""
+    yield
+    local_stack.up(stack.plan(local_stack.plan.stack))
+
+
+def test_a_platform_change_reaches_every_droplet_in_place_under_load(local_stack, back_to_committed, monkeypatch):
+    mark = f"# upgraded in place {uuid.uuid4()}"
+    before = local_stack.plan
+    boots = local_stack.boot_ids()
+    p = plan_with_lines(local_stack, monkeypatch, dict.fromkeys(EVERYWHERE, mark))
+    assert {d.name: (d.id, d.user_data) for d in p.droplets} == {d.name: (d.id, d.user_data) for d in before.droplets}
+    result, load = up_under_load(local_stack, p)
+    print(f"\n[figures] platform upgrade under 20 req/s: {load}; up took {result.seconds:.0f}s")
+    assert stack.healthy(result)
+    local_stack.plan, local_stack.result = p, result
+    ran = {r.name for r in result.commands if r.status == "ok"}
+    assert ran == {f"{d.key}-bundle-push" for d in p.droplets}
+    assert local_stack.boot_ids() == boots          # nothing rebooted, nothing replaced
+    for d in p.droplets:
+        assert mark in local_stack.run(d.name, ["cat", LOGROTATE]).stdout, d.name
+    assert mark in local_stack.run("lb", ["nginx", "-T"]).stdout
+    for app in local_stack.app_servers():
+        assert mark in local_stack.run(app, ["nginx", "-T"]).stdout, app
+    assert load["requests"] > 0 and load["failed"] == 0, load
+
+
+def test_a_change_that_fails_on_app_1_stops_the_roll_and_app_1_serves_its_previous_bundle(
+        local_stack, back_to_committed, monkeypatch):
+    apps = sorted(d.key for d in local_stack.plan.with_tag(conventions.APP_SERVER))
+    assert apps[0] == "app-1"
+    was = {key: current_bundle(local_stack, key) for key in apps}
+    # nginx refuses it: provisioning's `nginx -t` fails on the first member it reaches.
+    p = plan_with_lines(local_stack, monkeypatch, {"app_server/site.conf": "not_a_directive on;"})
+    result, load = up_under_load(local_stack, p)
+    print(f"\n[figures] failed upgrade under 20 req/s: {load}")
+    status = {r.name: r for r in result.commands}
+    assert status["app-1-bundle-push"].status == "failed"
+    output = status["app-1-bundle-push"].output
+    assert "provisioning failed" in output and "nginx -t" in output, output
+    assert f"previous bundle {was['app-1'][:12]} restored" in output, output
+    assert all(status[f"{key}-bundle-push"].status == "not run" for key in apps[1:])
+    assert {key: current_bundle(local_stack, key) for key in apps} == was
+    assert "not_a_directive" not in local_stack.run("app-1", ["nginx", "-T"]).stdout
+    after = traffic.result(local_stack.stream("/api/hello", rate=10, seconds=6))
+    assert local_stack.name("app-1") in after["hosts"] and after["failed"] == 0, after
+    assert load["failed"] == 0, load

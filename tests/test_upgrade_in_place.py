@@ -1,0 +1,148 @@
+"""Changing the platform or a setting replaces no droplet: only the bundle push runs again.
+
+DigitalOcean replaces a droplet whose user_data changes. So user_data holds only what
+never changes (the login, the identity, the bundle's receiver); every file the droplets
+receive and every setting but region, image and the VPC range (and sizes, which resize
+in place) arrive by the bundle push, which runs again when its digest changes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import cloudinit
+import mockcloud
+from model import conventions
+from model.settings import SETTINGS
+from stack_graph import COMMAND, droplets, of_type
+
+# What may replace droplets (region, image, VPC range) or resizes them in place (sizes).
+ON_THE_DROPLET = {"region", "image", "vpcIpRange", "lbSize", "appSize", "datastoreSize"}
+# A valid value, different from staging's, for every other setting.
+ANOTHER_VALUE = {
+    "appServerCount": 3,
+    "volumeSizeGb": 20,
+    "domain": "next.example.com",
+    "dnsZone": "example.com",
+    "acmeEmail": "platform@example.com",
+    "acmeDirectory": "https://acme.example.com/directory",
+    "adminCidrs": ["198.51.100.0/24"],
+    "sshPublicKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx6sbRHMnRw4Q5l0x1d3tyiP7a0Y2cwFp1qVJbPHr6u other@example.com"],
+    "engines": ["postgresql", "redis"],
+    "nodeMajor": 20,
+    "backups": False,
+    "backupHourUtc": 5,
+    "backupKeepDaily": 3,
+    "backupKeepWeekly": 2,
+    "backupKeepMonthly": 1,
+    "spacesRegion": "fra1",
+    "spacesEndpoint": "https://fra1.digitaloceanspaces.com",
+    "dropletBackups": True,
+    "protectData": True,
+    "alertEmails": ["alerts@example.com"],
+    "alertWebhookUrl": "https://hooks.example.com/platform",
+}
+
+
+# Templates of pushes of their own (the app's environment, the backup push), not the bundle.
+OWN_PUSHES = {"app_server/app.env", "common/backup.conf", "common/platform-backup.timer"}
+
+
+# The droplet's inputs that DigitalOcean's provider cannot change in place (ForceNew).
+REPLACING = ("image", "region", "userData", "sshKeys", "vpcUuid")
+
+
+def user_data(deployment) -> dict[str, str]:
+    return {d.name: d.state["userData"] for d in droplets(deployment)}
+
+
+def bundle_digests(deployment) -> dict[str, str]:
+    return {r.name: r.state["triggers"][0] for r in of_type(deployment, COMMAND) if r.name.endswith("-bundle-push")}
+
+
+def test_every_setting_that_may_change_in_place_has_another_value_here():
+    assert set(ANOTHER_VALUE) == {s.key for s in SETTINGS} - ON_THE_DROPLET
+
+
+@pytest.fixture(scope="module")
+def everything_changed(staging_deployment):
+    settings = mockcloud.stack_settings("staging", **ANOTHER_VALUE)
+    return mockcloud.deploy(settings, previous=staging_deployment)
+
+
+def test_changing_every_other_setting_leaves_every_droplets_user_data_byte_for_byte(staging_deployment,
+                                                                                   everything_changed):
+    before, after = user_data(staging_deployment), user_data(everything_changed)
+    assert set(before) <= set(after)
+    for name, text in before.items():
+        assert after[name] == text, name
+
+
+def test_and_no_other_input_that_replaces_a_droplet(staging_deployment, everything_changed):
+    """The provider replaces a droplet when one of these changes (the others, such as
+    `backups` or `tags`, it updates in place)."""
+    old = {d.name: d.state for d in droplets(staging_deployment)}
+    for d in droplets(everything_changed):
+        if d.name in old:
+            assert {k: d.state.get(k) for k in REPLACING} == {k: old[d.name].get(k) for k in REPLACING}, d.name
+
+
+def test_and_every_droplets_platform_is_pushed_again(staging_deployment, everything_changed):
+    before, after = bundle_digests(staging_deployment), bundle_digests(everything_changed)
+    assert set(before) <= set(after)
+    assert {name for name in before if after[name] != before[name]} == set(before)
+
+
+def test_region_image_and_vpc_range_are_the_only_settings_on_the_droplet(staging_deployment):
+    """The comparison above can fail: a droplet's own inputs do change with these."""
+    for change, field in (({"region": "fra1"}, "region"), ({"image": "ubuntu-24-04-x64"}, "image")):
+        other = mockcloud.deploy(mockcloud.stack_settings("staging", **change), previous=staging_deployment)
+        old = {d.name: d.state[field] for d in droplets(staging_deployment)}
+        assert all(d.state[field] != old[d.name] for d in droplets(other)), change
+
+
+def template_files() -> list[str]:
+    """Every template a droplet receives, as the loader names them."""
+    return sorted(str(p.relative_to(cloudinit.HERE)) for p in cloudinit.HERE.rglob("*")
+                  if p.is_file() and p.suffix not in (".pyc",) and "__pycache__" not in p.parts
+                  and p.name != "__init__.py")
+
+
+def test_a_one_line_change_to_any_file_the_droplets_receive_leaves_user_data_alone(monkeypatch, staging_settings):
+    key = staging_settings.ssh_public_keys[0]
+    roles = (conventions.LOAD_BALANCER, conventions.APP_SERVER, conventions.DATASTORE)
+    first = {role: cloudinit.first_boot(role, staging_settings.stack, key) for role in roles}
+    bundles = {role: cloudinit.bundle(role, staging_settings).digest for role in roles}
+    changed_bundles = set()
+    for template in template_files():
+        if template == cloudinit.RECEIVER:
+            continue  # the receiver itself: the one file first boot holds
+        changed = with_one_more_line(template)
+        monkeypatch.setattr(cloudinit, "_templates", changed)
+        for role in roles:
+            assert cloudinit.first_boot(role, staging_settings.stack, key) == first[role], (template, role)
+        changed_bundles |= {template for role in roles if cloudinit.bundle(role, staging_settings).digest != bundles[role]}
+        monkeypatch.undo()
+    # The bundles do carry them: each file changed some role's bundle, or arrives by its own push.
+    unused = set(template_files()) - changed_bundles - {cloudinit.RECEIVER} - OWN_PUSHES
+    assert unused == set(), f"templates no bundle renders: {sorted(unused)}"
+
+
+def with_one_more_line(template: str):
+    """The template environment, with `template` one comment line longer."""
+    import jinja2
+
+    original = cloudinit._templates
+    source = original.loader.get_source(original, template)[0]
+
+    def load(name):
+        if name == template:
+            return source + "\n# one more line\n"
+        return original.loader.get_source(original, name)[0]
+
+    return original.overlay(loader=jinja2.FunctionLoader(load))
+
+
+@pytest.fixture(scope="module")
+def staging_settings():
+    return mockcloud.stack_settings("staging")
