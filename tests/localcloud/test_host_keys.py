@@ -143,8 +143,8 @@ def test_a_host_key_that_does_not_parse_fails_before_any_dial():
 
 def gate(tmp_path, monkeypatch, login: str, jump: str = "", jump_key: str = "", key: str = ""):
     """The gate's script, its marker a file here, run as pulumi-command runs it."""
-    (tmp_path / "provisioned").touch()
-    monkeypatch.setattr(conventions, "PROVISIONED_MARKER", str(tmp_path / "provisioned"))
+    (tmp_path / "first-boot-done").touch()
+    monkeypatch.setattr(conventions, "FIRST_BOOT_MARKER", str(tmp_path / "first-boot-done"))
     env = {**os.environ, "PLATFORM_SSH_KEY": key, "PLATFORM_SSH_LOGIN": login, "PLATFORM_SSH_JUMP": jump,
            "PLATFORM_SSH_JUMP_HOST_KEY": jump_key}
     return subprocess.run(["/bin/bash", "-c", remote.boot_gate_script()], env=env, capture_output=True, text=True,
