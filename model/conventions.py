@@ -206,6 +206,9 @@ DROPLET_LOCK_LOG = f"{PLATFORM_LOG_DIR}/lock.log"
 DROPLET_LOCK_ENV = "PLATFORM_DROPLET_LOCK"
 # A first `pulumi up` queues every push of a droplet at once, some running provisioning.
 DROPLET_LOCK_WAIT_SECONDS = 1800
+# The one home of "write a file only when it differs" (content, mode, owner): provisioning
+# calls it, platform-push loads it.
+WRITE_COMMAND = "/usr/local/sbin/platform-write"
 
 TLS_DIR = f"{PLATFORM_ETC}/tls"
 CA_CERT_PATH = f"{TLS_DIR}/ca.crt"

@@ -58,10 +58,7 @@ Components: main"
     local pin='Package: nodejs
 Pin: origin deb.nodesource.com
 Pin-Priority: 600'
-    if [ "$(cat "$NODESOURCE_PIN" 2>/dev/null)" != "$pin" ]; then
-        printf '%s\n' "$pin" > "$NODESOURCE_PIN"
-        changed "$NODESOURCE_PIN"
-    fi
+    write_file "$NODESOURCE_PIN" 0644 root:root <<<"$pin"
 }
 
 ensure_pm2() {

@@ -120,11 +120,8 @@ ensure_apt_repository() {
     fi
     sources_text="${sources_text}
 Signed-By: ${keyring}"
-    if [ ! -f "$sources" ] || [ "$(cat "$sources")" != "$sources_text" ]; then
-        printf '%s\n' "$sources_text" > "$sources"
-        apt_update
-        changed "$sources"
-    fi
+    write_file "$sources" 0644 root:root <<<"$sources_text"
+    if files_changed_under "$sources"; then apt_update; fi
 }
 
 # A system user (no password) with no login shell, unless one is given.
@@ -163,17 +160,35 @@ ensure_group() {
     changed "group $1"
 }
 
-# Puts a staged file in place when it differs; remembers it for restart_if_changed.
-install_config() {
-    local path=$1 mode=$2 owner=$3
-    local staged="${STAGED_FILES}${path}"
-    if [ -f "$path" ] && cmp -s "$staged" "$path" \
-        && [ "$(stat -c '%a %U:%G' "$path")" = "${mode#0} ${owner}" ]; then
-        return 0
-    fi
-    install -D -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$staged" "$path"
+# Writes stdin to a file only when its content, mode or owner differ, by platform-write
+# (the one home of that rule; platform-push uses it too). A write is remembered for
+# files_changed_under and counted as a change.
+write_file() {
+    local path=$1 mode=$2 owner=$3 result
+    result=$({{ c.WRITE_COMMAND }} "$path" "$mode" "$owner")
+    [ "$result" = changed ] || return 0
     CHANGED_FILES+=("$path")
     changed "$path"
+}
+
+# Puts a staged file in place when it differs.
+install_config() {
+    local path=$1 mode=$2 owner=$3
+    write_file "$path" "$mode" "$owner" < "${STAGED_FILES}${path}"
+}
+
+# The mode and owner a staged file is installed with: "MODE OWNER:GROUP".
+staged_file_entry() {
+    local path=$1 entry listed mode owner group
+    for entry in $CONFIG_FILES; do
+        IFS=: read -r listed mode owner group <<<"$entry"
+        if [ "$listed" = "$path" ]; then
+            printf '%s %s:%s\n' "$mode" "$owner" "$group"
+            return 0
+        fi
+    done
+    log "$path is not a staged file of this role"
+    return 1
 }
 
 # Every staged file whose path starts with the given prefix (all of them by default).

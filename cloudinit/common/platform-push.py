@@ -9,14 +9,11 @@ A push waits for first-boot provisioning, then holds the droplet lock (platform-
 for its files, check and then-steps: pushes and provisioning runs never interleave.
 """
 
-import grp
 import json
 import os
-import pwd
 import runpy
 import subprocess
 import sys
-import tempfile
 import time
 
 PUSH_TABLE = "{{ c.PLATFORM_ETC }}/pushes.json"
@@ -25,6 +22,9 @@ PROVISION_FAILED = "{{ c.PROVISION_FAILED_MARKER }}"
 WAIT_FOR_PROVISIONING_SECONDS = 1800
 # The droplet lock has one home, the platform-lock command; this loads its code.
 hold_droplet_lock = runpy.run_path("{{ c.LOCK_COMMAND }}")["holding"]
+# Writing a file only when it differs has one home too, the platform-write command.
+_write = runpy.run_path("{{ c.WRITE_COMMAND }}")
+read, replace, write_if_differs = _write["read"], _write["replace"], _write["write_if_differs"]
 
 
 def wait_for_provisioning():
@@ -37,30 +37,6 @@ def wait_for_provisioning():
         if time.monotonic() > deadline:
             sys.exit("platform-push: provisioning did not finish in time")
         time.sleep(2)
-
-
-def read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
-def write(path, content, mode, owner):
-    user, group = owner.split(":")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".push-")
-    try:
-        os.fchmod(fd, int(mode, 8))
-        os.fchown(fd, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def run(argv):
@@ -89,11 +65,9 @@ def main(kind):
 def apply(kind, spec, files):
     previous = {}
     for name, target in spec["files"].items():
-        content = files[name].encode()
         old = read(target["path"])
-        if old != content:
+        if write_if_differs(target["path"], files[name].encode(), target["mode"], target["owner"]):
             previous[target["path"]] = old
-            write(target["path"], content, target["mode"], target["owner"])
     if not previous:
         print(f"platform-push {kind}: no change")
         return
@@ -104,7 +78,7 @@ def apply(kind, spec, files):
                 os.unlink(path)
             else:
                 target = next(t for t in spec["files"].values() if t["path"] == path)
-                write(path, old, target["mode"], target["owner"])
+                replace(path, old, target["mode"], target["owner"])
         sys.exit(f"platform-push {kind}: check failed; previous files restored, nothing reloaded")
     for argv in spec["then"]:
         if not run(argv):

@@ -11,8 +11,6 @@ VOLUME_MOUNT_OPTIONS=defaults,nofail,noatime,x-systemd.device-timeout=30s
 # A digest of each password applied to an engine, kept with the data it belongs to.
 APPLIED_PASSWORDS={{ c.DATA_MOUNT }}/platform/applied-passwords
 TLS_FINGERPRINT={{ c.PLATFORM_STATE }}/datastore-tls.sha256
-# Staged files with the private address filled in, as installed.
-RESOLVED_FILES={{ c.PLATFORM_STATE }}/resolved-files
 PRIVATE_ADDRESS=
 
 role_steps() {
@@ -103,34 +101,19 @@ PYTHON
 
 # Installs one staged file, with the private address in place of its placeholder.
 install_file() {
-    local path=$1 entry listed mode owner group
+    local path=$1 entry resolved
     if [ -z "$PRIVATE_ADDRESS" ]; then PRIVATE_ADDRESS=$(private_address); fi
-    mkdir -p "$(dirname "$RESOLVED_FILES$path")"
-    sed "s/{{ c.PRIVATE_ADDRESS_PLACEHOLDER }}/$PRIVATE_ADDRESS/g" "$STAGED_FILES$path" > "$RESOLVED_FILES$path"
-    for entry in $CONFIG_FILES; do
-        IFS=: read -r listed mode owner group <<<"$entry"
-        if [ "$listed" = "$path" ]; then
-            STAGED_FILES=$RESOLVED_FILES install_config "$path" "$mode" "$owner:$group"
-            return 0
-        fi
-    done
-    log "$path is not a staged file of this role"
-    return 1
+    entry=$(staged_file_entry "$path")
+    # A failed sed fails here, before anything is written; the x keeps trailing newlines.
+    resolved=$(sed "s/{{ c.PRIVATE_ADDRESS_PLACEHOLDER }}/$PRIVATE_ADDRESS/g" "$STAGED_FILES$path"; printf x)
+    # shellcheck disable=SC2086 # the entry is two arguments: mode and owner
+    write_file "$path" $entry < <(printf '%s' "${resolved%x}")
 }
 
-# Writes a file that holds a secret, when it differs; the secret never appears in argv.
+# A file that holds a secret, written when it differs; the secret never appears in argv.
 ensure_secret_file() {
     local path=$1 mode=$2 owner=$3 content=$4
-    if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ] \
-        && [ "$(stat -c '%a %U:%G' "$path")" = "${mode#0} $owner" ]; then
-        return 0
-    fi
-    (umask 077 && printf '%s\n' "$content" > "$path.new")
-    chown "$owner" "$path.new"
-    chmod "$mode" "$path.new"
-    mv -f "$path.new" "$path"
-    CHANGED_FILES+=("$path")
-    changed "$path"
+    write_file "$path" "$mode" "$owner" <<<"$content"
 }
 
 tls_ready() { [ -s {{ c.SERVER_CERT_PATH }} ] && [ -s {{ c.SERVER_KEY_PATH }} ]; }

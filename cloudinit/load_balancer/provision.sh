@@ -42,10 +42,7 @@ ensure_resolver_file() {
     servers=$(awk '/^nameserver/ { print ($2 ~ /:/) ? "[" $2 "]" : $2 }' /etc/resolv.conf | tr '\n' ' ')
     wanted="resolver ${servers:-127.0.0.53} valid=300s;
 resolver_timeout 5s;"
-    [ -f {{ c.LB_RESOLVER_FILE }} ] && [ "$(cat {{ c.LB_RESOLVER_FILE }})" = "$wanted" ] && return 0
-    printf '%s\n' "$wanted" > {{ c.LB_RESOLVER_FILE }}
-    CHANGED_FILES+=({{ c.LB_RESOLVER_FILE }})
-    changed "{{ c.LB_RESOLVER_FILE }}"
+    write_file {{ c.LB_RESOLVER_FILE }} 0644 root:root <<<"$wanted"
 }
 
 # nginx must start before certbot has run: a short-lived self-signed pair behind the

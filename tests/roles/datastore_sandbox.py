@@ -1,7 +1,7 @@
 """Runs the datastore's real rendered files and provisioning functions in a throwaway namespace.
 
-`unshare` gives a private mount, network and PID namespace: /etc, /usr/sbin, /var/lib
-and /var/log are overlays (writes vanish with the namespace), /run and the volume's
+`unshare` gives a private mount, network and PID namespace: /etc, /usr/sbin, /usr/local,
+/var/lib and /var/log are overlays (writes vanish with the namespace), /run and the volume's
 mount point are tmpfs, loopback carries a VPC address, and every daemon dies with the
 namespace. The rendered files are written at their real paths, the droplet's TLS files
 are a throwaway CA and certificate, and `systemctl` is a small stand-in that starts
@@ -36,7 +36,7 @@ from model.settings import Settings
 PRELUDE = r"""
 set -uo pipefail
 T={tmp}
-for dir in /etc /usr/sbin /var/lib /var/log; do
+for dir in /etc /usr/sbin /usr/local /var/lib /var/log; do
     name=$(echo "$dir" | tr / _)
     mkdir -p "$T/ov/$name.up" "$T/ov/$name.work"
     mount -t overlay overlay -o "lowerdir=$dir,upperdir=$T/ov/$name.up,workdir=$T/ov/$name.work" "$dir"
@@ -226,6 +226,7 @@ class Sandbox:
         root = tmp / "root"
         for program in cloudinit.programs(conventions.DATASTORE):
             self._write(root / program.path.lstrip("/"), cloudinit.render(program.template, **context))
+            (root / program.path.lstrip("/")).chmod(int(program.mode, 8))
         for f in files:
             self._write(tmp / "staged" / f.path.lstrip("/"), cloudinit.render(f.template, **context))
         (tmp / "platform.env").write_text(cloudinit.role_env(conventions.DATASTORE, settings, files))

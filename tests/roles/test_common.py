@@ -56,6 +56,7 @@ def push_sandbox(tmp_path, render_role, staging_settings):
         lines = [
             f"mkdir -p {conventions.PLATFORM_ETC} {conventions.PLATFORM_STATE}",
             f"install -D {files[conventions.LOCK_COMMAND]} {conventions.LOCK_COMMAND}",
+            f"install -D {files[conventions.WRITE_COMMAND]} {conventions.WRITE_COMMAND}",
             f"cp {tmp_path}/table.json {conventions.PLATFORM_ETC}/pushes.json",
             f"touch {conventions.PROVISIONED_MARKER}" if provisioned
             else f"echo 'step=packages' > {conventions.PROVISION_FAILED_MARKER}",
@@ -154,6 +155,39 @@ def test_push_table_of_every_role_is_what_platform_push_reads(role, staging_sett
             assert len(target["owner"].split(":")) == 2 and int(target["mode"], 8) <= 0o777
         for argv in spec["check"] + spec["then"]:
             assert argv and all(isinstance(a, str) for a in argv), (kind, argv)
+
+
+# --- platform-write: the one home of "write a file only when it differs" ----------------
+
+
+def test_platform_write_writes_only_what_differs_and_provisioning_counts_it(tmp_path, render_role, staging_settings):
+    """The program itself, then common.sh's write_file on top of it (what every role's
+    provisioning and the datastore's secret files go through)."""
+    files = render_role(conventions.LOAD_BALANCER, staging_settings)
+    target = "/etc/platform/test/f.conf"
+    write = conventions.WRITE_COMMAND
+    result = sandboxed(tmp_path, textwrap.dedent(f"""\
+        install -D {files[write]} {write}
+        step() {{ local name=$1 out; shift; out=$("$@"); echo "== $name: [$out] $(stat -c '%a %U:%G' {target}) $(cat {target})"; }}
+        step new {write} {target} 0640 root:daemon <<<one
+        step same {write} {target} 0640 root:daemon <<<one
+        step content {write} {target} 0640 root:daemon <<<two
+        step mode {write} {target} 0600 root:daemon <<<two
+        step owner {write} {target} 0600 root:root <<<two
+        ls -A /etc/platform/test
+        source {files[common.LIBRARY]}
+        write_file {target} 0600 root:root <<<two; echo "== write_file same: $CHANGES"
+        write_file {target} 0600 root:root <<<three; echo "== write_file new: $CHANGES ${{CHANGED_FILES[*]}}"
+        files_changed_under /etc/platform/ && echo "== remembered"
+    """))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for line in ("== new: [changed] 640 root:daemon one", "== same: [] 640 root:daemon one",
+                 "== content: [changed] 640 root:daemon two", "== mode: [changed] 600 root:daemon two",
+                 "== owner: [changed] 600 root:root two", "== write_file same: 0",
+                 f"== write_file new: 1 {target}", "== remembered"):
+        assert line in out, out
+    assert out.split("\n== owner")[1].splitlines()[1] == "f.conf", out  # no temporary file left
 
 
 # --- shell scripts ---------------------------------------------------------------------
