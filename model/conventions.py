@@ -277,6 +277,8 @@ EXAMPLE_APP_ARCHIVE = f"{PLATFORM_STATE}/example-app.tar.gz.b64"
 
 # How long provisioning's apt-get waits for apt's locks (apt-daily may hold them at boot).
 APT_LOCK_WAIT_SECONDS = 600
+# Provisioning refreshes apt's package lists before an install when they are older than this.
+APT_LISTS_MAX_AGE_MINUTES = 24 * 60
 # The size DigitalOcean allows for a droplet's user_data.
 USER_DATA_LIMIT_BYTES = 64 * 1024
 

@@ -4,6 +4,8 @@
 
 CHANGES=0
 CHANGED_FILES=()
+# Touched by every successful apt-get update of provisioning (apt_lists_ready reads its age).
+APT_LISTS_REFRESHED={{ c.PLATFORM_STATE }}/apt-updated
 
 log() { printf '%s platform-provision: %s\n' "$(date -u +%FT%TZ)" "$*"; }
 
@@ -34,7 +36,11 @@ apt_update() {
             waited=$((waited + 1))
             continue
         fi
-        apt_get update -q && return 0
+        if apt_get update -q; then
+            mkdir -p "$(dirname "$APT_LISTS_REFRESHED")"
+            touch "$APT_LISTS_REFRESHED"
+            return 0
+        fi
         # Failed while nobody holds the lock: not a wait, a failure.
         apt_lists_lock_holder >/dev/null || return 1
     done
@@ -69,11 +75,11 @@ print(f"pid {found.l_pid} ({name})")
 PYTHON
 }
 
-# The package lists, fetched once per droplet (a vendor repository refreshes them itself).
+# The package lists, refreshed before an install when the last refresh is older than a
+# day (or never happened): a mirror drops superseded packages, so old lists fail installs.
 apt_lists_ready() {
-    [ -f /var/lib/platform/apt-updated ] && return 0
+    [ -n "$(find "$APT_LISTS_REFRESHED" -maxdepth 0 -mmin -{{ c.APT_LISTS_MAX_AGE_MINUTES }} 2>/dev/null)" ] && return 0
     apt_update
-    touch /var/lib/platform/apt-updated
 }
 
 # Installs packages that are not installed yet; never upgrades (unattended-upgrades does).
