@@ -16,6 +16,14 @@ PRIVATE_ADDRESS=
 role_steps() {
     step "data volume"
     ensure_data_volume
+    engine_steps
+}
+
+# Each engine as the settings ask, on every run: an enabled one installed, configured and
+# started; one switched off stopped and disabled, its data left on the volume untouched
+# (switched on again, it starts on that data). Its port is closed by the firewall step,
+# whose rules follow the enabled engines.
+engine_steps() {
     step "engine units"
 {% for engine in engines %}
     install_file {{ facts.drop_in(engine.name) }}
@@ -29,6 +37,10 @@ role_steps() {
 {% for engine in engines %}
     step "{{ engine.name }}"
     {{ engine.name }}_steps
+{% endfor %}
+{% for name in c.ENGINES if name not in settings.engines %}
+    step "{{ name }}: switched off"
+    engine_off {{ name }}
 {% endfor %}
 }
 
@@ -166,6 +178,46 @@ engine_running() {
         fi
     done
 }
+# An engine switched off: its units stopped and disabled; its packages, configuration and
+# data stay (nothing is removed: the operator removes the data when it is no longer wanted).
+engine_off() {
+    local unit version
+    case "$1" in
+        postgresql)
+            [ -d /usr/lib/postgresql ] || return 0
+            version=$(postgresql_version)
+            # Not started at boot by postgresql.service either (its generator reads start.conf).
+            postgresql_start_mode "$version" manual
+            unit_off "postgresql@$version-main" ;;
+        redis) for unit in {{ facts.STUNNEL_REDIS_UNIT }} redis-server; do unit_off "$unit"; done ;;
+        rabbitmq) unit_off rabbitmq-server ;;
+        mongodb) unit_off mongod ;;
+    esac
+}
+
+unit_off() {
+    local unit=$1
+    if systemctl is-active --quiet "$unit"; then
+        systemctl stop "$unit"
+        changed "stopped $unit"
+    fi
+    if systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+        systemctl disable --quiet "$unit"
+        changed "disabled $unit"
+    fi
+}
+
+# The distribution's version ({{ c.per_image("postgresql_major") }}), as installed.
+postgresql_version() {
+    find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -n | tail -n 1
+}
+
+# Whether the cluster starts with the machine (auto) or only when asked (manual).
+postgresql_start_mode() {
+    local version=$1 mode=$2
+    [ -d "/etc/postgresql/$version/main" ] || return 0
+    write_file "/etc/postgresql/$version/main/start.conf" 0644 postgres:postgres <<<"$mode"
+}
 {% if "postgresql" in settings.engines %}
 
 # --- PostgreSQL ----------------------------------------------------------------------
@@ -203,16 +255,13 @@ ensure_postgresql_cluster() {
             changed "PostgreSQL $version cluster main"
         fi
     fi
+    # Back on after a time switched off.
+    postgresql_start_mode "$version" auto
     if ! diff -r "$conf_dir" "$kept" >/dev/null 2>&1; then
         rm -rf "$kept"
         cp -a "$conf_dir" "$kept"
         changed "$conf_dir kept on the volume"
     fi
-}
-
-# The distribution's version ({{ c.per_image("postgresql_major") }}), as installed.
-postgresql_version() {
-    find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -n | tail -n 1
 }
 
 psql_admin() { runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
