@@ -21,7 +21,7 @@ role_steps() {
     install_configs /etc/systemd/system/
     ensure_temporary_certificate
     if files_changed_under /etc/nginx/; then nginx -t -q; fi
-    ensure_running nginx /etc/nginx/
+    ensure_running nginx /etc/nginx/ reload
     if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
     ensure_enabled {{ c.APPS_UNIT }}
     # Before the first release there is nothing to run (the unit's condition says so).

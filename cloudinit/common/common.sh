@@ -171,7 +171,8 @@ ensure_group() {
 # files_changed_under and counted as a change.
 write_file() {
     local path=$1 mode=$2 owner=$3 result
-    result=$({{ c.WRITE_COMMAND }} "$path" "$mode" "$owner")
+    # `|| return`: a failed write fails the caller also where errexit is off (`if`, `&&`).
+    result=$({{ c.WRITE_COMMAND }} "$path" "$mode" "$owner") || return 1
     [ "$result" = changed ] || return 0
     CHANGED_FILES+=("$path")
     changed "$path"
@@ -222,16 +223,17 @@ ensure_enabled() {
     changed "enabled $1"
 }
 
-# Starts the unit if it is down; restarts it if its config changed in this run.
+# Starts the unit if it is down; restarts it if its config changed in this run (or
+# reloads it, when the third argument is `reload`: nginx finishes its requests).
 ensure_running() {
-    local unit=$1 config_prefix=${2:-}
+    local unit=$1 config_prefix=${2:-} apply=${3:-restart}
     ensure_enabled "$unit"
     if ! systemctl is-active --quiet "$unit"; then
         systemctl start "$unit"
         changed "started $unit"
     elif [ -n "$config_prefix" ] && files_changed_under "$config_prefix"; then
-        systemctl restart "$unit"
-        changed "restarted $unit"
+        systemctl "$apply" "$unit"
+        changed "$unit: $apply"
     fi
 }
 
