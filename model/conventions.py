@@ -216,6 +216,9 @@ DROPLET_LOCK_LOG = f"{PLATFORM_LOG_DIR}/lock.log"
 DROPLET_LOCK_ENV = "PLATFORM_DROPLET_LOCK"
 # A first `pulumi up` queues every push of a droplet at once, some running provisioning.
 DROPLET_LOCK_WAIT_SECONDS = 1800
+# The one home of "write a file only when it differs" (content, mode, owner): provisioning
+# calls it, platform-push loads it.
+WRITE_COMMAND = "/usr/local/sbin/platform-write"
 
 TLS_DIR = f"{PLATFORM_ETC}/tls"
 CA_CERT_PATH = f"{TLS_DIR}/ca.crt"
@@ -284,6 +287,8 @@ EXAMPLE_APP_ARCHIVE = f"{PLATFORM_STATE}/example-app.tar.gz.b64"
 
 # How long provisioning's apt-get waits for apt's locks (apt-daily may hold them at boot).
 APT_LOCK_WAIT_SECONDS = 600
+# Provisioning refreshes apt's package lists before an install when they are older than this.
+APT_LISTS_MAX_AGE_MINUTES = 24 * 60
 # The size DigitalOcean allows for a droplet's user_data.
 USER_DATA_LIMIT_BYTES = 64 * 1024
 

@@ -21,7 +21,7 @@ role_steps() {
     install_configs /etc/systemd/system/
     ensure_temporary_certificate
     if files_changed_under /etc/nginx/; then nginx -t -q; fi
-    ensure_reloaded nginx /etc/nginx/
+    ensure_running nginx /etc/nginx/ reload
     if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
     ensure_enabled {{ c.APPS_UNIT }}
     # Before the first release there is nothing to run (the unit's condition says so).
@@ -58,10 +58,7 @@ Components: main"
     local pin='Package: nodejs
 Pin: origin deb.nodesource.com
 Pin-Priority: 600'
-    if [ "$(cat "$NODESOURCE_PIN" 2>/dev/null)" != "$pin" ]; then
-        printf '%s\n' "$pin" > "$NODESOURCE_PIN"
-        changed "$NODESOURCE_PIN"
-    fi
+    write_file "$NODESOURCE_PIN" 0644 root:root <<<"$pin"
 }
 
 ensure_pm2() {

@@ -17,6 +17,7 @@ PROGRAMS = [
     Program("common/common.sh", LIBRARY, mode="0644"),
     Program("common/platform-push.py", conventions.PUSH_COMMAND),
     Program("common/platform-lock.py", conventions.LOCK_COMMAND),
+    Program("common/platform-write.py", conventions.WRITE_COMMAND),
     Program("common/backup.sh", conventions.BACKUP_LIBRARY, mode="0644"),
     Program("common/platform-backup.sh", conventions.BACKUP_COMMAND),
     Program("common/platform-restore.sh", conventions.RESTORE_COMMAND),

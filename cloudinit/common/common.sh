@@ -4,6 +4,8 @@
 
 CHANGES=0
 CHANGED_FILES=()
+# Touched by every successful apt-get update of provisioning (apt_lists_ready reads its age).
+APT_LISTS_REFRESHED={{ c.PLATFORM_STATE }}/apt-updated
 
 log() { printf '%s platform-provision: %s\n' "$(date -u +%FT%TZ)" "$*"; }
 
@@ -34,7 +36,11 @@ apt_update() {
             waited=$((waited + 1))
             continue
         fi
-        apt_get update -q && return 0
+        if apt_get update -q; then
+            mkdir -p "$(dirname "$APT_LISTS_REFRESHED")"
+            touch "$APT_LISTS_REFRESHED"
+            return 0
+        fi
         # Failed while nobody holds the lock: not a wait, a failure.
         apt_lists_lock_holder >/dev/null || return 1
     done
@@ -69,11 +75,11 @@ print(f"pid {found.l_pid} ({name})")
 PYTHON
 }
 
-# The package lists, fetched once per droplet (a vendor repository refreshes them itself).
+# The package lists, refreshed before an install when the last refresh is older than a
+# day (or never happened): a mirror drops superseded packages, so old lists fail installs.
 apt_lists_ready() {
-    [ -f /var/lib/platform/apt-updated ] && return 0
+    [ -n "$(find "$APT_LISTS_REFRESHED" -maxdepth 0 -mmin -{{ c.APT_LISTS_MAX_AGE_MINUTES }} 2>/dev/null)" ] && return 0
     apt_update
-    touch /var/lib/platform/apt-updated
 }
 
 # Installs packages that are not installed yet; never upgrades (unattended-upgrades does).
@@ -120,11 +126,8 @@ ensure_apt_repository() {
     fi
     sources_text="${sources_text}
 Signed-By: ${keyring}"
-    if [ ! -f "$sources" ] || [ "$(cat "$sources")" != "$sources_text" ]; then
-        printf '%s\n' "$sources_text" > "$sources"
-        apt_update
-        changed "$sources"
-    fi
+    write_file "$sources" 0644 root:root <<<"$sources_text"
+    if files_changed_under "$sources"; then apt_update; fi
 }
 
 # A system user (no password) with no login shell, unless one is given.
@@ -163,17 +166,36 @@ ensure_group() {
     changed "group $1"
 }
 
-# Puts a staged file in place when it differs; remembers it for restart_if_changed.
-install_config() {
-    local path=$1 mode=$2 owner=$3
-    local staged="${STAGED_FILES}${path}"
-    if [ -f "$path" ] && cmp -s "$staged" "$path" \
-        && [ "$(stat -c '%a %U:%G' "$path")" = "${mode#0} ${owner}" ]; then
-        return 0
-    fi
-    install -D -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$staged" "$path"
+# Writes stdin to a file only when its content, mode or owner differ, by platform-write
+# (the one home of that rule; platform-push uses it too). A write is remembered for
+# files_changed_under and counted as a change.
+write_file() {
+    local path=$1 mode=$2 owner=$3 result
+    # `|| return`: a failed write fails the caller also where errexit is off (`if`, `&&`).
+    result=$({{ c.WRITE_COMMAND }} "$path" "$mode" "$owner") || return 1
+    [ "$result" = changed ] || return 0
     CHANGED_FILES+=("$path")
     changed "$path"
+}
+
+# Puts a staged file in place when it differs.
+install_config() {
+    local path=$1 mode=$2 owner=$3
+    write_file "$path" "$mode" "$owner" < "${STAGED_FILES}${path}"
+}
+
+# The mode and owner a staged file is installed with: "MODE OWNER:GROUP".
+staged_file_entry() {
+    local path=$1 entry listed mode owner group
+    for entry in $CONFIG_FILES; do
+        IFS=: read -r listed mode owner group <<<"$entry"
+        if [ "$listed" = "$path" ]; then
+            printf '%s %s:%s\n' "$mode" "$owner" "$group"
+            return 0
+        fi
+    done
+    log "$path is not a staged file of this role"
+    return 1
 }
 
 # Every staged file whose path starts with the given prefix (all of them by default).
@@ -201,30 +223,17 @@ ensure_enabled() {
     changed "enabled $1"
 }
 
-# Starts the unit if it is down; restarts it if its config changed in this run.
+# Starts the unit if it is down; restarts it if its config changed in this run (or
+# reloads it, when the third argument is `reload`: nginx finishes its requests).
 ensure_running() {
-    local unit=$1 config_prefix=${2:-}
+    local unit=$1 config_prefix=${2:-} apply=${3:-restart}
     ensure_enabled "$unit"
     if ! systemctl is-active --quiet "$unit"; then
         systemctl start "$unit"
         changed "started $unit"
     elif [ -n "$config_prefix" ] && files_changed_under "$config_prefix"; then
-        systemctl restart "$unit"
-        changed "restarted $unit"
-    fi
-}
-
-# Starts the unit if it is down; reloads it if its config changed in this run: a server
-# on the request path (nginx) takes new config without dropping a connection.
-ensure_reloaded() {
-    local unit=$1 config_prefix=$2
-    ensure_enabled "$unit"
-    if ! systemctl is-active --quiet "$unit"; then
-        systemctl start "$unit"
-        changed "started $unit"
-    elif files_changed_under "$config_prefix"; then
-        systemctl reload "$unit"
-        changed "reloaded $unit"
+        systemctl "$apply" "$unit"
+        changed "$unit: $apply"
     fi
 }
 

@@ -12,16 +12,13 @@ for its files, check and then-steps: pushes and provisioning runs never interlea
 (see install_bundle).
 """
 
-import grp
 import json
 import os
-import pwd
 import runpy
 import shutil
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -34,10 +31,13 @@ CURRENT = "{{ c.CURRENT_BUNDLE }}"
 PROVISION = "{{ c.PROVISION_COMMAND }}"
 # A server that served before a new bundle must serve again within this time.
 HEALTH_WAIT_SECONDS = 90
-# The droplet lock has one home, the platform-lock command, installed next to this one
-# (by the bundle this runs from, the first time): this loads its code.
+# The droplet lock and "write a file only if it differs" have one home each, the
+# platform-lock and platform-write commands, installed next to this one (by the bundle
+# this runs from, the first time): this loads their code.
 HERE = os.path.dirname(os.path.abspath(__file__))
 hold_droplet_lock = runpy.run_path(os.path.join(HERE, os.path.basename("{{ c.LOCK_COMMAND }}")))["holding"]
+_write = runpy.run_path(os.path.join(HERE, os.path.basename("{{ c.WRITE_COMMAND }}")))
+read, replace, write_if_differs = _write["read"], _write["replace"], _write["write_if_differs"]
 
 
 def wait_for_provisioning():
@@ -50,30 +50,6 @@ def wait_for_provisioning():
         if time.monotonic() > deadline:
             sys.exit("platform-push: provisioning did not finish in time")
         time.sleep(2)
-
-
-def read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
-def write(path, content, mode, owner):
-    user, group = owner.split(":")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".push-")
-    try:
-        os.fchmod(fd, int(mode, 8))
-        os.fchown(fd, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def run(argv):
@@ -102,11 +78,9 @@ def main(kind):
 def apply(kind, spec, files):
     previous = {}
     for name, target in spec["files"].items():
-        content = files[name].encode()
         old = read(target["path"])
-        if old != content:
+        if write_if_differs(target["path"], files[name].encode(), target["mode"], target["owner"]):
             previous[target["path"]] = old
-            write(target["path"], content, target["mode"], target["owner"])
     if not previous:
         print(f"platform-push {kind}: no change")
         return
@@ -117,7 +91,7 @@ def apply(kind, spec, files):
                 os.unlink(path)
             else:
                 target = next(t for t in spec["files"].values() if t["path"] == path)
-                write(path, old, target["mode"], target["owner"])
+                replace(path, old, target["mode"], target["owner"])
         sys.exit(f"platform-push {kind}: check failed; previous files restored, nothing reloaded")
     for argv in spec["then"]:
         if not run(argv):
@@ -179,8 +153,7 @@ def place(digest, replaced):
     for path, mode in new["files"].items():
         with open(os.path.join(BUNDLES, digest, "files", path.lstrip("/")), "rb") as f:
             content = f.read()
-        if read(path) != content or (os.stat(path).st_mode & 0o7777) != int(mode, 8):
-            write(path, content, mode, "root:root")
+        write_if_differs(path, content, mode, "root:root")
     if replaced is not None and replaced != digest:
         old = manifest(replaced)
         for path in sorted((set(old["files"]) - set(new["files"])) | (set(old["installed"]) - set(new["installed"]))):

@@ -11,13 +11,19 @@ VOLUME_MOUNT_OPTIONS=defaults,nofail,noatime,x-systemd.device-timeout=30s
 # A digest of each password applied to an engine, kept with the data it belongs to.
 APPLIED_PASSWORDS={{ c.DATA_MOUNT }}/platform/applied-passwords
 TLS_FINGERPRINT={{ c.PLATFORM_STATE }}/datastore-tls.sha256
-# Staged files with the private address filled in, as installed.
-RESOLVED_FILES={{ c.PLATFORM_STATE }}/resolved-files
 PRIVATE_ADDRESS=
 
 role_steps() {
     step "data volume"
     ensure_data_volume
+    engine_steps
+}
+
+# Each engine as the settings ask, on every run: an enabled one installed, configured and
+# started; one switched off stopped and disabled, its data left on the volume untouched
+# (switched on again, it starts on that data). Its port is closed by the firewall step,
+# whose rules follow the enabled engines.
+engine_steps() {
     step "engine units"
 {% for engine in engines %}
     install_file {{ facts.drop_in(engine.name) }}
@@ -31,6 +37,10 @@ role_steps() {
 {% for engine in engines %}
     step "{{ engine.name }}"
     {{ engine.name }}_steps
+{% endfor %}
+{% for name in c.ENGINES if name not in settings.engines %}
+    step "{{ name }}: switched off"
+    engine_off {{ name }}
 {% endfor %}
 }
 
@@ -103,34 +113,19 @@ PYTHON
 
 # Installs one staged file, with the private address in place of its placeholder.
 install_file() {
-    local path=$1 entry listed mode owner group
+    local path=$1 entry resolved
     if [ -z "$PRIVATE_ADDRESS" ]; then PRIVATE_ADDRESS=$(private_address); fi
-    mkdir -p "$(dirname "$RESOLVED_FILES$path")"
-    sed "s/{{ c.PRIVATE_ADDRESS_PLACEHOLDER }}/$PRIVATE_ADDRESS/g" "$STAGED_FILES$path" > "$RESOLVED_FILES$path"
-    for entry in $CONFIG_FILES; do
-        IFS=: read -r listed mode owner group <<<"$entry"
-        if [ "$listed" = "$path" ]; then
-            STAGED_FILES=$RESOLVED_FILES install_config "$path" "$mode" "$owner:$group"
-            return 0
-        fi
-    done
-    log "$path is not a staged file of this role"
-    return 1
+    entry=$(staged_file_entry "$path")
+    # A failed sed fails here, before anything is written; the x keeps trailing newlines.
+    resolved=$(sed "s/{{ c.PRIVATE_ADDRESS_PLACEHOLDER }}/$PRIVATE_ADDRESS/g" "$STAGED_FILES$path"; printf x)
+    # shellcheck disable=SC2086 # the entry is two arguments: mode and owner
+    write_file "$path" $entry < <(printf '%s' "${resolved%x}")
 }
 
-# Writes a file that holds a secret, when it differs; the secret never appears in argv.
+# A file that holds a secret, written when it differs; the secret never appears in argv.
 ensure_secret_file() {
     local path=$1 mode=$2 owner=$3 content=$4
-    if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ] \
-        && [ "$(stat -c '%a %U:%G' "$path")" = "${mode#0} $owner" ]; then
-        return 0
-    fi
-    (umask 077 && printf '%s\n' "$content" > "$path.new")
-    chown "$owner" "$path.new"
-    chmod "$mode" "$path.new"
-    mv -f "$path.new" "$path"
-    CHANGED_FILES+=("$path")
-    changed "$path"
+    write_file "$path" "$mode" "$owner" <<<"$content"
 }
 
 tls_ready() { [ -s {{ c.SERVER_CERT_PATH }} ] && [ -s {{ c.SERVER_KEY_PATH }} ]; }
@@ -183,6 +178,46 @@ engine_running() {
         fi
     done
 }
+# An engine switched off: its units stopped and disabled; its packages, configuration and
+# data stay (nothing is removed: the operator removes the data when it is no longer wanted).
+engine_off() {
+    local unit version
+    case "$1" in
+        postgresql)
+            [ -d /usr/lib/postgresql ] || return 0
+            version=$(postgresql_version)
+            # Not started at boot by postgresql.service either (its generator reads start.conf).
+            postgresql_start_mode "$version" manual
+            unit_off "postgresql@$version-main" ;;
+        redis) for unit in {{ facts.STUNNEL_REDIS_UNIT }} redis-server; do unit_off "$unit"; done ;;
+        rabbitmq) unit_off rabbitmq-server ;;
+        mongodb) unit_off mongod ;;
+    esac
+}
+
+unit_off() {
+    local unit=$1
+    if systemctl is-active --quiet "$unit"; then
+        systemctl stop "$unit"
+        changed "stopped $unit"
+    fi
+    if systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+        systemctl disable --quiet "$unit"
+        changed "disabled $unit"
+    fi
+}
+
+# The distribution's version ({{ c.per_image("postgresql_major") }}), as installed.
+postgresql_version() {
+    find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -n | tail -n 1
+}
+
+# Whether the cluster starts with the machine (auto) or only when asked (manual).
+postgresql_start_mode() {
+    local version=$1 mode=$2
+    [ -d "/etc/postgresql/$version/main" ] || return 0
+    write_file "/etc/postgresql/$version/main/start.conf" 0644 postgres:postgres <<<"$mode"
+}
 {% if "postgresql" in settings.engines %}
 
 # --- PostgreSQL ----------------------------------------------------------------------
@@ -220,16 +255,13 @@ ensure_postgresql_cluster() {
             changed "PostgreSQL $version cluster main"
         fi
     fi
+    # Back on after a time switched off.
+    postgresql_start_mode "$version" auto
     if ! diff -r "$conf_dir" "$kept" >/dev/null 2>&1; then
         rm -rf "$kept"
         cp -a "$conf_dir" "$kept"
         changed "$conf_dir kept on the volume"
     fi
-}
-
-# The distribution's version ({{ c.per_image("postgresql_major") }}), as installed.
-postgresql_version() {
-    find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -n | tail -n 1
 }
 
 psql_admin() { runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }

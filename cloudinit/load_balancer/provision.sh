@@ -17,12 +17,23 @@ role_steps() {
     ensure_temporary_certificate
     ensure_placeholder_ca
     if files_changed_under /etc/nginx/; then nginx -t -q; fi
-    ensure_reloaded nginx /etc/nginx/
+    # A reload: a changed domain must not drop the requests in flight.
+    ensure_running nginx /etc/nginx/ reload
     if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
     # certbot runs from a timer that retries until it has the certificate, so an ACME
     # server that cannot reach us yet (DNS not pointed) never fails provisioning.
     ensure_running {{ facts.CERTIFICATE_UNIT }}.timer
     ensure_running certbot.timer
+    ensure_certificate_asked
+}
+
+# The certificate in place is not for DOMAIN from ACME_DIRECTORY (first boot, or one of
+# them changed): ask now rather than at the timer's next try. The one in place serves
+# until the new one exists. Not a change: it is asked again until certbot has it.
+ensure_certificate_asked() {
+    {{ c.CERTIFICATE_COMMAND }} current && return 0
+    log "the certificate is not yet for ${DOMAIN} from ${ACME_DIRECTORY}: started {{ facts.CERTIFICATE_UNIT }}"
+    systemctl start --no-block {{ facts.CERTIFICATE_UNIT }}.service
 }
 
 # Before the first push there is no pool: an upstream that sends everyone to the
@@ -42,16 +53,18 @@ ensure_resolver_file() {
     servers=$(awk '/^nameserver/ { print ($2 ~ /:/) ? "[" $2 "]" : $2 }' /etc/resolv.conf | tr '\n' ' ')
     wanted="resolver ${servers:-127.0.0.53} valid=300s;
 resolver_timeout 5s;"
-    [ -f {{ c.LB_RESOLVER_FILE }} ] && [ "$(cat {{ c.LB_RESOLVER_FILE }})" = "$wanted" ] && return 0
-    printf '%s\n' "$wanted" > {{ c.LB_RESOLVER_FILE }}
-    CHANGED_FILES+=({{ c.LB_RESOLVER_FILE }})
-    changed "{{ c.LB_RESOLVER_FILE }}"
+    write_file {{ c.LB_RESOLVER_FILE }} 0644 root:root <<<"$wanted"
 }
 
 # nginx must start before certbot has run: a short-lived self-signed pair behind the
 # links nginx reads. platform-certificate-deployed points them at certbot's files.
 ensure_temporary_certificate() {
-    [ -e {{ c.LB_PUBLIC_CERT_PATH }} ] && [ -e {{ c.LB_PUBLIC_KEY_PATH }} ] && return 0
+    if [ -e {{ c.LB_PUBLIC_CERT_PATH }} ] && [ -e {{ c.LB_PUBLIC_KEY_PATH }} ]; then
+        # certbot's, or a temporary one for this domain: kept (a new domain's temporary one
+        # is made again; certbot's keeps serving until the new one is there).
+        [ "$(readlink {{ c.LB_PUBLIC_CERT_PATH }})" != "$SELF_SIGNED_CERT" ] && return 0
+        [[ "$(openssl x509 -noout -checkhost "$DOMAIN" -in "$SELF_SIGNED_CERT")" == *" does match "* ]] && return 0
+    fi
     install -d -m 0700 "$LB_CERT_DIR"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
         -subj "/CN=${DOMAIN}" -addext "subjectAltName=DNS:${DOMAIN}" \

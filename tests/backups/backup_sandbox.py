@@ -27,7 +27,7 @@ BUCKET = "staging-backups"
 S3_KEY_ID = "test-key-id"
 S3_SECRET = "test-secret-key"
 
-OVERLAID = "for dir in /etc /usr/sbin /var/lib /var/log; do"
+OVERLAID = "for dir in /etc /usr/sbin /usr/local /var/lib /var/log; do"
 assert OVERLAID in datastore_sandbox.PRELUDE, "tests/roles/datastore_sandbox.py changed its overlays"
 
 BACKUP_PRELUDE = r"""

@@ -1,7 +1,7 @@
 """Runs the datastore's real rendered files and provisioning functions in a throwaway namespace.
 
-`unshare` gives a private mount, network and PID namespace: /etc, /usr/sbin, /var/lib
-and /var/log are overlays (writes vanish with the namespace), /run and the volume's
+`unshare` gives a private mount, network and PID namespace: /etc, /usr/sbin, /usr/local,
+/var/lib and /var/log are overlays (writes vanish with the namespace), /run and the volume's
 mount point are tmpfs, loopback carries a VPC address, and every daemon dies with the
 namespace. The rendered files are written at their real paths, the droplet's TLS files
 are a throwaway CA and certificate, and `systemctl` is a small stand-in that starts
@@ -36,7 +36,7 @@ from model.settings import Settings
 PRELUDE = r"""
 set -uo pipefail
 T={tmp}
-for dir in /etc /usr/sbin /var/lib /var/log; do
+for dir in /etc /usr/sbin /usr/local /var/lib /var/log; do
     name=$(echo "$dir" | tr / _)
     mkdir -p "$T/ov/$name.up" "$T/ov/$name.work"
     mount -t overlay overlay -o "lowerdir=$dir,upperdir=$T/ov/$name.up,workdir=$T/ov/$name.work" "$dir"
@@ -71,9 +71,14 @@ systemctl() {{
     [ "${{1:-}}" = --quiet ] && shift
     local unit=${{1:-}}
     case "$verb" in
-        is-enabled|enable|daemon-reload) return 0 ;;
+        daemon-reload) return 0 ;;
+        # Enabled units are files in $T/enabled, so a test sees what was disabled.
+        is-enabled) [ -e "$T/enabled/$unit" ] ;;
+        enable) mkdir -p "$T/enabled" && touch "$T/enabled/$unit" ;;
+        disable) rm -f "$T/enabled/$unit" ;;
         is-active) unit_active "$unit" ;;
         start) unit_start "$unit" ;;
+        stop) unit_stop "$unit" ;;
         restart) unit_stop "$unit"; unit_start "$unit" ;;
         *) echo "fake systemctl: $verb not handled" >&2; return 1 ;;
     esac
@@ -136,6 +141,18 @@ STAGED_FILES="$T/staged"
 . "$T/root{role_steps}"
 # The provisioning driver's helper, for the engine steps called on their own here.
 step() {{ log "step: $1"; }}
+
+# Provisioning's inputs as another settings' bundle has them (Sandbox.variant): the role's
+# steps, the library, the staged files and platform.env; the droplet stays as it is.
+use_variant() {{
+    local v="$T/variants/$1"
+    set -a
+    . "$v/platform.env"
+    set +a
+    STAGED_FILES="$v/staged"
+    . "$v/root{library}"
+    . "$v/root{role_steps}"
+}}
 """
 
 
@@ -226,6 +243,7 @@ class Sandbox:
         root = tmp / "root"
         for program in cloudinit.programs(conventions.DATASTORE):
             self._write(root / program.path.lstrip("/"), cloudinit.render(program.template, **context))
+            (root / program.path.lstrip("/")).chmod(int(program.mode, 8))
         for f in files:
             self._write(tmp / "staged" / f.path.lstrip("/"), cloudinit.render(f.template, **context))
         (tmp / "platform.env").write_text(cloudinit.role_env(conventions.DATASTORE, settings, files))
@@ -235,6 +253,19 @@ class Sandbox:
             self._write(root / conventions.DATASTORE_SECRETS_FILE.lstrip("/"), datastore.secrets_env(passwords))
         self.library = common.LIBRARY
         self.role_steps = common.ROLE_STEPS
+
+    def variant(self, name: str, settings: Settings) -> None:
+        """The datastore's provisioning files for other settings, which `use_variant NAME`
+        puts in use inside the run: provisioning run again after a settings change."""
+        base = self.tmp / "variants" / name
+        files = cloudinit.config_files(conventions.DATASTORE, settings)
+        context = cloudinit.template_context(conventions.DATASTORE, settings)
+        for program in cloudinit.programs(conventions.DATASTORE):
+            if program.path in (self.library, self.role_steps):
+                self._write(base / "root" / program.path.lstrip("/"), cloudinit.render(program.template, **context))
+        for f in files:
+            self._write(base / "staged" / f.path.lstrip("/"), cloudinit.render(f.template, **context))
+        (base / "platform.env").write_text(cloudinit.role_env(conventions.DATASTORE, settings, files))
 
     @staticmethod
     def _write(path: Path, text: str) -> None:

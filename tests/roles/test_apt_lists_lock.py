@@ -116,9 +116,47 @@ def test_every_apt_get_update_of_provisioning_waits_for_the_lists_lock(role, sta
                # A call, not a comment or a message ("apt-get update ..." in quotes).
                if re.search(r"(?<![\w\"'])apt(-get|_get)\s+(-\S+\s+)*update\b", line)
                and not line.strip().startswith("#")]
-    assert updates == ["apt_get update -q && return 0"]
+    assert updates == ["if apt_get update -q; then"]
     library = cloudinit.rendered_files(role, stack_settings)[common.LIBRARY]
     for caller in ("apt_lists_ready() {", "ensure_apt_repository() {"):
         body = library.split(caller, 1)[1].split("\n}\n", 1)[0]
         assert "apt_update" in body, caller
     assert "apt_lists_ready\n" in library.split("ensure_packages() {", 1)[1].split("\n}\n", 1)[0]
+
+
+# --- the lists' age: refreshed before an install when older than a day -------------------
+
+@pytest.mark.parametrize("last_refresh, refreshed", [
+    (None, True), ("2 days ago", True), ("25 hours ago", True), ("23 hours ago", False), ("now", False),
+], ids=["never", "2-days", "25-hours", "23-hours", "just-now"])
+def test_lists_are_refreshed_before_an_install_only_when_older_than_a_day(tmp_path, staging_settings,
+                                                                         last_refresh, refreshed):
+    """apt_lists_ready (what ensure_packages runs before an install), run twice: the first
+    run refreshes stale lists, and its refresh makes the second run a no-op."""
+    require_tool("apt-get", "apt")
+    assert conventions.APT_LISTS_MAX_AGE_MINUTES == 24 * 60
+    config = apt_root(tmp_path)
+    library = tmp_path / "common.sh"
+    library.write_text(cloudinit.rendered_files(conventions.APP_SERVER, staging_settings)[common.LIBRARY])
+    marker = f"{conventions.PLATFORM_STATE}/apt-updated"
+    script = [f"export APT_CONFIG={shlex.quote(str(config))}", f"source {library}",
+              f"rm -f {marker}"]
+    if last_refresh is not None:
+        script += [f"mkdir -p {conventions.PLATFORM_STATE}", f"touch -d {shlex.quote(last_refresh)} {marker}"]
+    script += [
+        # apt-get is the real one; the function around it only says when it runs.
+        'apt_get() { [ "${*: -1}" = update ] || [ "${*: -2:1}" = update ] && echo "== apt-get update"; '
+        'command apt-get -o DPkg::Lock::Timeout=1 "$@"; }',
+        "echo '== first'; apt_lists_ready || echo '== failed'",
+        "echo '== second'; apt_lists_ready || echo '== failed'",
+        f"echo \"== marker age $(( $(date +%s) - $(stat -c %Y {marker}) ))s\"",
+    ]
+    result = sandboxed(tmp_path, "\n".join(script), network=True, timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and "== failed" not in out, out
+    first, second = out.split("== first", 1)[1].split("== second", 1)
+    assert ("== apt-get update" in first) == refreshed, out
+    assert "== apt-get update" not in second, out
+    age = int(re.search(r"== marker age (-?\d+)s", out).group(1))
+    if refreshed:
+        assert age < 60 and "_Packages" in " ".join(p.name for p in (tmp_path / "lists").iterdir()), out

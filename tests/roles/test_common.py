@@ -9,6 +9,7 @@ used and the host keeps nothing.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shlex
 import subprocess
@@ -56,6 +57,7 @@ def push_sandbox(tmp_path, render_role, staging_settings):
         lines = [
             f"mkdir -p {conventions.PLATFORM_ETC} {conventions.PLATFORM_STATE}",
             f"install -D {files[conventions.LOCK_COMMAND]} {conventions.LOCK_COMMAND}",
+            f"install -D {files[conventions.WRITE_COMMAND]} {conventions.WRITE_COMMAND}",
             f"cp {tmp_path}/table.json {conventions.PLATFORM_ETC}/pushes.json",
             f"touch {conventions.PROVISIONED_MARKER}" if provisioned
             else f"echo 'step=packages' > {conventions.PROVISION_FAILED_MARKER}",
@@ -154,6 +156,39 @@ def test_push_table_of_every_role_is_what_platform_push_reads(role, staging_sett
             assert len(target["owner"].split(":")) == 2 and int(target["mode"], 8) <= 0o777
         for argv in spec["check"] + spec["then"]:
             assert argv and all(isinstance(a, str) for a in argv), (kind, argv)
+
+
+# --- platform-write: the one home of "write a file only when it differs" ----------------
+
+
+def test_platform_write_writes_only_what_differs_and_provisioning_counts_it(tmp_path, render_role, staging_settings):
+    """The program itself, then common.sh's write_file on top of it (what every role's
+    provisioning and the datastore's secret files go through)."""
+    files = render_role(conventions.LOAD_BALANCER, staging_settings)
+    target = "/etc/platform/test/f.conf"
+    write = conventions.WRITE_COMMAND
+    result = sandboxed(tmp_path, textwrap.dedent(f"""\
+        install -D {files[write]} {write}
+        step() {{ local name=$1 out; shift; out=$("$@"); echo "== $name: [$out] $(stat -c '%a %U:%G' {target}) $(cat {target})"; }}
+        step new {write} {target} 0640 root:daemon <<<one
+        step same {write} {target} 0640 root:daemon <<<one
+        step content {write} {target} 0640 root:daemon <<<two
+        step mode {write} {target} 0600 root:daemon <<<two
+        step owner {write} {target} 0600 root:root <<<two
+        ls -A /etc/platform/test
+        source {files[common.LIBRARY]}
+        write_file {target} 0600 root:root <<<two; echo "== write_file same: $CHANGES"
+        write_file {target} 0600 root:root <<<three; echo "== write_file new: $CHANGES ${{CHANGED_FILES[*]}}"
+        files_changed_under /etc/platform/ && echo "== remembered"
+    """))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for line in ("== new: [changed] 640 root:daemon one", "== same: [] 640 root:daemon one",
+                 "== content: [changed] 640 root:daemon two", "== mode: [changed] 600 root:daemon two",
+                 "== owner: [changed] 600 root:root two", "== write_file same: 0",
+                 f"== write_file new: 1 {target}", "== remembered"):
+        assert line in out, out
+    assert out.split("\n== owner")[1].splitlines()[1] == "f.conf", out  # no temporary file left
 
 
 # --- shell scripts ---------------------------------------------------------------------
@@ -368,3 +403,46 @@ def test_every_role_creates_only_its_own_users(staging_settings):
         created = sorted(l.split()[1] for l in library.splitlines() if l.strip().startswith("ensure_user "))
         assert created == sorted(u.name for u in conventions.ROLE_USERS[role])
     assert not conventions.ROLE_USERS[conventions.LOAD_BALANCER]
+
+
+@pytest.mark.parametrize("role, change", [
+    (conventions.DATASTORE, {"engines": ["postgresql"]}),
+    (conventions.LOAD_BALANCER, {"adminCidrs": ["198.51.100.7/32", "203.0.113.0/24"]}),
+], ids=["datastore-engines", "lb-admin-cidrs"])
+def test_ufw_follows_a_settings_change_and_back(tmp_path, role, change, staging_settings, render_role):
+    """Provisioning's firewall step (the rules file installed from the staged bundle, then
+    ensure_firewall) run on the settings, the changed settings, and the first ones again:
+    ufw holds exactly each one's rules, and the ports and sources the change dropped are
+    closed."""
+    import mockcloud
+    require_tool("ufw", "ufw")
+    changed_settings = mockcloud.stack_settings("staging", **change)
+    stages = [("before", staging_settings), ("after", changed_settings), ("back", staging_settings)]
+    rendered = {name: render_role(role, settings) for name, settings in stages}
+    path = conventions.FIREWALL_RULES_FILE
+    write = conventions.WRITE_COMMAND
+    script = [f"install -D {rendered['before'][write]} {write}", f"source {rendered['before'][common.LIBRARY]}"]
+    for name, _ in stages + [("steady", staging_settings)]:
+        files = rendered["before" if name == "steady" else name]
+        root = str(files[path])[: -len(path)]
+        script.append(f"CHANGES=0; STAGED_FILES={root}; install_config {path} 0644 root:root && "
+                      f"ensure_firewall {path} || exit 5; echo \"== {name}: $CHANGES change(s)\"; "
+                      f"ufw show added | sed -n 's/^ufw /rule: /p'; iptables -S ufw-user-input | sed 's/^/ipt: /'")
+    result = sandboxed(tmp_path, "\n".join(script), network=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    blocks = dict(re.findall(r"^== (\w+): \d+ change\(s\)\n(.*?)(?=^== |\Z)", result.stdout, re.M | re.S))
+    for name, settings in stages:
+        wanted = rule_lines(rendered[name][path])
+        got = [l.removeprefix("rule: ") for l in blocks[name].splitlines() if l.startswith("rule: ")]
+        assert sorted(got) == sorted(wanted), (name, result.stdout)
+    assert "== steady: 0 change(s)" in result.stdout
+    after = blocks["after"]
+    if role == conventions.DATASTORE:
+        for engine in set(staging_settings.engines) - set(change["engines"]):
+            assert f"--dport {conventions.ENGINES[engine].tls_port} " not in after, after
+        assert f"--dport {conventions.ENGINES['postgresql'].tls_port} -j ACCEPT" in after
+    else:
+        for cidr in staging_settings.admin_cidrs:
+            assert f"-s {cidr} " not in after and f"-s {cidr.removesuffix('/32')} " not in after, after
+        assert f"-s 203.0.113.0/24 -p tcp -m tcp --dport {conventions.SSH_PORT} -j ACCEPT" in after
+        assert f"-s 198.51.100.7/32 -p tcp -m tcp --dport {conventions.SSH_PORT} -j ACCEPT" in after

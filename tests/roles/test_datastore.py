@@ -86,8 +86,9 @@ def test_pg_hba_allows_only_tls_from_the_vpc(staging, rendered):
 
 def test_engines_switched_off_leave_nothing_behind(staging):
     port_texts = {e: str(conventions.ENGINES[e].tls_port) for e in conventions.ENGINES}
-    packages = {"postgresql": "ensure_packages_unstarted postgresql", "redis": "redis-server",
-                "rabbitmq": "rabbitmq-server", "mongodb": "mongodb-org-server"}
+    packages = {"postgresql": "ensure_packages_unstarted postgresql", "redis": "ensure_packages_unstarted redis-server",
+                "rabbitmq": "ensure_packages_unstarted rabbitmq-server",
+                "mongodb": "ensure_packages_unstarted mongodb-org-server"}
     for kept in [(), ("postgresql",), ("redis", "rabbitmq")]:
         settings = mockcloud.stack_settings("staging", engines=list(kept))
         files = cloudinit.rendered_files(DS, settings)
@@ -101,6 +102,8 @@ def test_engines_switched_off_leave_nothing_behind(staging):
                 continue
             assert not [p for p in own if p in files], engine
             assert f"{engine}_steps" not in steps
+            # Only stopped: a running datastore may have had it on (its data stays).
+            assert f"\n    engine_off {engine}\n" in steps, engine
             assert packages[engine] not in steps, engine
             assert f":{port_texts[engine]}" not in everything and f"port = {port_texts[engine]}" not in everything
         assert datastore.password_names(settings) == list(kept)
@@ -324,3 +327,67 @@ check data-on-volume bash -c "ls -d {conventions.DATA_MOUNT}/rabbitmq/mnesia/rab
     assert run.status("vhost") == 0, out
     assert run.status("permissions") == 0, out
     assert run.status("data-on-volume") == 0, out
+
+
+# --- engines switched off and on again on a running datastore ---------------------------------
+
+
+def test_engines_switched_off_stop_keep_their_data_and_come_back_with_it(tmp_path):
+    """Provisioning run again after `engines` changed (the bundle brings the new role steps,
+    staged files and platform.env): PostgreSQL and Redis on, then off, then on again."""
+    tool("psql", "postgresql-client")
+    tool("redis-server", "redis-server")
+    tool("stunnel4", "stunnel4")
+    on = mockcloud.stack_settings("staging", engines=["postgresql", "redis"])
+    off = mockcloud.stack_settings("staging", engines=[])
+    pw = passwords_for(on)
+    box = Sandbox(tmp_path, on, pw)
+    box.variant("on", on)
+    box.variant("off", off)
+    pg_port, redis_port = conventions.ENGINES["postgresql"].tls_port, conventions.ENGINES["redis"].tls_port
+    conn = PG_CONNECT.format(host=box.address, port=pg_port, db=conventions.ENGINE_APP_DATABASE,
+                             user=conventions.ENGINE_APP_USER, mode="verify-full", ca=box.ca_cert)
+    redis = f"redis-cli --no-auth-warning -h {box.address} -p {redis_port} --tls --cacert {box.ca_cert} -a {pw['redis']}"
+    data = conventions.DATA_MOUNT
+    run = box.run(ROUND + f"""
+export PGPASSWORD={pw['postgresql']}
+use_variant on
+round on engine_steps
+check write-pg psql -X "{conn}" -c "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)"
+check write-redis test "$({redis} SET kept 42)" = OK
+v=$(postgresql_version)
+use_variant off
+round off engine_steps
+check pg-stopped bash -c "! pg_lsclusters -h | grep -q online"
+check redis-stopped bash -c "! pgrep -x redis-server"
+check stunnel-stopped bash -c "! pgrep -x stunnel4"
+check pg-port-closed bash -c "exec 3<>/dev/tcp/{box.address}/{pg_port}"
+check redis-port-closed bash -c "exec 3<>/dev/tcp/{box.address}/{redis_port}"
+check disabled bash -c "ls -A $T/enabled | grep -e postgresql -e redis -e stunnel"
+check not-started-at-boot test "$(cat /etc/postgresql/$v/main/start.conf)" = manual
+check pg-data-kept test -f {data}/postgresql/$v/main/PG_VERSION
+check redis-data-kept test -n "$(ls -A {data}/redis)"
+round off-again engine_steps
+use_variant on
+round on-again engine_steps
+check read-pg test "$(psql -X -At "{conn}" -c "SELECT x FROM kept")" = 42
+check read-redis test "$({redis} GET kept)" = 42
+check enabled-again bash -c "ls -A $T/enabled | grep -q redis-server && ls -A $T/enabled | grep -q postgresql@"
+check started-at-boot test "$(cat /etc/postgresql/$v/main/start.conf)" = auto
+round on-steady engine_steps
+""", timeout=170)
+    out = run.output
+    assert run.status("round-on") == 0, out
+    assert run.status("write-pg") == 0 and run.status("write-redis") == 0, out
+    assert run.status("round-off") == 0, out
+    assert run.changes("off") > 0
+    for label in ("pg-stopped", "redis-stopped", "stunnel-stopped", "not-started-at-boot",
+                  "pg-data-kept", "redis-data-kept"):
+        assert run.status(label) == 0, (label, out)
+    for label in ("pg-port-closed", "redis-port-closed", "disabled"):
+        assert run.status(label) != 0, (label, out)
+    assert run.status("round-off-again") == 0 and run.changes("off-again") == 0, out
+    assert run.status("round-on-again") == 0, out
+    for label in ("read-pg", "read-redis", "enabled-again", "started-at-boot"):
+        assert run.status(label) == 0, (label, out)
+    assert run.status("round-on-steady") == 0 and run.changes("on-steady") == 0, out

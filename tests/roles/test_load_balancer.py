@@ -336,3 +336,89 @@ def test_port_80_redirects_and_serves_acme_challenges(tmp_path, ports_free, inte
     response.read()
     assert response.status == 301
     assert response.getheader("Location") == f"https://{rendered_domain()}/some/page?x=1"
+
+
+# --- domain, acmeDirectory and acmeEmail changed on a running LB -------------------------------
+
+
+def test_a_new_domain_gets_a_new_certificate_and_the_old_one_serves_until_then(tmp_path):
+    """The rendered platform-certificate against pebble (the local ACME server, validation
+    off) in a private namespace: a first certificate for one domain; the domain changed
+    while the ACME server is down (the old certificate stays linked); then a new one for the
+    new domain; the e-mail changed (the account is updated); nothing more to ask."""
+    import json as json_module
+    import mockcloud
+    from role_checks import sandboxed
+    require("pebble")
+    require("certbot")
+    stages = {name: mockcloud.stack_settings("staging", backups=False, **change) for name, change in {
+        "first": {"domain": "first.example.test"},
+        "second": {"domain": "second.example.test"},
+        "email": {"domain": "second.example.test", "acmeEmail": "new-ops@example.test"},
+    }.items()}
+    directory = "https://127.0.0.1:14000/dir"
+    ca = make_ca(tmp_path / "ca", "ca")
+    tls = issue(ca, tmp_path / "ca", "pebble", dns=["localhost"], ips=["127.0.0.1"])
+    (tmp_path / "pebble.json").write_text(json_module.dumps({"pebble": {
+        "listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
+        "certificate": str(tls.cert), "privateKey": str(tls.key), "httpPort": 5002, "tlsPort": 5001,
+        "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+    files = cloudinit.rendered_files(c.LOAD_BALANCER, stages["first"])
+    (tmp_path / "certificate.sh").write_text(files[c.CERTIFICATE_COMMAND])
+    for name, s in stages.items():
+        env = cloudinit.role_env(c.LOAD_BALANCER, s, cloudinit.config_files(c.LOAD_BALANCER, s))
+        (tmp_path / f"{name}.env").write_text(env.replace(f"ACME_DIRECTORY={s.acme_directory}",
+                                                          f"ACME_DIRECTORY={directory}"))
+    live = f"/etc/letsencrypt/live/{c.LB_CERT_NAME}"
+    script = f"""
+ip link set lo up
+mount -t tmpfs tmpfs /var/www && mkdir -p {c.ACME_WEBROOT}
+export REQUESTS_CA_BUNDLE={ca.cert} PEBBLE_VA_ALWAYS_VALID=1 PEBBLE_WFE_NONCEREJECT=0
+install -D -m 0755 {tmp_path}/certificate.sh {c.CERTIFICATE_COMMAND}
+# certbot's deploy hook without nginx: it switches the links, as the real one does.
+mkdir -p $(dirname {c.LB_PUBLIC_CERT_PATH})
+printf '#!/bin/sh\\nln -sfn "$RENEWED_LINEAGE/fullchain.pem" {c.LB_PUBLIC_CERT_PATH}\\necho "hook: $RENEWED_LINEAGE"\\n' > {c.CERTIFICATE_DEPLOY_HOOK}
+chmod 0755 {c.CERTIFICATE_DEPLOY_HOOK}
+pebble_up() {{ pebble -config {tmp_path}/pebble.json >>{tmp_path}/pebble.log 2>&1 & for _ in $(seq 50); do curl -s --cacert {ca.cert} {directory} >/dev/null && return; sleep 0.2; done; echo "pebble did not start"; }}
+stage() {{
+    cp {tmp_path}/$1.env {c.PLATFORM_ETC}/platform.env
+    {c.CERTIFICATE_COMMAND} current; echo "== $1 current before: $?"
+    {c.CERTIFICATE_COMMAND} >>{tmp_path}/certbot.out 2>&1; echo "== $1 asked: $?"
+    {c.CERTIFICATE_COMMAND} current; echo "== $1 current after: $?"
+    echo "== $1 serves: $(openssl x509 -noout -ext subjectAltName -in {c.LB_PUBLIC_CERT_PATH} | tail -1 | tr -d ' ') via $(readlink {c.LB_PUBLIC_CERT_PATH})"
+    echo "== $1 account updates: $(grep -c 'e-mail address was updated to new-ops@example.test' {tmp_path}/certbot.out)"
+}}
+mkdir -p {c.PLATFORM_ETC}
+pebble_up
+stage first
+# The ACME server unreachable (not restarted: pebble forgets its accounts when it restarts).
+iptables -I INPUT -p tcp --dport 14000 -j REJECT
+stage second
+iptables -D INPUT -p tcp --dport 14000 -j REJECT
+stage second
+stage email
+stage email
+cat {tmp_path}/certbot.out | grep -v '^ *$' | tail -40
+"""
+    result = sandboxed(tmp_path, script, network=True, timeout=240)
+    out = result.stdout + result.stderr
+    lines = [l for l in out.splitlines() if l.startswith("== ")]
+    serves = lambda name: f"DNS:{name}.example.test via {live}/fullchain.pem"  # noqa: E731
+    expected = [
+        "== first current before: 1", "== first asked: 0", "== first current after: 0",
+        f"== first serves: {serves('first')}",
+        # The ACME server is down: no new certificate, and the old one still serves.
+        "== second current before: 1", "== second asked: 1", "== second current after: 1",
+        f"== second serves: {serves('first')}",
+        "== second current before: 1", "== second asked: 0", "== second current after: 0",
+        f"== second serves: {serves('second')}",
+        "== email current before: 0", "== email asked: 0", "== email current after: 0",
+        f"== email serves: {serves('second')}",
+        "== email current before: 0", "== email asked: 0", "== email current after: 0",
+        f"== email serves: {serves('second')}",
+    ]
+    got = [l for l in lines if " account updates: " not in l]
+    assert got == expected, out
+    # The account is told the new address once, when acmeEmail changed.
+    updates = [l.rsplit(" ", 1)[1] for l in lines if " account updates: " in l]
+    assert updates == ["0", "0", "0", "1", "1"], out
