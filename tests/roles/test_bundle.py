@@ -51,7 +51,7 @@ def bundle(version: str, *, extra: dict[str, str] | None = None, health: bool = 
     """A bundle with the real programs, the stand-in provisioning and test files."""
     context = cloudinit.template_context(ROLE, settings())
     programs = {p.path: (cloudinit.render(p.template, **context), p.mode) for p in cloudinit.programs(ROLE)
-                if p.path in (conventions.PUSH_COMMAND, conventions.LOCK_COMMAND)}
+                if p.path in (conventions.PUSH_COMMAND, conventions.LOCK_COMMAND, conventions.WRITE_COMMAND)}
     files = {
         **programs,
         conventions.PROVISION_COMMAND: (PROVISION, "0755"),
@@ -166,5 +166,5 @@ def test_every_roles_bundle_is_json_the_receiver_reads(role):
     b = cloudinit.bundle(role, settings())
     document = json.loads(gzip.decompress(base64.b64decode(b.payload)))
     assert document["role"] == role and document["stack"] == STACK
-    assert conventions.PUSH_COMMAND in document["files"] and conventions.LOCK_COMMAND in document["files"]
+    assert {conventions.PUSH_COMMAND, conventions.LOCK_COMMAND, conventions.WRITE_COMMAND} <= set(document["files"])
     assert set(document["installed"]) == {f.path for f in cloudinit.config_files(role, settings())}
