@@ -26,6 +26,8 @@ PUSH_TABLE = "{{ c.PLATFORM_ETC }}/pushes.json"
 PROVISIONED = "{{ c.PROVISIONED_MARKER }}"
 PROVISION_FAILED = "{{ c.PROVISION_FAILED_MARKER }}"
 WAIT_FOR_PROVISIONING_SECONDS = 1800
+# A push whose follow-up steps have not succeeded yet leaves its kind here.
+PENDING = "{{ c.PLATFORM_STATE }}/pending-pushes"
 BUNDLES = "{{ c.BUNDLES_DIR }}"
 CURRENT = "{{ c.CURRENT_BUNDLE }}"
 PROVISION = "{{ c.PROVISION_COMMAND }}"
@@ -76,15 +78,21 @@ def main(kind):
 
 
 def apply(kind, spec, files):
+    """New files in place, checked, then the follow-up steps. A push whose follow-up failed
+    stays pending: the next push of its kind runs them again, even with no file changed."""
+    pending = os.path.join(PENDING, kind)
     previous = {}
     for name, target in spec["files"].items():
         old = read(target["path"])
         if write_if_differs(target["path"], files[name].encode(), target["mode"], target["owner"]):
             previous[target["path"]] = old
-    if not previous:
+    if not previous and not os.path.exists(pending):
         print(f"platform-push {kind}: no change")
         return
-    print(f"platform-push {kind}: {len(previous)} file(s) changed")
+    if previous:
+        print(f"platform-push {kind}: {len(previous)} file(s) changed")
+    else:
+        print(f"platform-push {kind}: no file changed, but its follow-up steps failed last time: running them again")
     if not all(run(argv) for argv in spec["check"]):
         for path, old in previous.items():
             if old is None:
@@ -93,9 +101,13 @@ def apply(kind, spec, files):
                 target = next(t for t in spec["files"].values() if t["path"] == path)
                 replace(path, old, target["mode"], target["owner"])
         sys.exit(f"platform-push {kind}: check failed; previous files restored, nothing reloaded")
+    os.makedirs(PENDING, exist_ok=True)
+    open(pending, "w").close()
     for argv in spec["then"]:
         if not run(argv):
-            sys.exit(f"platform-push {kind}: {' '.join(argv)} failed")
+            sys.exit(f"platform-push {kind}: {' '.join(argv)} failed; the push stays pending"
+                     f" (the next push of {kind} runs its follow-up steps again)")
+    os.unlink(pending)
 
 
 # --- the platform bundle --------------------------------------------------------------

@@ -37,7 +37,9 @@ PUSH_TABLE = {
         },
         # The check sees the new files in place: a.conf must start with "good".
         "check": [["grep", "-q", "^good", "/etc/platform/test/a.conf"]],
-        "then": [["sh", "-c", "echo then-ran >> /etc/platform/test/then.log"]],
+        # Fails once when told to (a `!` step creates then-fails), like a reload that fails.
+        "then": [["sh", "-c", "if rm /etc/platform/test/then-fails 2>/dev/null; then exit 1; fi; "
+                              "echo then-ran >> /etc/platform/test/then.log"]],
     }
 }
 
@@ -46,8 +48,9 @@ PUSH_TABLE = {
 def push_sandbox(tmp_path, render_role, staging_settings):
     """run(steps) -> (output of the whole run, final state of the test files).
 
-    Each step is (kind, payload dict or raw text); the rendered platform-push runs
-    with the test table at its real path, on a droplet that has finished provisioning.
+    Each step is (kind, payload dict or raw text), or ("!", a shell line); the rendered
+    platform-push runs with the test table at its real path, on a droplet that has
+    finished provisioning.
     """
     files = render_role(conventions.LOAD_BALANCER, staging_settings)
     push = files[conventions.PUSH_COMMAND]
@@ -63,6 +66,9 @@ def push_sandbox(tmp_path, render_role, staging_settings):
             else f"echo 'step=packages' > {conventions.PROVISION_FAILED_MARKER}",
         ]
         for i, (kind, payload) in enumerate(steps):
+            if kind == "!":
+                lines.append(payload)
+                continue
             text = payload if isinstance(payload, str) else json.dumps(payload)
             (tmp_path / f"payload{i}").write_text(text)
             lines.append(f"echo '== step {i}'; python3 {push} {shlex.quote(kind)} < {tmp_path}/payload{i}; "
@@ -110,6 +116,16 @@ def test_push_that_fails_its_check_restores_the_old_files_and_reloads_nothing(pu
         "./sub/b.conf 600 root:root b secret-two",
         "./then.log 644 root:root then-ran",
     ]
+
+
+def test_push_whose_follow_up_failed_runs_it_again_next_time_though_no_file_changed(push_sandbox):
+    out, state = push_sandbox([("!", "mkdir -p /etc/platform/test && touch /etc/platform/test/then-fails"),
+                               ("conf", GOOD), ("conf", GOOD), ("conf", GOOD)])
+    first, second, third = out.split("== step")[1:4]
+    assert "== exit 1" in first and "the push stays pending" in out   # its message went to stderr
+    assert "running them again" in second and "== exit 0" in second
+    assert "platform-push conf: no change" in third
+    assert state.count("then-ran") == 1
 
 
 def test_first_push_that_fails_its_check_leaves_no_file_behind(push_sandbox):
