@@ -78,7 +78,9 @@ class Datastore(pulumi.ComponentResource):
                         ),
                     )
                 ],
-                opts=kept,
+                # Named from the domain at creation, for a name unique among every
+                # account's; a later domain change keeps the bucket and its backups.
+                opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(ignore_changes=["name"])),
             )
 
         # Alphanumeric: they go into connection URLs and config files unquoted.

@@ -146,3 +146,11 @@ def with_one_more_line(template: str):
 @pytest.fixture(scope="module")
 def staging_settings():
     return mockcloud.stack_settings("staging")
+
+
+def test_a_new_domain_keeps_the_backup_bucket_named_after_the_old_one(staging_deployment):
+    """The bucket's name comes from the domain (unique among every account's buckets); a
+    changed domain must not replace the bucket, which would take the backups with it."""
+    (bucket,) = [r for r in staging_deployment.resources if r.type.endswith(":SpacesBucket")]
+    request = staging_deployment.mocks.options[(bucket.type, bucket.name)]
+    assert list(request.ignoreChanges) == ["name"]
