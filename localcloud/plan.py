@@ -32,6 +32,10 @@ LOCAL_OVERRIDES_WHY = {
 }
 
 
+# Overrides made from the stack's own value: a change to it is honoured, overridden the same way.
+FOLLOWS_THE_STACK = {"engines", "adminCidrs", "sshPublicKeys"}
+
+
 def local_overrides(stack_config: dict) -> dict:
     """LOCAL_OVERRIDES for a stack: one visible dict, printed by `up`."""
     admin = list(stack_config.get("adminCidrs") or [])
@@ -167,10 +171,11 @@ def plan(stack: str = "staging", changes: dict | None = None) -> Plan:
     passwords and addresses, so their droplets are reused. Saved only by `up`.
 
     `changes` are settings set for this run, as `pulumi config set` would
-    (e.g. {"appServerCount": 3}); they cannot change a local override."""
+    (e.g. {"appServerCount": 3}); they cannot change a local override, but the
+    overrides that add to the stack's value (FOLLOWS_THE_STACK) follow a changed one."""
     import mockcloud   # the program and the SDK load only when a plan is wanted
-    overrides = local_overrides(mockcloud.stack_file_config(stack))
-    clash = set(changes or {}) & set(overrides)
+    overrides = local_overrides({**mockcloud.stack_file_config(stack), **(changes or {})})
+    clash = set(changes or {}) & set(overrides) - FOLLOWS_THE_STACK
     if clash:
         raise ValueError(f"{sorted(clash)}: set for this machine by LOCAL_OVERRIDES; see stack.LOCAL_OVERRIDES_WHY")
     settings = mockcloud.stack_settings(stack, **(changes or {}), **overrides)

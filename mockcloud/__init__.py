@@ -140,14 +140,19 @@ class ProviderMocks(pulumi.runtime.Mocks):
         return {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-        inputs = plain(args.inputs)
         request = self.options.get((args.typ, args.name))
         before = self._state.get((args.typ, args.name))
+        given = dict(args.inputs)
+        # ignore_changes: the engine keeps the state's value of these inputs.
+        for key in (request.ignoreChanges if request and before else ()):
+            if key in before.inputs:
+                given[key] = before.inputs[key]
+        inputs = plain(given)
         unchanged = before is not None and plain(before.inputs) == inputs
         if unchanged:
             resource_id, state = before.id, self._raw_state[(args.typ, args.name)]
         else:
-            state = dict(args.inputs)
+            state = dict(given)
             make = getattr(self, "_" + args.typ.split(":")[-1].replace("/", "_"), None)
             if make:
                 state.update(make(inputs))
@@ -165,7 +170,7 @@ class ProviderMocks(pulumi.runtime.Mocks):
                 args.typ,
                 args.name,
                 resource_id,
-                dict(args.inputs),
+                given,
                 plain(state),
                 protect=bool(request and request.protect),
                 parent=request.parent if request else "",

@@ -154,3 +154,10 @@ def test_a_new_domain_keeps_the_backup_bucket_named_after_the_old_one(staging_de
     (bucket,) = [r for r in staging_deployment.resources if r.type.endswith(":SpacesBucket")]
     request = staging_deployment.mocks.options[(bucket.type, bucket.name)]
     assert list(request.ignoreChanges) == ["name"]
+
+
+def test_and_the_mock_engine_keeps_it_as_the_engine_does(staging_deployment):
+    other = mockcloud.deploy(mockcloud.stack_settings("staging", domain="next.example.com"), previous=staging_deployment)
+    (before,) = [r for r in staging_deployment.resources if r.type.endswith(":SpacesBucket")]
+    (after,) = [r for r in other.resources if r.type.endswith(":SpacesBucket")]
+    assert (after.id, after.state["name"], after.unchanged) == (before.id, before.state["name"], True)

@@ -16,6 +16,7 @@ import jinja2
 import pytest
 
 import cloudinit
+import mockcloud
 from localcloud import stack, traffic
 from model import conventions
 
@@ -109,3 +110,33 @@ def test_a_change_that_fails_on_app_1_stops_the_roll_and_app_1_serves_its_previo
     after = traffic.result(local_stack.stream("/api/hello", rate=10, seconds=6))
     assert local_stack.name("app-1") in after["hosts"] and after["failed"] == 0, after
     assert load["failed"] == 0, load
+
+
+def test_admin_cidrs_engines_and_domain_change_in_place(local_stack, back_to_committed):
+    """Each changed on the booted stack, then `up`: applied by the bundle push, nothing
+    replaced; the new domain is served with a certificate from the local ACME server."""
+    name = local_stack.plan.stack
+    committed = mockcloud.stack_file_config(name)
+    boots = local_stack.boot_ids()
+    ids = {d.name: d.id for d in local_stack.plan.droplets}
+
+    local_stack.up(stack.plan(name, {"adminCidrs": [*committed["adminCidrs"], "198.51.100.0/24"]}))
+    assert "198.51.100.0/24" in local_stack.run("lb", ["ufw", "show", "added"]).stdout
+
+    engines = [e for e in committed["engines"] if e != "rabbitmq"]
+    local_stack.up(stack.plan(name, {"engines": engines}))
+    assert "198.51.100.0/24" not in local_stack.run("lb", ["ufw", "show", "added"]).stdout   # back as committed
+    store = local_stack.datastore.name
+    assert local_stack.run(store, ["systemctl", "is-active", "rabbitmq-server"]).stdout.strip() != "active"
+    rabbit_port = str(conventions.ENGINES["rabbitmq"].tls_port)
+    assert rabbit_port not in local_stack.run(store, ["ufw", "show", "added"]).stdout
+    assert local_stack.wait_healthy(timeout=120)["engines"]["rabbitmq"]["status"] == "disabled"
+
+    domain = f"next.{committed['domain']}"
+    local_stack.up(stack.plan(name, {"domain": domain}))
+    assert local_stack.domain == domain
+    assert local_stack.wait_healthy(timeout=180)              # curl verifies the ACME server's certificate
+    assert local_stack.run(store, ["systemctl", "is-active", "rabbitmq-server"]).stdout.strip() == "active"
+
+    assert {d.name: d.id for d in local_stack.plan.droplets} == ids
+    assert local_stack.boot_ids() == boots

@@ -193,3 +193,10 @@ def test_a_leaving_droplet_keeps_its_firewall_place_until_it_is_removed():
 def test_a_run_cannot_change_a_setting_the_local_overrides_hold():
     with pytest.raises(ValueError, match="LOCAL_OVERRIDES"):
         stack.plan("staging", {"image": "ubuntu-24-04-x64"})
+
+
+@pytest.mark.sandbox
+def test_a_run_may_change_a_setting_that_an_override_adds_to():
+    p = stack.plan("staging", {"engines": ["postgresql", "mongodb"], "adminCidrs": ["198.51.100.0/24"]})
+    assert p.overrides["engines"] == ["postgresql"]                 # MongoDB still left out here
+    assert p.overrides["adminCidrs"][0] == "198.51.100.0/24"        # the host's address still added
