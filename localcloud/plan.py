@@ -178,7 +178,7 @@ def plan(stack: str = "staging", changes: dict | None = None) -> Plan:
     clash = set(changes or {}) & set(overrides) - FOLLOWS_THE_STACK
     if clash:
         raise ValueError(f"{sorted(clash)}: set for this machine by LOCAL_OVERRIDES; see stack.LOCAL_OVERRIDES_WHY")
-    settings = mockcloud.stack_settings(stack, **(changes or {}), **overrides)
+    settings = mockcloud.stack_settings(stack, **{**(changes or {}), **overrides})
     deployment = mockcloud.deploy(settings, previous=records.previous_deployment(records.refreshed(records.load(stack))))
     p = plan_from(deployment.resources, deployment.mocks.options, stack, settings, overrides)
     p.record = records.deployment_record(deployment.mocks, settings, overrides, deployment.outputs)
