@@ -89,7 +89,7 @@ class Datastore(pulumi.ComponentResource):
             login: random.RandomPassword(
                 f"{name}-{login}-password", length=PASSWORD_LENGTH, special=False, opts=child
             ).result
-            for login in datastore_files.password_names(settings)
+            for login in datastore_files.password_names()
         }
         self.passwords = pulumi.Output.secret(
             pulumi.Output.all(**{engine: passwords[engine] for engine in settings.engines})

@@ -132,9 +132,11 @@ def test_switching_an_engine_off_removes_its_port():
     assert reachable(deployment, store) == expected_openings(deployment, DATASTORE, engines)
     ports = {o.port for o in reachable(deployment, store)}
     assert ENGINE_PORTS["mongodb"] not in ports and ENGINE_PORTS["rabbitmq"] not in ports
-    # No password is made for an engine that is off.
+    # Its passwords stay (its data and logins stay on the volume), but the apps get none.
     passwords = [r.name for r in of_type(deployment, "random:index/randomPassword:RandomPassword")]
-    assert passwords and not [p for p in passwords if "mongodb" in p or "rabbitmq" in p], passwords
+    assert {"datastore-mongodb-password", "datastore-rabbitmq-password"} <= set(passwords), passwords
+    env = mockcloud.plain(deployment.named("app-1-env-push", ":Command").inputs["stdin"])
+    assert "MONGODB" not in env and "RABBITMQ" not in env and "POSTGRES" in env
 
 
 # --- Datastore volume, protection --------------------------------------------------------

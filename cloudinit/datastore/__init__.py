@@ -94,11 +94,12 @@ def files(settings: Settings) -> list[ConfigFile]:
     return [f for engine in settings.engines for f in engine_files(engine)]
 
 
-def password_names(settings: Settings) -> list[str]:
-    """Every password the secrets push carries: the app's login per engine, then admins."""
-    names = list(settings.engines)
-    names += [ADMIN_LOGINS[e] for e in settings.engines if e in ADMIN_LOGINS]
-    return names
+def password_names() -> list[str]:
+    """Every password the secrets push carries: the app's login per engine, then admins.
+    Every engine's, on or off: an engine switched off keeps its data, and its logins with
+    their passwords, for when it is switched on again (its bundle needs them before the
+    next secrets push could bring them)."""
+    return [*conventions.ENGINES, *(ADMIN_LOGINS[e] for e in conventions.ENGINES if e in ADMIN_LOGINS)]
 
 
 def pushes(settings: Settings) -> dict[str, Push]:

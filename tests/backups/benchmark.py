@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("--keys", type=int, default=200_000, help="Redis keys (about 40 bytes of value each)")
     args = parser.parse_args()
     settings = mockcloud.stack_settings("staging", engines=["postgresql", "redis"])
-    pw = {name: password() for name in datastore.password_names(settings)}
+    pw = {name: password() for name in datastore.password_names()}
     db = conventions.ENGINE_APP_DATABASE
     psql = "runuser -u postgres -- psql -X -A -t -v ON_ERROR_STOP=1"
     cli = f"REDISCLI_AUTH={pw['redis']} redis-cli -h 127.0.0.1 -p {conventions.ENGINES['redis'].local_port}"

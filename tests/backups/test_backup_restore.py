@@ -31,7 +31,7 @@ DS = conventions.DATASTORE
 
 
 def passwords_for(settings):
-    return {name: password() for name in datastore.password_names(settings)}
+    return {name: password() for name in datastore.password_names()}
 
 
 # One provisioning run of the given steps, as role_steps runs them.
