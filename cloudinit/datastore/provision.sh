@@ -141,10 +141,16 @@ note_certificate_change() {
     changed "the engines' certificate"
 }
 
-have_secrets() { [ -f {{ c.DATASTORE_SECRETS_FILE }} ]; }
+# With no argument: the secrets push has come. With an engine's variable: it brought that
+# password too (a secrets file from before an engine was first switched on has not).
+# shellcheck disable=SC2120 # with no engine on, no step passes a variable
+have_secrets() {
+    [ -f {{ c.DATASTORE_SECRETS_FILE }} ] || return 1
+    [ -z "${1:-}" ] || [ -n "${!1:-}" ]
+}
 
 load_secrets() {
-    have_secrets || return 0
+    have_secrets "" || return 0
     # shellcheck source=/dev/null
     . {{ c.DATASTORE_SECRETS_FILE }}
 }
@@ -276,7 +282,7 @@ ALTER ROLE {{ c.BACKUP_USER }} SET default_transaction_read_only = on;
 SQL
         changed "PostgreSQL role {{ c.BACKUP_USER }}"
     fi
-    have_secrets || return 0
+    have_secrets POSTGRESQL_PASSWORD || return 0
     if [ -z "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = '{{ c.ENGINE_APP_USER }}'")" ]; then
         psql_admin -c "CREATE ROLE {{ c.ENGINE_APP_USER }} LOGIN"
         changed "PostgreSQL role {{ c.ENGINE_APP_USER }}"
@@ -307,7 +313,7 @@ redis_steps() {
     install_file {{ facts.REDIS_CONF }}
     ensure_dir {{ c.DATA_MOUNT }}/redis 0750 redis:redis
     # Without its password Redis does not start: stunnel would expose it to the VPC.
-    have_secrets || return 0
+    have_secrets REDIS_PASSWORD || return 0
     ensure_secret_file {{ facts.REDIS_PASSWORD_CONF }} 0640 root:redis "requirepass $REDIS_PASSWORD"
     tls_ready || return 0
     engine_running redis-server /etc/redis/
@@ -338,7 +344,7 @@ rabbitmq_logins() {
         rabbitmqctl --quiet delete_user guest
         changed "RabbitMQ user guest deleted"
     fi
-    have_secrets || return 0
+    have_secrets RABBITMQ_PASSWORD || return 0
     if ! rabbitmq_names list_vhosts | grep -qx {{ c.ENGINE_APP_DATABASE }}; then
         rabbitmqctl --quiet add_vhost {{ c.ENGINE_APP_DATABASE }}
         changed "RabbitMQ vhost {{ c.ENGINE_APP_DATABASE }}"
@@ -394,7 +400,7 @@ mongodb_steps() {
     ensure_secret_file {{ c.MONGODB_PEM_PATH }} 0640 root:mongodb \
         "$(cat {{ c.SERVER_CERT_PATH }} {{ c.SERVER_KEY_PATH }})"
     engine_running mongod {{ facts.MONGODB_CONF }} {{ c.MONGODB_PEM_PATH }}
-    have_secrets || return 0
+    have_secrets MONGODB_PASSWORD || return 0
     if ! password_applied mongodb "$MONGODB_PASSWORD" \
         || ! password_applied mongodb_admin "$MONGODB_ADMIN_PASSWORD"; then
         # Passwords in the environment, not argv; loopback, so the localhost exception

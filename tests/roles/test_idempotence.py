@@ -1,9 +1,9 @@
 """The common provisioning on a real booted Debian 12 droplet (the local cloud), twice.
 
-The droplet boots the real first-boot cloud-config of an app server with one change:
-its role steps are empty and its TLS push reloads nothing but the CA store (nginx,
-pm2 and the rest are proven by the local stack). cloud-init runs provisioning once at
-first boot; running it again must report `0 change(s)` and restart nothing.
+The droplet boots the real first-boot cloud-config of an app server, then receives its
+bundle with one change: its role steps are empty and its TLS push reloads nothing but the
+CA store (nginx, pm2 and the rest are proven by the local stack). The bundle's install
+runs provisioning once; running it again must report `0 change(s)` and restart nothing.
 
 It boots a droplet (a container, packages through the local cloud's proxy): tier
 `localcloud`, not its folder's `sandbox`; `pytest -m localcloud` runs it.
@@ -17,7 +17,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 import cloudinit
 from cloudinit import common
@@ -34,17 +33,17 @@ NSPAWN_SETTINGS = Path(f"/run/systemd/nspawn/{DROPLET}.nspawn")
 FINISHED = re.compile(r"provisioning finished: (\d+) change\(s\)")
 
 
-def common_only_user_data(settings, automation_key: str) -> str:
-    config = yaml.safe_load(cloudinit.first_boot(ROLE, settings, automation_key))
-    for entry in config["write_files"]:
-        if entry["path"] == common.ROLE_STEPS:
-            entry.pop("encoding", None)
-            entry["content"] = NO_ROLE_STEPS
-        if entry["path"] == cloudinit.PUSH_TABLE:
-            table = json.loads(entry["content"])
-            table = {"tls": {**table["tls"], "then": [["update-ca-certificates"]]}}
-            entry["content"] = json.dumps(table)
-    return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=1000)
+def common_only_bundle(settings) -> cloudinit.Bundle:
+    """The role's bundle with empty role steps and a TLS push that reloads only the CA store."""
+    files = cloudinit.placed_files(ROLE, settings)
+    files[common.ROLE_STEPS] = (NO_ROLE_STEPS, files[common.ROLE_STEPS][1])
+    table = json.loads(files[cloudinit.PUSH_TABLE][0])
+    files[cloudinit.PUSH_TABLE] = (json.dumps({"tls": {**table["tls"], "then": [["update-ca-certificates"]]}}), "0644")
+    return cloudinit.encoded({
+        "stack": settings.stack, "role": ROLE,
+        "files": {path: {"content": text, "mode": mode} for path, (text, mode) in files.items()},
+        "installed": sorted(f.path for f in cloudinit.config_files(ROLE, settings)), "health": None,
+    })
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +61,7 @@ def droplet(staging_settings, tmp_path_factory):
     NSPAWN_SETTINGS.write_text("[Exec]\nCapability=CAP_NET_ADMIN\n")
     keys = tmp_path_factory.mktemp("keys")
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", keys / "automation"], check=True)
-    user_data = common_only_user_data(staging_settings, (keys / "automation.pub").read_text().strip())
+    user_data = cloudinit.first_boot(ROLE, staging_settings.stack, (keys / "automation.pub").read_text().strip())
 
     def run(argv, check=True, input=None):
         # Started by the droplet's own systemd, so with the droplet's privileges (nsenter
@@ -72,6 +71,9 @@ def droplet(staging_settings, tmp_path_factory):
 
     try:
         cloud.up([cloud.DropletSpec(DROPLET, user_data, tags=(f"{staging_settings.stack}-{ROLE}",))], timeout=900)
+        bundle = common_only_bundle(staging_settings)
+        installed = run([conventions.BUNDLE_COMMAND, bundle.digest], check=False, input=bundle.payload)
+        assert installed.returncode == 0, installed.stdout[-3000:]
         yield run
     finally:
         if DROPLET in cloud.status():  # another run's teardown may have removed it already
@@ -91,15 +93,15 @@ def main_pids(run) -> dict[str, str]:
     return {u: run(["systemctl", "show", "-p", "MainPID", "--value", u]).stdout.strip() for u in units}
 
 
-def test_first_boot_provisioned_with_changes(droplet):
+def test_the_first_bundle_provisioned_with_changes(droplet):
     assert droplet(["test", "-f", conventions.PROVISIONED_MARKER], check=False).returncode == 0
     assert droplet(["test", "-f", conventions.PROVISION_FAILED_MARKER], check=False).returncode != 0
     log = droplet(["cat", conventions.PROVISION_LOG]).stdout
     (first,) = [int(n) for n in FINISHED.findall(log)]
     assert first > 0, log
-    # cloud-init's run held the droplet lock, and let it go.
+    # The bundle's install held the droplet lock, provisioning inside its hold, and let it go.
     lock_log = droplet(["cat", conventions.DROPLET_LOCK_LOG]).stdout
-    assert re.search(r"^\S+Z took droplet lock: provision \(pid (\d+)\)\n\S+Z released droplet lock: provision "
+    assert re.search(r"^\S+Z took droplet lock: bundle \w{12} \(pid (\d+)\)\n\S+Z released droplet lock: bundle \w{12} "
                      r"\(pid \1\)$", lock_log, re.M), lock_log
 
 
