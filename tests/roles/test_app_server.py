@@ -142,7 +142,9 @@ def example_app_modules(tmp_path_factory) -> Path:
 
 PM2_SCRIPT = r"""
 set -eu
-export PM2_HOME=/tmp/pm2-home PATH={bin}:$PATH
+# node where the package puts it: pm2's daemon and the workers it forks run this file.
+mkdir -p {node_dir} && cp "$(command -v node)" {node_dir}/node
+export PM2_HOME=/tmp/pm2-home PATH={node_dir}:{bin}:$PATH
 mkdir -p {releases} {logs}
 for r in r1 r2; do
   cp -r {source} {releases}/$r
@@ -159,23 +161,37 @@ echo "HELLO $(get {api} /api/hello)"
 ( for i in $(seq 1 60); do get {web} / | cut -c1-3; sleep 0.05; done > /tmp/during-reload ) &
 loader=$!
 ln -sfn {releases}/r2 {current}.new && mv -T {current}.new {current}
-pm2 reload {ecosystem} --update-env >/dev/null
+{reload} >/dev/null
 wait $loader
 echo "DURING $(sort /tmp/during-reload | uniq -c | tr '\n' ' ')"
 echo "AFTER $(get {web} /)"
+# Another node installed (a changed nodeMajor): dpkg renames a new file over the old one,
+# and the running workers' binary is the deleted old file until the reload replaces them.
+workers() {{ for pid in $(pm2 jlist | node -p "JSON.parse(require('fs').readFileSync(0)).map(p => p.pid).join(' ')"); do readlink /proc/$pid/exe; done | sort | uniq -c | tr '\n' ' '; }}
+cp {node_dir}/node {node_dir}/node.dpkg-new && mv {node_dir}/node.dpkg-new {node_dir}/node
+echo "OLDNODE $(workers)"
+( for i in $(seq 1 60); do get {web} / | cut -c1-3; sleep 0.05; done > /tmp/during-node ) &
+loader=$!
+{reload} >/dev/null
+wait $loader
+echo "NODEDURING $(sort /tmp/during-node | uniq -c | tr '\n' ' ')"
+echo "NEWNODE $(workers)"
 echo "JLIST $(pm2 jlist)"
 ls {logs}
 pm2 kill >/dev/null
 """
 
 
-def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests(tmp_path, pm2_bin, example_app_modules):
+def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests_onto_a_new_node(tmp_path, pm2_bin, example_app_modules):
     for port in (c.WEB_APP_PORT, c.API_APP_PORT):
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is taken on this host"
     root = nginx_tree(tmp_path / "ns", {c.ECOSYSTEM_FILE: app_files()[c.ECOSYSTEM_FILE]})
+    unit = app_files()[f"/etc/systemd/system/{c.APPS_UNIT}.service"]
+    (reload,) = [line.removeprefix("ExecReload=") for line in unit.splitlines() if line.startswith("ExecReload=")]
+    assert reload.startswith(f"{c.PM2_BIN_DIR}/pm2 reload ")
     script = PM2_SCRIPT.format(
-        bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR, source=REPO / "example-app",
+        node_dir=tmp_path / "usr-bin", reload=reload.replace(f"{c.PM2_BIN_DIR}/pm2", "pm2"), bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR, source=REPO / "example-app",
         modules=example_app_modules, current=c.CURRENT_RELEASE_LINK, ecosystem=c.ECOSYSTEM_FILE,
         web=c.WEB_APP_PORT, api=c.API_APP_PORT,
     )
@@ -187,6 +203,11 @@ def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests(t
     assert lines["HELLO"].startswith("200 ")
     assert lines["DURING"].split() == ["60", "200"], f"every request during the reload answered: {lines['DURING']}"
     assert "Release two" in lines["AFTER"], "the reload picked up the new `current`"
+    node = str(tmp_path / "usr-bin" / "node")
+    workers = len(json.loads(lines["JLIST"]))
+    assert lines["OLDNODE"].split() == [str(workers), node, "(deleted)"], "the workers ran the replaced node"
+    assert lines["NODEDURING"].split() == ["60", "200"], f"every request answered: {lines['NODEDURING']}"
+    assert lines["NEWNODE"].split() == [str(workers), node], "the unit's reload put every worker on the new node"
     processes = json.loads(lines["JLIST"])
     assert sorted({p["name"] for p in processes}) == ["api", "web"]
     assert all(p["pm2_env"]["status"] == "online" and p["pm2_env"]["exec_mode"] == "cluster_mode" for p in processes)
