@@ -4,6 +4,7 @@ logrotate, visudo, and pm2 running the example app from the rendered ecosystem f
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -58,6 +59,56 @@ def test_shellcheck_passes_on_the_provisioning_with_the_library():
     combined = "\n".join(files[p] for p in ("/usr/local/lib/platform/common.sh", app_server.PROGRAMS[0].path))
     result = run([require("shellcheck"), "--shell=bash", "-"], input="#!/bin/bash\n" + combined + "\nrole_steps\n")
     assert result.returncode == 0, result.stdout
+
+
+RELOAD_CASES = {
+    # name: (node replaced, release current, unit active, a file under the app root changed), reloaded
+    "new-node-apps-running": (("20", True, True, False), True),
+    "same-node": (("", True, True, False), False),
+    "new-node-no-release-yet": (("20", False, False, False), False),
+    "new-node-apps-were-down": (("20", True, False, False), False),      # started: already on it
+    "new-node-apps-restarted": (("20", True, True, True), False),        # restarted: already on it
+}
+
+
+@pytest.mark.fast  # bash and the rendered scripts only
+@pytest.mark.parametrize("case", RELOAD_CASES.values(), ids=RELOAD_CASES.keys())
+def test_a_replaced_node_reloads_the_running_apps_once_and_gracefully(case, tmp_path):
+    """role_steps with the real common.sh helpers (ensure_running, changed) and systemctl
+    stubbed: a changed nodeMajor ends in `systemctl reload` of the apps (pm2's graceful
+    reload), and only when the apps were left running on the old node."""
+    (replaced, release, active, app_file_changed), reloaded = case
+    files = app_files()
+    common = files["/usr/local/lib/platform/common.sh"]
+    role = files[app_server.PROGRAMS[0].path]
+    helpers = "\n".join(re.search(rf"^{name}\(\) \{{.*?^\}}$", common, re.M | re.S).group(0)
+                        for name in ("log", "changed", "files_changed_under", "ensure_enabled", "ensure_running"))
+    functions = "\n".join(re.search(rf"^{name}\(\) \{{.*?^\}}$", role, re.M | re.S).group(0)
+                          for name in ("role_steps", "reload_apps_on_new_node"))
+    link = tmp_path / "current"
+    if release:
+        link.symlink_to(tmp_path)
+    stubs = f"""
+CHANGES=0; CHANGED_FILES=({c.APP_ROOT + "/x" if app_file_changed else ""}); NODE_MAJOR=22; NODE_REPLACED=; STAGED_FILES=
+ensure_node() {{ NODE_REPLACED={replaced}; }}
+for f in ensure_packages ensure_pm2 ensure_release_layout remove_default_site visudo install_configs \\
+         ensure_temporary_certificate nginx; do eval "$f() {{ :; }}"; done
+systemctl() {{ case $1 in is-enabled) ;; is-active) {'true' if active else 'false'} ;; *) echo "systemctl $*" ;; esac; }}
+"""
+    script = stubs + helpers + "\n" + functions.replace(c.CURRENT_RELEASE_LINK, str(link)) + "\nrole_steps\n"
+    result = run(["bash", "-euc", script])
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = [line for line in result.stdout.splitlines() if line.startswith("systemctl ") and c.APPS_UNIT in line]
+    if not release:
+        assert calls == []
+    elif not active:
+        assert calls == [f"systemctl start {c.APPS_UNIT}"]
+    elif app_file_changed:
+        assert calls == [f"systemctl restart {c.APPS_UNIT}"]
+    else:
+        assert calls == ([f"systemctl reload {c.APPS_UNIT}"] if reloaded else [])
+    if reloaded:
+        assert f"reloaded onto node 22 (was {replaced})" in result.stdout
 
 
 def test_sudoers_drop_in_passes_visudo_and_allows_only_the_reload(tmp_path):
