@@ -75,26 +75,61 @@ def test_mongodb_comes_from_its_repository_for_the_images_release(image, tmp_pat
     ]
 
 
+def shell_functions(script: str, *names: str) -> str:
+    return "\n".join(re.search(rf"^{name}\(\) \{{.*?^\}}$", script, re.M | re.S).group(0) for name in names)
+
+
+NODE_FUNCTIONS = ("ensure_node", "node_major", "candidate_major", "remove_other_nodesource_repository",
+                  "install_node", "ensure_nodesource_repository")
+
+
 @pytest.mark.parametrize("image", IMAGES, ids=lambda i: i.slug)
-@pytest.mark.parametrize("asked", settings_module.NODE_MAJORS)
-def test_node_is_the_images_own_when_the_major_matches_else_nodesources(image, asked):
+@pytest.mark.parametrize("was", (None,) + settings_module.NODE_MAJORS, ids=lambda m: f"was-{m}")
+@pytest.mark.parametrize("asked", settings_module.NODE_MAJORS, ids=lambda m: f"asked-{m}")
+def test_node_is_the_images_own_when_the_major_matches_else_nodesources(image, was, asked, tmp_path):
+    """First boot (nothing installed) and a changed nodeMajor on a running server (the `was`
+    major installed from where provisioning got it): the asked major is installed over it,
+    up or down, and NodeSource's repository of another major goes. apt and NodeSource are
+    stubs: which package apt picks from which repository is the stubs' say, not apt's."""
     script = rendered(conventions.APP_SERVER, "ensure_node() {")
-    function = re.search(r"^ensure_node\(\) \{.*?^\}$", script, re.M | re.S).group(0)
+    url = re.search(r"^NODESOURCE_URL=(.*)$", script, re.M).group(1)
+    sources, pin = tmp_path / "nodesource.sources", tmp_path / "nodesource-pin"
+    was_nodesources = was is not None and was != image.nodejs_major
+    if was_nodesources:  # as a run that asked for `was` left them
+        sources.write_text(f"Types: deb\nURIs: {url}/node_{was}.x\n")
+        pin.write_text("Package: nodejs\n")
     stubs = f"""
-NODE_MAJOR={asked}; INSTALLED=
-node() {{ [ -n "$INSTALLED" ] && echo "v$NODE_MAJOR.1.0" || return 1; }}
+NODE_MAJOR={asked}; INSTALLED={was or ''}; NODE_REPLACED=
+NODESOURCE_URL={url}; NODESOURCE_SOURCES={sources}; NODESOURCE_PIN={pin}; NODESOURCE_KEY_FINGERPRINT=F
+node() {{ [ -n "$INSTALLED" ] && echo "v$INSTALLED.1.0" || return 1; }}
 apt_lists_ready() {{ :; }}
-apt-cache() {{ printf '  Installed: (none)\\n  Candidate: {image.nodejs_major}.19.0+dfsg-6\\n'; }}
-ensure_packages() {{ echo "packages $*"; INSTALLED=1; }}
-ensure_nodesource_repository() {{ echo nodesource; }}
+# NodeSource's nodejs when its repository is there (pinned), else the image's own.
+candidate() {{ if [ -e {sources} ]; then sed -nE 's|^URIs: .*/node_([0-9]+)\\.x$|\\1|p' {sources}; else echo {image.nodejs_major}; fi; }}
+apt-cache() {{ printf '  Installed: (none)\n  Candidate: %s.19.0+dfsg-6\n' "$(candidate)"; }}
+apt_get() {{
+    local packages=() downgrades=
+    for a in "$@"; do case $a in --allow-downgrades) downgrades=" (downgrades allowed)" ;; -*|Dpkg::*|install) ;; *) packages+=("$a") ;; esac; done
+    echo "apt-get install ${{packages[*]}}$downgrades"; INSTALLED=$(candidate)
+}}
+ensure_apt_repository() {{ printf '%s\n' "$4" > {sources}; echo "repository $1 $(grep URIs {sources})"; }}
+write_file() {{ cat > "$1"; }}
+changed() {{ case $* in installed*) ;; *) echo "changed: $*" ;; esac; }}
 log() {{ echo "$*"; }}
 """
-    steps = bash(stubs + function + "\nensure_node\n").splitlines()
+    report = 'echo "replaced=$NODE_REPLACED node=$(node_major) pin=$([ -e ' + str(pin) + ' ] && echo yes || echo no)"'
+    steps = bash(stubs + shell_functions(script, *NODE_FUNCTIONS) + "\nensure_node\n" + report + "\n").splitlines()
     assert image.nodejs_major in settings_module.NODE_MAJORS
+    if was == asked:
+        assert steps == [f"replaced= node={asked} pin={'yes' if was_nodesources else 'no'}"]
+        return
+    expected = ["changed: removed NodeSource's repository of another Node.js major"] if was_nodesources else []
     if asked == image.nodejs_major:
-        assert steps == ["packages nodejs npm"]
+        expected += ["apt-get install nodejs npm (downgrades allowed)"]
     else:
-        assert steps == ["nodesource", "packages nodejs"]
+        expected += [f"repository nodesource URIs: {url}/node_{asked}.x", "apt-get install nodejs (downgrades allowed)"]
+    expected += [f"replaced={was or ''} node={asked} pin={'no' if asked == image.nodejs_major else 'yes'}"]
+    assert steps == expected
+    assert sources.exists() == (asked != image.nodejs_major)
 
 
 def test_sshd_and_fail2ban_work_on_every_image():

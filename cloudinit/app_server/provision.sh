@@ -2,9 +2,13 @@
 # An app server's steps, run by platform-provision after the common ones.
 
 NODESOURCE_PIN=/etc/apt/preferences.d/nodesource
+# Where ensure_apt_repository puts the `nodesource` sources.
+NODESOURCE_SOURCES=/etc/apt/sources.list.d/nodesource.sources
 # NodeSource's repository signing key, as published by NodeSource.
 NODESOURCE_KEY_FINGERPRINT=6F71F525282841EEDAF851B42F59B5F99B1BE0B4
 NODESOURCE_URL=https://deb.nodesource.com
+# The Node.js major this run replaced with nodeMajor (empty: none was replaced).
+NODE_REPLACED=
 
 role_steps() {
     # rsync receives releases from `python -m deploy`; curl is its health check.
@@ -26,26 +30,72 @@ role_steps() {
     ensure_enabled {{ c.APPS_UNIT }}
     # Before the first release there is nothing to run (the unit's condition says so).
     if [ -L {{ c.CURRENT_RELEASE_LINK }} ]; then
+        local counted=$CHANGES
         ensure_running {{ c.APPS_UNIT }} {{ c.APP_ROOT }}/
+        # Left running on the replaced node (neither started nor restarted just now).
+        if [ -n "$NODE_REPLACED" ] && [ "$CHANGES" -eq "$counted" ]; then reload_apps_on_new_node; fi
     fi
 }
 
-# The distribution's Node.js when it is the major asked for, NodeSource's otherwise.
+# The distribution's Node.js when it is the major asked for, NodeSource's otherwise. A
+# changed nodeMajor is installed over the running one, up or down, in place.
 ensure_node() {
-    local distro_major
-    if [ "$(node -v 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/')" = "$NODE_MAJOR" ]; then return 0; fi
+    local installed
+    installed=$(node_major)
+    if [ "$installed" = "$NODE_MAJOR" ]; then return 0; fi
     apt_lists_ready
-    distro_major=$(apt-cache policy nodejs | awk '/Candidate:/ { print $2 }' | sed -E 's/^[0-9]+://; s/^([0-9]+).*/\1/')
-    if [ "$distro_major" = "$NODE_MAJOR" ]; then
-        ensure_packages nodejs npm
+    remove_other_nodesource_repository
+    # A NodeSource repository left now is the asked major's (a run that failed after adding it).
+    if [ ! -e "$NODESOURCE_SOURCES" ] && [ "$(candidate_major)" = "$NODE_MAJOR" ]; then
+        install_node nodejs npm
     else
         ensure_nodesource_repository
-        ensure_packages nodejs  # NodeSource's package carries npm
+        install_node nodejs  # NodeSource's package carries npm
     fi
-    [ "$(node -v | sed -E 's/^v([0-9]+).*/\1/')" = "$NODE_MAJOR" ] || {
+    [ "$(node_major)" = "$NODE_MAJOR" ] || {
         log "node $(node -v) is installed, but nodeMajor is ${NODE_MAJOR}"
         return 1
     }
+    NODE_REPLACED=$installed
+}
+
+# The installed node's major; empty when there is none.
+node_major() {
+    local version
+    version=$(node -v 2>/dev/null) || return 0
+    version=${version#v}
+    printf '%s\n' "${version%%.*}"
+}
+
+# The major of the nodejs package apt would install now.
+candidate_major() {
+    apt-cache policy nodejs | awk '/Candidate:/ { print $2 }' | sed -E 's/^[0-9]+://; s/^([0-9]+).*/\1/'
+}
+
+# NodeSource's repository of another major goes, with its pin: else its nodejs stays the
+# candidate (over the distribution's too). apt reads only the lists of the sources it has,
+# so no update is needed; the signing key, the same for every major, stays.
+remove_other_nodesource_repository() {
+    [ -e "$NODESOURCE_SOURCES" ] || [ -e "$NODESOURCE_PIN" ] || return 0
+    if grep -qx "URIs: ${NODESOURCE_URL}/node_${NODE_MAJOR}.x" "$NODESOURCE_SOURCES" 2>/dev/null; then return 0; fi
+    rm -f "$NODESOURCE_SOURCES" "$NODESOURCE_PIN"
+    changed "removed NodeSource's repository of another Node.js major"
+}
+
+# The candidate, whether another major is installed or not, and also when it is older
+# (ensure_packages would leave an installed nodejs as it is).
+install_node() {
+    DEBIAN_FRONTEND=noninteractive apt_get install -y -q --no-install-recommends --allow-downgrades \
+        -o Dpkg::Options::=--force-confold "$@"
+    changed "installed $* (node $(node -v))"
+}
+
+# pm2's graceful reload (the unit's ExecReload): it starts each worker anew from the node
+# now on disk and stops the old one once the new one is ready, so no request fails. pm2's
+# own daemon keeps the node it started with until the unit next restarts.
+reload_apps_on_new_node() {
+    systemctl reload {{ c.APPS_UNIT }}
+    changed "{{ c.APPS_UNIT }} reloaded onto node ${NODE_MAJOR} (was ${NODE_REPLACED})"
 }
 
 ensure_nodesource_repository() {

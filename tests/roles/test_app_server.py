@@ -4,6 +4,7 @@ logrotate, visudo, and pm2 running the example app from the rendered ecosystem f
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -58,6 +59,56 @@ def test_shellcheck_passes_on_the_provisioning_with_the_library():
     combined = "\n".join(files[p] for p in ("/usr/local/lib/platform/common.sh", app_server.PROGRAMS[0].path))
     result = run([require("shellcheck"), "--shell=bash", "-"], input="#!/bin/bash\n" + combined + "\nrole_steps\n")
     assert result.returncode == 0, result.stdout
+
+
+RELOAD_CASES = {
+    # name: (node replaced, release current, unit active, a file under the app root changed), reloaded
+    "new-node-apps-running": (("20", True, True, False), True),
+    "same-node": (("", True, True, False), False),
+    "new-node-no-release-yet": (("20", False, False, False), False),
+    "new-node-apps-were-down": (("20", True, False, False), False),      # started: already on it
+    "new-node-apps-restarted": (("20", True, True, True), False),        # restarted: already on it
+}
+
+
+@pytest.mark.fast  # bash and the rendered scripts only
+@pytest.mark.parametrize("case", RELOAD_CASES.values(), ids=RELOAD_CASES.keys())
+def test_a_replaced_node_reloads_the_running_apps_once_and_gracefully(case, tmp_path):
+    """role_steps with the real common.sh helpers (ensure_running, changed) and systemctl
+    stubbed: a changed nodeMajor ends in `systemctl reload` of the apps (pm2's graceful
+    reload), and only when the apps were left running on the old node."""
+    (replaced, release, active, app_file_changed), reloaded = case
+    files = app_files()
+    common = files["/usr/local/lib/platform/common.sh"]
+    role = files[app_server.PROGRAMS[0].path]
+    helpers = "\n".join(re.search(rf"^{name}\(\) \{{.*?^\}}$", common, re.M | re.S).group(0)
+                        for name in ("log", "changed", "files_changed_under", "ensure_enabled", "ensure_running"))
+    functions = "\n".join(re.search(rf"^{name}\(\) \{{.*?^\}}$", role, re.M | re.S).group(0)
+                          for name in ("role_steps", "reload_apps_on_new_node"))
+    link = tmp_path / "current"
+    if release:
+        link.symlink_to(tmp_path)
+    stubs = f"""
+CHANGES=0; CHANGED_FILES=({c.APP_ROOT + "/x" if app_file_changed else ""}); NODE_MAJOR=22; NODE_REPLACED=; STAGED_FILES=
+ensure_node() {{ NODE_REPLACED={replaced}; }}
+for f in ensure_packages ensure_pm2 ensure_release_layout remove_default_site visudo install_configs \\
+         ensure_temporary_certificate nginx; do eval "$f() {{ :; }}"; done
+systemctl() {{ case $1 in is-enabled) ;; is-active) {'true' if active else 'false'} ;; *) echo "systemctl $*" ;; esac; }}
+"""
+    script = stubs + helpers + "\n" + functions.replace(c.CURRENT_RELEASE_LINK, str(link)) + "\nrole_steps\n"
+    result = run(["bash", "-euc", script])
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = [line for line in result.stdout.splitlines() if line.startswith("systemctl ") and c.APPS_UNIT in line]
+    if not release:
+        assert calls == []
+    elif not active:
+        assert calls == [f"systemctl start {c.APPS_UNIT}"]
+    elif app_file_changed:
+        assert calls == [f"systemctl restart {c.APPS_UNIT}"]
+    else:
+        assert calls == ([f"systemctl reload {c.APPS_UNIT}"] if reloaded else [])
+    if reloaded:
+        assert f"reloaded onto node 22 (was {replaced})" in result.stdout
 
 
 def test_sudoers_drop_in_passes_visudo_and_allows_only_the_reload(tmp_path):
@@ -142,7 +193,9 @@ def example_app_modules(tmp_path_factory) -> Path:
 
 PM2_SCRIPT = r"""
 set -eu
-export PM2_HOME=/tmp/pm2-home PATH={bin}:$PATH
+# node where the package puts it: pm2's daemon and the workers it forks run this file.
+mkdir -p {node_dir} && cp "$(command -v node)" {node_dir}/node
+export PM2_HOME=/tmp/pm2-home PATH={node_dir}:{bin}:$PATH
 mkdir -p {releases} {logs}
 for r in r1 r2; do
   cp -r {source} {releases}/$r
@@ -159,23 +212,37 @@ echo "HELLO $(get {api} /api/hello)"
 ( for i in $(seq 1 60); do get {web} / | cut -c1-3; sleep 0.05; done > /tmp/during-reload ) &
 loader=$!
 ln -sfn {releases}/r2 {current}.new && mv -T {current}.new {current}
-pm2 reload {ecosystem} --update-env >/dev/null
+{reload} >/dev/null
 wait $loader
 echo "DURING $(sort /tmp/during-reload | uniq -c | tr '\n' ' ')"
 echo "AFTER $(get {web} /)"
+# Another node installed (a changed nodeMajor): dpkg renames a new file over the old one,
+# and the running workers' binary is the deleted old file until the reload replaces them.
+workers() {{ for pid in $(pm2 jlist | node -p "JSON.parse(require('fs').readFileSync(0)).map(p => p.pid).join(' ')"); do readlink /proc/$pid/exe; done | sort | uniq -c | tr '\n' ' '; }}
+cp {node_dir}/node {node_dir}/node.dpkg-new && mv {node_dir}/node.dpkg-new {node_dir}/node
+echo "OLDNODE $(workers)"
+( for i in $(seq 1 60); do get {web} / | cut -c1-3; sleep 0.05; done > /tmp/during-node ) &
+loader=$!
+{reload} >/dev/null
+wait $loader
+echo "NODEDURING $(sort /tmp/during-node | uniq -c | tr '\n' ' ')"
+echo "NEWNODE $(workers)"
 echo "JLIST $(pm2 jlist)"
 ls {logs}
 pm2 kill >/dev/null
 """
 
 
-def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests(tmp_path, pm2_bin, example_app_modules):
+def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests_onto_a_new_node(tmp_path, pm2_bin, example_app_modules):
     for port in (c.WEB_APP_PORT, c.API_APP_PORT):
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is taken on this host"
     root = nginx_tree(tmp_path / "ns", {c.ECOSYSTEM_FILE: app_files()[c.ECOSYSTEM_FILE]})
+    unit = app_files()[f"/etc/systemd/system/{c.APPS_UNIT}.service"]
+    (reload,) = [line.removeprefix("ExecReload=") for line in unit.splitlines() if line.startswith("ExecReload=")]
+    assert reload.startswith(f"{c.PM2_BIN_DIR}/pm2 reload ")
     script = PM2_SCRIPT.format(
-        bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR, source=REPO / "example-app",
+        node_dir=tmp_path / "usr-bin", reload=reload.replace(f"{c.PM2_BIN_DIR}/pm2", "pm2"), bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR, source=REPO / "example-app",
         modules=example_app_modules, current=c.CURRENT_RELEASE_LINK, ecosystem=c.ECOSYSTEM_FILE,
         web=c.WEB_APP_PORT, api=c.API_APP_PORT,
     )
@@ -187,6 +254,11 @@ def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests(t
     assert lines["HELLO"].startswith("200 ")
     assert lines["DURING"].split() == ["60", "200"], f"every request during the reload answered: {lines['DURING']}"
     assert "Release two" in lines["AFTER"], "the reload picked up the new `current`"
+    node = str(tmp_path / "usr-bin" / "node")
+    workers = len(json.loads(lines["JLIST"]))
+    assert lines["OLDNODE"].split() == [str(workers), node, "(deleted)"], "the workers ran the replaced node"
+    assert lines["NODEDURING"].split() == ["60", "200"], f"every request answered: {lines['NODEDURING']}"
+    assert lines["NEWNODE"].split() == [str(workers), node], "the unit's reload put every worker on the new node"
     processes = json.loads(lines["JLIST"])
     assert sorted({p["name"] for p in processes}) == ["api", "web"]
     assert all(p["pm2_env"]["status"] == "online" and p["pm2_env"]["exec_mode"] == "cluster_mode" for p in processes)
