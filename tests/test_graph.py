@@ -261,6 +261,22 @@ def test_no_password_or_private_key_in_any_user_data(deployment):
         assert "PRIVATE KEY-----" not in user_data, d.name
 
 
+def test_no_password_or_private_key_in_any_bundle(deployment):
+    """A bundle is in the state in the clear, compressed: the check above cannot see inside."""
+    import base64
+    import gzip
+
+    secrets = secret_values(deployment)
+    bundles = [r for r in of_type(deployment, COMMAND) if r.name.endswith("-bundle-push")]
+    assert bundles
+    for push in bundles:
+        text = gzip.decompress(base64.b64decode(mockcloud.plain(push.inputs["stdin"]))).decode()
+        for where, value in secrets.items():
+            for piece in fingerprints(value):
+                assert piece not in text, f"{where} is in the bundle of {push.name}"
+        assert "PRIVATE KEY-----" not in text, push.name
+
+
 # --- Outputs -------------------------------------------------------------------------------
 
 
