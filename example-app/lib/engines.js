@@ -40,16 +40,26 @@ const postgresql = {
       max: 4, connectionTimeoutMillis: TIMEOUT_MS,
     });
     this.client.on('error', (err) => console.error(`postgresql: ${err.message}`));
-    this.ready = this.client.query(
-      'CREATE TABLE IF NOT EXISTS notes (id serial PRIMARY KEY, text text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())');
+    this.ready = null;
+    this.table().catch(() => {});   // early, but a failure now is not for ever
+  },
+  // The notes table, made once; a failed attempt (the datastore not answering yet) is
+  // forgotten, so the next request tries again instead of failing with it for ever.
+  table() {
+    if (!this.ready) {
+      this.ready = this.client.query(
+        'CREATE TABLE IF NOT EXISTS notes (id serial PRIMARY KEY, text text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())');
+      this.ready.catch(() => { this.ready = null; });
+    }
+    return this.ready;
   },
   async ping() { await this.client.query('SELECT 1'); },
   async write(note) {
-    await this.ready;
+    await this.table();
     await this.client.query('INSERT INTO notes (text, created_at) VALUES ($1, $2)', [note.text, note.at]);
   },
   async read() {
-    await this.ready;
+    await this.table();
     const { rows } = await this.client.query('SELECT text, created_at AS at FROM notes ORDER BY id DESC LIMIT 10');
     return rows.map((r) => ({ text: r.text, at: new Date(r.at).toISOString() }));
   },

@@ -62,3 +62,22 @@ test('the API answers with every engine disabled', async () => {
     assert.strictEqual(await stop(api), 0);
   }
 });
+
+test('a notes table that could not be made at start is made by a later request', async () => {
+  const { ALL } = require('../lib/engines');
+  const postgresql = ALL.find((e) => e.name === 'postgresql');
+  const queries = [];
+  let down = true;   // the datastore does not answer yet
+  postgresql.client = {
+    query: async (sql) => {
+      queries.push(sql.split(' ')[0]);
+      if (down) throw new Error('connect ECONNREFUSED');
+      return { rows: [] };
+    },
+  };
+  postgresql.ready = null;
+  await assert.rejects(postgresql.write({ text: 'a', at: new Date().toISOString() }), /ECONNREFUSED/);
+  down = false;
+  await postgresql.write({ text: 'b', at: new Date().toISOString() });
+  assert.deepStrictEqual(queries, ['CREATE', 'CREATE', 'INSERT']);
+});

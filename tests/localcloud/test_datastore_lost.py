@@ -23,13 +23,6 @@ from localcloud import spaces, stack
 pytestmark = pytest.mark.localcloud
 RUNS_LAST_ON_THE_STACK = True   # tests/conftest.py
 
-# A known defect, found when `up` began to run the plan in the engine's order: on a new
-# datastore droplet on the kept volume, PostgreSQL is started by the tls push's provisioning
-# but does not answer on the droplet's new address (the app sees ECONNREFUSED on 5432); the
-# second branch then starts from that broken stack. Not yet understood; see the README.
-KNOWN_DEFECT = pytest.mark.xfail(
-    reason="engine's order: PostgreSQL does not answer on a new datastore on the kept volume", strict=False)
-
 APP, DB = conventions.ENGINE_APP_USER, conventions.ENGINE_APP_DATABASE
 ROWS, KEYS = 20000, 1000
 
@@ -69,7 +62,6 @@ def notes_in(s) -> dict:
     return {name: [n["text"] for n in (r.get("result") or [])] for name, r in json.loads(body)["engines"].items()}
 
 
-@KNOWN_DEFECT
 def test_a_new_datastore_on_the_surviving_volume_takes_the_data_over(local_stack):
     """Runbook step 1: the droplet is gone, its volume is not. No restore: the new droplet
     mounts the volume and its engines take their data over (PostgreSQL's cluster files are
@@ -98,7 +90,6 @@ def post(s, note: str) -> None:
     assert posted.stdout == "201", posted.stdout + (posted.stderr or "")
 
 
-@KNOWN_DEFECT
 def test_the_datastore_is_lost_rebuilt_and_restored_from_the_spaces_stand_in(local_stack):
     s = local_stack
     assert s.plan.overrides["spacesEndpoint"] == spaces.ENDPOINT
