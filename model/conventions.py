@@ -263,7 +263,7 @@ ACME_WEBROOT = "/var/www/acme"
 CERTIFICATE_COMMAND = "/usr/local/sbin/platform-certificate"
 # certbot runs this after every issue or renewal: relink, nginx -t, reload.
 CERTIFICATE_DEPLOY_HOOK = "/usr/local/sbin/platform-certificate-deployed"
-# Written at provisioning from the droplet's own resolvers (for OCSP stapling).
+# Written by older bundles for OCSP stapling, which is gone; provisioning removes it.
 LB_RESOLVER_FILE = "/etc/nginx/platform/resolver.conf"
 MAINTENANCE_ROOT = "/var/www/maintenance"
 

@@ -13,7 +13,7 @@ role_steps() {
     install_configs /etc/systemd/system/
     mkdir -p {{ c.ACME_WEBROOT }} "$(dirname {{ c.LB_UPSTREAMS_FILE }})"
     ensure_initial_upstreams
-    ensure_resolver_file
+    remove_resolver_file
     ensure_temporary_certificate
     ensure_placeholder_ca
     if files_changed_under /etc/nginx/; then nginx -t -q; fi
@@ -47,13 +47,12 @@ UPSTREAMS
     changed "initial {{ c.LB_UPSTREAMS_FILE }}"
 }
 
-# nginx needs a resolver to fetch OCSP responses; use the droplet's own.
-ensure_resolver_file() {
-    local servers wanted
-    servers=$(awk '/^nameserver/ { print ($2 ~ /:/) ? "[" $2 "]" : $2 }' /etc/resolv.conf | tr '\n' ' ')
-    wanted="resolver ${servers:-127.0.0.53} valid=300s;
-resolver_timeout 5s;"
-    write_file {{ c.LB_RESOLVER_FILE }} 0644 root:root <<<"$wanted"
+# OCSP stapling (and the resolver it needed) is gone: remove what an older bundle wrote.
+remove_resolver_file() {
+    [ -e {{ c.LB_RESOLVER_FILE }} ] || return 0
+    rm -f {{ c.LB_RESOLVER_FILE }}
+    CHANGED_FILES+=({{ c.LB_RESOLVER_FILE }})
+    changed "removed {{ c.LB_RESOLVER_FILE }}"
 }
 
 # nginx must start before certbot has run: a short-lived self-signed pair behind the

@@ -294,6 +294,9 @@ def test_fail2ban_loads_the_sshd_jail_with_the_systemd_backend(tmp_path, staging
     assert result.returncode == 0, result.stderr
     assert "['add', 'sshd', 'systemd']" in result.stdout
     assert f"'port', '{conventions.SSH_PORT}'" in result.stdout or f"port={conventions.SSH_PORT}" in result.stdout
+    # The VPC is never banned (every login behind the LB comes from the LB's address).
+    (ignored,) = [line for line in result.stdout.splitlines() if "'addignoreip'" in line]
+    assert f"'{staging_settings.vpc_ip_range}'" in ignored, ignored
     # -t: the full test, as `fail2ban-client -t` runs it before a start.
     conf = tmp_path / "fail2ban"
     test = subprocess.run(["fail2ban-client", "-c", conf, "-t"], capture_output=True, text=True)

@@ -38,7 +38,6 @@ def lb_tree(tmp_path: Path, rendered: dict[str, str], upstreams: str, ca: Path |
     files = {path: text for path, text in rendered.items() if path.startswith(("/etc/nginx/", c.MAINTENANCE_ROOT))}
     files.update({
         c.LB_UPSTREAMS_FILE: upstreams,
-        c.LB_RESOLVER_FILE: "resolver 127.0.0.1 valid=300s;\nresolver_timeout 5s;\n",
         c.LB_PUBLIC_CERT_PATH: public.cert,
         c.LB_PUBLIC_KEY_PATH: public.key,
     })
@@ -230,12 +229,21 @@ class LoadBalancerUnderTest:
         )
         wait_for_port("127.0.0.1", c.HTTPS_PORT, self.process)
 
-    def get(self, path: str = "/", method: str = "GET") -> tuple[int, dict[str, str], str]:
+    def get(self, path: str = "/", method: str = "GET", name: str | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+        """A request to 127.0.0.1 for the domain (or `name`): SNI and Host as a browser sends them."""
+        name = name or rendered_domain()
         context = ssl.create_default_context(cafile=str(self.public_cert))
-        context.check_hostname = False  # the certificate names the domain, we dial 127.0.0.1
-        connection = http.client.HTTPSConnection("127.0.0.1", c.HTTPS_PORT, context=context, timeout=10)
+        context.check_hostname = False  # the certificate names the domain only
+
+        class ToName(http.client.HTTPSConnection):
+            def connect(self):
+                raw = socket.create_connection(("127.0.0.1", c.HTTPS_PORT), timeout=10)
+                self.sock = context.wrap_socket(raw, server_hostname=name)
+
+        connection = ToName("127.0.0.1", c.HTTPS_PORT, timeout=10)
         try:
-            connection.request(method, path, headers={"Host": rendered_domain()})
+            connection.request(method, path, headers={"Host": name, **(headers or {})})
             response = connection.getresponse()
             return response.status, dict(response.getheaders()), response.read().decode()
         finally:
@@ -301,6 +309,23 @@ def test_lb_reencrypts_alternates_and_survives_a_backend_stopping(tmp_path, port
     backends[1].stop()
     status, _, body = lb.get("/")
     assert status == 503 and "right back" in body, "no app server: the maintenance page"
+
+
+def test_lb_answers_only_for_its_domain_and_says_little(tmp_path, ports_free, internal_ca, started):
+    (tmp_path / "certs").mkdir()
+    started.append(Backend(tmp_path, "app-1", APP_IPS[0], app_server_cert(internal_ca, tmp_path, 1, APP_IPS[0])))
+    lb = LoadBalancerUnderTest(tmp_path, internal_ca.cert, APP_IPS[:1])
+    started.append(lb)
+    status, headers, body = lb.get("/", headers={"X-Forwarded-For": "203.0.113.66"})
+    assert status == 200 and headers["Server"] == "nginx", headers          # no version
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert body.split()[2:] == ["127.0.0.1"], body                          # what the client sent is dropped
+    with pytest.raises(ssl.SSLError):                                       # another name: no handshake
+        lb.get("/", name="not-ours.example.net")
+    connection = http.client.HTTPConnection("127.0.0.1", c.HTTP_PORT, timeout=5)
+    connection.request("GET", "/", headers={"Host": "not-ours.example.net"})
+    with pytest.raises(http.client.RemoteDisconnected):                     # closed, no redirect
+        connection.getresponse()
 
 
 def test_lb_refuses_an_app_server_with_a_certificate_from_another_ca(tmp_path, ports_free, internal_ca, started):
