@@ -97,6 +97,9 @@ SETTINGS = (
             "Addresses allowed to SSH to the load balancer (the jump host)."),
     Setting("sshPublicKeys", REQUIRED, ssh_public_keys,
             f"Operators' public keys, for the `{conventions.OPERATOR_USER}` user on every droplet."),
+    Setting("lbRequestsPerSecond", 50, whole_number(1, 100000),
+            "Requests per second one client address may make through the load balancer (bursts of up to "
+            "twice that are let through); beyond it the LB answers 429."),
     Setting("engines", list(conventions.ENGINES), engine_set,
             "Datastore engines to install and open; any subset."),
     Setting("vpcIpRange", "10.110.0.0/20", vpc_range, "Private range of the stack's VPC."),
@@ -147,6 +150,7 @@ class Settings:
     acme_directory: str
     admin_cidrs: tuple[str, ...]
     ssh_public_keys: tuple[str, ...]
+    lb_requests_per_second: int
     engines: tuple[str, ...]
     vpc_ip_range: str
     node_major: int

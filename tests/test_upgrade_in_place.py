@@ -28,6 +28,7 @@ ANOTHER_VALUE = {
     "acmeDirectory": "https://acme.example.com/directory",
     "adminCidrs": ["198.51.100.0/24"],
     "sshPublicKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx6sbRHMnRw4Q5l0x1d3tyiP7a0Y2cwFp1qVJbPHr6u other@example.com"],
+    "lbRequestsPerSecond": 10,
     "engines": ["postgresql", "redis"],
     "nodeMajor": 20,
     "backups": False,

@@ -134,7 +134,7 @@ def test_mongodb_config_structure(staging, rendered):
         "certificateKeyFile": conventions.MONGODB_PEM_PATH,
         "CAFile": conventions.CA_CERT_PATH,
         "allowConnectionsWithoutCertificates": True,
-        "disabledProtocols": "TLS1_0,TLS1_1",
+        "disabledProtocols": "TLS1_0,TLS1_1,TLS1_2",
     }
     assert config["security"] == {"authorization": "enabled"}
     assert config["storage"]["dbPath"] == f"{conventions.DATA_MOUNT}/mongodb"

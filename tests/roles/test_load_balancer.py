@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import cloudinit
+import mockcloud
 from cloudinit import load_balancer
 from model import conventions as c
 
@@ -180,6 +181,7 @@ http {{
         listen {ip}:{port} ssl;
         ssl_certificate {cert};
         ssl_certificate_key {key};
+        ssl_protocols {protocols};
         location / {{ add_header X-Backend {name} always; return 200 "{name} $http_x_forwarded_proto $http_x_forwarded_for\\n"; }}
     }}
 }}
@@ -189,11 +191,12 @@ http {{
 class Backend:
     """A stand-in app server: nginx with a certificate, answering with its own name."""
 
-    def __init__(self, tmp_path: Path, name: str, ip: str, pair):
+    def __init__(self, tmp_path: Path, name: str, ip: str, pair, protocols: str = "TLSv1.2 TLSv1.3"):
         self.dir = tmp_path / name
         (self.dir / "tmp").mkdir(parents=True)
         conf = self.dir / "nginx.conf"
-        conf.write_text(BACKEND_CONF.format(dir=self.dir, ip=ip, port=c.APP_TLS_PORT, cert=pair.cert, key=pair.key, name=name))
+        conf.write_text(BACKEND_CONF.format(dir=self.dir, ip=ip, port=c.APP_TLS_PORT, cert=pair.cert, key=pair.key, name=name,
+                                            protocols=protocols))
         self.process = subprocess.Popen(
             [require("nginx"), "-c", str(conf), "-p", str(self.dir), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -220,8 +223,8 @@ def wait_for_port(host: str, port: int, process: subprocess.Popen, seconds: floa
 
 
 class LoadBalancerUnderTest:
-    def __init__(self, tmp_path: Path, ca: Path, servers: list[str]):
-        self.root = lb_tree(tmp_path, lb_files(), load_balancer.upstreams(servers), ca)
+    def __init__(self, tmp_path: Path, ca: Path, servers: list[str], files: dict[str, str] | None = None):
+        self.root = lb_tree(tmp_path, files or lb_files(), load_balancer.upstreams(servers), ca)
         self.public_cert = next((tmp_path / "public").glob("public.crt"))
         self.process = subprocess.Popen(
             in_namespace(self.root, [require("nginx"), "-g", "daemon off;"]),
@@ -328,6 +331,16 @@ def test_lb_answers_only_for_its_domain_and_says_little(tmp_path, ports_free, in
         connection.getresponse()
 
 
+def test_lb_answers_429_to_a_client_over_its_rate(tmp_path, ports_free, internal_ca, started):
+    (tmp_path / "certs").mkdir()
+    started.append(Backend(tmp_path, "app-1", APP_IPS[0], app_server_cert(internal_ca, tmp_path, 1, APP_IPS[0])))
+    slow = cloudinit.rendered_files(c.LOAD_BALANCER, mockcloud.stack_settings("staging", lbRequestsPerSecond=1))
+    lb = LoadBalancerUnderTest(tmp_path, internal_ca.cert, APP_IPS[:1], files=slow)
+    started.append(lb)
+    statuses = [lb.get("/")[0] for _ in range(8)]   # far faster than 1 a second
+    assert statuses[:3] == [200, 200, 200] and 429 in statuses, statuses   # 1 + a burst of 2
+
+
 def test_lb_refuses_an_app_server_with_a_certificate_from_another_ca(tmp_path, ports_free, internal_ca, started):
     (tmp_path / "certs").mkdir()
     rogue_ca = make_ca(tmp_path / "rogue", "rogue-ca")
@@ -336,6 +349,16 @@ def test_lb_refuses_an_app_server_with_a_certificate_from_another_ca(tmp_path, p
     started.append(lb)
     status, headers, body = lb.get("/")
     assert status == 503 and "X-Backend" not in headers and "right back" in body
+
+
+def test_lb_refuses_an_app_server_that_speaks_only_tls_1_2(tmp_path, ports_free, internal_ca, started):
+    """Every internal hop is TLS 1.3 only; the same server with 1.3 too is served (above)."""
+    (tmp_path / "certs").mkdir()
+    started.append(Backend(tmp_path, "app-1", APP_IPS[0], app_server_cert(internal_ca, tmp_path, 1, APP_IPS[0]),
+                           protocols="TLSv1.2"))
+    lb = LoadBalancerUnderTest(tmp_path, internal_ca.cert, APP_IPS[:1])
+    started.append(lb)
+    assert lb.get("/")[0] == 503
 
 
 def test_lb_refuses_a_certificate_without_the_pool_name(tmp_path, ports_free, internal_ca, started):
