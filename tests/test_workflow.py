@@ -310,3 +310,14 @@ def test_the_readme_lists_every_secret_and_variable_the_workflow_reads():
         assert name in rows, f"README: no row for {reference}"
         assert rows[name][1] == {"secrets": "secret", "vars": "variable"}[kind], rows[name]
         assert all(rows[name][2:]), f"README: say what {name} is for and where to get it"
+
+
+def test_every_action_is_pinned_by_commit_and_the_preview_runs_in_its_environment():
+    """A tag can be moved to other code; a commit cannot. The tokens live in an environment
+    that can require a reviewer before a branch's code runs with them."""
+    workflow = yaml.safe_load(PREVIEW.read_text())
+    uses = [step["uses"] for job in workflow["jobs"].values() for step in job.get("steps", []) if "uses" in step]
+    assert uses
+    for action in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", action), action
+    assert workflow["jobs"]["preview"]["environment"] == "preview"
