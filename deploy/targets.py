@@ -9,6 +9,7 @@ Pulumi outputs (`pulumi stack output --json`); a stack on the local cloud in the
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,13 +37,23 @@ def app_servers(app_ips: list[str]) -> tuple[Server, ...]:
     return tuple(Server(f"{conventions.APP_SERVER}-{n}", ip) for n, ip in enumerate(app_ips, start=1))
 
 
+def address(stack: str, where: str, value) -> str:
+    """An IPv4 address from the stack's outputs, checked before it reaches an ssh command
+    line: anything else (`-oProxyCommand=...`, a name) is refused, naming the output."""
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except (ipaddress.AddressValueError, ValueError, TypeError):
+        raise TargetError(f"stack {stack}: output {where} is {value!r}, not an IPv4 address") from None
+
+
 def stack_from_outputs(stack: str, outputs: dict, identity: str | None = None) -> Stack:
     try:
-        return Stack(stack, outputs["public_ip"], app_servers(outputs["private_ips"]["app"]), identity,
-                     host_keys=dict(outputs["host_keys"]))
+        public_ip, app_ips, host_keys = outputs["public_ip"], outputs["private_ips"]["app"], dict(outputs["host_keys"])
     except (KeyError, TypeError) as missing:
         raise TargetError(f"stack {stack}: its outputs lack public_ip, private_ips.app or host_keys ({missing}); "
                           "run `pulumi up` with this version of the program first") from None
+    checked = [address(stack, f"private_ips.app[{i}]", ip) for i, ip in enumerate(app_ips)]
+    return Stack(stack, address(stack, "public_ip", public_ip), app_servers(checked), identity, host_keys=host_keys)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import dataclasses
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -113,6 +114,17 @@ def test_pulumi_target_says_what_is_missing():
         stack_from_outputs("staging", {"url": "https://x"})
     with pytest.raises(TargetError, match=r"host_keys \('host_keys'\); run `pulumi up`"):
         stack_from_outputs("staging", {"public_ip": "198.51.100.2", "private_ips": {"app": []}})
+
+
+@pytest.mark.parametrize("where, outputs", [
+    ("public_ip", {"public_ip": "-oProxyCommand=sh", "private_ips": {"app": ["10.0.0.3"]}, "host_keys": {}}),
+    ("private_ips.app[1]", {"public_ip": "198.51.100.2", "private_ips": {"app": ["10.0.0.3", "app.internal"]},
+                            "host_keys": {}}),
+])
+def test_pulumi_target_refuses_an_address_that_is_not_one(where, outputs):
+    """Outputs reach ssh's command line: anything but an IPv4 address is refused, named."""
+    with pytest.raises(TargetError, match=rf"output {re.escape(where)} is '.*', not an IPv4 address"):
+        stack_from_outputs("staging", outputs)
 
 
 def test_local_target_reads_what_the_local_clouds_last_up_deployed(tmp_path, monkeypatch):
