@@ -75,8 +75,16 @@ engine_enabled() {
     return 1
 }
 
-as_backup_user() { runuser -u "$BACKUP_USER" -- "$@"; }
-as_postgres() { runuser -u postgres -- "$@"; }
+# What runs as another user gets none of restic's settings: its /proc/PID/environ is that
+# user's to read, and the repository's password and Spaces key are root's alone.
+RESTIC_SECRETS=(RESTIC_REPOSITORY RESTIC_PASSWORD AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY)
+as_user() {
+    local user=$1
+    shift
+    runuser -u "$user" -- env "${RESTIC_SECRETS[@]/#/--unset=}" "$@"
+}
+as_backup_user() { as_user "$BACKUP_USER" "$@"; }
+as_postgres() { as_user postgres "$@"; }
 {% if "mongodb" in dumped_engines %}
 
 # A MongoDB tools config holding the app login's password, so it is not in argv.

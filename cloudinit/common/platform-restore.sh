@@ -143,7 +143,7 @@ restore_redis() {
     install -m 0660 -o redis -g redis "$dir/dump.rdb" "$data/dump.rdb"
     chmod 0711 "$WORK"
     install -d -m 0700 -o redis -g redis "$private"
-    runuser -u redis -- redis-server {{ facts.REDIS_CONF }} --appendonly no --port 0 \
+    as_user redis redis-server {{ facts.REDIS_CONF }} --appendonly no --port 0 \
         --unixsocket "$private/redis.sock" --pidfile "$private/redis.pid" --supervised no --daemonize yes
     until private_redis PING >/dev/null 2>&1; do sleep 0.2; done
     private_redis CONFIG SET appendonly yes >/dev/null
