@@ -76,9 +76,14 @@ def running_releases(name: str) -> set[str]:
 # --- a steady stream of requests through the LB -----------------------------------------
 
 LOAD = r"""
-import http.client, ssl, sys, time, json
+import http.client, socket, ssl, sys, time, json
 address, domain, stop_file = sys.argv[1], sys.argv[2], sys.argv[3]
 ctx = ssl._create_unverified_context()   # availability is measured here, not the public certificate
+
+class ToDomain(http.client.HTTPSConnection):
+    """To the LB's address, for the domain (SNI): the LB answers for no other name."""
+    def connect(self):
+        self.sock = ctx.wrap_socket(socket.create_connection((address, 443), timeout=10), server_hostname=domain)
 sent = failed = 0; failures = []
 paths = ["/", "/api/hello"]
 while True:
@@ -88,7 +93,7 @@ while True:
         pass
     path = paths[sent % 2]; sent += 1
     try:
-        c = http.client.HTTPSConnection(address, 443, context=ctx, timeout=10)
+        c = ToDomain(address, 443, timeout=10)
         c.request("GET", path, headers={"Host": domain}); r = c.getresponse(); r.read(); c.close()
         if r.status != 200:
             failed += 1; failures.append(f"{time.time():.1f} {path} {r.status}")

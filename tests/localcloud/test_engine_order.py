@@ -46,7 +46,7 @@ def test_the_gates_started_with_the_droplets_and_the_pushes_as_soon_as_they_open
         # A free slot of the engine's parallelism may be what it waited for.
         assert done[c.name].started >= opened, c.name
     store = [done[c.name] for c in first_boot.plan.commands
-             if c.name.startswith("datastore-") and c.name.endswith("-push")
+             if c.name.startswith("datastore-") and c.name.endswith("-push") and c.name != "datastore-bundle-push"
              and not {n for n in c.needs if not n.endswith("-boot-gate")} - {"datastore-bundle-push"}]
     starts = sorted(r.started for r in store)
     assert len(store) >= 3 and starts[-1] - starts[0] < 5, {r.name: round(r.started, 1) for r in store}
@@ -107,8 +107,10 @@ def test_pushes_and_provisioning_sent_at_the_same_instant_never_overlap(local_st
     template = pushes[0]
     provisioning = [plan.RemoteCommand(f"provision-{i}", "provision", template.target, template.proxy,
                                        f"sudo {conventions.PROVISION_COMMAND}", "") for i in range(3)]
-    sent = [*provisioning, *(plan.RemoteCommand(f"{c.name}-{i}", c.kind, c.target, c.proxy, c.create, c.stdin)
-                             for c in pushes for i in range(2))]
+    # Each push once (8 at once with provisioning): beyond sshd's MaxStartups (10) pending
+    # logins a droplet drops new connections, and no `pulumi up` sends one droplet that many.
+    sent = [*provisioning, *(plan.RemoteCommand(c.name, c.kind, c.target, c.proxy, c.create, c.stdin)
+                             for c in pushes)]
     outcome = engine.run(sent, parallelism=len(sent))
     assert {r.name: r.output[-300:] for r in outcome if not r.ok} == {}
     assert max(r.started for r in outcome) - min(r.started for r in outcome) < 2   # all at once
