@@ -81,7 +81,7 @@ address, domain, stop_file = sys.argv[1], sys.argv[2], sys.argv[3]
 ctx = ssl._create_unverified_context()   # availability is measured here, not the public certificate
 
 class ToDomain(http.client.HTTPSConnection):
-    """To the LB's address, for the domain (SNI): the LB answers for no other name."""
+    # To the LB's address, for the domain (SNI): the LB answers for no other name.
     def connect(self):
         self.sock = ctx.wrap_socket(socket.create_connection((address, 443), timeout=10), server_hostname=domain)
 sent = failed = 0; failures = []
