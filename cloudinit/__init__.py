@@ -193,11 +193,13 @@ class Bundle:
     payload: str = field(repr=False)
 
 
-def bundle(role: str, settings: Settings) -> Bundle:
+def bundle(role: str, settings: Settings, files: dict[str, tuple[str, str]] | None = None) -> Bundle:
+    """`files`: what it puts in place (`placed_files`), when a test varies them."""
+    files = placed_files(role, settings) if files is None else files
     document = {
         "stack": settings.stack,
         "role": role,
-        "files": {path: {"content": text, "mode": mode} for path, (text, mode) in placed_files(role, settings).items()},
+        "files": {path: {"content": text, "mode": mode} for path, (text, mode) in files.items()},
         # Installed by provisioning from their staged copies; a later bundle without one removes it.
         "installed": sorted(f.path for f in config_files(role, settings)),
         # A server that answered this before a new bundle must answer it after.
@@ -217,10 +219,11 @@ def placed_files(role: str, settings: Settings) -> dict[str, tuple[str, str]]:
     """Every file the bundle puts in place, by path: (content, mode). The programs at their
     paths, the config files staged for provisioning, the push table, the role's settings."""
     context = template_context(role, settings)
+    configs = config_files(role, settings)
     files = {p.path: (render(p.template, **context), p.mode) for p in programs(role)}
-    files.update({STAGED_FILES + f.path: (render(f.template, **context), f.mode) for f in config_files(role, settings)})
+    files.update({STAGED_FILES + f.path: (render(f.template, **context), f.mode) for f in configs})
     files[PUSH_TABLE] = (push_table(role, settings), "0644")
-    files[ROLE_ENV] = (role_env(role, settings, config_files(role, settings)), "0644")
+    files[ROLE_ENV] = (role_env(role, settings, configs), "0644")
     return files
 
 

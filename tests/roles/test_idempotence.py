@@ -39,11 +39,7 @@ def common_only_bundle(settings) -> cloudinit.Bundle:
     files[common.ROLE_STEPS] = (NO_ROLE_STEPS, files[common.ROLE_STEPS][1])
     table = json.loads(files[cloudinit.PUSH_TABLE][0])
     files[cloudinit.PUSH_TABLE] = (json.dumps({"tls": {**table["tls"], "then": [["update-ca-certificates"]]}}), "0644")
-    return cloudinit.encoded({
-        "stack": settings.stack, "role": ROLE,
-        "files": {path: {"content": text, "mode": mode} for path, (text, mode) in files.items()},
-        "installed": sorted(f.path for f in cloudinit.config_files(ROLE, settings)), "health": None,
-    })
+    return cloudinit.bundle(ROLE, settings, files)
 
 
 @pytest.fixture(scope="module")
