@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from . import config, droplet, firewall, image, network, proxy, shell, state, volume
+from . import config, droplet, firewall, image, network, package_cache, proxy, shell, state, volume
 
 DEFAULT_VPC_CIDR = "10.20.0.0/24"
 
@@ -78,9 +78,10 @@ def up(specs: list[DropletSpec], vpc_cidr: str = DEFAULT_VPC_CIDR,
                        extra_public_ips=list(spec.extra_public_ips))
         recs = dict(s["droplets"])
 
-    with shell.Step("network and proxy"):
+    with shell.Step("network, proxy and package caches"):
         network.ensure_network([_net(sp.name, recs[sp.name]) for sp in specs])
         proxy.ensure_running()
+        package_cache.ensure_running()
     with shell.Step(f"boot {', '.join(sp.name for sp in specs)}"):
         for spec in specs:
             if not droplet.is_running(spec.name):

@@ -17,6 +17,7 @@ HOST_PACKAGES: tuple[str, ...] = (
     "openssl",            # the ACME server's TLS certificate
     "curl",               # the stack's checks from the internet client
     "openssh-client",     # the plan's remote commands, through the LB as jump host
+    "apt-cacher-ng",      # the droplets' apt cache (package_cache.py); verdaccio comes from npm
 )
 
 STATE_ROOT = Path("/var/lib/localcloud")

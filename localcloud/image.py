@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from . import config, shell, sources
+from . import config, package_cache, shell, sources
 
 # Bump when the build steps change in a way the recipe fields do not show.
 BUILD_STEPS_VERSION = 1
@@ -59,15 +59,16 @@ APT_PROXY_PATH = "etc/apt/apt.conf.d/90localcloud-proxy"
 NPMRC_PATHS = ("etc/npmrc", "usr/etc/npmrc")
 
 
-def apt_proxy_conf(proxy_url: str) -> str:
-    return f'Acquire::http::Proxy "{proxy_url}";\nAcquire::https::Proxy "{proxy_url}";\n'
+def apt_proxy_conf(http_proxy_url: str, https_proxy_url: str) -> str:
+    """Plain-http repositories through the package cache, https ones through the egress
+    proxy (a CONNECT tunnel: nothing between can cache them)."""
+    return f'Acquire::http::Proxy "{http_proxy_url}";\nAcquire::https::Proxy "{https_proxy_url}";\n'
 
 
-def npmrc(proxy_url: str) -> str:
-    # npm trusts only its built-in CAs unless told: point it at the system bundle,
-    # which holds the host's extra CAs when there are any.
-    return (f"proxy={proxy_url}\nhttps-proxy={proxy_url}\n"
-            f"cafile=/{IMAGE_CA_BUNDLE}\n")
+def npmrc(registry_url: str) -> str:
+    # The package cache is the registry (package_cache.py); npm trusts only its built-in
+    # CAs unless told: point it at the system bundle, which holds the host's extra CAs.
+    return f"registry={registry_url}\ncafile=/{IMAGE_CA_BUNDLE}\n"
 
 
 def pem_blocks(text: str) -> list[str]:
@@ -121,8 +122,8 @@ def recipe() -> dict:
         "apt_sources": host_apt_source_files(),
         "cloud_cfg": CLOUD_CFG,
         "fstab_unit": FSTAB_UNIT,
-        "apt_proxy": apt_proxy_conf(config.PROXY_URL),
-        "npmrc": npmrc(config.PROXY_URL),
+        "apt_proxy": apt_proxy_conf(package_cache.APT_PROXY_URL, config.PROXY_URL),
+        "npmrc": npmrc(package_cache.NPM_REGISTRY_URL),
         "host_cas": hashlib.sha256(host_ca_texts().encode()).hexdigest(),
         "local_service_cas": local_service_cas(),
     }

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from . import acme, config, droplet, network, proxy, shell, spaces, state, volume
+from . import acme, config, droplet, network, package_cache, proxy, shell, spaces, state, volume
 
 
 def our_cgroup_droplets() -> list[str]:
@@ -63,7 +63,7 @@ def teardown(keep_volumes: bool = False) -> None:
             shell.run(umount_command(point), check=False)
         for loop in volume.our_loops():
             shell.run(volume.losetup_detach_command(loop), check=False)
-        for service in (proxy, acme, spaces):
+        for service in (proxy, acme, spaces, package_cache):
             service.stop()
         # Deleting the switch namespace also removes the host's lc-host link (its peer).
         for ns in network.list_netns():
@@ -82,7 +82,7 @@ def leftovers() -> dict[str, list[str]]:
     procs = []
     for name in our_cgroup_droplets():
         procs += [str(p) for p in droplet.cgroup_pids(name)]
-    services = (proxy.DAEMON, *acme.DAEMONS.values(), spaces.DAEMON)
+    services = (proxy.DAEMON, *acme.DAEMONS.values(), spaces.DAEMON, *package_cache.DAEMONS)
     procs += [str(pid) for d in services for pid in sorted({d.running_pid(), *d.strays()} - {None})]
     return {
         "netns": [n for n in network.list_netns() if n.startswith(config.PREFIX)],

@@ -41,7 +41,7 @@ if [ -f .ci/npm-packages.txt ]; then
     npm_missing=()
     while read -r pkg; do
         case "$pkg" in ''|'#'*) continue ;; esac
-        npm ls -g --depth=0 "${pkg%@*}" >/dev/null 2>&1 || npm_missing+=("$pkg")
+        npm ls -g --depth=0 "$pkg" >/dev/null 2>&1 || npm_missing+=("$pkg")
     done < .ci/npm-packages.txt
     [ "${#npm_missing[@]}" -eq 0 ] || npm install -g --no-fund --no-audit "${npm_missing[@]}"
 fi

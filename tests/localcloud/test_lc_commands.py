@@ -1,9 +1,10 @@
 """Command builders: the exact argument lists the local cloud runs."""
 
+import json
 import subprocess
 from pathlib import Path
 
-from localcloud import config, droplet, image, network, volume
+from localcloud import config, droplet, image, network, package_cache, volume
 
 
 def test_droplet_net_addresses_and_ports():
@@ -85,9 +86,27 @@ def test_debootstrap_command_uses_given_mirror_and_includes():
 def test_image_settings_text():
     assert "datasource_list: [NoCloud, None]" in image.CLOUD_CFG
     assert "network: {config: disabled}" in image.CLOUD_CFG
-    assert image.apt_proxy_conf("http://p:1") == (
-        'Acquire::http::Proxy "http://p:1";\nAcquire::https::Proxy "http://p:1";\n')
-    assert "https-proxy=http://p:1" in image.npmrc("http://p:1")
+    # Plain http through the package cache; https tunnels through the egress proxy.
+    assert image.apt_proxy_conf("http://cache:1", "http://p:2") == (
+        'Acquire::http::Proxy "http://cache:1";\nAcquire::https::Proxy "http://p:2";\n')
+    # npm asks the registry cache, directly: no proxy would let it through.
+    assert image.npmrc("http://cache:2/").splitlines() == [
+        "registry=http://cache:2/", "cafile=/etc/ssl/certs/ca-certificates.crt"]
+
+
+def test_the_apt_cache_serves_only_the_hosts_http_repositories():
+    conf = package_cache.apt_cacher_conf(["http://mirror.test/debian", "http://mirror.test/debian-security"])
+    assert "ForceManaged: 1" in conf.splitlines()
+    assert [l for l in conf.splitlines() if l.startswith("Remap-")] == [
+        "Remap-source0: http://mirror.test/debian ; http://mirror.test/debian",
+        "Remap-source1: http://mirror.test/debian-security ; http://mirror.test/debian-security"]
+
+
+def test_the_npm_cache_has_one_uplink_the_hosts_registry():
+    conf = json.loads(package_cache.verdaccio_config("https://registry.test/"))
+    assert conf["uplinks"] == {"registry": {"url": "https://registry.test/", "maxage": "1d", "cache": True,
+                                            "timeout": "60s"}}
+    assert {p["proxy"] for p in conf["packages"].values()} == {"registry"}
 
 
 CERT = "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----"

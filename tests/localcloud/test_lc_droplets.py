@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from localcloud import cloud, config, droplet, firewall, network, sources, state, teardown, volume
+from localcloud import cloud, config, droplet, firewall, network, package_cache, sources, state, teardown, volume
 
 pytestmark = pytest.mark.localcloud
 
@@ -112,15 +112,29 @@ def test_proxy_refuses_hosts_not_in_the_hosts_sources(pair):
     assert "DENY not-a-source.invalid:443" in config.PROXY_LOG.read_text()
 
 
-def test_npm_registry_is_reachable_over_tls_with_the_images_cas(pair):
-    registry = sources.npm_registry()
-    if not registry:
+def test_npm_installs_through_the_registry_cache_and_keeps_what_it_fetched(pair):
+    if not sources.npm_registry():
         pytest.skip("the host has no npm registry configured")
-    # https through a CONNECT tunnel, verified with the droplet's own CA bundle
-    out = droplet.exec("lc-test-a", ["python3", "-c", PROXY_GET, registry, config.PROXY_URL]).stdout
-    assert out.strip() == "200"
     npmrc = droplet.exec("lc-test-a", ["cat", "/etc/npmrc"]).stdout
-    assert f"https-proxy={config.PROXY_URL}" in npmrc
+    assert f"registry={package_cache.NPM_REGISTRY_URL}" in npmrc.splitlines()
+    # A real install by the droplet's npm: the package lands in the cache's storage.
+    droplet.exec("lc-test-a", ["npm", "install", "--prefix", "/tmp/t", "--no-fund", "--no-audit", "ms@2.1.3"])
+    assert (package_cache.NPM_DIR / "storage" / "ms" / "ms-2.1.3.tgz").is_file()
+
+
+def test_apt_fetches_through_the_package_cache_only_from_the_hosts_repositories(pair):
+    conf = droplet.exec("lc-test-a", ["cat", "/etc/apt/apt.conf.d/90localcloud-proxy"]).stdout
+    assert f'Acquire::http::Proxy "{package_cache.APT_PROXY_URL}";' in conf
+    repository = package_cache.http_apt_sources()[0]
+    release = f"{repository}/dists/{config.DEBIAN_SUITE}/Release"
+    assert droplet.exec("lc-test-a", ["python3", "-c", PROXY_GET, release, package_cache.APT_PROXY_URL]
+                        ).stdout.strip() == "200"
+    cached = [p for p in (package_cache.APT_DIR / "cache").rglob("Release") if config.DEBIAN_SUITE in p.parts]
+    assert cached, "the Release file is not in the cache"
+    # A repository the host does not use is refused (ForceManaged), as the egress proxy refuses it.
+    refused = droplet.exec("lc-test-a", ["python3", "-c", PROXY_GET, "http://not-a-source.invalid/debian/dists/x/Release",
+                                         package_cache.APT_PROXY_URL]).stdout.strip()
+    assert refused == "403", refused
 
 
 def test_firewall_allows_port_80_only_from_the_tag(pair):
