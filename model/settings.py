@@ -16,8 +16,9 @@ from typing import Any, Callable, Collection
 
 from . import conventions, prices
 from .parsers import (
-    Invalid, boolean, cidr_list, domain_name, email, email_list, engine_set, https_url, one_of,
-    optional_domain_name, optional_https_url, ssh_public_keys, stack_name, vpc_range, whole_number,
+    ENV_VALUE_MAX_BYTES, NAME_AT_FAULT, Invalid, InvalidEntries, boolean, cidr_list, domain_name, email, email_list,
+    engine_set, env_map, https_url, one_of, optional_domain_name, optional_https_url, ssh_public_keys, stack_name,
+    vpc_range, whole_number,
 )
 
 REQUIRED = object()
@@ -127,6 +128,16 @@ SETTINGS = (
             "A Slack/Mattermost-compatible incoming webhook for every droplet's backup alerts; "
             "empty means they are only logged. Set it with `pulumi config set --secret`.",
             secret=True),
+    Setting("appEnv", {}, env_map,
+            "The apps' own environment variables (name: value), added to their `.env` on every app server; a "
+            "change reloads the apps gracefully. Names are A-Z, 0-9 and _, none the platform sets (NODE_ENV, "
+            "PORT, the engines' POSTGRESQL_HOST ..., PLATFORM_*, PM2_*); values are single lines of at most "
+            f"{ENV_VALUE_MAX_BYTES // 1024} KiB. Set one with `pulumi config set --path 'appEnv.LOG_LEVEL' info`."),
+    Setting("appSecrets", {}, env_map,
+            "Like appEnv, for values no one may read: API keys, tokens. Each is set with `pulumi config set "
+            "--secret --path 'appSecrets.STRIPE_KEY' ...`; never shown, in the stack's state only encrypted, on "
+            "the app servers only in `.env` (readable by the app user). A name is in appEnv or here, not both.",
+            secret=True),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -165,6 +176,8 @@ class Settings:
     protect_data: bool
     alert_emails: tuple[str, ...]
     alert_webhook_url: Secret | None
+    app_env: dict[str, str]
+    app_secrets: dict[str, Secret]
 
     @classmethod
     def from_config(cls, stack: str, raw: dict[str, Any], secret_keys: Collection[str] = ()) -> "Settings":
@@ -190,16 +203,21 @@ class Settings:
             shown = _hidden(value) if setting.secret else _shown(value)
             try:
                 parsed = setting.parse(value)
+            except InvalidEntries as bad:
+                problems += [_entry_problem(setting, *entry) for entry in bad.entries]
+                continue
             except Invalid as allowed:
                 problems.append(f"{setting.key}: {shown} is not allowed: {allowed}")
                 continue
             if setting.secret:
                 if parsed and setting.key not in secret_keys:
+                    # A map is secret as a whole once any of its entries is (`--secret --path`).
+                    how = f"--secret --path '{setting.key}.NAME'" if isinstance(parsed, dict) else f"--secret {setting.key}"
                     problems.append(
                         f"{setting.key}: {shown} is not allowed in plain text (Pulumi.{stack}.yaml would "
-                        f"show it): set it with `pulumi config set --secret {setting.key} ...`"
+                        f"show it): set it with `pulumi config set {how} ...`"
                     )
-                parsed = Secret(parsed) if parsed else None
+                parsed = _secret(parsed)
             values[_snake(setting.key)] = parsed
         problems += _cross_checks(values)
         if problems:
@@ -211,9 +229,27 @@ class Settings:
         return cls(stack=stack, **values)
 
 
+def _secret(parsed: Any) -> Any:
+    """A secret setting's value: each value of a map hidden (its names are not secret)."""
+    if isinstance(parsed, dict):
+        return {name: Secret(value) for name, value in parsed.items()}
+    return Secret(parsed) if parsed else None
+
+
+def _entry_problem(setting: Setting, name: str, value: Any, allowed: str) -> str:
+    """One entry of a map setting, named as `pulumi config set --path` names it."""
+    if value is NAME_AT_FAULT:
+        return f"{setting.key}: the name {_shown(name)} is not allowed: {allowed}"
+    shown = "(the value hidden: a secret)" if setting.secret else _shown(value)
+    return f"{setting.key}.{name}: {shown} is not allowed: {allowed}"
+
+
 def _cross_checks(values: dict[str, Any]) -> list[str]:
     """Checks between settings; each runs only when the settings it compares are valid."""
     problems = []
+    for name in sorted(set(values.get("app_env") or ()) & set(values.get("app_secrets") or ())):
+        problems.append(f"appSecrets: the name {name!r} is not allowed: a name appEnv does not set too (each "
+                        f"variable is set once)")
     zone, domain = values.get("dns_zone"), values.get("domain")
     if zone and domain and not (domain == zone or domain.endswith("." + zone)):
         problems.append(f"dnsZone: {zone!r} is not allowed: a zone that contains domain {domain!r}")

@@ -42,6 +42,8 @@ ANOTHER_VALUE = {
     "protectData": True,
     "alertEmails": ["alerts@example.com"],
     "alertWebhookUrl": "https://hooks.example.com/platform",
+    "appEnv": {"LOG_LEVEL": "debug"},
+    "appSecrets": {"STRIPE_KEY": "sk_test_platform"},
 }
 
 
