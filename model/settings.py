@@ -180,8 +180,10 @@ class Settings:
     app_secrets: dict[str, Secret]
 
     @classmethod
-    def from_config(cls, stack: str, raw: dict[str, Any], secret_keys: Collection[str] = ()) -> "Settings":
-        """`secret_keys`: the keys of `raw` that the config holds encrypted (`--secret`)."""
+    def from_config(cls, stack: str, raw: dict[str, Any], secret_keys: Collection[str] = (),
+                    plain_entries: Collection[str] = ()) -> "Settings":
+        """`secret_keys`: the keys of `raw` that the config holds encrypted (`--secret`);
+        `plain_entries`: the entries of secret maps it holds in plain text (see `plain_entries`)."""
         problems: list[str] = []
         try:
             stack_name(stack)  # first: every name DigitalOcean sees is made from it
@@ -217,6 +219,13 @@ class Settings:
                         f"{setting.key}: {shown} is not allowed in plain text (Pulumi.{stack}.yaml would "
                         f"show it): set it with `pulumi config set {how} ...`"
                     )
+                for name in parsed if isinstance(parsed, dict) else ():
+                    if f"{setting.key}.{name}" in plain_entries:
+                        problems.append(
+                            f"{setting.key}.{name}: (the value hidden: a secret) is not allowed in plain text "
+                            f"(Pulumi.{stack}.yaml shows it): set it with `pulumi config set --secret --path "
+                            f"'{setting.key}.{name}' ...`"
+                        )
                 parsed = _secret(parsed)
             values[_snake(setting.key)] = parsed
         problems += _cross_checks(values)
@@ -287,6 +296,19 @@ def _hidden(value: Any) -> str:
     if not shown:
         return "(a value hidden: a secret)"
     return repr(f"{shown.group(1)}{shown.group(2)}/...") + " (the rest hidden: a secret)"
+
+
+def plain_entries(stack_file_config: dict[str, Any]) -> set[str]:
+    """`KEY.NAME` of every entry of a secret map setting (appSecrets) that a stack file's
+    config (without the project prefix) holds in plain text, not as `{secure: ...}`. Pulumi
+    marks a whole map secret once one entry is, so only the file tells the others apart."""
+    found = set()
+    for setting in SETTINGS:
+        value = stack_file_config.get(setting.key)
+        if setting.secret and isinstance(value, dict):
+            found |= {f"{setting.key}.{name}" for name, item in value.items()
+                      if not (isinstance(item, dict) and set(item) == {"secure"})}
+    return found
 
 
 def stack_config(project: str, config: dict[str, Any]) -> dict[str, Any]:

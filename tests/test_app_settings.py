@@ -172,6 +172,7 @@ def test_app_secrets_set_in_plain_text_are_refused_and_never_shown():
 # --- The .env, read back by the app's loader --------------------------------------------
 
 
+@pytest.mark.sandbox  # runs node
 def test_the_apps_loader_reads_every_value_back_exactly(tmp_path):
     settings = mockcloud.stack_settings("staging", appEnv=AWKWARD, appSecrets={"STRIPE_KEY": SECRET})
     text = app_server.app_env("10.0.0.9", dict.fromkeys(settings.engines, "pw"), settings, {"STRIPE_KEY": SECRET})
@@ -179,6 +180,7 @@ def test_the_apps_loader_reads_every_value_back_exactly(tmp_path):
     assert loaded(text, tmp_path, expected) == expected
 
 
+@pytest.mark.sandbox  # runs node
 def test_the_refused_characters_are_those_the_loader_cannot_read_back(tmp_path):
     """Why a value is one line without \\r, U+2028, U+2029: the loader loses or cuts it."""
     for char in ("\n", "\r", "\u2028", "\u2029"):
@@ -262,3 +264,29 @@ def test_a_change_to_either_runs_only_the_env_pushes_again(with_app_settings):
     then = json.loads(cloudinit.push_table(conventions.APP_SERVER, settings))["env"]["then"]
     assert then == [["sh", "-c", f"! systemctl is-active --quiet {conventions.APPS_UNIT} || "
                                  f"systemctl reload {conventions.APPS_UNIT}"]]
+
+
+# --- An entry of appSecrets set without --secret -----------------------------------------
+
+
+def test_the_program_refuses_an_entry_the_stack_file_holds_in_plain_text(monkeypatch, tmp_path):
+    """Pulumi hands the program the whole map as secret once one entry is; the stack file
+    tells which entries were set without --secret."""
+    import yaml
+    from test_settings import STACK_FILE, run_main
+
+    entries = {"STRIPE_KEY": {"secure": "v1:AAAA"}, "SET_PLAIN": "XXXXSECRETplain"}
+    stack_file = tmp_path / "Pulumi.staging.yaml"
+    stack_file.write_text(yaml.safe_dump({"config": {f"{conventions.PROJECT}:appSecrets": entries}}))
+    monkeypatch.chdir(tmp_path)  # Pulumi runs the program beside its stack files
+    config = {**STACK_FILE["staging"], "appSecrets": {"STRIPE_KEY": SECRET, "SET_PLAIN": "XXXXSECRETplain"}}
+    resources, stop = run_main(monkeypatch, config, secret=("appSecrets",))
+    assert stop is not None and resources == []
+    assert str(stop.code).endswith(
+        "  - appSecrets.SET_PLAIN: (the value hidden: a secret) is not allowed in plain text (Pulumi.staging.yaml "
+        "shows it): set it with `pulumi config set --secret --path 'appSecrets.SET_PLAIN' ...`")
+    assert "STRIPE_KEY" not in str(stop.code) and "XXXXSECRET" not in str(stop.code)
+    entries["SET_PLAIN"] = {"secure": "v1:BBBB"}
+    stack_file.write_text(yaml.safe_dump({"config": {f"{conventions.PROJECT}:appSecrets": entries}}))
+    resources, stop = run_main(monkeypatch, config, secret=("appSecrets",))
+    assert stop is None and resources
