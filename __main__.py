@@ -42,11 +42,12 @@ def build(settings: Settings) -> dict[str, object]:
     if settings.backups:
         lb.back_up_to(datastore.backup_bucket)
         pool.back_up_to(datastore.backup_bucket)
+    url = f"https://{settings.domain}"
     if settings.alert_emails:
-        Alerts("alerts", settings=settings, network=base.network)
+        Alerts("alerts", settings=settings, network=base.network, url=url)
 
     outputs = {
-        "url": f"https://{settings.domain}",
+        "url": url,
         "public_ip": lb.public_ip,
         "ssh": ssh_commands(lb.public_ip, pool.private_ips, datastore.private_ip),
         "private_ips": {

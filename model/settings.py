@@ -123,7 +123,11 @@ SETTINGS = (
             "When false, `pulumi destroy` also empties and deletes the backup bucket: the stack goes in one "
             "command."),
     Setting("alertEmails", [], email_list,
-            "Who gets DigitalOcean Monitoring's alerts (disk, memory, CPU, load); none when empty."),
+            "Who gets DigitalOcean Monitoring's alerts (disk, memory, CPU, load) and the uptime check's (the "
+            "site down, slow, its certificate near expiry); none, and no uptime check, when empty."),
+    Setting("alertLatencyMs", 2000, whole_number(100, 30000),
+            "The uptime check's slow-site alert: the site's `url` taking longer than this (milliseconds) to "
+            "answer, for 5 minutes; set it from what the app normally takes, seen from DigitalOcean's regions."),
     Setting("alertWebhookUrl", "", optional_https_url,
             "A Slack/Mattermost-compatible incoming webhook for every droplet's backup alerts; "
             "empty means they are only logged. Set it with `pulumi config set --secret`.",
@@ -175,6 +179,7 @@ class Settings:
     droplet_backups: bool
     protect_data: bool
     alert_emails: tuple[str, ...]
+    alert_latency_ms: int
     alert_webhook_url: Secret | None
     app_env: dict[str, str]
     app_secrets: dict[str, Secret]
