@@ -219,7 +219,9 @@ class Settings:
             if setting.secret:
                 if parsed and setting.key not in secret_keys:
                     # A map is secret as a whole once any of its entries is (`--secret --path`).
-                    how = f"--secret --path '{setting.key}.NAME'" if isinstance(parsed, dict) else f"--secret {setting.key}"
+                    how = f"--secret {setting.key}"
+                    if isinstance(parsed, dict):
+                        how = f"--secret --path '{setting.key}.NAME'"
                     problems.append(
                         f"{setting.key}: {shown} is not allowed in plain text (Pulumi.{stack}.yaml would "
                         f"show it): set it with `pulumi config set {how} ...`"
