@@ -8,6 +8,8 @@ Run with `pulumi up -s staging`; tests build the same graph with `build(settings
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pulumi
 
 from model import conventions, prices
@@ -20,7 +22,7 @@ from components.network import Network
 from components.pki import InternalCA
 from components.release_archive import release_archive
 from components.remote import AutomationKey
-from model.settings import Settings, SettingsError, stack_config
+from model.settings import Settings, SettingsError, plain_entries, stack_config
 
 
 def build(settings: Settings) -> dict[str, object]:
@@ -40,11 +42,12 @@ def build(settings: Settings) -> dict[str, object]:
     if settings.backups:
         lb.back_up_to(datastore.backup_bucket)
         pool.back_up_to(datastore.backup_bucket)
+    url = f"https://{settings.domain}"
     if settings.alert_emails:
-        Alerts("alerts", settings=settings, network=base.network)
+        Alerts("alerts", settings=settings, network=base.network, url=url)
 
     outputs = {
-        "url": f"https://{settings.domain}",
+        "url": url,
         "public_ip": lb.public_ip,
         "ssh": ssh_commands(lb.public_ip, pool.private_ips, datastore.private_ip),
         "private_ips": {
@@ -96,7 +99,19 @@ def load_settings() -> Settings:
     # The CLI names the keys it decrypted (`--secret`); the automation API marks them in CONFIG.
     encrypted = {k: None for k in config if is_config_secret(k) or k in get_config_secret_keys_env()}
     raw = stack_config(conventions.PROJECT, config)
-    return Settings.from_config(pulumi.get_stack(), raw, secret_keys=stack_config(conventions.PROJECT, encrypted))
+    stack = pulumi.get_stack()
+    return Settings.from_config(stack, raw, secret_keys=stack_config(conventions.PROJECT, encrypted),
+                                plain_entries=plain_entries(stack_file_config(stack)))
+
+
+def stack_file_config(stack: str) -> dict:
+    """The stack file's own config (Pulumi runs the program in the project's folder, beside
+    it), encrypted values as `{secure: ...}`; empty when there is none."""
+    import yaml
+
+    path = Path(f"Pulumi.{stack}.yaml")
+    document = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return stack_config(conventions.PROJECT, (document or {}).get("config") or {})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""DigitalOcean Monitoring alert policies on the stack's droplets, e-mailed to alertEmails.
+"""DigitalOcean Monitoring alert policies on the stack's droplets, and an uptime check of
+the site from outside, e-mailed to alertEmails.
 
 Policies select droplets by tag, so a new app server is watched the moment it exists
-(every droplet is created with `monitoring=True`, which installs the metrics agent).
+(every droplet is created with `monitoring=True`, which installs the metrics agent). The
+uptime check requests the stack's `url` from DigitalOcean's regions, as users do: through
+the LB, over https with its public certificate.
 
 E-mail only: the provider's Slack target needs a channel name and DigitalOcean's own
 Slack app authorised in the workspace, which a plain incoming webhook (alertWebhookUrl,
@@ -47,6 +50,35 @@ LOAD_METRIC = "v1/insights/droplet/load_5"
 LOAD_WINDOW = "10m"
 
 
+@dataclass(frozen=True)
+class UptimeAlert:
+    """One alert on the uptime check: DigitalOcean's type, its comparison and threshold
+    (None: the type has none), for how long."""
+
+    name: str
+    type: str
+    comparison: str | None
+    threshold: int | None
+    period: str  # 2m, 3m, 5m, 10m, 15m, 30m or 1h
+    description: str
+
+
+# Down from every region, not one: a single region's route to the site is the internet's
+# trouble, and would wake someone for nothing. certbot renews 30 days before expiry, twice a
+# day: below 21 days, nine days of renewals have failed.
+CERT_EXPIRY_DAYS = 21
+
+
+def uptime_alerts(settings: Settings) -> tuple[UptimeAlert, ...]:
+    return (
+        UptimeAlert("down", "down_global", None, None, "2m", "the site answers from no region for 2 minutes"),
+        UptimeAlert("slow", "latency", "greater_than", settings.alert_latency_ms, "5m",
+                    f"the site takes over {settings.alert_latency_ms} ms to answer for 5 minutes"),
+        UptimeAlert("certificate", "ssl_expiry", "less_than", CERT_EXPIRY_DAYS, "2m",
+                    f"the site's certificate expires in under {CERT_EXPIRY_DAYS} days (renewal is failing)"),
+    )
+
+
 def vcpus(size: str) -> int:
     """vCPUs of a droplet size slug: s-2vcpu-4gb, g-4vcpu-16gb, c-2."""
     found = re.match(r"^[a-z]+-(\d+)vcpu-", size) or re.match(r"^c-(\d+)$", size)
@@ -65,7 +97,7 @@ def role_sizes(settings: Settings) -> dict[str, str]:
 
 class Alerts(pulumi.ComponentResource):
     def __init__(
-        self, name: str, *, settings: Settings, network: Network, opts: pulumi.ResourceOptions | None = None
+        self, name: str, *, settings: Settings, network: Network, url: str, opts: pulumi.ResourceOptions | None = None
     ):
         super().__init__("node-platform:index:Alerts", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -88,4 +120,16 @@ class Alerts(pulumi.ComponentResource):
                 description=f"{settings.stack} {role}: 5-minute load over {limit} ({size})",
                 opts=child,
             ))
-        self.register_outputs({})
+        self.uptime_check = do.UptimeCheck(
+            f"{name}-uptime", name=f"{settings.stack}: {url}", target=url, type="https", enabled=True, opts=child,
+        )
+        notify = [do.UptimeAlertNotificationArgs(emails=list(settings.alert_emails))]
+        self.uptime_alerts = [
+            do.UptimeAlert(
+                f"{name}-uptime-{a.name}", check_id=self.uptime_check.id, name=f"{settings.stack}: {a.description}",
+                type=a.type, comparison=a.comparison, threshold=a.threshold, period=a.period,
+                notifications=notify, opts=child,
+            )
+            for a in uptime_alerts(settings)
+        ]
+        self.register_outputs({"uptime_check_id": self.uptime_check.id})

@@ -13,6 +13,13 @@ from model import conventions
 from .backups import Backups
 from .datastore import Datastore
 from .foundation import Foundation
+from model.settings import Settings
+
+
+def app_secret_values(settings: Settings) -> pulumi.Output[dict[str, str]]:
+    """appSecrets' values for the .env: a secret Output of their own, so the .env and the
+    push carrying it are secret whatever else they hold."""
+    return pulumi.Output.secret({name: s.value for name, s in settings.app_secrets.items()})
 
 
 class AppServerPool(pulumi.ComponentResource):
@@ -29,8 +36,8 @@ class AppServerPool(pulumi.ComponentResource):
     ):
         super().__init__("node-platform:index:AppServerPool", name, None, opts)
         settings, network, ca, key = base.settings, base.network, base.ca, base.key
-        app_env = pulumi.Output.all(datastore.private_ip, datastore.passwords).apply(
-            lambda args: app_files.app_env(args[0], args[1], settings)
+        app_env = pulumi.Output.all(datastore.private_ip, datastore.passwords, app_secret_values(settings)).apply(
+            lambda args: app_files.app_env(args[0], args[1], settings, args[2])
         )
         network.firewall(conventions.APP_SERVER, parent=self)
         # The same sources for every member: archived once, not once per server.

@@ -233,6 +233,11 @@ APP_ROOT = "/srv/app"
 RELEASES_DIR = f"{APP_ROOT}/releases"
 CURRENT_RELEASE_LINK = f"{APP_ROOT}/current"
 APP_ENV_FILE = f"{APP_ROOT}/shared/.env"
+# The apps' environment as the platform sets it (app_server/app.env, the ecosystem file,
+# the apps' unit): appEnv and appSecrets may not name these, nor start with one of the
+# prefixes. Every engine's names, enabled or not: enabling one later must not clash.
+ENGINE_ENV_SUFFIXES = ("HOST", "PORT", "USER", "PASSWORD", "DATABASE")
+PLATFORM_ENV_PREFIXES = ("PLATFORM_", "PM2_")
 
 # The datastore's block volume, by its stable id, and where it is mounted.
 VOLUME_DEVICE_PREFIX = "/dev/disk/by-id/scsi-0DO_Volume_"
@@ -266,6 +271,12 @@ CERTIFICATE_DEPLOY_HOOK = "/usr/local/sbin/platform-certificate-deployed"
 # Written by older bundles for OCSP stapling, which is gone; provisioning removes it.
 LB_RESOLVER_FILE = "/etc/nginx/platform/resolver.conf"
 MAINTENANCE_ROOT = "/var/www/maintenance"
+
+
+def platform_app_env_names() -> tuple[str, ...]:
+    """The variables the platform sets for the apps; see ENGINE_ENV_SUFFIXES."""
+    engines = [f"{name.upper()}_{suffix}" for name in ENGINES for suffix in ENGINE_ENV_SUFFIXES]
+    return ("NODE_ENV", "PORT", *engines)
 
 
 def app_pool_tls_name(stack: str) -> str:

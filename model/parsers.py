@@ -173,3 +173,84 @@ def stack_name(raw: Any) -> str:
             f"droplets, volume, backup bucket and tags are made from it)"
         )
     return value
+
+
+# --- The apps' environment (appEnv, appSecrets) -------------------------------------------
+
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+# One line of the apps' .env each: example-app/lib/env.js reads a value to the end of its
+# line, and JavaScript's `.` stops at \r, U+2028 and U+2029 as at \n (the variable would be
+# lost); no C string holds a NUL.
+ENV_VALUE_BREAKS = {"\n": "a newline", "\r": "a carriage return", "\u2028": "U+2028", "\u2029": "U+2029",
+                    "\0": "a NUL"}
+# Per value: any token, URL or base64-encoded key fits; per map: the apps' whole
+# environment stays far inside what Linux lets a process pass to the programs it starts
+# (128 KiB per variable, about 2 MiB of arguments and environment in all).
+ENV_VALUE_MAX_BYTES = 32 * 1024
+ENV_MAP_MAX_BYTES = 256 * 1024
+NAME_AT_FAULT = object()
+
+
+class InvalidEntries(Invalid):
+    """Entries of a map setting that are not allowed: (name, value, what is allowed) each;
+    the value is NAME_AT_FAULT when the name itself is not allowed."""
+
+    def __init__(self, entries: list[tuple[str, Any, str]]):
+        self.entries = entries
+        super().__init__("; ".join(allowed for _, _, allowed in entries))
+
+
+def env_map(raw: Any) -> dict[str, str]:
+    """Names of the apps' environment variables to their values, as the apps' .env holds them."""
+    allowed = "a map of environment variable names to strings, such as {LOG_LEVEL: info} (may be empty)"
+    value = _decoded(raw)
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        raise Invalid(allowed)
+    entries, bad = {}, []
+    for name, item in value.items():
+        name = str(name)
+        problem = env_name_problem(name)
+        if problem:
+            bad.append((name, NAME_AT_FAULT, problem))
+            continue
+        text, problem = env_value(item)
+        if problem:
+            bad.append((name, item, problem))
+            continue
+        entries[name] = text
+    if bad:
+        raise InvalidEntries(bad)
+    if sum(len(v.encode()) for v in entries.values()) > ENV_MAP_MAX_BYTES:
+        raise Invalid(f"{allowed}, with at most {ENV_MAP_MAX_BYTES} bytes of values in all")
+    return dict(sorted(entries.items()))
+
+
+def env_name_problem(name: str) -> str | None:
+    if not ENV_NAME.match(name):
+        return "an environment variable name: capital letters A-Z, digits and _, not starting with a digit"
+    if name in conventions.platform_app_env_names() or name.startswith(conventions.PLATFORM_ENV_PREFIXES):
+        return (
+            "a name the platform does not set for the apps; it sets NODE_ENV, PORT, each engine's "
+            "<ENGINE>_" + ", _".join(conventions.ENGINE_ENV_SUFFIXES) + " (POSTGRESQL_HOST ...) and every name "
+            "starting with " + " or ".join(conventions.PLATFORM_ENV_PREFIXES)
+        )
+    return None
+
+
+def env_value(item: Any) -> tuple[str, str | None]:
+    """The value as the .env holds it, or what is wrong with it. A number or true/false set
+    with `pulumi config set --path` arrives typed: its text is meant."""
+    if isinstance(item, bool):
+        item = "true" if item else "false"
+    elif isinstance(item, int):
+        item = str(item)
+    if not isinstance(item, str):
+        return "", "a string (a decimal number, a list or a map is not: quote it)"
+    breaks = [what for char, what in ENV_VALUE_BREAKS.items() if char in item]
+    if breaks:
+        return "", f"a single line: no newline, carriage return, U+2028, U+2029 or NUL (it holds {breaks[0]})"
+    if len(item.encode()) > ENV_VALUE_MAX_BYTES:
+        return "", f"a string of at most {ENV_VALUE_MAX_BYTES} bytes (UTF-8)"
+    return item, None

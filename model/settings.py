@@ -16,8 +16,9 @@ from typing import Any, Callable, Collection
 
 from . import conventions, prices
 from .parsers import (
-    Invalid, boolean, cidr_list, domain_name, email, email_list, engine_set, https_url, one_of,
-    optional_domain_name, optional_https_url, ssh_public_keys, stack_name, vpc_range, whole_number,
+    ENV_VALUE_MAX_BYTES, NAME_AT_FAULT, Invalid, InvalidEntries, boolean, cidr_list, domain_name, email, email_list,
+    engine_set, env_map, https_url, one_of, optional_domain_name, optional_https_url, ssh_public_keys, stack_name,
+    vpc_range, whole_number,
 )
 
 REQUIRED = object()
@@ -122,10 +123,24 @@ SETTINGS = (
             "When false, `pulumi destroy` also empties and deletes the backup bucket: the stack goes in one "
             "command."),
     Setting("alertEmails", [], email_list,
-            "Who gets DigitalOcean Monitoring's alerts (disk, memory, CPU, load); none when empty."),
+            "Who gets DigitalOcean Monitoring's alerts (disk, memory, CPU, load) and the uptime check's (the "
+            "site down, slow, its certificate near expiry); none, and no uptime check, when empty."),
+    Setting("alertLatencyMs", 2000, whole_number(100, 30000),
+            "The uptime check's slow-site alert: the site's `url` taking longer than this (milliseconds) to "
+            "answer, for 5 minutes; set it from what the app normally takes, seen from DigitalOcean's regions."),
     Setting("alertWebhookUrl", "", optional_https_url,
             "A Slack/Mattermost-compatible incoming webhook for every droplet's backup alerts; "
             "empty means they are only logged. Set it with `pulumi config set --secret`.",
+            secret=True),
+    Setting("appEnv", {}, env_map,
+            "The apps' own environment variables (name: value), added to their `.env` on every app server; a "
+            "change reloads the apps gracefully. Names are A-Z, 0-9 and _, none the platform sets (NODE_ENV, "
+            "PORT, the engines' POSTGRESQL_HOST ..., PLATFORM_*, PM2_*); values are single lines of at most "
+            f"{ENV_VALUE_MAX_BYTES // 1024} KiB. Set one with `pulumi config set --path 'appEnv.LOG_LEVEL' info`."),
+    Setting("appSecrets", {}, env_map,
+            "Like appEnv, for values no one may read: API keys, tokens. Each is set with `pulumi config set "
+            "--secret --path 'appSecrets.STRIPE_KEY' ...`; never shown, in the stack's state only encrypted, on "
+            "the app servers only in `.env` (readable by the app user). A name is in appEnv or here, not both.",
             secret=True),
 )
 
@@ -164,11 +179,16 @@ class Settings:
     droplet_backups: bool
     protect_data: bool
     alert_emails: tuple[str, ...]
+    alert_latency_ms: int
     alert_webhook_url: Secret | None
+    app_env: dict[str, str]
+    app_secrets: dict[str, Secret]
 
     @classmethod
-    def from_config(cls, stack: str, raw: dict[str, Any], secret_keys: Collection[str] = ()) -> "Settings":
-        """`secret_keys`: the keys of `raw` that the config holds encrypted (`--secret`)."""
+    def from_config(cls, stack: str, raw: dict[str, Any], secret_keys: Collection[str] = (),
+                    plain_entries: Collection[str] = ()) -> "Settings":
+        """`secret_keys`: the keys of `raw` that the config holds encrypted (`--secret`);
+        `plain_entries`: the entries of secret maps it holds in plain text (see `plain_entries`)."""
         problems: list[str] = []
         try:
             stack_name(stack)  # first: every name DigitalOcean sees is made from it
@@ -190,16 +210,30 @@ class Settings:
             shown = _hidden(value) if setting.secret else _shown(value)
             try:
                 parsed = setting.parse(value)
+            except InvalidEntries as bad:
+                problems += [_entry_problem(setting, *entry) for entry in bad.entries]
+                continue
             except Invalid as allowed:
                 problems.append(f"{setting.key}: {shown} is not allowed: {allowed}")
                 continue
             if setting.secret:
                 if parsed and setting.key not in secret_keys:
+                    # A map is secret as a whole once any of its entries is (`--secret --path`).
+                    how = f"--secret {setting.key}"
+                    if isinstance(parsed, dict):
+                        how = f"--secret --path '{setting.key}.NAME'"
                     problems.append(
                         f"{setting.key}: {shown} is not allowed in plain text (Pulumi.{stack}.yaml would "
-                        f"show it): set it with `pulumi config set --secret {setting.key} ...`"
+                        f"show it): set it with `pulumi config set {how} ...`"
                     )
-                parsed = Secret(parsed) if parsed else None
+                for name in parsed if isinstance(parsed, dict) else ():
+                    if f"{setting.key}.{name}" in plain_entries:
+                        problems.append(
+                            f"{setting.key}.{name}: (the value hidden: a secret) is not allowed in plain text "
+                            f"(Pulumi.{stack}.yaml shows it): set it with `pulumi config set --secret --path "
+                            f"'{setting.key}.{name}' ...`"
+                        )
+                parsed = _secret(parsed)
             values[_snake(setting.key)] = parsed
         problems += _cross_checks(values)
         if problems:
@@ -211,9 +245,27 @@ class Settings:
         return cls(stack=stack, **values)
 
 
+def _secret(parsed: Any) -> Any:
+    """A secret setting's value: each value of a map hidden (its names are not secret)."""
+    if isinstance(parsed, dict):
+        return {name: Secret(value) for name, value in parsed.items()}
+    return Secret(parsed) if parsed else None
+
+
+def _entry_problem(setting: Setting, name: str, value: Any, allowed: str) -> str:
+    """One entry of a map setting, named as `pulumi config set --path` names it."""
+    if value is NAME_AT_FAULT:
+        return f"{setting.key}: the name {_shown(name)} is not allowed: {allowed}"
+    shown = "(the value hidden: a secret)" if setting.secret else _shown(value)
+    return f"{setting.key}.{name}: {shown} is not allowed: {allowed}"
+
+
 def _cross_checks(values: dict[str, Any]) -> list[str]:
     """Checks between settings; each runs only when the settings it compares are valid."""
     problems = []
+    for name in sorted(set(values.get("app_env") or ()) & set(values.get("app_secrets") or ())):
+        problems.append(f"appSecrets: the name {name!r} is not allowed: a name appEnv does not set too (each "
+                        f"variable is set once)")
     zone, domain = values.get("dns_zone"), values.get("domain")
     if zone and domain and not (domain == zone or domain.endswith("." + zone)):
         problems.append(f"dnsZone: {zone!r} is not allowed: a zone that contains domain {domain!r}")
@@ -251,6 +303,19 @@ def _hidden(value: Any) -> str:
     if not shown:
         return "(a value hidden: a secret)"
     return repr(f"{shown.group(1)}{shown.group(2)}/...") + " (the rest hidden: a secret)"
+
+
+def plain_entries(stack_file_config: dict[str, Any]) -> set[str]:
+    """`KEY.NAME` of every entry of a secret map setting (appSecrets) that a stack file's
+    config (without the project prefix) holds in plain text, not as `{secure: ...}`. Pulumi
+    marks a whole map secret once one entry is, so only the file tells the others apart."""
+    found = set()
+    for setting in SETTINGS:
+        value = stack_file_config.get(setting.key)
+        if setting.secret and isinstance(value, dict):
+            found |= {f"{setting.key}.{name}" for name, item in value.items()
+                      if not (isinstance(item, dict) and set(item) == {"secure"})}
+    return found
 
 
 def stack_config(project: str, config: dict[str, Any]) -> dict[str, Any]:

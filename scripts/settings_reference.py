@@ -30,6 +30,7 @@ TYPES = {
     "vpc_range": "IPv4 CIDR",
     "ssh_public_keys": "list of SSH public keys",
     "engine_set": "list of engines",
+    "env_map": "map of names to strings",
 }
 
 
@@ -54,7 +55,7 @@ def default_of(setting: Setting) -> str:
         return "**required**"
     if isinstance(setting.default, bool):
         return f"`{str(setting.default).lower()}`"
-    if setting.default == []:
+    if setting.default in ([], {}):
         return "(none)"
     if isinstance(setting.default, list):
         return "`[" + ", ".join(setting.default) + "]`"

@@ -41,7 +41,10 @@ ANOTHER_VALUE = {
     "dropletBackups": True,
     "protectData": True,
     "alertEmails": ["alerts@example.com"],
+    "alertLatencyMs": 3000,
     "alertWebhookUrl": "https://hooks.example.com/platform",
+    "appEnv": {"LOG_LEVEL": "debug"},
+    "appSecrets": {"STRIPE_KEY": "sk_test_platform"},
 }
 
 

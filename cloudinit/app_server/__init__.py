@@ -73,9 +73,14 @@ def after_backup_settings(settings: Settings) -> list[list[str]]:
     return []
 
 
-def app_env(datastore_address: str, credentials: dict[str, str], settings: Settings) -> str:
-    """The apps' environment: where each enabled engine is and how to log in to it."""
-    return render("app_server/app.env", datastore=datastore_address, credentials=credentials, settings=settings)
+def app_env(datastore_address: str, credentials: dict[str, str], settings: Settings,
+            app_secrets: dict[str, str] | None = None) -> str:
+    """The apps' environment: where each enabled engine is and how to log in to it, then
+    appEnv and `app_secrets` (appSecrets' values), by name. Each line NAME=value, the value
+    as is to the end of the line, as example-app/lib/env.js reads it."""
+    app = dict(sorted({**settings.app_env, **(app_secrets or {})}.items()))
+    return render("app_server/app.env", datastore=datastore_address, credentials=credentials, settings=settings,
+                  app=app)
 
 
 # What a password reads as in the app's environment kept with a release (the real
@@ -85,14 +90,15 @@ SECRET_PLACEHOLDER = "<secret: in the stack's state>"
 
 def run_configuration(datastore_address: str, settings: Settings) -> dict[str, str]:
     """The files that say how a release runs, as archived with it: pm2's ecosystem file as
-    provisioned, and the apps' environment with every password left out."""
+    provisioned, and the apps' environment with every password and appSecrets' value left out."""
     from .. import template_context
 
     return {
         "ecosystem.config.js": render("app_server/ecosystem.config.js",
                                       **template_context(conventions.APP_SERVER, settings)),
         "app.env.template": app_env(datastore_address,
-                                    {engine: SECRET_PLACEHOLDER for engine in settings.engines}, settings),
+                                    {engine: SECRET_PLACEHOLDER for engine in settings.engines}, settings,
+                                    dict.fromkeys(settings.app_secrets, SECRET_PLACEHOLDER)),
     }
 
 

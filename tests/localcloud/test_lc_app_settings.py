@@ -1,0 +1,75 @@
+"""The apps' own settings on the booted stack: one appEnv and one appSecrets value set as
+`pulumi config set` sets them, then `up` under a steady stream of requests through the LB.
+Only the app servers' `env` pushes run; every app server's .env carries both, read back
+exactly by the app's own loader; every pm2 worker is a new one (the graceful reload); no
+request failed; the secret is in no command's output. Unset again, both leave the .env.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from localcloud import stack
+from model import conventions
+from test_lc_upgrade import up_under_load
+
+GREETING = "hello 'world' \"twice\" $HOME #not-a-comment  "
+
+
+def workers(local_stack, app: str) -> set[str]:
+    """The PIDs of the apps' pm2 workers (node processes of the app user running from a
+    release; pm2's own daemon runs from the app root)."""
+    script = (f"for p in $(pgrep -u {conventions.APP_USER} -f 'node '); do "
+              f"case $(readlink /proc/$p/cwd) in {conventions.RELEASES_DIR}/*) echo $p;; esac; done")
+    return set(local_stack.run(app, ["bash", "-c", script], check=True).stdout.split())
+
+
+def as_the_app_reads_it(local_stack, app: str, names: list[str]) -> dict:
+    """The variables as the current release's loader (lib/env.js) reads them from the .env, as the app user."""
+    script = (f"const {{ loadEnvFile }} = require('{conventions.CURRENT_RELEASE_LINK}/lib/env.js');"
+              f"loadEnvFile('{conventions.APP_ENV_FILE}');"
+              f"console.log(JSON.stringify(Object.fromEntries({json.dumps(names)}.map(n => [n, process.env[n] ?? null]))));")
+    argv = ["runuser", "-u", conventions.APP_USER, "--", "env", "-i", "PATH=/usr/bin:/bin", "node", "-e", script]
+    return json.loads(local_stack.run(app, argv, check=True).stdout)
+
+
+@pytest.fixture(scope="module")
+def back_to_committed(local_stack):
+    """After the module, the stack as committed (no app settings), also when a check failed."""
+    yield
+    local_stack.up(stack.plan(local_stack.plan.stack))
+
+
+def test_app_env_and_a_secret_reach_every_env_and_reload_the_apps_under_load(local_stack, back_to_committed):
+    name = local_stack.plan.stack
+    secret = f"tok-{uuid.uuid4()}"
+    apps = local_stack.app_servers()
+    app_keys = {d.key for d in local_stack.plan.with_tag(conventions.APP_SERVER)}
+    before = {app: workers(local_stack, app) for app in apps}
+    assert all(before.values()), before
+
+    p = stack.plan(name, {"appEnv": {"GREETING": GREETING}, "appSecrets": {"API_TOKEN": secret}})
+    result, load = up_under_load(local_stack, p)
+    print(f"\n[figures] app settings pushed under 20 req/s: {load}; up took {result.seconds:.0f}s")
+    assert stack.healthy(result)
+    local_stack.plan, local_stack.result = p, result
+    assert {r.name for r in result.commands if r.status == "ok"} == {f"{key}-env-push" for key in app_keys}
+    assert not any(secret in r.output or secret in r.stdout for r in result.commands)
+    for app in apps:
+        env = local_stack.run(app, ["cat", conventions.APP_ENV_FILE], check=True).stdout
+        assert f"\nGREETING={GREETING}\n" in env and f"\nAPI_TOKEN={secret}\n" in env, app
+        assert as_the_app_reads_it(local_stack, app, ["GREETING", "API_TOKEN"]) == {
+            "GREETING": GREETING, "API_TOKEN": secret}, app
+        mode = local_stack.run(app, ["stat", "-c", "%a %U:%G", conventions.APP_ENV_FILE], check=True).stdout.split()
+        assert mode == ["640", f"root:{conventions.APP_USER}"], app
+        after = workers(local_stack, app)
+        assert after and not after & before[app], f"{app}: workers before {before[app]}, after {after}"
+    assert load["requests"] > 0 and load["failed"] == 0, load
+
+    local_stack.up(stack.plan(name))
+    for app in apps:
+        env = local_stack.run(app, ["cat", conventions.APP_ENV_FILE], check=True).stdout
+        assert "GREETING=" not in env and "API_TOKEN=" not in env, app
