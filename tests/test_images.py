@@ -52,10 +52,26 @@ def test_both_images_boot_the_same_first_boot_data(staging_deployment):
         assert d.state["userData"] == before[d.name]["userData"], d.name
 
 
-def test_security_updates_come_from_each_images_own_security_archive():
+# The vendors' repositories as their Release files name them (sources in the template).
+VENDOR_ORIGINS = {
+    "NODESOURCE_URL": "origin=. nodistro,label=. nodistro,codename=nodistro,site={host}",
+    "MONGODB_REPOSITORY": "origin=mongodb,label=mongodb,codename=${{distro_codename}}/mongodb-org,site={host}",
+}
+
+
+def test_security_updates_come_from_each_images_own_security_archive_and_the_vendors_repositories():
     text = rendered(conventions.LOAD_BALANCER, "Unattended-Upgrade::Origins-Pattern {")
-    patterns = re.search(r"Unattended-Upgrade::Origins-Pattern \{\n(.*?)\};", text, re.S).group(1)
-    assert patterns == "".join(f'    // {i.name}\n    "{i.security_origin}";\n' for i in IMAGES)
+    block = re.search(r"Unattended-Upgrade::Origins-Pattern \{\n(.*?)\};", text, re.S).group(1)
+    patterns = re.findall(r'^    "(.*)";$', block, re.M)
+    assert patterns[:len(IMAGES)] == [i.security_origin for i in IMAGES]
+    assert "".join(f'    // {i.name}\n    "{i.security_origin}";\n' for i in IMAGES) in block
+    # Each at the host provisioning adds the repository from: the same for every role.
+    scripts = rendered(conventions.APP_SERVER, "NODESOURCE_URL=") + rendered(conventions.DATASTORE, "MONGODB_REPOSITORY=")
+    vendors = [pattern.format(host=re.search(rf"^{variable}=https://([^/\s]+)$", scripts, re.M).group(1))
+               for variable, pattern in VENDOR_ORIGINS.items()]
+    assert patterns[len(IMAGES):] == vendors
+    for role in (conventions.APP_SERVER, conventions.DATASTORE):
+        assert rendered(role, "Unattended-Upgrade::Origins-Pattern {") == text
 
 
 @pytest.mark.parametrize("image", IMAGES, ids=lambda i: i.slug)

@@ -292,7 +292,7 @@ ensure_firewall() {
 
 common_steps() {
     step "packages"
-    ensure_packages ufw fail2ban python3-systemd unattended-upgrades logrotate \
+    ensure_packages ufw fail2ban python3-systemd unattended-upgrades needrestart logrotate \
         systemd-timesyncd ca-certificates openssl
 
     step "users and groups"
@@ -309,8 +309,12 @@ common_steps() {
     ensure_symlink {{ c.CA_CERT_PATH }} {{ c.CA_TRUST_LINK }}
 
     step "config files"
-    local entry path mode owner group
+    local entry path mode owner group conf
     local -a common_files
+    # needrestart evaluates its conf.d files as Perl: one that does not compile stops it.
+    for conf in "${STAGED_FILES}"/etc/needrestart/conf.d/*.conf; do
+        perl -c "$conf" 2>/dev/null || { log "$conf is not valid Perl"; return 1; }
+    done
     read -ra common_files <<<"$COMMON_CONFIG_FILES"
     for entry in $CONFIG_FILES; do
         IFS=: read -r path mode owner group <<<"$entry"
