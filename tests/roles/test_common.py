@@ -217,7 +217,8 @@ def shellcheck(root: Path) -> subprocess.CompletedProcess:
     scripts = [f"sbin/{Path(conventions.PROVISION_COMMAND).name}", f"lib/platform/{Path(common.LIBRARY).name}",
                f"lib/platform/{Path(common.ROLE_STEPS).name}"]
     others = [p for p in root.rglob("*") if p.is_file() and p.read_text(errors="replace").startswith("#!/bin/")]
-    others = [str(p) for p in others if str(p.relative_to(local)) not in scripts] if others else []
+    # Scripts outside /usr/local too (needrestart's restart.d, under /etc).
+    others = [str(p) for p in others if not (p.is_relative_to(local) and str(p.relative_to(local)) in scripts)]
     return subprocess.run(["shellcheck", "-x", "-P", "lib/platform", *scripts, *others],
                           cwd=local, capture_output=True, text=True)
 
