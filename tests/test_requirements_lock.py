@@ -115,6 +115,10 @@ def install_commands(text: str) -> list[str]:
 
 def test_the_workflow_and_the_install_script_install_the_lock_by_hash():
     jobs = yaml.safe_load(PREVIEW.read_text())["jobs"]
+    # Resolved for the Python the workflow sets up (dependencies differ between versions).
+    pythons = {str(s["with"]["python-version"]) for job in jobs.values() for s in job.get("steps", [])
+               if "setup-python" in s.get("uses", "")}
+    assert [f"CPython {p} (the workflow's)" in LOCK.read_text() for p in pythons] == [True], pythons
     runs = [step["run"] for job in jobs.values() for step in job.get("steps", []) if "run" in step]
     commands = [c for run in runs for c in install_commands(run)]
     assert len(commands) == 2, commands  # the test job and the preview job
