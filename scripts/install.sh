@@ -32,7 +32,9 @@ fi
 
 step "Python environment (venv/)"
 [ -x venv/bin/python ] || python3 -m venv venv
-venv/bin/pip install -q -r requirements.txt
+# The workflow's versions and files (requirements.lock: requirements.txt resolved, by hash),
+# so the tests here run on what CI and `pulumi preview` run on.
+venv/bin/pip install -q --require-hashes -r requirements.lock
 
 step "Node.js tools"
 # The workflow linter the tests run, pinned in tests/tools/package.json.

@@ -52,26 +52,49 @@ def test_both_images_boot_the_same_first_boot_data(staging_deployment):
         assert d.state["userData"] == before[d.name]["userData"], d.name
 
 
-def test_security_updates_come_from_each_images_own_security_archive():
+# The vendors' repositories as their Release files name them (sources in the template).
+VENDOR_ORIGINS = {
+    "NODESOURCE_URL": "origin=. nodistro,label=. nodistro,codename=nodistro,site={host}",
+    "MONGODB_REPOSITORY": "origin=mongodb,label=mongodb,codename=${{distro_codename}}/mongodb-org,site={host}",
+}
+
+
+def test_security_updates_come_from_each_images_own_security_archive_and_the_vendors_repositories():
     text = rendered(conventions.LOAD_BALANCER, "Unattended-Upgrade::Origins-Pattern {")
-    patterns = re.search(r"Unattended-Upgrade::Origins-Pattern \{\n(.*?)\};", text, re.S).group(1)
-    assert patterns == "".join(f'    // {i.name}\n    "{i.security_origin}";\n' for i in IMAGES)
+    block = re.search(r"Unattended-Upgrade::Origins-Pattern \{\n(.*?)\};", text, re.S).group(1)
+    patterns = re.findall(r'^    "(.*)";$', block, re.M)
+    assert patterns[:len(IMAGES)] == [i.security_origin for i in IMAGES]
+    assert "".join(f'    // {i.name}\n    "{i.security_origin}";\n' for i in IMAGES) in block
+    # Each at the host provisioning adds the repository from: the same for every role.
+    scripts = rendered(conventions.APP_SERVER, "NODESOURCE_URL=") + rendered(conventions.DATASTORE, "MONGODB_REPOSITORY=")
+    vendors = [pattern.format(host=re.search(rf"^{variable}=https://([^/\s]+)$", scripts, re.M).group(1))
+               for variable, pattern in VENDOR_ORIGINS.items()]
+    assert patterns[len(IMAGES):] == vendors
+    for role in (conventions.APP_SERVER, conventions.DATASTORE):
+        assert rendered(role, "Unattended-Upgrade::Origins-Pattern {") == text
 
 
 @pytest.mark.parametrize("image", IMAGES, ids=lambda i: i.slug)
 def test_mongodb_comes_from_its_repository_for_the_images_release(image, tmp_path):
     script = rendered(conventions.DATASTORE, "ensure_mongodb_repository() {")
-    variables = re.search(r"^MONGODB_SERIES=.*?^MONGODB_KEY_URL=.*?$", script, re.M | re.S).group(0)
+    variables = re.search(r"^MONGODB_SERIES=.*?^MONGODB_PIN=.*?$", script, re.M | re.S).group(0)
     function = re.search(r"^ensure_mongodb_repository\(\) \{.*?^\}$", script, re.M | re.S).group(0)
     os_release = tmp_path / "os-release"
     os_release.write_text(f'PRETTY_NAME="{image.name}"\nID={image.os_id}\nVERSION_CODENAME={image.codename}\n')
-    sources = bash("ensure_apt_repository() { printf '%s\\n' \"$4\"; }\n" + variables + "\n"
-                   + function.replace("/etc/os-release", str(os_release)) + "\nensure_mongodb_repository\n")
+    stubs = ("ensure_apt_repository() { echo \"key $2 $3\"; printf '%s\\n' \"$4\"; }\n"
+             "write_file() { echo \"$1 $2 $3\"; cat; }\n")
+    sources = bash(stubs + variables + "\n" + function.replace("/etc/os-release", str(os_release))
+                   + "\nensure_mongodb_repository\n")
+    # Its key by fingerprint (MongoDB's 8.0 signing key), and its series pinned.
     assert sources.splitlines() == [
+        "key https://pgp.mongodb.com/server-8.0.asc 4B0752C1BCA238C0B4EE14DC41DE058A4E7DCA05",
         "Types: deb",
         f"URIs: https://repo.mongodb.org/apt/{image.os_id}",
         f"Suites: {image.codename}/mongodb-org/8.0",
         f"Components: {image.mongodb_component}",
+        "/etc/apt/preferences.d/mongodb-org 0644 root:root",
+        "Package: mongodb-org*", "Pin: version 8.0.*", "Pin-Priority: 500", "",
+        "Package: mongodb-org*", "Pin: release o=mongodb", "Pin-Priority: -1",
     ]
 
 

@@ -33,6 +33,10 @@ NGINX_RELOAD = ["systemctl", "reload", "nginx"]
 APPS_RELOAD = ["systemctl", "reload", conventions.APPS_UNIT]
 
 
+# needrestart runs restart.d/<unit> instead of restarting the unit.
+NEEDRESTART_APPS_RELOAD = f"/etc/needrestart/restart.d/{conventions.APPS_UNIT}.service"
+
+
 def files(settings: Settings) -> list[ConfigFile]:
     return [
         ConfigFile("app_server/site.conf", "/etc/nginx/conf.d/platform.conf"),
@@ -40,6 +44,7 @@ def files(settings: Settings) -> list[ConfigFile]:
         ConfigFile("app_server/platform-apps.service", f"/etc/systemd/system/{conventions.APPS_UNIT}.service"),
         ConfigFile("app_server/logrotate.conf", "/etc/logrotate.d/platform-pm2"),
         ConfigFile("app_server/sudoers", SUDOERS_FILE, mode="0440"),
+        ConfigFile("app_server/needrestart-apps.sh", NEEDRESTART_APPS_RELOAD, mode="0755"),
     ]
 
 

@@ -18,7 +18,9 @@ role_steps() {
     ensure_release_layout
     remove_default_site
     visudo -cqf "${STAGED_FILES}/etc/sudoers.d/platform-deploy"
+    bash -n "${STAGED_FILES}{{ facts.NEEDRESTART_APPS_RELOAD }}"
     install_configs /etc/sudoers.d/
+    install_configs /etc/needrestart/
     install_configs /etc/logrotate.d/
     install_configs /etc/nginx/
     install_configs {{ c.APP_ROOT }}/

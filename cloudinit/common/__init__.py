@@ -31,6 +31,8 @@ FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/platform.conf"
 AUTO_UPGRADES = "/etc/apt/apt.conf.d/21platform-auto-upgrades"
 UNATTENDED_UPGRADES = "/etc/apt/apt.conf.d/52platform-unattended-upgrades"
 LOGROTATE = "/etc/logrotate.d/platform"
+# needrestart reads every conf.d/*.conf after its own needrestart.conf.
+NEEDRESTART_CONF = "/etc/needrestart/conf.d/platform.conf"
 
 BACKUP_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_UNIT}.service"
 BACKUP_ALERT_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_ALERT_UNIT}.service"
@@ -46,6 +48,7 @@ def files(settings: Settings) -> list[ConfigFile]:
         ConfigFile("common/fail2ban-jail.conf", FAIL2BAN_JAIL),
         ConfigFile("common/auto-upgrades.conf", AUTO_UPGRADES),
         ConfigFile("common/unattended-upgrades.conf", UNATTENDED_UPGRADES),
+        ConfigFile("common/needrestart.conf", NEEDRESTART_CONF),
         ConfigFile("common/logrotate.conf", LOGROTATE),
         ConfigFile("common/firewall.rules", conventions.FIREWALL_RULES_FILE),
     ] + ([

@@ -104,19 +104,28 @@ remove_default_site() {
     changed "removed nginx's default site"
 }
 
-# A vendor's apt repository: its signing key, fetched over HTTPS and checked against
-# a fingerprint when one is pinned, and a deb822 sources file signed by it.
+# The fingerprint of each primary key in a key file, one a line (a subkey's is not listed).
+primary_fingerprints() {
+    gpg --show-keys --with-colons "$1" 2>/dev/null \
+        | awk -F: '$1 == "pub" { primary = 1; next } $1 == "fpr" && primary { print $10; primary = 0 }'
+}
+
+# A vendor's apt repository: its signing key, fetched over HTTPS and checked against the
+# pinned fingerprint, and a deb822 sources file signed by it.
 ensure_apt_repository() {
     local name=$1 key_url=$2 fingerprint=$3 sources_text=$4
     local keyring=/etc/apt/keyrings/$name.gpg sources=/etc/apt/sources.list.d/$name.sources
     local key actual
     ensure_packages ca-certificates curl gnupg
-    if [ ! -s "$keyring" ]; then
+    # Fetched when missing, and again when the keyring holds anything but the pinned key
+    # (a keyring from before the pin, or of another series).
+    if [ ! -s "$keyring" ] || [ "$(primary_fingerprints "$keyring")" != "$fingerprint" ]; then
         key=$(mktemp)
         curl -fsSL --retry 5 "$key_url" | gpg --dearmor > "$key"
-        actual=$(gpg --show-keys --with-colons "$key" | awk -F: '/^fpr/ { print $10; exit }')
-        if [ -n "$fingerprint" ] && [ "$actual" != "$fingerprint" ]; then
-            log "$name key has fingerprint ${actual}, expected ${fingerprint}"
+        actual=$(primary_fingerprints "$key")
+        # Exactly the pinned key: apt would trust any other key in the file as well.
+        if [ -z "$fingerprint" ] || [ "$actual" != "$fingerprint" ]; then
+            log "$name key file holds the key(s) ${actual//$'\n'/ }, expected ${fingerprint:-a pinned fingerprint}"
             rm -f "$key"
             return 1
         fi
@@ -292,7 +301,7 @@ ensure_firewall() {
 
 common_steps() {
     step "packages"
-    ensure_packages ufw fail2ban python3-systemd unattended-upgrades logrotate \
+    ensure_packages ufw fail2ban python3-systemd unattended-upgrades needrestart logrotate \
         systemd-timesyncd ca-certificates openssl
 
     step "users and groups"
@@ -309,8 +318,12 @@ common_steps() {
     ensure_symlink {{ c.CA_CERT_PATH }} {{ c.CA_TRUST_LINK }}
 
     step "config files"
-    local entry path mode owner group
+    local entry path mode owner group conf
     local -a common_files
+    # needrestart evaluates its conf.d files as Perl: one that does not compile stops it.
+    for conf in "${STAGED_FILES}"/etc/needrestart/conf.d/*.conf; do
+        perl -c "$conf" 2>/dev/null || { log "$conf is not valid Perl"; return 1; }
+    done
     read -ra common_files <<<"$COMMON_CONFIG_FILES"
     for entry in $CONFIG_FILES; do
         IFS=: read -r path mode owner group <<<"$entry"

@@ -369,8 +369,12 @@ rabbitmq_logins() {
 {% if "mongodb" in settings.engines %}
 MONGODB_SERIES=8.0
 MONGODB_REPOSITORY=https://repo.mongodb.org
-# MongoDB publishes no fingerprint to pin; the key is trusted through HTTPS, as its docs do.
 MONGODB_KEY_URL=https://pgp.mongodb.com/server-${MONGODB_SERIES}.asc
+# The key of server-8.0.asc ("MongoDB 8.0 Release Signing Key"), as the official image
+# pins it (docker-library/mongo, 8.0/Dockerfile); 7.0's is E58830201F7DD82CD808AA84160D26BB1785BA38
+# (7.0/Dockerfile). Another MONGODB_SERIES needs its key here.
+MONGODB_KEY_FINGERPRINT=4B0752C1BCA238C0B4EE14DC41DE058A4E7DCA05
+MONGODB_PIN=/etc/apt/preferences.d/mongodb-org
 
 
 # --- MongoDB -------------------------------------------------------------------------
@@ -383,10 +387,20 @@ ensure_mongodb_repository() {
 {% for image in c.IMAGES.values() if image.mongodb_component != "main" %}
     [ "$distro" = {{ image.os_id }} ] && component={{ image.mongodb_component }}
 {% endfor %}
-    ensure_apt_repository mongodb-org "${MONGODB_KEY_URL}" "" "Types: deb
+    ensure_apt_repository mongodb-org "${MONGODB_KEY_URL}" "$MONGODB_KEY_FINGERPRINT" "Types: deb
 URIs: ${MONGODB_REPOSITORY}/apt/${distro}
 Suites: ${codename}/mongodb-org/${MONGODB_SERIES}
 Components: ${component}"
+    # The suite carries one series; the pin holds it there whatever sources are added (an
+    # upgrade to another series is a migration: unattended-upgrades takes fixes only).
+    local pin="Package: mongodb-org*
+Pin: version ${MONGODB_SERIES}.*
+Pin-Priority: 500
+
+Package: mongodb-org*
+Pin: release o=mongodb
+Pin-Priority: -1"
+    write_file "$MONGODB_PIN" 0644 root:root <<<"$pin"
 }
 
 mongodb_steps() {

@@ -92,7 +92,7 @@ def test_a_replaced_node_reloads_the_running_apps_once_and_gracefully(case, tmp_
 CHANGES=0; CHANGED_FILES=({c.APP_ROOT + "/x" if app_file_changed else ""}); NODE_MAJOR=22; NODE_REPLACED=; STAGED_FILES=
 ensure_node() {{ NODE_REPLACED={replaced}; }}
 for f in ensure_packages ensure_pm2 ensure_release_layout remove_default_site visudo install_configs \\
-         ensure_temporary_certificate nginx; do eval "$f() {{ :; }}"; done
+         ensure_temporary_certificate nginx bash; do eval "$f() {{ :; }}"; done  # bash: its -n check
 systemctl() {{ case $1 in is-enabled) ;; is-active) {'true' if active else 'false'} ;; *) echo "systemctl $*" ;; esac; }}
 """
     script = stubs + helpers + "\n" + functions.replace(c.CURRENT_RELEASE_LINK, str(link)) + "\nrole_steps\n"
@@ -265,3 +265,28 @@ def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests_o
     # pm2 counts a reload in restart_time; crash loops show up as unstable restarts.
     assert all(p["pm2_env"]["unstable_restarts"] == 0 for p in processes), "no crash-restarts"
     assert "web.out.log" in result.stdout and "api.out.log" in result.stdout
+
+
+def test_needrestart_reloads_the_apps_gracefully_instead_of_restarting_them(tmp_path):
+    """needrestart runs restart.d/<unit> (when executable) in place of `systemctl restart`:
+    after a Node.js update the apps are reloaded one worker at a time, as a deploy does."""
+    files = app_files()
+    path = app_server.NEEDRESTART_APPS_RELOAD
+    assert path == f"/etc/needrestart/restart.d/{c.APPS_UNIT}.service"
+    assert {f.path: f.mode for f in cloudinit.config_files(c.APP_SERVER, settings(None))}[path] == "0755"
+    assert run([require("shellcheck"), "--shell=bash", "-"], input=files[path]).returncode == 0
+    script = tmp_path / "reload"
+    script.write_text(files[path])
+    (tmp_path / "bin").mkdir()
+    stub = tmp_path / "bin" / "systemctl"
+    stub.write_text(f'#!/bin/sh\necho "systemctl $*" >> {tmp_path}/calls\n'
+                    '[ "$1" != is-active ] || [ -e "$ACTIVE" ]\n')
+    stub.chmod(0o755)
+    calls = tmp_path / "calls"
+    for active in (True, False):
+        calls.write_text("")
+        env = {"PATH": f"{tmp_path}/bin:/usr/bin:/bin", "ACTIVE": str(script if active else tmp_path / "none")}
+        assert subprocess.run(["bash", script], env=env).returncode == 0
+        unit = f"{c.APPS_UNIT}.service"
+        assert calls.read_text().splitlines() == [f"systemctl is-active --quiet {unit}"] + (
+            [f"systemctl reload {unit}"] if active else [])

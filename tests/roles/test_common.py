@@ -217,7 +217,8 @@ def shellcheck(root: Path) -> subprocess.CompletedProcess:
     scripts = [f"sbin/{Path(conventions.PROVISION_COMMAND).name}", f"lib/platform/{Path(common.LIBRARY).name}",
                f"lib/platform/{Path(common.ROLE_STEPS).name}"]
     others = [p for p in root.rglob("*") if p.is_file() and p.read_text(errors="replace").startswith("#!/bin/")]
-    others = [str(p) for p in others if str(p.relative_to(local)) not in scripts] if others else []
+    # Scripts outside /usr/local too (needrestart's restart.d, under /etc).
+    others = [str(p) for p in others if not (p.is_relative_to(local) and str(p.relative_to(local)) in scripts)]
     return subprocess.run(["shellcheck", "-x", "-P", "lib/platform", *scripts, *others],
                           cwd=local, capture_output=True, text=True)
 
@@ -332,7 +333,7 @@ def test_logrotate_rotates_every_platform_log(tmp_path, render_role, staging_set
 # --- unattended upgrades ------------------------------------------------------------
 
 
-def test_unattended_upgrades_take_security_updates_only_and_never_reboot(tmp_path, staging_settings):
+def test_unattended_upgrades_take_security_updates_and_the_vendors_repositories_only_and_never_reboot(tmp_path, staging_settings):
     require_tool("apt-config", "apt")
     parts = tmp_path / "apt.conf.d"
     parts.mkdir()
@@ -354,9 +355,63 @@ def test_unattended_upgrades_take_security_updates_only_and_never_reboot(tmp_pat
     assert origins == [
         'Unattended-Upgrade::Origins-Pattern:: "origin=Debian,codename=${distro_codename}-security,label=Debian-Security";',
         'Unattended-Upgrade::Origins-Pattern:: "origin=Ubuntu,archive=${distro_codename}-security";',
+        'Unattended-Upgrade::Origins-Pattern:: "origin=. nodistro,label=. nodistro,codename=nodistro,site=deb.nodesource.com";',
+        'Unattended-Upgrade::Origins-Pattern:: "origin=mongodb,label=mongodb,codename=${distro_codename}/mongodb-org,site=repo.mongodb.org";',
     ]
     assert 'Unattended-Upgrade::Automatic-Reboot "false";' in dump
     assert 'APT::Periodic::Unattended-Upgrade "1";' in dump
+
+
+# --- needrestart ---------------------------------------------------------------------
+
+# needrestart's own steps: its defaults, each conf.d file evaluated as its needrestart.conf
+# does, then its choice per unit (the first override_rc pattern that matches; else restart).
+NEEDRESTART_READS = r"""
+our %nrconf = (restart => 'i', kernelhints => 1, override_rc => {qr(^dbus) => 0});
+eval do { local(@ARGV, $/) = $ARGV[0]; <> };
+die "Error parsing $ARGV[0]: $@" if($@);
+print "restart=$nrconf{restart} kernelhints=$nrconf{kernelhints}\n";
+for my $unit (@ARGV[1..$#ARGV]) {
+    my $restart = 1;
+    foreach my $re (keys %{$nrconf{override_rc}}) {
+        next unless($unit =~ /$re/);
+        $restart = $nrconf{override_rc}->{$re};
+        last;
+    }
+    print "$unit=$restart\n";
+}
+"""
+RESTARTED = ["ssh.service", "nginx.service", "platform-apps.service", "mongod.service", "postgresql@15-main.service"]
+ONESHOTS = {conventions.LOAD_BALANCER: ["platform-backup.service", "platform-backup-check.service",
+                                        "platform-backup-alert.service", "platform-certificate.service"],
+            conventions.APP_SERVER: ["platform-backup.service", "platform-backup-check.service"]}
+
+
+def needrestart_reads(conf: Path, units: list[str]) -> list[str]:
+    perl = require_tool("perl", "perl-base")
+    result = subprocess.run([perl, "-e", NEEDRESTART_READS, conf, *units], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("role", [conventions.LOAD_BALANCER, conventions.APP_SERVER])
+def test_needrestart_restarts_services_on_replaced_libraries_without_asking_but_not_the_jobs(
+        tmp_path, render_role, staging_settings, role):
+    conf = render_role(role, staging_settings)[common.NEEDRESTART_CONF]
+    assert subprocess.run([require_tool("perl", "perl-base"), "-c", conf], capture_output=True).returncode == 0
+    lines = needrestart_reads(conf, RESTARTED + ONESHOTS[role])
+    assert lines == ["restart=a kernelhints=-1"] + [f"{u}=1" for u in RESTARTED] + [f"{u}=0" for u in ONESHOTS[role]]
+    # The check can fail: a conf.d file that does not compile stops needrestart.
+    broken = tmp_path / "broken.conf"
+    broken.write_text(conf.read_text().replace("= 'a';", "= 'a'"))
+    assert subprocess.run(["perl", "-e", NEEDRESTART_READS, broken], capture_output=True).returncode != 0
+
+
+def test_provisioning_installs_needrestart_and_checks_its_conf_with_perl(staging_settings):
+    library = cloudinit.rendered_files(conventions.LOAD_BALANCER, staging_settings)[common.LIBRARY]
+    (packages,) = re.findall(r"^    ensure_packages (ufw [^\n]*\\\n[^\n]*)$", library, re.M)
+    assert {"needrestart", "unattended-upgrades"} <= set(packages.split())
+    assert 'perl -c "$conf"' in library and "/etc/needrestart/conf.d/*.conf" in library
 
 
 # --- ufw ----------------------------------------------------------------------------
