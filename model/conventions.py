@@ -137,15 +137,13 @@ class Engine:
     tls_port: int
     # Where the engine itself listens on the datastore when TLS is done in front of it.
     local_port: int | None = None
-    # Logins are by password alone (Redis's requirepass): the app sends no user name.
-    password_only: bool = False
 
 
 ENGINES = {
     "postgresql": Engine("postgresql", tls_port=5432),
     "mongodb": Engine("mongodb", tls_port=27017),
     # Redis listens on loopback only; stunnel terminates TLS in front of it.
-    "redis": Engine("redis", tls_port=6380, local_port=6379, password_only=True),
+    "redis": Engine("redis", tls_port=6380, local_port=6379),
     # AMQPS only: the plaintext AMQP port is never opened.
     "rabbitmq": Engine("rabbitmq", tls_port=5671),
 }
@@ -242,7 +240,8 @@ VOLUME_FILESYSTEM = "ext4"
 VOLUME_LABEL = "platform-data"
 
 # The datastore engines' logins. The app's login owns one database (PostgreSQL,
-# MongoDB) or vhost (RabbitMQ) of this name; passwords arrive in DATASTORE_SECRETS_FILE.
+# MongoDB) or vhost (RabbitMQ) of this name; on Redis it is an ACL user kept from the
+# administrative and dangerous commands. Passwords arrive in DATASTORE_SECRETS_FILE.
 ENGINE_APP_USER = "app"
 ENGINE_APP_DATABASE = "app"
 ENGINE_ADMIN_USER = "admin"  # MongoDB's user administrator

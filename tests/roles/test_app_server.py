@@ -151,9 +151,9 @@ def test_env_push_names_every_enabled_engine_and_is_readable_by_app_only():
     env = app_server.app_env("10.110.16.9", {"postgresql": "pw1", "redis": "pw2"}, settings(["postgresql", "redis"]))
     assert "POSTGRESQL_HOST=10.110.16.9" in env and "REDIS_PORT=6380" in env and "REDIS_PASSWORD=pw2" in env
     assert "MONGODB" not in env and f"PLATFORM_CA_FILE={c.CA_CERT_PATH}" in env
-    # The datastore creates an `app` login in PostgreSQL; Redis has only requirepass, so a
-    # user name there would be refused (WRONGPASS) and /healthz would never turn 200.
-    assert f"POSTGRESQL_USER={c.ENGINE_APP_USER}" in env and "REDIS_USER" not in env
+    # The datastore creates an `app` login in every engine; on Redis the default user is
+    # off, so a password alone would be refused (WRONGPASS) and /healthz never turn 200.
+    assert f"POSTGRESQL_USER={c.ENGINE_APP_USER}" in env and f"REDIS_USER={c.ENGINE_APP_USER}" in env
     target = cloudinit.pushes(c.APP_SERVER, settings())["env"].files[".env"]
     assert (target.path, target.mode, target.owner) == (c.APP_ENV_FILE, "0640", f"root:{c.APP_USER}")
 
