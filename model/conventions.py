@@ -120,8 +120,13 @@ def images_where(fact: str, value: object = True) -> str:
 SSH_PORT = 22
 HTTP_PORT = 80
 HTTPS_PORT = 443
-# The app servers' local nginx: TLS with the internal CA's certificate, LB only.
+# The app servers' local nginx: TLS with the internal CA's certificate, LB only (it
+# shows its own certificate from the CA; no other client gets past the handshake).
 APP_TLS_PORT = 8443
+# The same nginx on loopback, TLS without a client certificate: the checks that run on
+# the app server itself (the bundle installer's, the deploy's) and operators logged in
+# there. Nothing off the server reaches it; the apps' own ports are loopback too.
+APP_LOCAL_TLS_PORT = 8444
 # The Node.js apps listen on loopback behind that nginx.
 WEB_APP_PORT = 3000
 API_APP_PORT = 3001
@@ -253,6 +258,11 @@ MONGODB_PEM_PATH = f"{TLS_DIR}/mongodb.pem"
 PRIVATE_ADDRESS_PLACEHOLDER = "@PRIVATE_ADDRESS@"
 
 LB_UPSTREAMS_FILE = "/etc/nginx/platform/upstreams.conf"
+# The LB's public /healthz is up or down only, from the app servers' answer kept this long
+# (nginx's cache, in this directory); the LB asks for it at this internal path.
+LB_PUBLIC_HEALTH_CACHE_SECONDS = 5
+LB_HEALTH_CACHE_DIR = "/var/lib/nginx/platform-health"
+LB_HEALTH_PROBE_PATH = "/_platform/health"
 # The LB's public certificate as nginx reads it: links to a self-signed pair until certbot
 # has the real one, then to certbot's live files (certbot --cert-name LB_CERT_NAME).
 LB_CERT_NAME = "platform"
