@@ -1,5 +1,6 @@
 """What each party may do on the booted staging stack: the apps' Redis login cannot
-administer Redis, and the internet sees no internal detail in the public health check.
+administer Redis; the app servers serve the LB's client certificate only; the internet
+sees no internal detail in the public health check.
 """
 
 from __future__ import annotations
@@ -44,3 +45,42 @@ def test_the_apps_redis_user_cannot_flush_or_reconfigure_redis(local_stack):
                     input=env["REDIS_PASSWORD"] + "\n")
     assert "WRONGPASS" in default.stdout or "NOAUTH" in default.stdout, default.stdout
     redis_as(s, env, "DEL boundary-probe")
+
+
+def test_app_servers_serve_the_lb_only_with_its_client_certificate(local_stack):
+    """From the LB itself (the one droplet the firewall lets in): without its certificate
+    nginx answers 400 to anything; with it, the app server's full health."""
+    s = local_stack
+    app = s.plan.droplet(s.app_servers()[0])
+    url = f"https://{app.vpc_ip}:{conventions.APP_TLS_PORT}{conventions.HEALTH_PATH}"
+    curl = ["curl", "--silent", "--max-time", "10", "--cacert", conventions.CA_CERT_PATH,
+            "--resolve", f"{conventions.app_pool_tls_name(s.plan.stack)}:{conventions.APP_TLS_PORT}:{app.vpc_ip}",
+            url.replace(app.vpc_ip, conventions.app_pool_tls_name(s.plan.stack)), "-w", "\n%{http_code}"]
+    without = s.run("lb", curl)
+    assert without.stdout.rpartition("\n")[2] == "400", without.stdout + without.stderr
+    with_cert = s.run("lb", [*curl, "--cert", conventions.SERVER_CERT_PATH, "--key", conventions.SERVER_KEY_PATH])
+    body, _, code = with_cert.stdout.rpartition("\n")
+    assert code == "200" and "engines" in body, with_cert.stdout + with_cert.stderr
+
+
+def internal_names(s) -> list[str]:
+    """What the internet must not learn from the public health check: every droplet's name
+    and private address, and the app servers' certificate name."""
+    names = [conventions.app_pool_tls_name(s.plan.stack)]
+    for d in s.plan.droplets:
+        names += [d.name, d.vpc_ip]
+    return names
+
+
+def test_public_healthz_via_the_lb_says_up_only_and_names_no_internal_host(local_stack):
+    s = local_stack
+    s.wait_healthy()
+    answer = s.https(conventions.HEALTH_PATH, "-D", "-", "-w", "\n%{http_code}")
+    text, _, code = answer.stdout.rpartition("\n")
+    assert code == "200", answer.stdout + answer.stderr
+    head, _, body = text.partition("\r\n\r\n")
+    assert body.strip() == "ok", text
+    for name in internal_names(s):
+        assert name not in text, f"{name} in the public /healthz: {text}"
+    # The full answer is still there for whoever is on an app server.
+    assert "engines" in s.full_health(s.app_servers()[0])
