@@ -134,8 +134,8 @@ SQL
 # file. So: stop it, put the snapshot in place of its files, load it in a private
 # instance with append-only off (a socket, no port), turn append-only on there so Redis
 # writes its own files from memory, stop that, start the real one. The private instance
-# has its own users: one, without a password, reached only through the root-only socket
-# (Redis's own users may not change its configuration or stop it).
+# has its own users: one, without a password, reached only through its socket in a
+# directory only root and redis enter (Redis's own users may not reconfigure or stop it).
 restore_redis() {
     local dir=$1 data private=$WORK/redis
     [ -s "$dir/dump.rdb" ] || die "no Redis snapshot in the backup"
