@@ -24,6 +24,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,6 +83,9 @@ server {{
         proxy_ssl_name {tls_name};
         proxy_ssl_server_name on;
         proxy_ssl_session_reuse off;
+        # The app servers serve the LB's client certificate only.
+        proxy_ssl_certificate {client_cert};
+        proxy_ssl_certificate_key {client_key};
         proxy_http_version 1.1;
         proxy_set_header Host $host;
     }}
@@ -122,7 +126,8 @@ class Variants:
             plain="\n".join(f"    server {a.vpc_ip}:{BENCH_PLAIN_PORT};" for a in self.apps),
             tls="\n".join(f"    server {a.vpc_ip}:{conventions.APP_TLS_PORT};" for a in self.apps),
             cert=conventions.LB_PUBLIC_CERT_PATH, key=conventions.LB_PUBLIC_KEY_PATH,
-            ca=conventions.CA_CERT_PATH, tls_name=conventions.app_pool_tls_name(p.stack)))
+            ca=conventions.CA_CERT_PATH, tls_name=conventions.app_pool_tls_name(p.stack),
+            client_cert=conventions.SERVER_CERT_PATH, client_key=conventions.SERVER_KEY_PATH))
         sh(p, "lb", "nginx -t 2>/dev/null && systemctl reload nginx")
         return self
 
@@ -158,6 +163,8 @@ LATENCY = r'''
 import http.client, json, ssl, sys, time
 host, address, port, path, rate, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), int(sys.argv[6])
 ctx = ssl._create_unverified_context()
+if len(sys.argv) > 7:   # a client certificate and key (the LB's, to reach an app server)
+    ctx.load_cert_chain(sys.argv[7], sys.argv[8])
 c = http.client.HTTPSConnection(address, port, context=ctx, timeout=10)
 times, start = [], time.monotonic()
 for i in range(n):
@@ -182,8 +189,16 @@ def latency(p, rate: float = 50, n: int = 1000) -> dict:
     args = [PATH, str(rate), str(n)]
     via_lb = shell.run(cloud.internet_client(["python3", "-c", LATENCY, p.domain, ip, "443", *args]),
                        timeout=n / rate + 120).stdout
-    direct = shell.run(["ip", "netns", "exec", network.netns_name(p.lb.name), "python3", "-c", LATENCY, p.domain, app.vpc_ip,
-                        str(conventions.APP_TLS_PORT), *args], timeout=n / rate + 120).stdout
+    # The app server serves the LB's client certificate only: a copy of it, root's alone.
+    with tempfile.TemporaryDirectory() as scratch:
+        identity = []
+        for path in (conventions.SERVER_CERT_PATH, conventions.SERVER_KEY_PATH):
+            copy = Path(scratch) / Path(path).name
+            copy.touch(mode=0o600)
+            copy.write_text(droplet.exec(p.lb.name, ["cat", path], timeout=60).stdout)
+            identity.append(str(copy))
+        direct = shell.run(["ip", "netns", "exec", network.netns_name(p.lb.name), "python3", "-c", LATENCY, p.domain,
+                            app.vpc_ip, str(conventions.APP_TLS_PORT), *args, *identity], timeout=n / rate + 120).stdout
     lb, ds = percentiles(json.loads(via_lb)), percentiles(json.loads(direct))
     return {"rate_per_s": rate, "requests": n, "through_lb_ms": lb, "direct_to_app_ms": ds,
             "added_ms": {k: round(lb[k] - ds[k], 2) for k in lb}}

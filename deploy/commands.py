@@ -82,8 +82,9 @@ def prelude(stack: Stack) -> str:
         "LOCK_DIR": conventions.DEPLOY_LOCK_DIR,
         "CA_FILE": conventions.CA_CERT_PATH,
         "HEALTH_NAME": pool_name,
-        "HEALTH_PORT": str(conventions.APP_TLS_PORT),
-        "HEALTH_URL": f"https://{pool_name}:{conventions.APP_TLS_PORT}{conventions.HEALTH_PATH}",
+        # The app server's loopback listener: its LB port takes the LB's certificate only.
+        "HEALTH_PORT": str(conventions.APP_LOCAL_TLS_PORT),
+        "HEALTH_URL": f"https://{pool_name}:{conventions.APP_LOCAL_TLS_PORT}{conventions.HEALTH_PATH}",
     }
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in facts.items())
 

@@ -120,8 +120,13 @@ def images_where(fact: str, value: object = True) -> str:
 SSH_PORT = 22
 HTTP_PORT = 80
 HTTPS_PORT = 443
-# The app servers' local nginx: TLS with the internal CA's certificate, LB only.
+# The app servers' local nginx: TLS with the internal CA's certificate, LB only (it
+# shows its own certificate from the CA; no other client gets past the handshake).
 APP_TLS_PORT = 8443
+# The same nginx on loopback, TLS without a client certificate: the checks that run on
+# the app server itself (the bundle installer's, the deploy's) and operators logged in
+# there. Nothing off the server reaches it; the apps' own ports are loopback too.
+APP_LOCAL_TLS_PORT = 8444
 # The Node.js apps listen on loopback behind that nginx.
 WEB_APP_PORT = 3000
 API_APP_PORT = 3001
@@ -137,15 +142,13 @@ class Engine:
     tls_port: int
     # Where the engine itself listens on the datastore when TLS is done in front of it.
     local_port: int | None = None
-    # Logins are by password alone (Redis's requirepass): the app sends no user name.
-    password_only: bool = False
 
 
 ENGINES = {
     "postgresql": Engine("postgresql", tls_port=5432),
     "mongodb": Engine("mongodb", tls_port=27017),
     # Redis listens on loopback only; stunnel terminates TLS in front of it.
-    "redis": Engine("redis", tls_port=6380, local_port=6379, password_only=True),
+    "redis": Engine("redis", tls_port=6380, local_port=6379),
     # AMQPS only: the plaintext AMQP port is never opened.
     "rabbitmq": Engine("rabbitmq", tls_port=5671),
 }
@@ -247,7 +250,8 @@ VOLUME_FILESYSTEM = "ext4"
 VOLUME_LABEL = "platform-data"
 
 # The datastore engines' logins. The app's login owns one database (PostgreSQL,
-# MongoDB) or vhost (RabbitMQ) of this name; passwords arrive in DATASTORE_SECRETS_FILE.
+# MongoDB) or vhost (RabbitMQ) of this name; on Redis it is an ACL user kept from the
+# administrative and dangerous commands. Passwords arrive in DATASTORE_SECRETS_FILE.
 ENGINE_APP_USER = "app"
 ENGINE_APP_DATABASE = "app"
 ENGINE_ADMIN_USER = "admin"  # MongoDB's user administrator
@@ -259,6 +263,11 @@ MONGODB_PEM_PATH = f"{TLS_DIR}/mongodb.pem"
 PRIVATE_ADDRESS_PLACEHOLDER = "@PRIVATE_ADDRESS@"
 
 LB_UPSTREAMS_FILE = "/etc/nginx/platform/upstreams.conf"
+# The LB's public /healthz is up or down only, from the app servers' answer kept this long
+# (nginx's cache, in this directory); the LB asks for it at this internal path.
+LB_PUBLIC_HEALTH_CACHE_SECONDS = 5
+LB_HEALTH_CACHE_DIR = "/var/lib/nginx/platform-health"
+LB_HEALTH_PROBE_PATH = "/_platform/health"
 # The LB's public certificate as nginx reads it: links to a self-signed pair until certbot
 # has the real one, then to certbot's live files (certbot --cert-name LB_CERT_NAME).
 LB_CERT_NAME = "platform"

@@ -157,7 +157,8 @@ class LocalStack:
                 for d in self.plan.droplets if droplet.is_running(d.name)}
 
     def wait_healthy(self, timeout: float = 180) -> dict:
-        """Until /healthz through the LB is 200 with every enabled engine ok."""
+        """Until /healthz through the LB is 200 (every enabled engine ok): the app server's
+        full answer then, from its loopback listener (the public one says `ok` only)."""
         import json
         import time
         deadline, last = time.monotonic() + timeout, None
@@ -166,9 +167,17 @@ class LocalStack:
             body, _, code = proc.stdout.rpartition("\n")
             last = (code, body)
             if code == "200":
-                return json.loads(body)
+                return self.full_health(self.app_servers()[0])
             time.sleep(2)
         raise AssertionError(f"not healthy within {timeout}s: {last}")
+
+    def full_health(self, server: str) -> dict:
+        """An app server's full /healthz, asked on the server itself (its loopback listener)."""
+        import json
+        from model import conventions
+        url = f"https://127.0.0.1:{conventions.APP_LOCAL_TLS_PORT}{conventions.HEALTH_PATH}"
+        proc = self.run(server, ["curl", "--silent", "--show-error", "--insecure", "--max-time", "15", url], check=True)
+        return json.loads(proc.stdout)
 
     def up(self, plan, **options):
         """Apply a (changed) plan, as `pulumi up` does; the handle follows it."""

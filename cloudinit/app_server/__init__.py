@@ -20,7 +20,8 @@ SUDOERS_FILE = "/etc/sudoers.d/platform-deploy"
 
 # Rolling through the pool: a member that served this before a new bundle must serve it
 # again before the next member gets the bundle.
-HEALTH_URL = f"https://127.0.0.1:{conventions.APP_TLS_PORT}{conventions.HEALTH_PATH}"
+# The loopback listener: the LB's port asks for the LB's client certificate.
+HEALTH_URL = f"https://127.0.0.1:{conventions.APP_LOCAL_TLS_PORT}{conventions.HEALTH_PATH}"
 
 PROGRAMS = [
     Program("app_server/provision.sh", ROLE_STEPS, mode="0644"),

@@ -134,8 +134,17 @@ ensure_release_layout() {
     ensure_dir {{ c.PM2_LOG_DIR }} 0750 {{ c.APP_USER }}:{{ c.APP_USER }}
 }
 
-# nginx must start before the program pushes the internal CA's certificate.
+# nginx must start before the program pushes the internal CA's certificate. It checks
+# the LB's client certificate against the CA: until the push, a placeholder whose key is
+# thrown away at once, so no client passes.
 ensure_temporary_certificate() {
+    if [ ! -e {{ c.CA_CERT_PATH }} ]; then
+        install -d -m 0755 {{ c.TLS_DIR }}
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+            -subj "/CN=placeholder until the tls push" -keyout /dev/null -out {{ c.CA_CERT_PATH }} 2>/dev/null
+        chmod 0644 {{ c.CA_CERT_PATH }}
+        changed "placeholder {{ c.CA_CERT_PATH }} until the tls push"
+    fi
     [ -e {{ c.SERVER_CERT_PATH }} ] && [ -e {{ c.SERVER_KEY_PATH }} ] && return 0
     install -d -m 0755 {{ c.TLS_DIR }}
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \

@@ -140,13 +140,13 @@ dump_postgresql() {
 {% endif %}
 {% if "redis" in dumped_engines %}
 
-# A point-in-time RDB snapshot over the replication protocol (the password from the
-# environment, not argv).
+# A point-in-time RDB snapshot over the replication protocol, as Redis's backup user (it
+# may do nothing else; the password from the environment, not argv).
 dump_redis() {
     local dir=$DUMPS/redis
     install -d -m 0700 "$dir"
-    REDISCLI_AUTH=$REDIS_PASSWORD redis-cli -h 127.0.0.1 -p {{ c.ENGINES["redis"].local_port }} \
-        --rdb "$dir/dump.rdb" >/dev/null
+    REDISCLI_AUTH=$REDIS_BACKUP_PASSWORD redis-cli -h 127.0.0.1 -p {{ c.ENGINES["redis"].local_port }} \
+        --user {{ c.BACKUP_USER }} --rdb "$dir/dump.rdb" >/dev/null
     [ -s "$dir/dump.rdb" ]
 }
 {% endif %}

@@ -133,7 +133,9 @@ SQL
 # Redis loads its data only when it starts, and with append-only on it ignores an RDB
 # file. So: stop it, put the snapshot in place of its files, load it in a private
 # instance with append-only off (a socket, no port), turn append-only on there so Redis
-# writes its own files from memory, stop that, start the real one.
+# writes its own files from memory, stop that, start the real one. The private instance
+# has its own users: one, without a password, reached only through its socket in a
+# directory only root and redis enter (Redis's own users may not reconfigure or stop it).
 restore_redis() {
     local dir=$1 data private=$WORK/redis
     [ -s "$dir/dump.rdb" ] || die "no Redis snapshot in the backup"
@@ -143,7 +145,9 @@ restore_redis() {
     install -m 0660 -o redis -g redis "$dir/dump.rdb" "$data/dump.rdb"
     chmod 0711 "$WORK"
     install -d -m 0700 -o redis -g redis "$private"
-    as_user redis redis-server {{ facts.REDIS_CONF }} --appendonly no --port 0 \
+    echo "user default on nopass ~* &* +@all" > "$private/users.acl"
+    chown redis:redis "$private/users.acl"
+    as_user redis redis-server {{ facts.REDIS_CONF }} --appendonly no --port 0 --aclfile "$private/users.acl" \
         --unixsocket "$private/redis.sock" --pidfile "$private/redis.pid" --supervised no --daemonize yes
     until private_redis PING >/dev/null 2>&1; do sleep 0.2; done
     private_redis CONFIG SET appendonly yes >/dev/null
@@ -159,7 +163,7 @@ restore_redis() {
     systemctl start redis-server
 }
 
-private_redis() { REDISCLI_AUTH=$REDIS_PASSWORD redis-cli -s "$WORK/redis/redis.sock" "$@"; }
+private_redis() { redis-cli -s "$WORK/redis/redis.sock" "$@"; }
 
 redis_data_dir() { sed -n 's/^dir[[:space:]]\{1,\}//p' {{ facts.REDIS_CONF }} | tail -n 1; }
 {% endif %}

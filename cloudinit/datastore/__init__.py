@@ -1,7 +1,7 @@
 """The datastore: each enabled engine on the block volume, reached over TLS only.
 
 Engines are installed without starting; provisioning starts each one once the volume
-is mounted and the droplet's certificate is there (and, for Redis, its password).
+is mounted and the droplet's certificate is there (and, for Redis, its users).
 Passwords never appear in these files: they arrive by the `secrets` push and
 provisioning applies them to each engine.
 """
@@ -22,8 +22,9 @@ PROGRAMS = [
 ]
 
 SECRETS_FILE = conventions.DATASTORE_SECRETS_FILE
-# Logins that only the datastore itself uses, besides the app's one per engine.
-ADMIN_LOGINS = {"mongodb": "mongodb_admin"}
+# Logins that only the datastore itself uses, besides the app's one per engine: MongoDB's
+# user administrator, Redis's backup user (replication's SYNC, nothing else).
+ADMIN_LOGINS = {"mongodb": "mongodb_admin", "redis": "redis_backup"}
 
 # Versionless homes for PostgreSQL's files: the cluster's own postgresql.conf (written
 # by pg_createcluster for whichever version the distribution has) includes ours.
@@ -32,8 +33,10 @@ POSTGRESQL_CONF = f"{POSTGRESQL_DIR}/platform.conf"
 POSTGRESQL_HBA = f"{POSTGRESQL_DIR}/pg_hba.conf"
 POSTGRESQL_CREATECLUSTER = "/etc/postgresql-common/createcluster.d/50-platform.conf"
 REDIS_CONF = "/etc/redis/redis.conf"
-# requirepass, written by provisioning from the secrets push (redis.conf includes it).
-REDIS_PASSWORD_CONF = "/etc/redis/platform-password.conf"
+# Redis's users (ACL), written by provisioning from the secrets push (redis.conf names it).
+REDIS_ACL_FILE = "/etc/redis/platform-users.acl"
+# Where the password (requirepass) was before Redis had users: provisioning removes it.
+REDIS_OLD_PASSWORD_CONF = "/etc/redis/platform-password.conf"
 REDIS_STUNNEL_CONF = "/etc/stunnel/platform-redis.conf"
 RABBITMQ_CONF = "/etc/rabbitmq/rabbitmq.conf"
 RABBITMQ_ENV = "/etc/rabbitmq/rabbitmq-env.conf"

@@ -312,13 +312,28 @@ redis_steps() {
     ensure_member stunnel4 {{ c.TLS_KEY_GROUP }}
     install_file {{ facts.REDIS_CONF }}
     ensure_dir {{ c.DATA_MOUNT }}/redis 0750 redis:redis
-    # Without its password Redis does not start: stunnel would expose it to the VPC.
+    # Without its users Redis does not start: stunnel would expose it to the VPC.
     have_secrets REDIS_PASSWORD || return 0
-    ensure_secret_file {{ facts.REDIS_PASSWORD_CONF }} 0640 root:redis "requirepass $REDIS_PASSWORD"
+    have_secrets REDIS_BACKUP_PASSWORD || return 0
+    ensure_secret_file {{ facts.REDIS_ACL_FILE }} 0640 root:redis "$(redis_users)"
+    rm -f {{ facts.REDIS_OLD_PASSWORD_CONF }}
     tls_ready || return 0
     engine_running redis-server /etc/redis/
     install_file {{ facts.REDIS_STUNNEL_CONF }}
     engine_running {{ facts.STUNNEL_REDIS_UNIT }} {{ facts.REDIS_STUNNEL_CONF }}
+}
+
+# Redis's ACL file (no comments allowed there), passwords as SHA-256 digests only. The
+# default user is off: every login names its user. The app may use every key and
+# channel but none of the administrative or dangerous commands (FLUSHALL, CONFIG,
+# REPLICAOF, DEBUG, SHUTDOWN, MONITOR, KEYS ...), INFO excepted: clients such as ioredis
+# read it on connect to wait while Redis loads its data. The backup may only take a
+# snapshot over replication (redis-cli --rdb: REPLCONF, then SYNC).
+redis_users() {
+    printf '%s\n' \
+        "user default off resetpass resetkeys resetchannels -@all" \
+        "user {{ c.ENGINE_APP_USER }} on #$(password_digest "$REDIS_PASSWORD") ~* &* +@all -@dangerous -@admin +info" \
+        "user {{ c.BACKUP_USER }} on #$(password_digest "$REDIS_BACKUP_PASSWORD") resetkeys resetchannels -@all +replconf +sync"
 }
 {% endif %}
 {% if "rabbitmq" in settings.engines %}

@@ -74,10 +74,19 @@ ensure_temporary_certificate() {
     changed "temporary self-signed certificate for ${DOMAIN}"
 }
 
-# nginx verifies the app servers against the stack's CA, which only the tls push brings.
-# Until then it reads a placeholder whose key is thrown away at once: nothing can pass
-# its check, and before the first upstreams push there is no app server to check anyway.
+# nginx verifies the app servers against the stack's CA, and shows them its own client
+# certificate from that CA, both of which only the tls push brings. Until then it reads
+# placeholders: a CA whose key is thrown away at once (nothing can pass its check) and a
+# self-signed pair no app server accepts; before the first upstreams push there is no
+# app server anyway.
 ensure_placeholder_ca() {
+    if [ ! -e {{ c.SERVER_CERT_PATH }} ] || [ ! -e {{ c.SERVER_KEY_PATH }} ]; then
+        install -d -m 0755 {{ c.TLS_DIR }}
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+            -subj "/CN=placeholder until the tls push" -keyout {{ c.SERVER_KEY_PATH }} -out {{ c.SERVER_CERT_PATH }} 2>/dev/null
+        chmod 0600 {{ c.SERVER_KEY_PATH }}
+        changed "placeholder {{ c.SERVER_CERT_PATH }} until the tls push"
+    fi
     [ -e {{ c.CA_CERT_PATH }} ] && return 0
     install -d -m 0755 {{ c.TLS_DIR }}
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \

@@ -1,6 +1,7 @@
 'use strict';
 // The example API: /api/hello, /api/notes (written to and read from every enabled
-// engine) and the health endpoint the load balancer's operators watch.
+// engine) and the health endpoint the load balancer and the operators watch (the LB
+// answers the internet's /healthz with up or down only).
 const os = require('node:os');
 const { loadEnvFile } = require('../lib/env');
 
@@ -12,13 +13,16 @@ const { serve, sendJson, readJson } = require('../lib/serve');
 const engines = enabledEngines();
 const disabled = ALL.filter((e) => !engines.includes(e)).map((e) => e.name);
 
-// Runs `action` on every enabled engine; each answers "ok" (with a result) or its error.
-async function onEach(action) {
+// Runs `action` on every enabled engine; each answers "ok" (with a result) or "error".
+// The error's text (it may name the datastore's address) goes to the log, and into the
+// answer only when `detail` says so: the health check, which the internet never sees.
+async function onEach(action, detail = false) {
   const results = await Promise.all(engines.map(async (engine) => {
     try {
       return [engine.name, { status: 'ok', result: await withTimeout(action(engine), engine.name) }];
     } catch (err) {
-      return [engine.name, { status: 'error', error: err.message }];
+      console.error(`${engine.name}: ${err.message}`);
+      return [engine.name, detail ? { status: 'error', error: err.message } : { status: 'error' }];
     }
   }));
   for (const name of disabled) results.push([name, { status: 'disabled' }]);
@@ -30,7 +34,7 @@ const allOk = (report) => Object.values(report).every((r) => r.status !== 'error
 async function handle(req, res) {
   const path = new URL(req.url, 'http://localhost').pathname;
   if (req.method === 'GET' && path === '/healthz') {
-    const report = await onEach((e) => e.ping());
+    const report = await onEach((e) => e.ping(), true);
     for (const r of Object.values(report)) delete r.result;
     return sendJson(res, allOk(report) ? 200 : 503, { host: os.hostname(), engines: report });
   }

@@ -13,9 +13,9 @@ const freePort = () => new Promise((resolve) => {
   });
 });
 
-async function start(app) {
+async function start(app, extra = {}) {
   const port = await freePort();
-  const env = { PATH: process.env.PATH, PORT: String(port) };
+  const env = { PATH: process.env.PATH, PORT: String(port), ...extra };
   const child = spawn(process.execPath, [path.join(__dirname, '..', app, 'server.js')], {
     env, stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
   });
@@ -58,6 +58,26 @@ test('the API answers with every engine disabled', async () => {
     const created = await fetch(api.url + '/api/notes', { method: 'POST', body: '{"text": "hi"}' });
     assert.strictEqual(created.status, 201);
     assert.strictEqual((await fetch(api.url + '/nowhere')).status, 404);
+  } finally {
+    assert.strictEqual(await stop(api), 0);
+  }
+});
+
+test("an engine's error text (its address) stays out of the notes' answer, in the health check's", async () => {
+  const closed = await freePort();   // nothing listens there: the engine refuses at once
+  const api = await start('api', {
+    POSTGRESQL_HOST: '127.0.0.1', POSTGRESQL_PORT: String(closed), POSTGRESQL_USER: 'app',
+    POSTGRESQL_PASSWORD: 'x', POSTGRESQL_DATABASE: 'app', PLATFORM_CA_FILE: __filename,
+  });
+  try {
+    const notes = await fetch(api.url + '/api/notes');
+    assert.strictEqual(notes.status, 502);
+    const text = await notes.text();
+    assert.deepStrictEqual(JSON.parse(text).engines.postgresql, { status: 'error' });
+    assert.ok(!text.includes('127.0.0.1') && !text.includes(String(closed)), text);
+    const health = await fetch(api.url + '/healthz');
+    assert.strictEqual(health.status, 503);
+    assert.match((await health.json()).engines.postgresql.error, /ECONNREFUSED/);
   } finally {
     assert.strictEqual(await stop(api), 0);
   }

@@ -39,7 +39,7 @@ def main() -> int:
     pw = {name: password() for name in datastore.password_names()}
     db = conventions.ENGINE_APP_DATABASE
     psql = "runuser -u postgres -- psql -X -A -t -v ON_ERROR_STOP=1"
-    cli = f"REDISCLI_AUTH={pw['redis']} redis-cli -h 127.0.0.1 -p {conventions.ENGINES['redis'].local_port}"
+    cli = f"REDISCLI_AUTH={pw['redis']} redis-cli --user {conventions.ENGINE_APP_USER} -h 127.0.0.1 -p {conventions.ENGINES['redis'].local_port}"
     with tempfile.TemporaryDirectory() as tmp:
         box = BackupSandbox(Path(tmp), settings, pw, restic_password=password(), repository_url=repository())
         run = box.run(f"""

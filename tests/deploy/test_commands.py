@@ -66,7 +66,7 @@ def test_the_script_carries_the_facts_from_conventions():
     assert f"CURRENT_LINK={conventions.CURRENT_RELEASE_LINK}\n" in sent
     assert f"CA_FILE={conventions.CA_CERT_PATH}\n" in sent
     name = conventions.app_pool_tls_name("staging")
-    assert f"HEALTH_URL=https://{name}:{conventions.APP_TLS_PORT}{conventions.HEALTH_PATH}\n" in sent
+    assert f"HEALTH_URL=https://{name}:{conventions.APP_LOCAL_TLS_PORT}{conventions.HEALTH_PATH}\n" in sent
 
 
 def test_upload_goes_to_a_partial_directory_hard_linking_against_current():

@@ -30,7 +30,7 @@ SHELL = f"""set -euo pipefail
 . {conventions.BACKUP_LIBRARY}
 load_engine_secrets
 psql() {{ runuser -u postgres -- psql -X -A -t -v ON_ERROR_STOP=1 -d {DB} "$@"; }}
-rcli() {{ REDISCLI_AUTH=$REDIS_PASSWORD redis-cli -h 127.0.0.1 -p {conventions.ENGINES["redis"].local_port} "$@"; }}
+rcli() {{ REDISCLI_AUTH=$REDIS_PASSWORD redis-cli --user {APP} -h 127.0.0.1 -p {conventions.ENGINES["redis"].local_port} "$@"; }}
 rmq() {{ rabbitmqctl --quiet "$@"; }}
 rmq_list() {{ rabbitmqctl --quiet --no-table-headers "$@"; }}
 """

@@ -51,9 +51,11 @@ def assert_note_in_every_engine(engines: dict, text: str) -> None:
     assert text in rabbit or len(rabbit) == 10, rabbit
 
 
-def test_healthz_through_the_lb_reports_every_enabled_engine_ok(local_stack):
-    report = local_stack.wait_healthy(timeout=60)
-    assert report["engines"] == {**{e: {"status": "ok"} for e in ENABLED}, "mongodb": {"status": "disabled"}}
+def test_healthz_through_the_lb_is_up_and_every_app_server_reports_every_enabled_engine_ok(local_stack):
+    local_stack.wait_healthy(timeout=60)
+    for server in local_stack.app_servers():
+        report = local_stack.full_health(server)
+        assert report["engines"] == {**{e: {"status": "ok"} for e in ENABLED}, "mongodb": {"status": "disabled"}}
 
 
 def test_the_app_connects_to_each_engine_with_tls_verified_against_the_stacks_ca(local_stack):

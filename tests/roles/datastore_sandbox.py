@@ -292,3 +292,12 @@ class Sandbox:
             capture_output=True, text=True, timeout=timeout,
         )
         return Run(completed)
+
+
+ROUND = """
+# One provisioning run of an engine's steps, as role_steps runs them, counting changes.
+round() {
+    ( set -Eeu; trap 'echo "FAILED: $BASH_COMMAND" >&2' ERR; CHANGES=0; note_certificate_change; load_secrets; "$2"; echo "CHANGES $1 $CHANGES" )
+    echo "CHECK round-$1 $?"
+}
+"""

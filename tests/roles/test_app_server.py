@@ -35,9 +35,70 @@ def test_nginx_accepts_the_rendered_app_server_config(tmp_path, engines):
     cert = issue(ca, tmp_path / "ca", "server", dns=["staging-app-1", "staging-app"], ips=["10.110.16.5"])
     root = nginx_tree(tmp_path / "ns", {
         SITE: app_files(engines)[SITE], c.SERVER_CERT_PATH: cert.cert, c.SERVER_KEY_PATH: cert.key,
+        c.CA_CERT_PATH: ca.cert,
     })
     result = nginx_check(root)
     assert result.returncode == 0, result.stderr
+
+
+def test_app_server_takes_the_lbs_connections_only_with_its_certificate(tmp_path):
+    """The rendered site on nginx (ports 8443 and loopback 8444 of this host, so run under
+    the sandbox lock): no client certificate, nothing served (nginx's 400); another droplet's certificate
+    from the same CA is refused (403); the LB's is served. The loopback listener serves
+    the health check to whoever is on the server, without a certificate, and nothing else."""
+    stack = settings().stack
+    ca = make_ca(tmp_path / "ca", "ca")
+    server = issue(ca, tmp_path / "ca", "server", dns=[f"{stack}-app-1", c.app_pool_tls_name(stack)], ips=["127.0.0.1"])
+    lb = issue(ca, tmp_path / "ca", "lb", dns=[c.droplet_name(stack, c.LOAD_BALANCER), "example.com"])
+    other = issue(ca, tmp_path / "ca", "other", dns=[f"{stack}-app-2", c.app_pool_tls_name(stack)])
+    root = nginx_tree(tmp_path / "ns", {
+        SITE: app_files()[SITE], c.SERVER_CERT_PATH: server.cert, c.SERVER_KEY_PATH: server.key,
+        c.CA_CERT_PATH: ca.cert,
+    })
+    # The API app's stand-in: a file server with /healthz.
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "healthz").write_text("full health\n")
+    api = subprocess.Popen(["python3", "-m", "http.server", str(c.API_APP_PORT), "--bind", "127.0.0.1"],
+                           cwd=tmp_path / "api", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nginx = subprocess.Popen(in_namespace(root, [require("nginx"), "-g", "daemon off;"]),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for port in (c.APP_TLS_PORT, c.APP_LOCAL_TLS_PORT, c.API_APP_PORT):
+            wait_for(port)
+
+        def curl(port: int, path: str, *cert: str) -> str:
+            result = run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                          "--cacert", str(ca.cert), "--resolve", f"{stack}-app:{port}:127.0.0.1", *cert,
+                          f"https://{stack}-app:{port}{path}"])
+            return result.stdout.strip() if result.returncode == 0 else f"refused ({result.stderr.strip()})"
+
+        health = c.HEALTH_PATH
+        # nginx ends the handshake, then answers 400 (no certificate sent) to anything.
+        assert curl(c.APP_TLS_PORT, health) == "400", "no client certificate"
+        assert curl(c.APP_TLS_PORT, "/") == "400", "no client certificate"
+        assert curl(c.APP_TLS_PORT, health, "--cert", str(lb.cert), "--key", str(lb.key)) == "200"
+        assert curl(c.APP_TLS_PORT, health, "--cert", str(other.cert), "--key", str(other.key)) == "403"
+        assert curl(c.APP_LOCAL_TLS_PORT, health) == "200"
+        assert curl(c.APP_LOCAL_TLS_PORT, "/api/anything") == "404"
+        listening = run(["ss", "-Hltn", f"sport = :{c.APP_LOCAL_TLS_PORT}"]).stdout
+        assert listening.split() and all(" 127.0.0.1:" in f" {line.split()[3]}" for line in listening.splitlines()), listening
+    finally:
+        nginx.terminate()
+        api.terminate()
+        nginx.wait(timeout=10)
+        api.wait(timeout=10)
+
+
+def wait_for(port: int, seconds: float = 10) -> None:
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def test_site_routes_api_and_health_to_the_api_app():
@@ -151,9 +212,9 @@ def test_env_push_names_every_enabled_engine_and_is_readable_by_app_only():
     env = app_server.app_env("10.110.16.9", {"postgresql": "pw1", "redis": "pw2"}, settings(["postgresql", "redis"]))
     assert "POSTGRESQL_HOST=10.110.16.9" in env and "REDIS_PORT=6380" in env and "REDIS_PASSWORD=pw2" in env
     assert "MONGODB" not in env and f"PLATFORM_CA_FILE={c.CA_CERT_PATH}" in env
-    # The datastore creates an `app` login in PostgreSQL; Redis has only requirepass, so a
-    # user name there would be refused (WRONGPASS) and /healthz would never turn 200.
-    assert f"POSTGRESQL_USER={c.ENGINE_APP_USER}" in env and "REDIS_USER" not in env
+    # The datastore creates an `app` login in every engine; on Redis the default user is
+    # off, so a password alone would be refused (WRONGPASS) and /healthz never turn 200.
+    assert f"POSTGRESQL_USER={c.ENGINE_APP_USER}" in env and f"REDIS_USER={c.ENGINE_APP_USER}" in env
     target = cloudinit.pushes(c.APP_SERVER, settings())["env"].files[".env"]
     assert (target.path, target.mode, target.owner) == (c.APP_ENV_FILE, "0640", f"root:{c.APP_USER}")
 

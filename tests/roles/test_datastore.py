@@ -1,7 +1,7 @@
 """The datastore role: its files rendered for the staging stack, read by the programs that
 read them on a droplet, and its engines started on them.
 
-PostgreSQL, Redis behind stunnel and RabbitMQ run on the rendered files inside a
+PostgreSQL and RabbitMQ (Redis: test_datastore_redis.py) run on the rendered files inside a
 throwaway namespace (tests/roles/datastore_sandbox.py), driven by the role's own
 provisioning functions, twice: the second run must change nothing. MongoDB is not
 installable here: its config and user script are checked for structure only.
@@ -22,7 +22,7 @@ import mockcloud
 from cloudinit import common, datastore
 from model import conventions
 
-from datastore_sandbox import Sandbox, password, tool, vpc_address
+from datastore_sandbox import ROUND, Sandbox, password, tool, vpc_address
 
 DS = conventions.DATASTORE
 PG_CONNECT = "host={host} port={port} dbname={db} user={user} sslmode={mode} sslrootcert={ca} connect_timeout=5"
@@ -157,13 +157,6 @@ def test_mongodb_user_script_parses_and_reads_passwords_from_the_environment(tmp
 
 # --- Engines started on their rendered files ----------------------------------------------
 
-ROUND = """
-# One provisioning run of an engine's steps, as role_steps runs them, counting changes.
-round() {
-    ( set -Eeu; trap 'echo "FAILED: $BASH_COMMAND" >&2' ERR; CHANGES=0; note_certificate_change; load_secrets; "$2"; echo "CHANGES $1 $CHANGES" )
-    echo "CHECK round-$1 $?"
-}
-"""
 
 
 def test_postgresql_on_the_rendered_config(tmp_path, staging):
@@ -243,56 +236,6 @@ check read test "$(psql -X -At "{conn}" -c "SELECT x FROM kept")" = 42
     assert run.status("round-again") == 0 and run.changes("again") == 0, out
 
 
-def test_redis_behind_stunnel_on_the_rendered_configs(tmp_path, staging):
-    tool("stunnel4", "stunnel4")
-    tool("redis-server", "redis-server")
-    tool("openssl", "openssl")
-    pw = passwords_for(staging)
-    box = Sandbox(tmp_path, staging, pw)
-    tls_port = conventions.ENGINES["redis"].tls_port
-    cli = f"redis-cli --no-auth-warning -h {box.address} -p {tls_port}"
-    run = box.run(ROUND + f"""
-round first redis_steps
-round second redis_steps
-check tls-with-password test "$({cli} --tls --cacert {box.ca_cert} -a {pw['redis']} SET k v)" = OK
-check tls-read test "$({cli} --tls --cacert {box.ca_cert} -a {pw['redis']} GET k)" = v
-check tls-without-password test "$({cli} --tls --cacert {box.ca_cert} GET k 2>&1)" = v
-{cli} --tls --cacert {box.ca_cert} GET k 2>&1
-check plaintext-to-stunnel test "$(timeout 5 {cli} -a {pw['redis']} PING 2>&1)" = PONG
-check redis-not-on-vpc timeout 3 redis-cli -h {box.address} -p {conventions.ENGINES['redis'].local_port} PING
-check verified-handshake bash -c "openssl s_client -connect {box.address}:{tls_port} -CAfile {box.ca_cert} -verify_return_error -verify_ip {box.address} </dev/null"
-check data-on-volume test -d {conventions.DATA_MOUNT}/redis
-check password-file-private test "$(stat -c '%a %U:%G' {datastore.REDIS_PASSWORD_CONF})" = "640 root:redis"
-cat "$T/stunnel.log"
-""")
-    out = run.output
-    assert run.status("round-first") == 0, out
-    assert run.changes("first") > 0
-    assert run.status("round-second") == 0, out
-    assert run.changes("second") == 0, out
-    assert run.status("tls-with-password") == 0, out
-    assert run.status("tls-read") == 0, out
-    assert run.status("tls-without-password") != 0 and "NOAUTH" in out
-    assert run.status("plaintext-to-stunnel") != 0
-    assert run.status("redis-not-on-vpc") != 0
-    assert run.status("verified-handshake") == 0, out
-    assert run.status("data-on-volume") == 0
-    assert run.status("password-file-private") == 0, out
-
-
-def test_redis_waits_for_its_password(tmp_path, staging):
-    """Before the secrets push, Redis is configured but not started (stunnel would expose it)."""
-    box = Sandbox(tmp_path, staging, passwords=None)
-    run = box.run(ROUND + f"""
-round first redis_steps
-check redis-running pgrep -x redis-server
-check password-file test -e {datastore.REDIS_PASSWORD_CONF}
-""")
-    assert run.status("round-first") == 0, run.output
-    assert run.status("redis-running") != 0
-    assert run.status("password-file") != 0
-
-
 def test_rabbitmq_on_the_rendered_config(tmp_path, staging):
     tool("rabbitmq-server", "rabbitmq-server")
     tool("openssl", "openssl")
@@ -346,7 +289,7 @@ def test_engines_switched_off_stop_keep_their_data_and_come_back_with_it(tmp_pat
     pg_port, redis_port = conventions.ENGINES["postgresql"].tls_port, conventions.ENGINES["redis"].tls_port
     conn = PG_CONNECT.format(host=box.address, port=pg_port, db=conventions.ENGINE_APP_DATABASE,
                              user=conventions.ENGINE_APP_USER, mode="verify-full", ca=box.ca_cert)
-    redis = f"redis-cli --no-auth-warning -h {box.address} -p {redis_port} --tls --cacert {box.ca_cert} -a {pw['redis']}"
+    redis = f"redis-cli --no-auth-warning -h {box.address} -p {redis_port} --tls --cacert {box.ca_cert} --user {conventions.ENGINE_APP_USER} -a {pw['redis']}"
     data = conventions.DATA_MOUNT
     run = box.run(ROUND + f"""
 export PGPASSWORD={pw['postgresql']}

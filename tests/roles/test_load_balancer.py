@@ -33,14 +33,18 @@ def lb_files(engines=None) -> dict[str, str]:
     return cloudinit.rendered_files(c.LOAD_BALANCER, settings(engines))
 
 
-def lb_tree(tmp_path: Path, rendered: dict[str, str], upstreams: str, ca: Path | None) -> Path:
-    """The LB's files at their real paths, as a booted LB has them (no CA before the tls push)."""
+def lb_tree(tmp_path: Path, rendered: dict[str, str], upstreams: str, ca: Path | None, identity=None) -> Path:
+    """The LB's files at their real paths, as a booted LB has them (no CA before the tls
+    push; its own certificate, shown to the app servers, a self-signed placeholder until then)."""
     public = self_signed(tmp_path / "public", "public", rendered_domain())
+    identity = identity or self_signed(tmp_path / "placeholder", "placeholder", "placeholder until the tls push")
     files = {path: text for path, text in rendered.items() if path.startswith(("/etc/nginx/", c.MAINTENANCE_ROOT))}
     files.update({
         c.LB_UPSTREAMS_FILE: upstreams,
         c.LB_PUBLIC_CERT_PATH: public.cert,
         c.LB_PUBLIC_KEY_PATH: public.key,
+        c.SERVER_CERT_PATH: identity.cert,
+        c.SERVER_KEY_PATH: identity.key,
     })
     if ca is not None:
         files[c.CA_CERT_PATH] = ca
@@ -182,6 +186,7 @@ http {{
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols {protocols};
+        {client_check}
         location / {{ add_header X-Backend {name} always; return 200 "{name} $http_x_forwarded_proto $http_x_forwarded_for\\n"; }}
     }}
 }}
@@ -191,12 +196,15 @@ http {{
 class Backend:
     """A stand-in app server: nginx with a certificate, answering with its own name."""
 
-    def __init__(self, tmp_path: Path, name: str, ip: str, pair, protocols: str = "TLSv1.2 TLSv1.3"):
+    def __init__(self, tmp_path: Path, name: str, ip: str, pair, protocols: str = "TLSv1.2 TLSv1.3",
+                 client_ca: Path | None = None):
         self.dir = tmp_path / name
         (self.dir / "tmp").mkdir(parents=True)
         conf = self.dir / "nginx.conf"
+        # As the app servers do: a client certificate from the stack's CA, or no handshake.
+        client_check = f"ssl_verify_client on; ssl_client_certificate {client_ca};" if client_ca else ""
         conf.write_text(BACKEND_CONF.format(dir=self.dir, ip=ip, port=c.APP_TLS_PORT, cert=pair.cert, key=pair.key, name=name,
-                                            protocols=protocols))
+                                            protocols=protocols, client_check=client_check))
         self.process = subprocess.Popen(
             [require("nginx"), "-c", str(conf), "-p", str(self.dir), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -223,8 +231,9 @@ def wait_for_port(host: str, port: int, process: subprocess.Popen, seconds: floa
 
 
 class LoadBalancerUnderTest:
-    def __init__(self, tmp_path: Path, ca: Path, servers: list[str], files: dict[str, str] | None = None):
-        self.root = lb_tree(tmp_path, files or lb_files(), load_balancer.upstreams(servers), ca)
+    def __init__(self, tmp_path: Path, ca: Path, servers: list[str], files: dict[str, str] | None = None,
+                 identity=None):
+        self.root = lb_tree(tmp_path, files or lb_files(), load_balancer.upstreams(servers), ca, identity)
         self.public_cert = next((tmp_path / "public").glob("public.crt"))
         self.process = subprocess.Popen(
             in_namespace(self.root, [require("nginx"), "-g", "daemon off;"]),
@@ -312,6 +321,48 @@ def test_lb_reencrypts_alternates_and_survives_a_backend_stopping(tmp_path, port
     backends[1].stop()
     status, _, body = lb.get("/")
     assert status == 503 and "right back" in body, "no app server: the maintenance page"
+
+
+def lb_cert(ca, tmp_path: Path):
+    """The LB's certificate as components/load_balancer.py issues it (its name first)."""
+    stack = settings().stack
+    return issue(ca, tmp_path / "certs", "lb", dns=[f"{stack}-{c.LOAD_BALANCER}", rendered_domain()], ips=["127.0.0.1"])
+
+
+def test_lb_shows_its_certificate_to_app_servers_that_ask_for_one(tmp_path, ports_free, internal_ca, started):
+    """App servers take the LB's connections only with its client certificate from the
+    stack's CA: the LB shows the one the tls push placed, and is served."""
+    (tmp_path / "certs").mkdir()
+    started.append(Backend(tmp_path, "app-1", APP_IPS[0], app_server_cert(internal_ca, tmp_path, 1, APP_IPS[0]),
+                           client_ca=internal_ca.cert))
+    lb = LoadBalancerUnderTest(tmp_path, internal_ca.cert, APP_IPS[:1], identity=lb_cert(internal_ca, tmp_path))
+    started.append(lb)
+    status, headers, _ = lb.get("/")
+    assert status == 200 and headers.get("X-Backend") == "app-1", (status, headers)
+
+
+def test_public_health_says_up_or_down_only(tmp_path, ports_free, internal_ca, started):
+    """The internet's /healthz: 200 "ok" or 503 "down", none of the app servers' answer
+    (their names, engines, errors); kept a few seconds, then asked again."""
+    (tmp_path / "certs").mkdir()
+    backend = Backend(tmp_path, "app-1", APP_IPS[0], app_server_cert(internal_ca, tmp_path, 1, APP_IPS[0]),
+                      client_ca=internal_ca.cert)
+    started.append(backend)
+    lb = LoadBalancerUnderTest(tmp_path, internal_ca.cert, APP_IPS[:1], identity=lb_cert(internal_ca, tmp_path))
+    started.append(lb)
+    # The stand-in's full answer names it (body and X-Backend), as an app server's does.
+    status, headers, body = lb.get("/")
+    assert status == 200 and "app-1" in body
+    for _ in range(3):
+        status, headers, body = lb.get(c.HEALTH_PATH)
+        assert (status, body) == (200, "ok\n"), (status, headers, body)
+        assert "app-1" not in json.dumps(headers) and "X-Backend" not in headers, headers
+    status, _, _ = lb.get(c.LB_HEALTH_PROBE_PATH)
+    assert status == 404, "the LB's probe path is internal"
+    backend.stop()
+    time.sleep(c.LB_PUBLIC_HEALTH_CACHE_SECONDS + 1)
+    status, headers, body = lb.get(c.HEALTH_PATH)
+    assert (status, body) == (503, "down\n"), (status, headers, body)
 
 
 def test_lb_answers_only_for_its_domain_and_says_little(tmp_path, ports_free, internal_ca, started):
