@@ -41,10 +41,23 @@ def volume_name(stack: str) -> str:
     return f"{stack}-data"
 
 
-def bucket_name(stack: str, domain: str) -> str:
-    """The backup bucket's name: the domain makes it unique among every account's buckets.
-    A long one is cut to the limit, and never left ending in `-`, which Spaces refuses."""
-    return f"{stack}-{domain.replace('.', '-')}-backups"[:BUCKET_NAME_MAX].rstrip("-")
+# What each of the stack's buckets holds, by the end of its name. Each role's backups have
+# their own bucket and key, so root on one droplet can reach no other role's backups; the
+# releases have theirs, which no droplet's key reaches. The datastore's keeps `backups`,
+# the name the stack's one bucket had.
+RELEASES = "releases"
+BUCKET_SUFFIXES = {DATASTORE: "backups", LOAD_BALANCER: "lb-backups", APP_SERVER: "app-backups",
+                   RELEASES: "releases"}
+
+
+def bucket_name(stack: str, domain: str, purpose: str = DATASTORE) -> str:
+    """A bucket's name (purpose: a role, whose backups it holds, or RELEASES): the domain
+    makes it unique among every account's buckets. `<stack>-<domain>` is cut to the same
+    length for every purpose, so the names differ by their ends however long the domain;
+    never left ending in `-`, which Spaces refuses."""
+    stem_max = BUCKET_NAME_MAX - 1 - max(len(s) for s in BUCKET_SUFFIXES.values())
+    stem = f"{stack}-{domain.replace('.', '-')}"[:stem_max].rstrip("-")
+    return f"{stem}-{BUCKET_SUFFIXES[purpose]}"
 
 
 # Tags are account-wide: a bare `staging` or `app` may already be on droplets that are not
