@@ -336,13 +336,13 @@ BACKUP_MAX_AGE_HOURS = 26
 # Every snapshot this recent is kept besides the daily/weekly/monthly ones, so an
 # on-demand backup (before a risky change) outlives a second run on the same day.
 BACKUP_KEEP_WITHIN = "1d"
-# Inside the bucket: one restic repository per role, restic/<role>, each with its own
-# password, so a load balancer's key opens none of the datastore's dumps.
+# Inside each role's bucket: its restic repository, restic/<role>, with its own password,
+# so a load balancer's files open none of the datastore's dumps (nor can its key reach them).
 BACKUP_REPOSITORY_PREFIX = "restic"
-# The backup bucket keeps a deleted or overwritten object this many days (versioning and a
-# lifecycle rule), then clears it.
+# Every bucket of the stack keeps a deleted or overwritten object this many days
+# (versioning and a lifecycle rule), then clears it.
 BUCKET_NONCURRENT_DAYS = 30
-# Inside the same bucket: every release `python -m deploy` rolled out, with its manifest.
+# Inside the release bucket: every release `python -m deploy` rolled out, with its signed manifest.
 RELEASE_ARCHIVE_PREFIX = "releases"
 
 
@@ -352,7 +352,7 @@ def spaces_endpoint(region: str) -> str:
 
 
 def backup_repository_path(role: str) -> str:
-    """A role's restic repository inside the backup bucket."""
+    """A role's restic repository inside the role's bucket."""
     return f"{BACKUP_REPOSITORY_PREFIX}/{role}"
 
 
@@ -363,5 +363,5 @@ def backup_host(stack: str, member: str) -> str:
 
 
 def release_archive_key(stack: str, release_id: str, suffix: str) -> str:
-    """A release's object in the backup bucket: releases/<stack>/<id>.tar.gz (and .json)."""
+    """A release's object in the release bucket: releases/<stack>/<id>.tar.gz (and .json, .json.sig)."""
     return f"{RELEASE_ARCHIVE_PREFIX}/{stack}/{release_id}{suffix}"

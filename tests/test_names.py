@@ -33,7 +33,7 @@ TAG_NAME = re.compile(r"^[A-Za-z0-9:_-]{1,255}$")
 STAGING = mockcloud.stack_file_config("staging")
 ALLOWED = (
     "a stack name of lowercase letters, digits and '-', starting with a letter, not ending with '-', "
-    f"at most {conventions.STACK_NAME_MAX} characters (the names of its droplets, volume, backup bucket "
+    f"at most {conventions.STACK_NAME_MAX} characters (the names of its droplets, volume, buckets "
     "and tags are made from it)"
 )
 LONGEST = ("max-" + "0123456789" * 10)[: conventions.STACK_NAME_MAX - 2] + "-z"  # exactly STACK_NAME_MAX
