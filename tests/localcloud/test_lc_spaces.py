@@ -2,10 +2,11 @@
 (spaces.server_command), on loopback, its own port and key directory under a temporary
 folder, so a running local cloud is not touched.
 
-A key granted `readwrite` on bucket A uses A (boto3 and restic, which the droplets run),
-and can neither list, read, write nor delete in bucket B; a `read` key reads and cannot
-write; an unknown key or a wrong secret is refused; the host's key has every bucket; keys
-follow the stack's file (a key removed from it stops working at once).
+The plan holds the program's SpacesKeys as made. A key granted `readwrite` on bucket A
+uses A (boto3 and restic, which the droplets run), and can neither list, read, write nor
+delete in bucket B; a `read` key reads and cannot write; an unknown key or a wrong secret
+is refused; the host's key has every bucket; keys follow the stack's file (a key removed
+from it stops working at once).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from localcloud.spaces_server import policy_document
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
 from s3_stand_in import private_ca  # noqa: E402  (the deploy tests' private CA for a loopback server)
 
-pytestmark = pytest.mark.sandbox
+# The tests that start the server run a host program (and restic): tier sandbox.
+server_test = pytest.mark.sandbox
 
 APP = ("DO00APPKEY0000000001", "app-secret-" + "a" * 32)
 DATASTORE = ("DO00DATASTOREKEY0002", "datastore-secret-" + "d" * 26)
@@ -105,6 +107,7 @@ def refused(call, code: str = "AccessDenied") -> None:
     assert raised.value.response["Error"]["Code"] == code, raised.value.response["Error"]
 
 
+@server_test
 def test_a_key_uses_its_own_bucket_and_cannot_list_read_write_or_delete_another(server, stack_keys):
     app = s3_with(server, APP)
     app.put_object(Bucket=APP_BUCKET, Key="restic/app/config", Body=b"app")
@@ -121,6 +124,7 @@ def test_a_key_uses_its_own_bucket_and_cannot_list_read_write_or_delete_another(
         b"the datastore's repository"
 
 
+@server_test
 def test_a_read_grant_reads_and_writes_nothing(server, stack_keys):
     reader = s3_with(server, READER)
     assert reader.get_object(Bucket=DATASTORE_BUCKET, Key="restic/datastore/config")["Body"].read()
@@ -130,6 +134,7 @@ def test_a_read_grant_reads_and_writes_nothing(server, stack_keys):
     refused(lambda: reader.list_objects_v2(Bucket=APP_BUCKET))
 
 
+@server_test
 def test_unknown_keys_and_wrong_secrets_are_refused(server, stack_keys):
     refused(lambda: s3_with(server, ("DO00NOSUCHKEY0000000", "x")).list_objects_v2(Bucket=APP_BUCKET),
             "InvalidAccessKeyId")
@@ -137,6 +142,7 @@ def test_unknown_keys_and_wrong_secrets_are_refused(server, stack_keys):
             "SignatureDoesNotMatch")
 
 
+@server_test
 def test_restic_with_a_roles_key_backs_up_to_its_bucket_and_cannot_open_anothers(server, stack_keys, tmp_path):
     """What a droplet runs (platform-backup: restic over S3), with its backup.env's values."""
     (tmp_path / "data").mkdir()
@@ -157,6 +163,7 @@ def test_restic_with_a_roles_key_backs_up_to_its_bucket_and_cannot_open_anothers
     assert stack_keys.list_objects_v2(Bucket=DATASTORE_BUCKET)["KeyCount"] == 1, "nothing written there"
 
 
+@server_test
 def test_the_host_key_has_every_bucket_and_a_key_removed_from_the_stack_stops_working(server, stack_keys):
     names = {b["Name"] for b in stack_keys.list_buckets()["Buckets"]}
     assert {APP_BUCKET, DATASTORE_BUCKET} <= names
@@ -179,3 +186,16 @@ def test_grants_become_policies_as_spaces_defines_the_permissions():
         policy_document([{"bucket": "b", "permission": "write"}])
     with pytest.raises(ValueError, match="a 'readwrite' grant names no bucket"):
         policy_document([{"bucket": "", "permission": "readwrite"}])
+
+
+def test_the_plan_holds_each_spaces_key_with_its_grants_as_the_program_made_them():
+    import mockcloud
+    d = mockcloud.deploy(mockcloud.stack_settings("staging", spacesEndpoint=spaces.ENDPOINT))
+    p = local_plan.plan_from(d.resources, d.mocks.options, "staging", d.settings, {})
+    made = {k.name: k for k in d.of_type(":SpacesKey")}
+    assert {k.name: (k.access_key, k.secret_key, k.grants) for k in p.keys} == {
+        k.state["name"]: (k.state["accessKey"], k.state["secretKey"], tuple(k.state["grants"])) for k in made.values()}
+    assert {k.name for k in p.keys} == {"staging-datastore-backups", "staging-lb-backups", "staging-app-backups",
+                                        "staging-deploys"}
+    assert {b.key: b.name for b in p.buckets}["app-backups"] == p.bucket("app-backups").name
+    assert all(k.secret_key not in repr(p) for k in p.keys), "the plan's repr shows no secret"
