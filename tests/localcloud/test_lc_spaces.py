@@ -78,8 +78,8 @@ def monkeypatch_module():
         yield m
 
 
-def s3_with(server, key: tuple[str, str]):
-    return boto3.client("s3", endpoint_url=server.endpoint, region_name=spaces.REGION, verify=server.ca,
+def s3_with(server, key: tuple[str, str], region: str = spaces.REGION):
+    return boto3.client("s3", endpoint_url=server.endpoint, region_name=region, verify=server.ca,
                         aws_access_key_id=key[0], aws_secret_access_key=key[1],
                         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
 
@@ -113,6 +113,10 @@ def test_a_key_uses_its_own_bucket_and_cannot_list_read_write_or_delete_another(
     app.put_object(Bucket=APP_BUCKET, Key="restic/app/config", Body=b"app")
     assert [o["Key"] for o in app.list_objects_v2(Bucket=APP_BUCKET)["Contents"]] == ["restic/app/config"]
     app.delete_object(Bucket=APP_BUCKET, Key="restic/app/config")
+    # Signed for the stack's Spaces region, as the deploy tool signs (Store.region): the same.
+    assert s3_with(server, APP, region="ams3").list_objects_v2(Bucket=APP_BUCKET)["KeyCount"] == 0
+    denied_elsewhere = s3_with(server, APP, region="ams3")
+    refused(lambda: denied_elsewhere.list_objects_v2(Bucket=DATASTORE_BUCKET))
     refused(lambda: app.list_objects_v2(Bucket=DATASTORE_BUCKET))
     refused(lambda: app.get_object(Bucket=DATASTORE_BUCKET, Key="restic/datastore/config"))
     refused(lambda: app.put_object(Bucket=DATASTORE_BUCKET, Key="restic/datastore/config", Body=b"replaced"))
