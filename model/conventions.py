@@ -4,6 +4,7 @@ A port, a path or a user name is written here once; the firewall rules, the rend
 configs and the tests all read it from here.
 """
 
+import re
 from dataclasses import dataclass
 
 PROJECT = "node-platform"
@@ -28,6 +29,7 @@ ROLES = (LOAD_BALANCER, APP_SERVER, DATASTORE)
 STACK_NAME_MAX = 40
 STACK_NAME_PATTERN = r"[a-z]([a-z0-9-]*[a-z0-9])?"
 BUCKET_NAME_MAX = 63
+BUCKET_NAME_PATTERN = r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]"
 
 
 def droplet_name(stack: str, member: str) -> str:
@@ -55,9 +57,18 @@ def bucket_name(stack: str, domain: str, purpose: str = DATASTORE) -> str:
     makes it unique among every account's buckets. `<stack>-<domain>` is cut to the same
     length for every purpose, so the names differ by their ends however long the domain;
     never left ending in `-`, which Spaces refuses."""
+    if purpose not in BUCKET_SUFFIXES:
+        raise ValueError(f"bucket purpose {purpose!r}: one of {', '.join(BUCKET_SUFFIXES)}")
     stem_max = BUCKET_NAME_MAX - 1 - max(len(s) for s in BUCKET_SUFFIXES.values())
     stem = f"{stack}-{domain.replace('.', '-')}"[:stem_max].rstrip("-")
-    return f"{stem}-{BUCKET_SUFFIXES[purpose]}"
+    name = f"{stem}-{BUCKET_SUFFIXES[purpose]}"
+    # The stack-name and domain checks make every name valid; this says which rule broke
+    # if either is ever loosened, before DigitalOcean refuses the bucket mid-`up`.
+    if not re.fullmatch(BUCKET_NAME_PATTERN, name):
+        raise ValueError(
+            f"bucket name {name!r} (from stack {stack!r} and domain {domain!r}) is not one Spaces accepts: "
+            f"3-{BUCKET_NAME_MAX} lowercase letters, digits and '-', starting and ending with a letter or digit")
+    return name
 
 
 # Tags are account-wide: a bare `staging` or `app` may already be on droplets that are not

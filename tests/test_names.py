@@ -155,6 +155,17 @@ def test_every_cut_bucket_name_is_valid_and_the_four_differ(stack_length):
                 assert BUCKET_NAME.match(name) and name.startswith(stack + "-"), name
 
 
+def test_a_bucket_name_spaces_would_refuse_is_refused_naming_its_stack_and_domain():
+    """The settings' checks keep every name valid; were one loosened, the rule that broke is named."""
+    with pytest.raises(ValueError) as raised:
+        conventions.bucket_name("dev", "Shop_1.example.com", conventions.LOAD_BALANCER)
+    assert str(raised.value) == (
+        "bucket name 'dev-Shop_1-example-com-lb-backups' (from stack 'dev' and domain 'Shop_1.example.com') is not "
+        "one Spaces accepts: 3-63 lowercase letters, digits and '-', starting and ending with a letter or digit")
+    with pytest.raises(ValueError, match="bucket purpose 'logs': one of datastore, lb, app, releases"):
+        conventions.bucket_name("dev", "example.com", "logs")
+
+
 # --- Tags carry the project and the stack -----------------------------------------------------
 
 
