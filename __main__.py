@@ -40,8 +40,8 @@ def build(settings: Settings) -> dict[str, object]:
     pool = AppServerPool("app", base=base, jump=lb.route, datastore=datastore)
     lb.send_traffic_to(pool.private_ips, serving=pool.serving)
     if settings.backups:
-        lb.back_up_to(datastore.backup_bucket)
-        pool.back_up_to(datastore.backup_bucket)
+        lb.back_up()
+        pool.back_up()
     url = f"https://{settings.domain}"
     if settings.alert_emails:
         Alerts("alerts", settings=settings, network=base.network, url=url)
@@ -66,9 +66,9 @@ def build(settings: Settings) -> dict[str, object]:
         ),
     }
     if settings.backups:
-        outputs["release_archive"] = release_archive(
-            "release-archive", settings=settings, bucket=datastore.backup_bucket, datastore_address=datastore.private_ip
-        )
+        archive = release_archive("release-archive", settings=settings, datastore_address=datastore.private_ip)
+        outputs["release_archive"] = archive.output
+        outputs["release_signing_public_key"] = archive.signing_public_key
     return outputs
 
 

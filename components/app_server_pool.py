@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pulumi
-import pulumi_digitalocean as do
 
 from cloudinit import app_server as app_files
 
@@ -11,6 +10,7 @@ from . import remote
 
 from model import conventions
 from .backups import Backups
+from .buckets import spaces_bucket
 from .datastore import Datastore
 from .foundation import Foundation
 from model.settings import Settings
@@ -93,10 +93,13 @@ class AppServerPool(pulumi.ComponentResource):
             self.private_ips.append(droplet.ipv4_address_private)
         self.register_outputs({"private_ips": self.private_ips})
 
-    def back_up_to(self, bucket: do.SpacesBucket) -> None:
-        """Each server's configuration, daily, to the stack's backup bucket (one repository
-        for the pool, a series per server). app-1, which shrinking never removes, creates
-        the repository; the others' pushes wait for its."""
+    def back_up(self) -> None:
+        """Each server's configuration, daily, to the pool's own bucket (one repository for
+        the pool, a series per server). app-1, which shrinking never removes, creates the
+        repository; the others' pushes wait for its."""
+        bucket = spaces_bucket(
+            f"{self._name}-backups", settings=self._settings, purpose=conventions.APP_SERVER, parent=self
+        )
         Backups(
             f"{self._name}-backup", settings=self._settings, role=conventions.APP_SERVER, bucket=bucket,
             members=self.routes, opts=pulumi.ResourceOptions(parent=self),

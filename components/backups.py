@@ -1,11 +1,12 @@
-"""One role's backups: a Spaces key that can reach only the stack's backup bucket, and
+"""One role's backups: a Spaces key that can reach only the role's own bucket, and
 restic's repository password, pushed to each of the role's droplets with the schedule
 and retention (and the backup alerts' webhook, alertWebhookUrl).
 
 restic on each droplet does the work (cloudinit/common/platform-backup.sh): the datastore
 sends its engines' dumps and configuration, the load balancer its certificates and
-configuration, each app server its configuration. Each role has its own repository
-(restic/<role>) and password: a load balancer's files open none of the datastore's dumps.
+configuration, each app server its configuration. Each role has its own bucket, key,
+repository (restic/<role>) and password: a load balancer's files open none of the
+datastore's dumps, and its key can neither list nor delete them.
 The password lives in the stack's state (a secret) and in one root-only file per
 droplet, so a rebuilt droplet reads the old snapshots.
 """
@@ -46,8 +47,8 @@ class Backups(pulumi.ComponentResource):
         password = random.RandomPassword(
             f"{name}-repository-password", length=REPOSITORY_PASSWORD_LENGTH, special=False, opts=child
         )
-        # Read and write on this bucket only: a leaked key cannot reach other buckets or
-        # create any. (restic needs delete for retention, which `readwrite` includes.)
+        # Read and write on the role's bucket only: a leaked key cannot reach another role's
+        # bucket or create any. (restic needs delete for retention, which `readwrite` includes.)
         self.key = do.SpacesKey(
             f"{name}-key",
             name=f"{settings.stack}-{role}-backups",

@@ -12,6 +12,7 @@ from . import remote
 
 from model import conventions
 from .backups import Backups
+from .buckets import spaces_bucket
 from .foundation import Foundation
 
 PASSWORD_LENGTH = 32
@@ -58,29 +59,10 @@ class Datastore(pulumi.ComponentResource):
         )
         network.firewall(conventions.DATASTORE, parent=self)
         if settings.backups:
-            self.backup_bucket = do.SpacesBucket(
-                f"{name}-backups",
-                name=conventions.bucket_name(settings.stack, settings.domain),
-                region=settings.spaces_region,
-                acl="private",
-                versioning=do.SpacesBucketVersioningArgs(enabled=True),
-                # A bucket holding objects (or old versions) cannot be deleted: an unprotected
-                # stack's destroy empties it first, so it goes in one command; a protected
-                # one's bucket stays (protect refuses its deletion, and it is never emptied).
-                force_destroy=not settings.protect_data,
-                lifecycle_rules=[
-                    do.SpacesBucketLifecycleRuleArgs(
-                        enabled=True,
-                        abort_incomplete_multipart_upload_days=1,
-                        # Retention itself is the backup tool's; this only clears what it deleted.
-                        noncurrent_version_expiration=do.SpacesBucketLifecycleRuleNoncurrentVersionExpirationArgs(
-                            days=conventions.BUCKET_NONCURRENT_DAYS
-                        ),
-                    )
-                ],
-                # Named from the domain at creation, for a name unique among every
-                # account's; a later domain change keeps the bucket and its backups.
-                opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(ignore_changes=["name"])),
+            # The bucket the stack's one backup bucket was: same resource, same name, so an
+            # existing stack keeps it and restic/datastore in it.
+            self.backup_bucket = spaces_bucket(
+                f"{name}-backups", settings=settings, purpose=conventions.DATASTORE, parent=self
             )
 
         # Alphanumeric: they go into connection URLs and config files unquoted.

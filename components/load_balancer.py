@@ -11,6 +11,7 @@ from . import remote
 
 from model import conventions
 from .backups import Backups
+from .buckets import spaces_bucket
 from .foundation import Foundation
 
 
@@ -89,9 +90,12 @@ class LoadBalancer(pulumi.ComponentResource):
             depends_on=serving,
         )
 
-    def back_up_to(self, bucket: do.SpacesBucket) -> None:
-        """Its certificates and configuration, daily, to the stack's backup bucket: a rebuilt
-        LB takes its certificate back before asking Let's Encrypt for one."""
+    def back_up(self) -> None:
+        """Its certificates and configuration, daily, to a bucket of its own: a rebuilt LB
+        takes its certificate back before asking Let's Encrypt for one."""
+        bucket = spaces_bucket(
+            f"{self._name}-backups", settings=self._settings, purpose=conventions.LOAD_BALANCER, parent=self
+        )
         Backups(
             f"{self._name}-backup", settings=self._settings, role=conventions.LOAD_BALANCER, bucket=bucket,
             members={self._name: self.route}, opts=pulumi.ResourceOptions(parent=self),

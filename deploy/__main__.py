@@ -1,8 +1,9 @@
-"""python -m deploy {deploy|rollback|releases} STACK [--local] ...
+"""python -m deploy {deploy|rollback|releases|fetch} STACK [--local] ...
 
   deploy STACK [--app DIR] [--keep N] [--health-timeout S] [--break-lock]
   rollback STACK [--to RELEASE]
   releases STACK
+  fetch STACK RELEASE [--into DIR]
 
 STACK is a Pulumi stack (its outputs via `pulumi stack output`), or with --local the
 stack `python -m localcloud up` booted on this machine.
@@ -17,7 +18,7 @@ import shutil
 import sys
 import tempfile
 
-from . import DEFAULT_APP_DIR, HEALTH_TIMEOUT_SECONDS, KEEP_RELEASES, archive, commands, release
+from . import DEFAULT_APP_DIR, HEALTH_TIMEOUT_SECONDS, KEEP_RELEASES, archive, commands, release, restore
 from .archive import ArchiveError, NotArchived, Store
 from .executor import CommandFailed, Executor
 from .records import Stack
@@ -47,7 +48,19 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--health-timeout", type=int, default=HEALTH_TIMEOUT_SECONDS,
                              help=f"seconds a server may take to be healthy (default {HEALTH_TIMEOUT_SECONDS})")
     sub.add_parser("releases", parents=[common], help="what each server holds and which is current")
+    f = sub.add_parser("fetch", parents=[common], help="download an archived release, its signature and sha256 checked")
+    f.add_argument("release", help="the release id")
+    f.add_argument("--into", default=".", help="the directory <release>.tar.gz is written to (default: here)")
     return p
+
+
+def fetch(args, target: StackTarget, executor: Executor) -> int:
+    """Touches no server: the checked tarball for the README's restore by hand."""
+    store = target.archive_store()
+    executor.secrets.extend(store.secrets)
+    path = restore.fetch(store, args.release, args.into)
+    executor.say(f"{path}: signature and sha256 check (stack {store.stack}'s release signing key)")
+    return 0
 
 
 def target_of(args, executor: Executor) -> StackTarget:
@@ -107,6 +120,8 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
     deployer = None
     try:
         target = target_of(args, executor)
+        if args.command == "fetch":
+            return fetch(args, target, executor)
         stack = pinned(target.resolve(), work)
         deployer = Deployer(stack, executor, getattr(args, "health_timeout", HEALTH_TIMEOUT_SECONDS), control_dir=work)
         deployer.check_host_keys()
@@ -132,7 +147,7 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
     except Locked as locked:
         executor.say(f"refused: {locked}")
         return EXIT_LOCKED
-    except (TargetError, DeployError, ArchiveError, ValueError) as problem:
+    except (TargetError, DeployError, ArchiveError, NotArchived, ValueError) as problem:
         executor.say(f"{args.command}: {problem}")
         return EXIT_STOPPED
     except CommandFailed as failed:

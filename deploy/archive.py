@@ -1,15 +1,18 @@
-"""Archive each release to the stack's backup bucket, before any server receives it.
+"""Archive each release to the stack's release bucket, before any server receives it.
 
     releases/<stack>/<id>.tar.gz   release/    the directory every server receives (/srv/app/releases/<id>)
                                    config/     how it runs: pm2's ecosystem file, the app's
                                                environment with its passwords left out
                                    manifest.json
     releases/<stack>/<id>.json     the manifest again, with the tarball's size and sha256
+    releases/<stack>/<id>.json.sig the manifest's Ed25519 signature, by the stack's release
+                                   signing key (in its state, never on a droplet)
 
-The manifest goes up last: when it is there, the tarball is whole. Where and with which
-key come from the stack's `release_archive` output (components/release_archive.py).
-Each deploy then deletes the stack's archived releases older than the newest
-ARCHIVED_RELEASES_KEPT (ids sort by age), the manifest first.
+The manifest goes up last: when it is there, the tarball is whole. A restore
+(deploy/restore.py) installs nothing whose manifest's signature or tarball's sha256 does
+not check. Where, and with which keys, come from the stack's `release_archive` output
+(components/release_archive.py). Each deploy then deletes the stack's archived releases
+older than the newest ARCHIVED_RELEASES_KEPT (ids sort by age), the manifest first.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from .executor import Executor
 from .release import Build
 
 OUTPUT = "release_archive"   # the stack output that says where releases go
-TARBALL, MANIFEST = ".tar.gz", ".json"
+TARBALL, MANIFEST, SIGNATURE = ".tar.gz", ".json", ".json.sig"
 
 
 class NotArchived(Exception):
@@ -53,13 +56,17 @@ class Store:
     access_key_id: str = field(repr=False)
     secret_access_key: str = field(repr=False)
     configuration: dict[str, str] = field(default_factory=dict, repr=False)
+    # The stack's release signing key (PEM, Ed25519): its private half signs each manifest
+    # archived, its public half checks one restored.
+    signing_key_pem: str = field(default="", repr=False)
+    signing_public_key_pem: str = ""
     # The CA file of a stand-in's private certificate (the local cloud's); None: botocore's
     # own bundle, or AWS_CA_BUNDLE when set.
     ca_bundle: str | None = None
 
     @property
     def secrets(self) -> list[str]:
-        return [self.access_key_id, self.secret_access_key]
+        return [self.access_key_id, self.secret_access_key, *([self.signing_key_pem] if self.signing_key_pem else [])]
 
     def key(self, release_id: str, suffix: str) -> str:
         return conventions.release_archive_key(self.stack, release_id, suffix)
@@ -75,7 +82,8 @@ def store_from_outputs(stack: str, outputs: dict, missing_why: str) -> Store:
         raise NotArchived(missing_why)
     try:
         return Store(stack, archive["bucket"], archive["region"], archive["endpoint"], archive["access_key_id"],
-                     archive["secret_access_key"], dict(archive.get("configuration") or {}))
+                     archive["secret_access_key"], dict(archive.get("configuration") or {}),
+                     archive["signing_key_pem"], archive["signing_public_key_pem"])
     except (KeyError, TypeError) as missing:
         raise ArchiveError(f"stack {stack}: its output {OUTPUT} lacks {missing}; run `pulumi up` with this "
                            "version of the program") from None
@@ -140,10 +148,27 @@ class Upload:
     content_type: str
 
 
-def uploads(store: Store, release_id: str, tarball: Path, manifest_file: Path) -> list[Upload]:
-    """In this order: the manifest last, so its presence says the tarball is whole."""
+def uploads(store: Store, release_id: str, tarball: Path, manifest_file: Path, signature_file: Path) -> list[Upload]:
+    """In this order: the manifest last, so its presence says the tarball and signature are whole."""
     return [Upload(tarball, store.key(release_id, TARBALL), "application/gzip"),
+            Upload(signature_file, store.key(release_id, SIGNATURE), "application/octet-stream"),
             Upload(manifest_file, store.key(release_id, MANIFEST), "application/json")]
+
+
+def sign(store: Store, manifest_bytes: bytes) -> bytes:
+    """The manifest's Ed25519 signature (64 bytes) by the stack's release signing key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    try:
+        key = serialization.load_pem_private_key(store.signing_key_pem.encode(), None)
+    except (ValueError, TypeError) as unreadable:
+        raise ArchiveError(f"stack {store.stack}: the release signing key in output {OUTPUT} is not a PEM "
+                           f"private key ({unreadable}). No server was touched.") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ArchiveError(f"stack {store.stack}: the release signing key in output {OUTPUT} is not Ed25519. "
+                           "No server was touched.")
+    return key.sign(manifest_bytes)
 
 
 # --- sending -------------------------------------------------------------------------------
@@ -224,7 +249,7 @@ def prune(store: Store, keep: int) -> list[str]:
     s3 = client(store)
     old = archived_ids(store)[:-keep]
     for release_id in old:
-        for suffix in (MANIFEST, TARBALL):
+        for suffix in (MANIFEST, SIGNATURE, TARBALL):
             s3.delete_object(Bucket=store.bucket, Key=store.key(release_id, suffix))
     return old
 
@@ -239,12 +264,15 @@ def archive(store: Store, build: Build, work_dir: str, executor: Executor) -> No
     size = tarball.stat().st_size
     with tarball.open("rb") as f:
         facts = {**facts, "tarball_bytes": size, "tarball_sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+    manifest_bytes = (json.dumps(facts, indent=2) + "\n").encode()
     manifest_file = Path(work_dir) / f"{build.release_id}{MANIFEST}"
-    manifest_file.write_text(json.dumps(facts, indent=2) + "\n")
+    manifest_file.write_bytes(manifest_bytes)
+    signature_file = Path(work_dir) / f"{build.release_id}{SIGNATURE}"
+    signature_file.write_bytes(sign(store, manifest_bytes))
     executor.say(f"archiving {build.release_id} ({size / 2**20:.1f} MiB) to "
                  f"{store.url(build.release_id, TARBALL)} at {store.endpoint} ...")
-    send(store, uploads(store, build.release_id, tarball, manifest_file))
-    executor.say(f"archived {build.release_id} with its manifest ({time.monotonic() - start:.1f}s)")
+    send(store, uploads(store, build.release_id, tarball, manifest_file, signature_file))
+    executor.say(f"archived {build.release_id} with its signed manifest ({time.monotonic() - start:.1f}s)")
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 

@@ -89,7 +89,7 @@ class PulumiStack:
             raise TargetError(f"`pulumi stack output --show-secrets` failed for {self.name}: "
                               f"exit {failed.result.returncode}") from None
         return store_from_outputs(self.name, json.loads(result.output), missing_why=(
-            f"stack {self.name} has no {OUTPUT} output: its backup bucket exists only with the setting "
+            f"stack {self.name} has no {OUTPUT} output: its release bucket exists only with the setting "
             f"`backups: true` (if it is on, run `pulumi up` with this version of the program)"))
 
 

@@ -123,6 +123,16 @@ class PlannedVolume:
 class PlannedBucket:
     name: str
     versioning: bool
+    key: str = ""                  # the program's resource name: datastore-backups, lb-backups, ...
+
+
+@dataclass(frozen=True)
+class PlannedKey:
+    """A SpacesKey as DigitalOcean made it: the stand-in lets it reach its granted buckets only."""
+    name: str
+    access_key: str
+    secret_key: str = field(repr=False)
+    grants: tuple = ()             # ({"bucket": ..., "permission": ...}, ...)
 
 
 @dataclass
@@ -136,6 +146,7 @@ class Plan:
     volumes: list[PlannedVolume]
     commands: list[RemoteCommand | LocalCommand]
     buckets: list[PlannedBucket] = field(default_factory=list)
+    keys: list[PlannedKey] = field(default_factory=list, repr=False)
     record: dict | None = field(default=None, repr=False)   # saved as the stack's state by `up`
 
     def droplet(self, key_or_name: str) -> PlannedDroplet:
@@ -144,6 +155,13 @@ class Plan:
                 return d
         raise KeyError(f"no droplet {key_or_name!r} in the plan: "
                        + ", ".join(d.name for d in self.droplets))
+
+    def bucket(self, key: str) -> PlannedBucket:
+        """A bucket by its resource name in the program (`lb-backups`, `release-archive-bucket`)."""
+        for b in self.buckets:
+            if b.key == key:
+                return b
+        raise KeyError(f"no bucket {key!r} in the plan: " + ", ".join(b.key for b in self.buckets))
 
     def with_tag(self, suffix: str) -> list[PlannedDroplet]:
         return [d for d in self.droplets if any(t.endswith(suffix) for t in d.tags)]
@@ -215,11 +233,15 @@ def plan_from(resources, options: dict, stack: str, settings, overrides: dict) -
     firewalls = [firewall_of(r.state, by_id) for r in by_type.get("Firewall", [])]
     volumes = volumes_of(by_type.get("Volume", []), by_type.get("VolumeAttachment", []), by_id)
     commands = ordered_commands([r for r in resources if r.type in (REMOTE_COMMAND, LOCAL_COMMAND)], options)
-    buckets = [PlannedBucket(b.state["name"], bool((b.state.get("versioning") or {}).get("enabled")))
+    buckets = [PlannedBucket(b.state["name"], bool((b.state.get("versioning") or {}).get("enabled")), b.name)
                for b in by_type.get("SpacesBucket", [])]
+    keys = [PlannedKey(k.state["name"], k.state["accessKey"], k.state["secretKey"],
+                       tuple({"bucket": g.get("bucket") or "", "permission": g["permission"]}
+                             for g in k.state.get("grants") or ()))
+            for k in by_type.get("SpacesKey", [])]
     (vpc,) = by_type.get("Vpc", [None])
     return Plan(stack, settings.domain, overrides, vpc.state["ipRange"] if vpc else settings.vpc_ip_range,
-                droplets, firewalls, volumes, commands, buckets)
+                droplets, firewalls, volumes, commands, buckets, keys)
 
 
 def rule_of(rule: dict, direction: str, by_id: dict[str, str]) -> firewall.Rule:

@@ -1,17 +1,20 @@
-"""The local stand-in for Spaces: moto's S3 server on the host, over TLS.
+"""The local stand-in for Spaces: moto's S3 server on the host, over TLS, that checks
+each request's key as Spaces does (localcloud/spaces_server.py).
 
     datastore restic ──https──▶ moto 198.51.100.1:9000 (the host services' certificate,
                                 signed by the CA every droplet image trusts)
 
 `up` creates the plan's buckets in it, as DigitalOcean creates a `SpacesBucket`, and
-the stack's `spacesEndpoint` points at it (a local override). moto keeps objects in
-memory: they last as long as the server, which `up` leaves running and `down` and
-`teardown` stop.
+registers the plan's keys with their grants, as DigitalOcean creates a `SpacesKey`: a
+droplet's key reaches its own role's bucket and no other. The stack's `spacesEndpoint`
+points at it (a local override). moto keeps objects in memory: they last as long as the
+server, which `up` leaves running and `down` and `teardown` stop.
 """
 
 from __future__ import annotations
 
-import shutil
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,21 +26,32 @@ PORT = 9000
 ENDPOINT = f"https://{config.HOST_PUBLIC_IP}:{PORT}"
 SPACES_DIR = config.STATE_ROOT / "spaces"
 LOG = SPACES_DIR / "moto.log"
+# One file per stack: its SpacesKeys (secrets: root-only), read by the server.
+KEYS_DIR = SPACES_DIR / "keys"
 CA_CERT = acme.TLS_CA_CERT   # what a client of the stand-in verifies its certificate with
+SERVER_MODULE = "localcloud.spaces_server"
 DAEMON = daemon.Daemon(SPACES_DIR / "moto.pid", LOG,
-                       f"moto_server\x00--host\x00{config.HOST_PUBLIC_IP}\x00--port\x00{PORT}".encode())
+                       f"{SERVER_MODULE}\x00--host\x00{config.HOST_PUBLIC_IP}\x00--port\x00{PORT}".encode())
+# The server before it checked keys (`moto_server`, any key accepted): stopped by `up`.
+UNCHECKED = daemon.Daemon(SPACES_DIR / "moto.pid", LOG,
+                          f"moto_server\x00--host\x00{config.HOST_PUBLIC_IP}\x00--port\x00{PORT}".encode())
 REGION = "us-east-1"
-# moto accepts any key pair (as it accepts the droplets' scoped keys): the host's own
-# client needs no key of the stack.
+# The host's own client (buckets, tests): every bucket, as the account's own key would.
 HOST_KEY = ("localcloud", "localcloud")
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def server_command() -> shell.Command:
+def server_command(host: str = str(config.HOST_PUBLIC_IP), port: int = PORT, keys: Path = KEYS_DIR,
+                   cert: Path | None = None, key: Path | None = None) -> shell.Command:
     # The ACME server's TLS certificate names the host's public address: both are
     # services of the host at that address.
-    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    return [moto, "--host", str(config.HOST_PUBLIC_IP), "--port", str(PORT),
-            "--ssl-cert", str(acme.TLS_CERT), "--ssl-key", str(acme.TLS_KEY)]
+    cert, key = cert or acme.TLS_CERT, key or acme.TLS_KEY
+    return [sys.executable, "-m", SERVER_MODULE, "--host", host, "--port", str(port), "--keys", str(keys),
+            "--host-key", ":".join(HOST_KEY), "--ssl-cert", str(cert), "--ssl-key", str(key)]
+
+
+def server_env() -> dict:
+    return {"MOTO_ALLOW_NONEXISTENT_REGION": "true", "PYTHONPATH": str(ROOT)}
 
 
 def client():
@@ -52,11 +66,17 @@ def client():
 def ensure_running() -> None:
     """Needs the host's public link (the network is up)."""
     acme.ensure_tls_ca()
-    with shell.Step("Spaces stand-in (moto S3)"):
+    with shell.Step("Spaces stand-in (moto S3, keys checked)"):
+        if UNCHECKED.running_pid() or UNCHECKED.strays():
+            # It would keep the port and let any key in; its objects (in memory) go with it.
+            print("[localcloud] stopping the Spaces stand-in that accepted any key", flush=True)
+            UNCHECKED.stop()
         if not DAEMON.running_pid():
-            DAEMON.start(server_command(), {"MOTO_ALLOW_NONEXISTENT_REGION": "true"}, cwd=SPACES_DIR)
+            DAEMON.start(server_command(), server_env(), cwd=SPACES_DIR)
         deadline = time.monotonic() + 30
-        while not shell.succeeds(["curl", "-sf", "--cacert", str(CA_CERT), ENDPOINT + "/"], timeout=10):
+        # Any HTTP answer will do: an unsigned request is refused (403), as Spaces refuses it.
+        while not shell.succeeds(["curl", "-s", "-o", "/dev/null", "--cacert", str(CA_CERT), ENDPOINT + "/"],
+                                 timeout=10):
             if time.monotonic() > deadline or not DAEMON.running_pid():
                 raise RuntimeError(f"the Spaces stand-in does not answer at {ENDPOINT}; see {LOG}")
             time.sleep(0.5)
@@ -71,5 +91,23 @@ def ensure_bucket(name: str, versioning: bool) -> None:
         s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
 
 
+def register_keys(stack: str, keys) -> None:
+    """The stack's SpacesKeys (plan.PlannedKey), as the server reads them: before the
+    pushes that hand them to droplets. Written whole, then moved in place."""
+    KEYS_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = KEYS_DIR / f"{stack}.json"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump([{"access_key_id": k.access_key, "secret_access_key": k.secret_key, "grants": list(k.grants)}
+                   for k in keys], f)
+    os.replace(tmp, path)
+
+
+def forget_keys(stack: str) -> None:
+    (KEYS_DIR / f"{stack}.json").unlink(missing_ok=True)
+
+
 def stop() -> None:
     DAEMON.stop()
+    UNCHECKED.stop()

@@ -188,6 +188,8 @@ def _up(p: Plan, order: str, quirks: dict[str, BootQuirks] | None, timeout: floa
         spaces.ensure_running()
         for b in p.buckets:
             spaces.ensure_bucket(b.name, b.versioning)
+        # Before any push hands a key to a droplet: each reaches its granted buckets only.
+        spaces.register_keys(p.stack, p.keys)
     with shell.Step("volumes"):
         for v in p.volumes:
             volume.create(v.name, v.size_mb, v.filesystem, v.label)
@@ -277,6 +279,7 @@ def _down(p: Plan) -> None:
     firewall.clear()
     acme.stop()
     spaces.stop()
+    spaces.forget_keys(p.stack)
     records.state_file(p.stack).unlink(missing_ok=True)   # as `pulumi destroy` empties the stack
 
 

@@ -82,7 +82,7 @@ def leftovers() -> dict[str, list[str]]:
     procs = []
     for name in our_cgroup_droplets():
         procs += [str(p) for p in droplet.cgroup_pids(name)]
-    services = (proxy.DAEMON, *acme.DAEMONS.values(), spaces.DAEMON, *package_cache.DAEMONS)
+    services = (proxy.DAEMON, *acme.DAEMONS.values(), spaces.DAEMON, spaces.UNCHECKED, *package_cache.DAEMONS)
     procs += [str(pid) for d in services for pid in sorted({d.running_pid(), *d.strays()} - {None})]
     return {
         "netns": [n for n in network.list_netns() if n.startswith(config.PREFIX)],

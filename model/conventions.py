@@ -4,6 +4,7 @@ A port, a path or a user name is written here once; the firewall rules, the rend
 configs and the tests all read it from here.
 """
 
+import re
 from dataclasses import dataclass
 
 PROJECT = "node-platform"
@@ -28,6 +29,7 @@ ROLES = (LOAD_BALANCER, APP_SERVER, DATASTORE)
 STACK_NAME_MAX = 40
 STACK_NAME_PATTERN = r"[a-z]([a-z0-9-]*[a-z0-9])?"
 BUCKET_NAME_MAX = 63
+BUCKET_NAME_PATTERN = r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]"
 
 
 def droplet_name(stack: str, member: str) -> str:
@@ -41,10 +43,32 @@ def volume_name(stack: str) -> str:
     return f"{stack}-data"
 
 
-def bucket_name(stack: str, domain: str) -> str:
-    """The backup bucket's name: the domain makes it unique among every account's buckets.
-    A long one is cut to the limit, and never left ending in `-`, which Spaces refuses."""
-    return f"{stack}-{domain.replace('.', '-')}-backups"[:BUCKET_NAME_MAX].rstrip("-")
+# What each of the stack's buckets holds, by the end of its name. Each role's backups have
+# their own bucket and key, so root on one droplet can reach no other role's backups; the
+# releases have theirs, which no droplet's key reaches. The datastore's keeps `backups`,
+# the name the stack's one bucket had.
+RELEASES = "releases"
+BUCKET_SUFFIXES = {DATASTORE: "backups", LOAD_BALANCER: "lb-backups", APP_SERVER: "app-backups",
+                   RELEASES: "releases"}
+
+
+def bucket_name(stack: str, domain: str, purpose: str = DATASTORE) -> str:
+    """A bucket's name (purpose: a role, whose backups it holds, or RELEASES): the domain
+    makes it unique among every account's buckets. `<stack>-<domain>` is cut to the same
+    length for every purpose, so the names differ by their ends however long the domain;
+    never left ending in `-`, which Spaces refuses."""
+    if purpose not in BUCKET_SUFFIXES:
+        raise ValueError(f"bucket purpose {purpose!r}: one of {', '.join(BUCKET_SUFFIXES)}")
+    stem_max = BUCKET_NAME_MAX - 1 - max(len(s) for s in BUCKET_SUFFIXES.values())
+    stem = f"{stack}-{domain.replace('.', '-')}"[:stem_max].rstrip("-")
+    name = f"{stem}-{BUCKET_SUFFIXES[purpose]}"
+    # The stack-name and domain checks make every name valid; this says which rule broke
+    # if either is ever loosened, before DigitalOcean refuses the bucket mid-`up`.
+    if not re.fullmatch(BUCKET_NAME_PATTERN, name):
+        raise ValueError(
+            f"bucket name {name!r} (from stack {stack!r} and domain {domain!r}) is not one Spaces accepts: "
+            f"3-{BUCKET_NAME_MAX} lowercase letters, digits and '-', starting and ending with a letter or digit")
+    return name
 
 
 # Tags are account-wide: a bare `staging` or `app` may already be on droplets that are not
@@ -343,13 +367,13 @@ BACKUP_MAX_AGE_HOURS = 26
 # Every snapshot this recent is kept besides the daily/weekly/monthly ones, so an
 # on-demand backup (before a risky change) outlives a second run on the same day.
 BACKUP_KEEP_WITHIN = "1d"
-# Inside the bucket: one restic repository per role, restic/<role>, each with its own
-# password, so a load balancer's key opens none of the datastore's dumps.
+# Inside each role's bucket: its restic repository, restic/<role>, with its own password,
+# so a load balancer's files open none of the datastore's dumps (nor can its key reach them).
 BACKUP_REPOSITORY_PREFIX = "restic"
-# The backup bucket keeps a deleted or overwritten object this many days (versioning and a
-# lifecycle rule), then clears it.
+# Every bucket of the stack keeps a deleted or overwritten object this many days
+# (versioning and a lifecycle rule), then clears it.
 BUCKET_NONCURRENT_DAYS = 30
-# Inside the same bucket: every release `python -m deploy` rolled out, with its manifest.
+# Inside the release bucket: every release `python -m deploy` rolled out, with its signed manifest.
 RELEASE_ARCHIVE_PREFIX = "releases"
 
 
@@ -359,7 +383,7 @@ def spaces_endpoint(region: str) -> str:
 
 
 def backup_repository_path(role: str) -> str:
-    """A role's restic repository inside the backup bucket."""
+    """A role's restic repository inside the role's bucket."""
     return f"{BACKUP_REPOSITORY_PREFIX}/{role}"
 
 
@@ -370,5 +394,5 @@ def backup_host(stack: str, member: str) -> str:
 
 
 def release_archive_key(stack: str, release_id: str, suffix: str) -> str:
-    """A release's object in the backup bucket: releases/<stack>/<id>.tar.gz (and .json)."""
+    """A release's object in the release bucket: releases/<stack>/<id>.tar.gz (and .json, .json.sig)."""
     return f"{RELEASE_ARCHIVE_PREFIX}/{stack}/{release_id}{suffix}"

@@ -170,7 +170,7 @@ def stack_name(raw: Any) -> str:
         raise Invalid(
             f"a stack name of lowercase letters, digits and '-', starting with a letter, not ending "
             f"with '-', at most {conventions.STACK_NAME_MAX} characters (the names of its "
-            f"droplets, volume, backup bucket and tags are made from it)"
+            f"droplets, volume, buckets and tags are made from it)"
         )
     return value
 

@@ -106,21 +106,22 @@ SETTINGS = (
     Setting("vpcIpRange", "10.110.0.0/20", vpc_range, "Private range of the stack's VPC."),
     Setting("nodeMajor", 22, one_of(NODE_MAJORS), "Node.js major version on the app servers."),
     Setting("backups", True, boolean,
-            "Back every droplet up to a Spaces bucket (created in the stack): the datastore's data, "
-            "the LB's certificates, every role's configuration."),
+            "Back every droplet up to Spaces, each role to a bucket of its own (created in the stack): the "
+            "datastore's data, the LB's certificates, every role's configuration; and archive each release "
+            "to a bucket of the deploys' own."),
     Setting("backupHourUtc", 3, whole_number(0, 23), "Hour (UTC) of the daily backup."),
     Setting("backupKeepDaily", 7, whole_number(1, 366), "Daily backups kept."),
     Setting("backupKeepWeekly", 4, whole_number(0, 104), "Weekly backups kept."),
     Setting("backupKeepMonthly", 6, whole_number(0, 120), "Monthly backups kept."),
     Setting("spacesRegion", "", one_of(("",) + SPACES_REGIONS),
-            "Region of the backup bucket; empty means the stack's region."),
+            "Region of the stack's buckets; empty means the stack's region."),
     Setting("spacesEndpoint", "", optional_https_url,
-            "S3 endpoint backups are sent to; empty means the bucket region's Spaces endpoint. "
+            "S3 endpoint backups and releases are sent to; empty means the buckets' region's Spaces endpoint. "
             "Only a stand-in for Spaces (the local cloud's) needs another."),
     Setting("dropletBackups", False, boolean, "DigitalOcean's weekly droplet backups too."),
     Setting("protectData", False, boolean,
-            "Protect the datastore droplet, its volume and the backup bucket from deletion (production). "
-            "When false, `pulumi destroy` also empties and deletes the backup bucket: the stack goes in one "
+            "Protect the datastore droplet, its volume and the stack's buckets from deletion (production). "
+            "When false, `pulumi destroy` also empties and deletes the buckets: the stack goes in one "
             "command."),
     Setting("alertEmails", [], email_list,
             "Who gets DigitalOcean Monitoring's alerts (disk, memory, CPU, load) and the uptime check's (the "

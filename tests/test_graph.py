@@ -158,7 +158,9 @@ def test_production_protects_the_datastore_droplet_and_volume(production_deploym
     assert ("Droplet", "datastore") in protected
     assert ("Volume", "datastore-volume") in protected
     # Only what holds data: nothing else is in the way of a replacement.
-    assert protected <= {("Droplet", "datastore"), ("Volume", "datastore-volume"), ("SpacesBucket", "datastore-backups")}
+    assert protected <= {("Droplet", "datastore"), ("Volume", "datastore-volume"), ("SpacesBucket", "datastore-backups"),
+                         ("SpacesBucket", "lb-backups"), ("SpacesBucket", "app-backups"),
+                         ("SpacesBucket", "release-archive-bucket")}
 
 
 def test_staging_protects_nothing(staging_deployment):

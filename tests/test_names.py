@@ -33,7 +33,7 @@ TAG_NAME = re.compile(r"^[A-Za-z0-9:_-]{1,255}$")
 STAGING = mockcloud.stack_file_config("staging")
 ALLOWED = (
     "a stack name of lowercase letters, digits and '-', starting with a letter, not ending with '-', "
-    f"at most {conventions.STACK_NAME_MAX} characters (the names of its droplets, volume, backup bucket "
+    f"at most {conventions.STACK_NAME_MAX} characters (the names of its droplets, volume, buckets "
     "and tags are made from it)"
 )
 LONGEST = ("max-" + "0123456789" * 10)[: conventions.STACK_NAME_MAX - 2] + "-z"  # exactly STACK_NAME_MAX
@@ -108,8 +108,11 @@ def longest() -> mockcloud.Deployment:
 def test_a_stack_name_at_the_limit_makes_names_digitalocean_accepts(longest):
     assert len(longest.settings.stack) == conventions.STACK_NAME_MAX
     assert_digitalocean_accepts_every_name(longest)
-    (bucket,) = of_type(longest, BUCKET)
-    assert len(bucket.state["name"]) == conventions.BUCKET_NAME_MAX  # it was cut
+    names = sorted(b.state["name"] for b in of_type(longest, BUCKET))
+    # Each was cut from the same `<stack>-<domain>`, so they differ by their ends alone.
+    assert max(len(n) for n in names) == conventions.BUCKET_NAME_MAX  # the longest end's was cut to the limit
+    stem = names[0].rsplit("-backups", 1)[0].removesuffix("-app")
+    assert names == sorted(f"{stem}-{end}" for end in ("backups", "lb-backups", "app-backups", "releases"))
     assert max(len(d.state["name"]) for d in droplets(longest)) == len(LONGEST + "-datastore")
 
 
@@ -120,31 +123,47 @@ def test_the_stack_files_names_are_valid_and_unchanged(deployment):
     members = ["lb", "datastore"] + [f"app-{n}" for n in range(1, deployment.settings.app_server_count + 1)]
     assert sorted(d.state["name"] for d in droplets(deployment)) == sorted(f"{stack}-{m}" for m in members)
     (volume,) = of_type(deployment, VOLUME)
-    (bucket,) = of_type(deployment, BUCKET)
     assert volume.state["name"] == f"{stack}-data"
-    assert bucket.state["name"] == {"staging": "staging-staging-example-com-backups",
-                                    "production": "production-app-example-com-backups"}[stack]
+    stem = {"staging": "staging-staging-example-com", "production": "production-app-example-com"}[stack]
+    # The datastore's keeps the name the stack's one backup bucket had.
+    assert {b.name: b.state["name"] for b in of_type(deployment, BUCKET)} == {
+        "datastore-backups": f"{stem}-backups", "lb-backups": f"{stem}-lb-backups",
+        "app-backups": f"{stem}-app-backups", "release-archive-bucket": f"{stem}-releases"}
 
 
 def test_a_bucket_name_cut_at_a_dash_loses_the_dash():
-    # `dev-` and a 58-letter label: the 63rd character of the full name is the dash after it.
-    domain = "a" * 58 + ".example.com"
-    full = f"dev-{domain.replace('.', '-')}-backups"
-    assert full[:63].endswith("-")  # what the name used to be: Spaces refuses it
+    # `dev-` and a 46-letter label: the stem's cut (51 characters) falls on the dash after it.
+    domain = "a" * 46 + ".example.com"
+    stem_max = conventions.BUCKET_NAME_MAX - len("-app-backups")
+    assert f"dev-{domain.replace('.', '-')}"[:stem_max].endswith("-")
     deployment = mockcloud.deploy(settings_for("dev", domain=domain))
-    (bucket,) = of_type(deployment, BUCKET)
-    assert bucket.state["name"] == "dev-" + "a" * 58
+    assert {b.state["name"] for b in of_type(deployment, BUCKET)} == {
+        f"dev-{'a' * 46}-{end}" for end in ("backups", "lb-backups", "app-backups", "releases")}
     assert_digitalocean_accepts_every_name(deployment)
 
 
 @pytest.mark.parametrize("stack_length", [1, 8, 23, conventions.STACK_NAME_MAX])
-def test_every_cut_bucket_name_is_valid(stack_length):
-    """Wherever the limit falls (a dot made a dash, punycode's `--`, a letter), the name is valid."""
+def test_every_cut_bucket_name_is_valid_and_the_four_differ(stack_length):
+    """Wherever the limit falls (a dot made a dash, punycode's `--`, a letter), every name
+    is valid, and no two purposes share one (a key granted on one bucket would reach two)."""
     stack = "s" * stack_length
     for k in range(1, 62):
-        for domain in (f"{'a' * k}.{'b' * 61}.com", f"{'a' * k}.xn--{'c' * 57}.org"):
-            name = conventions.bucket_name(stack, domain)
-            assert BUCKET_NAME.match(name) and name.startswith(stack + "-"), name
+        for domain in (f"{'a' * k}.{'b' * 61}.com", f"{'a' * k}.xn--{'c' * 57}.org", f"{'a' * k}.lb.{'d' * 50}.io"):
+            names = {purpose: conventions.bucket_name(stack, domain, purpose) for purpose in conventions.BUCKET_SUFFIXES}
+            assert len(set(names.values())) == len(names), names
+            for name in names.values():
+                assert BUCKET_NAME.match(name) and name.startswith(stack + "-"), name
+
+
+def test_a_bucket_name_spaces_would_refuse_is_refused_naming_its_stack_and_domain():
+    """The settings' checks keep every name valid; were one loosened, the rule that broke is named."""
+    with pytest.raises(ValueError) as raised:
+        conventions.bucket_name("dev", "Shop_1.example.com", conventions.LOAD_BALANCER)
+    assert str(raised.value) == (
+        "bucket name 'dev-Shop_1-example-com-lb-backups' (from stack 'dev' and domain 'Shop_1.example.com') is not "
+        "one Spaces accepts: 3-63 lowercase letters, digits and '-', starting and ending with a letter or digit")
+    with pytest.raises(ValueError, match="bucket purpose 'logs': one of datastore, lb, app, releases"):
+        conventions.bucket_name("dev", "example.com", "logs")
 
 
 # --- Tags carry the project and the stack -----------------------------------------------------
@@ -177,16 +196,18 @@ def test_the_local_cloud_finds_each_roles_droplets_by_the_tag_suffix(deployment)
 # --- An unprotected stack is destroyed in one command; a protected one keeps its data ---------
 
 
-def test_staging_bucket_is_emptied_by_destroy_and_productions_is_protected(staging_deployment, production_deployment):
-    (staging_bucket,) = of_type(staging_deployment, BUCKET)
-    (production_bucket,) = of_type(production_deployment, BUCKET)
-    assert staging_bucket.state["forceDestroy"] is True and not staging_bucket.protect
-    assert production_bucket.state["forceDestroy"] is False and production_bucket.protect
+def test_staging_buckets_are_emptied_by_destroy_and_productions_are_protected(staging_deployment, production_deployment):
+    for bucket in of_type(staging_deployment, BUCKET):
+        assert bucket.state["forceDestroy"] is True and not bucket.protect, bucket.name
+    for bucket in of_type(production_deployment, BUCKET):
+        assert bucket.state["forceDestroy"] is False and bucket.protect, bucket.name
 
 
 @pytest.mark.parametrize("protect", [True, False])
 def test_force_destroy_follows_protect_data(protect):
     deployment = mockcloud.deploy(mockcloud.stack_settings("staging", protectData=protect))
-    (bucket,) = of_type(deployment, BUCKET)
-    assert bucket.state["forceDestroy"] is (not protect)
-    assert bucket.protect is protect
+    buckets = of_type(deployment, BUCKET)
+    assert len(buckets) == 4
+    for bucket in buckets:
+        assert bucket.state["forceDestroy"] is (not protect)
+        assert bucket.protect is protect

@@ -8,6 +8,8 @@ in place) arrive by the bundle push, which runs again when its digest changes.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import cloudinit
@@ -152,16 +154,70 @@ def staging_settings():
     return mockcloud.stack_settings("staging")
 
 
-def test_a_new_domain_keeps_the_backup_bucket_named_after_the_old_one(staging_deployment):
-    """The bucket's name comes from the domain (unique among every account's buckets); a
-    changed domain must not replace the bucket, which would take the backups with it."""
-    (bucket,) = [r for r in staging_deployment.resources if r.type.endswith(":SpacesBucket")]
-    request = staging_deployment.mocks.options[(bucket.type, bucket.name)]
-    assert list(request.ignoreChanges) == ["name"]
+def test_a_new_domain_keeps_every_bucket_named_after_the_old_one(staging_deployment):
+    """A bucket's name comes from the domain (unique among every account's buckets); a
+    changed domain must not replace a bucket, which would take the backups with it."""
+    buckets = [r for r in staging_deployment.resources if r.type.endswith(":SpacesBucket")]
+    assert len(buckets) == 4
+    for bucket in buckets:
+        request = staging_deployment.mocks.options[(bucket.type, bucket.name)]
+        assert list(request.ignoreChanges) == ["name"], bucket.name
 
 
-def test_and_the_mock_engine_keeps_it_as_the_engine_does(staging_deployment):
+def test_and_the_mock_engine_keeps_them_as_the_engine_does(staging_deployment):
     other = mockcloud.deploy(mockcloud.stack_settings("staging", domain="next.example.com"), previous=staging_deployment)
-    (before,) = [r for r in staging_deployment.resources if r.type.endswith(":SpacesBucket")]
-    (after,) = [r for r in other.resources if r.type.endswith(":SpacesBucket")]
-    assert (after.id, after.state["name"], after.unchanged) == (before.id, before.state["name"], True)
+    before = {r.name: r for r in staging_deployment.resources if r.type.endswith(":SpacesBucket")}
+    after = {r.name: r for r in other.resources if r.type.endswith(":SpacesBucket")}
+    assert {n: (r.id, r.state["name"], r.unchanged) for n, r in after.items()} == {
+        n: (r.id, r.state["name"], True) for n, r in before.items()}
+
+
+# The stack's one backup bucket as the program registered it before each role had its own:
+# the same resource (type, name, parent) with the same inputs is no replacement, and the
+# datastore's backups stay where they are.
+DATASTORE_BUCKET_BEFORE = {
+    "type": "digitalocean:index/spacesBucket:SpacesBucket",
+    "name": "datastore-backups",
+    "parent": "urn:pulumi:production::node-platform::pulumi:pulumi:Stack$node-platform:index:Datastore::datastore",
+    "inputs": {
+        "acl": "private", "forceDestroy": False, "name": "production-app-example-com-backups", "region": "ams3",
+        "versioning": {"enabled": True},
+        "lifecycleRules": [{"abortIncompleteMultipartUploadDays": 1.0, "enabled": True,
+                            "noncurrentVersionExpiration": {"days": 30.0}}],
+    },
+}
+
+
+def backup_env(deployment, member: str) -> str:
+    push = deployment.named(f"{member}-backup-push", ":Command")
+    return json.loads(mockcloud.plain(push.inputs["stdin"]))["backup.env"]
+
+
+def test_the_datastore_keeps_the_stacks_bucket_and_its_repository_path(production_deployment):
+    (bucket,) = [r for r in production_deployment.resources
+                 if r.type == DATASTORE_BUCKET_BEFORE["type"] and r.name == DATASTORE_BUCKET_BEFORE["name"]]
+    request = production_deployment.mocks.options[(bucket.type, bucket.name)]
+    assert request.parent == DATASTORE_BUCKET_BEFORE["parent"]
+    assert mockcloud.plain(bucket.inputs) == DATASTORE_BUCKET_BEFORE["inputs"]
+    assert bucket.protect
+    assert ("RESTIC_REPOSITORY=s3:https://ams3.digitaloceanspaces.com/production-app-example-com-backups/"
+            "restic/datastore\n") in backup_env(production_deployment, "datastore")
+
+
+def test_a_stack_whose_bucket_was_named_by_the_earlier_rule_keeps_it(monkeypatch):
+    """A long domain was cut differently before: the datastore keeps the bucket it has (and
+    its repository in it); only the new buckets take the new rule's names."""
+    domain = "b" * 50 + ".example.com"
+    earlier = f"staging-{domain.replace('.', '-')}-backups"[:63].rstrip("-")
+    rule = conventions.bucket_name
+    with monkeypatch.context() as m:
+        m.setattr(conventions, "bucket_name", lambda stack, domain, purpose=conventions.DATASTORE:
+                  earlier if purpose == conventions.DATASTORE else rule(stack, domain, purpose))
+        before = mockcloud.deploy(mockcloud.stack_settings("staging", domain=domain))
+    after = mockcloud.deploy(mockcloud.stack_settings("staging", domain=domain), previous=before)
+    bucket = after.named("datastore-backups", ":SpacesBucket")
+    assert (bucket.state["name"], bucket.unchanged) == (earlier, True)
+    assert f"/{earlier}/restic/datastore\n" in backup_env(after, "datastore")
+    lb_bucket = conventions.bucket_name("staging", domain, conventions.LOAD_BALANCER)
+    assert after.named("lb-backups", ":SpacesBucket").state["name"] == lb_bucket != earlier
+    assert f"/{lb_bucket}/restic/lb\n" in backup_env(after, "lb")

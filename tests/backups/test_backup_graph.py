@@ -1,5 +1,5 @@
-"""The backups in the Pulumi graph: per role, a key scoped to the stack's bucket and a
-generated repository password, and on each droplet the `backup` push that carries them
+"""The backups in the Pulumi graph: per role, a bucket of its own, a key granted on that
+bucket alone and a generated repository password, and on each droplet the `backup` push that carries them
 (secret) with the schedule and retention from the settings; nothing of it in first-boot
 data.
 """
@@ -50,15 +50,34 @@ def env_values(text: str) -> dict[str, str]:
     return {k: shlex.split(v)[0] if v else "" for k, v in (line.split("=", 1) for line in text.splitlines())}
 
 
+def test_each_role_has_a_bucket_of_its_own_and_a_key_granted_on_it_alone():
+    """Root on an app server or the LB holds its role's key: it must reach no other role's
+    bucket (the datastore's dumps) nor the release archive's."""
+    deployment = mockcloud.deploy(mockcloud.stack_settings("staging"))
+    buckets = {r.name: r.state["name"] for r in deployment.of_type(":SpacesBucket")}
+    assert buckets == {
+        "datastore-backups": "staging-staging-example-com-backups",   # the stack's one bucket before
+        "lb-backups": "staging-staging-example-com-lb-backups",
+        "app-backups": "staging-staging-example-com-app-backups",
+        "release-archive-bucket": "staging-staging-example-com-releases",
+    }
+    grants = {r.name: r.state["grants"] for r in deployment.of_type(":SpacesKey")}
+    assert grants == {
+        f"{component}-backup-key": [{"bucket": buckets[f"{component}-backups"], "permission": "readwrite"}]
+        for component in ("lb", "app", "datastore")
+    } | {"release-archive-key": [{"bucket": buckets["release-archive-bucket"], "permission": "readwrite"}]}
+
+
 def test_backup_key_is_scoped_to_the_bucket_and_reaches_only_the_push(key_mock):
     settings = mockcloud.stack_settings(
         "staging", backupHourUtc=5, backupKeepDaily=10, backupKeepWeekly=3, backupKeepMonthly=12
     )
     deployment = mockcloud.deploy(settings)
-    bucket = deployment.named("datastore-backups", ":SpacesBucket")
     passwords = {}
     for member, role in MEMBERS.items():
         component = "app" if role == conventions.APP_SERVER else member
+        bucket = deployment.named(f"{component}-backups", ":SpacesBucket")
+        assert bucket.state["name"] == conventions.bucket_name("staging", settings.domain, role)
         key = deployment.named(f"{component}-backup-key", ":SpacesKey")
         assert key.state["name"] == f"staging-{role}-backups"
         assert key.state["grants"] == [{"bucket": bucket.state["name"], "permission": "readwrite"}]

@@ -30,7 +30,7 @@ from deploy.targets import LocalStack, PulumiStack
 from s3_stand_in import s3_over_tls
 from test_roll import NEW, OLD, Fleet, _Target
 
-KEYS = (f"releases/staging/{NEW}.tar.gz", f"releases/staging/{NEW}.json")
+KEYS = (f"releases/staging/{NEW}.tar.gz", f"releases/staging/{NEW}.json", f"releases/staging/{NEW}.json.sig")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_a_deploy_archives_release_configuration_and_manifest_before_any_server(
     }
     printed = fleet.printed()
     assert f"archiving {NEW}" in printed and f"s3://{store.bucket}/{KEYS[0]}" in printed
-    assert f"archived {NEW} with its manifest" in printed
+    assert f"archived {NEW} with its signed manifest" in printed
     everything = json.dumps(manifest) + printed + read_config(tarball)
     for secret in secrets_of(staging, store):
         assert secret not in everything
@@ -276,9 +276,11 @@ def test_the_local_clouds_state_keeps_the_programs_outputs(tmp_path, monkeypatch
 
 
 def test_uploads_put_the_manifest_last_under_the_stacks_prefix(tmp_path, store):
-    plan = archive.uploads(store, "R1", tmp_path / "R1.tar.gz", tmp_path / "R1.json")
+    plan = archive.uploads(store, "R1", tmp_path / "R1.tar.gz", tmp_path / "R1.json", tmp_path / "R1.json.sig")
     assert [(u.key, u.content_type) for u in plan] == [
-        ("releases/staging/R1.tar.gz", "application/gzip"), ("releases/staging/R1.json", "application/json")]
+        ("releases/staging/R1.tar.gz", "application/gzip"),
+        ("releases/staging/R1.json.sig", "application/octet-stream"),
+        ("releases/staging/R1.json", "application/json")]
     assert os.fspath(plan[0].path).endswith("R1.tar.gz")
 
 
@@ -302,14 +304,15 @@ def test_rollback_to_a_release_the_servers_lack_says_whether_the_archive_has_it(
 def test_a_deploy_deletes_the_stacks_archived_releases_beyond_the_newest_kept(monkeypatch, store, s3, build):
     older = ["20260101T000000Z-1111111", "20260201T000000Z-2222222", "20260301T000000Z-3333333"]
     for release_id in older:
-        for suffix in (archive.TARBALL, archive.MANIFEST):
+        for suffix in (archive.TARBALL, archive.MANIFEST, archive.SIGNATURE):
             s3.put_object(Bucket=store.bucket, Key=store.key(release_id, suffix), Body=b"old")
     other_stack = f"releases/production/{older[0]}.tar.gz"
     s3.put_object(Bucket=store.bucket, Key=other_stack, Body=b"not this stack's")
     monkeypatch.setattr(archive, "ARCHIVED_RELEASES_KEPT", 2)
     fleet = Fleet()
     assert deploy(monkeypatch, fleet, _Target(store), build) == 0
-    kept = sorted(KEYS + (store.key(older[-1], archive.TARBALL), store.key(older[-1], archive.MANIFEST)))
+    kept = sorted(KEYS + tuple(store.key(older[-1], suffix) for suffix in (archive.TARBALL, archive.MANIFEST,
+                                                                             archive.SIGNATURE)))
     assert objects(s3, store.bucket) == sorted(kept + [other_stack])
     assert archive.archived_ids(store) == [older[-1], NEW]
     assert f"deleted 2 archived release(s) older than the newest 2 ({older[0]} .. {older[1]})" in fleet.printed()

@@ -170,18 +170,25 @@ def test_deploy_under_load_loses_no_request_and_every_server_runs_the_new_releas
 
 
 def archived_in_the_spaces_stand_in(plan, release: str, output: str) -> None:
-    """The release and its manifest are in the stack's bucket, and match what the servers hold."""
+    """The release, its manifest and the manifest's signature are in the stack's release
+    bucket, and match what the servers hold."""
     import hashlib
     import io
     import tarfile
     from localcloud import spaces
-    assert f"archived {release} with its manifest" in output, output
+    assert f"archived {release} with its signed manifest" in output, output
     s3 = spaces.client()
     prefix = f"releases/{STACK}/{release}"
-    bucket = plan.buckets[0].name
+    bucket = plan.bucket("release-archive-bucket").name
     tarball = s3.get_object(Bucket=bucket, Key=f"{prefix}.tar.gz")["Body"].read()
-    manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}.json")["Body"].read())
+    manifest_bytes = s3.get_object(Bucket=bucket, Key=f"{prefix}.json")["Body"].read()
+    manifest = json.loads(manifest_bytes)
     assert manifest["tarball_sha256"] == hashlib.sha256(tarball).hexdigest()
+    from cryptography.hazmat.primitives import serialization
+    from localcloud import records
+    public = records.load(STACK)["outputs"]["release_signing_public_key"]
+    signature = s3.get_object(Bucket=bucket, Key=f"{prefix}.json.sig")["Body"].read()
+    serialization.load_pem_public_key(public.encode()).verify(signature, manifest_bytes)   # raises if not
     with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
         assert tar.extractfile("release/REVISION").read().decode().strip() == release
         archived = {m.name.removeprefix("release/") for m in tar.getmembers()

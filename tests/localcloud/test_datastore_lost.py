@@ -107,7 +107,7 @@ def test_the_datastore_is_lost_rebuilt_and_restored_from_the_spaces_stand_in(loc
     status = s.run("datastore", [conventions.BACKUP_COMMAND, "status"], timeout=120)
     assert status.returncode == 0 and "status: ok" in status.stdout, status.stdout
     snapshot = re.search(r"^last success: .* snapshot ([0-9a-f]{8})", status.stdout, re.M).group(1)
-    bucket = s.plan.buckets[0].name
+    bucket = s.plan.bucket("datastore-backups").name
     stored = spaces.client().list_objects_v2(Bucket=bucket, Prefix=conventions.BACKUP_REPOSITORY_PREFIX)
     assert any("/snapshots/" in o["Key"] for o in stored.get("Contents", [])), "the snapshot is in the stand-in"
 

@@ -29,8 +29,13 @@ def served_certificate(s) -> str:
     return proc.stdout
 
 
+# Each role backs up to a bucket of its own (its resource in the program).
+ROLE_BUCKETS = {conventions.DATASTORE: "datastore-backups", conventions.LOAD_BALANCER: "lb-backups",
+                conventions.APP_SERVER: "app-backups"}
+
+
 def snapshot_objects(s, role: str) -> list[str]:
-    bucket = s.plan.buckets[0].name
+    bucket = s.plan.bucket(ROLE_BUCKETS[role]).name
     listed = spaces.client().list_objects_v2(Bucket=bucket, Prefix=f"{conventions.backup_repository_path(role)}/snapshots/")
     return [o["Key"] for o in listed.get("Contents", [])]
 
