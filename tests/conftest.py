@@ -191,16 +191,25 @@ class LocalStack:
 @pytest.fixture(scope="session")
 def local_stack():
     """The staging stack booted ONCE per session from the program's plan (droplets already
-    up with the same user_data are reused by `up`); removed at the end unless it was
-    already up when the session started (then it is left as found)."""
+    up with the same user_data are reused by `up`); removed at the end, with everything
+    else of the local cloud, unless it was already up when the session started (then it
+    is left as found). A killed earlier run's leftovers are removed first."""
     import os
-    from localcloud import droplet, records, stack
+    from localcloud import droplet, records, stack, teardown
     if os.geteuid() != 0:
         pytest.fail("the local stack needs root (and the Debian packages in localcloud.config.HOST_PACKAGES)")
     record = records.load(LOCAL_STACK)
     was_up = record is not None and all(droplet.is_running(d.name) for d in stack.deployed(LOCAL_STACK).droplets)
     handle = LocalStack(None, None)
     plan = stack.plan(LOCAL_STACK)
+
+    def remove_everything():
+        if records.load(LOCAL_STACK):
+            stack.down(stack.deployed(LOCAL_STACK))
+        teardown.teardown()   # also the proxy, the host services and the namespaces (caches kept)
+
+    if not was_up and any(teardown.leftovers().values()):
+        remove_everything()   # what a killed earlier run left: this run starts from nothing
     try:
         if was_up:
             handle.up(plan)
@@ -209,4 +218,4 @@ def local_stack():
         yield handle
     finally:
         if not was_up:
-            stack.down(stack.deployed(LOCAL_STACK) if records.load(LOCAL_STACK) else plan)
+            remove_everything()
