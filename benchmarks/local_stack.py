@@ -1,14 +1,18 @@
 """Figures of the staging stack on the local cloud (for the README); prints, asserts nothing.
 
-    venv/bin/python benchmarks/local_stack.py                 # throughput ratios, latency (stack up)
+    venv/bin/python benchmarks/local_stack.py                 # CPU per request, throughput, latency (stack up)
     venv/bin/python benchmarks/local_stack.py --disruptions   # + failed requests: app-server stop, 2->3->2
     venv/bin/python benchmarks/local_stack.py --boot          # + down, then `up` to healthy (image cached)
     venv/bin/python benchmarks/local_stack.py --image         # + a cold image build (into a scratch dir)
     venv/bin/python benchmarks/local_stack.py --cold          # + down, then `up` to healthy with no cached image
 
-Throughput: wrk in the internet client's namespace, over TLS to the LB's reserved IP, to
-the same LB and app servers by three server blocks chosen by Host header (a
-benchmark-only nginx file on the LB, removed afterwards):
+Cost: wrk in the internet client's namespace, over TLS to the LB's reserved IP, to the
+same LB and app servers by three server blocks chosen by name (SNI: the names resolve
+there through /etc/netns/<namespace>/hosts while it runs; a benchmark-only nginx file on
+the LB, removed afterwards). Each droplet is a cgroup, so the CPU time the LB and the app
+servers spent is read from it: CPU-seconds per 10,000 requests does not depend on what else
+the machine does, requests per second does. The stack's per-client rate limit is raised
+(lbRequestsPerSecond) for the run and put back after it: one client sends everything here.
   * the stack's own:   re-encrypted to the app servers' 8443, upstream keepalive, TLS session reuse;
   * plain:             the same app servers' nginx on a plaintext port (a benchmark-only
                        server block and firewall opening, removed afterwards);
@@ -30,11 +34,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import conventions  # noqa: E402
-from localcloud import acme, cloud, droplet, firewall, image, network, records, shell, stack, traffic  # noqa: E402
+from localcloud import acme, cloud, config, droplet, firewall, image, network, records, shell, stack, traffic  # noqa: E402
+from model import conventions  # noqa: E402
 
 STACK = "staging"
 BENCH_PLAIN_PORT = 8089          # benchmark only: app servers' plaintext server block
+BENCH_RATE = 100000              # lbRequestsPerSecond while measuring (its maximum)
+BENCH_NAMES = ("plain.bench", "no-reuse.bench")
+NETNS_HOSTS = Path("/etc/netns") / config.INTERNET_NETNS / "hosts"
 LB_BENCH_CONF = "/etc/nginx/conf.d/zz-benchmark.conf"
 APP_BENCH_CONF = "/etc/nginx/conf.d/zz-benchmark-plain.conf"
 PATH = "/api/hello"
@@ -64,6 +71,7 @@ server {{
     ssl_certificate {cert};
     ssl_certificate_key {key};
     location / {{
+        limit_req zone=per_client burst={burst} nodelay;
         proxy_pass http://bench_plain;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
@@ -76,6 +84,7 @@ server {{
     ssl_certificate {cert};
     ssl_certificate_key {key};
     location / {{
+        limit_req zone=per_client burst={burst} nodelay;
         proxy_pass https://bench_tls_no_keepalive;
         proxy_ssl_verify on;
         proxy_ssl_verify_depth 2;
@@ -84,8 +93,8 @@ server {{
         proxy_ssl_server_name on;
         proxy_ssl_session_reuse off;
         # The app servers serve the LB's client certificate only.
-        proxy_ssl_certificate {client_cert};
-        proxy_ssl_certificate_key {client_key};
+        proxy_ssl_certificate {cert_internal};
+        proxy_ssl_certificate_key {key_internal};
         proxy_http_version 1.1;
         proxy_set_header Host $host;
     }}
@@ -127,7 +136,8 @@ class Variants:
             tls="\n".join(f"    server {a.vpc_ip}:{conventions.APP_TLS_PORT};" for a in self.apps),
             cert=conventions.LB_PUBLIC_CERT_PATH, key=conventions.LB_PUBLIC_KEY_PATH,
             ca=conventions.CA_CERT_PATH, tls_name=conventions.app_pool_tls_name(p.stack),
-            client_cert=conventions.SERVER_CERT_PATH, client_key=conventions.SERVER_KEY_PATH))
+            cert_internal=conventions.SERVER_CERT_PATH, key_internal=conventions.SERVER_KEY_PATH,
+            burst=BENCH_RATE * 2))
         sh(p, "lb", "nginx -t 2>/dev/null && systemctl reload nginx")
         return self
 
@@ -141,11 +151,21 @@ class Variants:
                check=False)
 
 
+def cpu_seconds(name: str) -> float:
+    """CPU time everything in the droplet has used so far (its cgroup v2 cpu.stat)."""
+    for top in droplet.cgroup_dirs(name):
+        stat = top / "cpu.stat"
+        if stat.is_file():
+            return int(re.search(r"usage_usec (\d+)", stat.read_text()).group(1)) / 1e6
+    raise RuntimeError(f"{name}: no cpu.stat in {droplet.cgroup_dirs(name)}")
+
+
 def wrk(p, host: str, seconds: int = 15, connections: int = 32) -> dict:
-    ip = p.lb.reserved_ips[0]
-    argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency",
-            "-H", f"Host: {host}", f"https://{ip}{PATH}"]
+    apps = [a.name for a in p.with_tag(conventions.APP_SERVER)]
+    argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", f"https://{host}{PATH}"]
+    before = {n: cpu_seconds(n) for n in [p.lb.name, *apps]}
     out = shell.run(cloud.internet_client(argv), check=False, timeout=seconds + 60).stdout
+    spent = {n: cpu_seconds(n) - t for n, t in before.items()}
     total = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out).groups()
     requests, secs = int(total[0]), float(total[1])
     if re.search(r"requests in [\d.]+ms", out):
@@ -153,68 +173,107 @@ def wrk(p, host: str, seconds: int = 15, connections: int = 32) -> dict:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     non_2xx = int(errors.group(1)) if errors else 0
     socket_errors = re.search(r"Socket errors: (.*)", out)
-    # Only answered requests count: a 503 maintenance page is fast and must not inflate it.
-    return {"ok_rps": round((requests - non_2xx) / secs, 1), "requests": requests, "non_2xx": non_2xx,
-            "socket_errors": socket_errors.group(1) if socket_errors else "none"}
+    ok = requests - non_2xx
+    per_10k = lambda cpu: round(cpu / ok * 10000, 3) if ok else None  # noqa: E731
+    # Only answered requests count: a 429 or a 503 page is cheap and must not flatter it.
+    return {"ok_rps": round(ok / secs, 1), "requests": requests, "non_2xx": non_2xx,
+            "socket_errors": socket_errors.group(1) if socket_errors else "none",
+            "lb_cpu_s_per_10k": per_10k(spent[p.lb.name]),
+            "apps_cpu_s_per_10k": per_10k(sum(spent[a] for a in apps))}
 
 
-# Fixed-rate latency: one keep-alive TLS connection, requests at a fixed pace.
-LATENCY = r'''
-import http.client, json, ssl, sys, time
-host, address, port, path, rate, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), int(sys.argv[6])
+# Fixed-rate latency: `rate` requests a second spread over keep-alive TLS connections (one
+# per 100 requests/s, each paced on its own schedule), each request timed.
+LATENCY = r"""
+import http.client, json, ssl, sys, threading, time
+host, address, port, path, rate, n, cert, key = sys.argv[1:9]
+rate, n = float(rate), int(n)
 ctx = ssl._create_unverified_context()
-if len(sys.argv) > 7:   # a client certificate and key (the LB's, to reach an app server)
-    ctx.load_cert_chain(sys.argv[7], sys.argv[8])
-c = http.client.HTTPSConnection(address, port, context=ctx, timeout=10)
-times, start = [], time.monotonic()
-for i in range(n):
-    time.sleep(max(0, start + i / rate - time.monotonic()))
-    t = time.perf_counter()
-    c.request("GET", path, headers={"Host": host})
-    r = c.getresponse(); r.read()
-    times.append((time.perf_counter() - t) * 1000)
-print(json.dumps(times))
-'''
+if cert:
+    ctx.load_cert_chain(cert, key)
+conns = max(1, int(rate // 100))
+times, lock, start = [], threading.Lock(), time.monotonic() + 0.5
+def run(k):
+    c = http.client.HTTPSConnection(address, int(port), context=ctx, timeout=10)
+    mine = []
+    for i in range(k, n, conns):
+        time.sleep(max(0, start + i / rate - time.monotonic()))
+        t = time.perf_counter()
+        c.request("GET", path, headers={"Host": host})
+        r = c.getresponse(); r.read()
+        mine.append((time.perf_counter() - t) * 1000)
+    with lock:
+        times.extend(mine)
+threads = [threading.Thread(target=run, args=(k,)) for k in range(conns)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(json.dumps({"ms": times, "seconds": time.monotonic() - start}))
+"""
 
 
 def percentiles(ms: list[float]) -> dict:
     ms = sorted(ms)
-    return {"p50": round(statistics.median(ms), 2), "p99": round(ms[int(len(ms) * 0.99) - 1], 2)}
+    return {"p50": round(statistics.median(ms), 2), "p99": round(ms[int(len(ms) * 0.99) - 1], 2),
+            "max": round(ms[-1], 2)}
 
 
-def latency(p, rate: float = 50, n: int = 1000) -> dict:
-    """Through the LB (internet client -> 443) vs straight to an app server's 8443 (from the
-    LB's own namespace, the LB's leg to it): the difference is what the LB adds."""
-    ip, app = p.lb.reserved_ips[0], p.with_tag(conventions.APP_SERVER)[0]
-    args = [PATH, str(rate), str(n)]
-    via_lb = shell.run(cloud.internet_client(["python3", "-c", LATENCY, p.domain, ip, "443", *args]),
-                       timeout=n / rate + 120).stdout
-    # The app server serves the LB's client certificate only: a copy of it, root's alone.
-    with tempfile.TemporaryDirectory() as scratch:
-        identity = []
-        for path in (conventions.SERVER_CERT_PATH, conventions.SERVER_KEY_PATH):
-            copy = Path(scratch) / Path(path).name
-            copy.touch(mode=0o600)
-            copy.write_text(droplet.exec(p.lb.name, ["cat", path], timeout=60).stdout)
-            identity.append(str(copy))
-        direct = shell.run(["ip", "netns", "exec", network.netns_name(p.lb.name), "python3", "-c", LATENCY, p.domain,
-                            app.vpc_ip, str(conventions.APP_TLS_PORT), *args, *identity], timeout=n / rate + 120).stdout
-    lb, ds = percentiles(json.loads(via_lb)), percentiles(json.loads(direct))
-    return {"rate_per_s": rate, "requests": n, "through_lb_ms": lb, "direct_to_app_ms": ds,
-            "added_ms": {k: round(lb[k] - ds[k], 2) for k in lb}}
+def latency(p, rate: float, seconds: float = 10) -> dict:
+    """Through the LB (internet client -> 443, the domain's name) vs straight to an app
+    server's 8443 (from the LB's own namespace with the LB's client certificate, the LB's
+    leg to it): the difference is what the LB adds."""
+    app = p.with_tag(conventions.APP_SERVER)[0]
+    n = int(rate * seconds)
+    lb_root = droplet.Paths(p.lb.name).root
+    via_lb = shell.run(cloud.internet_client(["python3", "-c", LATENCY, p.domain, p.domain, "443", PATH,
+                                              str(rate), str(n), "", ""]), timeout=seconds + 120).stdout
+    direct = shell.run(["ip", "netns", "exec", network.netns_name(p.lb.name), "python3", "-c", LATENCY, p.domain,
+                        app.vpc_ip, str(conventions.APP_TLS_PORT), PATH, str(rate), str(n),
+                        f"{lb_root}{conventions.SERVER_CERT_PATH}", f"{lb_root}{conventions.SERVER_KEY_PATH}"],
+                       timeout=seconds + 120).stdout
+    lb, ds = json.loads(via_lb), json.loads(direct)
+    lbp, dsp = percentiles(lb["ms"]), percentiles(ds["ms"])
+    return {"rate_per_s": rate, "requests": n, "achieved_per_s": round(n / lb["seconds"]),
+            "through_lb_ms": lbp, "direct_to_app_ms": dsp, "added_ms": {k: round(lbp[k] - dsp[k], 2) for k in lbp}}
 
 
-def throughput(p, rounds: int = 3) -> dict:
+class Reachable:
+    """For the run: the domain and the benchmark's names resolve in the internet client's
+    namespace (so wrk sends them as SNI), and one client may send as much as it can."""
+
+    def __init__(self, p):
+        self.p = p
+
+    def __enter__(self):
+        NETNS_HOSTS.parent.mkdir(parents=True, exist_ok=True)
+        NETNS_HOSTS.write_text(f"127.0.0.1 localhost\n{self.p.lb.reserved_ips[0]} {self.p.domain} {' '.join(BENCH_NAMES)}\n")
+        self.p = up_with(STACK, {"lbRequestsPerSecond": BENCH_RATE})
+        return self.p
+
+    def __exit__(self, *exc):
+        NETNS_HOSTS.unlink(missing_ok=True)
+        up_with(STACK, {})
+
+
+def up_with(name: str, changes: dict):
+    plan = stack.plan(name, changes)
+    if not stack.healthy(stack.up(plan)):
+        raise SystemExit(f"up with {changes or 'the stack settings'} did not finish cleanly")
+    return plan
+
+
+def cost(p, rounds: int = 3) -> dict:
     figures = {"tls": [], "plain": [], "no_reuse": []}
     with Variants(p):
         for _ in range(rounds):   # interleaved, so drift on the shared machine hits all alike
             figures["tls"].append(wrk(p, p.domain))
             figures["plain"].append(wrk(p, "plain.bench"))
             figures["no_reuse"].append(wrk(p, "no-reuse.bench"))
-    med = {k: statistics.median(r["ok_rps"] for r in v) for k, v in figures.items()}
-    return {"rounds": figures, "median_ok_rps": med,
-            "tls_over_plain": round(med["tls"] / med["plain"], 3),
-            "reuse_over_no_reuse": round(med["tls"] / med["no_reuse"], 2)}
+    med = {k: {f: statistics.median(r[f] for r in v) for f in ("ok_rps", "lb_cpu_s_per_10k", "apps_cpu_s_per_10k")}
+           for k, v in figures.items()}
+    return {"rounds": figures, "medians": med,
+            "lb_cpu_tls_over_plain": round(med["tls"]["lb_cpu_s_per_10k"] / med["plain"]["lb_cpu_s_per_10k"], 3),
+            "apps_cpu_tls_over_plain": round(med["tls"]["apps_cpu_s_per_10k"] / med["plain"]["apps_cpu_s_per_10k"], 3),
+            "rps_tls_over_plain": round(med["tls"]["ok_rps"] / med["plain"]["ok_rps"], 3),
+            "rps_reuse_over_no_reuse": round(med["tls"]["ok_rps"] / med["no_reuse"]["ok_rps"], 2)}
 
 
 def disruptions(p) -> dict:
@@ -295,12 +354,11 @@ def main() -> int:
         finally:
             if kept.exists() and not cached.exists():
                 kept.rename(cached)
+    show(out)
+    with Reachable(stack.deployed(STACK)) as p:
+        show({"cost": cost(p)})
+        show({"latency": [latency(p, rate) for rate in (50, 200, 1000)]})
     p = stack.deployed(STACK)
-    show(out)
-    out = {"throughput": throughput(p)}
-    show(out)
-    out = {"latency": latency(p)}
-    show(out)
     if args.disruptions:
         show({"disruptions": disruptions(p)})
     return 0
