@@ -186,6 +186,9 @@ TLS_KEY_GROUP = "platform-tls"
 PLATFORM_ETC = "/etc/platform"
 # Operators' public keys per login, pushed after boot: adding a key replaces no droplet.
 LOGIN_KEYS_DIR = "/etc/ssh/authorized_keys.d"
+# cloud-init's copy of the first-boot user data (root's alone): provisioning reads the
+# automation key from it, never from the login's own ~/.ssh.
+FIRST_BOOT_USER_DATA = "/var/lib/cloud/instance/user-data.txt"
 PLATFORM_STATE = "/var/lib/platform"
 # Every log the platform writes goes here as *.log (logrotate rotates them all).
 PLATFORM_LOG_DIR = "/var/log/platform"

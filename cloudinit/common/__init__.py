@@ -98,10 +98,14 @@ def ssh_logins(role: str) -> list[str]:
     return [conventions.OPERATOR_USER] + [u.name for u in conventions.ROLE_USERS[role] if u.ssh_login]
 
 
-def operator_keys(role: str, settings: Settings) -> dict[str, str]:
-    """The `operators` push: every login of the role takes the operators' keys."""
-    keys = "".join(key + "\n" for key in settings.ssh_public_keys)
-    return {login: keys for login in ssh_logins(role)}
+def operator_keys(role: str, settings: Settings, automation_key: str) -> dict[str, str]:
+    """The `operators` push: every login of the role takes the operators' keys, and the
+    operator login also the program's own (sshd reads no other file, so a file without it
+    would lock the program out)."""
+    keys = [key.strip() for key in settings.ssh_public_keys]
+    own = [automation_key.strip()] + [key for key in keys if key != automation_key.strip()]
+    return {login: "".join(key + "\n" for key in (own if login == conventions.OPERATOR_USER else keys))
+            for login in ssh_logins(role)}
 
 
 # --- Backups: the `backup` push's files ------------------------------------------------

@@ -290,6 +290,35 @@ ensure_firewall() {
     fi
 }
 
+# sshd reads keys only from root's files in {{ c.LOGIN_KEYS_DIR }}: the automation key
+# first boot gave {{ c.OPERATOR_USER }} joins that login's file before sshd reads the drop-in
+# that says so, or the program's next login would be refused. It is read from cloud-init's
+# copy of the user data (root's), never from ~/.ssh, which the login itself may write.
+# Keys already in the file stay; the `operators` push later writes it whole, this key included.
+ensure_automation_key() {
+    local file={{ c.LOGIN_KEYS_DIR }}/{{ c.OPERATOR_USER }} keys
+    keys=$(python3 - {{ c.FIRST_BOOT_USER_DATA }} {{ c.OPERATOR_USER }} "$file" <<'PYTHON'
+import sys
+import yaml
+
+user_data, login, keys_file = sys.argv[1:]
+with open(user_data) as f:
+    config = yaml.safe_load(f) or {}
+wanted = [key.strip() for user in config.get("users") or [] if isinstance(user, dict) and user.get("name") == login
+          for key in user.get("ssh_authorized_keys") or []]
+if not wanted:
+    sys.exit(f"{user_data} gives {login} no key")
+try:
+    with open(keys_file) as f:
+        lines = f.read().splitlines()
+except FileNotFoundError:
+    lines = []
+print("\n".join(lines + [key for key in wanted if key not in lines]))
+PYTHON
+) || return 1
+    write_file "$file" 0644 root:root <<<"$keys"
+}
+
 common_steps() {
     step "packages"
     ensure_packages ufw fail2ban python3-systemd unattended-upgrades logrotate \
@@ -307,6 +336,10 @@ common_steps() {
     # The internal CA (pushed later to {{ c.CA_CERT_PATH }}) becomes a trusted root
     # when update-ca-certificates runs: it reads *.crt here, following links.
     ensure_symlink {{ c.CA_CERT_PATH }} {{ c.CA_TRUST_LINK }}
+
+    step "login keys"
+    ensure_dir {{ c.LOGIN_KEYS_DIR }} 0755 root:root
+    ensure_automation_key
 
     step "config files"
     local entry path mode owner group
