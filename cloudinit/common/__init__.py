@@ -43,6 +43,7 @@ BACKUP_TIMER = f"/etc/systemd/system/{conventions.BACKUP_UNIT}.timer"
 def files(settings: Settings) -> list[ConfigFile]:
     return [
         ConfigFile("common/sshd_platform.conf", SSHD_DROP_IN),
+        ConfigFile("common/issue.net", conventions.LOGIN_BANNER_FILE),
         ConfigFile("common/fail2ban-jail.conf", FAIL2BAN_JAIL),
         ConfigFile("common/auto-upgrades.conf", AUTO_UPGRADES),
         ConfigFile("common/unattended-upgrades.conf", UNATTENDED_UPGRADES),
