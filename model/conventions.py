@@ -194,6 +194,12 @@ LOGIN_KEYS_DIR = "/etc/ssh/authorized_keys.d"
 FIRST_BOOT_USER_DATA = "/var/lib/cloud/instance/user-data.txt"
 # What sshd shows before a login (its Banner).
 LOGIN_BANNER_FILE = "/etc/issue.net"
+# The kernel's hardening settings, which provisioning applies (and the host's in a container).
+HARDENING_SYSCTL_FILE = "/etc/sysctl.d/60-platform-hardening.conf"
+# Network protocols no droplet uses: their kernel modules are never loaded.
+UNUSED_NETWORK_MODULES = ("dccp", "sctp", "rds", "tipc")
+# The weekly package integrity check (debsums).
+INTEGRITY_UNIT = "platform-debsums"
 PLATFORM_STATE = "/var/lib/platform"
 # Every log the platform writes goes here as *.log (logrotate rotates them all).
 PLATFORM_LOG_DIR = "/var/log/platform"

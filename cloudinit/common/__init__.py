@@ -31,6 +31,14 @@ FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/platform.conf"
 AUTO_UPGRADES = "/etc/apt/apt.conf.d/21platform-auto-upgrades"
 UNATTENDED_UPGRADES = "/etc/apt/apt.conf.d/52platform-unattended-upgrades"
 LOGROTATE = "/etc/logrotate.d/platform"
+# Host hardening: applied by provisioning's "host hardening" step.
+NO_CORE_DUMPS = "/etc/security/limits.d/10-platform-no-core-dumps.conf"
+COREDUMP = "/etc/systemd/coredump.conf.d/10-platform.conf"
+LOGIN_UMASK = "/etc/profile.d/platform-umask.sh"
+MODPROBE_BLACKLIST = "/etc/modprobe.d/platform-unused-protocols.conf"
+ACCT_DROP_IN = "/etc/systemd/system/acct.service.d/platform.conf"
+INTEGRITY_SERVICE = f"/etc/systemd/system/{conventions.INTEGRITY_UNIT}.service"
+INTEGRITY_TIMER = f"/etc/systemd/system/{conventions.INTEGRITY_UNIT}.timer"
 
 BACKUP_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_UNIT}.service"
 BACKUP_ALERT_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_ALERT_UNIT}.service"
@@ -49,6 +57,14 @@ def files(settings: Settings) -> list[ConfigFile]:
         ConfigFile("common/unattended-upgrades.conf", UNATTENDED_UPGRADES),
         ConfigFile("common/logrotate.conf", LOGROTATE),
         ConfigFile("common/firewall.rules", conventions.FIREWALL_RULES_FILE),
+        ConfigFile("common/hardening-sysctl.conf", conventions.HARDENING_SYSCTL_FILE),
+        ConfigFile("common/no-core-dumps.conf", NO_CORE_DUMPS),
+        ConfigFile("common/coredump.conf", COREDUMP),
+        ConfigFile("common/umask.sh", LOGIN_UMASK),
+        ConfigFile("common/modprobe-blacklist.conf", MODPROBE_BLACKLIST),
+        ConfigFile("common/acct.conf", ACCT_DROP_IN),
+        ConfigFile("common/platform-debsums.service", INTEGRITY_SERVICE),
+        ConfigFile("common/platform-debsums.timer", INTEGRITY_TIMER),
     ] + ([
         ConfigFile("common/platform-backup.service", BACKUP_SERVICE),
         ConfigFile("common/platform-backup-alert.service", BACKUP_ALERT_SERVICE),

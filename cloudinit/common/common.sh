@@ -319,6 +319,31 @@ PYTHON
     write_file "$file" 0644 root:root <<<"$keys"
 }
 
+# The kernel settings of a sysctl.d file, applied now where they differ (systemd-sysctl
+# applies the file at boot). A container shares its host's kernel: there only the keys of
+# its own network namespace (net.*) are writable, and the others are the host's to set,
+# skipped and named in the log. Anywhere else every key must apply.
+ensure_sysctl() {
+    local file=$1 line key value path
+    local -a pending=() skipped=()
+    while IFS= read -r line; do
+        [[ "$line" =~ ^[[:space:]]*([a-z0-9_.*-]+)[[:space:]]*=[[:space:]]*([^[:space:]]+)[[:space:]]*$ ]] || continue
+        key=${BASH_REMATCH[1]} value=${BASH_REMATCH[2]}
+        # A glob names several keys: the first that differs decides. One that names no key
+        # on this kernel (IPv6 turned off at boot) is skipped, as systemd-sysctl skips it.
+        for path in /proc/sys/${key//.//}; do
+            if [ ! -e "$path" ]; then log "sysctl: no $key on this kernel"; break; fi
+            [ "$(cat "$path")" = "$value" ] && continue
+            if [ ! -w "$path" ] && in_container; then skipped+=("$key"); else pending+=("$key = $value"); fi
+            break
+        done
+    done < "$file"
+    if [ "${#skipped[@]}" -gt 0 ]; then log "sysctl: read-only in this container, left to the host: ${skipped[*]}"; fi
+    [ "${#pending[@]}" -eq 0 ] && return 0
+    sysctl -q -p <(printf '%s\n' "${pending[@]}") || return 1
+    changed "sysctl: ${pending[*]}"
+}
+
 common_steps() {
     step "packages"
     ensure_packages ufw fail2ban python3-systemd unattended-upgrades logrotate \
@@ -350,6 +375,14 @@ common_steps() {
         # Only the common files: a role installs its own after its packages.
         if contains "$path" "${common_files[@]}"; then install_config "$path" "$mode" "$owner:$group"; fi
     done
+
+    step "host hardening"
+    ensure_sysctl {{ c.HARDENING_SYSCTL_FILE }}
+    # The units and acct's drop-in are in place (config files): systemd reads them before
+    # acct's package starts its unit.
+    if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
+    ensure_packages acct debsums
+    ensure_running {{ c.INTEGRITY_UNIT }}.timer /etc/systemd/system/{{ c.INTEGRITY_UNIT }}.timer
 
     step "sshd"
     if files_changed_under /etc/ssh/; then

@@ -66,6 +66,8 @@ def sshd_script(tmp_path: Path, settings, clients: str, *, drop_in: str | None =
     drop_in = files[common.SSHD_DROP_IN] if drop_in is None else drop_in
     (tmp_path / "drop-in.conf").write_text(drop_in)
     (tmp_path / "banner").write_text(files[conventions.LOGIN_BANNER_FILE])
+    (tmp_path / "no-core-dumps.conf").write_text(files[common.NO_CORE_DUMPS])
+    (tmp_path / "umask.sh").write_text(files[common.LOGIN_UMASK])
     (tmp_path / "common.sh").write_text(files[common.LIBRARY])
     (tmp_path / "platform-write").write_text(files[conventions.WRITE_COMMAND])
     (tmp_path / "paramiko_login.py").write_text(PARAMIKO_LOGIN.format(login=LOGIN))
@@ -80,6 +82,8 @@ def sshd_script(tmp_path: Path, settings, clients: str, *, drop_in: str | None =
         rm -f /etc/ssh/sshd_config.d/*
         install -m 0644 {tmp_path}/drop-in.conf {common.SSHD_DROP_IN}
         install -m 0644 {tmp_path}/banner {conventions.LOGIN_BANNER_FILE}
+        install -m 0644 {tmp_path}/no-core-dumps.conf {common.NO_CORE_DUMPS}
+        install -m 0644 {tmp_path}/umask.sh {common.LOGIN_UMASK}
         useradd -M -d {HOME} -s /bin/bash {LOGIN}
         install -d -o {LOGIN} -g {LOGIN} -m 0700 {HOME} {HOME}/.ssh
         # The automation key reaches {conventions.LOGIN_KEYS_DIR} as provisioning puts it there.
@@ -179,6 +183,21 @@ def test_a_key_only_in_the_logins_own_authorized_keys_is_refused(tmp_path, stagi
     assert "Permission denied (publickey)" in refused and refused.endswith("rc=255\n"), result.stdout + result.stderr
     assert "Authentication failed" in marked(result.stdout, "planted paramiko"), result.stdout
     assert marked(result.stdout, "automation") == f"{LOGIN}\nrc=0\n", result.stdout + result.stderr
+
+
+def test_a_login_gets_no_core_dumps_and_its_login_shell_umask_027_its_commands_022(tmp_path, staging_settings):
+    """pam_limits (sshd's PAM session) caps core dumps at 0 for the login; a login shell (an
+    operator's) creates files others cannot read, while the commands the program and the
+    deploy tool run keep 022, which the services' files rely on."""
+    key = automation_key(tmp_path)
+    clients = textwrap.dedent(f"""\
+        echo '== command'; {openssh(tmp_path, key, "ulimit -H -c; umask")} 2>&1; echo "rc=$?"
+        echo '== login shell'; {openssh(tmp_path, key, "bash -l -c umask")} 2>&1; echo "rc=$?"
+    """)
+    result = run(tmp_path, staging_settings, clients)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert marked(result.stdout, "command") == "0\n0022\nrc=0\n", result.stdout + result.stderr
+    assert marked(result.stdout, "login shell") == "0027\nrc=0\n", result.stdout + result.stderr
 
 
 def audit(tmp_path: Path, settings, **options) -> dict:
