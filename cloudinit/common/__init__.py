@@ -110,6 +110,29 @@ def pushes(role: str, settings: Settings) -> dict[str, Push]:
     return kinds
 
 
+# Logs a snapshot carries besides the configuration (missing ones are left out: the images
+# differ). The journal holds sshd's and the firewall's (kernel) lines where rsyslog does not
+# write auth.log and ufw.log. Never restored with the configuration: restic restores them.
+COMMON_LOG_PATHS = ["/var/log/journal", "/var/log/auth.log", "/var/log/ufw.log", "/var/log/fail2ban.log",
+                    "/var/log/account", conventions.PLATFORM_LOG_DIR]
+ENGINE_LOG_PATHS = {
+    "postgresql": ["/var/log/postgresql"],
+    "mongodb": ["/var/log/mongodb"],
+    "redis": ["/var/log/redis"],  # stunnel logs to the journal
+    "rabbitmq": ["/var/log/rabbitmq"],
+}
+
+
+def log_paths(role: str, settings: Settings) -> list[str]:
+    """The logs the role's backups carry: every droplet's, nginx's, the engines'."""
+    own = {
+        conventions.LOAD_BALANCER: ["/var/log/nginx", "/var/log/letsencrypt"],
+        conventions.APP_SERVER: ["/var/log/nginx"],
+        conventions.DATASTORE: [path for engine in settings.engines for path in ENGINE_LOG_PATHS[engine]],
+    }[role]
+    return COMMON_LOG_PATHS + own
+
+
 def ssh_logins(role: str) -> list[str]:
     """Who may log in over SSH on this role."""
     return [conventions.OPERATOR_USER] + [u.name for u in conventions.ROLE_USERS[role] if u.ssh_login]
