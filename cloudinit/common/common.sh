@@ -381,7 +381,8 @@ common_steps() {
     # The units and acct's drop-in are in place (config files): systemd reads them before
     # acct's package starts its unit.
     if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
-    ensure_packages acct debsums
+    # acct rotates its log (keeping 30 days) by its daily cron job: cron too.
+    ensure_packages acct debsums cron
     ensure_running {{ c.INTEGRITY_UNIT }}.timer /etc/systemd/system/{{ c.INTEGRITY_UNIT }}.timer
 
     step "sshd"
