@@ -310,6 +310,8 @@ USER_DATA_LIMIT_BYTES = 64 * 1024
 BACKUP_COMMAND = "/usr/local/sbin/platform-backup"
 RESTORE_COMMAND = "/usr/local/sbin/platform-restore"
 BACKUP_LIBRARY = "/usr/local/lib/platform/backup.sh"
+# Provisioning's host hardening steps (sourced after the common library).
+HARDENING_LIBRARY = "/usr/local/lib/platform/hardening.sh"
 BACKUP_UNIT = "platform-backup"  # .service runs one backup, .timer schedules it
 # Started by the backup unit's OnFailure=: alerts that a run failed, at once.
 BACKUP_ALERT_UNIT = "platform-backup-alert"

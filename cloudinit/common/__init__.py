@@ -15,6 +15,7 @@ ROLE_STEPS = "/usr/local/lib/platform/role.sh"
 PROGRAMS = [
     Program("common/platform-provision.sh", conventions.PROVISION_COMMAND),
     Program("common/common.sh", LIBRARY, mode="0644"),
+    Program("common/hardening.sh", conventions.HARDENING_LIBRARY, mode="0644"),
     Program("common/platform-push.py", conventions.PUSH_COMMAND),
     Program("common/platform-lock.py", conventions.LOCK_COMMAND),
     Program("common/platform-write.py", conventions.WRITE_COMMAND),

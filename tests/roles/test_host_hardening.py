@@ -33,6 +33,7 @@ NET_KEYS = ["net.ipv4.conf.{}.rp_filter", "net.ipv4.conf.{}.accept_redirects", "
 def library(tmp_path: Path, settings) -> dict[str, str]:
     files = cloudinit.rendered_files(ROLE, settings)
     (tmp_path / "common.sh").write_text(files[common.LIBRARY])
+    (tmp_path / "hardening.sh").write_text(files[conventions.HARDENING_LIBRARY])
     (tmp_path / "hardening.conf").write_text(files[conventions.HARDENING_SYSCTL_FILE])
     return files
 
@@ -48,7 +49,7 @@ def test_the_kernel_settings_apply_in_a_container_all_but_the_hosts_keys_and_onc
         sysctl -q -w net.ipv4.conf.v0.accept_redirects=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.tcp_syncookies=0
         {CONTAINER_PROC_SYS}
         set +e
-        source {tmp_path}/common.sh
+        source {tmp_path}/common.sh; source {tmp_path}/hardening.sh
         in_container() {{ true; }}
         ensure_sysctl {tmp_path}/hardening.conf; echo "== first: $? $CHANGES"
         sysctl {show}
@@ -71,7 +72,7 @@ def test_outside_a_container_a_key_that_cannot_be_set_fails_and_in_one_it_is_nam
     (tmp_path / "kernel.conf").write_text(f"kernel.core_uses_pid = {1 - int(current)}\nnet.ipv4.tcp_syncookies = 1\n")
     result = sandboxed(tmp_path, textwrap.dedent(f"""\
         {CONTAINER_PROC_SYS} || exit 9
-        source {tmp_path}/common.sh
+        source {tmp_path}/common.sh; source {tmp_path}/hardening.sh
         in_container() {{ false; }}
         ensure_sysctl {tmp_path}/kernel.conf; echo "== vm: $?"
         in_container() {{ true; }}

@@ -69,6 +69,7 @@ def sshd_script(tmp_path: Path, settings, clients: str, *, drop_in: str | None =
     (tmp_path / "no-core-dumps.conf").write_text(files[common.NO_CORE_DUMPS])
     (tmp_path / "umask.sh").write_text(files[common.LOGIN_UMASK])
     (tmp_path / "common.sh").write_text(files[common.LIBRARY])
+    (tmp_path / "hardening.sh").write_text(files[conventions.HARDENING_LIBRARY])
     (tmp_path / "platform-write").write_text(files[conventions.WRITE_COMMAND])
     (tmp_path / "paramiko_login.py").write_text(PARAMIKO_LOGIN.format(login=LOGIN))
     user_data = cloudinit.first_boot(ROLE, settings.stack, Path(automation_key(tmp_path) + ".pub").read_text().strip())
@@ -89,7 +90,7 @@ def sshd_script(tmp_path: Path, settings, clients: str, *, drop_in: str | None =
         # The automation key reaches {conventions.LOGIN_KEYS_DIR} as provisioning puts it there.
         install -D -m 0600 {tmp_path}/user-data.txt {conventions.FIRST_BOOT_USER_DATA}
         install -D -m 0755 {tmp_path}/platform-write {conventions.WRITE_COMMAND}
-        source {tmp_path}/common.sh
+        source {tmp_path}/common.sh; source {tmp_path}/hardening.sh
         ensure_dir {conventions.LOGIN_KEYS_DIR} 0755 root:root >/dev/null
         ensure_automation_key >/dev/null
         mkdir -p /run/sshd
@@ -232,6 +233,7 @@ def test_provisioning_adds_the_automation_key_to_the_operator_logins_file_keepin
     in the file stay; a second run changes nothing; user data without the key fails."""
     files = rendered(ROLE, staging_settings)
     (tmp_path / "common.sh").write_text(files[common.LIBRARY])
+    (tmp_path / "hardening.sh").write_text(files[conventions.HARDENING_LIBRARY])
     (tmp_path / "platform-write").write_text(files[conventions.WRITE_COMMAND])
     automation = Path(automation_key(tmp_path) + ".pub").read_text().strip()
     (tmp_path / "user-data.txt").write_text(cloudinit.first_boot(ROLE, staging_settings.stack, automation))
@@ -241,7 +243,7 @@ def test_provisioning_adds_the_automation_key_to_the_operator_logins_file_keepin
         install -D -m 0600 {tmp_path}/user-data.txt {conventions.FIRST_BOOT_USER_DATA}
         install -d -m 0755 {conventions.LOGIN_KEYS_DIR}
         echo 'ssh-ed25519 AAAAoperator operator' > {keys}
-        source {tmp_path}/common.sh
+        source {tmp_path}/common.sh; source {tmp_path}/hardening.sh
         ensure_automation_key >/dev/null; echo "== first: $CHANGES $(stat -c '%a %U:%G' {keys})"; cat {keys}
         ensure_automation_key; echo "== second: $CHANGES"
         echo '#cloud-config' > {conventions.FIRST_BOOT_USER_DATA}
@@ -259,6 +261,6 @@ def test_the_automation_key_is_in_place_before_sshd_reads_the_drop_in(staging_se
     sshd reload."""
     library = rendered(ROLE, staging_settings)[common.LIBRARY]
     steps = library[library.index("common_steps() {"):]
-    order = [steps.index(text) for text in ('step "login keys"', "ensure_automation_key", 'step "config files"',
-                                            'step "sshd"')]
+    order = [steps.index(text) for text in ('step "login keys"', "    ensure_automation_key\n",
+                                            'step "config files"', 'step "sshd"')]
     assert order == sorted(order), order
