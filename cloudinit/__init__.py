@@ -116,6 +116,7 @@ def template_context(role: str, settings: Settings) -> dict[str, Any]:
         "ssh_logins": common.ssh_logins(role),
         # What the role's backups carry: its configuration, and the datastore's engines' dumps.
         "backup_paths": role_module(role).backup_paths(settings),
+        "log_paths": common.log_paths(role, settings),
         "dumped_engines": list(settings.engines) if role == conventions.DATASTORE else [],
     }
 

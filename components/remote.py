@@ -203,10 +203,16 @@ def push_identity(
         f"{name}-operators-push",
         route=route,
         kind="operators",
-        files=common_files.operator_keys(role, settings),
+        files=operator_files(role, settings, route.key),
         parent=parent,
     )
     return tls
+
+
+def operator_files(role: str, settings: Settings, key: AutomationKey) -> dict[str, pulumi.Output[str]]:
+    """The `operators` push's files, each login's keys (the program's own key among them)."""
+    keys = key.public_key_openssh.apply(lambda own: common_files.operator_keys(role, settings, own))
+    return {login: keys.apply(lambda by_login, login=login: by_login[login]) for login in common_files.ssh_logins(role)}
 
 
 def push(

@@ -108,6 +108,7 @@ class Image:
     python: str             # python3, which runs platform-push and cloud-init
     sshd_socket: bool       # ssh.socket starts sshd, so sshd may not be running to reload
     auth_log: bool          # rsyslog writes /var/log/auth.log; else sshd logs to the journal only
+    openssh: str            # the archive's OpenSSH: which key exchanges sshd can offer
     proven: str             # what has run on it
 
 
@@ -117,12 +118,14 @@ IMAGES = {
         "debian-12-x64", "Debian 12", os_id="debian", codename="bookworm", mongodb_component="main",
         security_origin="origin=Debian,codename=${distro_codename}-security,label=Debian-Security",
         postgresql_major=15, nodejs_major=18, restic="0.14", python="3.11", sshd_socket=False, auth_log=False,
+        openssh="9.2",
         proven="booted in the local cloud: every role, the stack served end to end (without MongoDB; nodeMajor 18)",
     ),
     "ubuntu-24-04-x64": Image(
         "ubuntu-24-04-x64", "Ubuntu 24.04", os_id="ubuntu", codename="noble", mongodb_component="multiverse",
         security_origin="origin=Ubuntu,archive=${distro_codename}-security",
         postgresql_major=16, nodejs_major=18, restic="0.16", python="3.12", sshd_socket=True, auth_log=True,
+        openssh="9.6",
         proven="rendered and checked only (the same first-boot data); never booted here",
     ),
 }
@@ -213,6 +216,17 @@ TLS_KEY_GROUP = "platform-tls"
 PLATFORM_ETC = "/etc/platform"
 # Operators' public keys per login, pushed after boot: adding a key replaces no droplet.
 LOGIN_KEYS_DIR = "/etc/ssh/authorized_keys.d"
+# cloud-init's copy of the first-boot user data (root's alone): provisioning reads the
+# automation key from it, never from the login's own ~/.ssh.
+FIRST_BOOT_USER_DATA = "/var/lib/cloud/instance/user-data.txt"
+# What sshd shows before a login (its Banner).
+LOGIN_BANNER_FILE = "/etc/issue.net"
+# The kernel's hardening settings, which provisioning applies (and the host's in a container).
+HARDENING_SYSCTL_FILE = "/etc/sysctl.d/60-platform-hardening.conf"
+# Network protocols no droplet uses: their kernel modules are never loaded.
+UNUSED_NETWORK_MODULES = ("dccp", "sctp", "rds", "tipc")
+# The weekly package integrity check (debsums).
+INTEGRITY_UNIT = "platform-debsums"
 PLATFORM_STATE = "/var/lib/platform"
 # Every log the platform writes goes here as *.log (logrotate rotates them all).
 PLATFORM_LOG_DIR = "/var/log/platform"
@@ -340,6 +354,8 @@ USER_DATA_LIMIT_BYTES = 64 * 1024
 BACKUP_COMMAND = "/usr/local/sbin/platform-backup"
 RESTORE_COMMAND = "/usr/local/sbin/platform-restore"
 BACKUP_LIBRARY = "/usr/local/lib/platform/backup.sh"
+# Provisioning's host hardening steps (sourced after the common library).
+HARDENING_LIBRARY = "/usr/local/lib/platform/hardening.sh"
 BACKUP_UNIT = "platform-backup"  # .service runs one backup, .timer schedules it
 # Started by the backup unit's OnFailure=: alerts that a run failed, at once.
 BACKUP_ALERT_UNIT = "platform-backup-alert"

@@ -139,13 +139,15 @@ def test_first_boot_lets_in_the_automation_key_only(deployment):
 
 
 def test_operators_keys_are_pushed_to_every_login_of_every_droplet(deployment):
+    """sshd reads only these files: the operator login's keeps the program's own key too."""
     keys = "".join(k + "\n" for k in deployment.settings.ssh_public_keys)
+    automation = deployment.named("automation-key", ":PrivateKey").state["publicKeyOpenssh"].strip()
     pushes = {r.name: r for r in deployment.of_type("remote:Command") if r.name.endswith("-operators-push")}
     assert set(pushes) == {f"{d.name}-operators-push" for d in droplets(deployment)}
     for name, push in pushes.items():
         files = json.loads(push.state["stdin"])
-        assert conventions.OPERATOR_USER in files
-        assert set(files.values()) == {keys}, name
+        assert files.pop(conventions.OPERATOR_USER) == automation + "\n" + keys, name
+        assert set(files.values()) <= {keys}, name
     app_logins = json.loads(pushes["app-1-operators-push"].state["stdin"])
     assert set(app_logins) == {conventions.OPERATOR_USER, conventions.DEPLOY_USER}
 

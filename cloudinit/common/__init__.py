@@ -15,6 +15,7 @@ ROLE_STEPS = "/usr/local/lib/platform/role.sh"
 PROGRAMS = [
     Program("common/platform-provision.sh", conventions.PROVISION_COMMAND),
     Program("common/common.sh", LIBRARY, mode="0644"),
+    Program("common/hardening.sh", conventions.HARDENING_LIBRARY, mode="0644"),
     Program("common/platform-push.py", conventions.PUSH_COMMAND),
     Program("common/platform-lock.py", conventions.LOCK_COMMAND),
     Program("common/platform-write.py", conventions.WRITE_COMMAND),
@@ -33,6 +34,14 @@ UNATTENDED_UPGRADES = "/etc/apt/apt.conf.d/52platform-unattended-upgrades"
 LOGROTATE = "/etc/logrotate.d/platform"
 # needrestart reads every conf.d/*.conf after its own needrestart.conf.
 NEEDRESTART_CONF = "/etc/needrestart/conf.d/platform.conf"
+# Host hardening: applied by provisioning's "host hardening" step.
+NO_CORE_DUMPS = "/etc/security/limits.d/10-platform-no-core-dumps.conf"
+COREDUMP = "/etc/systemd/coredump.conf.d/10-platform.conf"
+LOGIN_UMASK = "/etc/profile.d/platform-umask.sh"
+MODPROBE_BLACKLIST = "/etc/modprobe.d/platform-unused-protocols.conf"
+ACCT_DROP_IN = "/etc/systemd/system/acct.service.d/platform.conf"
+INTEGRITY_SERVICE = f"/etc/systemd/system/{conventions.INTEGRITY_UNIT}.service"
+INTEGRITY_TIMER = f"/etc/systemd/system/{conventions.INTEGRITY_UNIT}.timer"
 
 BACKUP_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_UNIT}.service"
 BACKUP_ALERT_SERVICE = f"/etc/systemd/system/{conventions.BACKUP_ALERT_UNIT}.service"
@@ -45,12 +54,21 @@ BACKUP_TIMER = f"/etc/systemd/system/{conventions.BACKUP_UNIT}.timer"
 def files(settings: Settings) -> list[ConfigFile]:
     return [
         ConfigFile("common/sshd_platform.conf", SSHD_DROP_IN),
+        ConfigFile("common/issue.net", conventions.LOGIN_BANNER_FILE),
         ConfigFile("common/fail2ban-jail.conf", FAIL2BAN_JAIL),
         ConfigFile("common/auto-upgrades.conf", AUTO_UPGRADES),
         ConfigFile("common/unattended-upgrades.conf", UNATTENDED_UPGRADES),
         ConfigFile("common/needrestart.conf", NEEDRESTART_CONF),
         ConfigFile("common/logrotate.conf", LOGROTATE),
         ConfigFile("common/firewall.rules", conventions.FIREWALL_RULES_FILE),
+        ConfigFile("common/hardening-sysctl.conf", conventions.HARDENING_SYSCTL_FILE),
+        ConfigFile("common/no-core-dumps.conf", NO_CORE_DUMPS),
+        ConfigFile("common/coredump.conf", COREDUMP),
+        ConfigFile("common/umask.sh", LOGIN_UMASK),
+        ConfigFile("common/modprobe-blacklist.conf", MODPROBE_BLACKLIST),
+        ConfigFile("common/acct.conf", ACCT_DROP_IN),
+        ConfigFile("common/platform-debsums.service", INTEGRITY_SERVICE),
+        ConfigFile("common/platform-debsums.timer", INTEGRITY_TIMER),
     ] + ([
         ConfigFile("common/platform-backup.service", BACKUP_SERVICE),
         ConfigFile("common/platform-backup-alert.service", BACKUP_ALERT_SERVICE),
@@ -96,15 +114,42 @@ def pushes(role: str, settings: Settings) -> dict[str, Push]:
     return kinds
 
 
+# Logs a snapshot carries besides the configuration (missing ones are left out: the images
+# differ). The journal holds sshd's and the firewall's (kernel) lines where rsyslog does not
+# write auth.log and ufw.log. Never restored with the configuration: restic restores them.
+COMMON_LOG_PATHS = ["/var/log/journal", "/var/log/auth.log", "/var/log/ufw.log", "/var/log/fail2ban.log",
+                    "/var/log/account", conventions.PLATFORM_LOG_DIR]
+ENGINE_LOG_PATHS = {
+    "postgresql": ["/var/log/postgresql"],
+    "mongodb": ["/var/log/mongodb"],
+    "redis": ["/var/log/redis"],  # stunnel logs to the journal
+    "rabbitmq": ["/var/log/rabbitmq"],
+}
+
+
+def log_paths(role: str, settings: Settings) -> list[str]:
+    """The logs the role's backups carry: every droplet's, nginx's, the engines'."""
+    own = {
+        conventions.LOAD_BALANCER: ["/var/log/nginx", "/var/log/letsencrypt"],
+        conventions.APP_SERVER: ["/var/log/nginx"],
+        conventions.DATASTORE: [path for engine in settings.engines for path in ENGINE_LOG_PATHS[engine]],
+    }[role]
+    return COMMON_LOG_PATHS + own
+
+
 def ssh_logins(role: str) -> list[str]:
     """Who may log in over SSH on this role."""
     return [conventions.OPERATOR_USER] + [u.name for u in conventions.ROLE_USERS[role] if u.ssh_login]
 
 
-def operator_keys(role: str, settings: Settings) -> dict[str, str]:
-    """The `operators` push: every login of the role takes the operators' keys."""
-    keys = "".join(key + "\n" for key in settings.ssh_public_keys)
-    return {login: keys for login in ssh_logins(role)}
+def operator_keys(role: str, settings: Settings, automation_key: str) -> dict[str, str]:
+    """The `operators` push: every login of the role takes the operators' keys, and the
+    operator login also the program's own (sshd reads no other file, so a file without it
+    would lock the program out)."""
+    keys = [key.strip() for key in settings.ssh_public_keys]
+    own = [automation_key.strip()] + [key for key in keys if key != automation_key.strip()]
+    return {login: "".join(key + "\n" for key in (own if login == conventions.OPERATOR_USER else keys))
+            for login in ssh_logins(role)}
 
 
 # --- Backups: the `backup` push's files ------------------------------------------------

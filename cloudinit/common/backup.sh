@@ -23,6 +23,12 @@ CONFIG_PATHS=(
     {{ path }}
 {% endfor %}
 )
+# The logs it carries too (the configuration's restore leaves them out).
+LOG_PATHS=(
+{% for path in log_paths %}
+    {{ path }}
+{% endfor %}
+)
 # The repository's own password is no use inside the repository.
 CONFIG_EXCLUDES=(--exclude "$SECRETS_FILE")
 # S3 errors are retried for minutes; a status check should answer sooner.

@@ -317,6 +317,10 @@ common_steps() {
     # when update-ca-certificates runs: it reads *.crt here, following links.
     ensure_symlink {{ c.CA_CERT_PATH }} {{ c.CA_TRUST_LINK }}
 
+    step "login keys"
+    ensure_dir {{ c.LOGIN_KEYS_DIR }} 0755 root:root
+    ensure_automation_key
+
     step "config files"
     local entry path mode owner group conf
     local -a common_files
@@ -330,6 +334,9 @@ common_steps() {
         # Only the common files: a role installs its own after its packages.
         if contains "$path" "${common_files[@]}"; then install_config "$path" "$mode" "$owner:$group"; fi
     done
+
+    step "host hardening"
+    host_hardening_steps
 
     step "sshd"
     if files_changed_under /etc/ssh/; then

@@ -91,7 +91,7 @@ backup() {
     # A run killed midway leaves its lock in the repository; restic removes only stale ones.
     restic unlock --quiet
     local configs=() path summary snapshot
-    for path in "${CONFIG_PATHS[@]}"; do
+    for path in "${CONFIG_PATHS[@]}" "${LOG_PATHS[@]}"; do
         if [ -e "$path" ]; then configs+=("$path"); fi
     done
     summary=$(restic backup --json --quiet "${SNAPSHOTS[@]}" "${CONFIG_EXCLUDES[@]}" "$DUMPS" "${configs[@]}" \

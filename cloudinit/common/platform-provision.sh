@@ -14,6 +14,8 @@ fi
 . {{ c.PLATFORM_ETC }}/platform.env
 # shellcheck source=common.sh
 . /usr/local/lib/platform/common.sh
+# shellcheck source=hardening.sh
+. {{ c.HARDENING_LIBRARY }}
 # shellcheck source=role.sh
 . /usr/local/lib/platform/role.sh
 

@@ -100,6 +100,8 @@ fingerprints | sed 's/^/BEFORE /'
 check backup {conventions.BACKUP_COMMAND} run
 check status {conventions.BACKUP_COMMAND} status
 check dumps-cleaned test ! -e {conventions.BACKUP_SPOOL}/dumps
+# The logs ride along: the engine's and the journal (sshd's, the firewall's).
+check logs-in-snapshot bash -c "set -a; . {conventions.BACKUP_SECRETS_FILE}; RESTIC_CACHE_DIR={conventions.BACKUP_CACHE_DIR} restic ls latest | grep -x -e /var/log/postgresql -e /var/log/journal | sort | paste -sd ' ' | grep -qx '/var/log/journal /var/log/postgresql'"
 # Lose everything.
 {psql} -c "DROP DATABASE {db} WITH (FORCE)" -c "DROP DATABASE reports WITH (FORCE)"
 # Key by key: the app's Redis user may not FLUSHALL.
@@ -131,6 +133,7 @@ check config-without-restic-secrets test ! -e {conventions.BACKUP_SPOOL}/restore
     assert run.status("status") == 0, out
     assert "status: ok" in run.completed.stdout
     assert run.status("dumps-cleaned") == 0, out
+    assert run.status("logs-in-snapshot") == 0, out
     assert run.status("lost") == 0, out
     assert run.status("restore-list") == 0, out
     assert run.status("restore") == 0, out

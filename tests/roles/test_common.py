@@ -215,7 +215,7 @@ def shellcheck(root: Path) -> subprocess.CompletedProcess:
     require_tool("shellcheck", "shellcheck")
     local = root / "usr/local"
     scripts = [f"sbin/{Path(conventions.PROVISION_COMMAND).name}", f"lib/platform/{Path(common.LIBRARY).name}",
-               f"lib/platform/{Path(common.ROLE_STEPS).name}"]
+               f"lib/platform/{Path(common.ROLE_STEPS).name}", f"lib/platform/{Path(conventions.HARDENING_LIBRARY).name}"]
     others = [p for p in root.rglob("*") if p.is_file() and p.read_text(errors="replace").startswith("#!/bin/")]
     # Scripts outside /usr/local too (needrestart's restart.d, under /etc).
     others = [str(p) for p in others if not (p.is_relative_to(local) and str(p.relative_to(local)) in scripts)]
