@@ -98,10 +98,16 @@ def ssh_logins(role: str) -> list[str]:
     return [conventions.OPERATOR_USER] + [u.name for u in conventions.ROLE_USERS[role] if u.ssh_login]
 
 
+def deploy_login_keys(settings: Settings) -> tuple[str, ...]:
+    """The keys the deploy login takes: deployKeys, or the operators' while it is empty."""
+    return settings.deploy_keys or settings.ssh_public_keys
+
+
 def operator_keys(role: str, settings: Settings) -> dict[str, str]:
-    """The `operators` push: every login of the role takes the operators' keys."""
-    keys = "".join(key + "\n" for key in settings.ssh_public_keys)
-    return {login: keys for login in ssh_logins(role)}
+    """The `operators` push: each login of the role and the keys it takes (the operators'
+    for theirs, deployKeys for the deploy login)."""
+    keys = {conventions.OPERATOR_USER: settings.ssh_public_keys, conventions.DEPLOY_USER: deploy_login_keys(settings)}
+    return {login: "".join(key + "\n" for key in keys[login]) for login in ssh_logins(role)}
 
 
 # --- Backups: the `backup` push's files ------------------------------------------------
