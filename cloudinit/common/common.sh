@@ -298,7 +298,7 @@ common_steps() {
     step "users and groups"
     ensure_group {{ c.TLS_KEY_GROUP }}
 {% for user in c.ROLE_USERS[role] %}
-    ensure_user {{ user.name }} {{ user.home }}{{ " /bin/bash" if user.ssh_login else "" }}
+    ensure_user {{ user.name }} {{ user.home }} {{ user.shell }}
 {% endfor %}
 
     step "platform directories"
