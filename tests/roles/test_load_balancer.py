@@ -473,3 +473,78 @@ cat {tmp_path}/certbot.out | grep -v '^ *$' | tail -40
     # The account is told the new address once, when acmeEmail changed.
     updates = [l.rsplit(" ", 1)[1] for l in lines if " account updates: " in l]
     assert updates == ["0", "0", "0", "1", "1"], out
+
+
+# --- the deploy login: a real sshd with the LB's drop-in ------------------------------------
+
+# Debian's own sshd_config (the drop-ins come first, as there).
+DEBIAN_SSHD_CONFIG = """Include /etc/ssh/sshd_config.d/*.conf
+KbdInteractiveAuthentication no
+UsePAM yes
+X11Forwarding yes
+PrintMotd no
+AcceptEnv LANG LC_*
+Subsystem sftp /usr/lib/openssh/sftp-server
+"""
+
+JUMP_SCRIPT = r"""
+ip link set lo up
+useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {deploy}
+mkdir -p /run/sshd {keys_dir}
+cp {work}/drop-in.conf /etc/ssh/sshd_config.d/10-platform.conf
+cp {work}/sshd_config /etc/ssh/sshd_config
+cp {work}/permitopen.conf {permit_open}
+cp {work}/client.pub {keys_dir}/{deploy}
+sshd -t -h {work}/host_key || exit 3
+# The LB (127.0.0.1), an app server's SSH (127.0.0.2) and another droplet's (127.0.0.3): one sshd.
+/usr/sbin/sshd -D -e -h {work}/host_key -o ListenAddress=127.0.0.1 -o ListenAddress=127.0.0.2 -o ListenAddress=127.0.0.3 \
+    2>{work}/sshd.log &
+for i in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/22) 2>/dev/null && break; sleep 0.1; done
+ssh() {{ command ssh -o LogLevel=ERROR "$@"; }}
+echo "== check"; {check} </dev/null 2>&1; echo "exit=$?"
+echo "== elsewhere"; {elsewhere} </dev/null 2>&1; echo "exit=$?"
+echo "== command"; {command} 2>&1; echo "exit=$?"
+echo "== ran $(test -e {work}/ran && echo yes || echo no)"
+"""
+
+
+def test_the_deploy_tools_jump_check_passes_the_lbs_deploy_login_which_runs_no_command(tmp_path):
+    """sshd with the LB's rendered drop-in and a pushed PermitOpen list, in a sandbox with
+    its own network: the deploy tool's check (commands.through_jump_host, its very argv)
+    forwards to the listed app server's SSH and exits 0; a forward elsewhere is refused;
+    a command sent as deploy does not run."""
+    import shlex
+    from deploy import commands
+    from deploy.records import Server, Stack
+    from role_checks import sandboxed
+    require("sshd")
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("host_key", "client"):
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / name)])
+    drop_in = cloudinit.render("common/sshd_platform.conf", **cloudinit.template_context(c.LOAD_BALANCER, settings()))
+    (work / "drop-in.conf").write_text(drop_in)
+    (work / "sshd_config").write_text(DEBIAN_SSHD_CONFIG)
+    (work / "permitopen.conf").write_text(load_balancer.deploy_permit_open(["127.0.0.2"]))
+    host_key = " ".join((work / "host_key.pub").read_text().split()[:2])
+    app = Server("app-1", "127.0.0.2")
+    stack = Stack("staging", "127.0.0.1", (app,), identity=str(work / "client"),
+                  host_keys={"lb": host_key, "app-1": host_key}, known_hosts=str(work / "known_hosts"))
+    (work / "known_hosts").write_text(commands.known_hosts(stack))
+    check = commands.through_jump_host(stack, app).argv
+    elsewhere = commands.through_jump_host(stack, Server("app-9", "127.0.0.3")).argv
+    command = check[:-3] + [commands.jump_login(stack), f"touch {work}/ran"]
+    script = JUMP_SCRIPT.format(
+        deploy=c.DEPLOY_USER, keys_dir=c.LOGIN_KEYS_DIR, permit_open=c.LB_DEPLOY_PERMIT_OPEN_FILE, work=work,
+        check=shlex.join(check), elsewhere=shlex.join(elsewhere), command=shlex.join(command))
+    result = sandboxed(tmp_path / "sandbox", script, network=True)
+    out = result.stdout + result.stderr
+    sections = {part.split("\n", 1)[0].strip(): part.split("\n", 1)[1] if "\n" in part else ""
+                for part in out.split("== ")[1:]}
+    assert result.returncode == 0, out + (work / "sshd.log").read_text()
+    assert sections["check"].startswith("SSH-2.0-") and sections["check"].rstrip().endswith("exit=0"), out
+    assert "stdio forwarding failed" in sections["elsewhere"] and sections["elsewhere"].rstrip().endswith("exit=255"), out
+    assert "to connect to host 127.0.0.3 port 22, but the request was denied" in (work / "sshd.log").read_text()
+    assert "This account is currently not available." in sections["command"], out
+    assert not sections["command"].rstrip().endswith("exit=0"), out
+    assert "== ran no" in out, "a command sent as deploy ran on the LB"
