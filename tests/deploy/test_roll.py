@@ -292,3 +292,17 @@ def test_a_changed_host_key_stops_the_deploy_naming_the_droplet_before_anything_
     assert fleet.log == [] and fleet.locks == {}   # no lock, no upload, no switch
     said = fleet.out.getvalue()
     assert "deploy: staging-app-2: host key: exit 255" in said and "Host key for staging-app-2 has changed" in said
+
+
+def test_a_lock_held_on_a_later_server_refuses_the_deploy_and_the_locks_taken_before_it_are_let_go(monkeypatch):
+    """Deploys that see the pool differently still meet on a server they share: the one that
+    finds app-2 held is refused there and releases app-1, which it had taken."""
+    a1, a2, a3 = (s.address for s in SERVERS)
+    fleet = Fleet(locks={a2: "bob@ci since 2026-11-29T21:30:05Z (deploy, pid 7)"})
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    monkeypatch.setattr(cli.release, "build", lambda *a: pytest.fail("a refused deploy builds nothing"))
+    assert cli.main(["deploy", "staging"], executor=fleet) == cli.EXIT_LOCKED
+    assert "a deploy by bob@ci since 2026-11-29T21:30:05Z (deploy, pid 7) holds it (on app-2)" in fleet.printed()
+    assert fleet.locks == {a2: "bob@ci since 2026-11-29T21:30:05Z (deploy, pid 7)"}, "app-1 let go, app-2 untouched"
+    assert [a for h, a in fleet.log if h == "lock"] == [f"lock {a1}", f"lock {a2}", f"unlock {a1}"]
+    assert all(s.current == OLD for s in fleet.servers.values())
