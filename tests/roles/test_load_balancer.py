@@ -504,6 +504,8 @@ ssh() {{ command ssh -o LogLevel=ERROR "$@"; }}
 echo "== check"; {check} </dev/null 2>&1; echo "exit=$?"
 echo "== elsewhere"; {elsewhere} </dev/null 2>&1; echo "exit=$?"
 echo "== command"; {command} 2>&1; echo "exit=$?"
+echo "== tty"; {tty} </dev/null 2>&1; echo "exit=$?"
+echo "== sftp"; {sftp} </dev/null 2>&1; echo "exit=$?"
 echo "== ran $(test -e {work}/ran && echo yes || echo no)"
 """
 
@@ -534,9 +536,12 @@ def test_the_deploy_tools_jump_check_passes_the_lbs_deploy_login_which_runs_no_c
     check = commands.through_jump_host(stack, app).argv
     elsewhere = commands.through_jump_host(stack, Server("app-9", "127.0.0.3")).argv
     command = check[:-3] + [commands.jump_login(stack), f"touch {work}/ran"]
+    tty = check[:-3] + ["-tt", commands.jump_login(stack)]
+    sftp = check[:-3] + ["-s", commands.jump_login(stack), "sftp"]
     script = JUMP_SCRIPT.format(
         deploy=c.DEPLOY_USER, keys_dir=c.LOGIN_KEYS_DIR, permit_open=c.LB_DEPLOY_PERMIT_OPEN_FILE, work=work,
-        check=shlex.join(check), elsewhere=shlex.join(elsewhere), command=shlex.join(command))
+        check=shlex.join(check), elsewhere=shlex.join(elsewhere), command=shlex.join(command),
+        tty=shlex.join(tty), sftp=shlex.join(sftp))
     result = sandboxed(tmp_path / "sandbox", script, network=True)
     out = result.stdout + result.stderr
     sections = {part.split("\n", 1)[0].strip(): part.split("\n", 1)[1] if "\n" in part else ""
@@ -548,3 +553,6 @@ def test_the_deploy_tools_jump_check_passes_the_lbs_deploy_login_which_runs_no_c
     assert "This account is currently not available." in sections["command"], out
     assert not sections["command"].rstrip().endswith("exit=0"), out
     assert "== ran no" in out, "a command sent as deploy ran on the LB"
+    assert "PTY allocation request failed" in sections["tty"] and not sections["tty"].rstrip().endswith("exit=0"), out
+    # A subsystem gets the forced command too: no file server for deploy.
+    assert "This account is currently not available." in sections["sftp"], out
