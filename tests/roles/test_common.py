@@ -22,7 +22,7 @@ import cloudinit
 from cloudinit import common
 from model import conventions
 
-from role_checks import ROLES, require_tool, sandboxed
+from role_checks import ROLES, require_tool, sandboxed, sshd_effective
 
 LIB = "usr/local/lib/platform"
 
@@ -242,21 +242,6 @@ def test_shellcheck_finds_a_bug_in_a_sourced_file(staging_settings, render_role)
 # --- sshd ---------------------------------------------------------------------------
 
 
-def sshd_effective(tmp_path: Path, drop_in: str, user: str = "ops") -> subprocess.CompletedProcess:
-    """`sshd -T` of a full sshd_config that Includes the drop-in, with a throwaway host key."""
-    sshd = require_tool("sshd", "openssh-server")
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "drop-in.conf").write_text(drop_in)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "host_key"], check=True)
-    (tmp_path / "sshd_config").write_text(
-        f"Include {tmp_path}/drop-in.conf\nHostKey {tmp_path}/host_key\nUsePAM yes\n")
-    # sshd -t insists on its privilege separation directory.
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    subprocess.run([sshd, "-t", "-f", tmp_path / "sshd_config"], check=False)
-    return subprocess.run([sshd, "-T", "-f", tmp_path / "sshd_config", "-C", f"user={user},host=h,addr=192.0.2.9"],
-                          capture_output=True, text=True)
-
-
 @pytest.mark.parametrize("role, allowed, forwarding", [
     (conventions.LOAD_BALANCER, "ops deploy", "yes"),
     (conventions.APP_SERVER, "ops deploy", "no"),
@@ -271,51 +256,6 @@ def test_sshd_accepts_the_drop_in_keys_only_no_root(tmp_path, role, allowed, for
             "authenticationmethods publickey", f"allowtcpforwarding {forwarding}"} <= effective
     assert sorted(l for l in effective if l.startswith("allowusers ")) == sorted(
         f"allowusers {u}" for u in allowed.split())
-
-
-def lb_drop_in(tmp_path: Path, settings) -> str:
-    """The LB's drop-in, its pushed PermitOpen file moved under tmp_path."""
-    drop_in = cloudinit.render("common/sshd_platform.conf", **cloudinit.template_context(conventions.LOAD_BALANCER, settings))
-    assert conventions.LB_DEPLOY_PERMIT_OPEN_FILE in drop_in
-    return drop_in.replace(conventions.LB_DEPLOY_PERMIT_OPEN_FILE, str(tmp_path / "permitopen.conf"))
-
-
-JUMP_ONLY = {"allowtcpforwarding local", "permitlisten none", "gatewayports no", "allowstreamlocalforwarding no",
-             "allowagentforwarding no", "x11forwarding no", "permittunnel no", "permittty no", "permituserrc no",
-             "forcecommand /usr/sbin/nologin"}
-
-
-def test_the_lbs_deploy_login_may_only_forward_to_the_app_servers_ssh(tmp_path, stack_settings):
-    """sshd -T for `deploy` on the LB: no command, TTY or listening, and TCP only to the
-    addresses the upstreams push lists; nothing at all before that push. `ops` keeps its
-    forwarding (it is the operators' jump host)."""
-    from cloudinit import load_balancer
-    drop_in = lb_drop_in(tmp_path, stack_settings)
-    before = sshd_effective(tmp_path / "before", drop_in, user=conventions.DEPLOY_USER)
-    assert before.returncode == 0, before.stderr
-    assert JUMP_ONLY | {"permitopen none"} <= set(before.stdout.splitlines())
-    (tmp_path / "permitopen.conf").write_text(load_balancer.deploy_permit_open(["10.110.16.4", "10.110.16.3"]))
-    pushed = sshd_effective(tmp_path / "pushed", drop_in, user=conventions.DEPLOY_USER)
-    assert pushed.returncode == 0, pushed.stderr
-    effective = set(pushed.stdout.splitlines())
-    assert JUMP_ONLY | {"permitopen 10.110.16.3:22 10.110.16.4:22"} <= effective
-    assert not [line for line in effective if line.startswith("permitopen ") and line != "permitopen 10.110.16.3:22 10.110.16.4:22"]
-    operator = set(sshd_effective(tmp_path / "ops", drop_in).stdout.splitlines())
-    assert {"allowtcpforwarding yes", "permitopen any", "forcecommand none", "permittty yes"} <= operator
-
-
-def test_a_bad_permitopen_push_fails_sshds_check(tmp_path, stack_settings):
-    """The upstreams push's check is `sshd -t` of the whole configuration, pushed file included."""
-    from cloudinit import load_balancer
-    drop_in = lb_drop_in(tmp_path, stack_settings)
-    (tmp_path / "permitopen.conf").write_text("PermitOpen 10.110.16.3:ssh-port\n")
-    result = sshd_effective(tmp_path / "bad", drop_in, user=conventions.DEPLOY_USER)
-    assert result.returncode != 0 and "permitopen.conf line 1" in result.stderr, result.stderr
-    push = cloudinit.pushes(conventions.LOAD_BALANCER, stack_settings)["upstreams"]
-    assert ["sshd", "-t"] in push.check and ["systemctl", "try-reload-or-restart", "ssh"] in push.then
-    assert push.files["deploy-permitopen.conf"].path == conventions.LB_DEPLOY_PERMIT_OPEN_FILE
-    with pytest.raises(ValueError):
-        load_balancer.deploy_permit_open(["10.110.16.3:22 0.0.0.0"])
 
 
 def test_sshd_check_rejects_a_bad_drop_in(tmp_path):
