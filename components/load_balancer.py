@@ -80,12 +80,14 @@ class LoadBalancer(pulumi.ComponentResource):
         """Push the upstream list; it changes with the pool, the LB droplet never does. It
         waits for `serving`: a new member joins only once it answers, so no request is
         sent to a server still booting."""
-        upstreams = pulumi.Output.all(*app_server_addresses).apply(lambda ips: lb_files.upstreams(list(ips)))
+        addresses = pulumi.Output.all(*app_server_addresses)
         remote.push(
             f"{self._name}-upstreams-push",
             route=self.route,
             kind="upstreams",
-            files={"upstreams.conf": upstreams},
+            # The deploy login's jumps go where the requests go: to the members serving.
+            files={"upstreams.conf": addresses.apply(lambda ips: lb_files.upstreams(list(ips))),
+                   "deploy-permitopen.conf": addresses.apply(lambda ips: lb_files.deploy_permit_open(list(ips)))},
             parent=self,
             depends_on=serving,
         )

@@ -190,7 +190,8 @@ def push_identity(
     cert: ServerCertificate,
     parent: pulumi.Resource,
 ) -> command.remote.Command:
-    """What every droplet receives after boot: its TLS identity and the operators' keys.
+    """What every droplet receives after boot: its TLS identity and its logins' keys (the
+    operators', and deployKeys for the deploy login where there is one).
     Returns the TLS push (a server serves TLS only once it is done)."""
     tls = push(
         f"{name}-tls-push",

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
                 deployer.unlock()
             except CommandFailed as failed:
                 executor.say(f"could not release the deploy lock: {failed}")
-            for server in (None, *deployer.stack.servers):
+            for server in deployer.stack.servers:
                 executor.run(commands.close_connection(deployer.stack, work, server), timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 

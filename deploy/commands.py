@@ -51,7 +51,8 @@ def known_hosts(stack: Stack) -> str:
 
 
 def jump_login(stack: Stack) -> str:
-    return ssh.login(stack.jump_host)
+    """The deploy login on the LB: it may only forward to the app servers' SSH."""
+    return ssh.login(stack.jump_host, conventions.DEPLOY_USER)
 
 
 def ssh_via_jump(stack: Stack, control_dir: str | None = None, server: Server | None = None) -> list[str]:
@@ -65,10 +66,11 @@ def on_server(stack: Stack, server: Server, remote: list[str], control_dir: str 
     return Remote([*ssh_via_jump(stack, control_dir, server), server.address, shlex.join(remote)], stdin)
 
 
-def on_jump_host(stack: Stack, remote: list[str], control_dir: str | None = None,
-                 stdin: str | None = None) -> Remote:
-    return Remote(["ssh", *ssh_options(stack, control_dir, conventions.LOAD_BALANCER), jump_login(stack),
-                   shlex.join(remote)], stdin)
+def through_jump_host(stack: Stack, server: Server) -> Remote:
+    """The LB's host key and the deploy login's jump to one app server's SSH, alone: the
+    LB runs no command for deploy, so the check is a forward (it ends with stdin)."""
+    return Remote(["ssh", *ssh_options(stack, host=conventions.LOAD_BALANCER),
+                   "-W", f"{server.address}:{conventions.SSH_PORT}", jump_login(stack)], stdin="")
 
 
 # --- the server half (deploy/remote.sh) ------------------------------------------------
@@ -127,21 +129,17 @@ def reload_apps(stack, server, control_dir=None) -> Remote:
     return on_server(stack, server, ["sudo", "-n", *APPS_RELOAD], control_dir)
 
 
-def lock_action(stack: Stack, *args: str, control_dir: str | None = None) -> Remote:
-    """remote.sh on the LB as root: the lock lives in a root-owned directory."""
-    return on_jump_host(stack, ["sudo", "-n", "bash", "-s", "--", *args], control_dir, stdin=script(stack))
+def lock(stack, server, holder: str, control_dir=None) -> Remote:
+    """The deploy lock on one app server, as deploy: a directory in its home."""
+    return release_action(stack, server, "lock", holder, control_dir=control_dir)
 
 
-def lock(stack, holder: str, control_dir=None) -> Remote:
-    return lock_action(stack, "lock", holder, control_dir=control_dir)
+def unlock(stack, server, holder: str, control_dir=None) -> Remote:
+    return release_action(stack, server, "unlock", holder, control_dir=control_dir)
 
 
-def unlock(stack, holder: str, control_dir=None) -> Remote:
-    return lock_action(stack, "unlock", holder, control_dir=control_dir)
-
-
-def break_lock(stack, control_dir=None) -> Remote:
-    return lock_action(stack, "break-lock", control_dir=control_dir)
+def break_lock(stack, server, control_dir=None) -> Remote:
+    return release_action(stack, server, "break-lock", control_dir=control_dir)
 
 
 def upload(stack: Stack, server: Server, build_dir: str, release_id: str, control_dir: str | None = None) -> list[str]:
@@ -178,8 +176,6 @@ def install_dependencies(build_dir: str) -> list[str]:
     return ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund", "--prefix", build_dir]
 
 
-def close_connection(stack: Stack, control_dir: str, server: Server | None = None) -> list[str]:
-    """Stop the shared connection to one host (the LB when server is None)."""
-    if server is None:
-        return ["ssh", *ssh_options(stack, control_dir, conventions.LOAD_BALANCER), "-O", "exit", jump_login(stack)]
+def close_connection(stack: Stack, control_dir: str, server: Server) -> list[str]:
+    """Stop the shared connection to one app server."""
     return [*ssh_via_jump(stack, control_dir, server), "-O", "exit", server.address]

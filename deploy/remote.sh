@@ -11,8 +11,7 @@
 #   health SECONDS        wait until /healthz answers 200 three times in a row
 #   activated ID          record that ID ran healthy (what `previous` is made of)
 #   prune KEEP            keep the KEEP newest releases, `current` and `previous`
-# On the load balancer, as root (sudo):
-#   lock HOLDER           take the deploy lock; refuses (exit 3) naming who holds it
+#   lock HOLDER           take this server's deploy lock; refuses (exit 3) naming who holds it
 #   unlock HOLDER         release the lock if HOLDER holds it
 #   break-lock            remove the lock whoever holds it, saying whose it was
 set -euo pipefail
@@ -23,6 +22,10 @@ LOCKED_EXIT=3
 valid_id() {
     case "$1" in
         '' | *[!A-Za-z0-9._-]* | .*) echo "deploy: bad release id: '$1'" >&2; exit 2 ;;
+    esac
+    # `current` lives among the releases: no release may take its name.
+    case "$1" in
+        "${CURRENT_LINK##*/}" | "${CURRENT_LINK##*/}.new") echo "deploy: '$1' is not a release id (the link's name)" >&2; exit 2 ;;
     esac
 }
 

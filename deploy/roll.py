@@ -94,6 +94,7 @@ class Deployer:
     health_timeout: int = 60
     control_dir: str | None = None
     holder: str = ""
+    locked: list[Server] = field(default_factory=list)   # the servers whose lock this deploy holds
 
     def say(self, line: str) -> None:
         self.executor.say(line)
@@ -102,36 +103,59 @@ class Deployer:
         return self.executor.check(what, command.argv, input=command.stdin)
 
     def check_host_keys(self) -> None:
-        """Log in to the LB and to every app server once, before anything is sent: a host
-        key that is not the one recorded at the droplet's first contact stops the run here,
-        naming the droplet (the logins stay open for the steps after, with a control_dir)."""
-        self.remote(f"{conventions.droplet_name(self.stack.name, conventions.LOAD_BALANCER)}: host key",
-                    commands.on_jump_host(self.stack, ["true"], self.control_dir))
+        """Pass the LB to the first app server's SSH, then log in to every app server once,
+        before anything is sent: a host key that is not the one recorded at the droplet's
+        first contact stops the run here, naming the droplet (the logins stay open for the
+        steps after, with a control_dir)."""
+        if self.stack.servers:
+            self.remote(f"{conventions.droplet_name(self.stack.name, conventions.LOAD_BALANCER)}: host key, and "
+                        f"the jump to {self.stack.servers[0].name}",
+                        commands.through_jump_host(self.stack, self.stack.servers[0]))
         for server in self.stack.servers:
             self.remote(f"{conventions.droplet_name(self.stack.name, server.name)}: host key",
                         commands.on_server(self.stack, server, ["true"], self.control_dir))
 
     # --- the lock ----------------------------------------------------------------------
+    # On every app server, in the pool's order, as deploy (no privilege): it guards what
+    # a deploy changes there (releases, `current`, the history), so two deploys never touch
+    # one server at once, even when they see the pool differently. A deploy that finds
+    # one held lets go of those it took and is refused.
 
     def lock(self, action: str, break_lock: bool = False) -> None:
         if break_lock:
-            result = self.remote("break the deploy lock", commands.break_lock(self.stack, self.control_dir))
-            self.say(f"{self.stack.name}: {result.output.strip()}")
+            for server in self.stack.servers:
+                result = self.remote(f"{server.name}: break the deploy lock",
+                                     commands.break_lock(self.stack, server, self.control_dir))
+                self.say(f"{self.stack.name}: [{server.name}] {result.output.strip()}")
         holder = holder_text(action)
-        command = commands.lock(self.stack, holder, self.control_dir)
-        result = self.executor.run(command.argv, input=command.stdin)
-        if result.returncode == LOCKED_EXIT:
-            held = result.output.strip().removeprefix("held by ")
-            raise Locked(f"{self.stack.name} is locked: a deploy by {held} holds it. If that deploy is no "
-                         f"longer running, run again with --break-lock.")
-        if not result.ok:
-            raise CommandFailed("take the deploy lock", result)
-        self.holder = holder   # only now is the lock ours to release
+        self.holder = holder
+        for server in self.stack.servers:
+            command = commands.lock(self.stack, server, holder, self.control_dir)
+            result = self.executor.run(command.argv, input=command.stdin)
+            if result.returncode == LOCKED_EXIT:
+                held = result.output.strip().removeprefix("held by ")
+                self.unlock()
+                raise Locked(f"{self.stack.name} is locked: a deploy by {held} holds it (on {server.name}). If "
+                             f"that deploy is no longer running, run again with --break-lock.")
+            if not result.ok:
+                self.unlock()
+                raise CommandFailed(f"{server.name}: take the deploy lock", result)
+            self.locked.append(server)   # only now is this server's lock ours to release
 
     def unlock(self) -> None:
-        if self.holder:
-            self.remote("release the deploy lock", commands.unlock(self.stack, self.holder, self.control_dir))
-            self.holder = ""
+        """Release every lock this deploy took, last first; each is tried (a failure is
+        raised once all were)."""
+        failed = None
+        while self.locked:
+            server = self.locked.pop()
+            try:
+                self.remote(f"{server.name}: release the deploy lock",
+                            commands.unlock(self.stack, server, self.holder, self.control_dir))
+            except CommandFailed as failure:
+                failed = failed or failure
+        self.holder = ""
+        if failed:
+            raise failed
 
     # --- what the servers hold ---------------------------------------------------------
 

@@ -196,16 +196,24 @@ class ServiceUser:
     home: str
     # Logs in over SSH with keys (sshd's AllowUsers lists it); others get no shell.
     ssh_login: bool = False
+    # Logs in only to pass through to the app servers' SSH (the LB's deploy login): no
+    # shell, no command, no TTY; sshd's `Match User` block in its drop-in says so.
+    jump_only: bool = False
+
+    @property
+    def shell(self) -> str:
+        return "/bin/bash" if self.ssh_login and not self.jump_only else "/usr/sbin/nologin"
 
 
+DEPLOY_HOME = f"/home/{DEPLOY_USER}"
 # The one place that says which accounts exist where: nothing else is created, so a
 # role holds only the accounts it needs. (Debian and Ubuntu already ship a `backup`
 # system user, meant for this; provisioning keeps it as it is.)
 ROLE_USERS = {
-    LOAD_BALANCER: (),
+    LOAD_BALANCER: (ServiceUser(DEPLOY_USER, DEPLOY_HOME, ssh_login=True, jump_only=True),),
     APP_SERVER: (
         ServiceUser(APP_USER, "/home/app"),
-        ServiceUser(DEPLOY_USER, "/home/deploy", ssh_login=True),
+        ServiceUser(DEPLOY_USER, DEPLOY_HOME, ssh_login=True),
     ),
     DATASTORE: (ServiceUser(BACKUP_USER, "/var/backups"),),
 }
@@ -272,7 +280,11 @@ FIREWALL_RULES_FILE = f"{PLATFORM_ETC}/firewall.rules"
 
 APP_ROOT = "/srv/app"
 RELEASES_DIR = f"{APP_ROOT}/releases"
-CURRENT_RELEASE_LINK = f"{APP_ROOT}/current"
+# Inside releases/ (deploy's), so the app root is root's alone: deploy may not place
+# anything where provisioning works as root.
+CURRENT_RELEASE_LINK = f"{RELEASES_DIR}/current"
+# Where older versions kept it; provisioning moves it.
+OLD_CURRENT_RELEASE_LINK = f"{APP_ROOT}/current"
 APP_ENV_FILE = f"{APP_ROOT}/shared/.env"
 # The apps' environment as the platform sets it (app_server/app.env, the ecosystem file,
 # the apps' unit): appEnv and appSecrets may not name these, nor start with one of the
@@ -338,8 +350,12 @@ PM2_LOG_DIR = "/var/log/platform/pm2"
 ECOSYSTEM_FILE = f"{APP_ROOT}/ecosystem.config.js"
 APPS_UNIT = "platform-apps"
 PM2_BIN_DIR = "/usr/local/bin"  # npm install -g --prefix /usr/local
-# `python -m deploy` holds this on the load balancer while it deploys (one deploy at a time).
-DEPLOY_LOCK_DIR = f"{PLATFORM_STATE}/deploy.lock"
+# `python -m deploy` holds this on every app server, taken in the pool's order, while it
+# deploys (one deploy at a time): in deploy's home, so it needs no privilege.
+DEPLOY_LOCK_DIR = f"{DEPLOY_HOME}/deploy.lock"
+# The LB's list of where its deploy login may forward to (each app server's SSH), pushed
+# with the upstreams; sshd's `Match User deploy` block includes it.
+LB_DEPLOY_PERMIT_OPEN_FILE = "/etc/ssh/platform-deploy-permitopen.conf"
 # Where the program's push of the example app lands before it becomes the first release.
 EXAMPLE_APP_ARCHIVE = f"{PLATFORM_STATE}/example-app.tar.gz.b64"
 

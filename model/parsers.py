@@ -138,11 +138,18 @@ def vpc_range(raw: Any) -> str:
 
 
 def ssh_public_keys(raw: Any) -> tuple[str, ...]:
-    allowed = "a non-empty list of OpenSSH public keys (ssh-ed25519 AAAA... you@host)"
+    return _ssh_key_list(raw, "a non-empty list of OpenSSH public keys (ssh-ed25519 AAAA... you@host)", empty=False)
+
+
+def deploy_keys(raw: Any) -> tuple[str, ...]:
+    return _ssh_key_list(raw, "a list of OpenSSH public keys (ssh-ed25519 AAAA... ci@host), or empty", empty=True)
+
+
+def _ssh_key_list(raw: Any, allowed: str, empty: bool) -> tuple[str, ...]:
     value = _decoded(raw)
     if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
+        value = [value] if value.strip() else []
+    if not isinstance(value, list) or (not value and not empty):
         raise Invalid(allowed)
     for key in value:
         if not _SSH_KEY.match(str(key).strip()):

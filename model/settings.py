@@ -16,9 +16,9 @@ from typing import Any, Callable, Collection
 
 from . import conventions, prices
 from .parsers import (
-    ENV_VALUE_MAX_BYTES, NAME_AT_FAULT, Invalid, InvalidEntries, boolean, cidr_list, domain_name, email, email_list,
-    engine_set, env_map, https_url, one_of, optional_domain_name, optional_https_url, ssh_public_keys, stack_name,
-    vpc_range, whole_number,
+    ENV_VALUE_MAX_BYTES, NAME_AT_FAULT, Invalid, InvalidEntries, boolean, cidr_list, deploy_keys, domain_name, email,
+    email_list, engine_set, env_map, https_url, one_of, optional_domain_name, optional_https_url, ssh_public_keys,
+    stack_name, vpc_range, whole_number,
 )
 
 REQUIRED = object()
@@ -98,6 +98,11 @@ SETTINGS = (
             "Addresses allowed to SSH to the load balancer (the jump host)."),
     Setting("sshPublicKeys", REQUIRED, ssh_public_keys,
             f"Operators' public keys, for the `{conventions.OPERATOR_USER}` user on every droplet."),
+    Setting("deployKeys", [], deploy_keys,
+            f"Public keys of the `{conventions.DEPLOY_USER}` login, which `python -m deploy` uses: it may pass "
+            f"the load balancer to the app servers' SSH and, there, write releases and reload the apps, "
+            f"nothing else (a CI key belongs here, not in sshPublicKeys). Empty means the operators' "
+            f"sshPublicKeys; once set, only these keys (list an operator's too for them to deploy)."),
     Setting("lbRequestsPerSecond", 50, whole_number(1, 100000),
             "Requests per second one client address may make through the load balancer (bursts of up to "
             "twice that are let through); beyond it the LB answers 429."),
@@ -166,6 +171,7 @@ class Settings:
     acme_directory: str
     admin_cidrs: tuple[str, ...]
     ssh_public_keys: tuple[str, ...]
+    deploy_keys: tuple[str, ...]
     lb_requests_per_second: int
     engines: tuple[str, ...]
     vpc_ip_range: str

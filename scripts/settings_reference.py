@@ -29,6 +29,7 @@ TYPES = {
     "cidr_list": "list of CIDRs",
     "vpc_range": "IPv4 CIDR",
     "ssh_public_keys": "list of SSH public keys",
+    "deploy_keys": "list of SSH public keys, may be empty",
     "engine_set": "list of engines",
     "env_map": "map of names to strings",
 }

@@ -12,6 +12,7 @@ import json
 import pytest
 
 import mockcloud
+from model import conventions
 from stack_graph import COMMAND, droplets, of_type
 
 APP_3 = {
@@ -85,6 +86,15 @@ def test_only_the_lb_upstreams_push_changes_its_stdin_and_triggers(two_three_two
     text = "\n".join(upstreams.values())
     for d in droplets(three, "app"):
         assert d.state["ipv4AddressPrivate"] in text, d.name
+    assert deploy_may_open(three) == {f"{d.state['ipv4AddressPrivate']}:{conventions.SSH_PORT}"
+                                      for d in droplets(three, "app")}
+
+
+def deploy_may_open(deployment) -> set[str]:
+    """Where the LB's deploy login may forward to, as the upstreams push says it."""
+    files = json.loads(mockcloud.plain(deployment.named("lb-upstreams-push", ":Command").inputs["stdin"]))
+    (line,) = [line for line in files["deploy-permitopen.conf"].splitlines() if line.startswith("PermitOpen")]
+    return set(line.split()[1:])
 
 
 def test_three_to_two_removes_only_app_3_and_its_resources(two_three_two):
@@ -96,6 +106,9 @@ def test_three_to_two_removes_only_app_3_and_its_resources(two_three_two):
     upstreams = json.loads(mockcloud.plain(back.named("lb-upstreams-push", ":Command").inputs["stdin"]))
     app_3_ip = three.named("app-3", ":Droplet").state["ipv4AddressPrivate"]
     assert app_3_ip not in "\n".join(upstreams.values())
+    # The deploy login follows the pool: the address of a member gone is no jump target.
+    assert deploy_may_open(back) == {f"{d.state['ipv4AddressPrivate']}:{conventions.SSH_PORT}"
+                                     for d in droplets(back, "app")}
 
 
 def test_a_settings_change_is_seen_as_a_change(staging_deployment):

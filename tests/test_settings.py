@@ -98,6 +98,29 @@ def test_bad_ssh_key(key):
     assert "OpenSSH public keys" in problem
 
 
+CI_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm0y3kYc6c8XvVQ2v3h1p0W3bQWd7pQm1dV2o1kq9Zt ci@example.com"
+
+
+@pytest.mark.parametrize("keys", [["ssh-dss AAAAB3Nza ci@host"], [CI_KEY, "not a key"], ["command=\"sh\" " + CI_KEY],
+                                  [CI_KEY + "\nssh-ed25519 AAAA other"], {"a": CI_KEY}])
+def test_bad_deploy_key_is_named_with_what_is_allowed(keys):
+    problem = the_problem(deployKeys=keys)
+    assert problem.startswith("deployKeys: ")
+    assert "a list of OpenSSH public keys (ssh-ed25519 AAAA... ci@host), or empty" in problem
+    bad = [k for k in (keys if isinstance(keys, list) else []) if k != CI_KEY]
+    assert not bad or f"{bad[0][:24]!r}... is not one" in problem
+
+
+def test_deploy_keys_default_to_none_and_the_deploy_login_then_takes_the_operators_keys():
+    from cloudinit.common import deploy_login_keys
+    settings = mockcloud.stack_settings("staging")
+    assert settings.deploy_keys == ()
+    assert deploy_login_keys(settings) == settings.ssh_public_keys
+    own = mockcloud.stack_settings("staging", deployKeys=[CI_KEY])
+    assert own.deploy_keys == (CI_KEY,) and deploy_login_keys(own) == (CI_KEY,)
+    assert mockcloud.stack_settings("staging", deployKeys=CI_KEY + "\n").deploy_keys == (CI_KEY,)
+
+
 def test_bad_size():
     problem = the_problem(appSize="s-1vcpu-3gb")
     assert problem.startswith("appSize: 's-1vcpu-3gb' is not allowed: one of ")

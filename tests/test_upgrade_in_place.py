@@ -30,6 +30,7 @@ ANOTHER_VALUE = {
     "acmeDirectory": "https://acme.example.com/directory",
     "adminCidrs": ["198.51.100.0/24"],
     "sshPublicKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx6sbRHMnRw4Q5l0x1d3tyiP7a0Y2cwFp1qVJbPHr6u other@example.com"],
+    "deployKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm0y3kYc6c8XvVQ2v3h1p0W3bQWd7pQm1dV2o1kq9Zt ci@example.com"],
     "lbRequestsPerSecond": 10,
     "engines": ["postgresql", "redis"],
     "nodeMajor": 20,
@@ -51,7 +52,8 @@ ANOTHER_VALUE = {
 
 
 # Templates of pushes of their own (the app's environment, the backup push), not the bundle.
-OWN_PUSHES = {"app_server/app.env", "common/backup.conf", "common/platform-backup.timer"}
+OWN_PUSHES = {"app_server/app.env", "common/backup.conf", "common/platform-backup.timer",
+              "load_balancer/deploy-permitopen.conf"}
 
 
 # The droplet's inputs that DigitalOcean's provider cannot change in place (ForceNew).

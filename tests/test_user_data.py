@@ -147,9 +147,31 @@ def test_operators_keys_are_pushed_to_every_login_of_every_droplet(deployment):
     for name, push in pushes.items():
         files = json.loads(push.state["stdin"])
         assert files.pop(conventions.OPERATOR_USER) == automation + "\n" + keys, name
-        assert set(files.values()) <= {keys}, name
-    app_logins = json.loads(pushes["app-1-operators-push"].state["stdin"])
-    assert set(app_logins) == {conventions.OPERATOR_USER, conventions.DEPLOY_USER}
+        assert set(files.values()) <= {keys}, name   # deployKeys unset: deploy takes the operators' keys
+    # deploy logs in where it deploys (app servers) and where it passes (the LB), not on the datastore.
+    for member, logins in (("app-1", {conventions.OPERATOR_USER, conventions.DEPLOY_USER}),
+                           ("lb", {conventions.OPERATOR_USER, conventions.DEPLOY_USER}),
+                           ("datastore", {conventions.OPERATOR_USER})):
+        assert set(json.loads(pushes[f"{member}-operators-push"].state["stdin"])) == logins, member
+
+
+CI_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm0y3kYc6c8XvVQ2v3h1p0W3bQWd7pQm1dV2o1kq9Zt ci@example.com"
+
+
+def test_deploy_keys_go_to_the_deploy_login_only_by_push_and_replace_no_droplet(deployment):
+    other = mockcloud.deploy(mockcloud.stack_settings(deployment.settings.stack, deployKeys=[CI_KEY]),
+                             previous=deployment)
+    automation = deployment.named("automation-key", ":PrivateKey").state["publicKeyOpenssh"].strip()
+    operators = automation + "\n" + "".join(k + "\n" for k in deployment.settings.ssh_public_keys)
+    for member in ("lb", "app-1", "app-2"):
+        files = json.loads(other.named(f"{member}-operators-push", ":Command").state["stdin"])
+        assert files[conventions.DEPLOY_USER] == CI_KEY + "\n", member
+        assert files[conventions.OPERATOR_USER] == operators, "the CI key is never an operator's"
+    datastore = json.loads(other.named("datastore-operators-push", ":Command").state["stdin"])
+    assert CI_KEY not in "".join(datastore.values())
+    for d in droplets(deployment):
+        assert other.named(d.name, ":Droplet").state["userData"] == d.state["userData"], d.name
+        assert CI_KEY not in d.state["userData"]
 
 
 def test_adding_an_operator_key_replaces_no_droplet(deployment):

@@ -14,12 +14,13 @@ release={{ c.RELEASES_DIR }}/example-$(sha256sum "$archive" | cut -c1-12)
 staging="${release}.partial"
 as_deploy() { runuser -u {{ c.DEPLOY_USER }} -- "$@"; }
 
-rm -rf "$staging"
+# In deploy's directory, everything is done as deploy: root follows nothing deploy placed.
+as_deploy rm -rf "$staging"
 as_deploy mkdir "$staging"
 base64 -d "$archive" | as_deploy tar -xz -C "$staging"
 # Dependencies come from the lockfile only; the npm cache lives in deploy's home.
 as_deploy env HOME=/home/{{ c.DEPLOY_USER }} npm ci --omit=dev --no-fund --no-audit --prefix "$staging"
-rm -rf "$release"
+as_deploy rm -rf "$release"
 as_deploy mv "$staging" "$release"
 as_deploy ln -sfn "$release" "${current}.new"
 as_deploy mv -T "${current}.new" "$current"

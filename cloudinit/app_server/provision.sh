@@ -124,14 +124,30 @@ ensure_pm2() {
     changed "pm2 {{ c.PM2_MAJOR }}"
 }
 
-# releases/ and current belong to deploy (group app reads them); the sticky app root
-# lets deploy replace `current` but not touch shared/, which root owns.
+# releases/ (with `current` in it) belongs to deploy, and group app reads it; the app root
+# is root's alone: deploy can place nothing where provisioning works as root (a link
+# there, followed by a root command, would hand deploy its target).
 ensure_release_layout() {
-    ensure_dir {{ c.APP_ROOT }} 1775 root:{{ c.DEPLOY_USER }}
+    ensure_dir {{ c.APP_ROOT }} 0755 root:root
     ensure_dir {{ c.RELEASES_DIR }} 2750 {{ c.DEPLOY_USER }}:{{ c.APP_USER }}
+    move_current_link
     ensure_dir "$(dirname {{ c.APP_ENV_FILE }})" 0750 root:{{ c.APP_USER }}
     ensure_dir {{ c.PM2_HOME }} 0700 {{ c.APP_USER }}:{{ c.APP_USER }}
     ensure_dir {{ c.PM2_LOG_DIR }} 0750 {{ c.APP_USER }}:{{ c.APP_USER }}
+}
+
+# `current` moved from the app root into releases/: the release it named stays current.
+# The new link is made by deploy (root writes nothing in deploy's directory); the old one
+# is only removed (rm never follows a link).
+move_current_link() {
+    local old={{ c.OLD_CURRENT_RELEASE_LINK }} new={{ c.CURRENT_RELEASE_LINK }}
+    [ -L "$old" ] || return 0
+    if [ ! -L "$new" ]; then
+        runuser -u {{ c.DEPLOY_USER }} -- ln -sfn "$(readlink "$old")" "$new.new"
+        runuser -u {{ c.DEPLOY_USER }} -- mv -T "$new.new" "$new"
+    fi
+    rm -f "$old"
+    changed "moved $old to $new"
 }
 
 # nginx must start before the program pushes the internal CA's certificate. It checks

@@ -142,14 +142,19 @@ def ssh_logins(role: str) -> list[str]:
     return [conventions.OPERATOR_USER] + [u.name for u in conventions.ROLE_USERS[role] if u.ssh_login]
 
 
+def deploy_login_keys(settings: Settings) -> tuple[str, ...]:
+    """The keys the deploy login takes: deployKeys, or the operators' while it is empty."""
+    return settings.deploy_keys or settings.ssh_public_keys
+
+
 def operator_keys(role: str, settings: Settings, automation_key: str) -> dict[str, str]:
-    """The `operators` push: every login of the role takes the operators' keys, and the
-    operator login also the program's own (sshd reads no other file, so a file without it
-    would lock the program out)."""
-    keys = [key.strip() for key in settings.ssh_public_keys]
-    own = [automation_key.strip()] + [key for key in keys if key != automation_key.strip()]
-    return {login: "".join(key + "\n" for key in (own if login == conventions.OPERATOR_USER else keys))
-            for login in ssh_logins(role)}
+    """The `operators` push: each login of the role and the keys it takes: the operators'
+    for theirs, and the program's own first (sshd reads no other file, so a file without
+    it would lock the program out); deployKeys for the deploy login."""
+    own = automation_key.strip()
+    keys = {conventions.OPERATOR_USER: [own] + [k.strip() for k in settings.ssh_public_keys if k.strip() != own],
+            conventions.DEPLOY_USER: list(deploy_login_keys(settings))}
+    return {login: "".join(key + "\n" for key in keys[login]) for login in ssh_logins(role)}
 
 
 # --- Backups: the `backup` push's files ------------------------------------------------

@@ -154,8 +154,17 @@ ensure_member() {
     changed "$user joined $group"
 }
 
+# A directory as asked. Never through a symbolic link: one where a directory belongs was
+# placed by someone (a user who owns the directory or once could write beside it), and
+# install -d would give its target the mode and owner asked for. Refused, not replaced:
+# provisioning stops, naming it, for an operator to look at who placed it and why. (The
+# check is not racy where it matters: every parent here is root's.)
 ensure_dir() {
     local path=$1 mode=$2 owner=$3
+    if [ -L "$path" ]; then
+        log "refusing ${path}: a symbolic link (to $(readlink "$path"), owned by $(stat -c %U "$path")) where a directory belongs; remove it once you know who placed it"
+        return 1
+    fi
     [ -d "$path" ] && [ "$(stat -c '%a %U:%G' "$path")" = "${mode#0} ${owner}" ] && return 0
     install -d -m "$mode" -o "${owner%%:*}" -g "${owner##*:}" "$path"
     changed "directory $path"
@@ -307,7 +316,7 @@ common_steps() {
     step "users and groups"
     ensure_group {{ c.TLS_KEY_GROUP }}
 {% for user in c.ROLE_USERS[role] %}
-    ensure_user {{ user.name }} {{ user.home }}{{ " /bin/bash" if user.ssh_login else "" }}
+    ensure_user {{ user.name }} {{ user.home }} {{ user.shell }}
 {% endfor %}
 
     step "platform directories"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from model import conventions
 from model.settings import Settings
 
@@ -22,6 +24,11 @@ CERTIFICATE_UNIT = "platform-certificate"
 NGINX_CHECK = ["nginx", "-t", "-q"]
 # A reload starts new workers and lets the old ones finish their requests.
 NGINX_RELOAD = ["systemctl", "reload", "nginx"]
+# The whole sshd configuration, with the pushed list of where the deploy login may go.
+SSHD_CHECK = ["sshd", "-t"]
+# sshd reads its configuration again; open sessions stay. Where ssh.socket starts sshd
+# (sshd_socket) and it is not running, the next connection reads the new file anyway.
+SSHD_RELOAD = ["systemctl", "try-reload-or-restart", "ssh"]
 
 
 def files(settings: Settings) -> list[ConfigFile]:
@@ -34,12 +41,16 @@ def files(settings: Settings) -> list[ConfigFile]:
 
 
 def pushes(settings: Settings) -> dict[str, Push]:
-    # Only the upstream file changes; platform-push puts the old one back if nginx -t fails.
+    # The pool's addresses, for nginx and for the deploy login's jumps; platform-push puts
+    # the old files back if nginx -t or sshd -t fails.
     return {
         "upstreams": Push(
-            files={"upstreams.conf": Target(conventions.LB_UPSTREAMS_FILE)},
-            check=[NGINX_CHECK],
-            then=[NGINX_RELOAD],
+            files={
+                "upstreams.conf": Target(conventions.LB_UPSTREAMS_FILE),
+                "deploy-permitopen.conf": Target(conventions.LB_DEPLOY_PERMIT_OPEN_FILE),
+            },
+            check=[NGINX_CHECK, SSHD_CHECK],
+            then=[NGINX_RELOAD, SSHD_RELOAD],
         )
     }
 
@@ -63,6 +74,15 @@ def after_backup_settings(settings: Settings) -> list[list[str]]:
 def upstreams(app_server_addresses: list[str]) -> str:
     """The LB's list of app servers, pushed whenever the pool changes."""
     return render("load_balancer/upstreams.conf", servers=sorted(app_server_addresses))
+
+
+def deploy_permit_open(app_server_addresses: list[str]) -> str:
+    """Where the LB's deploy login may forward to: each app server's SSH, and nothing else
+    (sshd's PermitOpen, read inside its `Match User deploy` block)."""
+    if not app_server_addresses:
+        raise ValueError("the deploy login's PermitOpen needs at least one app server")
+    servers = sorted(str(ipaddress.IPv4Address(address)) for address in app_server_addresses)
+    return render("load_balancer/deploy-permitopen.conf", servers=servers)
 
 
 def provisioning_inputs(settings: Settings) -> dict[str, str]:

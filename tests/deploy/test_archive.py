@@ -155,8 +155,9 @@ def test_an_upload_that_fails_stops_the_deploy_before_any_server_is_touched(monk
     missing = replace(store, bucket=f"gone-{uuid.uuid4().hex[:8]}")
     fleet = Fleet()
     assert deploy(monkeypatch, fleet, _Target(missing), build) == cli.EXIT_STOPPED
-    assert [action for host, action in fleet.log if host != "lb"] == [], "no server listed, sent to or switched"
-    assert [action for host, action in fleet.log if host == "lb"] == ["lock", "unlock"]
+    assert [action for host, action in fleet.log if host != "lock"] == [], "no server listed, sent to or switched"
+    assert fleet.locks == {} and [action.split()[0] for host, action in fleet.log if host == "lock"] == (
+        ["lock"] * len(fleet.servers) + ["unlock"] * len(fleet.servers))
     assert all((s.current, s.running, s.releases) == (OLD, OLD, [OLD]) for s in fleet.servers.values())
     printed = fleet.printed()
     assert f"deploy: could not archive to s3://{missing.bucket}/{KEYS[0]} at {store.endpoint}" in printed
@@ -175,7 +176,7 @@ def test_the_endpoint_ca_comes_from_aws_ca_bundle_and_without_it_nothing_is_depl
     assert "certificate verify failed" in fleet.printed()
     assert "set AWS_CA_BUNDLE to a file holding it (now: unset)" in fleet.printed()
     assert objects(s3, store.bucket) == []
-    assert not [action for host, action in fleet.log if host != "lb"]
+    assert not [action for host, action in fleet.log if host != "lock"]
 
 
 def test_a_stack_with_nowhere_to_archive_says_why_and_deploys(monkeypatch, build):
@@ -294,7 +295,7 @@ def test_rollback_to_a_release_the_servers_lack_says_whether_the_archive_has_it(
     assert cli.main(["rollback", "staging", "--to", never], executor=fleet) == cli.EXIT_STOPPED
     assert f"It is not archived either (no s3://{store.bucket}/releases/staging/{never}.json)" in fleet.printed()
     assert all(s.current == OLD for s in fleet.servers.values())
-    assert [a for h, a in fleet.log if h != "lb" and not a.startswith("list")] == [], "nothing switched"
+    assert [a for h, a in fleet.log if h != "lock" and not a.startswith("list")] == [], "nothing switched"
     nowhere = Fleet()
     monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
     assert cli.main(["rollback", "staging", "--to", never], executor=nowhere) == cli.EXIT_STOPPED

@@ -25,14 +25,15 @@ SERVER = Server("app-1", "10.110.16.3")
 STACK = Stack("staging", "198.51.100.2", (SERVER,), identity="/keys/operator")
 
 
-def test_app_servers_are_reached_as_deploy_through_the_lb_as_the_operator():
+def test_app_servers_are_reached_as_deploy_through_the_lb_as_deploy_too():
     argv = commands.list_releases(STACK, SERVER).argv
     assert argv[0] == "ssh" and argv[-2:] == ["10.110.16.3", "bash -s -- list"]
     assert argv[argv.index("-l") + 1] == conventions.DEPLOY_USER
     assert argv[argv.index("-i") + 1] == "/keys/operator"
     (proxy,) = [a.split("=", 1)[1] for a in argv if a.startswith("ProxyCommand=")]
     proxy = shlex.split(proxy)
-    assert proxy[0] == "ssh" and proxy[-3:] == ["-W", "%h:%p", "ops@198.51.100.2"]
+    # The LB's deploy login, which may only forward (sshd's Match block): never `ops`.
+    assert proxy[0] == "ssh" and proxy[-3:] == ["-W", "%h:%p", f"{conventions.DEPLOY_USER}@198.51.100.2"]
     assert proxy[proxy.index("-i") + 1] == "/keys/operator"
     assert "BatchMode=yes" in argv and "BatchMode=yes" in proxy
 
@@ -52,12 +53,37 @@ def staging_settings():
     return mockcloud.stack_settings("staging")
 
 
-def test_the_lock_runs_as_root_on_the_lb_with_the_holder_as_one_argument():
-    command = commands.lock(STACK, "alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 1)")
-    assert command.argv[-2] == "ops@198.51.100.2"
-    assert shlex.split(command.argv[-1]) == ["sudo", "-n", "bash", "-s", "--", "lock",
+def test_the_lock_is_taken_as_deploy_on_an_app_server_without_sudo_the_holder_as_one_argument():
+    command = commands.lock(STACK, SERVER, "alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 1)")
+    assert command.argv[-2] == "10.110.16.3"
+    assert command.argv[command.argv.index("-l") + 1] == conventions.DEPLOY_USER
+    assert shlex.split(command.argv[-1]) == ["bash", "-s", "--", "lock",
                                              "alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 1)"]
     assert f"LOCK_DIR={conventions.DEPLOY_LOCK_DIR}\n" in command.stdin
+    assert conventions.DEPLOY_LOCK_DIR.startswith(conventions.DEPLOY_HOME + "/")
+
+
+def test_nothing_the_deploy_tool_runs_uses_sudo_but_the_reload_nor_logs_in_as_ops():
+    """Every remote command of a deploy, built: only pm2's graceful reload goes through sudo,
+    and the operators' login appears nowhere (a deploy key is not root anywhere)."""
+    built = [commands.lock(STACK, SERVER, "me"), commands.unlock(STACK, SERVER, "me"),
+             commands.break_lock(STACK, SERVER), commands.list_releases(STACK, SERVER),
+             commands.accept(STACK, SERVER, "R1"), commands.switch(STACK, SERVER, "R1"),
+             commands.health(STACK, SERVER, 5), commands.activated(STACK, SERVER, "R1"),
+             commands.prune(STACK, SERVER, 3), commands.reload_apps(STACK, SERVER),
+             commands.through_jump_host(STACK, SERVER)]
+    argvs = [c.argv for c in built] + [commands.upload(STACK, SERVER, "/tmp/b", "R1"),
+                                       commands.close_connection(STACK, "/tmp/c", SERVER)]
+    for argv in argvs:
+        assert not any(f"{conventions.OPERATOR_USER}@" in arg for arg in argv), argv
+    sudo = [shlex.split(argv[-1]) for argv in argvs if "sudo" in argv[-1]]
+    assert sudo == [["sudo", "-n", "systemctl", "reload", conventions.APPS_UNIT]]
+
+
+def test_the_lbs_host_key_is_checked_by_a_jump_to_an_app_servers_ssh():
+    command = commands.through_jump_host(STACK, SERVER)
+    assert command.argv[-3:] == ["-W", f"10.110.16.3:{conventions.SSH_PORT}", f"{conventions.DEPLOY_USER}@198.51.100.2"]
+    assert command.stdin == "", "stdin ends at once: the forward closes and ssh exits"
 
 
 def test_the_script_carries_the_facts_from_conventions():
@@ -92,7 +118,7 @@ def test_a_deploy_accepts_only_the_host_keys_the_stack_recorded_filed_by_droplet
         assert {"StrictHostKeyChecking=yes", "UserKnownHostsFile=/work/known_hosts",
                 f"HostKeyAlias={droplet}"} <= set(hop), droplet
         assert "StrictHostKeyChecking=accept-new" not in hop
-    assert "HostKeyAlias=staging-lb" in commands.lock(stack, "me").argv
+    assert "HostKeyAlias=staging-lb" in commands.through_jump_host(stack, SERVER).argv
     # Without a known_hosts (never from the deploy command): the operator's own.
     assert "StrictHostKeyChecking=accept-new" in commands.ssh_options(STACK)
     assert "-i" not in commands.ssh_options(Stack("s", "1.2.3.4", (SERVER,)))

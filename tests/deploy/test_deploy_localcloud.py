@@ -5,9 +5,10 @@ graceful reload under systemd, and a steady stream of GETs from the internet cli
 through the LB's TLS front while it all happens. The tests run in order on one stack:
 deploy, a bad release that stops at the first server, rollback, concurrent deploys.
 
-Operator key: deploy logs in as `deploy` with an operator's key: the local cloud's own,
-which a local override adds to the stack's sshPublicKeys (the program's operators push
-brings it to every droplet).
+Operator key: deploy logs in as `deploy` (on the LB, which it only passes, and on each app
+server) with an operator's key: the local cloud's own, which a local override adds to the
+stack's sshPublicKeys; with deployKeys empty the deploy login takes those (the program's
+operators push brings them to every droplet).
 """
 
 from __future__ import annotations
@@ -244,15 +245,18 @@ def test_rollback_returns_every_server_to_the_previous_release(plan, operator_ke
 
 
 def test_a_concurrent_deploy_is_refused_naming_the_holder_and_a_stale_lock_can_be_broken(plan, operator_key):
+    """The lock is deploy's own, in its home on every app server (taken in the pool's order)."""
+    first_server, *_ = app_servers(plan)
+    lock = conventions.DEPLOY_LOCK_DIR
     first = subprocess.Popen([sys.executable, "-m", "deploy", "deploy", STACK, "--local", "-i", operator_key,
                               "--health-timeout", HEALTH_TIMEOUT], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
-        while on(plan.lb.name, f"cat {conventions.DEPLOY_LOCK_DIR}/holder 2>/dev/null") == "":
+        while any(on(d.name, f"cat {lock}/holder 2>/dev/null") == "" for d in app_servers(plan)):
             assert time.monotonic() < deadline and first.poll() is None, "the first deploy never took the lock"
             time.sleep(0.5)
-        holder = on(plan.lb.name, f"cat {conventions.DEPLOY_LOCK_DIR}/holder")
+        holder = on(first_server.name, f"cat {lock}/holder")
         second = deploy_cli("deploy", key=operator_key)
     finally:
         out, _ = first.communicate(timeout=900)
@@ -261,12 +265,15 @@ def test_a_concurrent_deploy_is_refused_naming_the_holder_and_a_stale_lock_can_b
     assert f"is locked: a deploy by {holder} holds it" in second.stdout
     assert re.match(r"^\S+@\S+ since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(deploy, pid \d+\)$", holder), holder
     assert first.returncode == 0, out
-    assert on(plan.lb.name, f"test -e {conventions.DEPLOY_LOCK_DIR} && echo held") == ""
+    for d in app_servers(plan):
+        assert on(d.name, f"test -e {lock} && echo held") == "", d.name
+        assert on(d.name, f"stat -c %U {conventions.DEPLOY_HOME}") == conventions.DEPLOY_USER
 
-    # A deploy that died holding the lock: refused until broken explicitly.
-    on(plan.lb.name, f"mkdir {conventions.DEPLOY_LOCK_DIR} && echo 'gone@laptop since 2026-01-01T00:00:00Z "
-                     f"(deploy, pid 1)' > {conventions.DEPLOY_LOCK_DIR}/holder")
+    # A deploy that died holding the lock (on the first server): refused until broken explicitly.
+    on(first_server.name, f"runuser -u {conventions.DEPLOY_USER} -- sh -c \"mkdir {lock} && echo 'gone@laptop "
+                          f"since 2026-01-01T00:00:00Z (deploy, pid 1)' > {lock}/holder\"")
     assert deploy_cli("rollback", key=operator_key).returncode == 3
     broken = deploy_cli("rollback", "--break-lock", key=operator_key)
     assert broken.returncode == 0, broken.stdout
     assert "removed the lock of gone@laptop since 2026-01-01T00:00:00Z" in broken.stdout
+    assert all(on(d.name, f"test -e {lock} && echo held") == "" for d in app_servers(plan))

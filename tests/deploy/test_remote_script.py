@@ -34,7 +34,7 @@ def script_for(layout: Path, **overrides: str) -> str:
     lines = []
     for line in commands.prelude(STACK).splitlines():
         key = line.split("=", 1)[0]
-        value = {"RELEASES_DIR": str(layout / "releases"), "CURRENT_LINK": str(layout / "current"),
+        value = {"RELEASES_DIR": str(layout / "releases"), "CURRENT_LINK": str(layout / "releases" / "current"),
                  "LOCK_DIR": str(layout / "deploy.lock"), **overrides}.get(key)
         lines.append(f"{key}='{value}'" if value is not None else line)
     return "\n".join(lines) + "\n" + commands.REMOTE_SCRIPT.read_text()
@@ -68,10 +68,10 @@ def test_switch_replaces_current_by_rename_and_list_marks_it(layout):
     add_release(layout, "r1", 30)
     add_release(layout, "r2", 20)
     assert run(layout, "switch", "r1").returncode == 0
-    assert os.readlink(layout / "current") == str(layout / "releases" / "r1")
+    assert os.readlink(layout / "releases" / "current") == str(layout / "releases" / "r1")
     assert run(layout, "switch", "r2").returncode == 0
-    assert os.readlink(layout / "current") == str(layout / "releases" / "r2")
-    assert not (layout / "current.new").exists()
+    assert os.readlink(layout / "releases" / "current") == str(layout / "releases" / "r2")
+    assert not (layout / "releases" / "current.new").exists()
     listed = run(layout, "list").stdout.splitlines()
     assert [line.split()[0] for line in listed] == ["r1", "r2"]
     assert listed[1].endswith(" current") and not listed[0].endswith("current")
@@ -84,7 +84,23 @@ def test_switch_refuses_a_release_it_does_not_hold_and_bad_ids(layout):
     assert missing.returncode == 1 and "no release r9" in missing.stderr
     for bad in ("../etc", ".hidden", "a b", ""):
         assert run(layout, "switch", bad).returncode == 2
-    assert os.readlink(layout / "current").endswith("/r1")
+    assert os.readlink(layout / "releases" / "current").endswith("/r1")
+
+
+def test_current_lives_among_the_releases_yet_is_never_one(layout):
+    """`current` (and its `.new`) sit in releases/, deploy's: never listed, pruned or taken
+    as a release id (switching to `current` would point it at itself)."""
+    for name, age in (("r1", 30), ("r2", 20), ("r3", 10)):
+        add_release(layout, name, age)
+    assert run(layout, "switch", "r1").returncode == 0
+    assert [line.split()[0] for line in run(layout, "list").stdout.splitlines()] == ["r1", "r2", "r3"]
+    for name in ("current", "current.new"):
+        refused = run(layout, "switch", name)
+        assert refused.returncode == 2 and "not a release id" in refused.stderr, refused.stderr
+        assert run(layout, "accept", name).returncode == 2
+    assert os.readlink(layout / "releases" / "current").endswith("/r1")
+    assert run(layout, "prune", "1").returncode == 0
+    assert os.readlink(layout / "releases" / "current").endswith("/r1") and (layout / "releases" / "r1").is_dir()
 
 
 def test_accept_of_a_release_already_there_leaves_its_files_alone(layout):
@@ -121,7 +137,7 @@ def test_prune_keeps_the_newest_and_never_current_or_previous(layout):
     activate(layout, "r2")                            # rolled back far: current is old
     result = run(layout, "prune", "3")
     assert result.returncode == 0, result.stderr
-    kept = sorted(p.name for p in (layout / "releases").iterdir() if not p.name.startswith("."))
+    kept = sorted(p.name for p in (layout / "releases").iterdir() if not p.name.startswith(".") and not p.is_symlink())
     # The 3 newest (r7 is also previous), plus current (r2).
     assert kept == ["r2", "r5", "r6", "r7"]
     assert sorted(result.stdout.split()) == sorted(["removed", "r1", "removed", "r3", "removed", "r4"])

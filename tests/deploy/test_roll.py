@@ -40,11 +40,14 @@ class Fleet(Executor):
 
     servers: dict[str, FakeServer] = field(default_factory=dict)
     unhealthy: set[tuple[str, str]] = field(default_factory=set)   # (address, release) that never get healthy
-    lock_holder: str | None = None
+    lock_holder: str | None = None     # a deploy lock already held on every server
     log: list[tuple[str, str]] = field(default_factory=list)       # (host, action) in the order run
+    locks: dict[str, str] = field(default_factory=dict)            # address: who holds its deploy lock
 
     def __post_init__(self):
         self.servers = self.servers or {s.address: FakeServer() for s in SERVERS}
+        if self.lock_holder:
+            self.locks = {address: self.lock_holder for address in self.servers}
         self.out = io.StringIO()
 
     def run(self, argv, *, input=None, timeout=900):
@@ -57,29 +60,35 @@ class Fleet(Executor):
         assert argv[0] == "ssh"
         if "-O" in argv:
             return Result(argv, 0, "")
+        if "-W" in argv:   # the jump check: the deploy login on the LB, forwarding only
+            assert argv[-1] == f"{conventions.DEPLOY_USER}@{STACK.jump_host}" and input == ""
+            assert argv[argv.index("-W") + 1] == f"{SERVERS[0].address}:{conventions.SSH_PORT}"
+            return Result(argv, 0, "SSH-2.0-OpenSSH_9.2p1\n")
         host, remote = argv[-2], shlex.split(argv[-1])
         if remote == ["true"]:   # the host key check, before anything is sent
             return Result(argv, 0, "")
-        if host == f"{conventions.OPERATOR_USER}@{STACK.jump_host}":
-            return self.on_lb(argv, remote, input)
+        assert host in self.servers, f"nothing runs anywhere but on the app servers: {host}"
+        if remote[3:4] in (["lock"], ["unlock"], ["break-lock"]):
+            return self.lock_action(argv, host, remote, input)
         return self.on_server(host, remote, input)
 
-    def on_lb(self, argv, remote, script):
-        assert remote[:5] == ["sudo", "-n", "bash", "-s", "--"] and script.startswith("RELEASES_DIR=")
-        action, *args = remote[5:]
-        self.log.append(("lb", action))
+    def lock_action(self, argv, address, remote, script):
+        """remote.sh's lock actions, as deploy on one app server."""
+        assert remote[:3] == ["bash", "-s", "--"] and script.startswith("RELEASES_DIR=")
+        action, *args = remote[3:]
+        self.log.append(("lock", f"{action} {address}"))
         if action == "lock":
-            if self.lock_holder:
-                return Result(argv, 3, f"held by {self.lock_holder}\n")
-            self.lock_holder = args[0]
+            if address in self.locks:
+                return Result(argv, 3, f"held by {self.locks[address]}\n")
+            self.locks[address] = args[0]
             return Result(argv, 0, "locked\n")
         if action == "unlock":
-            assert self.lock_holder == args[0], "unlocks only its own lock"
-            self.lock_holder = None
+            assert self.locks.get(address) == args[0], "unlocks only its own lock"
+            del self.locks[address]
             return Result(argv, 0, "")
         if action == "break-lock":
-            holder, self.lock_holder = self.lock_holder, None
-            return Result(argv, 0, f"removed the lock of {holder}\n")
+            holder = self.locks.pop(address, None)
+            return Result(argv, 0, f"removed the lock of {holder}\n" if holder else "no lock was held\n")
         raise AssertionError(action)
 
     def on_server(self, address, remote, script):
@@ -125,7 +134,7 @@ def test_a_deploy_uploads_everywhere_first_then_rolls_one_server_at_a_time():
     fleet = Fleet()
     outcome = roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)
     assert outcome.ok
-    server_log = [(host, action) for host, action in fleet.log if host != "lb"]
+    server_log = [(host, action) for host, action in fleet.log if host != "lock"]
     a1, a2, a3 = (s.address for s in SERVERS)
     assert server_log == [
         (a1, "list"), (a2, "list"), (a3, "list"),
@@ -165,9 +174,11 @@ def test_the_cli_exits_non_zero_when_the_roll_stops_and_still_releases_the_lock(
     monkeypatch.setattr(cli.release, "build", lambda app, work, executor: BUILD)
     monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
     assert cli.main(["deploy", "staging"], executor=fleet) == cli.EXIT_STOPPED
-    assert fleet.lock_holder is None
+    assert fleet.locks == {}
     assert all(s.running == OLD for s in fleet.servers.values())
-    assert [a for h, a in fleet.log if h == "lb"] == ["lock", "unlock"]
+    a1, a2, a3 = (s.address for s in SERVERS)
+    assert [a for h, a in fleet.log if h == "lock"] == [
+        f"lock {a1}", f"lock {a2}", f"lock {a3}", f"unlock {a3}", f"unlock {a2}", f"unlock {a1}"]
 
 
 @dataclass
@@ -189,8 +200,8 @@ def test_a_second_deploy_is_refused_naming_who_holds_the_lock_and_since_when(mon
     monkeypatch.setattr(cli.release, "build", lambda *a: pytest.fail("a refused deploy builds nothing"))
     assert cli.main(["deploy", "staging"], executor=fleet) == cli.EXIT_LOCKED
     assert ("refused: staging is locked: a deploy by alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 4242) "
-            "holds it. If that deploy is no longer running, run again with --break-lock.") in fleet.printed()
-    assert fleet.lock_holder.startswith("alice@laptop"), "the other deploy's lock stays"
+            "holds it (on app-1). If that deploy is no longer running, run again with --break-lock.") in fleet.printed()
+    assert set(fleet.locks.values()) == {fleet.lock_holder}, "the other deploy's locks stay"
     assert all(s.current == OLD for s in fleet.servers.values())
 
 
@@ -200,7 +211,11 @@ def test_break_lock_removes_a_stale_lock_says_whose_and_deploys(monkeypatch):
     monkeypatch.setattr(cli.release, "build", lambda app, work, executor: BUILD)
     assert cli.main(["deploy", "staging", "--break-lock"], executor=fleet) == 0
     assert "removed the lock of alice@laptop since 2026-11-28T09:00:00Z" in fleet.printed()
-    assert [a for h, a in fleet.log if h == "lb"] == ["break-lock", "lock", "unlock"]
+    addresses = [s.address for s in SERVERS]
+    assert [a for h, a in fleet.log if h == "lock"] == (
+        [f"break-lock {a}" for a in addresses] + [f"lock {a}" for a in addresses]
+        + [f"unlock {a}" for a in reversed(addresses)])
+    assert fleet.locks == {}
     assert all(s.running == NEW for s in fleet.servers.values())
 
 
@@ -274,6 +289,20 @@ def test_a_changed_host_key_stops_the_deploy_naming_the_droplet_before_anything_
     fleet = Changed()
     monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
     assert cli.main(["deploy", "staging"], executor=fleet) == cli.EXIT_STOPPED
-    assert fleet.log == [] and fleet.lock_holder is None   # no lock, no upload, no switch
+    assert fleet.log == [] and fleet.locks == {}   # no lock, no upload, no switch
     said = fleet.out.getvalue()
     assert "deploy: staging-app-2: host key: exit 255" in said and "Host key for staging-app-2 has changed" in said
+
+
+def test_a_lock_held_on_a_later_server_refuses_the_deploy_and_the_locks_taken_before_it_are_let_go(monkeypatch):
+    """Deploys that see the pool differently still meet on a server they share: the one that
+    finds app-2 held is refused there and releases app-1, which it had taken."""
+    a1, a2, a3 = (s.address for s in SERVERS)
+    fleet = Fleet(locks={a2: "bob@ci since 2026-11-29T21:30:05Z (deploy, pid 7)"})
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    monkeypatch.setattr(cli.release, "build", lambda *a: pytest.fail("a refused deploy builds nothing"))
+    assert cli.main(["deploy", "staging"], executor=fleet) == cli.EXIT_LOCKED
+    assert "a deploy by bob@ci since 2026-11-29T21:30:05Z (deploy, pid 7) holds it (on app-2)" in fleet.printed()
+    assert fleet.locks == {a2: "bob@ci since 2026-11-29T21:30:05Z (deploy, pid 7)"}, "app-1 let go, app-2 untouched"
+    assert [a for h, a in fleet.log if h == "lock"] == [f"lock {a1}", f"lock {a2}", f"unlock {a1}"]
+    assert all(s.current == OLD for s in fleet.servers.values())

@@ -205,8 +205,10 @@ def test_the_deploy_refuses_a_changed_host_key_naming_the_droplet(sshd, tmp_path
     def ssh_true(keys: dict) -> subprocess.CompletedProcess:
         stack = pinned(Stack("staging", "127.0.0.1", (Server("app-1", "10.0.0.2"),), str(identity), host_keys=keys),
                        str(tmp_path))
-        remote = commands.on_jump_host(stack, ["true"])
-        argv = [*remote.argv[:-2], "-p", str(port), "-l", os.environ.get("USER", "root"), "127.0.0.1", "true"]
+        # The deploy's own options for the LB (its jump check's), logging in to run `true`.
+        remote = commands.through_jump_host(stack, stack.servers[0])
+        assert remote.argv[-3] == "-W"
+        argv = [*remote.argv[:-3], "-p", str(port), "-l", os.environ.get("USER", "root"), "127.0.0.1", "true"]
         return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
     assert ssh_true({"lb": public}).returncode == 0

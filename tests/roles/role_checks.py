@@ -46,3 +46,18 @@ def sandboxed(tmp_path: Path, script: str, *, network: bool = False, timeout: fl
             *(["-n"] if network else []),
             "bash", "-c", f"set -e; {setup}; set +e\n{script}"]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def sshd_effective(tmp_path: Path, drop_in: str, user: str = "ops") -> subprocess.CompletedProcess:
+    """`sshd -T` of a full sshd_config that Includes the drop-in, with a throwaway host key."""
+    sshd = require_tool("sshd", "openssh-server")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "drop-in.conf").write_text(drop_in)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "host_key"], check=True)
+    (tmp_path / "sshd_config").write_text(
+        f"Include {tmp_path}/drop-in.conf\nHostKey {tmp_path}/host_key\nUsePAM yes\n")
+    # sshd -t insists on its privilege separation directory.
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    subprocess.run([sshd, "-t", "-f", tmp_path / "sshd_config"], check=False)
+    return subprocess.run([sshd, "-T", "-f", tmp_path / "sshd_config", "-C", f"user={user},host=h,addr=192.0.2.9"],
+                          capture_output=True, text=True)

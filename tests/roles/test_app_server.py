@@ -351,3 +351,69 @@ def test_needrestart_reloads_the_apps_gracefully_instead_of_restarting_them(tmp_
         unit = f"{c.APPS_UNIT}.service"
         assert calls.read_text().splitlines() == [f"systemctl is-active --quiet {unit}"] + (
             [f"systemctl reload {unit}"] if active else [])
+
+
+# --- the release layout: nothing deploy places is followed by root ----------------------
+
+LAYOUT_SCRIPT = r"""
+set -u
+{library}
+{role_steps}
+mount -t tmpfs tmpfs /srv
+useradd --system --no-create-home {app}
+useradd --system --no-create-home --shell /bin/bash {deploy}
+as_deploy() {{ runuser -u {deploy} -- "$@"; }}
+# The layout older bundles made: the app root writable by deploy's group (sticky), and
+# deploy's `current` link in it.
+install -d -m 1775 -o root -g {deploy} {app_root}
+install -d -m 2750 -o {deploy} -g {app} {releases}
+as_deploy mkdir {releases}/r1
+as_deploy ln -s {releases}/r1 {old_current}
+# Each run as platform-provision runs it: errexit on (not in a condition, which would mute it).
+( set -e; ensure_release_layout ); [ $? -eq 0 ] || echo "FIRST-RUN-FAILED"
+echo "ROOT $(stat -c '%a %U:%G' {app_root})"
+echo "CURRENT $(readlink {current}) $(stat -c %U {current})"
+echo "OLD $(if [ -L {old_current} ]; then echo present; else echo gone; fi)"
+before=$CHANGES
+( set -e; ensure_release_layout; echo "AGAIN $((CHANGES - before))" )
+# deploy swapping its releases/ for a link to root's programs: no longer possible.
+if as_deploy sh -c 'mv {releases} {app_root}/kept && ln -s {target} {releases}' 2>/dev/null; then
+    echo "DEPLOY-PLANTED"
+else
+    echo "DEPLOY-COULD-NOT-PLANT"
+fi
+# A link left from the old layout (deploy could make one then): provisioning refuses it.
+mv {releases} {app_root}/kept && ln -s {target} {releases} && chown -h {deploy}:{deploy} {releases}
+echo "TARGET-BEFORE $(stat -c '%a %U:%G' {target})"
+( set -e; ensure_release_layout; echo "PROVISIONED" ); [ $? -eq 0 ] || echo "REFUSED"
+echo "TARGET-AFTER $(stat -c '%a %U:%G' {target})"
+"""
+
+
+def test_provisioning_never_follows_a_releases_link_to_a_root_owned_directory(tmp_path):
+    """The app server's release layout step, for real (users, install -d, runuser) in a
+    sandbox: an older layout is moved to the new one (`current` inside releases/, the app
+    root root's alone), deploy cannot swap releases/ for a link any more, and a link left
+    there (to root's programs, /usr/local/sbin) is refused: its target keeps its owner and
+    mode, and provisioning stops, naming it."""
+    from cloudinit import common
+    from role_checks import sandboxed
+    files = app_files()
+    target = "/usr/local/sbin"
+    script = LAYOUT_SCRIPT.format(
+        library=files[common.LIBRARY], role_steps=files[common.ROLE_STEPS], app=c.APP_USER, deploy=c.DEPLOY_USER,
+        app_root=c.APP_ROOT, releases=c.RELEASES_DIR, current=c.CURRENT_RELEASE_LINK,
+        old_current=c.OLD_CURRENT_RELEASE_LINK, target=target)
+    result = sandboxed(tmp_path, script)
+    out = result.stdout
+    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] if " " in line else "" for line in out.splitlines()}
+    assert "FIRST-RUN-FAILED" not in lines, out + result.stderr
+    assert lines["ROOT"] == "755 root:root", "the app root is no longer deploy's group's to write"
+    assert lines["CURRENT"] == f"{c.RELEASES_DIR}/r1 {c.DEPLOY_USER}", "the release current before stays current"
+    assert lines["OLD"] == "gone"
+    assert lines["AGAIN"] == "0", out
+    assert "DEPLOY-COULD-NOT-PLANT" in lines, out
+    assert lines["TARGET-AFTER"] == lines["TARGET-BEFORE"], out
+    assert lines["TARGET-BEFORE"].endswith("root:root")
+    assert "REFUSED" in lines, out
+    assert f"refusing {c.RELEASES_DIR}: a symbolic link (to {target}, owned by {c.DEPLOY_USER})" in out

@@ -22,7 +22,7 @@ import cloudinit
 from cloudinit import common
 from model import conventions
 
-from role_checks import ROLES, require_tool, sandboxed
+from role_checks import ROLES, require_tool, sandboxed, sshd_effective
 
 LIB = "usr/local/lib/platform"
 
@@ -243,22 +243,8 @@ def test_shellcheck_finds_a_bug_in_a_sourced_file(staging_settings, render_role)
 # --- sshd ---------------------------------------------------------------------------
 
 
-def sshd_effective(tmp_path: Path, drop_in: str) -> subprocess.CompletedProcess:
-    """`sshd -T` of a full sshd_config that Includes the drop-in, with a throwaway host key."""
-    sshd = require_tool("sshd", "openssh-server")
-    (tmp_path / "drop-in.conf").write_text(drop_in)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", tmp_path / "host_key"], check=True)
-    (tmp_path / "sshd_config").write_text(
-        f"Include {tmp_path}/drop-in.conf\nHostKey {tmp_path}/host_key\nUsePAM yes\n")
-    # sshd -t insists on its privilege separation directory.
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    subprocess.run([sshd, "-t", "-f", tmp_path / "sshd_config"], check=False)
-    return subprocess.run([sshd, "-T", "-f", tmp_path / "sshd_config", "-C", "user=ops,host=h,addr=192.0.2.9"],
-                          capture_output=True, text=True)
-
-
 @pytest.mark.parametrize("role, allowed, forwarding", [
-    (conventions.LOAD_BALANCER, "ops", "yes"),
+    (conventions.LOAD_BALANCER, "ops deploy", "yes"),
     (conventions.APP_SERVER, "ops deploy", "no"),
     (conventions.DATASTORE, "ops", "no"),
 ])
@@ -302,6 +288,46 @@ def test_fail2ban_loads_the_sshd_jail_with_the_systemd_backend(tmp_path, staging
     conf = tmp_path / "fail2ban"
     test = subprocess.run(["fail2ban-client", "-c", conf, "-t"], capture_output=True, text=True)
     assert test.returncode == 0 and "OK" in test.stdout + test.stderr, test.stdout + test.stderr
+
+
+BAN_SCRIPT = r"""
+conf={conf}
+f2b() {{ fail2ban-client -c "$conf" -s {work}/f2b.sock -p {work}/f2b.pid "$@"; }}
+: > {work}/auth.log
+f2b --logtarget {work}/f2b.log start >/dev/null || exit 3
+for i in $(seq 10); do
+    for address in {internet} {vpc}; do
+        echo "$(date '+%b %e %H:%M:%S') lb sshd[$((1000 + i))]: Invalid user intruder$i from $address port $((40000 + i))"
+    done
+done >> {work}/auth.log
+for i in $(seq 100); do f2b status sshd | grep -q 'Currently banned:.*[1-9]' && break; sleep 0.2; done
+f2b status sshd
+f2b stop >/dev/null
+"""
+
+
+def test_the_jail_bans_an_internet_address_and_never_the_vpcs(tmp_path, staging_settings):
+    """fail2ban itself, with the rendered jail (only its log source and its action swapped:
+    a file for the journal, `dummy` for iptables): ten failed logins from an internet
+    address ban it, as on the LB; ten from a VPC address (the LB's, as an app server or
+    the datastore sees every login) ban nothing."""
+    require_tool("fail2ban-client", "fail2ban")
+    import ipaddress
+    jail = cloudinit.render("common/fail2ban-jail.conf", **cloudinit.template_context("lb", staging_settings))
+    conf = tmp_path / "fail2ban"
+    subprocess.run(["cp", "-a", "/etc/fail2ban", conf], check=True)
+    (conf / "jail.d/platform.conf").write_text(jail)
+    # A .local file overrides its .conf's keys only: the rest (ignoreip, maxretry) is the rendered jail's.
+    (conf / "jail.d/platform.local").write_text(
+        f"[sshd]\nbackend = polling\nlogpath = {tmp_path}/auth.log\nbanaction = dummy\naction = dummy\n")
+    vpc = str(next(ipaddress.ip_network(staging_settings.vpc_ip_range).hosts()) + 4)
+    script = BAN_SCRIPT.format(conf=conf, work=tmp_path, internet="203.0.113.7", vpc=vpc)
+    result = sandboxed(tmp_path, script)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out + (tmp_path / "f2b.log").read_text()
+    (banned,) = [line.split(":", 1)[1].split() for line in out.splitlines() if "Banned IP list:" in line]
+    assert banned == ["203.0.113.7"], out
+    assert f"Ignore {vpc} by ip" in (tmp_path / "f2b.log").read_text()
 
 
 def test_fail2ban_check_rejects_a_bad_jail(tmp_path):
@@ -476,7 +502,11 @@ def test_every_role_creates_only_its_own_users(staging_settings):
         library = cloudinit.rendered_files(role, staging_settings)[common.LIBRARY]
         created = sorted(l.split()[1] for l in library.splitlines() if l.strip().startswith("ensure_user "))
         assert created == sorted(u.name for u in conventions.ROLE_USERS[role])
-    assert not conventions.ROLE_USERS[conventions.LOAD_BALANCER]
+    # The LB's one account: deploy, passing through to the app servers, with no shell.
+    (jump,) = conventions.ROLE_USERS[conventions.LOAD_BALANCER]
+    assert (jump.name, jump.jump_only, jump.shell) == (conventions.DEPLOY_USER, True, "/usr/sbin/nologin")
+    library = cloudinit.rendered_files(conventions.LOAD_BALANCER, staging_settings)[common.LIBRARY]
+    assert f"ensure_user {conventions.DEPLOY_USER} {conventions.DEPLOY_HOME} /usr/sbin/nologin" in library
 
 
 @pytest.mark.parametrize("role, change", [

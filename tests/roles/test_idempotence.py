@@ -122,7 +122,7 @@ def test_the_droplet_is_as_every_droplet_must_be(droplet, staging_settings):
     assert sorted(l for l in sshd if l.startswith("allowusers")) == ["allowusers deploy", "allowusers ops"]
     for user in conventions.ROLE_USERS[ROLE]:
         entry = droplet(["getent", "passwd", user.name]).stdout.strip().split(":")
-        assert entry[5] == user.home and entry[6] == ("/bin/bash" if user.ssh_login else "/usr/sbin/nologin")
+        assert entry[5] == user.home and entry[6] == user.shell
     shadow = droplet(["getent", "shadow", conventions.OPERATOR_USER]).stdout.split(":")
     assert shadow[1].startswith("!")  # no password: keys only
     dump = droplet(["apt-config", "dump"]).stdout

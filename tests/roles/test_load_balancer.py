@@ -94,8 +94,11 @@ def test_initial_upstreams_send_everyone_to_maintenance():
 def test_a_broken_upstream_push_fails_the_check_that_guards_the_reload(tmp_path):
     """platform-push runs the push's check before any reload; nginx -t must catch this."""
     push = cloudinit.pushes(c.LOAD_BALANCER, settings())["upstreams"]
-    assert push.check == [["nginx", "-t", "-q"]] and push.then == [["systemctl", "reload", "nginx"]]
-    assert list(push.files) == ["upstreams.conf"] and push.files["upstreams.conf"].path == c.LB_UPSTREAMS_FILE
+    # With the deploy login's jump targets, which sshd -t checks (tests/roles/test_common.py).
+    assert push.check == [["nginx", "-t", "-q"], ["sshd", "-t"]]
+    assert push.then == [["systemctl", "reload", "nginx"], ["systemctl", "try-reload-or-restart", "ssh"]]
+    assert list(push.files) == ["upstreams.conf", "deploy-permitopen.conf"]
+    assert push.files["upstreams.conf"].path == c.LB_UPSTREAMS_FILE
     ca = make_ca(tmp_path / "ca", "ca")
     broken = load_balancer.upstreams(["10.110.16.5"]).replace("max_fails=2", "max_fails=")
     result = nginx_check(lb_tree(tmp_path, lb_files(), broken, ca.cert))
@@ -521,3 +524,4 @@ cat {tmp_path}/certbot.out | grep -v '^ *$' | tail -40
     # The account is told the new address once, when acmeEmail changed.
     updates = [l.rsplit(" ", 1)[1] for l in lines if " account updates: " in l]
     assert updates == ["0", "0", "0", "1", "1"], out
+
