@@ -6,6 +6,8 @@ import uuid
 
 import pytest
 
+from localcloud import config
+
 pytestmark = pytest.mark.localcloud
 
 
@@ -21,3 +23,15 @@ def test_an_unknown_host_name_gets_no_certificate_and_no_page(local_stack):
     assert http.returncode == 52, (http.returncode, http.stdout, http.stderr)
     # The platform's own name is still served.
     assert local_stack.https("/", "-o", "/dev/null", "-w", "%{http_code}").stdout == "200"
+
+
+def test_a_forged_forwarded_for_reaches_the_apps_as_the_real_client_address(local_stack):
+    probe = f"/?probe={uuid.uuid4().hex}"
+    got = local_stack.https(probe, "-o", "/dev/null", "-w", "%{http_code}",
+                            "-H", "X-Forwarded-For: 6.6.6.6", "-H", "X-Real-IP: 6.6.6.6")
+    assert got.stdout == "200", got
+    # What the app servers' nginx received is what it passes to the apps unchanged.
+    lines = [line for name in local_stack.app_servers()
+             for line in local_stack.run(name, ["grep", "-h", probe, "/var/log/nginx/access.log"]).stdout.splitlines()]
+    (line,) = lines
+    assert f"for={config.INTERNET_CLIENT_IP} " in line and "6.6.6.6" not in line, line
