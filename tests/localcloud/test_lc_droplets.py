@@ -112,13 +112,15 @@ def test_proxy_refuses_hosts_not_in_the_hosts_sources(pair):
     assert "DENY not-a-source.invalid:443" in config.PROXY_LOG.read_text()
 
 
-def test_npm_installs_through_the_registry_cache_and_keeps_what_it_fetched(pair):
+def test_npm_fetches_through_the_registry_cache_and_keeps_what_it_fetched(pair):
     if not sources.npm_registry():
         pytest.skip("the host has no npm registry configured")
     npmrc = droplet.exec("lc-test-a", ["cat", "/etc/npmrc"]).stdout
     assert f"registry={package_cache.NPM_REGISTRY_URL}" in npmrc.splitlines()
-    # A real install by the droplet's npm: the package lands in the cache's storage.
-    droplet.exec("lc-test-a", ["npm", "install", "--prefix", "/tmp/t", "--no-fund", "--no-audit", "ms@2.1.3"])
+    # What npm does for a package (the bare image has no npm): its metadata, then its tarball.
+    direct = "import sys, urllib.request as u\nprint(u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=60).status)"
+    for url in (f"{package_cache.NPM_REGISTRY_URL}ms", f"{package_cache.NPM_REGISTRY_URL}ms/-/ms-2.1.3.tgz"):
+        assert droplet.exec("lc-test-a", ["python3", "-c", direct, url]).stdout.strip() == "200", url
     assert (package_cache.NPM_DIR / "storage" / "ms" / "ms-2.1.3.tgz").is_file()
 
 
