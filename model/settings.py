@@ -16,9 +16,9 @@ from typing import Any, Callable, Collection
 
 from . import conventions, prices
 from .parsers import (
-    ENV_VALUE_MAX_BYTES, NAME_AT_FAULT, Invalid, InvalidEntries, boolean, cidr_list, deploy_keys, domain_list, domain_name, email,
-    email_list, engine_set, env_map, https_url, one_of, optional_domain_name, optional_https_url, ssh_public_keys,
-    stack_name, vpc_range, whole_number,
+    ENV_VALUE_MAX_BYTES, NAME_AT_FAULT, Invalid, InvalidEntries, boolean, cidr_list, deploy_keys, domain_list,
+    domain_name, email, email_list, engine_set, env_map, https_url, one_of, optional_domain_name, optional_https_url,
+    ssh_public_keys, stack_name, vpc_range, whole_number,
 )
 
 REQUIRED = object()

@@ -17,8 +17,9 @@ from localcloud import stack
 
 def served_names(local_stack, name: str) -> set[str]:
     """The DNS names of the certificate the LB shows to a client asking for `name`."""
-    proc = local_stack.internet(["sh", "-c", f"openssl s_client -connect {local_stack.address}:443 -servername {name}"
-                                 " </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName"], timeout=60)
+    shown = (f"openssl s_client -connect {local_stack.address}:443 -servername {name} </dev/null 2>/dev/null"
+             " | openssl x509 -noout -ext subjectAltName 2>/dev/null")
+    proc = local_stack.internet(["sh", "-c", shown], timeout=60)
     lines = proc.stdout.strip().splitlines()     # "X509v3 Subject Alternative Name:", then the names
     if not lines:
         return set()
@@ -33,7 +34,7 @@ def get(local_stack, name: str, path: str) -> tuple[int, str, str]:
         "--resolve", f"{name}:443:{local_stack.address}", "-w", "\n%{http_code} %{redirect_url}",
         f"https://{name}{path}"])
     if proc.returncode != 0:
-        return 0, "", proc.stderr.strip()
+        return 0, "", proc.stdout.strip()     # curl's error (shell.run merges stderr)
     body, _, tail = proc.stdout.rpartition("\n")
     code, _, location = tail.partition(" ")
     return int(code), location.strip(), body
