@@ -15,6 +15,10 @@ from .buckets import spaces_bucket
 from .foundation import Foundation
 
 
+def _in_zone(name: str, zone: str) -> bool:
+    return name == zone or name.endswith("." + zone)
+
+
 class LoadBalancer(pulumi.ComponentResource):
     public_ip: pulumi.Output[str]
     private_ip: pulumi.Output[str]
@@ -44,16 +48,19 @@ class LoadBalancer(pulumi.ComponentResource):
             opts=child,
         )
         if settings.dns_zone:
-            record = settings.domain.removesuffix(settings.dns_zone).rstrip(".") or "@"
-            do.DnsRecord(
-                f"{name}-dns",
-                domain=settings.dns_zone,
-                type="A",
-                name=record,
-                value=self.reserved_ip.ip_address,
-                ttl=300,
-                opts=child,
-            )
+            # The domain's record keeps its resource name; each alias inside the zone gets
+            # one named after it (the others are in zones the stack does not manage).
+            in_zone = [alias for alias in settings.domain_aliases if _in_zone(alias, settings.dns_zone)]
+            for resource, host in [(f"{name}-dns", settings.domain)] + [(f"{name}-dns-{a}", a) for a in in_zone]:
+                do.DnsRecord(
+                    resource,
+                    domain=settings.dns_zone,
+                    type="A",
+                    name=host.removesuffix(settings.dns_zone).rstrip(".") or "@",
+                    value=self.reserved_ip.ip_address,
+                    ttl=300,
+                    opts=child,
+                )
         network.firewall(conventions.LOAD_BALANCER, parent=self)
 
         self.public_ip = self.reserved_ip.ip_address

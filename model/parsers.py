@@ -79,6 +79,29 @@ def optional_domain_name(raw: Any) -> str:
     return "" if raw in (None, "") else domain_name(raw)
 
 
+def domain_list(most: int) -> Callable[[Any], tuple[str, ...]]:
+    """Distinct DNS names, at most `most` of them."""
+    def parse(raw: Any) -> tuple[str, ...]:
+        allowed = f"a list of at most {most} distinct lower-case DNS names such as [www.example.com] (may be empty)"
+        value = _decoded(raw)
+        if raw is None or isinstance(value, str):
+            value = [value] if value else []
+        if not isinstance(value, list):
+            raise Invalid(allowed)
+        names = [str(item) for item in value]
+        for name in names:
+            if not _DOMAIN.match(name):
+                raise Invalid(f"{allowed}; {name!r} is not one")
+        for name in names:
+            if names.count(name) > 1:
+                raise Invalid(f"{allowed}; {name!r} is listed {names.count(name)} times")
+        if len(names) > most:
+            raise Invalid(f"{allowed}; {len(names)} are listed")
+        return tuple(names)
+
+    return parse
+
+
 def email(raw: Any) -> str:
     value = str(raw)
     if not _EMAIL.match(value):

@@ -16,12 +16,15 @@ from typing import Any, Callable, Collection
 
 from . import conventions, prices
 from .parsers import (
-    ENV_VALUE_MAX_BYTES, NAME_AT_FAULT, Invalid, InvalidEntries, boolean, cidr_list, deploy_keys, domain_name, email,
-    email_list, engine_set, env_map, https_url, one_of, optional_domain_name, optional_https_url, ssh_public_keys,
-    stack_name, vpc_range, whole_number,
+    ENV_VALUE_MAX_BYTES, NAME_AT_FAULT, Invalid, InvalidEntries, boolean, cidr_list, deploy_keys, domain_list,
+    domain_name, email, email_list, engine_set, env_map, https_url, one_of, optional_domain_name, optional_https_url,
+    ssh_public_keys, stack_name, vpc_range, whole_number,
 )
 
 REQUIRED = object()
+
+# Let's Encrypt issues a certificate for at most 100 names: domain and its aliases.
+MAX_CERTIFICATE_NAMES = 100
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -89,8 +92,17 @@ SETTINGS = (
     Setting("volumeSizeGb", 20, whole_number(1, 16384),
             "Size in GiB of the datastore's block volume (it can only grow)."),
     Setting("domain", REQUIRED, domain_name, "Public name of the platform; the TLS certificate's name."),
+    Setting("domainAliases", [], domain_list(MAX_CERTIFICATE_NAMES - 1),
+            "More names of the platform, such as www.example.com, on the same certificate as `domain` (Let's "
+            f"Encrypt allows {MAX_CERTIFICATE_NAMES} names with `domain`); changing them asks for a new "
+            "certificate, the one in place serving until it is issued. Each must point at the LB's address: "
+            "with dnsZone, the names inside that zone get an A record; any other name, its own DNS must point."),
+    Setting("redirectAliases", True, boolean,
+            "true: a request for any of domainAliases is answered 301 to the same path and query at `domain` "
+            "(one address for search engines and cookies); false: the aliases serve the app as `domain` does."),
     Setting("dnsZone", "", optional_domain_name,
-            "A DigitalOcean-hosted DNS zone holding `domain`; when set, its A record is managed."),
+            "A DigitalOcean-hosted DNS zone holding `domain`; when set, its A record is managed (and those "
+            "of the domainAliases inside it)."),
     Setting("acmeEmail", REQUIRED, email, "Contact address for the ACME (Let's Encrypt) account."),
     Setting("acmeDirectory", LETS_ENCRYPT, https_url,
             "ACME directory URL; staging stacks use Let's Encrypt's staging directory."),
@@ -166,6 +178,8 @@ class Settings:
     app_server_count: int
     volume_size_gb: int
     domain: str
+    domain_aliases: tuple[str, ...]
+    redirect_aliases: bool
     dns_zone: str
     acme_email: str
     acme_directory: str
@@ -274,6 +288,9 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
         problems.append(f"appSecrets: the name {name!r} is not allowed: a name appEnv does not set too (each "
                         f"variable is set once)")
     zone, domain = values.get("dns_zone"), values.get("domain")
+    if domain in (values.get("domain_aliases") or ()):
+        problems.append(f"domainAliases: {domain!r} is not allowed: names other than domain {domain!r} (the "
+                        f"certificate names domain already)")
     if zone and domain and not (domain == zone or domain.endswith("." + zone)):
         problems.append(f"dnsZone: {zone!r} is not allowed: a zone that contains domain {domain!r}")
     if not {"backups", "spaces_region", "region"} <= set(values):

@@ -22,6 +22,7 @@ TYPES = {
     "boolean": "boolean",
     "domain_name": "DNS name",
     "optional_domain_name": "DNS name or empty",
+    "domain_list": "list of DNS names",
     "email": "e-mail",
     "https_url": "https URL",
     "optional_https_url": "https URL or empty",
@@ -46,6 +47,8 @@ def type_of(setting: Setting) -> str:
     if name == "whole_number":
         low, high = sorted(cell.cell_contents for cell in parser.__closure__)
         kind = f"integer {low}–{high}"
+    if name == "domain_list":
+        kind = f"list of at most {parser.__closure__[0].cell_contents} DNS names"
     if setting.secret:
         kind += ", **secret**"
     return kind

@@ -25,6 +25,8 @@ ANOTHER_VALUE = {
     "appServerCount": 3,
     "volumeSizeGb": 20,
     "domain": "next.example.com",
+    "domainAliases": ["www.next.example.com", "next.example.org"],
+    "redirectAliases": False,
     "dnsZone": "example.com",
     "acmeEmail": "platform@example.com",
     "acmeDirectory": "https://acme.example.com/directory",

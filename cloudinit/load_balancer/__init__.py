@@ -89,6 +89,8 @@ def provisioning_inputs(settings: Settings) -> dict[str, str]:
     """Shell variables of /etc/platform/platform.env that this role's scripts read."""
     return {
         "DOMAIN": settings.domain,
+        # The certificate's other names, space-separated (platform-certificate).
+        "DOMAIN_ALIASES": " ".join(settings.domain_aliases),
         "ACME_EMAIL": settings.acme_email,
         "ACME_DIRECTORY": settings.acme_directory,
     }

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Gets the load balancer's public certificate from the ACME directory: the first one, and
-# a new one when `domain` or `acmeDirectory` changed. Run by platform-certificate.timer
+# a new one when `domain`, `domainAliases` or `acmeDirectory` changed. Run by platform-certificate.timer
 # (and by provisioning after a settings change) until the certificate in place is the one
 # the settings ask for; certbot.timer renews it afterwards. Until certbot has the new
 # certificate, nginx keeps serving the one in place: only the deploy hook switches it.
@@ -18,11 +18,20 @@ live_dir=/etc/letsencrypt/live/{{ c.LB_CERT_NAME }}
 renewal=/etc/letsencrypt/renewal/{{ c.LB_CERT_NAME }}.conf
 # The e-mail address the ACME account was last given (ACME_EMAIL), per ACME directory.
 account_email={{ c.PLATFORM_STATE }}/acme-account-email
+# Every name the certificate must carry: DOMAIN first (certbot makes it the subject).
+read -ra aliases <<< "${DOMAIN_ALIASES:-}"
+names=("$DOMAIN" "${aliases[@]}")
 
-# For DOMAIN, and from ACME_DIRECTORY (certbot renews from the server it was issued by).
+# The names a certificate carries, one a line, sorted.
+certificate_names() {
+    openssl x509 -noout -ext subjectAltName -in "$1" | tail -n +2 | tr ',' '\n' | sed -n 's/^ *DNS://p' | sort -u
+}
+
+# For exactly DOMAIN and DOMAIN_ALIASES (an alias removed is a new certificate too), and
+# from ACME_DIRECTORY (certbot renews from the server it was issued by).
 certificate_is_current() {
     [ -f "${live_dir}/fullchain.pem" ] || return 1
-    [[ "$(openssl x509 -noout -checkhost "$DOMAIN" -in "${live_dir}/fullchain.pem")" == *" does match "* ]] \
+    [ "$(certificate_names "${live_dir}/fullchain.pem")" = "$(printf '%s\n' "${names[@]}" | sort -u)" ] \
         && grep -qxF "server = ${ACME_DIRECTORY}" "$renewal"
 }
 
@@ -55,9 +64,10 @@ fi
 
 renew=()
 if [ -f "${live_dir}/fullchain.pem" ]; then
-    # A new domain or ACME server: a new certificate in the same lineage, asked for now
-    # (certbot would otherwise keep an unexpired one from the old server).
-    echo "platform-certificate: the certificate in place is not for ${DOMAIN} from ${ACME_DIRECTORY}; asking for a new one (the one in place serves until then)"
+    # New names or a new ACME server: a new certificate in the same lineage, asked for now
+    # (certbot would otherwise keep an unexpired one from the old server). --cert-name
+    # with the whole list of names replaces the lineage's names, added and removed alike.
+    echo "platform-certificate: the certificate in place is not for ${names[*]} from ${ACME_DIRECTORY}; asking for a new one (the one in place serves until then)"
     renew=(--force-renewal)
 else
 {% if settings.backups %}
@@ -79,8 +89,10 @@ else
 fi
 
 ensure_account_email
+domains=()
+for name in "${names[@]}"; do domains+=(--domain "$name"); done
 exec certbot certonly --webroot --webroot-path {{ c.ACME_WEBROOT }} \
-    --cert-name {{ c.LB_CERT_NAME }} --domain "$DOMAIN" \
+    --cert-name {{ c.LB_CERT_NAME }} "${domains[@]}" \
     --server "$ACME_DIRECTORY" --email "$ACME_EMAIL" --agree-tos --no-eff-email \
     --non-interactive --keep-until-expiring "${renew[@]}" \
     --deploy-hook {{ c.CERTIFICATE_DEPLOY_HOOK }}

@@ -27,12 +27,12 @@ role_steps() {
     ensure_certificate_asked
 }
 
-# The certificate in place is not for DOMAIN from ACME_DIRECTORY (first boot, or one of
-# them changed): ask now rather than at the timer's next try. The one in place serves
+# The certificate in place is not for DOMAIN and DOMAIN_ALIASES from ACME_DIRECTORY (first
+# boot, or one of them changed): ask now rather than at the timer's next try. The one in place serves
 # until the new one exists. Not a change: it is asked again until certbot has it.
 ensure_certificate_asked() {
     {{ c.CERTIFICATE_COMMAND }} current && return 0
-    log "the certificate is not yet for ${DOMAIN} from ${ACME_DIRECTORY}: started {{ facts.CERTIFICATE_UNIT }}"
+    log "the certificate is not yet for ${DOMAIN} ${DOMAIN_ALIASES} from ${ACME_DIRECTORY}: started {{ facts.CERTIFICATE_UNIT }}"
     systemctl start --no-block {{ facts.CERTIFICATE_UNIT }}.service
 }
 

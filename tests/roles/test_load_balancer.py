@@ -457,6 +457,9 @@ def test_a_new_domain_gets_a_new_certificate_and_the_old_one_serves_until_then(t
         "first": {"domain": "first.example.test"},
         "second": {"domain": "second.example.test"},
         "email": {"domain": "second.example.test", "acmeEmail": "new-ops@example.test"},
+        "alias": {"domain": "second.example.test", "acmeEmail": "new-ops@example.test",
+                  "domainAliases": ["www.second.example.test"]},
+        "unaliased": {"domain": "second.example.test", "acmeEmail": "new-ops@example.test"},
     }.items()}
     directory = "https://127.0.0.1:14000/dir"
     ca = make_ca(tmp_path / "ca", "ca")
@@ -500,6 +503,8 @@ iptables -D INPUT -p tcp --dport 14000 -j REJECT
 stage second
 stage email
 stage email
+stage alias
+stage unaliased
 cat {tmp_path}/certbot.out | grep -v '^ *$' | tail -40
 """
     result = sandboxed(tmp_path, script, network=True, timeout=240)
@@ -518,10 +523,15 @@ cat {tmp_path}/certbot.out | grep -v '^ *$' | tail -40
         f"== email serves: {serves('second')}",
         "== email current before: 0", "== email asked: 0", "== email current after: 0",
         f"== email serves: {serves('second')}",
+        # An alias added, then removed: each a new certificate with exactly those names.
+        "== alias current before: 1", "== alias asked: 0", "== alias current after: 0",
+        f"== alias serves: DNS:second.example.test,DNS:www.second.example.test via {live}/fullchain.pem",
+        "== unaliased current before: 1", "== unaliased asked: 0", "== unaliased current after: 0",
+        f"== unaliased serves: {serves('second')}",
     ]
     got = [l for l in lines if " account updates: " not in l]
     assert got == expected, out
     # The account is told the new address once, when acmeEmail changed.
     updates = [l.rsplit(" ", 1)[1] for l in lines if " account updates: " in l]
-    assert updates == ["0", "0", "0", "1", "1"], out
+    assert updates == ["0", "0", "0", "1", "1", "1", "1"], out
 
