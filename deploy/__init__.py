@@ -15,3 +15,4 @@ KEEP_RELEASES = 5            # releases kept on each server (current and previou
 # node_modules.
 ARCHIVED_RELEASES_KEPT = 30
 HEALTH_TIMEOUT_SECONDS = 60  # how long a server may take to answer /healthz after a reload
+LOG_LINES = 50             # `logs`: the last lines of each log it shows (then --follow's new ones)
