@@ -113,13 +113,13 @@ class Executor:
             for name, proc in running.items():
                 codes[name] = proc.wait()
         except KeyboardInterrupt:
-            pass
+            pass   # Ctrl-C reaches the ssh commands too (one process group): all are stopped
         finally:
             for name, proc in running.items():
                 if proc.poll() is None:
                     proc.terminate()
-                    codes[name] = 130
                 proc.wait()
+                codes.setdefault(name, 130)
             for thread in threads:
                 thread.join(timeout=5)
         return codes
