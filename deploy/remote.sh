@@ -173,7 +173,7 @@ logs() {
     shift 3
     case "$lines" in '' | *[!0-9]*) echo "deploy: bad line count '$lines'" >&2; exit 2 ;; esac
     if [ ! -r "$LOG_DIR" ] || [ ! -x "$LOG_DIR" ]; then
-        echo "deploy: $(id -un) cannot read $LOG_DIR on $(hostname)" >&2
+        echo "deploy: $(id -un) cannot read $LOG_DIR on $(hostname) (provisioning makes it readable to group $(id -un): pulumi up with this version)" >&2
         exit 1
     fi
     local -a files=()
