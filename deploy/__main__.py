@@ -30,6 +30,7 @@ from .targets import LocalStack, PulumiStack, StackTarget, TargetError
 
 EXIT_STOPPED = 1
 EXIT_LOCKED = 3
+OPERATOR_VERBS = ("status", "logs", "exec")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -172,9 +173,11 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
         stack = pinned(target.resolve(), work)
         operate_checks(args, stack)
         deployer = Deployer(stack, executor, getattr(args, "health_timeout", HEALTH_TIMEOUT_SECONDS), control_dir=work)
-        deployer.check_host_keys()
-        if args.command in ("status", "logs", "exec"):
+        if args.command in OPERATOR_VERBS:
+            # No check of every server first: one that is down is a line of status's table,
+            # not the end of it. Each connection still accepts only the recorded host keys.
             return operate_verb(args, stack, executor, work)
+        deployer.check_host_keys()
         if args.command == "releases":
             for line in releases_table(deployer.releases()):
                 executor.say(line)

@@ -91,6 +91,8 @@ class Answers(Executor):
         self.answers, self.ran = answers, []
 
     def run(self, argv, **kwargs):
+        if argv[-3:-1] == ["-O", "exit"]:   # closing the shared connection
+            return Result(argv, 0, "")
         self.ran.append(argv)
         return self.answers[argv[-2]]
 
@@ -171,3 +173,16 @@ def test_follow_prefixes_each_servers_lines_as_they_come_and_keeps_stdin_open():
     assert codes == {"app-1": 0, "app-2": 3}
     lines = executor.out.getvalue().splitlines()
     assert sorted(lines) == ["[app-1] got one", "[app-1] stdin open", "[app-2] two"]
+
+
+def test_status_through_the_cli_shows_the_table_with_a_server_down_pinning_host_keys(monkeypatch):
+    """No all-servers login check first (a deploy has one): the server that is down is a row."""
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FixedTarget())
+    executor = Answers({APP1.address: Result([], 0, HEALTHY),
+                        APP2.address: Result([], 255, "Host key verification failed.")})
+    assert cli.main(["status", "staging"], executor) == operate.EXIT_UNHEALTHY
+    rows = executor.out.getvalue().splitlines()
+    assert rows[1].startswith("app-1") and rows[2].endswith("UNREACHABLE: exit 255: Host key verification failed.")
+    assert [argv[-2] for argv in executor.ran] == [APP1.address, APP2.address], "status only, once per server"
+    for argv in executor.ran:
+        assert "StrictHostKeyChecking=yes" in argv and any(a.startswith("UserKnownHostsFile=") for a in argv)
