@@ -1,4 +1,5 @@
-"""Deploy the app to a stack's servers, roll back, list releases: `python -m deploy`.
+"""Deploy the app to a stack's servers, roll back, list releases, and the operators'
+status, logs and exec: `python -m deploy`.
 
 Builds a release once on the operator's machine, uploads it to every app server through
 the load balancer (the jump host) as the deploy user, and switches the servers one at a
@@ -15,3 +16,4 @@ KEEP_RELEASES = 5            # releases kept on each server (current and previou
 # node_modules.
 ARCHIVED_RELEASES_KEPT = 30
 HEALTH_TIMEOUT_SECONDS = 60  # how long a server may take to answer /healthz after a reload
+LOG_LINES = 50             # `logs`: the last lines of each log it shows (then --follow's new ones)

@@ -1,9 +1,12 @@
-"""python -m deploy {deploy|rollback|releases|fetch} STACK [--local] ...
+"""python -m deploy {deploy|rollback|releases|fetch|status|logs|exec} STACK [--local] ...
 
   deploy STACK [--app DIR] [--keep N] [--health-timeout S] [--break-lock]
   rollback STACK [--to RELEASE]
   releases STACK
   fetch STACK RELEASE [--into DIR]
+  status STACK
+  logs STACK [--follow] [--since 10m] [--process web ...] [--lines N]
+  exec STACK [--server app-N] -- COMMAND [ARG...]
 
 STACK is a Pulumi stack (its outputs via `pulumi stack output`), or with --local the
 stack `python -m localcloud up` booted on this machine.
@@ -18,7 +21,7 @@ import shutil
 import sys
 import tempfile
 
-from . import DEFAULT_APP_DIR, HEALTH_TIMEOUT_SECONDS, KEEP_RELEASES, archive, commands, release, restore
+from . import DEFAULT_APP_DIR, HEALTH_TIMEOUT_SECONDS, KEEP_RELEASES, LOG_LINES, archive, commands, operate, release, restore
 from .archive import ArchiveError, NotArchived, Store
 from .executor import CommandFailed, Executor
 from .records import Stack
@@ -27,6 +30,7 @@ from .targets import LocalStack, PulumiStack, StackTarget, TargetError
 
 EXIT_STOPPED = 1
 EXIT_LOCKED = 3
+OPERATOR_VERBS = ("status", "logs", "exec")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,7 +55,39 @@ def parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch", parents=[common], help="download an archived release, its signature and sha256 checked")
     f.add_argument("release", help="the release id")
     f.add_argument("--into", default=".", help="the directory <release>.tar.gz is written to (default: here)")
+    sub.add_parser("status", parents=[common], help="each server's release, apps and health; exit 1 if one is unhealthy")
+    lg = sub.add_parser("logs", parents=[common], help="the apps' logs of every server, merged, each line [server]")
+    lg.add_argument("--follow", "-f", action="store_true", help="then new lines from every server, until Ctrl-C")
+    lg.add_argument("--since", help="only lines since: 30s, 10m, 2h, 1d, or YYYY-MM-DD[ HH:MM[:SS]] (servers' time)")
+    lg.add_argument("--process", action="append", metavar="NAME", help="only this pm2 process's logs (web, api); repeatable")
+    lg.add_argument("--lines", "-n", type=int, default=LOG_LINES, help=f"the last N lines of each log (default {LOG_LINES})")
+    e = sub.add_parser("exec", parents=[common], help="a one-off command as the app user, in the current release "
+                                                      "with the apps' environment; its exit code")
+    e.add_argument("--server", help="the app server (default: the first, app-1)")
+    # The command is what follows `--` (split off before parsing: argparse's subcommands
+    # mishandle it); the usage line says so.
+    e.usage = "python -m deploy exec STACK [--local] [-i KEY] [--server app-N] -- COMMAND [ARG...]"
     return p
+
+
+def operate_checks(args, stack) -> None:
+    """status, logs and exec's arguments, checked before any server is contacted."""
+    if args.command == "logs":
+        args.lines, args.since = operate.positive_lines(args.lines), operate.since_words(args.since)
+        args.process = operate.process_names(args.process)
+    if args.command == "exec":
+        if not args.app_command:
+            raise operate.UsageError("no command given: python -m deploy exec STACK [--server app-N] -- COMMAND ...")
+        args.server = operate.pick_server(stack, args.server)
+
+
+def operate_verb(args, stack, executor: Executor, work: str) -> int:
+    """status, logs, exec: they read or run, and take no lock."""
+    if args.command == "status":
+        return operate.status(stack, executor, work)
+    if args.command == "logs":
+        return operate.logs(stack, executor, args.lines, args.since, args.follow, args.process, work)
+    return operate.app_exec(stack, executor, args.server, args.app_command, work)
 
 
 def fetch(args, target: StackTarget, executor: Executor) -> int:
@@ -111,8 +147,20 @@ def pinned(stack: Stack, work: str) -> Stack:
     return dataclasses.replace(stack, known_hosts=path)
 
 
+def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The deploy tool's arguments, and exec's command: everything after the first `--`."""
+    if "--" not in argv:
+        return argv, []
+    at = argv.index("--")
+    return argv[:at], argv[at + 1:]
+
+
 def main(argv: list[str] | None = None, executor: Executor | None = None) -> int:
-    args = parser().parse_args(argv)
+    own, app_command = split_command(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(own)
+    if app_command and args.command != "exec":
+        parser().error(f"{args.command}: takes no command after -- (only exec does)")
+    args.app_command = app_command
     if getattr(args, "keep", 2) < 2:
         parser().error("--keep must be at least 2 (the current release and the one before it)")
     executor = executor or Executor(verbose=args.verbose)
@@ -123,7 +171,12 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
         if args.command == "fetch":
             return fetch(args, target, executor)
         stack = pinned(target.resolve(), work)
+        operate_checks(args, stack)
         deployer = Deployer(stack, executor, getattr(args, "health_timeout", HEALTH_TIMEOUT_SECONDS), control_dir=work)
+        if args.command in OPERATOR_VERBS:
+            # No check of every server first: one that is down is a line of status's table,
+            # not the end of it. Each connection still accepts only the recorded host keys.
+            return operate_verb(args, stack, executor, work)
         deployer.check_host_keys()
         if args.command == "releases":
             for line in releases_table(deployer.releases()):

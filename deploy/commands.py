@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudinit.app_server import APPS_RELOAD
+from cloudinit.app_server import APP_EXEC, APPS_RELOAD
 from components import ssh
 from model import conventions
 
@@ -87,6 +87,9 @@ def prelude(stack: Stack) -> str:
         # The app server's loopback listener: its LB port takes the LB's certificate only.
         "HEALTH_PORT": str(conventions.APP_LOCAL_TLS_PORT),
         "HEALTH_URL": f"https://{pool_name}:{conventions.APP_LOCAL_TLS_PORT}{conventions.HEALTH_PATH}",
+        "APP_USER": conventions.APP_USER,
+        "APPS_UNIT": conventions.APPS_UNIT,
+        "LOG_DIR": conventions.PM2_LOG_DIR,
     }
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in facts.items())
 
@@ -122,6 +125,24 @@ def activated(stack, server, release_id, control_dir=None) -> Remote:
 
 def prune(stack, server, keep: int, control_dir=None) -> Remote:
     return release_action(stack, server, "prune", str(keep), control_dir=control_dir)
+
+
+def status(stack, server, control_dir=None) -> Remote:
+    """What runs on one server: its release, the apps' unit and processes, one /healthz."""
+    return release_action(stack, server, "status", control_dir=control_dir)
+
+
+def logs(stack, server, lines: int, since: str | None, follow: bool, processes: tuple[str, ...] = (),
+         control_dir=None) -> Remote:
+    """The apps' log lines on one server; with `follow`, until this command's stdin closes."""
+    return release_action(stack, server, "logs", str(lines), since or "-", "follow" if follow else "once",
+                          *processes, control_dir=control_dir)
+
+
+def app_exec(stack, server, command: list[str], control_dir=None) -> Remote:
+    """COMMAND as the app user, in the current release with the apps' environment: the
+    deploy user's second sudo command, a fixed wrapper (cloudinit/app_server/sudoers)."""
+    return on_server(stack, server, ["sudo", "-n", "-u", conventions.APP_USER, *APP_EXEC, *command], control_dir)
 
 
 def reload_apps(stack, server, control_dir=None) -> Remote:

@@ -11,6 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 
 REDACTED = "[REDACTED]"
@@ -77,6 +78,51 @@ class Executor:
                 self.say(f"  ! {line}")
             raise CommandFailed(what, result)
         return result
+
+    def attached(self, argv: list[str]) -> int:
+        """Run argv on this terminal (stdin, stdout and stderr its own); its exit code."""
+        if self.verbose:
+            self.say("$ " + shlex.join(argv))
+        return subprocess.run(argv).returncode
+
+    def follow(self, commands: dict[str, tuple[list[str], str]]) -> dict[str, int]:
+        """Run every command at once, each its script on stdin (left open: the far end reads
+        it to know the caller is still there), printing each line as it comes, prefixed
+        `[name] `, until all end or Ctrl-C; the exit codes by name (130 for those stopped)."""
+        running: dict[str, subprocess.Popen] = {}
+        lock = threading.Lock()
+
+        def relay(name: str, proc: subprocess.Popen) -> None:
+            for line in proc.stdout:
+                with lock:
+                    self.say(f"[{name}] {line.rstrip()}")
+
+        threads = []
+        for name, (argv, script) in commands.items():
+            if self.verbose:
+                self.say("$ " + shlex.join(argv))
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            proc.stdin.write(script)
+            proc.stdin.flush()
+            running[name] = proc
+            threads.append(threading.Thread(target=relay, args=(name, proc), daemon=True))
+            threads[-1].start()
+        codes: dict[str, int] = {}
+        try:
+            for name, proc in running.items():
+                codes[name] = proc.wait()
+        except KeyboardInterrupt:
+            pass   # Ctrl-C reaches the ssh commands too (one process group): all are stopped
+        finally:
+            for name, proc in running.items():
+                if proc.poll() is None:
+                    proc.terminate()
+                proc.wait()
+                codes.setdefault(name, 130)
+            for thread in threads:
+                thread.join(timeout=5)
+        return codes
 
     @staticmethod
     def printable(result: Result, secret_output: bool) -> list[str]:

@@ -14,9 +14,15 @@
 #   lock HOLDER           take this server's deploy lock; refuses (exit 3) naming who holds it
 #   unlock HOLDER         release the lock if HOLDER holds it
 #   break-lock            remove the lock whoever holds it, saying whose it was
+#   status                the current release, the apps' unit and processes, one /healthz
+#   logs LINES SINCE [FOLLOW] [PROCESS...]
+#                         the apps' log lines, each as `<process>[.err] <line>`: the last
+#                         LINES of each log, those since SINCE (date -d's words, or -), then
+#                         with FOLLOW=follow new ones until the caller's stdin closes
 set -euo pipefail
 
 : "${RELEASES_DIR:?}" "${CURRENT_LINK:?}" "${LOCK_DIR:?}" "${CA_FILE:?}" "${HEALTH_NAME:?}" "${HEALTH_PORT:?}" "${HEALTH_URL:?}"
+: "${APP_USER:?}" "${APPS_UNIT:?}" "${LOG_DIR:?}"
 LOCKED_EXIT=3
 
 valid_id() {
@@ -89,6 +95,23 @@ switch() {
     mv -T "$CURRENT_LINK.new" "$CURRENT_LINK"
 }
 
+# One /healthz answer, status and body: `health` waits for three, this only looks.
+probe() {
+    curl --silent --show-error --max-time 5 --write-out '\n%{http_code}' \
+        --cacert "$CA_FILE" --resolve "$HEALTH_NAME:$HEALTH_PORT:127.0.0.1" "$HEALTH_URL" 2>/dev/null || true
+}
+
+# Read by the deploy user without privilege: systemd's properties and /proc are open to all.
+status() {
+    local answer
+    echo "release $(current_id)"
+    echo "unit $(systemctl show "$APPS_UNIT" --property=ActiveState --value 2>/dev/null || echo unknown)" \
+        "$(systemctl show "$APPS_UNIT" --property=MainPID --value 2>/dev/null || echo 0)"
+    ps -o pid=,etimes=,args= -u "$APP_USER" 2>/dev/null | sed 's/^ */process /' || true
+    answer=$(probe)
+    echo "health ${answer##*$'\n'} $(printf '%s' "${answer%$'\n'*}" | tr '\n' ' ' | cut -c1-2000)"
+}
+
 health() {
     local deadline=$((SECONDS + $1)) good=0 status
     while [ "$SECONDS" -lt "$deadline" ]; do
@@ -120,6 +143,64 @@ prune() {
         rm -rf "${RELEASES_DIR:?}/$id"
         echo "removed $id"
     done
+}
+
+# pm2 prefixes each write with `YYYY-MM-DDTHH:MM:SS: ` (the ecosystem's `time`), in the
+# server's time zone, as `date` writes it; a line without one (the rest of a multi-line
+# write) goes with the line before it.
+since_filter() {
+    if [ "$1" = - ]; then cat; return 0; fi
+    local cutoff
+    cutoff=$(date -d "$1" +%Y-%m-%dT%H:%M:%S) || { echo "deploy: --since: date cannot read '$1'" >&2; exit 2; }
+    awk -v cutoff="$cutoff" '
+        /^[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]: / { keep = substr($0, 1, 19) >= cutoff }
+        keep { print; fflush() }'
+}
+
+# NAME.out.log as NAME, NAME.error.log as NAME.err.
+log_tag() {
+    local name=${1##*/}
+    name=${name%.log}
+    case "$name" in
+        *.out) echo "${name%.out}" ;;
+        *.error) echo "${name%.error}.err" ;;
+        *) echo "$name" ;;
+    esac
+}
+
+logs() {
+    local lines=$1 since=$2 follow=$3 file tag
+    shift 3
+    case "$lines" in '' | *[!0-9]*) echo "deploy: bad line count '$lines'" >&2; exit 2 ;; esac
+    if [ ! -r "$LOG_DIR" ] || [ ! -x "$LOG_DIR" ]; then
+        echo "deploy: $(id -un) cannot read $LOG_DIR on $(hostname) (provisioning makes it readable to group $(id -un): pulumi up with this version)" >&2
+        exit 1
+    fi
+    local -a files=()
+    if [ "$#" -eq 0 ]; then
+        for file in "$LOG_DIR"/*.log; do [ -e "$file" ] && files+=("$file"); done
+    else
+        for name in "$@"; do
+            case "$name" in '' | *[!A-Za-z0-9_-]*) echo "deploy: bad process name '$name'" >&2; exit 2 ;; esac
+            for file in "$LOG_DIR/$name.out.log" "$LOG_DIR/$name.error.log"; do [ -e "$file" ] && files+=("$file"); done
+        done
+    fi
+    [ "${#files[@]}" -gt 0 ] || { echo "deploy: no logs in $LOG_DIR on $(hostname) for: ${*:-any process}" >&2; exit 1; }
+    if [ "$follow" != follow ]; then
+        for file in "${files[@]}"; do
+            tag=$(log_tag "$file")
+            tail -n "$lines" -- "$file" | since_filter "$since" | sed "s/^/$tag /"
+        done
+        return 0
+    fi
+    for file in "${files[@]}"; do
+        tag=$(log_tag "$file")
+        # -F: logrotate copies and truncates; tail follows on from the start.
+        tail -n "$lines" -F -- "$file" 2>/dev/null | since_filter "$since" | sed -u "s/^/$tag /" &
+    done
+    # Until the caller goes: its ssh closing ends our stdin (the script came on it).
+    while read -r _; do :; done
+    pkill -P "$$" || true
 }
 
 holder_of() {
@@ -170,5 +251,7 @@ case "$action" in
     lock) lock "$1" ;;
     unlock) unlock "$1" ;;
     break-lock) break_lock ;;
+    status) status ;;
+    logs) logs "$@" ;;
     *) echo "deploy: unknown action '$action'" >&2; exit 2 ;;
 esac

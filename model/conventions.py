@@ -206,13 +206,14 @@ class ServiceUser:
 
 
 DEPLOY_HOME = f"/home/{DEPLOY_USER}"
+APP_HOME = f"/home/{APP_USER}"
 # The one place that says which accounts exist where: nothing else is created, so a
 # role holds only the accounts it needs. (Debian and Ubuntu already ship a `backup`
 # system user, meant for this; provisioning keeps it as it is.)
 ROLE_USERS = {
     LOAD_BALANCER: (ServiceUser(DEPLOY_USER, DEPLOY_HOME, ssh_login=True, jump_only=True),),
     APP_SERVER: (
-        ServiceUser(APP_USER, "/home/app"),
+        ServiceUser(APP_USER, APP_HOME),
         ServiceUser(DEPLOY_USER, DEPLOY_HOME, ssh_login=True),
     ),
     DATASTORE: (ServiceUser(BACKUP_USER, "/var/backups"),),

@@ -16,6 +16,8 @@ from ..common import ROLE_STEPS
 
 EXAMPLE_APP = Path(__file__).resolve().parents[2] / "example-app"
 INSTALL_EXAMPLE_APP = "/usr/local/sbin/platform-install-example-app"
+# A one-off command in the apps' release and environment, as the app user.
+APP_EXEC_COMMAND = "/usr/local/sbin/platform-app-exec"
 SUDOERS_FILE = "/etc/sudoers.d/platform-deploy"
 
 # Rolling through the pool: a member that served this before a new bundle must serve it
@@ -26,12 +28,15 @@ HEALTH_URL = f"https://127.0.0.1:{conventions.APP_LOCAL_TLS_PORT}{conventions.HE
 PROGRAMS = [
     Program("app_server/provision.sh", ROLE_STEPS, mode="0644"),
     Program("app_server/platform-install-example-app.sh", INSTALL_EXAMPLE_APP),
+    Program("app_server/platform-app-exec.sh", APP_EXEC_COMMAND),
 ]
 
 NGINX_CHECK = ["nginx", "-t", "-q"]
 NGINX_RELOAD = ["systemctl", "reload", "nginx"]
 # A graceful pm2 reload (the unit's ExecReload); the deploy user's one sudo command.
 APPS_RELOAD = ["systemctl", "reload", conventions.APPS_UNIT]
+# The deploy user's other sudo command, as the app user (never root): any arguments.
+APP_EXEC = [APP_EXEC_COMMAND]
 
 
 # needrestart runs restart.d/<unit> instead of restarting the unit.

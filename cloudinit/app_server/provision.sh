@@ -133,7 +133,9 @@ ensure_release_layout() {
     move_current_link
     ensure_dir "$(dirname {{ c.APP_ENV_FILE }})" 0750 root:{{ c.APP_USER }}
     ensure_dir {{ c.PM2_HOME }} 0700 {{ c.APP_USER }}:{{ c.APP_USER }}
-    ensure_dir {{ c.PM2_LOG_DIR }} 0750 {{ c.APP_USER }}:{{ c.APP_USER }}
+    # The apps' logs: group deploy reads them (`python -m deploy logs`), and only them;
+    # new files (logrotate's) keep the group.
+    ensure_dir {{ c.PM2_LOG_DIR }} 2750 {{ c.APP_USER }}:{{ c.DEPLOY_USER }}
 }
 
 # `current` moved from the app root into releases/: the release it named stays current.

@@ -38,13 +38,21 @@ def test_app_servers_are_reached_as_deploy_through_the_lb_as_deploy_too():
     assert "BatchMode=yes" in argv and "BatchMode=yes" in proxy
 
 
-def test_the_reload_is_exactly_the_command_the_deploy_users_sudoers_allows(staging_settings):
-    remote = shlex.split(commands.reload_apps(STACK, SERVER).argv[-1])
-    assert remote[:2] == ["sudo", "-n"]
+def test_the_deploy_users_sudo_commands_are_exactly_those_its_sudoers_allows(staging_settings):
+    """The reload as root, with no arguments; the exec wrapper as the app user only."""
+    reload = shlex.split(commands.reload_apps(STACK, SERVER).argv[-1])
+    assert reload[:2] == ["sudo", "-n"]
+    app_exec = shlex.split(commands.app_exec(STACK, SERVER, ["node", "-e", "1"]).argv[-1])
+    assert app_exec == ["sudo", "-n", "-u", conventions.APP_USER, "/usr/local/sbin/platform-app-exec", "node", "-e", "1"]
     sudoers = cloudinit.rendered_files(conventions.APP_SERVER, staging_settings)["/etc/sudoers.d/platform-deploy"]
-    allowed = [line.split("=", 1)[1].strip() for line in sudoers.splitlines() if line.startswith("Cmnd_Alias")]
+    aliases = dict(line.removeprefix("Cmnd_Alias ").split(" = ", 1) for line in sudoers.splitlines()
+                   if line.startswith("Cmnd_Alias"))
     # sudo finds systemctl on its secure_path: /usr/bin comes first there on both images.
-    assert allowed == ["/usr/bin/" + " ".join(remote[2:])]
+    assert aliases == {"PLATFORM_RELOAD_APPS": "/usr/bin/" + " ".join(reload[2:]),
+                       "PLATFORM_APP_EXEC": app_exec[4]}
+    rules = [line for line in sudoers.splitlines() if line.startswith(conventions.DEPLOY_USER + " ")]
+    assert rules == [f"{conventions.DEPLOY_USER} ALL=(root) NOPASSWD: PLATFORM_RELOAD_APPS",
+                     f"{conventions.DEPLOY_USER} ALL=({conventions.APP_USER}) NOPASSWD: PLATFORM_APP_EXEC"]
 
 
 @pytest.fixture(scope="module")
@@ -63,21 +71,26 @@ def test_the_lock_is_taken_as_deploy_on_an_app_server_without_sudo_the_holder_as
     assert conventions.DEPLOY_LOCK_DIR.startswith(conventions.DEPLOY_HOME + "/")
 
 
-def test_nothing_the_deploy_tool_runs_uses_sudo_but_the_reload_nor_logs_in_as_ops():
-    """Every remote command of a deploy, built: only pm2's graceful reload goes through sudo,
-    and the operators' login appears nowhere (a deploy key is not root anywhere)."""
+def test_nothing_the_deploy_tool_runs_uses_sudo_but_the_reload_and_exec_nor_logs_in_as_ops():
+    """Every remote command of a deploy and of the operators' verbs, built: only pm2's
+    graceful reload goes through sudo as root, exec's wrapper as the app user, and the
+    operators' login appears nowhere (a deploy key is not root anywhere)."""
     built = [commands.lock(STACK, SERVER, "me"), commands.unlock(STACK, SERVER, "me"),
              commands.break_lock(STACK, SERVER), commands.list_releases(STACK, SERVER),
              commands.accept(STACK, SERVER, "R1"), commands.switch(STACK, SERVER, "R1"),
              commands.health(STACK, SERVER, 5), commands.activated(STACK, SERVER, "R1"),
              commands.prune(STACK, SERVER, 3), commands.reload_apps(STACK, SERVER),
-             commands.through_jump_host(STACK, SERVER)]
+             commands.through_jump_host(STACK, SERVER), commands.status(STACK, SERVER),
+             commands.logs(STACK, SERVER, 5, None, True, ("web",)),
+             commands.app_exec(STACK, SERVER, ["sh", "-c", "sudo -i"])]
     argvs = [c.argv for c in built] + [commands.upload(STACK, SERVER, "/tmp/b", "R1"),
                                        commands.close_connection(STACK, "/tmp/c", SERVER)]
     for argv in argvs:
         assert not any(f"{conventions.OPERATOR_USER}@" in arg for arg in argv), argv
-    sudo = [shlex.split(argv[-1]) for argv in argvs if "sudo" in argv[-1]]
-    assert sudo == [["sudo", "-n", "systemctl", "reload", conventions.APPS_UNIT]]
+    sudo = [shlex.split(argv[-1])[:5] for argv in argvs if argv[-1].startswith("sudo")]
+    assert sudo == [["sudo", "-n", "systemctl", "reload", conventions.APPS_UNIT],
+                    ["sudo", "-n", "-u", conventions.APP_USER, "/usr/local/sbin/platform-app-exec"]]
+    assert not any("sudo" in (c.stdin or "") for c in built), "remote.sh runs nothing through sudo"
 
 
 def test_the_lbs_host_key_is_checked_by_a_jump_to_an_app_servers_ssh():

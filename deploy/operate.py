@@ -1,0 +1,213 @@
+"""The verbs operators use every day: status, logs, exec. Each reads or runs, as the
+deploy login through the LB, and changes nothing a deploy owns (no lock is taken).
+
+The argument checks, the parsing of what the servers answer and the table are here; the
+commands are built in deploy/commands.py, the server half is deploy/remote.sh.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from . import commands
+from .executor import Executor
+from .records import Server, Stack
+
+# The apps' processes: pm2 names each worker after its script, which the ecosystem file
+# puts at <release>/<app>/server.js.
+WORKER = re.compile(r"^node (?P<path>/\S+)/(?P<name>[A-Za-z0-9_-]+)/server\.js$")
+DURATION = re.compile(r"^(?P<count>[1-9][0-9]*)(?P<unit>[smhd])$")
+MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?)?$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+PROCESS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+# pm2's prefix on each write (the ecosystem's `time`).
+STAMP = re.compile(r"^(?P<tag>\S+) (?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}): ")
+EXIT_UNHEALTHY = 1
+
+
+class UsageError(ValueError):
+    pass
+
+
+# --- arguments -----------------------------------------------------------------------
+
+def pick_server(stack: Stack, name: str | None) -> Server:
+    """The server by its name; the first (app-1) when none is named."""
+    if name is None:
+        return stack.servers[0]
+    for server in stack.servers:
+        if server.name == name:
+            return server
+    raise UsageError(f"--server {name}: stack {stack.name} has no such app server "
+                     f"(it has {', '.join(s.name for s in stack.servers)})")
+
+
+def since_words(since: str | None) -> str | None:
+    """--since as `date -d` reads it on the server: 10m, 2h, 1d, 30s, or a moment in the
+    server's time (2026-12-02 07:00, 2026-12-02T07:00:00)."""
+    if since is None:
+        return None
+    if match := DURATION.match(since):
+        return f"{match['count']} {UNITS[match['unit']]} ago"
+    if MOMENT.match(since):
+        return since.replace("T", " ")
+    raise UsageError(f"--since {since!r}: give a duration (30s, 10m, 2h, 1d) or a moment "
+                     "(YYYY-MM-DD, YYYY-MM-DD HH:MM[:SS], in the servers' time)")
+
+
+def process_names(names: list[str] | None) -> tuple[str, ...]:
+    for name in names or ():
+        if not PROCESS_NAME.match(name):
+            raise UsageError(f"--process {name!r}: a pm2 process name (letters, digits, _ and -), "
+                             "as the ecosystem file names them: web, api")
+    return tuple(names or ())
+
+
+def positive_lines(lines: int) -> int:
+    if lines < 1:
+        raise UsageError(f"--lines {lines}: at least 1")
+    return lines
+
+
+# --- status ----------------------------------------------------------------------------
+
+@dataclass
+class ServerStatus:
+    server: Server
+    reachable: bool = True
+    problem: str = ""
+    release: str = ""
+    unit_state: str = "unknown"
+    main_pid: int = 0
+    unit_seconds: int | None = None
+    workers: dict[str, list[int]] = field(default_factory=dict)   # app -> each worker's uptime
+    health_code: str = "000"
+    health_body: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return self.reachable and self.unit_state == "active" and self.health_code == "200"
+
+    def engines(self) -> str:
+        """/healthz's verdict per engine, as the API reports it."""
+        try:
+            report = json.loads(self.health_body)["engines"]
+            return ", ".join(f"{name} {r.get('status', '?')}" for name, r in sorted(report.items()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return self.health_body[:80]
+
+
+def parse_status(server: Server, output: str) -> ServerStatus:
+    status = ServerStatus(server)
+    pids: dict[int, int] = {}
+    for line in output.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "release":
+            status.release = rest.strip()
+        elif kind == "unit":
+            fields = rest.split()
+            status.unit_state = fields[0] if fields else "unknown"
+            status.main_pid = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
+        elif kind == "process":
+            fields = rest.split(None, 2)
+            if len(fields) < 3 or not (fields[0].isdigit() and fields[1].isdigit()):
+                continue
+            pid, seconds, args = int(fields[0]), int(fields[1]), fields[2]
+            pids[pid] = seconds
+            if worker := WORKER.match(args):
+                status.workers.setdefault(worker["name"], []).append(seconds)
+        elif kind == "health":
+            code, _, body = rest.partition(" ")
+            status.health_code, status.health_body = code or "000", body.strip()
+    status.unit_seconds = pids.get(status.main_pid)
+    return status
+
+
+def duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+def status_table(statuses: list[ServerStatus]) -> list[str]:
+    rows = [("SERVER", "RELEASE", "APPS UNIT", "PROCESSES (workers, youngest up)", "HEALTH")]
+    for s in statuses:
+        if not s.reachable:
+            rows.append((s.server.name, "?", "?", "?", f"UNREACHABLE: {s.problem}"))
+            continue
+        unit = f"{s.unit_state} {duration(s.unit_seconds)}" if s.unit_state == "active" else s.unit_state.upper()
+        processes = ", ".join(f"{name} {len(up)} up {duration(min(up))}" for name, up in sorted(s.workers.items()))
+        verdict = "ok" if s.healthy else "UNHEALTHY"
+        rows.append((s.server.name, s.release or "(none)", unit, processes or "(none)",
+                     f"{verdict} {s.health_code}: {s.engines()}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip() for row in rows]
+
+
+def status(stack: Stack, executor: Executor, control_dir: str | None = None) -> int:
+    statuses = []
+    for server in stack.servers:
+        command = commands.status(stack, server, control_dir)
+        result = executor.run(command.argv, input=command.stdin, timeout=60)
+        if result.ok:
+            statuses.append(parse_status(server, result.output))
+        else:
+            lines = result.output.strip().splitlines()
+            statuses.append(ServerStatus(server, reachable=False,
+                                         problem=f"exit {result.returncode}: {lines[-1] if lines else '(no output)'}"))
+    for line in status_table(statuses):
+        executor.say(line)
+    return 0 if all(s.healthy for s in statuses) else EXIT_UNHEALTHY
+
+
+# --- logs ------------------------------------------------------------------------------
+
+def merged(outputs: dict[str, str]) -> list[str]:
+    """Every server's lines in time order, `[server] process line`: pm2's stamps sort as
+    text; a line without one (the rest of a multi-line write) keeps to the one before it."""
+    keyed = []
+    for name, output in outputs.items():
+        stamp = ""
+        for number, line in enumerate(output.splitlines()):
+            if match := STAMP.match(line):
+                stamp = match["stamp"]
+            keyed.append(((stamp, name, number), f"[{name}] {line}"))
+    return [line for _, line in sorted(keyed)]
+
+
+def logs(stack: Stack, executor: Executor, lines: int, since: str | None, follow: bool,
+         processes: tuple[str, ...], control_dir: str | None = None) -> int:
+    built = {server.name: commands.logs(stack, server, lines, since, follow, processes, control_dir)
+             for server in stack.servers}
+    if follow:
+        codes = executor.follow({name: (c.argv, c.stdin or "") for name, c in built.items()})
+        failed = {name: code for name, code in codes.items() if code not in (0, 130)}
+        for name, code in failed.items():
+            executor.say(f"logs: [{name}] ended with exit {code}")
+        return 1 if failed else 0
+    outputs, failed = {}, False
+    for name, command in built.items():
+        result = executor.run(command.argv, input=command.stdin, timeout=120)
+        if not result.ok:
+            failed = True
+            executor.say(f"logs: [{name}] exit {result.returncode}: {result.output.strip()}")
+            continue
+        outputs[name] = result.output
+    for line in merged(outputs):
+        executor.say(line)
+    return 1 if failed else 0
+
+
+# --- exec ------------------------------------------------------------------------------
+
+def app_exec(stack: Stack, executor: Executor, server: Server, command: list[str], control_dir: str | None = None) -> int:
+    """The command's own exit code (ssh's 255 when the server could not be reached)."""
+    return executor.attached(commands.app_exec(stack, server, command, control_dir).argv)

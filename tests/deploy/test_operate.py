@@ -1,0 +1,188 @@
+"""The operators' verbs (status, logs, exec): the commands built, the arguments refused
+before any server is contacted, the status table and its exit code, the merged logs."""
+
+from __future__ import annotations
+
+import io
+import shlex
+
+import pytest
+
+import deploy.__main__ as cli
+from deploy import commands, operate
+from deploy.executor import Executor, Result
+from deploy.records import Server, Stack
+from model import conventions
+
+APP1, APP2 = Server("app-1", "10.110.16.3"), Server("app-2", "10.110.16.4")
+STACK = Stack("staging", "198.51.100.2", (APP1, APP2), identity="/keys/operator")
+
+
+def remote_argv(command) -> list[str]:
+    return shlex.split(command.argv[-1])
+
+
+def test_status_and_logs_run_remote_sh_as_deploy_without_sudo():
+    status = commands.status(STACK, APP1)
+    assert status.argv[-2] == APP1.address and remote_argv(status) == ["bash", "-s", "--", "status"]
+    assert status.argv[status.argv.index("-l") + 1] == conventions.DEPLOY_USER
+    assert f"APPS_UNIT={conventions.APPS_UNIT}\n" in status.stdin and f"APP_USER={conventions.APP_USER}\n" in status.stdin
+    logs = commands.logs(STACK, APP2, 20, "10 minutes ago", True, ("web", "api"))
+    assert logs.argv[-2] == APP2.address
+    assert remote_argv(logs) == ["bash", "-s", "--", "logs", "20", "10 minutes ago", "follow", "web", "api"]
+    assert f"LOG_DIR={conventions.PM2_LOG_DIR}\n" in logs.stdin
+    assert remote_argv(commands.logs(STACK, APP1, 50, None, False)) == ["bash", "-s", "--", "logs", "50", "-", "once"]
+
+
+def test_exec_sends_the_command_word_for_word_to_the_wrapper_as_app():
+    command = ["sh", "-c", "echo \"$POSTGRESQL_HOST\"; exit 7", "it's", "--server"]
+    built = commands.app_exec(STACK, APP2, command)
+    assert built.argv[-2] == APP2.address and built.stdin is None
+    assert remote_argv(built) == ["sudo", "-n", "-u", conventions.APP_USER, "/usr/local/sbin/platform-app-exec", *command]
+
+
+@pytest.mark.parametrize("since, words", [("10m", "10 minutes ago"), ("30s", "30 seconds ago"), ("2h", "2 hours ago"),
+                                          ("1d", "1 days ago"), ("2026-12-02", "2026-12-02"),
+                                          ("2026-12-02T07:00", "2026-12-02 07:00"), (None, None)])
+def test_since_becomes_words_date_reads(since, words):
+    assert operate.since_words(since) == words
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["logs", "staging", "--since", "yesterday"],
+     "logs: --since 'yesterday': give a duration (30s, 10m, 2h, 1d) or a moment"),
+    (["logs", "staging", "--since", "0m"], "logs: --since '0m': give a duration"),
+    (["logs", "staging", "--lines", "0"], "logs: --lines 0: at least 1"),
+    (["logs", "staging", "--process", "web;reboot"], "logs: --process 'web;reboot': a pm2 process name"),
+    (["exec", "staging", "--server", "app-9", "--", "true"],
+     "exec: --server app-9: stack staging has no such app server (it has app-1, app-2)"),
+    (["exec", "staging"], "exec: no command given: python -m deploy exec STACK [--server app-N] -- COMMAND"),
+])
+def test_arguments_are_refused_before_any_server_is_contacted(monkeypatch, argv, message):
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FixedTarget())
+    assert cli.main(argv, NoRunExecutor(out=out)) == 1
+    assert out.getvalue().startswith(message), out.getvalue()
+
+
+def test_a_command_after_dashes_is_exec_only():
+    with pytest.raises(SystemExit):
+        cli.main(["status", "staging", "--", "true"], NoRunExecutor())
+
+
+class FixedTarget:
+    def resolve(self) -> Stack:
+        return STACK
+
+
+class NoRunExecutor(Executor):
+    def run(self, argv, **kwargs):
+        raise AssertionError(f"ran {argv}")
+
+    def attached(self, argv):
+        raise AssertionError(f"ran {argv}")
+
+
+class Answers(Executor):
+    """Each server's answer to `status`/`logs`, by its address; records what it ran."""
+
+    def __init__(self, answers: dict[str, Result], **kwargs):
+        super().__init__(out=io.StringIO(), **kwargs)
+        self.answers, self.ran = answers, []
+
+    def run(self, argv, **kwargs):
+        if argv[-3:-1] == ["-O", "exit"]:   # closing the shared connection
+            return Result(argv, 0, "")
+        self.ran.append(argv)
+        return self.answers[argv[-2]]
+
+
+HEALTHY = """release 20261202-0700-abc1234
+unit active 100
+process 100 7200 node /usr/local/bin/pm2-runtime start /srv/app/ecosystem.config.js
+process 120 300 node /srv/app/releases/current/web/server.js
+process 121 290 node /srv/app/releases/current/web/server.js
+process 130 40 node /srv/app/releases/current/api/server.js
+health 200 {"host":"app-1","engines":{"postgresql":{"status":"ok"},"redis":{"status":"disabled"}}}
+"""
+
+
+def test_status_prints_one_table_and_exits_zero_when_every_server_is_healthy():
+    executor = Answers({a.address: Result([], 0, HEALTHY) for a in STACK.servers})
+    assert operate.status(STACK, executor) == 0
+    lines = executor.out.getvalue().splitlines()
+    assert lines[0].split()[:3] == ["SERVER", "RELEASE", "APPS"]
+    for line, server in zip(lines[1:], ("app-1", "app-2")):
+        assert line.split()[:4] == [server, "20261202-0700-abc1234", "active", "2h0m"], line
+        assert "api 1 up 40s, web 2 up 4m" in line and line.endswith("ok 200: postgresql ok, redis disabled")
+    assert len(lines) == 3
+
+
+def test_status_exits_non_zero_naming_the_unhealthy_and_the_unreachable_server():
+    sick = HEALTHY.replace("health 200", "health 503").replace('"postgresql":{"status":"ok"}',
+                                                                '"postgresql":{"status":"error"}')
+    executor = Answers({APP1.address: Result([], 0, sick),
+                        APP2.address: Result([], 255, "ssh: connect to host 10.110.16.4 port 22: No route to host")})
+    assert operate.status(STACK, executor) == operate.EXIT_UNHEALTHY
+    app1, app2 = executor.out.getvalue().splitlines()[1:]
+    assert app1.endswith("UNHEALTHY 503: postgresql error, redis disabled")
+    assert app2.startswith("app-2") and app2.endswith("UNREACHABLE: exit 255: ssh: connect to host 10.110.16.4 "
+                                                      "port 22: No route to host")
+
+
+def test_status_with_the_apps_stopped_is_unhealthy_even_if_something_answers():
+    stopped = "release R1\nunit inactive 0\nhealth 200 {}\n"
+    status = operate.parse_status(APP1, stopped)
+    assert not status.healthy and status.workers == {}
+    assert "INACTIVE" in operate.status_table([status])[1]
+
+
+def test_logs_merge_every_servers_lines_in_time_order_each_prefixed_by_its_server():
+    executor = Answers({
+        APP1.address: Result([], 0, "web 2026-12-02T07:00:02: b\nweb   b's second line\n"
+                                    "api 2026-12-02T07:00:04: d\n"),
+        APP2.address: Result([], 0, "web 2026-12-02T07:00:01: a\napi.err 2026-12-02T07:00:03: c\n"),
+    })
+    assert operate.logs(STACK, executor, 50, None, False, ()) == 0
+    assert executor.out.getvalue().splitlines() == [
+        "[app-2] web 2026-12-02T07:00:01: a",
+        "[app-1] web 2026-12-02T07:00:02: b",
+        "[app-1] web   b's second line",
+        "[app-2] api.err 2026-12-02T07:00:03: c",
+        "[app-1] api 2026-12-02T07:00:04: d",
+    ]
+    assert [argv[-2] for argv in executor.ran] == [APP1.address, APP2.address]
+
+
+def test_logs_show_what_they_have_and_exit_non_zero_when_a_server_fails():
+    executor = Answers({APP1.address: Result([], 0, "web 2026-12-02T07:00:02: b\n"),
+                        APP2.address: Result([], 1, "deploy: deploy cannot read /var/log/platform/pm2 on app-2")})
+    assert operate.logs(STACK, executor, 50, None, False, ()) == 1
+    assert executor.out.getvalue().splitlines() == [
+        "logs: [app-2] exit 1: deploy: deploy cannot read /var/log/platform/pm2 on app-2",
+        "[app-1] web 2026-12-02T07:00:02: b"]
+
+
+def test_follow_prefixes_each_servers_lines_as_they_come_and_keeps_stdin_open():
+    """Executor.follow with local commands standing in for the ssh: each reads its script
+    from stdin and answers; stdin stays open after it (remote.sh's follow runs until it
+    closes), which a read with a timeout sees (status > 128: timed out, not at its end)."""
+    executor = Executor(out=io.StringIO())
+    app1 = ["bash", "-c", 'read -r line; echo "got $line"; read -r -t 1 _; echo "stdin $([ $? -gt 128 ] && echo open)"']
+    codes = executor.follow({"app-1": (app1, "one\n"), "app-2": (["bash", "-c", "read -r l; echo $l; exit 3"], "two\n")})
+    assert codes == {"app-1": 0, "app-2": 3}
+    lines = executor.out.getvalue().splitlines()
+    assert sorted(lines) == ["[app-1] got one", "[app-1] stdin open", "[app-2] two"]
+
+
+def test_status_through_the_cli_shows_the_table_with_a_server_down_pinning_host_keys(monkeypatch):
+    """No all-servers login check first (a deploy has one): the server that is down is a row."""
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FixedTarget())
+    executor = Answers({APP1.address: Result([], 0, HEALTHY),
+                        APP2.address: Result([], 255, "Host key verification failed.")})
+    assert cli.main(["status", "staging"], executor) == operate.EXIT_UNHEALTHY
+    rows = executor.out.getvalue().splitlines()
+    assert rows[1].startswith("app-1") and rows[2].endswith("UNREACHABLE: exit 255: Host key verification failed.")
+    assert [argv[-2] for argv in executor.ran] == [APP1.address, APP2.address], "status only, once per server"
+    for argv in executor.ran:
+        assert "StrictHostKeyChecking=yes" in argv and any(a.startswith("UserKnownHostsFile=") for a in argv)

@@ -1,0 +1,105 @@
+"""The operators' verbs on the stack booted by `python -m localcloud up` (marker
+`localcloud`, root): `status`, `logs` (once and --follow) and `exec`, run as the CLI is,
+with `--local` and the local cloud's operator key, as the deploy login through the LB.
+They change nothing, so they run in any order on the session's stack."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from model import conventions
+
+pytestmark = pytest.mark.localcloud
+
+from test_deploy_localcloud import ROOT, STACK, app_servers, current_of, on, operator_key, plan  # noqa: E402,F401
+
+
+def cli(verb: str, key: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m deploy VERB STACK --local -i KEY ARGS...` (exec's command after `--` in ARGS)."""
+    return subprocess.run([sys.executable, "-m", "deploy", verb, STACK, "--local", "-i", key, *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_status_shows_every_server_healthy_on_its_release(plan, operator_key):
+    result = cli("status", operator_key)
+    print(result.stdout, result.stderr)
+    assert result.returncode == 0, result.stdout + result.stderr
+    header, *rows = [line for line in result.stdout.splitlines() if line.startswith(("SERVER", "app-"))]
+    assert header.split()[:2] == ["SERVER", "RELEASE"]
+    servers = app_servers(plan)
+    assert [row.split()[0] for row in rows] == [d.key for d in servers]
+    for row, d in zip(rows, servers):
+        fields = row.split()
+        assert fields[1] == current_of(d.name), row
+        assert fields[2] == "active", row
+        assert " web " in row and " api " in row, f"both apps' workers listed: {row}"
+        assert " ok 200: " in row, row
+
+
+def test_logs_show_lines_of_every_server_each_prefixed_by_its_name(plan, operator_key):
+    result = cli("logs", operator_key, "--lines", "20")
+    print(result.stdout[-3000:], result.stderr)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for d in app_servers(plan):
+        assert any(line.startswith(f"[{d.key}] ") for line in lines), f"no line from {d.key}"
+    assert all(line.startswith("[app-") for line in lines), "every line names its server"
+    web = cli("logs", operator_key, "--process", "web", "--since", "1d", "--lines", "5")
+    assert web.returncode == 0, web.stdout + web.stderr
+    tags = {line.split()[1] for line in web.stdout.splitlines()}
+    assert tags and tags <= {"web", "web.err"}, tags
+
+
+def test_logs_follow_streams_from_every_server_until_interrupted_and_leaves_nothing_running(plan, operator_key):
+    servers = app_servers(plan)
+    follow = subprocess.Popen([sys.executable, "-m", "deploy", "logs", STACK, "--local", "-i", operator_key,
+                               "--follow", "--lines", "3"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    seen: set[str] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while seen != {d.key for d in servers} and time.monotonic() < deadline:
+            line = follow.stdout.readline()
+            if not line:
+                break
+            if line.startswith("[app-"):
+                seen.add(line[1:line.index("]")])
+        assert seen == {d.key for d in servers}, f"lines came from {seen} only"
+        follow.send_signal(signal.SIGINT)   # Ctrl-C
+        assert follow.wait(timeout=60) == 0
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    time.sleep(2)
+    for d in servers:
+        left = on(d.name, f"pgrep -u {conventions.DEPLOY_USER} -af 'tail -n' || true")
+        assert left == "", f"{d.key}: still running after the follow ended: {left}"
+
+
+def test_exec_runs_in_the_apps_environment_as_app_and_returns_the_commands_exit_code(plan, operator_key):
+    env = cli("exec", operator_key, "--", "node", "-e",
+              "console.log(process.env.POSTGRESQL_HOST ? 'env ok' : 'no env')")
+    assert env.returncode == 0, env.stdout + env.stderr
+    assert env.stdout.splitlines()[-1] == "env ok", env.stdout
+    assert cli("exec", operator_key, "--", "sh", "-c", "exit 7").returncode == 7
+    where = cli("exec", operator_key, "--server", "app-2", "--", "sh", "-c", 'echo "$(id -un) $(pwd -P)"')
+    assert where.returncode == 0, where.stdout + where.stderr
+    second = app_servers(plan)[1]
+    assert where.stdout.splitlines()[-1] == (f"{conventions.APP_USER} {conventions.RELEASES_DIR}/"
+                                             f"{current_of(second.name)}")
+    # The deploy login itself still cannot read the apps' secrets.
+    assert on(second.name, f"runuser -u {conventions.DEPLOY_USER} -- cat {conventions.APP_ENV_FILE} "
+                           ">/dev/null 2>&1 && echo read || echo refused") == "refused"
+
+
+def test_exec_names_the_servers_that_exist_for_an_unknown_one(plan, operator_key):
+    result = cli("exec", operator_key, "--server", "app-9", "--", "true")
+    assert result.returncode == 1
+    names = ", ".join(d.key for d in app_servers(plan))
+    assert f"--server app-9: stack {STACK} has no such app server (it has {names})" in result.stdout
