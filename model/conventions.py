@@ -1,7 +1,8 @@
 """One home for the facts that the Pulumi graph, the server files and the tests share.
 
 A port, a path or a user name is written here once; the firewall rules, the rendered
-configs and the tests all read it from here.
+configs and the tests all read it from here. Longer than the other modules on purpose: it
+is a list of facts in sections, and one file is the one place to look for any of them.
 """
 
 import re
