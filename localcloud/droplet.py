@@ -85,6 +85,12 @@ def overlay_mount_command(image_rootfs: Path, p: Paths) -> shell.Command:
             f"lowerdir={image_rootfs},upperdir={p.upper},workdir={p.work}", str(p.root)]
 
 
+# A droplet is a VM: its own network settings are its to change (the hardening's sysctls).
+# nspawn leaves /proc/sys/net writable only with a network namespace of its own making,
+# not one given by path, unless told; the rest of /proc/sys stays the host kernel's.
+NSPAWN_ENV = {"SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"}
+
+
 def nspawn_command(name: str, p: Paths) -> shell.Command:
     return ["systemd-nspawn", "-D", str(p.root), "-M", name, "-b",
             "--register=no", "--keep-unit",     # no host systemd: --register=no alone fails
@@ -233,7 +239,7 @@ def start(name: str) -> int:
     p.by_id.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(launcher_command(name, nspawn_command(name, p)),
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **NSPAWN_ENV})
     with state.editing() as s:
         s["droplets"].setdefault(name, {})["launcher_pid"] = proc.pid
     wait_until(lambda: container_init_pid(name), 30, f"{name}: container init")

@@ -25,6 +25,7 @@ def run(cmd: Command, *, check: bool = True, input: str | None = None,
         print("+ " + " ".join(cmd), file=sys.stderr)
     proc = subprocess.run(cmd, input=input, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=timeout)
+    proc.stderr = ""   # it is in stdout, in order; a string, so callers may join the two
     if check and proc.returncode != 0:
         raise CommandError(cmd, proc.returncode, proc.stdout)
     return proc
