@@ -259,7 +259,7 @@ PM2_SCRIPT = r"""
 set -eu
 # node where the package puts it: pm2's daemon and the workers it forks run this file.
 mkdir -p {node_dir} && cp "$(command -v node)" {node_dir}/node
-export PM2_HOME=/tmp/pm2-home PATH={node_dir}:{bin}:$PATH
+export PM2_HOME={pm2_home} PATH={node_dir}:{bin}:$PATH
 mkdir -p {releases} {logs}
 for r in r1 r2; do
   cp -r {source} {releases}/$r
@@ -308,9 +308,15 @@ def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests_o
     script = PM2_SCRIPT.format(
         node_dir=tmp_path / "usr-bin", reload=reload.replace(f"{c.PM2_BIN_DIR}/pm2", "pm2"), bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR, source=REPO / "example-app",
         modules=example_app_modules, current=c.CURRENT_RELEASE_LINK, ecosystem=c.ECOSYSTEM_FILE,
-        web=c.WEB_APP_PORT, api=c.API_APP_PORT,
+        web=c.WEB_APP_PORT, api=c.API_APP_PORT, pm2_home=tmp_path / "pm2-home",
     )
-    result = subprocess.run(in_namespace(root, ["bash", "-c", script]), capture_output=True, text=True, timeout=180)
+    try:
+        result = subprocess.run(in_namespace(root, ["bash", "-c", script]), capture_output=True, text=True, timeout=180)
+    finally:
+        # A failed or timed-out run must not leave pm2's daemon holding the apps' ports.
+        pid_file = tmp_path / "pm2-home" / "pm2.pid"
+        if pid_file.exists():
+            subprocess.run(["kill", pid_file.read_text().strip()], check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines() if " " in line}
     assert lines["WEB"].startswith("200 ") and "It works" in lines["WEB"]
