@@ -157,17 +157,22 @@ class LocalStack:
                 for d in self.plan.droplets if droplet.is_running(d.name)}
 
     def wait_healthy(self, timeout: float = 180) -> dict:
-        """Until /healthz through the LB is 200 (every enabled engine ok): the app server's
-        full answer then, from its loopback listener (the public one says `ok` only)."""
+        """Until /healthz through the LB is 200 and every app server's full answer is too
+        (every enabled engine ok): the first server's full answer then. The public answer
+        is kept a few seconds, so it alone may still say ok for apps just restarted."""
         import json
         import time
+        from model import conventions
+        url = f"https://127.0.0.1:{conventions.APP_LOCAL_TLS_PORT}{conventions.HEALTH_PATH}"
         deadline, last = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
-            proc = self.https("/healthz", "-w", "\n%{http_code}")
-            body, _, code = proc.stdout.rpartition("\n")
-            last = (code, body)
-            if code == "200":
-                return self.full_health(self.app_servers()[0])
+            public = self.https("/healthz", "-w", "\n%{http_code}").stdout.rpartition("\n")[2]
+            answers = {server: self.run(server, ["curl", "--silent", "--insecure", "--max-time", "15",
+                                                 "-w", "\n%{http_code}", url]).stdout.rpartition("\n")
+                       for server in self.app_servers()}
+            last = (public, {server: (code, body[-300:]) for server, (body, _, code) in answers.items()})
+            if public == "200" and all(code == "200" for _, _, code in answers.values()):
+                return json.loads(answers[self.app_servers()[0]][0])
             time.sleep(2)
         raise AssertionError(f"not healthy within {timeout}s: {last}")
 

@@ -130,6 +130,9 @@ def test_the_droplet_is_as_every_droplet_must_be(droplet, staging_settings):
     assert [l for l in dump.splitlines() if "Origins-Pattern::" in l or "Allowed-Origins::" in l] == [
         'Unattended-Upgrade::Origins-Pattern:: "origin=Debian,codename=${distro_codename}-security,label=Debian-Security";',
         'Unattended-Upgrade::Origins-Pattern:: "origin=Ubuntu,archive=${distro_codename}-security";',
+        'Unattended-Upgrade::Origins-Pattern:: "origin=. nodistro,label=. nodistro,codename=nodistro,site=deb.nodesource.com";',
+        'Unattended-Upgrade::Origins-Pattern:: '
+        '"origin=mongodb,label=mongodb,codename=${distro_codename}/mongodb-org,site=repo.mongodb.org";',
     ]
     assert droplet(["systemctl", "is-enabled", "systemd-timesyncd"]).stdout.strip() == "enabled"
     droplet(["logrotate", "-d", common.LOGROTATE])
