@@ -92,6 +92,7 @@ server {{
         proxy_ssl_name {tls_name};
         proxy_ssl_server_name on;
         proxy_ssl_session_reuse off;
+        proxy_ssl_protocols TLSv1.3;
         # The app servers serve the LB's client certificate only.
         proxy_ssl_certificate {cert_internal};
         proxy_ssl_certificate_key {key_internal};
