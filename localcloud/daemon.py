@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -34,6 +35,21 @@ class Daemon:
                                     start_new_session=True, env={**os.environ, **(env or {})}, cwd=cwd)
         self.pid_file.write_text(str(proc.pid))
         return proc
+
+    def wait_listening(self, proc: subprocess.Popen, address: str, port: int, what: str,
+                       timeout: float = 30, every: float = 0.1) -> None:
+        """Until the process just started accepts connections on address:port; it exiting
+        first, or the time running out, is an error naming its log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((address, port), timeout=1).close()
+                return
+            except OSError:
+                if proc.poll() is not None:
+                    break
+                time.sleep(every)
+        raise RuntimeError(f"{what} did not start; see {self.log}")
 
     def strays(self) -> list[int]:
         """Our processes whose pid file is gone (a deleted state directory, a killed run)."""

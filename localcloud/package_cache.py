@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -105,20 +103,7 @@ def ensure_running() -> None:
     for service, argv, env, port in starts:
         if not service.running_pid():
             proc = service.start(argv, env, cwd=service.pid_file.parent)
-            _wait_listening(port, proc, service.log)
-
-
-def _wait_listening(port: int, proc, log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((str(config.HOST_PUBLIC_IP), port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.2)
-    raise RuntimeError(f"package cache on port {port} did not start; see {log}")
+            service.wait_listening(proc, str(config.HOST_PUBLIC_IP), port, f"package cache on port {port}", every=0.2)
 
 
 def stop() -> None:

@@ -157,17 +157,8 @@ def ensure_running() -> int:
     hosts = sorted(allowlist_from_host().hosts)
     env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     proc = DAEMON.start(proxy_command(hosts), env)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((str(config.HOST_PUBLIC_IP), config.PROXY_PORT), timeout=1).close()
-            return proc.pid
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-    raise RuntimeError(f"proxy did not start; see {config.PROXY_LOG}")
-
+    DAEMON.wait_listening(proc, str(config.HOST_PUBLIC_IP), config.PROXY_PORT, "proxy", timeout=10)
+    return proc.pid
 
 def stop() -> None:
     DAEMON.stop()
