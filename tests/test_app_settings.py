@@ -67,8 +67,10 @@ def loaded(env_text: str, tmp_path, names) -> dict[str, str | None]:
 
 
 def test_both_are_empty_by_default_and_typed_values_are_their_text():
-    settings = mockcloud.stack_settings("staging")
+    settings = mockcloud.stack_settings("production")
     assert settings.app_env == {} and settings.app_secrets == {}
+    # Staging asks the example app to name the answering server (README, "Security").
+    assert mockcloud.stack_settings("staging").app_env == {"SHOW_SERVER_NAME": "true"}
     settings = mockcloud.stack_settings("staging", appEnv={"WORKERS": 4, "DEBUG": False, "NAME": "x"})
     assert settings.app_env == {"DEBUG": "false", "NAME": "x", "WORKERS": "4"}
 
@@ -100,7 +102,7 @@ def test_a_name_the_platform_sets_is_refused_in_either(name):
 def test_every_name_the_platform_gives_the_apps_is_refused():
     """The reserved names cover what app.env (every engine on), the ecosystem file and the
     apps' unit set: a name added there without being reserved fails here."""
-    every = mockcloud.stack_settings("staging", engines=list(conventions.ENGINES))
+    every = mockcloud.stack_settings("staging", engines=list(conventions.ENGINES), appEnv={})
     text = app_server.app_env("10.0.0.9", dict.fromkeys(every.engines, "pw"), every)
     ecosystem = cloudinit.render("app_server/ecosystem.config.js", **cloudinit.template_context("app", every))
     unit = cloudinit.render("app_server/platform-apps.service", **cloudinit.template_context("app", every))

@@ -11,6 +11,8 @@ const { ALL, enabledEngines, withTimeout } = require('../lib/engines');
 const { serve, sendJson, readJson } = require('../lib/serve');
 
 const engines = enabledEngines();
+// The answering server's name, for /api/hello only when SHOW_SERVER_NAME is "true" (as the web page).
+const serverName = process.env.SHOW_SERVER_NAME === 'true' ? os.hostname() : undefined;
 const disabled = ALL.filter((e) => !engines.includes(e)).map((e) => e.name);
 
 // Runs `action` on every enabled engine; each answers "ok" (with a result) or "error".
@@ -39,7 +41,7 @@ async function handle(req, res) {
     return sendJson(res, allOk(report) ? 200 : 503, { host: os.hostname(), engines: report });
   }
   if (req.method === 'GET' && path === '/api/hello') {
-    return sendJson(res, 200, { hello: 'world', host: os.hostname(), pid: process.pid });
+    return sendJson(res, 200, { hello: 'world', host: serverName, pid: process.pid });
   }
   if (path === '/api/notes' && req.method === 'POST') {
     let body;

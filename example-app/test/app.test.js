@@ -32,14 +32,35 @@ async function stop({ child }) {
   return exited;
 }
 
-test('the web page names the host that answered', async () => {
+test('by default no answer names the server that answered', async () => {
   const web = await start('web');
+  const api = await start('api');
   try {
     const res = await fetch(web.url + '/');
     assert.strictEqual(res.status, 200);
-    assert.match(await res.text(), new RegExp(`<strong id="host">${require('node:os').hostname()}</strong>`));
+    assert.strictEqual(res.headers.get('x-served-by'), null);
+    const hostname = require('node:os').hostname();
+    assert.ok(!(await res.text()).includes(hostname), 'the page does not name the host');
+    const hello = await (await fetch(api.url + '/api/hello')).json();
+    assert.strictEqual(hello.host, undefined);
   } finally {
     assert.strictEqual(await stop(web), 0, 'SIGINT closes the server and exits cleanly');
+    await stop(api);
+  }
+});
+
+test('SHOW_SERVER_NAME=true names the server in the page, its header and /api/hello', async () => {
+  const hostname = require('node:os').hostname();
+  const web = await start('web', { SHOW_SERVER_NAME: 'true' });
+  const api = await start('api', { SHOW_SERVER_NAME: 'true' });
+  try {
+    const res = await fetch(web.url + '/');
+    assert.strictEqual(res.headers.get('x-served-by'), hostname);
+    assert.match(await res.text(), new RegExp(`<strong id="host">${hostname}</strong>`));
+    assert.strictEqual((await (await fetch(api.url + '/api/hello')).json()).host, hostname);
+  } finally {
+    await stop(web);
+    await stop(api);
   }
 });
 

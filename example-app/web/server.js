@@ -1,11 +1,14 @@
 'use strict';
-// The example web app: one page that says which server answered.
+// The example web app: one page, which names the server that answered only when the
+// app setting SHOW_SERVER_NAME is "true" (staging sets it to watch the LB take turns;
+// by default no answer carries an internal host name).
 const os = require('node:os');
 const { loadEnvFile } = require('../lib/env');
 const { serve } = require('../lib/serve');
 
 loadEnvFile();
 
+const serverName = process.env.SHOW_SERVER_NAME === 'true' ? os.hostname() : null;
 const escape = (s) => String(s).replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
 
 function page() {
@@ -13,8 +16,7 @@ function page() {
 <html lang="en"><head><meta charset="utf-8"><title>node-platform example</title></head>
 <body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
 <h1>It works</h1>
-<p>Served by <strong id="host">${escape(os.hostname())}</strong> (process ${process.pid}).</p>
-<form id="note"><input name="text" placeholder="a note" required> <button>Save</button></form>
+${serverName ? `<p>Served by <strong id="host">${escape(serverName)}</strong> (process ${process.pid}).</p>\n` : ''}<form id="note"><input name="text" placeholder="a note" required> <button>Save</button></form>
 <pre id="notes"></pre>
 <script>
 const show = async () => {
@@ -39,10 +41,8 @@ serve('web', Number(process.env.PORT || 3000), (req, res) => {
     return res.end();
   }
   const body = page();
-  res.writeHead(200, {
-    'content-type': 'text/html; charset=utf-8',
-    'content-length': Buffer.byteLength(body),
-    'x-served-by': os.hostname(),
-  });
+  const headers = { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(body) };
+  if (serverName) headers['x-served-by'] = serverName;
+  res.writeHead(200, headers);
   return res.end(req.method === 'HEAD' ? undefined : body);
 });
