@@ -46,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", type=int, default=KEEP_RELEASES, help=f"releases kept per server (default {KEEP_RELEASES})")
     d.add_argument("--break-lock", action="store_true", help="remove a stale deploy lock first")
     r = sub.add_parser("rollback", parents=[common], help="switch every server back to the previous release")
-    r.add_argument("--to", metavar="RELEASE", help="a named release instead of the previous one")
+    r.add_argument("--to", metavar="RELEASE", help="a named release instead of the previous one; from the release "
+                                                   "archive (checked) when a server no longer holds it")
     r.add_argument("--break-lock", action="store_true", help="remove a stale deploy lock first")
     for command in (d, r):
         command.add_argument("--health-timeout", type=int, default=HEALTH_TIMEOUT_SECONDS,
@@ -116,27 +117,27 @@ def archive_store(target: StackTarget, executor: Executor) -> Store | None:
     return store
 
 
-def rollback(deployer: Deployer, to: str | None, target: StackTarget, executor: Executor) -> Outcome:
+def rollback(deployer: Deployer, to: str | None, target: StackTarget, executor: Executor, work: str) -> Outcome:
+    """To the previous release, or to `to`: from the servers, or from the archive (checked)
+    when one of them no longer holds it."""
     try:
         return deployer.rollback(to)
     except DeployError as problem:
         if to is None:
             raise
-        raise DeployError(f"{problem}. {archive_note(to, target, executor)}") from None
-
-
-def archive_note(release_id: str, target: StackTarget, executor: Executor) -> str:
-    """Whether a release the servers lack can still be had from the archive."""
+        lacking = problem
     try:
         store = target.archive_store()
     except NotArchived as why:
-        return f"No archive to look in: {why}"
+        raise DeployError(f"{lacking}. No archive to look in: {why}") from None
     executor.secrets.extend(store.secrets)
-    where = store.url(release_id, archive.TARBALL)
-    if archive.archived(store, release_id):
-        return (f"It is archived at {where}: restore it to every server (README: \"Restoring a release from the "
-                f"archive by hand\"), then roll back to it")
-    return f"It is not archived either (no {store.url(release_id, archive.MANIFEST)})"
+    if not archive.archived(store, to):
+        raise DeployError(f"{lacking}. It is not archived either (no {store.url(to, archive.MANIFEST)})")
+    executor.say(f"{to}: not on every server; fetching it from {store.url(to, archive.TARBALL)} ...")
+    tarball = restore.fetch(store, to, work)
+    executor.say(f"{to}: signature and sha256 check (stack {store.stack}'s release signing key)")
+    build = release.Build(to, str(restore.unpack(tarball, os.path.join(work, "restored"), to)))
+    return deployer.restore(build)
 
 
 def pinned(stack: Stack, work: str) -> Stack:
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
                 archive.archive(store, build, work, executor)
             outcome: Outcome = deployer.deploy(build, args.keep)
         else:
-            outcome = rollback(deployer, args.to, target, executor)
+            outcome = rollback(deployer, args.to, target, executor, work)
         for line in summary(outcome):
             executor.say(line)
         return 0 if outcome.ok else EXIT_STOPPED

@@ -1,5 +1,6 @@
 """Fetch an archived release for a restore, checked before anything is written where a
-server could receive it: `python -m deploy fetch STACK RELEASE`.
+server could receive it: `python -m deploy fetch STACK RELEASE`, and `rollback --to` a
+release the servers no longer hold (unpacked here, then uploaded as a deploy's is).
 
     releases/<stack>/<id>.json.sig  verifies over <id>.json with the stack's release
                                     signing key's public half (its state; no droplet's)
@@ -17,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import tarfile
 from pathlib import Path
 
 from .archive import MANIFEST, OUTPUT, SIGNATURE, TARBALL, ArchiveError, Store, client
@@ -24,6 +27,17 @@ from .archive import MANIFEST, OUTPUT, SIGNATURE, TARBALL, ArchiveError, Store, 
 
 class IntegrityError(ArchiveError):
     """The archived release is not the one the stack's deploy archived: nothing is installed."""
+
+
+# What deploy/remote.sh accepts as a release id, checked here before it names a local file.
+RELEASE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def checked_id(release_id: str) -> str:
+    if not RELEASE_ID.fullmatch(release_id):
+        raise ArchiveError(f"release id {release_id!r}: only letters, digits, '.', '_' and '-', not first '.' "
+                           "(e.g. 20261129T213005Z-abc1234)")
+    return release_id
 
 
 def _get(s3, store: Store, release_id: str, suffix: str, missing: str) -> bytes:
@@ -73,6 +87,7 @@ def verified_manifest(store: Store, release_id: str, manifest_bytes: bytes, sign
 def fetch(store: Store, release_id: str, directory: str) -> Path:
     """Download the release's tarball into `directory` as <id>.tar.gz, only once its signed
     manifest and its sha256 and size check; nothing is left there otherwise."""
+    checked_id(release_id)
     s3 = client(store)
     manifest_bytes = _get(s3, store, release_id, MANIFEST, "the release is not archived (or only in part)")
     signature = _get(s3, store, release_id, SIGNATURE, (
@@ -104,6 +119,24 @@ def fetch(store: Store, release_id: str, directory: str) -> Path:
         if isinstance(failed, (BotoCoreError, ClientError)):
             raise ArchiveError(f"could not read {store.url(release_id, TARBALL)} at {store.endpoint}: {failed}") from None
         raise
+    return target
+
+
+def unpack(tarball: Path, directory: str, release_id: str) -> Path:
+    """The tarball's `release/` (what every server received) as `directory`/<id>; tar's
+    "data" filter refuses links out of it, device files and absolute names."""
+    target = Path(directory) / checked_id(release_id)
+    prefix = "release/"
+    with tarfile.open(tarball, "r:gz") as archive:
+        members = []
+        for member in archive.getmembers():
+            if member.name.startswith(prefix):
+                member.name = member.name[len(prefix):]
+                members.append(member)
+        if not members:
+            raise IntegrityError(f"{tarball.name}: holds no release/ directory")
+        target.mkdir(parents=True)
+        archive.extractall(target, members=members, filter="data")
     return target
 
 

@@ -250,6 +250,15 @@ class Deployer:
     def rollback(self, to: str | None) -> Outcome:
         return self.roll(Outcome("rollback"), self.rollback_plan(to))
 
+    def restore(self, build: Build) -> Outcome:
+        """Roll back to a release from the archive: uploaded to each server that lacks it
+        (all first, as a deploy's), then switched to one server after the other."""
+        held = [self.holdings(server) for server in self.stack.servers]
+        for h in held:
+            if build.release_id not in h.releases:
+                self.upload(h.server, build)
+        return self.roll(Outcome("rollback"), [(h, build.release_id) for h in held])
+
     def releases(self) -> list[Holdings]:
         return [self.holdings(server) for server in self.stack.servers]
 

@@ -285,14 +285,36 @@ def test_uploads_put_the_manifest_last_under_the_stacks_prefix(tmp_path, store):
     assert os.fspath(plan[0].path).endswith("R1.tar.gz")
 
 
-def test_rollback_to_a_release_the_servers_lack_says_whether_the_archive_has_it(monkeypatch, store, build):
+def test_rollback_to_a_release_the_servers_lack_restores_it_from_the_archive(monkeypatch, store, build):
     assert deploy(monkeypatch, Fleet(), _Target(store), build) == 0   # archived; that fleet is gone
     fleet = Fleet()                                                  # servers that never held it
-    assert cli.main(["rollback", "staging", "--to", NEW], executor=fleet) == cli.EXIT_STOPPED
-    assert f"app-1: does not hold {NEW}" in fleet.printed()
-    assert f"It is archived at s3://{store.bucket}/{KEYS[0]}: restore it to every server" in fleet.printed()
+    uploaded: dict[str, dict[str, bytes]] = {}
+    send = fleet.run
+
+    def run(argv, **kwargs):
+        if argv[0] == "rsync":   # what each server would receive: the unpacked release, as deploy's
+            source = Path(argv[-2])
+            uploaded[argv[-1]] = {str(f.relative_to(source)): (f.readlink().as_posix().encode() if f.is_symlink()
+                                                                else f.read_bytes())
+                                  for f in source.rglob("*") if f.is_symlink() or f.is_file()}
+        return send(argv, **kwargs)
+
+    fleet.run = run
+    assert cli.main(["rollback", "staging", "--to", NEW], executor=fleet) == 0, fleet.printed()
+    assert f"{NEW}: not on every server; fetching it from s3://{store.bucket}/{KEYS[0]}" in fleet.printed()
+    assert all(s.current == NEW for s in fleet.servers.values())
+    built = Path(build.directory)
+    expected = {str(f.relative_to(built)): (f.readlink().as_posix().encode() if f.is_symlink() else f.read_bytes())
+                for f in built.rglob("*") if f.is_symlink() or f.is_file()}
+    assert len(uploaded) == len(fleet.servers) and all(files == expected for files in uploaded.values())
+
+
+def test_rollback_to_a_release_neither_servers_nor_archive_hold_switches_nothing(monkeypatch, store):
+    fleet = Fleet()
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target(store))
     never = "20200101T000000Z-0000000"
     assert cli.main(["rollback", "staging", "--to", never], executor=fleet) == cli.EXIT_STOPPED
+    assert f"app-1: does not hold {never}" in fleet.printed()
     assert f"It is not archived either (no s3://{store.bucket}/releases/staging/{never}.json)" in fleet.printed()
     assert all(s.current == OLD for s in fleet.servers.values())
     assert [a for h, a in fleet.log if h != "lock" and not a.startswith("list")] == [], "nothing switched"
@@ -300,6 +322,29 @@ def test_rollback_to_a_release_the_servers_lack_says_whether_the_archive_has_it(
     monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
     assert cli.main(["rollback", "staging", "--to", never], executor=nowhere) == cli.EXIT_STOPPED
     assert "No archive to look in: this test stack has no bucket" in nowhere.printed()
+
+
+def test_rollback_to_an_archived_release_whose_tarball_was_replaced_switches_nothing(monkeypatch, store, s3, build):
+    assert deploy(monkeypatch, Fleet(), _Target(store), build) == 0
+    s3.put_object(Bucket=store.bucket, Key=KEYS[0], Body=b"a tarball someone put in its place")
+    fleet = Fleet()
+    assert cli.main(["rollback", "staging", "--to", NEW], executor=fleet) == cli.EXIT_STOPPED
+    assert "the tarball was replaced or damaged in the bucket. Refusing to restore it" in fleet.printed()
+    assert [a for h, a in fleet.log if h != "lock" and not a.startswith("list")] == [], "nothing sent or switched"
+
+
+def test_an_unpacked_release_keeps_its_links_inside_and_refuses_one_out(tmp_path):
+    from deploy import restore
+    good = tmp_path / "good.tar.gz"
+    with tarfile.open(good, "w:gz") as packed:
+        for name, target in (("release/node_modules/.bin/pg", "../pg/cli.js"), ("release/escape", "/etc/passwd")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            packed.addfile(info)
+    with pytest.raises(tarfile.TarError):
+        restore.unpack(good, str(tmp_path / "out"), "R1")
+    with pytest.raises(ArchiveError, match="release id '../x'"):
+        restore.unpack(good, str(tmp_path / "out2"), "../x")
 
 
 def test_a_deploy_deletes_the_stacks_archived_releases_beyond_the_newest_kept(monkeypatch, store, s3, build):

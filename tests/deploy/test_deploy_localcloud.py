@@ -244,6 +244,30 @@ def test_rollback_returns_every_server_to_the_previous_release(plan, operator_ke
     assert all(current_of(d.name) == current[d.name] for d in servers)
 
 
+def test_rollback_to_a_release_the_servers_no_longer_hold_restores_it_from_the_archive(plan, operator_key, tmp_path):
+    """As after pruning: the servers lost the (archived) release; `rollback --to` fetches,
+    checks, uploads and switches to it, with no request lost."""
+    servers = app_servers(plan)
+    wanted = current_of(servers[0].name)          # deployed by the first test, so archived
+    assert deploy_cli("rollback", "--health-timeout", HEALTH_TIMEOUT, key=operator_key).returncode == 0
+    for d in servers:
+        assert current_of(d.name) != wanted
+        on(d.name, f"runuser -u {conventions.DEPLOY_USER} -- rm -rf {conventions.RELEASES_DIR}/{wanted}")
+    assert wanted not in deploy_cli("releases", key=operator_key).stdout
+    load = Load(plan, tmp_path)
+    time.sleep(2)
+    result = deploy_cli("rollback", "--to", wanted, "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
+    time.sleep(2)
+    seen = load.stop()
+    print(result.stdout, f"\nload: {seen}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{wanted}: signature and sha256 check" in result.stdout
+    for d in servers:
+        assert current_of(d.name) == wanted and running_releases(d.name) == {wanted}
+        assert on(d.name, f"cat {conventions.RELEASES_DIR}/{wanted}/REVISION") == wanted
+    assert seen["sent"] > 100 and seen["failed"] == 0, seen
+
+
 def test_a_concurrent_deploy_is_refused_naming_the_holder_and_a_stale_lock_can_be_broken(plan, operator_key):
     """The lock is deploy's own, in its home on every app server (taken in the pool's order)."""
     first_server, *_ = app_servers(plan)
