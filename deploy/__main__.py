@@ -1,4 +1,4 @@
-"""python -m deploy {deploy|rollback|releases|fetch|status|logs|exec} STACK [--local] ...
+"""python -m deploy {deploy|rollback|releases|fetch|status|logs|exec|maintenance} STACK [--local] ...
 
   deploy STACK [--app DIR] [--keep N] [--health-timeout S] [--break-lock]
   rollback STACK [--to RELEASE]
@@ -7,6 +7,7 @@
   status STACK
   logs STACK [--follow] [--since 10m] [--process web ...] [--lines N]
   exec STACK [--server app-N] -- COMMAND [ARG...]
+  maintenance STACK {on|off|status}
 
 STACK is a Pulumi stack (its outputs via `pulumi stack output`), or with --local the
 stack `python -m localcloud up` booted on this machine.
@@ -30,7 +31,7 @@ from .targets import LocalStack, PulumiStack, StackTarget, TargetError
 
 EXIT_STOPPED = 1
 EXIT_LOCKED = 3
-OPERATOR_VERBS = ("status", "logs", "exec")
+OPERATOR_VERBS = ("status", "logs", "exec", "maintenance")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
     # The command is what follows `--` (split off before parsing: argparse's subcommands
     # mishandle it); the usage line says so.
     e.usage = "python -m deploy exec STACK [--local] [-i KEY] [--server app-N] -- COMMAND [ARG...]"
+    m = sub.add_parser("maintenance", parents=[common], help="on: the LB answers all but /healthz with the "
+                                                             "maintenance page (503, Retry-After); needs ops on the LB")
+    m.add_argument("action", choices=("on", "off", "status"))
     return p
 
 
@@ -83,11 +87,13 @@ def operate_checks(args, stack) -> None:
 
 
 def operate_verb(args, stack, executor: Executor, work: str) -> int:
-    """status, logs, exec: they read or run, and take no lock."""
+    """status, logs, exec, maintenance: they read or run, and take no lock."""
     if args.command == "status":
         return operate.status(stack, executor, work)
     if args.command == "logs":
         return operate.logs(stack, executor, args.lines, args.since, args.follow, args.process, work)
+    if args.command == "maintenance":
+        return operate.maintenance(stack, executor, args.action)
     return operate.app_exec(stack, executor, args.server, args.app_command, work)
 
 

@@ -66,6 +66,17 @@ def on_server(stack: Stack, server: Server, remote: list[str], control_dir: str 
     return Remote([*ssh_via_jump(stack, control_dir, server), server.address, shlex.join(remote)], stdin)
 
 
+def on_load_balancer(stack: Stack, remote: list[str]) -> Remote:
+    """A command on the LB as an operator (`ops`, sudo): the deploy login may only jump there."""
+    return Remote(["ssh", *ssh_options(stack, host=conventions.LOAD_BALANCER),
+                   ssh.login(stack.jump_host, conventions.OPERATOR_USER), shlex.join(remote)])
+
+
+def maintenance(stack: Stack, action: str, holder: str | None = None) -> Remote:
+    """platform-maintenance on [HOLDER] | off | status, on the LB."""
+    return on_load_balancer(stack, ["sudo", "-n", conventions.MAINTENANCE_COMMAND, action, *([holder] if holder else [])])
+
+
 def through_jump_host(stack: Stack, server: Server) -> Remote:
     """The LB's host key and the deploy login's jump to one app server's SSH, alone: the
     LB runs no command for deploy, so the check is a forward (it ends with stdin)."""

@@ -30,6 +30,12 @@ class Result:
     def ok(self) -> bool:
         return self.returncode == 0
 
+    @property
+    def last_line(self) -> str:
+        """What a failure says last (ssh's and the scripts' reason), for one-line reports."""
+        lines = [line for line in self.output.strip().splitlines() if line.strip()]
+        return lines[-1] if lines else "(no output)"
+
 
 class CommandFailed(RuntimeError):
     def __init__(self, what: str, result: Result):

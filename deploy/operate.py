@@ -1,5 +1,6 @@
-"""The verbs operators use every day: status, logs, exec. Each reads or runs, as the
-deploy login through the LB, and changes nothing a deploy owns (no lock is taken).
+"""The verbs operators use every day: status, logs, exec, maintenance. Each reads or runs,
+as the deploy login through the LB, and changes nothing a deploy owns (no lock is taken);
+maintenance logs in to the LB as an operator (`ops`): the deploy login only jumps there.
 
 The argument checks, the parsing of what the servers answer and the table are here; the
 commands are built in deploy/commands.py, the server half is deploy/remote.sh.
@@ -7,9 +8,13 @@ commands are built in deploy/commands.py, the server half is deploy/remote.sh.
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
+import socket
 from dataclasses import dataclass, field
+
+from model import conventions
 
 from . import commands
 from .executor import Executor
@@ -165,7 +170,36 @@ def status(stack: Stack, executor: Executor, control_dir: str | None = None) -> 
                                          problem=f"exit {result.returncode}: {lines[-1] if lines else '(no output)'}"))
     for line in status_table(statuses):
         executor.say(line)
+    executor.say(f"LB: {maintenance_state(stack, executor)}")
     return 0 if all(s.healthy for s in statuses) else EXIT_UNHEALTHY
+
+
+# --- maintenance ---------------------------------------------------------------------------
+
+OPERATOR_KEY_NEEDED = f"it needs an operator's key ({conventions.OPERATOR_USER} on the LB, sshPublicKeys)"
+
+
+def maintenance_state(stack: Stack, executor: Executor) -> str:
+    """"maintenance on: WHO since WHEN", "maintenance off", or why it is not known."""
+    command = commands.maintenance(stack, "status")
+    result = executor.run(command.argv, timeout=60)
+    if result.ok:
+        return result.output.strip()
+    return f"maintenance unknown ({OPERATOR_KEY_NEEDED}; exit {result.returncode}: {result.last_line})"
+
+
+def maintenance(stack: Stack, executor: Executor, action: str) -> int:
+    """on: the LB serves the maintenance page (503, Retry-After) to all but the health check."""
+    holder = f"{getpass.getuser()}@{socket.gethostname()}" if action == "on" else None
+    command = commands.maintenance(stack, action, holder)
+    result = executor.run(command.argv, timeout=60)
+    if not result.ok:
+        executor.say(f"maintenance {action}: failed on the LB ({OPERATOR_KEY_NEEDED}): exit {result.returncode}: "
+                     f"{result.last_line}")
+        return 1
+    executor.say(f"LB: {result.output.strip()}")
+    return 0
+
 
 
 # --- logs ------------------------------------------------------------------------------

@@ -194,7 +194,7 @@ class Deployer:
                 self.switch_and_check(server, to_release)
             except CommandFailed as failed:
                 step.seconds = time.monotonic() - start
-                step.problem = f"{failed}: {last_line(failed.result.output)}"
+                step.problem = f"{failed}: {failed.result.last_line}"
                 self.say(f"[{server.name}] FAILED {step.problem}")
                 self.switch_back(step)
                 outcome.untouched = [h.server for h, _ in plan[number + 1:]]
@@ -214,7 +214,7 @@ class Deployer:
             step.switched_back = True
             self.say(f"[{step.server.name}] back on {step.from_release}, healthy")
         except CommandFailed as failed:
-            self.say(f"[{step.server.name}] switching back FAILED too: {failed}: {last_line(failed.result.output)}")
+            self.say(f"[{step.server.name}] switching back FAILED too: {failed}: {failed.result.last_line}")
 
     # --- the commands -----------------------------------------------------------------
 
@@ -261,11 +261,6 @@ class Deployer:
 
     def releases(self) -> list[Holdings]:
         return [self.holdings(server) for server in self.stack.servers]
-
-
-def last_line(output: str) -> str:
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "(no output)"
 
 
 def summary(outcome: Outcome) -> list[str]:

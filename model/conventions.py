@@ -332,6 +332,12 @@ CERTIFICATE_DEPLOY_HOOK = "/usr/local/sbin/platform-certificate-deployed"
 # Written by older bundles for OCSP stapling, which is gone; provisioning removes it.
 LB_RESOLVER_FILE = "/etc/nginx/platform/resolver.conf"
 MAINTENANCE_ROOT = "/var/www/maintenance"
+# Maintenance mode: while this file exists the LB answers everything but the health check
+# with the maintenance page (503, Retry-After). Outside the page's root, which provisioning
+# rewrites; read by nginx at each request, so on and off need no reload.
+MAINTENANCE_FLAG = "/var/lib/platform-maintenance/on"
+MAINTENANCE_COMMAND = "/usr/local/sbin/platform-maintenance"
+MAINTENANCE_RETRY_AFTER_SECONDS = 300
 
 
 def platform_app_env_names() -> tuple[str, ...]:

@@ -17,6 +17,7 @@ PROGRAMS = [
     Program("load_balancer/provision.sh", ROLE_STEPS, mode="0644"),
     Program("load_balancer/platform-certificate.sh", conventions.CERTIFICATE_COMMAND),
     Program("load_balancer/platform-certificate-deployed.sh", conventions.CERTIFICATE_DEPLOY_HOOK),
+    Program("load_balancer/platform-maintenance.sh", conventions.MAINTENANCE_COMMAND),
 ]
 
 # Gets the first certificate (.service), retried by its .timer until it has one.

@@ -88,11 +88,14 @@ class Answers(Executor):
 
     def __init__(self, answers: dict[str, Result], **kwargs):
         super().__init__(out=io.StringIO(), **kwargs)
-        self.answers, self.ran = answers, []
+        self.answers, self.ran, self.lb = answers, [], []
 
     def run(self, argv, **kwargs):
         if argv[-3:-1] == ["-O", "exit"]:   # closing the shared connection
             return Result(argv, 0, "")
+        if argv[-2] == f"ops@{STACK.jump_host}":   # the LB, as an operator: maintenance
+            self.lb.append(argv)
+            return self.answers.get("lb", Result(argv, 0, "maintenance off\n"))
         self.ran.append(argv)
         return self.answers[argv[-2]]
 
@@ -115,7 +118,7 @@ def test_status_prints_one_table_and_exits_zero_when_every_server_is_healthy():
     for line, server in zip(lines[1:], ("app-1", "app-2")):
         assert line.split()[:4] == [server, "20261202-0700-abc1234", "active", "2h0m"], line
         assert "api 1 up 40s, web 2 up 4m" in line and line.endswith("ok 200: postgresql ok, redis disabled")
-    assert len(lines) == 3
+    assert lines[3:] == ["LB: maintenance off"]
 
 
 def test_status_exits_non_zero_naming_the_unhealthy_and_the_unreachable_server():
@@ -124,7 +127,7 @@ def test_status_exits_non_zero_naming_the_unhealthy_and_the_unreachable_server()
     executor = Answers({APP1.address: Result([], 0, sick),
                         APP2.address: Result([], 255, "ssh: connect to host 10.110.16.4 port 22: No route to host")})
     assert operate.status(STACK, executor) == operate.EXIT_UNHEALTHY
-    app1, app2 = executor.out.getvalue().splitlines()[1:]
+    app1, app2 = executor.out.getvalue().splitlines()[1:3]
     assert app1.endswith("UNHEALTHY 503: postgresql error, redis disabled")
     assert app2.startswith("app-2") and app2.endswith("UNREACHABLE: exit 255: ssh: connect to host 10.110.16.4 "
                                                       "port 22: No route to host")
@@ -186,3 +189,37 @@ def test_status_through_the_cli_shows_the_table_with_a_server_down_pinning_host_
     assert [argv[-2] for argv in executor.ran] == [APP1.address, APP2.address], "status only, once per server"
     for argv in executor.ran:
         assert "StrictHostKeyChecking=yes" in argv and any(a.startswith("UserKnownHostsFile=") for a in argv)
+
+
+# --- maintenance ---------------------------------------------------------------------------
+
+def test_maintenance_runs_the_lbs_own_command_as_an_operator_with_sudo():
+    on = commands.maintenance(STACK, "on", "alice@laptop")
+    assert on.argv[-2] == f"{conventions.OPERATOR_USER}@{STACK.jump_host}" and on.stdin is None
+    assert remote_argv(on) == ["sudo", "-n", conventions.MAINTENANCE_COMMAND, "on", "alice@laptop"]
+    assert remote_argv(commands.maintenance(STACK, "off")) == ["sudo", "-n", conventions.MAINTENANCE_COMMAND, "off"]
+
+
+def test_maintenance_on_says_what_the_lb_answered_and_a_deploy_only_key_is_told_what_it_needs():
+    executor = Answers({"lb": Result([], 0, "maintenance on: alice@laptop since 2026-12-02T10:00:00Z\n")})
+    assert operate.maintenance(STACK, executor, "on") == 0
+    assert executor.out.getvalue() == "LB: maintenance on: alice@laptop since 2026-12-02T10:00:00Z\n"
+    assert remote_argv(Result(executor.lb[0], 0, ""))[3:4] == ["on"]
+    refused = Answers({"lb": Result([], 255, "ops@198.51.100.2: Permission denied (publickey).")})
+    assert operate.maintenance(STACK, refused, "off") == 1
+    assert refused.out.getvalue().strip() == (
+        "maintenance off: failed on the LB (it needs an operator's key (ops on the LB, sshPublicKeys)): exit 255: "
+        "ops@198.51.100.2: Permission denied (publickey).")
+
+
+def test_status_says_maintenance_is_unknown_without_an_operators_key_and_keeps_its_exit_code():
+    executor = Answers({**{a.address: Result([], 0, HEALTHY) for a in STACK.servers},
+                        "lb": Result([], 255, "Permission denied (publickey).")})
+    assert operate.status(STACK, executor) == 0
+    assert executor.out.getvalue().splitlines()[-1].startswith("LB: maintenance unknown (it needs an operator's key")
+
+
+def test_maintenance_takes_on_off_or_status_only(capsys):
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["maintenance", "staging", "sideways"])
+    assert "invalid choice: 'sideways'" in capsys.readouterr().err

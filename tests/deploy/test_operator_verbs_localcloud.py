@@ -103,3 +103,29 @@ def test_exec_names_the_servers_that_exist_for_an_unknown_one(plan, operator_key
     assert result.returncode == 1
     names = ", ".join(d.key for d in app_servers(plan))
     assert f"--server app-9: stack {STACK} has no such app server (it has {names})" in result.stdout
+
+
+def through_lb(plan, path: str) -> tuple[str, str]:
+    """(status, headers and body) of a GET through the LB, from the internet client."""
+    from localcloud import checks
+    seen = checks.from_internet(checks.curl_argv(f"https://{plan.domain}{path}", plan.domain, plan.lb.reserved_ips[0],
+                                                 443, "-k", "-s", "-i"))
+    return seen.stdout.split(" ", 2)[1], seen.stdout
+
+
+def test_maintenance_on_serves_the_page_but_not_to_the_health_check_and_off_ends_it(plan, operator_key):
+    try:
+        on = cli("maintenance", operator_key, "on")
+        assert on.returncode == 0 and on.stdout.startswith("LB: maintenance on: "), on.stdout + on.stderr
+        status, answer = through_lb(plan, "/")
+        assert status == "503" and f"retry-after: {conventions.MAINTENANCE_RETRY_AFTER_SECONDS}" in answer.lower()
+        assert "right back" in answer
+        assert through_lb(plan, "/api/hello")[0] == "503"
+        assert through_lb(plan, conventions.HEALTH_PATH)[0] == "200", "the health check still asks the app servers"
+        shown = cli("status", operator_key)
+        assert shown.returncode == 0 and "LB: maintenance on: " in shown.stdout, shown.stdout
+    finally:
+        off = cli("maintenance", operator_key, "off")
+    assert off.returncode == 0 and off.stdout == "LB: maintenance off\n", off.stdout + off.stderr
+    assert through_lb(plan, "/")[0] == "200"
+    assert "LB: maintenance off" in cli("status", operator_key).stdout
