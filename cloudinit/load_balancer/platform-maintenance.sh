@@ -9,7 +9,8 @@ flag={{ c.MAINTENANCE_FLAG }}
 case "${1:-}" in
     on)
         who=${2:-$(logname 2>/dev/null || id -un)}
-        mkdir -p "$(dirname "$flag")"
+        # nginx's workers (www-data) must see the flag, whatever umask the caller has.
+        install -d -m 0755 "$(dirname "$flag")"
         # A new file renamed over the old: nginx never sees half of one.
         printf '%s since %s\n' "$who" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$flag.new"
         chmod 0644 "$flag.new"
