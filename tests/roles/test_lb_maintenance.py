@@ -18,10 +18,12 @@ pytestmark = pytest.mark.sandbox   # nginx, root for its mount namespace, host p
 
 
 def maintenance(lb: LoadBalancerUnderTest, tmp_path, *args: str) -> subprocess.CompletedProcess:
-    """The LB's own platform-maintenance, in nginx's mount namespace (its /var)."""
+    """The LB's own platform-maintenance, in nginx's mount namespace (its /var), under the
+    strictest umask a caller may have: nginx's workers must still see the flag."""
     script = tmp_path / "platform-maintenance"
     script.write_text(lb_files()[c.MAINTENANCE_COMMAND])
-    return subprocess.run([require("nsenter"), "--mount", "--target", str(lb.process.pid), "bash", str(script), *args],
+    return subprocess.run([require("nsenter"), "--mount", "--target", str(lb.process.pid),
+                           "bash", "-c", 'umask 077 && exec bash "$@"', "-", str(script), *args],
                           capture_output=True, text=True, timeout=30)
 
 
