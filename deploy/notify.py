@@ -95,9 +95,10 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def post(url: str, body: bytes, *, attempts: int = ATTEMPTS, timeout: float = ATTEMPT_SECONDS,
-         pause: float = RETRY_PAUSE_SECONDS) -> None:
-    """POST body to url, retrying what may pass (no answer, 5xx, 429); raises NotDelivered."""
+def post(url: str, body: bytes) -> None:
+    """POST body to url, ATTEMPTS times at most, retrying what may pass (no answer, 5xx,
+    429); raises NotDelivered."""
+    attempts, timeout, pause = ATTEMPTS, ATTEMPT_SECONDS, RETRY_PAUSE_SECONDS   # read here: tests shorten them
     if not url.startswith("https://"):
         raise NotDelivered("the webhook URL is not https:// (refused)")
     opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ssl.create_default_context()),
