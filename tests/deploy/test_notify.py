@@ -364,3 +364,17 @@ def test_a_real_stacks_url_comes_from_its_secret_outputs_read_once_and_never_sho
     assert executor.runs == [(["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", "staging"], True)]
     executor.say(f"a line naming {url}")
     assert TOKEN not in out.getvalue() and "a line naming [REDACTED]" in out.getvalue()
+
+
+def test_a_local_stacks_url_comes_from_its_recorded_outputs(monkeypatch):
+    from localcloud import records
+    from deploy.targets import LocalStack
+
+    recorded = {"outputs": {"alert_webhook_url": f"https://hooks.example.com/{TOKEN}"}}
+    monkeypatch.setattr(records, "load", lambda stack: recorded if stack == "staging" else None)
+    assert LocalStack("staging").alert_webhook_url() == f"https://hooks.example.com/{TOKEN}"
+    with pytest.raises(notify.NoWebhook, match="local stack other has no alert_webhook_url output"):
+        LocalStack("other").alert_webhook_url()
+    recorded["outputs"]["alert_webhook_url"] = ""
+    with pytest.raises(notify.NoWebhook, match="local stack staging's alert_webhook_url output is empty"):
+        LocalStack("staging").alert_webhook_url()
