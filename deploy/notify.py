@@ -145,7 +145,8 @@ class Notifier:
             except NoWebhook as why:
                 self.executor.say(f"notifications are off (no alertWebhookUrl): {why}")
             except (RuntimeError, OSError, ValueError) as problem:   # the outputs unreadable: not the deploy's end
-                self.executor.say(f"notification NOT delivered: the webhook could not be looked up: {problem}")
+                self.executor.say(f"notification NOT delivered (nor any this run): the webhook could not be looked "
+                                  f"up: {problem}")
             if self._url:
                 self.executor.secrets.append(self._url)   # redacted from every line printed from here on
         return self._url
