@@ -13,7 +13,7 @@ from pathlib import Path
 import pulumi
 
 from model import conventions, prices
-from components.alerts import Alerts
+from components.alerts import Alerts, webhook_output
 from components.app_server_pool import AppServerPool
 from components.datastore import Datastore
 from components.foundation import Foundation
@@ -64,6 +64,7 @@ def build(settings: Settings) -> dict[str, object]:
             spaces=settings.backups,
             droplet_backups=settings.droplet_backups,
         ),
+        "alert_webhook_url": webhook_output(settings),
     }
     if settings.backups:
         archive = release_archive("release-archive", settings=settings, datastore_address=datastore.private_ip)

@@ -8,7 +8,8 @@ the LB, over https with its public certificate.
 
 E-mail only: the provider's Slack target needs a channel name and DigitalOcean's own
 Slack app authorised in the workspace, which a plain incoming webhook (alertWebhookUrl,
-also Mattermost's) does not give. The webhook carries the datastore's backup alerts.
+also Mattermost's) does not give. The webhook carries every droplet's backup alerts, and
+the deploy tool's outcomes: `webhook_output` is the stack output it reads the URL from.
 """
 
 from __future__ import annotations
@@ -133,3 +134,11 @@ class Alerts(pulumi.ComponentResource):
             for a in uptime_alerts(settings)
         ]
         self.register_outputs({"uptime_check_id": self.uptime_check.id})
+
+
+def webhook_output(settings: Settings) -> pulumi.Output[str]:
+    """The stack output `alert_webhook_url` the deploy tool posts its outcomes to: secret
+    (the URL is the webhook's only key), and empty without alertWebhookUrl, so a stack that
+    has it empty is told from one whose last `up` predates the output."""
+    webhook = settings.alert_webhook_url
+    return webhook.output() if webhook else pulumi.Output.secret("")

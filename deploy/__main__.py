@@ -23,6 +23,7 @@ import sys
 import tempfile
 
 from . import DEFAULT_APP_DIR, HEALTH_TIMEOUT_SECONDS, KEEP_RELEASES, LOG_LINES, archive, commands, operate, release, restore
+from .notify import Notifier
 from .archive import ArchiveError, NotArchived, Store
 from .executor import CommandFailed, Executor
 from .records import Stack
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
         parser().error("--keep must be at least 2 (the current release and the one before it)")
     executor = executor or Executor(verbose=args.verbose)
     work = tempfile.mkdtemp(prefix="deploy-")
-    deployer = None
+    deployer = notifier = None
     try:
         target = target_of(args, executor)
         if args.command == "fetch":
@@ -191,29 +192,37 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
             return 0
         store = archive_store(target, executor) if args.command == "deploy" else None
         deployer.lock(args.command, break_lock=args.break_lock)
+        notifier = Notifier(stack.name, target, executor)
         if args.command == "deploy":
             executor.say(f"building {args.app} ...")
             build = release.build(args.app, work, executor)
             executor.say(f"built {build.release_id}")
+            notifier.deploy_started(build.release_id, deployer.holder)
             if store:
                 # Before any server: a release that cannot be archived is not rolled out.
                 archive.archive(store, build, work, executor)
             outcome: Outcome = deployer.deploy(build, args.keep)
         else:
+            notifier.rollback_started(args.to)
             outcome = rollback(deployer, args.to, target, executor, work)
         for line in summary(outcome):
             executor.say(line)
+        notifier.finished(outcome)
         return 0 if outcome.ok else EXIT_STOPPED
     except Locked as locked:
         executor.say(f"refused: {locked}")
         return EXIT_LOCKED
     except (TargetError, DeployError, ArchiveError, NotArchived, ValueError) as problem:
         executor.say(f"{args.command}: {problem}")
+        if notifier:
+            notifier.stopped(str(problem))
         return EXIT_STOPPED
     except CommandFailed as failed:
         executor.say(f"{args.command}: {failed}")
         for line in failed.result.output.strip().splitlines()[-10:]:
             executor.say(f"  ! {line}")
+        if notifier:
+            notifier.stopped(f"{failed}: {failed.result.last_line}")
         return EXIT_STOPPED
     finally:
         if deployer is not None:
@@ -224,6 +233,8 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
             for server in deployer.stack.servers:
                 executor.run(commands.close_connection(deployer.stack, work, server), timeout=30)
         shutil.rmtree(work, ignore_errors=True)
+        if notifier:   # still under way: interrupted (Ctrl-C), or an error no handler above names
+            notifier.stopped("interrupted before its end")   # last: a second Ctrl-C here skips nothing else
 
 
 if __name__ == "__main__":

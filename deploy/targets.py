@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from model import conventions
 
 from .archive import OUTPUT, Store, store_from_outputs
 from .executor import CommandFailed, Executor
+from .notify import webhook_from_outputs
 from .records import Server, Stack
 
 
@@ -26,6 +27,9 @@ class StackTarget(Protocol):
 
     def archive_store(self) -> Store:
         """Where releases are archived; raises archive.NotArchived saying why when nowhere."""
+
+    def alert_webhook_url(self) -> str:
+        """Where deploy outcomes are posted; raises notify.NoWebhook saying why when nowhere."""
 
 
 class TargetError(RuntimeError):
@@ -63,6 +67,7 @@ class PulumiStack:
     name: str
     executor: Executor
     identity: str | None = None
+    _secret_outputs: dict | None = field(default=None, repr=False)   # read once per run
 
     def output_command(self) -> list[str]:
         return ["pulumi", "stack", "output", "--json", "--stack", self.name]
@@ -79,16 +84,25 @@ class PulumiStack:
     def secret_output_command(self) -> list[str]:
         return ["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", self.name]
 
+    def secret_outputs(self) -> dict:
+        """Every output, secrets shown: never printed (the executor does not show the command's output)."""
+        if self._secret_outputs is None:
+            try:
+                result = self.executor.check(f"pulumi outputs of {self.name}, with secrets",
+                                             self.secret_output_command(), secret_output=True)
+            except FileNotFoundError:
+                raise TargetError("the Pulumi CLI is not installed (or not on PATH)") from None
+            except CommandFailed as failed:
+                raise TargetError(f"`pulumi stack output --show-secrets` failed for {self.name}: "
+                                  f"exit {failed.result.returncode}") from None
+            self._secret_outputs = json.loads(result.output)
+        return self._secret_outputs
+
+    def alert_webhook_url(self) -> str:
+        return webhook_from_outputs(f"stack {self.name}", self.secret_outputs())
+
     def archive_store(self) -> Store:
-        try:
-            result = self.executor.check(f"pulumi outputs of {self.name}, with secrets", self.secret_output_command(),
-                                         secret_output=True)
-        except FileNotFoundError:
-            raise TargetError("the Pulumi CLI is not installed (or not on PATH)") from None
-        except CommandFailed as failed:
-            raise TargetError(f"`pulumi stack output --show-secrets` failed for {self.name}: "
-                              f"exit {failed.result.returncode}") from None
-        return store_from_outputs(self.name, json.loads(result.output), missing_why=(
+        return store_from_outputs(self.name, self.secret_outputs(), missing_why=(
             f"stack {self.name} has no {OUTPUT} output: its release bucket exists only with the setting "
             f"`backups: true` (if it is on, run `pulumi up` with this version of the program)"))
 
@@ -136,3 +150,7 @@ class LocalStack:
         store = store_from_outputs(self.name, record.get("outputs") or {}, missing_why=why)
         # The Spaces stand-in's certificate is signed by the local cloud's own CA.
         return dataclasses.replace(store, ca_bundle=str(spaces.CA_CERT))
+
+    def alert_webhook_url(self) -> str:
+        from localcloud import records
+        return webhook_from_outputs(f"local stack {self.name}", (records.load(self.name) or {}).get("outputs") or {})

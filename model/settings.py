@@ -147,8 +147,9 @@ SETTINGS = (
             "The uptime check's slow-site alert: the site's `url` taking longer than this (milliseconds) to "
             "answer, for 5 minutes; set it from what the app normally takes, seen from DigitalOcean's regions."),
     Setting("alertWebhookUrl", "", optional_https_url,
-            "A Slack/Mattermost-compatible incoming webhook for every droplet's backup alerts; "
-            "empty means they are only logged. Set it with `pulumi config set --secret`.",
+            "A Slack/Mattermost-compatible incoming webhook for every droplet's backup alerts and the deploy "
+            "tool's outcomes (each deploy started, done or stopped; each rollback done or stopped); empty means "
+            "backup alerts are only logged and deploys notify no one. Set it with `pulumi config set --secret`.",
             secret=True),
     Setting("appEnv", {}, env_map,
             "The apps' own environment variables (name: value), added to their `.env` on every app server; a "

@@ -167,6 +167,9 @@ def test_deploy_under_load_loses_no_request_and_every_server_runs_the_new_releas
         assert running_releases(d.name) == {new}, f"{d.name}: pm2 workers run {running_releases(d.name)}"
         assert before[d.name] != new
     assert "deploy: done" in result.stdout
+    # Staging sets no alertWebhookUrl: the stack's (empty, secret) output says so.
+    assert "notifications are off (no alertWebhookUrl): local stack staging's alert_webhook_url output is empty" \
+        in result.stdout, result.stdout
     archived_in_the_spaces_stand_in(plan, new, result.stdout)
 
 

@@ -17,6 +17,7 @@ from model import conventions
 from deploy import __main__ as cli
 from deploy import commands, roll
 from deploy.archive import NotArchived
+from deploy.notify import NoWebhook
 from deploy.executor import Executor, Result
 from deploy.release import Build
 from deploy.records import Server, Stack
@@ -184,6 +185,7 @@ def test_the_cli_exits_non_zero_when_the_roll_stops_and_still_releases_the_lock(
 @dataclass
 class _Target:
     store: object = None   # an archive.Store, or None: the stack has nowhere to archive
+    webhook: str | None = None   # alertWebhookUrl, or None: no notifications
 
     def resolve(self):
         return STACK
@@ -192,6 +194,11 @@ class _Target:
         if self.store is None:
             raise NotArchived("this test stack has no bucket")
         return self.store
+
+    def alert_webhook_url(self):
+        if self.webhook is None:
+            raise NoWebhook("this test stack has no webhook")
+        return self.webhook
 
 
 def test_a_second_deploy_is_refused_naming_who_holds_the_lock_and_since_when(monkeypatch):

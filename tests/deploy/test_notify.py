@@ -1,0 +1,380 @@
+"""Deploy outcomes posted to the stack's webhook: the text of each event, and the POSTs a
+webhook receives from whole runs of the tool (the fake fleet of test_roll).
+
+The receiver is HTTPS on loopback, its certificate signed by a CA made here and trusted
+through SSL_CERT_FILE (OpenSSL's own variable): the tool's https-only, verifying sender
+runs as it does for the real webhook, with nothing in it made for tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import ipaddress
+import json
+import re
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from deploy import __main__ as cli
+from deploy import notify
+from deploy.archive import NotArchived
+from deploy.executor import CommandFailed, Executor, Result
+from deploy.records import Server
+from deploy.roll import Outcome, Step
+from deploy.targets import PulumiStack
+
+from test_roll import BUILD, NEW, OLD, SERVERS, Fleet, _Target
+
+TOKEN = "T000/B000/s3cr3tT0ken"   # the part of a webhook URL that is its key
+
+
+# --- the text of each event -----------------------------------------------------------
+
+A1, A2, A3 = SERVERS
+
+
+def test_the_payload_is_slack_and_mattermosts_text_object():
+    assert json.loads(notify.payload('a "quoted" line\nand another')) == {"text": 'a "quoted" line\nand another'}
+
+
+def test_deploy_started_names_stack_release_and_who():
+    holder = "alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 4242)"
+    assert notify.started_text("staging", NEW, holder) == (
+        f"[staging] deploy of {NEW} started by alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 4242)")
+
+
+def test_deploy_done_names_each_server_and_its_release():
+    outcome = Outcome("deploy", [Step(A1, OLD, NEW, ok=True, seconds=4.71), Step(A2, OLD, NEW, ok=True, seconds=5.0)])
+    assert notify.outcome_text("staging", outcome, NEW) == (
+        f"[staging] deploy of {NEW}: done\n"
+        f"  app-1: {NEW} (healthy in 4.7s)\n"
+        f"  app-2: {NEW} (healthy in 5.0s)")
+
+
+def test_deploy_stopped_says_which_server_failed_whether_it_is_back_and_which_were_not_touched():
+    outcome = Outcome("deploy", [Step(A1, OLD, NEW, ok=True, seconds=4.0),
+                                 Step(A2, OLD, NEW, problem="app-2: health: exit 1: last: 502", switched_back=True)],
+                      untouched=[A3])
+    assert notify.outcome_text("staging", outcome, NEW) == (
+        f"[staging] deploy of {NEW}: STOPPED\n"
+        f"  app-1: {NEW} (healthy in 4.0s)\n"
+        f"  app-2: {NEW} failed (app-2: health: exit 1: last: 502); switched back to {OLD}\n"
+        f"  app-3: not touched (still on its release)")
+    outcome.steps[1].switched_back = False
+    assert f"  app-2: {NEW} failed (app-2: health: exit 1: last: 502); NOT switched back: check it" in \
+        notify.outcome_text("staging", outcome, NEW)
+
+
+def test_rollback_done_and_stopped_name_the_releases_switched_to():
+    done = Outcome("rollback", [Step(A1, NEW, OLD, ok=True, seconds=3.0), Step(A2, NEW, OLD, ok=True, seconds=3.5)])
+    assert notify.outcome_text("staging", done, "the previous release") == (
+        f"[staging] rollback to {OLD}: done\n  app-1: {OLD} (healthy in 3.0s)\n  app-2: {OLD} (healthy in 3.5s)")
+    stopped = Outcome("rollback", [Step(A1, NEW, OLD, problem="app-1: reload the apps: exit 1: no", switched_back=True)],
+                      untouched=[A2])
+    assert notify.outcome_text("staging", stopped, OLD) == (
+        f"[staging] rollback to {OLD}: STOPPED\n"
+        f"  app-1: {OLD} failed (app-1: reload the apps: exit 1: no); switched back to {NEW}\n"
+        f"  app-2: not touched (still on its release)")
+
+
+def test_a_run_ended_by_an_error_says_so():
+    assert notify.stopped_text("staging", "deploy", NEW, "app-2: upload: exit 23: rsync error") == (
+        f"[staging] deploy of {NEW}: STOPPED: app-2: upload: exit 23: rsync error "
+        "(see the deploying console for each server)")
+    assert notify.stopped_text("staging", "rollback", "the previous release", "cannot roll back: app-1: no release "
+                               "before x").startswith("[staging] rollback to the previous release: STOPPED: cannot")
+
+
+# --- a webhook on loopback --------------------------------------------------------------
+
+def certificate_files(where: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signs for 127.0.0.1: (ca.pem, cert.pem, key.pem)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webhook test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = where / "ca.pem", where / "cert.pem", where / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+@dataclass
+class Webhook:
+    url: str
+    received: list[dict] = field(default_factory=list)   # each POST: path, content type, body
+    statuses: list[int] = field(default_factory=list)    # answers to give, in turn (then 200)
+
+    def texts(self) -> list[str]:
+        return [json.loads(post["body"])["text"] for post in self.received]
+
+
+@pytest.fixture
+def webhook(tmp_path, monkeypatch):
+    ca, cert, key = certificate_files(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    monkeypatch.setattr(notify, "RETRY_PAUSE_SECONDS", 0)
+    hook: Webhook
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+            hook.received.append({"path": self.path, "content_type": self.headers.get("Content-Type"), "body": body})
+            self.send_response(hook.statuses.pop(0) if hook.statuses else 200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    hook = Webhook(f"https://127.0.0.1:{server.server_address[1]}/hooks/{TOKEN}")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield hook
+    server.shutdown()
+    server.server_close()
+
+
+def run_tool(monkeypatch, fleet: Fleet, target: _Target, *argv: str) -> int:
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: target)
+    monkeypatch.setattr(cli.release, "build", lambda app, work, executor: BUILD)
+    return cli.main(list(argv), executor=fleet)
+
+
+def timeless(text: str) -> str:
+    return re.sub(r"\(healthy in \d+\.\ds\)", "(healthy in Ns)", text)
+
+
+HOLDER = r"\S+@\S+ since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(deploy, pid \d+\)"
+
+
+def test_a_deploy_that_succeeds_posts_started_then_done(monkeypatch, webhook):
+    fleet = Fleet()
+    assert run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "deploy", "staging") == 0
+    assert len(webhook.received) == 2
+    assert {(p["path"], p["content_type"]) for p in webhook.received} == {(f"/hooks/{TOKEN}", "application/json")}
+    started, done = webhook.texts()
+    assert re.fullmatch(rf"\[staging\] deploy of {NEW} started by {HOLDER}", started), started
+    assert timeless(done) == (f"[staging] deploy of {NEW}: done\n" + "\n".join(
+        f"  {s.name}: {NEW} (healthy in Ns)" for s in SERVERS))
+    assert "notification" not in fleet.printed()
+
+
+def test_a_deploy_that_fails_posts_started_then_stopped_with_each_servers_end(monkeypatch, webhook):
+    fleet = Fleet(unhealthy={(A2.address, NEW)})
+    assert run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "deploy", "staging") == cli.EXIT_STOPPED
+    started, stopped = webhook.texts()
+    assert started.startswith(f"[staging] deploy of {NEW} started by ")
+    assert timeless(stopped) == (
+        f"[staging] deploy of {NEW}: STOPPED\n"
+        f"  app-1: {NEW} (healthy in Ns)\n"
+        f"  app-2: {NEW} failed (app-2: health: exit 1: deploy: https://staging-app:8443/healthz did not answer 200 "
+        f"... (last: 502)); switched back to {OLD}\n"
+        f"  app-3: not touched (still on its release)")
+
+
+def test_an_upload_that_fails_posts_stopped_with_the_error_its_secrets_redacted(monkeypatch, webhook):
+    class UploadFails(Fleet):
+        def run(self, argv, *, input=None, timeout=900):
+            if argv[0] == "rsync" and argv[-1].startswith(A2.address):
+                return Result(argv, 23, "rsync error: token npm_s3cr3t rejected (code 23)\n")
+            return super().run(argv, input=input, timeout=timeout)
+
+    fleet = UploadFails(secrets=["npm_s3cr3t"])
+    assert run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "deploy", "staging") == cli.EXIT_STOPPED
+    assert webhook.texts()[1:] == [
+        f"[staging] deploy of {NEW}: STOPPED: app-2: upload {NEW}: exit 23: rsync error: token [REDACTED] rejected "
+        "(code 23) (see the deploying console for each server)"]
+
+
+def test_a_deploy_interrupted_posts_stopped_once_its_locks_are_released(monkeypatch, webhook):
+    class Interrupted(Fleet):
+        def on_server(self, address, remote, script):
+            if remote[3:4] == ["health"] and address == A2.address:
+                raise KeyboardInterrupt
+            return super().on_server(address, remote, script)
+
+    fleet = Interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "deploy", "staging")
+    assert fleet.locks == {}
+    assert webhook.texts()[1:] == [f"[staging] deploy of {NEW}: STOPPED: interrupted before its end (see the "
+                                   "deploying console for each server)"]
+
+
+def test_a_rollback_posts_its_end_only(monkeypatch, webhook):
+    fleet = Fleet()
+    assert run_tool(monkeypatch, fleet, _Target(), "deploy", "staging") == 0   # no webhook: nothing posted
+    assert webhook.received == []
+    assert run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "rollback", "staging") == 0
+    assert [timeless(t) for t in webhook.texts()] == [f"[staging] rollback to {OLD}: done\n" + "\n".join(
+        f"  {s.name}: {OLD} (healthy in Ns)" for s in SERVERS)]
+    never = "20200101T000000Z-0000000"
+    assert run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "rollback", "staging", "--to", never) == 1
+    assert webhook.texts()[1].startswith(f"[staging] rollback to {never}: STOPPED: cannot roll back: app-1: does not "
+                                         f"hold {never}")
+
+
+def test_a_refused_deploy_a_failed_build_and_the_read_only_verbs_never_look_the_webhook_up(monkeypatch, webhook):
+    looked_up = []
+
+    class Counting(_Target):
+        def alert_webhook_url(self):
+            looked_up.append(1)
+            return super().alert_webhook_url()
+
+    locked = Fleet(lock_holder="bob@ci since 2026-11-29T21:30:05Z (deploy, pid 7)")
+    assert run_tool(monkeypatch, locked, Counting(webhook=webhook.url), "deploy", "staging") == cli.EXIT_LOCKED
+    assert run_tool(monkeypatch, Fleet(), Counting(webhook=webhook.url), "releases", "staging") == 0
+
+    def build_fails(app, work, executor):
+        raise CommandFailed("npm ci", Result(["npm", "ci"], 1, "npm error\n"))
+
+    monkeypatch.setattr(cli.release, "build", build_fails)   # no release id: nothing was started
+    assert cli.main(["deploy", "staging"], executor=Fleet()) == cli.EXIT_STOPPED
+    assert looked_up == [] and webhook.received == []
+
+
+def test_without_a_webhook_one_line_says_notifications_are_off(monkeypatch, webhook):
+    fleet = Fleet()
+    assert run_tool(monkeypatch, fleet, _Target(), "deploy", "staging") == 0
+    said = [line for line in fleet.printed().splitlines() if "notification" in line]
+    assert said == ["notifications are off (no alertWebhookUrl): this test stack has no webhook"]
+    assert webhook.received == []
+
+
+# --- a webhook that does not take them --------------------------------------------------
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("unhealthy", [False, True], ids=["succeeds", "fails"])
+def test_an_unreachable_webhook_changes_no_exit_code_and_its_url_is_never_printed(monkeypatch, webhook, unhealthy):
+    url = f"https://127.0.0.1:{closed_port()}/hooks/{TOKEN}"
+    fleet = Fleet(unhealthy={(A1.address, NEW)} if unhealthy else set(), verbose=True)
+    code = run_tool(monkeypatch, fleet, _Target(webhook=url), "deploy", "staging")
+    assert code == (cli.EXIT_STOPPED if unhealthy else 0)
+    printed = fleet.printed()
+    not_delivered = [line for line in printed.splitlines() if line.startswith("notification NOT delivered: ")]
+    assert len(not_delivered) == 2, printed   # started, and the end
+    assert all("Connection refused" in line and f"({notify.ATTEMPTS} of {notify.ATTEMPTS} attempts)" in line
+               for line in not_delivered), not_delivered
+    assert TOKEN not in printed and url not in printed
+    assert all(s.running == (OLD if unhealthy else NEW) for s in fleet.servers.values())
+    assert fleet.locks == {}
+
+
+def test_a_failing_webhook_is_tried_again_a_refusing_one_is_not(webhook):
+    webhook.statuses = [500] * notify.ATTEMPTS
+    with pytest.raises(notify.NotDelivered, match=rf"HTTP 500 \({notify.ATTEMPTS} of {notify.ATTEMPTS} attempts\)"):
+        notify.post(webhook.url, notify.payload("x"))
+    assert len(webhook.received) == notify.ATTEMPTS
+    webhook.statuses = [503]
+    notify.post(webhook.url, notify.payload("then it works"))
+    assert webhook.texts()[-1] == "then it works" and len(webhook.received) == notify.ATTEMPTS + 2
+    webhook.statuses = [404]
+    with pytest.raises(notify.NotDelivered, match=rf"HTTP 404 \(1 of {notify.ATTEMPTS} attempts\)"):
+        notify.post(webhook.url, notify.payload("x"))
+
+
+def test_an_untrusted_certificate_or_plain_http_is_refused(webhook, monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE")
+    with pytest.raises(notify.NotDelivered, match="CERTIFICATE_VERIFY_FAILED"):
+        notify.post(webhook.url, notify.payload("x"))
+    with pytest.raises(notify.NotDelivered, match="not https"):
+        notify.post(webhook.url.replace("https://", "http://"), notify.payload("x"))
+    assert webhook.received == []
+
+
+def test_a_webhook_that_never_answers_is_given_up_on_in_bounded_time(monkeypatch):
+    monkeypatch.setattr(notify, "ATTEMPT_SECONDS", 0.3)
+    monkeypatch.setattr(notify, "RETRY_PAUSE_SECONDS", 0)
+    with socket.socket() as silent:   # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        start = time.monotonic()
+        with pytest.raises(notify.NotDelivered, match="timed out"):
+            notify.post(f"https://127.0.0.1:{silent.getsockname()[1]}/hook", notify.payload("x"))
+    assert time.monotonic() - start < notify.ATTEMPTS * 0.3 + 2
+
+
+# --- where the URL comes from ---------------------------------------------------------------
+
+def test_a_real_stacks_url_comes_from_its_secret_outputs_read_once_and_never_shown(webhook):
+    url = webhook.url
+
+    @dataclass
+    class Pulumi(Executor):
+        runs: list = field(default_factory=list)
+
+        def run(self, argv, *, input=None, timeout=900, secret_output=False):
+            self.runs.append((argv, secret_output))
+            outputs = {"alert_webhook_url": url, "public_ip": "198.51.100.2"}
+            result = Result(argv, 0, json.dumps(outputs))
+            if self.verbose:
+                for line in self.printable(result, secret_output):
+                    self.say("  | " + line)
+            return result
+
+    out = io.StringIO()
+    executor = Pulumi(verbose=True, out=out)
+    target = PulumiStack("staging", executor)
+    notifier = notify.Notifier("staging", target, executor)
+    notifier.deploy_started(NEW, "alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 1)")
+    notifier.finished(Outcome("deploy", [Step(Server("app-1", "10.0.0.2"), OLD, NEW, ok=True)]))
+    with pytest.raises(NotArchived):   # the archive's output is read from the same, once
+        target.archive_store()
+    assert len(webhook.received) == 2
+    assert executor.runs == [(["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", "staging"], True)]
+    executor.say(f"a line naming {url}")
+    assert TOKEN not in out.getvalue() and "a line naming [REDACTED]" in out.getvalue()
+
+
+def test_a_local_stacks_url_comes_from_its_recorded_outputs(monkeypatch):
+    from localcloud import records
+    from deploy.targets import LocalStack
+
+    recorded = {"outputs": {"alert_webhook_url": f"https://hooks.example.com/{TOKEN}"}}
+    monkeypatch.setattr(records, "load", lambda stack: recorded if stack == "staging" else None)
+    assert LocalStack("staging").alert_webhook_url() == f"https://hooks.example.com/{TOKEN}"
+    with pytest.raises(notify.NoWebhook, match="local stack other has no alert_webhook_url output"):
+        LocalStack("other").alert_webhook_url()
+    recorded["outputs"]["alert_webhook_url"] = ""
+    with pytest.raises(notify.NoWebhook, match="local stack staging's alert_webhook_url output is empty"):
+        LocalStack("staging").alert_webhook_url()
