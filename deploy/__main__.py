@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
         if args.command == "deploy":
             executor.say(f"building {args.app} ...")
             build = release.build(args.app, work, executor)
-            executor.say(f"built {build.release_id}")
+            executor.say(f"built {build.release_id} ({', '.join(p.name for p in build.contract.processes)})")
+            deployer.check_runtime(build)
             notifier.deploy_started(build.release_id, deployer.holder)
             if store:
                 # Before any server: a release that cannot be archived is not rolled out.

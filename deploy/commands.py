@@ -138,6 +138,11 @@ def prune(stack, server, keep: int, control_dir=None) -> Remote:
     return release_action(stack, server, "prune", str(keep), control_dir=control_dir)
 
 
+def runtime(stack, server, control_dir=None) -> Remote:
+    """The node the apps run on one server, as node_runtime() says it here."""
+    return release_action(stack, server, "runtime", control_dir=control_dir)
+
+
 def status(stack, server, control_dir=None) -> Remote:
     """What runs on one server: its release, the apps' unit and processes, one /healthz."""
     return release_action(stack, server, "status", control_dir=control_dir)
@@ -153,7 +158,14 @@ def logs(stack, server, lines: int, since: str | None, follow: bool, processes: 
 def app_exec(stack, server, command: list[str], control_dir=None) -> Remote:
     """COMMAND as the app user, in the current release with the apps' environment: the
     deploy user's second sudo command, a fixed wrapper (cloudinit/app_server/sudoers)."""
-    return on_server(stack, server, ["sudo", "-n", "-u", conventions.APP_USER, *APP_EXEC, *command], control_dir)
+    return on_server(stack, server, ["sudo", "-n", "-u", conventions.APP_USER, *APP_EXEC, "--", *command], control_dir)
+
+
+def release_command(stack, server, release_id: str, command: str, control_dir=None) -> Remote:
+    """The contract's release command, as app-exec runs one, in release `release_id`
+    (uploaded, not yet current)."""
+    return on_server(stack, server, ["sudo", "-n", "-u", conventions.APP_USER, *APP_EXEC, "--release", release_id,
+                                     "--", "sh", "-c", command], control_dir)
 
 
 def reload_apps(stack, server, control_dir=None) -> Remote:
@@ -199,13 +211,28 @@ def copy_sources(app_dir: str, build_dir: str) -> list[str]:
             f"{app_dir.rstrip('/')}/", f"{build_dir.rstrip('/')}/"]
 
 
-def node_version() -> list[str]:
-    return ["node", "--version"]
+def node_runtime() -> list[str]:
+    """`v22.11.0 linux x64`: what a native module is built for (its ABI is the major's)."""
+    return ["node", "-p", 'process.version + " " + process.platform + " " + process.arch']
 
 
 def install_dependencies(build_dir: str) -> list[str]:
     """Production dependencies exactly as the lockfile says."""
     return ["npm", "ci", "--omit=dev", "--no-audit", "--no-fund", "--prefix", build_dir]
+
+
+def install_all_dependencies(build_dir: str) -> list[str]:
+    """Dev dependencies too, for the app's build step (TypeScript, a bundler)."""
+    return ["npm", "ci", "--include=dev", "--no-audit", "--no-fund", "--prefix", build_dir]
+
+
+def build_step(build_dir: str, command: str) -> list[str]:
+    """The contract's build command, by the shell, in the release being built."""
+    return ["sh", "-c", f"cd {shlex.quote(build_dir)} && {command}"]
+
+
+def prune_dev_dependencies(build_dir: str) -> list[str]:
+    return ["npm", "prune", "--omit=dev", "--no-audit", "--no-fund", "--prefix", build_dir]
 
 
 def close_connection(stack: Stack, control_dir: str, server: Server) -> list[str]:

@@ -14,15 +14,14 @@ import re
 import socket
 from dataclasses import dataclass, field
 
-from model import conventions
+from model import app_contract, conventions
 
 from . import commands
 from .executor import Executor
 from .records import Server, Stack
 
-# The apps' processes: pm2 names each worker after its script, which the ecosystem file
-# puts at <release>/<app>/server.js.
-WORKER = re.compile(r"^node (?P<path>/\S+)/(?P<name>[A-Za-z0-9_-]+)/server\.js$")
+# The apps' processes: each pm2 worker's command line is `node <current>/<script>`, the
+# script the release's platform.json declares for it (the default without the file).
 DURATION = re.compile(r"^(?P<count>[1-9][0-9]*)(?P<unit>[smhd])$")
 MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?)?$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -104,10 +103,21 @@ class ServerStatus:
             return self.health_body[:80]
 
 
+def declared_scripts(contract_json: str | None) -> dict[str, str]:
+    """Each declared process's command line as ps shows it, to its name."""
+    try:
+        contract = app_contract.parse(json.loads(contract_json)) if contract_json else app_contract.DEFAULT
+    except ValueError:
+        contract = app_contract.DEFAULT
+    return {f"node {conventions.CURRENT_RELEASE_LINK}/{p.script}": p.name for p in contract.processes}
+
+
 def parse_status(server: Server, output: str) -> ServerStatus:
     status = ServerStatus(server)
     pids: dict[int, int] = {}
-    for line in output.splitlines():
+    lines = output.splitlines()
+    names = declared_scripts(next((line.partition(" ")[2] for line in lines if line.startswith("contract ")), None))
+    for line in lines:
         kind, _, rest = line.partition(" ")
         if kind == "release":
             status.release = rest.strip()
@@ -121,8 +131,8 @@ def parse_status(server: Server, output: str) -> ServerStatus:
                 continue
             pid, seconds, args = int(fields[0]), int(fields[1]), fields[2]
             pids[pid] = seconds
-            if worker := WORKER.match(args):
-                status.workers.setdefault(worker["name"], []).append(seconds)
+            if name := names.get(args.strip()):
+                status.workers.setdefault(name, []).append(seconds)
         elif kind == "health":
             code, _, body = rest.partition(" ")
             status.health_code, status.health_body = code or "000", body.strip()

@@ -14,7 +14,9 @@
 #   lock HOLDER           take this server's deploy lock; refuses (exit 3) naming who holds it
 #   unlock HOLDER         release the lock if HOLDER holds it
 #   break-lock            remove the lock whoever holds it, saying whose it was
-#   status                the current release, the apps' unit and processes, one /healthz
+#   status                the current release, its declared processes, the apps' unit and
+#                         processes, one /healthz
+#   runtime               the Node.js version, OS and CPU the apps run on (node's own words)
 #   logs LINES SINCE [FOLLOW] [PROCESS...]
 #                         the apps' log lines, each as `<process>[.err] <line>`: the last
 #                         LINES of each log, those since SINCE (date -d's words, or -), then
@@ -105,6 +107,9 @@ probe() {
 status() {
     local answer
     echo "release $(current_id)"
+    # The processes the release declares (platform.json), on one line: status names the
+    # workers it sees by their scripts.
+    if [ -r "$CURRENT_LINK/platform.json" ]; then echo "contract $(tr -d '\n' < "$CURRENT_LINK/platform.json")"; fi
     echo "unit $(systemctl show "$APPS_UNIT" --property=ActiveState --value 2>/dev/null || echo unknown)" \
         "$(systemctl show "$APPS_UNIT" --property=MainPID --value 2>/dev/null || echo 0)"
     ps -o pid=,etimes=,args= -u "$APP_USER" 2>/dev/null | sed 's/^ */process /' || true
@@ -252,6 +257,7 @@ case "$action" in
     unlock) unlock "$1" ;;
     break-lock) break_lock ;;
     status) status ;;
+    runtime) node -p 'process.version + " " + process.platform + " " + process.arch' ;;
     logs) logs "$@" ;;
     *) echo "deploy: unknown action '$action'" >&2; exit 2 ;;
 esac

@@ -20,10 +20,12 @@ from model import conventions
 from . import commands
 from .commands import Remote
 from .executor import CommandFailed, Executor, Result
-from .release import Build
+from .release import Build, runtime_problem
 from .records import Server, Stack
 
 LOCKED_EXIT = 3  # remote.sh's exit when someone else holds the lock
+# A migration may take a while; the deploy waits this long for the release command.
+RELEASE_COMMAND_SECONDS = 1800
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,29 @@ class Deployer:
                     commands.accept(self.stack, server, build.release_id, self.control_dir))
         self.say(f"[{server.name}] uploaded {build.release_id} ({time.monotonic() - start:.1f}s)")
 
+    def check_runtime(self, build: Build) -> None:
+        """Before anything is uploaded: the Node.js major the release declares, and its
+        compiled addons' Node.js, OS and CPU, are each server's."""
+        problems = []
+        for server in self.stack.servers:
+            runtime = self.remote(f"{server.name}: node's version", commands.runtime(self.stack, server, self.control_dir))
+            if problem := runtime_problem(build, server.name, runtime.output.strip()):
+                problems.append(problem)
+        if problems:
+            raise DeployError("; ".join(dict.fromkeys(problems)) + ". Nothing was uploaded")
+
+    def release_command(self, build: Build) -> None:
+        """The contract's release command (migrations), once, on the first server, in the
+        new release with the apps' environment, before any server switches."""
+        server = self.stack.servers[0]
+        self.say(f"[{server.name}] release command: {build.contract.release}")
+        command = commands.release_command(self.stack, server, build.release_id, build.contract.release,
+                                           self.control_dir)
+        result = self.executor.run(command.argv, timeout=RELEASE_COMMAND_SECONDS)
+        if not result.ok:
+            raise DeployError(f"the release command failed on {server.name} (exit {result.returncode}: "
+                              f"{result.last_line}); no server was switched, every one still runs its release")
+
     # --- one server, then the next ------------------------------------------------------
 
     def switch_and_check(self, server: Server, release_id: str) -> None:
@@ -223,6 +248,8 @@ class Deployer:
         held = [self.holdings(server) for server in self.stack.servers]
         for server in self.stack.servers:
             self.upload(server, build)
+        if build.contract.release:
+            self.release_command(build)
         self.roll(outcome, [(h, build.release_id) for h in held])
         if outcome.ok:
             for server in self.stack.servers:

@@ -108,7 +108,7 @@ def test_every_name_the_platform_gives_the_apps_is_refused():
     unit = cloudinit.render("app_server/platform-apps.service", **cloudinit.template_context("app", every))
     import re
     names = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", text, re.M))
-    names |= set(re.findall(r"^\s+([A-Z_][A-Z0-9_]*): ", ecosystem, re.M))
+    names |= set(re.findall(r"\b([A-Z_][A-Z0-9_]*): ", ecosystem))
     names |= set(re.findall(r"^Environment=([A-Z_][A-Z0-9_]*)=", unit, re.M))
     assert {"NODE_ENV", "POSTGRESQL_PASSWORD", "PORT", "PLATFORM_ENV_FILE", "PM2_HOME"} <= names
     for name in names:

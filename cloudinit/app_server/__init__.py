@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import json
 import tarfile
 from pathlib import Path
 
-from model import conventions
+from model import app_contract, conventions
 from model.settings import Settings
 
 from .. import ConfigFile, Program, Push, Target, render
@@ -19,6 +20,12 @@ INSTALL_EXAMPLE_APP = "/usr/local/sbin/platform-install-example-app"
 # A one-off command in the apps' release and environment, as the app user.
 APP_EXEC_COMMAND = "/usr/local/sbin/platform-app-exec"
 SUDOERS_FILE = "/etc/sudoers.d/platform-deploy"
+# The apps' unit's ExecReload: pm2 follows the current release's declared processes.
+APPS_RELOAD_COMMAND = "/usr/local/sbin/platform-apps-reload"
+# What pm2's ecosystem file reads of the current release (model/app_contract.py).
+CONTRACT_FILE = app_contract.FILE
+DEFAULT_CONTRACT_JSON = json.dumps(app_contract.DEFAULT.as_json())
+ROUTE_PORTS_JSON = json.dumps(app_contract.ROUTES)
 
 # Rolling through the pool: a member that served this before a new bundle must serve it
 # again before the next member gets the bundle.
@@ -29,6 +36,7 @@ PROGRAMS = [
     Program("app_server/provision.sh", ROLE_STEPS, mode="0644"),
     Program("app_server/platform-install-example-app.sh", INSTALL_EXAMPLE_APP),
     Program("app_server/platform-app-exec.sh", APP_EXEC_COMMAND),
+    Program("app_server/platform-apps-reload.sh", APPS_RELOAD_COMMAND),
 ]
 
 NGINX_CHECK = ["nginx", "-t", "-q"]

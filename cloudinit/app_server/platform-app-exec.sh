@@ -1,22 +1,36 @@
 #!/bin/bash
-# `platform-app-exec COMMAND [ARG...]`: COMMAND as the apps run, in the current release
-# with the apps' environment (.env as the apps read it, then what pm2's ecosystem file
-# sets). The deploy user may run exactly this, as the app user and no other
-# (sudoers): it runs nothing a release it ships could not already run as that user.
+# `platform-app-exec [--release ID] [--] COMMAND [ARG...]`: COMMAND as the apps run, in the
+# current release (or release ID, uploaded and not yet current: a deploy's release
+# command) with the apps' environment (.env as the apps read it, then what pm2's
+# ecosystem file sets). The deploy user may run exactly this, as the app user and no
+# other (sudoers): it runs nothing a release it ships could not already run as that user.
 set -euo pipefail
 
-current={{ c.CURRENT_RELEASE_LINK }}
+releases={{ c.RELEASES_DIR }}
+directory={{ c.CURRENT_RELEASE_LINK }}
 env_file={{ c.APP_ENV_FILE }}
+usage="usage: platform-app-exec [--release ID] [--] COMMAND [ARG...]"
 
+if [ "${1:-}" = --release ]; then
+    id=${2:-}
+    case "$id" in
+        '' | *[!A-Za-z0-9._-]* | .* | "${directory##*/}" | "${directory##*/}.new")
+            echo "platform-app-exec: --release '$id' is not a release id ($usage)" >&2; exit 2 ;;
+    esac
+    directory=$releases/$id
+    [ -d "$directory" ] && [ ! -L "$directory" ] || { echo "platform-app-exec: no release $id in $releases" >&2; exit 1; }
+    shift 2
+fi
+if [ "${1:-}" = -- ]; then shift; fi
 if [ "$#" -eq 0 ]; then
-    echo "platform-app-exec: no command given (usage: platform-app-exec COMMAND [ARG...])" >&2
+    echo "platform-app-exec: no command given ($usage)" >&2
     exit 2
 fi
 if [ "$(id -un)" != {{ c.APP_USER }} ]; then
     echo "platform-app-exec: runs as {{ c.APP_USER }} only (sudo -u {{ c.APP_USER }}), not as $(id -un)" >&2
     exit 2
 fi
-cd "$current" 2>/dev/null || { echo "platform-app-exec: no current release ($current)" >&2; exit 1; }
+cd "$directory" 2>/dev/null || { echo "platform-app-exec: no release at $directory" >&2; exit 1; }
 
 # NAME=value, the value as is to the end of the line: example-app/lib/env.js's reading.
 if [ -r "$env_file" ]; then

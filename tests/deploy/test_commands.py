@@ -43,7 +43,11 @@ def test_the_deploy_users_sudo_commands_are_exactly_those_its_sudoers_allows(sta
     reload = shlex.split(commands.reload_apps(STACK, SERVER).argv[-1])
     assert reload[:2] == ["sudo", "-n"]
     app_exec = shlex.split(commands.app_exec(STACK, SERVER, ["node", "-e", "1"]).argv[-1])
-    assert app_exec == ["sudo", "-n", "-u", conventions.APP_USER, "/usr/local/sbin/platform-app-exec", "node", "-e", "1"]
+    assert app_exec == ["sudo", "-n", "-u", conventions.APP_USER, "/usr/local/sbin/platform-app-exec", "--", "node",
+                        "-e", "1"]
+    migrate = shlex.split(commands.release_command(STACK, SERVER, "R2", "node migrate.js").argv[-1])
+    assert migrate == ["sudo", "-n", "-u", conventions.APP_USER, "/usr/local/sbin/platform-app-exec", "--release", "R2",
+                       "--", "sh", "-c", "node migrate.js"], "the same wrapper, in the uploaded release"
     sudoers = cloudinit.rendered_files(conventions.APP_SERVER, staging_settings)["/etc/sudoers.d/platform-deploy"]
     aliases = dict(line.removeprefix("Cmnd_Alias ").split(" = ", 1) for line in sudoers.splitlines()
                    if line.startswith("Cmnd_Alias"))

@@ -38,7 +38,8 @@ def test_exec_sends_the_command_word_for_word_to_the_wrapper_as_app():
     command = ["sh", "-c", "echo \"$POSTGRESQL_HOST\"; exit 7", "it's", "--server"]
     built = commands.app_exec(STACK, APP2, command)
     assert built.argv[-2] == APP2.address and built.stdin is None
-    assert remote_argv(built) == ["sudo", "-n", "-u", conventions.APP_USER, "/usr/local/sbin/platform-app-exec", *command]
+    assert remote_argv(built) == ["sudo", "-n", "-u", conventions.APP_USER, "/usr/local/sbin/platform-app-exec", "--",
+                                  *command]
 
 
 @pytest.mark.parametrize("since, words", [("10m", "10 minutes ago"), ("30s", "30 seconds ago"), ("2h", "2 hours ago"),
@@ -223,3 +224,16 @@ def test_maintenance_takes_on_off_or_status_only(capsys):
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["maintenance", "staging", "sideways"])
     assert "invalid choice: 'sideways'" in capsys.readouterr().err
+
+
+def test_status_names_the_workers_by_the_scripts_the_current_release_declares():
+    contract = ('contract {"processes": {"site": {"script": "dist/site.js", "serves": "/", "instances": 1}, '
+                '"api": {"script": "api/server.js", "serves": "/api/", "instances": 1}, '
+                '"jobs": {"script": "worker/index.js", "instances": 1}}}')
+    answer = HEALTHY.replace("release 20261202-0700-abc1234\n", f"release R2\n{contract}\n").replace(
+        "process 121 290 node /srv/app/releases/current/web/server.js\n",
+        "process 121 290 node /srv/app/releases/current/dist/site.js\nprocess 122 50 node "
+        "/srv/app/releases/current/worker/index.js\n")
+    status = operate.parse_status(APP1, answer)
+    assert {name: len(up) for name, up in status.workers.items()} == {"site": 1, "api": 1, "jobs": 1}
+    assert "jobs 1 up 50s" in operate.status_table([status])[1]

@@ -33,6 +33,7 @@ class FakeServer:
     current: str | None = OLD
     running: str | None = OLD           # what pm2 runs: `current` as of the last reload
     activated: list[str] = field(default_factory=lambda: [OLD])   # remote.sh's history
+    runtime: str = "v22.11.0 linux x64"   # what its node says (remote.sh runtime)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Fleet(Executor):
     lock_holder: str | None = None     # a deploy lock already held on every server
     log: list[tuple[str, str]] = field(default_factory=list)       # (host, action) in the order run
     locks: dict[str, str] = field(default_factory=dict)            # address: who holds its deploy lock
+    release_command_exit: int = 0      # what the contract's release command exits with
 
     def __post_init__(self):
         self.servers = self.servers or {s.address: FakeServer() for s in SERVERS}
@@ -94,6 +96,11 @@ class Fleet(Executor):
 
     def on_server(self, address, remote, script):
         server = self.servers[address]
+        if remote[:5] == ["sudo", "-n", "-u", conventions.APP_USER, "/usr/local/sbin/platform-app-exec"]:
+            assert remote[5] == "--release" and remote[7:10] == ["--", "sh", "-c"], remote
+            assert remote[6] in server.releases, "the release command runs in the uploaded release"
+            self.log.append((address, f"release-command {remote[6]}: {remote[10]}"))
+            return Result([], self.release_command_exit, "migrated\n" if not self.release_command_exit else "boom\n")
         if remote == ["sudo", "-n", "systemctl", "reload", conventions.APPS_UNIT]:
             self.log.append((address, "reload"))
             server.running = server.current
@@ -122,6 +129,8 @@ class Fleet(Executor):
             return Result([], 0, "healthy\n")
         if action == "prune":
             return Result([], 0, "")
+        if action == "runtime":
+            return Result([], 0, server.runtime + "\n")
         raise AssertionError(action)
 
     def printed(self) -> str:

@@ -297,16 +297,23 @@ pm2 kill >/dev/null
 """
 
 
+def apps_reload(tmp_path: Path) -> str:
+    """The apps' unit's reload as a command: its ExecReload script, with pm2 from PATH."""
+    unit = app_files()[f"/etc/systemd/system/{c.APPS_UNIT}.service"]
+    (reload,) = [line.removeprefix("ExecReload=") for line in unit.splitlines() if line.startswith("ExecReload=")]
+    script = tmp_path / "platform-apps-reload"
+    script.write_text(app_files()[reload].replace(f"{c.PM2_BIN_DIR}/pm2", "pm2"))
+    return f"bash {script}"
+
+
 def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests_onto_a_new_node(tmp_path, pm2_bin, example_app_modules):
     for port in (c.WEB_APP_PORT, c.API_APP_PORT):
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is taken on this host"
     root = nginx_tree(tmp_path / "ns", {c.ECOSYSTEM_FILE: app_files()[c.ECOSYSTEM_FILE]})
-    unit = app_files()[f"/etc/systemd/system/{c.APPS_UNIT}.service"]
-    (reload,) = [line.removeprefix("ExecReload=") for line in unit.splitlines() if line.startswith("ExecReload=")]
-    assert reload.startswith(f"{c.PM2_BIN_DIR}/pm2 reload ")
+    reload = apps_reload(tmp_path)
     script = PM2_SCRIPT.format(
-        node_dir=tmp_path / "usr-bin", reload=reload.replace(f"{c.PM2_BIN_DIR}/pm2", "pm2"), bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR, source=REPO / "example-app",
+        node_dir=tmp_path / "usr-bin", reload=reload, bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR, source=REPO / "example-app",
         modules=example_app_modules, current=c.CURRENT_RELEASE_LINK, ecosystem=c.ECOSYSTEM_FILE,
         web=c.WEB_APP_PORT, api=c.API_APP_PORT, pm2_home=tmp_path / "pm2-home",
     )

@@ -57,6 +57,14 @@ echo "DEPLOYREADS $(as_deploy cat {c.APP_ENV_FILE} >/dev/null 2>&1 && echo yes |
 said=$(as_deploy sudo -n {app_server.APP_EXEC_COMMAND} id -un 2>&1); echo "ASROOT $said exit $?"
 said=$(as_deploy sudo -n -u {c.APP_USER} /bin/sh -c true 2>&1); echo "ASAPPSHELL $said exit $?"
 said=$({app_server.APP_EXEC_COMMAND} true 2>&1); echo "DIRECT $said exit $?"
+# A deploy's release command: in the uploaded release, not `current`.
+as_deploy mkdir {c.RELEASES_DIR}/r2
+echo "INRELEASE $(exec_as_app --release r2 -- sh -c 'echo "$PWD|$POSTGRESQL_HOST"')"
+echo "DASHES $(exec_as_app -- printf '[%s]' --release)"
+as_deploy ln -s /etc {c.RELEASES_DIR}/r3
+for bad in r3 r9 ../etc current ''; do
+  said=$(exec_as_app --release "$bad" -- pwd 2>&1); echo "BADRELEASE [$bad] $said exit $?"
+done
 """
 
 
@@ -70,7 +78,7 @@ def test_deploy_runs_the_exec_wrapper_as_app_only_in_the_release_with_the_apps_e
     result = run(in_namespace(root, ["bash", "-c", EXEC_SCRIPT]))
     output = result.stdout + result.stderr
     lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines() if " " in line}
-    assert lines.get("NORELEASE") == f"platform-app-exec: no current release ({c.CURRENT_RELEASE_LINK}) exit 1", output
+    assert lines.get("NORELEASE") == f"platform-app-exec: no release at {c.CURRENT_RELEASE_LINK} exit 1", output
     # .env as the apps read it (the value to the end of the line), as app, in `current`.
     assert lines["ENV"] == (f"10.110.16.9|hello world = yes|{c.CURRENT_RELEASE_LINK}|{c.APP_USER}|production|"
                             f"{c.APP_ENV_FILE}"), output
@@ -83,6 +91,14 @@ def test_deploy_runs_the_exec_wrapper_as_app_only_in_the_release_with_the_apps_e
     for attempt in ("ASROOT", "ASAPPSHELL"):
         assert "a password is required" in lines[attempt] and lines[attempt].endswith("exit 1"), output
     assert lines["DIRECT"].startswith(f"platform-app-exec: runs as {c.APP_USER} only"), output
+    assert lines["INRELEASE"] == f"{c.RELEASES_DIR}/r2|10.110.16.9", output
+    assert lines["DASHES"] == "[--release]", "after --, a word is the command's"
+    bad = [line for line in result.stdout.splitlines() if line.startswith("BADRELEASE ")]
+    assert bad == [f"BADRELEASE [r3] platform-app-exec: no release r3 in {c.RELEASES_DIR} exit 1",
+                   f"BADRELEASE [r9] platform-app-exec: no release r9 in {c.RELEASES_DIR} exit 1",
+                   *[f"BADRELEASE [{b}] platform-app-exec: --release '{b}' is not a release id "
+                     "(usage: platform-app-exec [--release ID] [--] COMMAND [ARG...]) exit 2"
+                     for b in ("../etc", "current", "")]], output
 
 
 def log_dir_mode(provision: str) -> tuple[str, str]:

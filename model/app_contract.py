@@ -1,0 +1,170 @@
+"""The app contract: `platform.json` at the root of an app says what the platform runs.
+
+    {
+      "node": 22,                               the Node.js major it needs (optional)
+      "build": "npm run build",                 run before packaging, dev dependencies installed (optional)
+      "release": "node scripts/migrate.js",     run once per deploy, before any server switches (optional)
+      "processes": {
+        "web":    {"script": "web/server.js", "serves": "/"},
+        "api":    {"script": "api/server.js", "serves": "/api/", "instances": 2},
+        "worker": {"script": "worker/index.js", "instances": 1}
+      }
+    }
+
+The deploy tool reads it before anything is uploaded (every problem at once, each naming
+the field, the value and what is allowed); pm2's ecosystem file on the app servers reads
+the current release's copy at each start and reload, so a process added or removed is a
+deploy. The platform gives the process that serves `/` port WEB_APP_PORT and the one that
+serves `/api/` port API_APP_PORT (in PORT): the app servers' nginx routes by those, and
+asks the `/api/` process for the health check (HEALTH_PATH). An app without the file runs
+as DEFAULT says (web/ and api/, as the example app is laid out).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import conventions
+from .settings import NODE_MAJORS
+
+FILE = "platform.json"
+ROUTES = {"/": conventions.WEB_APP_PORT, "/api/": conventions.API_APP_PORT}
+MAX_PROCESSES = 10
+MAX_INSTANCES = 64
+MAX_COMMAND_CHARS = 1000
+# pm2's process names, and the names of the log files: short, lower case, no dots.
+PROCESS_NAME = re.compile(r"[a-z][a-z0-9_-]{0,29}")
+FIELDS = ("node", "build", "release", "processes")
+PROCESS_FIELDS = ("script", "serves", "instances")
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str
+    script: str                      # relative to the release
+    serves: str | None = None        # "/" or "/api/"; None: no port (a worker)
+    instances: int | str = 1         # a count, or "max": one per CPU
+
+    @property
+    def port(self) -> int | None:
+        return ROUTES.get(self.serves) if self.serves else None
+
+
+@dataclass(frozen=True)
+class Contract:
+    processes: tuple[Process, ...]
+    node: int | None = None
+    build: str | None = None
+    release: str | None = None
+
+    def as_json(self) -> dict:
+        """Every field spelled out, defaults filled: what the release carries as platform.json."""
+        return {
+            **({"node": self.node} if self.node else {}),
+            **({"build": self.build} if self.build else {}),
+            **({"release": self.release} if self.release else {}),
+            "processes": {p.name: {"script": p.script, **({"serves": p.serves} if p.serves else {}),
+                                   "instances": p.instances} for p in self.processes},
+        }
+
+
+DEFAULT = Contract((Process("web", "web/server.js", "/", "max"), Process("api", "api/server.js", "/api/", "max")))
+
+
+class ContractError(ValueError):
+    def __init__(self, where: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{where}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def load(app_dir: str | Path) -> Contract:
+    """The app's contract (DEFAULT without the file); ContractError naming every problem,
+    including scripts the app does not have."""
+    path = Path(app_dir) / FILE
+    if not path.exists():
+        contract = DEFAULT
+    else:
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, ValueError) as bad:
+            raise ContractError(str(path), [f"not JSON: {bad}"]) from None
+        contract = parse(data, str(path))
+    missing = [f"processes.{p.name}.script: {p.script!r} is not a file in {app_dir}"
+               for p in contract.processes if not (Path(app_dir) / p.script).is_file()]
+    if missing:
+        raise ContractError(str(path), missing)
+    return contract
+
+
+def parse(data, where: str = FILE) -> Contract:
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ContractError(where, [f"an object of {', '.join(FIELDS)} is needed, not {type(data).__name__}"])
+    problems += [f"{key!r} is not a field (fields: {', '.join(FIELDS)})" for key in data if key not in FIELDS]
+    node = data.get("node")
+    if node is not None and (type(node) is not int or node not in NODE_MAJORS):
+        problems.append(f"node: {node!r} is not allowed: one of {', '.join(map(str, NODE_MAJORS))} (a Node.js major)")
+    commands = {name: command_problem(name, data.get(name)) for name in ("build", "release")}
+    problems += [p for p in commands.values() if p]
+    processes = parse_processes(data.get("processes"), problems)
+    if problems:
+        raise ContractError(where, problems)
+    return Contract(processes, node, data.get("build") or None, data.get("release") or None)
+
+
+def command_problem(name: str, value) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        return f"{name}: {value!r} is not allowed: a shell command (a non-empty string)"
+    if "\n" in value or "\r" in value or len(value) > MAX_COMMAND_CHARS:
+        return f"{name}: {value[:40]!r}... is not allowed: one line of at most {MAX_COMMAND_CHARS} characters"
+    return None
+
+
+def parse_processes(value, problems: list[str]) -> tuple[Process, ...]:
+    if not isinstance(value, dict) or not value:
+        problems.append(f"processes: {value!r} is not allowed: an object of process names to "
+                        '{"script": ..., "serves": "/" or "/api/", "instances": N}, at least one')
+        return ()
+    if len(value) > MAX_PROCESSES:
+        problems.append(f"processes: {len(value)} declared, at most {MAX_PROCESSES}")
+    processes = []
+    for name, spec in value.items():
+        where = f"processes.{name}"
+        if not PROCESS_NAME.fullmatch(name):
+            problems.append(f"{where}: the name {name!r} is not allowed: a lower-case letter, then up to 29 of "
+                            "a-z, 0-9, _ and -")
+        if not isinstance(spec, dict):
+            problems.append(f"{where}: {spec!r} is not allowed: an object with script, serves, instances")
+            continue
+        problems += [f"{where}: {key!r} is not a field (fields: {', '.join(PROCESS_FIELDS)})"
+                     for key in spec if key not in PROCESS_FIELDS]
+        script = spec.get("script")
+        if not isinstance(script, str) or not script_ok(script):
+            problems.append(f"{where}.script: {script!r} is not allowed: a .js, .cjs or .mjs file's path inside the "
+                            "app (relative, no '..')")
+        serves = spec.get("serves")
+        if serves is not None and serves not in ROUTES:
+            problems.append(f"{where}.serves: {serves!r} is not allowed: \"/\" or \"/api/\", or no serves (a worker)")
+        instances = spec.get("instances", "max" if serves else 1)
+        if instances != "max" and (type(instances) is not int or not 1 <= instances <= MAX_INSTANCES):
+            problems.append(f"{where}.instances: {instances!r} is not allowed: a whole number from 1 to "
+                            f"{MAX_INSTANCES}, or \"max\" (one per CPU)")
+        processes.append(Process(name, script if isinstance(script, str) else "", serves, instances))
+    for route in ROUTES:
+        serving = [p.name for p in processes if p.serves == route]
+        if len(serving) != 1:
+            problems.append(f"processes: exactly one must serve {route!r} (the app servers' nginx sends it there"
+                            f"{'; the health check is asked of it' if route == '/api/' else ''}), "
+                            f"not {len(serving)}{': ' + ', '.join(serving) if serving else ''}")
+    return tuple(processes)
+
+
+def script_ok(script: str) -> bool:
+    parts = script.split("/")
+    return (bool(script) and not script.startswith("/") and ".." not in parts and "" not in parts
+            and script.endswith((".js", ".cjs", ".mjs")) and re.fullmatch(r"[A-Za-z0-9._/-]+", script) is not None)

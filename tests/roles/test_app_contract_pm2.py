@@ -1,0 +1,84 @@
+"""pm2 on an app server follows the current release's platform.json: the rendered
+ecosystem file and the unit's reload script, run for real (pm2 at the pinned major, in a
+private mount namespace): a worker added by a release starts, an instance count changed
+is scaled, and a rollback to a release without the worker deletes it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from model import conventions as c
+
+from render_helpers_lb_app import in_namespace, nginx_tree
+from test_app_server import REPO, app_files, apps_reload, example_app_modules, pm2_bin  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.sandbox   # node, npm, pm2, root for the namespace; ports 3000 and 3001
+
+WORKER = """'use strict';
+// A worker: no port; says ready, then waits for SIGINT.
+process.send && process.send('ready');
+const timer = setInterval(() => {}, 1000);
+process.on('SIGINT', () => { clearInterval(timer); process.exit(0); });
+"""
+
+SCRIPT = r"""
+set -eu
+export PM2_HOME={pm2_home} PATH={bin}:$PATH
+mkdir -p {releases} {logs}
+for r in r1 r2; do
+  cp -r {source} {releases}/$r
+  rm -f {releases}/$r/platform.json
+  ln -s {modules} {releases}/$r/node_modules
+done
+mkdir {releases}/r2/worker && cp {worker} {releases}/r2/worker/index.js
+cp {contract} {releases}/r2/platform.json
+names() {{ pm2 jlist | node -e 'const c = {{}}; for (const p of JSON.parse(require("fs").readFileSync(0))) c[p.name] = (c[p.name] || 0) + 1; console.log(JSON.stringify(c))'; }}
+ln -sfn {releases}/r1 {current}
+pm2 start {ecosystem} >/dev/null
+echo "R1 $(names)"
+ln -sfn {releases}/r2 {current}.new && mv -T {current}.new {current}
+{reload}
+echo "R2 $(names)"
+echo "WORKERENV $(pm2 jlist | node -e 'const w = JSON.parse(require("fs").readFileSync(0)).find(p => p.name === "worker"); console.log(w.pm2_env.status, "PORT" in w.pm2_env.env ? "port" : "noport")')"
+ln -sfn {releases}/r1 {current}.new && mv -T {current}.new {current}
+{reload}
+echo "BACK $(names)"
+pm2 kill >/dev/null
+"""
+
+
+def test_the_apps_reload_follows_each_releases_declared_processes(tmp_path, pm2_bin, example_app_modules):
+    for port in (c.WEB_APP_PORT, c.API_APP_PORT):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is taken on this host"
+    (tmp_path / "worker.js").write_text(WORKER)
+    (tmp_path / "platform.json").write_text(json.dumps({"processes": {
+        "web": {"script": "web/server.js", "serves": "/"},
+        "api": {"script": "api/server.js", "serves": "/api/", "instances": 1},
+        "worker": {"script": "worker/index.js"},
+    }}))
+    root = nginx_tree(tmp_path / "ns", {c.ECOSYSTEM_FILE: app_files()[c.ECOSYSTEM_FILE]})
+    script = SCRIPT.format(
+        pm2_home=tmp_path / "pm2-home", bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR,
+        source=REPO / "example-app", modules=example_app_modules, worker=tmp_path / "worker.js",
+        contract=tmp_path / "platform.json", current=c.CURRENT_RELEASE_LINK, ecosystem=c.ECOSYSTEM_FILE,
+        reload=apps_reload(tmp_path))
+    try:
+        result = subprocess.run(in_namespace(root, ["bash", "-c", script]), capture_output=True, text=True, timeout=240)
+    finally:
+        pid_file = tmp_path / "pm2-home" / "pm2.pid"
+        if pid_file.exists():
+            subprocess.run(["kill", pid_file.read_text().strip()], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines() if " " in line}
+    cpus = len(__import__("os").sched_getaffinity(0))
+    assert json.loads(seen["R1"]) == {"web": cpus, "api": cpus}, "no platform.json: the default processes"
+    assert json.loads(seen["R2"]) == {"web": cpus, "api": 1, "worker": 1}, result.stdout
+    assert seen["WORKERENV"] == "online noport", "a worker is given no PORT"
+    assert json.loads(seen["BACK"]) == {"web": cpus, "api": cpus}, result.stdout
+    assert "worker is no longer declared: deleted" in result.stdout
