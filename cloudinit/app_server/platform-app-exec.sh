@@ -18,7 +18,10 @@ if [ "${1:-}" = --release ]; then
             echo "platform-app-exec: --release '$id' is not a release id ($usage)" >&2; exit 2 ;;
     esac
     directory=$releases/$id
-    [ -d "$directory" ] && [ ! -L "$directory" ] || { echo "platform-app-exec: no release $id in $releases" >&2; exit 1; }
+    if [ ! -d "$directory" ] || [ -L "$directory" ]; then
+        echo "platform-app-exec: no release $id in $releases" >&2
+        exit 1
+    fi
     shift 2
 fi
 if [ "${1:-}" = -- ]; then shift; fi
