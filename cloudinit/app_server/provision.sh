@@ -33,7 +33,8 @@ role_steps() {
     # Before the first release there is nothing to run (the unit's condition says so).
     if [ -L {{ c.CURRENT_RELEASE_LINK }} ]; then
         local counted=$CHANGES
-        ensure_running {{ c.APPS_UNIT }} {{ c.APP_ROOT }}/
+        # A changed ecosystem file is applied by the graceful reload: no request fails.
+        ensure_running {{ c.APPS_UNIT }} {{ c.APP_ROOT }}/ reload
         # Left running on the replaced node (neither started nor restarted just now).
         if [ -n "$NODE_REPLACED" ] && [ "$CHANGES" -eq "$counted" ]; then reload_apps_on_new_node; fi
     fi
