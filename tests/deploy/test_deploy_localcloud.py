@@ -124,7 +124,7 @@ class Load:
 
 
 def release_id_from(output: str) -> str:
-    match = re.search(r"^built (\S+)$", output, re.M)
+    match = re.search(r"^built (\S+)", output, re.M)
     assert match, output
     return match.group(1)
 
