@@ -81,22 +81,23 @@ class ContractError(ValueError):
 
 
 def load(app_dir: str | Path) -> Contract:
-    """The app's contract (DEFAULT without the file); ContractError naming every problem,
-    including scripts the app does not have."""
+    """The app's contract (DEFAULT without the file); ContractError naming every problem."""
     path = Path(app_dir) / FILE
     if not path.exists():
-        contract = DEFAULT
-    else:
-        try:
-            data = json.loads(path.read_text())
-        except (UnicodeDecodeError, ValueError) as bad:
-            raise ContractError(str(path), [f"not JSON: {bad}"]) from None
-        contract = parse(data, str(path))
-    missing = [f"processes.{p.name}.script: {p.script!r} is not a file in {app_dir}"
-               for p in contract.processes if not (Path(app_dir) / p.script).is_file()]
+        return DEFAULT
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as bad:
+        raise ContractError(str(path), [f"not JSON: {bad}"]) from None
+    return parse(data, str(path))
+
+
+def check_scripts(contract: Contract, release_dir: str | Path, where: str = FILE) -> None:
+    """Each declared script is a file of the release as built (a build step may make them)."""
+    missing = [f"processes.{p.name}.script: {p.script!r} is not a file in the release as built ({release_dir})"
+               for p in contract.processes if not (Path(release_dir) / p.script).is_file()]
     if missing:
-        raise ContractError(str(path), missing)
-    return contract
+        raise ContractError(where, missing)
 
 
 def parse(data, where: str = FILE) -> Contract:

@@ -77,10 +77,14 @@ def test_every_problem_is_named_at_once_with_the_field_the_value_and_what_is_all
     assert str(raised.value).startswith(f"{tmp_path / 'app' / 'platform.json'}: 11 problem(s):\n  - 'nodes'")
 
 
-def test_a_script_the_app_lacks_and_a_file_that_is_not_json_are_refused(tmp_path):
+def test_a_script_the_built_release_lacks_and_a_file_that_is_not_json_are_refused(tmp_path):
     missing = {"processes": {**WORKER_CONTRACT["processes"], "cron": {"script": "cron/run.js"}}}
-    with pytest.raises(ContractError, match=r"processes.cron.script: 'cron/run.js' is not a file in "):
-        app_contract.load(app(tmp_path, missing))
+    root = app(tmp_path, missing)
+    (root / "package.json").write_text("{}")
+    (root / "package-lock.json").write_text("{}")
+    with pytest.raises(ContractError, match=r"processes.cron.script: 'cron/run.js' is not a file in the release as "
+                                            "built"):
+        release.build(str(root), str(tmp_path / "work"), Recorder())
     broken = app(tmp_path / "b", None)
     (broken / app_contract.FILE).write_text('{"processes": ')
     with pytest.raises(ContractError, match="not JSON: Expecting value: line 1 column 15"):
