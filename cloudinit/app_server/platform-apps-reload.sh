@@ -1,39 +1,50 @@
 #!/bin/bash
 # The apps' unit's reload, as the app user: pm2 reloads gracefully what the current
 # release declares (its platform.json, through the ecosystem file) and starts what it
-# adds; then a process whose instance count changed is scaled, and one no longer
-# declared is deleted (a rollback to a release without a worker stops the worker).
+# adds. pm2 keeps a running process's script across reloads, so a process no longer
+# declared, or declared with another script, is deleted first (and then started anew);
+# a changed instance count is scaled after.
 set -euo pipefail
 
 ecosystem={{ c.ECOSYSTEM_FILE }}
 pm2={{ c.PM2_BIN_DIR }}/pm2
 
+# What to do, one "ACTION NAME [ARG]" per line: PHASE "before" (delete) or "after" (scale).
+actions() {
+    "$pm2" jlist | node -e '
+const [ecosystem, phase] = process.argv.slice(1);
+const cpus = require("node:os").cpus().length;
+const declared = new Map(require(ecosystem).apps.map((app) => [app.name, app]));
+const running = new Map();
+for (const p of JSON.parse(require("node:fs").readFileSync(0, "utf8"))) {
+  const seen = running.get(p.name) || { count: 0, script: p.pm2_env.pm_exec_path };
+  seen.count += 1;
+  running.set(p.name, seen);
+}
+for (const [name, seen] of running) {
+  const app = declared.get(name);
+  if (phase === "before" && !app) console.log("gone", name);
+  else if (phase === "before" && app.script !== seen.script) console.log("moved", name, app.script);
+  else if (phase === "after" && app) {
+    const wanted = app.instances === "max" ? cpus : app.instances;
+    if (seen.count !== wanted) console.log("scale", name, wanted);
+  }
+}' "$ecosystem" "$1"
+}
+
+while read -r action name detail; do
+    case "$action" in
+        gone) echo "platform-apps-reload: $name is no longer declared: deleted" ;;
+        moved) echo "platform-apps-reload: $name runs another script now ($detail): started anew" ;;
+        *) continue ;;
+    esac
+    "$pm2" delete "$name"
+done < <(actions before)
+
 "$pm2" startOrReload "$ecosystem" --update-env
 
-# "name count" per declared process; "max" is pm2's: one per CPU.
-declared=$(node -e '
-const cpus = require("node:os").cpus().length;
-for (const app of require(process.argv[1]).apps) console.log(app.name, app.instances === "max" ? cpus : app.instances);
-' "$ecosystem")
-# "name count" per process pm2 runs.
-running=$("$pm2" jlist | node -e '
-const counts = {};
-for (const p of JSON.parse(require("node:fs").readFileSync(0, "utf8"))) counts[p.name] = (counts[p.name] || 0) + 1;
-for (const [name, count] of Object.entries(counts)) console.log(name, count);
-')
-
-while read -r name count; do
-    [ -n "$name" ] || continue
-    now=$(awk -v n="$name" '$1 == n { print $2 }' <<< "$running")
-    if [ -n "$now" ] && [ "$now" != "$count" ]; then
-        echo "platform-apps-reload: $name: $now -> $count instance(s)"
-        "$pm2" scale "$name" "$count"
-    fi
-done <<< "$declared"
-while read -r name _; do
-    [ -n "$name" ] || continue
-    if ! awk -v n="$name" '$1 == n { found = 1 } END { exit !found }' <<< "$declared"; then
-        echo "platform-apps-reload: $name is no longer declared: deleted"
-        "$pm2" delete "$name"
-    fi
-done <<< "$running"
+while read -r action name count; do
+    [ "$action" = scale ] || continue
+    echo "platform-apps-reload: $name: $count instance(s)"
+    "$pm2" scale "$name" "$count"
+done < <(actions after)

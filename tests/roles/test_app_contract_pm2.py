@@ -36,6 +36,7 @@ for r in r1 r2; do
   ln -s {modules} {releases}/$r/node_modules
 done
 mkdir {releases}/r2/worker && cp {worker} {releases}/r2/worker/index.js
+cp {releases}/r2/web/server.js {releases}/r2/web/site.js && sed -i 's/It works/Moved script/' {releases}/r2/web/site.js
 cp {contract} {releases}/r2/platform.json
 names() {{ pm2 jlist | node -e 'const c = {{}}; for (const p of JSON.parse(require("fs").readFileSync(0))) c[p.name] = (c[p.name] || 0) + 1; console.log(JSON.stringify(c))'; }}
 ln -sfn {releases}/r1 {current}
@@ -44,6 +45,7 @@ echo "R1 $(names)"
 ln -sfn {releases}/r2 {current}.new && mv -T {current}.new {current}
 {reload}
 echo "R2 $(names)"
+echo "WEB2 $(node -e "fetch('http://127.0.0.1:{web}/').then(async r => console.log(r.status, /Moved script/.test(await r.text())))")"
 echo "WORKERENV $(pm2 jlist | node -e 'const w = JSON.parse(require("fs").readFileSync(0)).find(p => p.name === "worker"); console.log(w.pm2_env.status, "PORT" in w.pm2_env.env ? "port" : "noport")')"
 ln -sfn {releases}/r1 {current}.new && mv -T {current}.new {current}
 {reload}
@@ -58,7 +60,7 @@ def test_the_apps_reload_follows_each_releases_declared_processes(tmp_path, pm2_
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is taken on this host"
     (tmp_path / "worker.js").write_text(WORKER)
     (tmp_path / "platform.json").write_text(json.dumps({"processes": {
-        "web": {"script": "web/server.js", "serves": "/"},
+        "web": {"script": "web/site.js", "serves": "/"},
         "api": {"script": "api/server.js", "serves": "/api/", "instances": 1},
         "worker": {"script": "worker/index.js"},
     }}))
@@ -67,7 +69,7 @@ def test_the_apps_reload_follows_each_releases_declared_processes(tmp_path, pm2_
         pm2_home=tmp_path / "pm2-home", bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR,
         source=REPO / "example-app", modules=example_app_modules, worker=tmp_path / "worker.js",
         contract=tmp_path / "platform.json", current=c.CURRENT_RELEASE_LINK, ecosystem=c.ECOSYSTEM_FILE,
-        reload=apps_reload(tmp_path))
+        reload=apps_reload(tmp_path), web=c.WEB_APP_PORT)
     try:
         result = subprocess.run(in_namespace(root, ["bash", "-c", script]), capture_output=True, text=True, timeout=240)
     finally:
@@ -80,5 +82,7 @@ def test_the_apps_reload_follows_each_releases_declared_processes(tmp_path, pm2_
     assert json.loads(seen["R1"]) == {"web": cpus, "api": cpus}, "no platform.json: the default processes"
     assert json.loads(seen["R2"]) == {"web": cpus, "api": 1, "worker": 1}, result.stdout
     assert seen["WORKERENV"] == "online noport", "a worker is given no PORT"
+    assert seen["WEB2"] == "200 true", "a process declared with another script runs the new one"
+    assert "web runs another script now" in result.stdout
     assert json.loads(seen["BACK"]) == {"web": cpus, "api": cpus}, result.stdout
     assert "worker is no longer declared: deleted" in result.stdout
