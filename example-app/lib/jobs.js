@@ -75,7 +75,7 @@ const publish = {
 // one in hand and closes. `handle(job)` rejects when the job could not be recorded: the
 // job goes back on the queue.
 class RabbitConsumer {
-  constructor() { this.name = 'rabbitmq'; this.inHand = Promise.resolve(); }
+  constructor() { this.name = 'rabbitmq'; this.inHand = Promise.resolve(); this.retryMs = RETRY_MS; }
 
   start(handle) {
     this.handle = handle;
@@ -112,7 +112,7 @@ class RabbitConsumer {
   retry() {
     if (this.stopping || this.retrying) return;   // a failed connect may also close
     this.retrying = true;
-    this.wait = pause(RETRY_MS);
+    this.wait = pause(this.retryMs);
     this.wait.done.then(() => { this.retrying = false; this.connect(); });
   }
 
@@ -132,7 +132,7 @@ class RabbitConsumer {
         ch.ack(message);
       } catch (err) {
         console.error(`rabbitmq: job ${job.id} not recorded (${err.message}), requeued`);
-        await pause(RETRY_MS).done;   // not at once: the store may need a while
+        await pause(this.retryMs).done;   // not at once: the store may need a while
         ch.nack(message, false, true);
       }
     })().catch((err) => console.error(`rabbitmq: ${err.message}`));   // the channel closed under us
@@ -148,7 +148,7 @@ class RabbitConsumer {
 }
 
 class MongoConsumer {
-  constructor() { this.name = 'mongodb'; }
+  constructor() { this.name = 'mongodb'; this.retryMs = RETRY_MS; this.pollMs = POLL_MS; }
 
   async start(handle) {
     this.queue = new MongoQueue(engine('mongodb').db, QUEUE);
@@ -159,7 +159,7 @@ class MongoConsumer {
         break;
       } catch (err) {
         console.error(`mongodb: ${err.message}`);
-        this.wait = pause(RETRY_MS);
+        this.wait = pause(this.retryMs);
         await this.wait.done;
       }
     }
@@ -169,7 +169,7 @@ class MongoConsumer {
 
   async poll(handle) {
     while (!this.stopping) {
-      let wait = POLL_MS;
+      let wait = this.pollMs;
       try {
         const message = await this.queue.get();
         if (message && !isJob(message.payload)) {
@@ -184,12 +184,12 @@ class MongoConsumer {
           } catch (err) {
             // Not acknowledged: visible again once its visibility times out.
             console.error(`mongodb: job ${message.payload.id} not recorded (${err.message}), left to time out`);
-            wait = RETRY_MS;
+            wait = this.retryMs;
           }
         }
       } catch (err) {
         console.error(`mongodb: ${err.message}`);
-        wait = RETRY_MS;
+        wait = this.retryMs;
       }
       if (wait && !this.stopping) {
         this.wait = pause(wait);
