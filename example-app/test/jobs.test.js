@@ -127,9 +127,9 @@ test('the MongoDB queue hands a job to one taker, and again only once its visibi
   assert.deepStrictEqual(first.payload, job);
   assert.strictEqual(await queue.get(), null, 'hidden from the next taker');
   await new Promise((resolve) => setTimeout(resolve, 250));
+  await assert.rejects(queue.ack(first.ack), /no longer held/, 'too late: another may take it now');
   const again = await queue.get();
   assert.strictEqual(again.tries, 2, 'not acknowledged in time: taken again');
-  await assert.rejects(queue.ack(first.ack), /no longer held/);
   await queue.ack(again.ack);
   await new Promise((resolve) => setTimeout(resolve, 250));
   assert.strictEqual(await queue.get(), null, 'acknowledged: done');
@@ -188,7 +188,7 @@ test('the RabbitMQ consumer acknowledges a recorded job, requeues one not record
   await consumer.inHand;
   consumer.deliver(message(3, 'not json'));
   await consumer.inHand;
-  consumer.deliver(message(4, { id: 'x', text: 'no uuid' }));
+  consumer.deliver(message(4, { ...jobs.newJob('no uuid'), id: 'x' }));
   await consumer.inHand;
   consumer.deliver(message(5, jobs.newJob('slow')));
   await until(() => release, 'the slow job in hand');

@@ -11,6 +11,8 @@ const freePort = () => new Promise((resolve) => {
   });
 });
 
+const READY_MS = 10000;   // pm2's listen_timeout on the servers
+
 // `script` relative to the app, e.g. "api/server.js": the child, its output so far, and
 // `ready`, which resolves once it said "ready" (rejects if it exits first).
 async function spawnApp(script, extra = {}) {
@@ -30,9 +32,21 @@ async function spawnApp(script, extra = {}) {
   return { child, ready, url: `http://127.0.0.1:${port}`, output: () => output };
 }
 
+// Spawned and ready; one that is not ready in time is killed and the test fails.
 async function start(script, extra = {}) {
   const app = await spawnApp(script, extra);
-  await app.ready;
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${script} not ready in ${READY_MS} ms: ${app.output()}`)), READY_MS);
+  });
+  try {
+    await Promise.race([app.ready, late]);
+  } catch (err) {
+    app.child.kill('SIGKILL');
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
   return app;
 }
 
