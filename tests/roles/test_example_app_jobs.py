@@ -1,8 +1,8 @@
 """The example app's job queue on real engines: the datastore's RabbitMQ and PostgreSQL,
 provisioned from the rendered files in a throwaway namespace (`datastore_sandbox`), and
 the API and the worker started with the .env an app server gets. A job queued through
-the API is taken from RabbitMQ by the worker and shown by the API as processed; the
-worker stops on SIGINT with exit 0."""
+the API is taken from RabbitMQ by the worker and shown by the API as processed; notes
+still go through RabbitMQ beside it; the worker stops on SIGINT with exit 0."""
 
 from __future__ import annotations
 
@@ -46,6 +46,9 @@ for _ in $(seq 50); do curl -fsS http://127.0.0.1:3999/api/hello >/dev/null 2>&1
 curl -sS -o {tmp_path}/queued.json -w '%{{http_code}}' >{tmp_path}/queued.status -X POST -d '{{"text": "a real job"}}' http://127.0.0.1:3999/api/jobs
 for _ in $(seq 50); do curl -fsS http://127.0.0.1:3999/api/jobs >{tmp_path}/jobs.json && grep -q 'a real job' {tmp_path}/jobs.json && break; sleep 0.2; done
 check processed grep -q '"engine":"rabbitmq"' {tmp_path}/jobs.json
+# The notes share the API's RabbitMQ connection with the jobs' publishing.
+check note-written test "$(curl -sS -o /dev/null -w '%{{http_code}}' -X POST -d '{{"text": "a note"}}' http://127.0.0.1:3999/api/notes)" = 201
+check note-read bash -c "curl -fsS http://127.0.0.1:3999/api/notes | grep -q 'a note'"
 kill -INT $worker
 wait $worker
 echo "CHECK worker-exit $?"
@@ -64,5 +67,6 @@ echo "CHECK worker-exit $?"
     [job] = shown["jobs"]
     assert (job["id"], job["engine"], job["text"]) == (queued["job"]["id"], "rabbitmq", "a real job"), out
     assert job["processedAt"] >= job["queuedAt"], out
+    assert run.status("note-written") == 0 and run.status("note-read") == 0, out
     assert run.status("worker-exit") == 0, out
     assert "worker: ready" in (tmp_path / "worker.log").read_text(), out
