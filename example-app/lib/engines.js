@@ -112,12 +112,17 @@ const rabbitmq = {
   name: 'rabbitmq',
   connection: null,
   connect(s) { this.settings = s; },
-  async channel() {
+  // A new AMQPS connection (the job worker keeps its own, to consume on).
+  open() {
+    const amqp = require('amqplib');
+    const s = this.settings;
+    const url = `amqps://${encodeURIComponent(s.user)}:${encodeURIComponent(s.password)}@${s.host}:${s.port}/${encodeURIComponent(s.database)}`;
+    return amqp.connect(url, { ca: [caCert()], timeout: TIMEOUT_MS });
+  },
+  // The shared connection and its channel for notes, opened once and forgotten when lost.
+  async link() {
     if (!this.connection) {
-      const amqp = require('amqplib');
-      const s = this.settings;
-      const url = `amqps://${encodeURIComponent(s.user)}:${encodeURIComponent(s.password)}@${s.host}:${s.port}/${encodeURIComponent(s.database)}`;
-      this.connection = amqp.connect(url, { ca: [caCert()], timeout: TIMEOUT_MS }).then(async (conn) => {
+      this.connection = this.open().then(async (conn) => {
         const forget = () => { this.connection = null; };
         conn.on('error', forget);
         conn.on('close', forget);
@@ -127,8 +132,9 @@ const rabbitmq = {
       });
       this.connection.catch(() => { this.connection = null; });
     }
-    return (await this.connection).ch;
+    return this.connection;
   },
+  async channel() { return (await this.link()).ch; },
   async ping() { await (await this.channel()).checkQueue('notes'); },
   async write(note) {
     const ch = await this.channel();
@@ -150,8 +156,9 @@ const rabbitmq = {
 
 const ALL = [postgresql, mongodb, redis, rabbitmq];
 
-function enabledEngines() {
-  return ALL.filter((engine) => {
+// The enabled engines (among `names`, by default all), each connected.
+function enabledEngines(names = ALL.map((e) => e.name)) {
+  return ALL.filter((engine) => names.includes(engine.name)).filter((engine) => {
     const s = settings(engine.name.toUpperCase());
     if (s) engine.connect(s);
     return s !== null;

@@ -2,35 +2,9 @@
 // Starts the two apps with no engine configured and checks what they answer.
 const test = require('node:test');
 const assert = require('node:assert');
-const { spawn } = require('node:child_process');
-const net = require('node:net');
-const path = require('node:path');
+const { freePort, start: startScript, stop } = require('./processes');
 
-const freePort = () => new Promise((resolve) => {
-  const server = net.createServer().listen(0, '127.0.0.1', () => {
-    const { port } = server.address();
-    server.close(() => resolve(port));
-  });
-});
-
-async function start(app, extra = {}) {
-  const port = await freePort();
-  const env = { PATH: process.env.PATH, PORT: String(port), ...extra };
-  const child = spawn(process.execPath, [path.join(__dirname, '..', app, 'server.js')], {
-    env, stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
-  });
-  await new Promise((resolve, reject) => {
-    child.once('message', (m) => (m === 'ready' ? resolve() : reject(new Error(String(m)))));
-    child.once('exit', (code) => reject(new Error(`${app} exited with ${code}`)));
-  });
-  return { child, url: `http://127.0.0.1:${port}` };
-}
-
-async function stop({ child }) {
-  const exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
-  child.kill('SIGINT');
-  return exited;
-}
+const start = (app, extra) => startScript(`${app}/server.js`, extra);
 
 test('by default no answer names the server that answered', async () => {
   const web = await start('web');

@@ -18,18 +18,25 @@ function page() {
 <h1>It works</h1>
 ${serverName ? `<p>Served by <strong id="host">${escape(serverName)}</strong> (process ${process.pid}).</p>\n` : ''}<form id="note"><input name="text" placeholder="a note" required> <button>Save</button></form>
 <pre id="notes"></pre>
+<form id="job"><input name="text" placeholder="a job for the worker" required> <button>Queue</button></form>
+<pre id="jobs"></pre>
 <script>
-const show = async () => {
-  const r = await fetch('/api/notes');
-  document.getElementById('notes').textContent = JSON.stringify(await r.json(), null, 2);
+const show = async (what) => {
+  const r = await fetch('/api/' + what);
+  document.getElementById(what).textContent = JSON.stringify(await r.json(), null, 2);
 };
-document.getElementById('note').onsubmit = async (event) => {
-  event.preventDefault();
-  await fetch('/api/notes', { method: 'POST', headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ text: event.target.text.value }) });
-  show();
+const post = (form, what) => {
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    await fetch('/api/' + what, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ text: form.text.value }) });
+    show(what);
+    if (what === 'jobs') setTimeout(() => show('jobs'), 1500);   // the worker's turn
+  };
+  show(what);
 };
-show();
+post(document.getElementById('note'), 'notes');
+post(document.getElementById('job'), 'jobs');
 </script>
 </body></html>
 `;
