@@ -1,15 +1,18 @@
 #!/bin/bash
 # The apps' unit's reload, as the app user: pm2 reloads gracefully what the current
 # release declares (its platform.json, through the ecosystem file) and starts what it
-# adds. pm2 keeps a running process's script across reloads, so a process no longer
-# declared, or declared with another script, is deleted first (and then started anew);
-# a changed instance count is scaled after.
+# adds; only then is a process no longer declared deleted (pm2 stops it gracefully): a
+# new process serving the same route shares the port through pm2's cluster, so a renamed
+# process leaves no gap. pm2 keeps a running process's script across reloads, so one
+# declared with another script is deleted first and started anew: on this server its
+# route is refused until the new one is ready (the LB sends those requests to the
+# others). A changed instance count is scaled last.
 set -euo pipefail
 
 ecosystem={{ c.ECOSYSTEM_FILE }}
 pm2={{ c.PM2_BIN_DIR }}/pm2
 
-# What to do, one "ACTION NAME [ARG]" per line: PHASE "before" (delete) or "after" (scale).
+# What to do, one "ACTION NAME [ARG]" per line: PHASE "before" (moved) or "after" (gone, scale).
 actions() {
     "$pm2" jlist | node -e '
 const [ecosystem, phase] = process.argv.slice(1);
@@ -23,8 +26,8 @@ for (const p of JSON.parse(require("node:fs").readFileSync(0, "utf8"))) {
 }
 for (const [name, seen] of running) {
   const app = declared.get(name);
-  if (phase === "before" && !app) console.log("gone", name);
-  else if (phase === "before" && app.script !== seen.script) console.log("moved", name, app.script);
+  if (phase === "after" && !app) console.log("gone", name);
+  else if (phase === "before" && app && app.script !== seen.script) console.log("moved", name, app.script);
   else if (phase === "after" && app) {
     const wanted = app.instances === "max" ? cpus : app.instances;
     if (seen.count !== wanted) console.log("scale", name, wanted);
@@ -32,19 +35,23 @@ for (const [name, seen] of running) {
 }' "$ecosystem" "$1"
 }
 
-while read -r action name detail; do
-    case "$action" in
-        gone) echo "platform-apps-reload: $name is no longer declared: deleted" ;;
-        moved) echo "platform-apps-reload: $name runs another script now ($detail): started anew" ;;
-        *) continue ;;
-    esac
+while read -r action name script; do
+    [ "$action" = moved ] || continue
+    echo "platform-apps-reload: $name runs another script now ($script): started anew"
     "$pm2" delete "$name"
 done < <(actions before)
 
 "$pm2" startOrReload "$ecosystem" --update-env
 
 while read -r action name count; do
-    [ "$action" = scale ] || continue
-    echo "platform-apps-reload: $name: $count instance(s)"
-    "$pm2" scale "$name" "$count"
+    case "$action" in
+        gone)
+            echo "platform-apps-reload: $name is no longer declared: deleted"
+            "$pm2" delete "$name"
+            ;;
+        scale)
+            echo "platform-apps-reload: $name: $count instance(s)"
+            "$pm2" scale "$name" "$count"
+            ;;
+    esac
 done < <(actions after)

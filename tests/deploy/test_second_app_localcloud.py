@@ -22,6 +22,8 @@ from test_deploy_localcloud import (  # noqa: F401 (fixtures)
     release_id_from, running_releases,
 )
 
+from test_operator_verbs_localcloud import cli  # noqa: E402 (the verb, the stack, then its arguments)
+
 pytestmark = pytest.mark.localcloud
 
 APP = Path(__file__).resolve().parents[1] / "fixtures" / "second-app"
@@ -96,8 +98,7 @@ def test_a_second_app_is_deployed_with_its_build_migration_worker_setting_and_se
     for d in app_servers(plan):
         assert f"[{d.key}] worker " in logs.stdout and f"worker: beat ({release})" in logs.stdout, logs.stdout
 
-    ran = deploy_cli("exec", "--server", "app-2", "--", "sh", "-c", 'echo "$SECOND_APP_GREETING"; exit 4',
-                     key=operator_key)
+    ran = cli("exec", operator_key, "--server", "app-2", "--", "sh", "-c", 'echo "$SECOND_APP_GREETING"; exit 4')
     assert ran.returncode == 4 and GREETING in ran.stdout, ran.stdout
 
     try:

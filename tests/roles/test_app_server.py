@@ -337,7 +337,7 @@ def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests_o
     assert lines["NODEDURING"].split() == ["60", "200"], f"every request answered: {lines['NODEDURING']}"
     assert lines["NEWNODE"].split() == [str(workers), node], "the unit's reload put every worker on the new node"
     processes = json.loads(lines["JLIST"])
-    assert sorted({p["name"] for p in processes}) == ["api", "web"]
+    assert sorted({p["name"] for p in processes}) == ["api", "web", "worker"], "as example-app/platform.json declares"
     assert all(p["pm2_env"]["status"] == "online" and p["pm2_env"]["exec_mode"] == "cluster_mode" for p in processes)
     # pm2 counts a reload in restart_time; crash loops show up as unstable restarts.
     assert all(p["pm2_env"]["unstable_restarts"] == 0 for p in processes), "no crash-restarts"
