@@ -102,10 +102,10 @@ def test_a_second_app_is_deployed_with_its_build_migration_worker_setting_and_se
     assert ran.returncode == 4 and GREETING in ran.stdout, ran.stdout
 
     try:
-        assert deploy_cli("maintenance", "on", key=operator_key).returncode == 0
+        assert cli("maintenance", operator_key, "on").returncode == 0
         assert through_lb(local_stack, "/")[0] == 503
     finally:
-        assert deploy_cli("maintenance", "off", key=operator_key).returncode == 0
+        assert cli("maintenance", operator_key, "off").returncode == 0
     assert through_lb(local_stack, "/")[0] == 200
 
 
