@@ -1,0 +1,37 @@
+"""The example app's job queue on the booted stack: a job posted through the LB is queued
+on RabbitMQ (MongoDB is off here), taken by the worker process its platform.json
+declares, recorded in PostgreSQL and shown by GET /api/jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.localcloud
+
+
+def answer(s, *curl: str) -> tuple[str, dict]:
+    proc = s.https("/api/jobs", *curl, "-w", "\n%{http_code}")
+    body, _, code = proc.stdout.rpartition("\n")
+    return code, json.loads(body) if body.strip().startswith("{") else {"raw": body}
+
+
+def test_a_job_goes_through_rabbitmq_to_the_worker_and_back_in_the_job_list(local_stack):
+    text = f"job-{uuid.uuid4()}"
+    code, queued = answer(local_stack, "-X", "POST", "-H", "content-type: application/json",
+                          "--data", json.dumps({"text": text}))
+    assert code == "202", queued
+    assert queued["engines"]["rabbitmq"]["status"] == "ok", queued
+    deadline, seen = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        code, seen = answer(local_stack)
+        if code == "200" and any(job.get("text") == text for job in seen.get("jobs", [])):
+            break
+        time.sleep(1)
+    assert seen.get("store") == "postgresql", seen
+    done = [job for job in seen["jobs"] if job.get("text") == text]
+    assert [job["engine"] for job in done] == ["rabbitmq"], seen
+    assert done[0]["processedAt"] >= done[0]["queuedAt"]
