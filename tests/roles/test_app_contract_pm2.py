@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from model import conventions as c
 
-from render_helpers_lb_app import in_namespace, nginx_tree
-from test_app_server import REPO, app_files, apps_reload, example_app_modules, pm2_bin  # noqa: F401 (fixtures)
+from render_helpers_lb_app import nginx_tree
+from test_app_server import (  # noqa: F401 (fixtures)
+    REPO, app_files, apps_reload, example_app_modules, pm2_bin, run_pm2_script,
+)
 
 pytestmark = pytest.mark.sandbox   # node, npm, pm2, root for the namespace; ports 3000 and 3001
 
@@ -70,14 +71,7 @@ def test_the_apps_reload_follows_each_releases_declared_processes(tmp_path, pm2_
         source=REPO / "example-app", modules=example_app_modules, worker=tmp_path / "worker.js",
         contract=tmp_path / "platform.json", current=c.CURRENT_RELEASE_LINK, ecosystem=c.ECOSYSTEM_FILE,
         reload=apps_reload(tmp_path), web=c.WEB_APP_PORT)
-    try:
-        result = subprocess.run(in_namespace(root, ["bash", "-c", script]), capture_output=True, text=True, timeout=240)
-    finally:
-        pid_file = tmp_path / "pm2-home" / "pm2.pid"
-        if pid_file.exists():
-            subprocess.run(["kill", pid_file.read_text().strip()], check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    seen = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines() if " " in line}
+    result, seen = run_pm2_script(root, script, tmp_path / "pm2-home", timeout=240)
     cpus = len(__import__("os").sched_getaffinity(0))
     assert json.loads(seen["R1"]) == {"web": cpus, "api": cpus}, "no platform.json: the default processes"
     assert json.loads(seen["R2"]) == {"web": cpus, "api": 1, "worker": 1}, result.stdout

@@ -297,6 +297,20 @@ pm2 kill >/dev/null
 """
 
 
+def run_pm2_script(root: Path, script: str, pm2_home: Path, timeout: float):
+    """`script` in the namespace over `root`; its result and its "KEY value" lines. pm2's
+    daemon is stopped whatever happens: it must not hold the apps' ports after a failure."""
+    try:
+        result = subprocess.run(in_namespace(root, ["bash", "-c", script]), capture_output=True, text=True,
+                                timeout=timeout)
+    finally:
+        pid_file = pm2_home / "pm2.pid"
+        if pid_file.exists():
+            subprocess.run(["kill", pid_file.read_text().strip()], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result, {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines() if " " in line}
+
+
 def apps_reload(tmp_path: Path) -> str:
     """The apps' unit's reload as a command: its ExecReload script, with pm2 from PATH."""
     unit = app_files()[f"/etc/systemd/system/{c.APPS_UNIT}.service"]
@@ -317,15 +331,7 @@ def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests_o
         modules=example_app_modules, current=c.CURRENT_RELEASE_LINK, ecosystem=c.ECOSYSTEM_FILE,
         web=c.WEB_APP_PORT, api=c.API_APP_PORT, pm2_home=tmp_path / "pm2-home",
     )
-    try:
-        result = subprocess.run(in_namespace(root, ["bash", "-c", script]), capture_output=True, text=True, timeout=180)
-    finally:
-        # A failed or timed-out run must not leave pm2's daemon holding the apps' ports.
-        pid_file = tmp_path / "pm2-home" / "pm2.pid"
-        if pid_file.exists():
-            subprocess.run(["kill", pid_file.read_text().strip()], check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines() if " " in line}
+    result, lines = run_pm2_script(root, script, tmp_path / "pm2-home", timeout=180)
     assert lines["WEB"].startswith("200 ") and "It works" in lines["WEB"]
     assert lines["HEALTH"].startswith("200 ") and '"status":"disabled"' in lines["HEALTH"]
     assert lines["HELLO"].startswith("200 ")
