@@ -42,6 +42,7 @@ class AppServerPool(pulumi.ComponentResource):
         network.firewall(conventions.APP_SERVER, parent=self)
         # The same sources for every member: archived once, not once per server.
         example_app_archive = app_files.example_app_archive()
+        bundle = network.bundle(conventions.APP_SERVER)
         self._settings = settings
         self.droplets = []
         self.private_ips = []
@@ -53,16 +54,15 @@ class AppServerPool(pulumi.ComponentResource):
             droplet = network.droplet(
                 member, role=conventions.APP_SERVER, size=settings.app_size, parent=self
             )
-            # One member at a time: a new bundle reaches a member once the one before it
-            # serves again, so the LB always has the others.
+            route = remote.route_to(
+                member, droplet=droplet, host=droplet.ipv4_address_private, key=key, via=jump, parent=self
+            )
+            # A new member is provisioned at once; then one member at a time: a new bundle
+            # reaches a member once the one before it serves again, so the LB always has the others.
+            first = remote.first_bundle(member, route=route, bundle=bundle, parent=self)
             route = remote.install_platform(
-                member,
-                route=remote.route_to(
-                    member, droplet=droplet, host=droplet.ipv4_address_private, key=key, via=jump, parent=self
-                ),
-                bundle=network.bundle(conventions.APP_SERVER),
-                parent=self,
-                after=[previous.ready] if previous else [],
+                member, route=route, bundle=bundle, parent=self,
+                after=[first, *([previous.ready] if previous else [])],
             )
             previous = route
             cert = ca.issue(

@@ -171,6 +171,34 @@ def install_platform(
     return dataclasses.replace(route, ready=platform)
 
 
+def first_bundle(
+    name: str,
+    *,
+    route: SshRoute,
+    bundle: cloudinit.Bundle,
+    parent: pulumi.Resource,
+) -> command.remote.Command:
+    """A new pool member's first platform, at once, whatever the other members do.
+
+    A pool's bundle push waits for the member before it, so a new bundle never reaches two
+    serving members at once. A droplet with no platform yet serves nothing: this installs
+    its first bundle as soon as it takes logins, so a new pool (or a scale-out) provisions
+    its members side by side, and the member's own bundle push then finds that bundle in
+    place. Once a droplet has a platform this only drains its input: a new bundle goes
+    through the pool's roll."""
+    has_platform = shlex.join(["sudo", "test", "-e", conventions.CURRENT_BUNDLE])
+    install = shlex.join(["sudo", conventions.BUNDLE_COMMAND, bundle.digest])
+    in_place = f"a platform is in place: bundle {bundle.digest[:12]} comes with the pool's roll"
+    return command.remote.Command(
+        f"{name}-first-bundle",
+        connection=route.connection(),
+        create=f"if {has_platform}; then cat >/dev/null; echo {shlex.quote(in_place)}; else {install}; fi",
+        stdin=bundle.payload,
+        triggers=[bundle.digest],
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[*filter(None, [route.ready])]),
+    )
+
+
 def push_command(kind: str) -> str:
     """The command line a push runs on the droplet; the payload arrives on stdin."""
     return shlex.join(["sudo", conventions.PUSH_COMMAND, kind])

@@ -17,6 +17,7 @@ import pytest
 
 import mockcloud
 from components import remote, ssh
+from model import conventions
 from stack_graph import COMMAND, droplets, of_type
 
 LOCAL_COMMAND = "command:local:Command"
@@ -54,7 +55,7 @@ def test_every_other_push_waits_for_its_droplets_platform(deployment):
     pushes = of_type(deployment, COMMAND)
     bundle_of = {push.state["connection"]["host"]: push.name for push in pushes if push.name.endswith("-bundle-push")}
     for push in pushes:
-        if not push.name.endswith("-bundle-push"):
+        if not push.name.endswith(("-bundle-push", "-first-bundle")):
             assert bundle_of[push.state["connection"]["host"]] in depends_on(deployment, push), push.name
 
 
@@ -72,6 +73,24 @@ def test_a_new_bundle_rolls_through_the_pool_one_member_at_a_time(deployment):
     assert len(members) == deployment.settings.app_server_count >= 2
     for before, member in zip(members, members[1:]):
         assert f"{before}-bundle-push" in depends_on(deployment, deployment.named(f"{member}-bundle-push", ":Command"))
+
+
+def test_a_new_pool_member_gets_its_first_bundle_at_once(deployment):
+    """Its first bundle waits for its own gate only, not for the member before it (a new
+    pool provisions side by side); its bundle push waits for it, so the roll finds the
+    bundle in place. A droplet with a platform takes no bundle from it."""
+    members = sorted(push.name.removesuffix("-first-bundle") for push in of_type(deployment, COMMAND)
+                     if push.name.endswith("-first-bundle"))
+    assert members == [f"app-{n}" for n in range(1, deployment.settings.app_server_count + 1)]
+    for member in members:
+        first = deployment.named(f"{member}-first-bundle", ":Command")
+        push = deployment.named(f"{member}-bundle-push", ":Command")
+        assert {d for d in depends_on(deployment, first) if d.startswith("app-")} == {member, f"{member}-boot-gate"}
+        assert first.name in depends_on(deployment, push)
+        assert (first.state["stdin"], first.state["triggers"]) == (push.state["stdin"], push.state["triggers"])
+        assert first.state["connection"] == push.state["connection"]
+        assert first.state["create"].startswith(f"if sudo test -e {conventions.CURRENT_BUNDLE}; then cat >/dev/null;")
+        assert first.state["create"].endswith(f"else {push.state['create']}; fi")
 
 
 def test_the_first_release_waits_for_the_apps_environment(deployment):
