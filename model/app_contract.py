@@ -4,6 +4,7 @@
       "node": 22,                               the Node.js major it needs (optional)
       "build": "npm run build",                 run before packaging, dev dependencies installed (optional)
       "release": "node scripts/migrate.js",     run once per deploy, before any server switches (optional)
+      "health": "/healthz",                     the `/api/` process's health path (default /healthz)
       "processes": {
         "web":    {"script": "web/server.js", "serves": "/"},
         "api":    {"script": "api/server.js", "serves": "/api/", "instances": 2},
@@ -15,9 +16,11 @@ The deploy tool reads it before anything is uploaded (every problem at once, eac
 the field, the value and what is allowed); pm2's ecosystem file on the app servers reads
 the current release's copy at each start and reload, so a process added or removed is a
 deploy. The platform gives the process that serves `/` port WEB_APP_PORT and the one that
-serves `/api/` port API_APP_PORT (in PORT): the app servers' nginx routes by those, and
-asks the `/api/` process for the health check (HEALTH_PATH). An app without the file runs
-as DEFAULT says (web/ and api/, as the example app is laid out).
+serves `/api/` port API_APP_PORT (in PORT): the app servers' nginx routes by those. The
+platform's health check (HEALTH_PATH on every app server, which the LB, the deploy and
+`status` ask) is answered by the `/api/` process at `health`: the apps' unit points nginx
+at the current release's path at each start and reload. An app without the file runs as
+DEFAULT says (web/ and api/, as the example app is laid out).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ MAX_INSTANCES = 64
 MAX_COMMAND_CHARS = 1000
 # pm2's process names, and the names of the log files: short, lower case, no dots.
 PROCESS_NAME = re.compile(r"[a-z][a-z0-9_-]{0,29}")
-FIELDS = ("node", "build", "release", "processes")
+FIELDS = ("node", "build", "release", "health", "processes")
+# A health path nginx can take as it is: the root-owned step that writes it checks the same.
+HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,127}")
 PROCESS_FIELDS = ("script", "serves", "instances")
 
 
@@ -59,6 +64,7 @@ class Contract:
     node: int | None = None
     build: str | None = None
     release: str | None = None
+    health: str = conventions.HEALTH_PATH
 
     def as_json(self) -> dict:
         """Every field spelled out, defaults filled: what the release carries as platform.json."""
@@ -66,6 +72,7 @@ class Contract:
             **({"node": self.node} if self.node else {}),
             **({"build": self.build} if self.build else {}),
             **({"release": self.release} if self.release else {}),
+            "health": self.health,
             "processes": {p.name: {"script": p.script, **({"serves": p.serves} if p.serves else {}),
                                    "instances": p.instances} for p in self.processes},
         }
@@ -110,10 +117,18 @@ def parse(data, where: str = FILE) -> Contract:
         problems.append(f"node: {node!r} is not allowed: one of {', '.join(map(str, NODE_MAJORS))} (a Node.js major)")
     commands = {name: command_problem(name, data.get(name)) for name in ("build", "release")}
     problems += [p for p in commands.values() if p]
+    health = data.get("health", conventions.HEALTH_PATH)
+    if not isinstance(health, str) or not health_path_ok(health):
+        problems.append(f"health: {health!r} is not allowed: a path the `/api/` process answers 200 at when it is "
+                        "healthy: '/', then up to 127 of A-Z a-z 0-9 . _ ~ / - (no '..', no '//')")
     processes = parse_processes(data.get("processes"), problems)
     if problems:
         raise ContractError(where, problems)
-    return Contract(processes, node, data.get("build") or None, data.get("release") or None)
+    return Contract(processes, node, data.get("build") or None, data.get("release") or None, health)
+
+
+def health_path_ok(path: str) -> bool:
+    return HEALTH_PATH.fullmatch(path) is not None and "//" not in path and ".." not in path.split("/")
 
 
 def command_problem(name: str, value) -> str | None:

@@ -22,6 +22,12 @@ APP_EXEC_COMMAND = "/usr/local/sbin/platform-app-exec"
 SUDOERS_FILE = "/etc/sudoers.d/platform-deploy"
 # The apps' unit's ExecReload: pm2 follows the current release's declared processes.
 APPS_RELOAD_COMMAND = "/usr/local/sbin/platform-apps-reload"
+# The unit's last step at each start and reload, as root: nginx asks the current release's
+# health path; the snippet it writes is included by the site (a glob: none before a release).
+APP_HEALTH_COMMAND = "/usr/local/sbin/platform-app-health"
+HEALTH_SNIPPET_DIR = "/etc/nginx/platform-health"
+HEALTH_SNIPPET = f"{HEALTH_SNIPPET_DIR}/release.conf"
+HEALTH_PATH_PATTERN = app_contract.HEALTH_PATH.pattern
 # What pm2's ecosystem file reads of the current release (model/app_contract.py).
 CONTRACT_FILE = app_contract.FILE
 DEFAULT_CONTRACT_JSON = json.dumps(app_contract.DEFAULT.as_json())
@@ -37,6 +43,7 @@ PROGRAMS = [
     Program("app_server/platform-install-example-app.sh", INSTALL_EXAMPLE_APP),
     Program("app_server/platform-app-exec.sh", APP_EXEC_COMMAND),
     Program("app_server/platform-apps-reload.sh", APPS_RELOAD_COMMAND),
+    Program("app_server/platform-app-health.sh", APP_HEALTH_COMMAND),
 ]
 
 NGINX_CHECK = ["nginx", "-t", "-q"]

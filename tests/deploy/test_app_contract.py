@@ -48,11 +48,27 @@ def test_a_contract_is_read_with_its_defaults_filled_and_without_one_the_default
                                   Process("worker", "worker/index.js", None, 1))
     assert [p.port for p in contract.processes] == [3000, 3001, None]
     assert contract.as_json()["processes"]["worker"] == {"script": "worker/index.js", "instances": 1}
+    assert contract.health == "/healthz" and contract.as_json()["health"] == "/healthz"
     assert app_contract.load(app(tmp_path / "plain", None)) == app_contract.DEFAULT
 
 
+@pytest.mark.parametrize("path, allowed", [
+    ("/ready", True), ("/api/health-check.v2", True), ("/", True),
+    ("ready", False), ("/a b", False), ("/a;b", False), ("/a//b", False), ("/a/../b", False), ("/$x", False),
+    ("/" + "a" * 128, False), (7, False),
+])
+def test_a_health_path_is_a_plain_path_nginx_takes_as_it_is(tmp_path, path, allowed):
+    """It ends up in nginx's config (written by root on the app servers): nothing but a path."""
+    declared = {**WORKER_CONTRACT, "health": path}
+    if allowed:
+        assert app_contract.load(app(tmp_path, declared)).health == path
+    else:
+        with pytest.raises(ContractError, match=r"^.*\n  - health: "):
+            app_contract.load(app(tmp_path, declared))
+
+
 def test_every_problem_is_named_at_once_with_the_field_the_value_and_what_is_allowed(tmp_path):
-    bad = {"nodes": 1, "node": 19, "build": "a\nb", "processes": {
+    bad = {"nodes": 1, "node": 19, "build": "a\nb", "health": "/ok/../x", "processes": {
         "Web": {"script": "../web.js", "serves": "/x", "instances": 0, "port": 80},
         "api": {"script": "api/server.js", "serves": "/api/"},
         "other": {"script": "api/server.js", "serves": "/api/", "instances": "all"}}}
@@ -60,9 +76,11 @@ def test_every_problem_is_named_at_once_with_the_field_the_value_and_what_is_all
         app_contract.load(app(tmp_path, bad))
     problems = raised.value.problems
     assert problems == [
-        "'nodes' is not a field (fields: node, build, release, processes)",
+        "'nodes' is not a field (fields: node, build, release, health, processes)",
         "node: 19 is not allowed: one of 18, 20, 22, 24 (a Node.js major)",
         "build: 'a\\nb'... is not allowed: one line of at most 1000 characters",
+        "health: '/ok/../x' is not allowed: a path the `/api/` process answers 200 at when it is healthy: '/', "
+        "then up to 127 of A-Z a-z 0-9 . _ ~ / - (no '..', no '//')",
         "processes.Web: the name 'Web' is not allowed: a lower-case letter, then up to 29 of a-z, 0-9, _ and -",
         "processes.Web: 'port' is not a field (fields: script, serves, instances)",
         "processes.Web.script: '../web.js' is not allowed: a .js, .cjs or .mjs file's path inside the app "
@@ -74,7 +92,7 @@ def test_every_problem_is_named_at_once_with_the_field_the_value_and_what_is_all
         "processes: exactly one must serve '/api/' (the app servers' nginx sends it there; the health check is "
         "asked of it), not 2: api, other",
     ]
-    assert str(raised.value).startswith(f"{tmp_path / 'app' / 'platform.json'}: 11 problem(s):\n  - 'nodes'")
+    assert str(raised.value).startswith(f"{tmp_path / 'app' / 'platform.json'}: 12 problem(s):\n  - 'nodes'")
 
 
 def test_a_script_the_built_release_lacks_and_a_file_that_is_not_json_are_refused(tmp_path):
@@ -128,7 +146,7 @@ def test_a_declared_build_runs_with_dev_dependencies_which_are_pruned_after(tmp_
     assert steps == [["npm", "ci", "--include=dev"], ["sh", "-c", f"cd {built.directory} && npm run build"],
                      ["npm", "prune", "--omit=dev"]]
     carried = json.loads((Path(built.directory) / app_contract.FILE).read_text())
-    assert carried == {**WORKER_CONTRACT, "build": "npm run build",
+    assert carried == {**WORKER_CONTRACT, "build": "npm run build", "health": "/healthz",
                        "processes": {**WORKER_CONTRACT["processes"], "web": {"script": "web/server.js", "serves": "/",
                                                                              "instances": "max"},
                                      "worker": {"script": "worker/index.js", "instances": 1}}}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudinit import app_server
 from model import conventions
 
 from test_deploy_localcloud import (  # noqa: F401 (fixtures)
@@ -85,6 +86,10 @@ def test_a_second_app_is_deployed_with_its_build_migration_worker_setting_and_se
                                                   "token_sha256": hashlib.sha256(token.encode()).hexdigest()}
     assert token not in result.stdout
     assert migrations(local_stack).get(release) == 1, "the migration ran exactly once"
+    # Its declared health path answers the platform's health check (it has no /healthz).
+    for d in app_servers(plan):
+        assert on(d.name, f"cat {app_server.HEALTH_SNIPPET}") == "set $platform_health_path /ready;"
+    assert through_lb(local_stack, conventions.HEALTH_PATH) == (200, "ok")
 
     status_out = deploy_cli("status", key=operator_key)
     assert status_out.returncode == 0, status_out.stdout

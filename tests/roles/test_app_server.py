@@ -104,7 +104,8 @@ def wait_for(port: int, seconds: float = 10) -> None:
 def test_site_routes_api_and_health_to_the_api_app():
     site = app_files()[SITE]
     assert f"listen {c.APP_TLS_PORT} ssl" in site
-    assert f"location = {c.HEALTH_PATH} {{ proxy_pass http://api_app; }}" in site
+    assert site.count(f"location = {c.HEALTH_PATH} {{") == 2      # the LB's port and the loopback one
+    assert site.count(f"proxy_pass http://api_app$platform_health_path;") == 2
     assert f"location {c.API_PATH_PREFIX} {{ proxy_pass http://api_app; }}" in site
     assert f"server 127.0.0.1:{c.API_APP_PORT};" in site and f"server 127.0.0.1:{c.WEB_APP_PORT};" in site
 
@@ -312,9 +313,12 @@ def run_pm2_script(root: Path, script: str, pm2_home: Path, timeout: float):
 
 
 def apps_reload(tmp_path: Path) -> str:
-    """The apps' unit's reload as a command: its ExecReload script, with pm2 from PATH."""
+    """The apps' unit's reload as a command: its ExecReload script run as the app user, with
+    pm2 from PATH (the root step after it, the health path, runs on the local stack)."""
     unit = app_files()[f"/etc/systemd/system/{c.APPS_UNIT}.service"]
-    (reload,) = [line.removeprefix("ExecReload=") for line in unit.splitlines() if line.startswith("ExecReload=")]
+    reloads = [line.removeprefix("ExecReload=") for line in unit.splitlines() if line.startswith("ExecReload=")]
+    assert reloads == [app_server.APPS_RELOAD_COMMAND, f"+{app_server.APP_HEALTH_COMMAND}"]
+    reload = reloads[0]
     script = tmp_path / "platform-apps-reload"
     script.write_text(app_files()[reload].replace(f"{c.PM2_BIN_DIR}/pm2", "pm2"))
     return f"bash {script}"

@@ -1,0 +1,54 @@
+"""The app contract's health path on a real nginx: the app server's site asks the `/api/`
+process for the path the apps' unit wrote (platform-app-health), and for /healthz before
+any release has declared one. The script itself runs on the local stack
+(tests/deploy/test_second_app_localcloud.py deploys an app that declares one)."""
+
+from __future__ import annotations
+
+import subprocess
+
+from cloudinit import app_server
+from model import conventions as c
+
+from render_helpers_lb_app import in_namespace, issue, make_ca, nginx_tree, require, run
+from test_app_server import SITE, app_files, wait_for
+
+
+def loopback_health(tmp_path, snippet: str | None) -> str:
+    """The loopback listener's answer to the health check, with the API stand-in answering
+    200 at /ready only."""
+    stack = "staging"
+    ca = make_ca(tmp_path / "ca", "ca")
+    server = issue(ca, tmp_path / "ca", "server", dns=[f"{stack}-app-1"], ips=["127.0.0.1"])
+    files = {SITE: app_files()[SITE], c.SERVER_CERT_PATH: server.cert, c.SERVER_KEY_PATH: server.key,
+             c.CA_CERT_PATH: ca.cert}
+    if snippet is not None:
+        files[app_server.HEALTH_SNIPPET] = snippet
+    root = nginx_tree(tmp_path / "ns", files)
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "ready").write_text("ready\n")
+    api = subprocess.Popen(["python3", "-m", "http.server", str(c.API_APP_PORT), "--bind", "127.0.0.1"],
+                           cwd=tmp_path / "api", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nginx = subprocess.Popen(in_namespace(root, [require("nginx"), "-g", "daemon off;"]),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for port in (c.APP_LOCAL_TLS_PORT, c.API_APP_PORT):
+            wait_for(port)
+        result = run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "--cacert",
+                      str(ca.cert), "--resolve", f"{stack}-app-1:{c.APP_LOCAL_TLS_PORT}:127.0.0.1",
+                      f"https://{stack}-app-1:{c.APP_LOCAL_TLS_PORT}{c.HEALTH_PATH}"])
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+    finally:
+        nginx.terminate()
+        api.terminate()
+        nginx.wait(timeout=10)
+        api.wait(timeout=10)
+
+
+def test_the_health_check_asks_the_path_the_release_declared(tmp_path):
+    assert loopback_health(tmp_path, "set $platform_health_path /ready;\n") == "200"
+
+
+def test_before_a_release_declares_one_the_health_check_asks_healthz(tmp_path):
+    assert loopback_health(tmp_path, None) == "404"   # the stand-in has no /healthz
