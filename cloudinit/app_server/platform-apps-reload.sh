@@ -4,9 +4,10 @@
 # adds; only then is a process no longer declared deleted (pm2 stops it gracefully): a
 # new process serving the same route shares the port through pm2's cluster, so a renamed
 # process leaves no gap. pm2 keeps a running process's script across reloads, so one
-# declared with another script is deleted first and started anew: on this server its
-# route is refused until the new one is ready (the LB sends those requests to the
-# others). A changed instance count is scaled last.
+# declared with another script is replaced the same way: its new script starts first
+# under a stand-in name (NAME.next: a declared name has no dot), the old one is deleted,
+# the declared name starts on the new script, and the stand-in goes. A changed instance
+# count is scaled last.
 set -euo pipefail
 
 ecosystem={{ c.ECOSYSTEM_FILE }}
@@ -35,13 +36,31 @@ for (const [name, seen] of running) {
 }' "$ecosystem" "$1"
 }
 
+# The declared process NAME as a pm2 file of its own, under the name NAME.next.
+stand_in() {
+    # shellcheck disable=SC2016  # ${name} is the JavaScript's template, not the shell's
+    node -e '
+const [ecosystem, name, file] = process.argv.slice(1);
+const app = require(ecosystem).apps.find((a) => a.name === name);
+require("node:fs").writeFileSync(file, JSON.stringify({ apps: [{ ...app, name: `${name}.next` }] }));
+' "$ecosystem" "$1" "$2"
+}
+
+stand_ins=()
 while read -r action name script; do
     [ "$action" = moved ] || continue
-    echo "platform-apps-reload: $name runs another script now ($script): started anew"
+    echo "platform-apps-reload: $name runs another script now ($script): replaced through $name.next"
+    file="${PM2_HOME:?}/$name.next.json"
+    stand_in "$name" "$file"
+    "$pm2" start "$file"
+    rm -f "$file"
     "$pm2" delete "$name"
+    stand_ins+=("$name.next")
 done < <(actions before)
 
 "$pm2" startOrReload "$ecosystem" --update-env
+
+for name in "${stand_ins[@]}"; do "$pm2" delete "$name"; done
 
 while read -r action name count; do
     case "$action" in

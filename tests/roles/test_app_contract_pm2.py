@@ -1,7 +1,8 @@
 """pm2 on an app server follows the current release's platform.json: the rendered
 ecosystem file and the unit's reload script, run for real (pm2 at the pinned major, in a
 private mount namespace): a worker added by a release starts, an instance count changed
-is scaled, and a rollback to a release without the worker deletes it."""
+is scaled, a process moved to another script answers throughout, and a rollback to a
+release without the worker deletes it."""
 
 from __future__ import annotations
 
@@ -44,7 +45,11 @@ ln -sfn {releases}/r1 {current}
 pm2 start {ecosystem} >/dev/null
 echo "R1 $(names)"
 ln -sfn {releases}/r2 {current}.new && mv -T {current}.new {current}
+probe() {{ while :; do curl -s -o /dev/null -w '%{{http_code}}\n' --max-time 5 http://127.0.0.1:{web}/ || echo refused; done; }}
+probe > {probe_log} & probing=$!
 {reload}
+kill $probing
+echo "PROBE $(grep -c . {probe_log}) $(grep -vc '^200$' {probe_log})"
 echo "R2 $(names)"
 echo "WEB2 $(node -e "fetch('http://127.0.0.1:{web}/').then(async r => console.log(r.status, /Moved script/.test(await r.text())))")"
 echo "WORKERENV $(pm2 jlist | node -e 'const w = JSON.parse(require("fs").readFileSync(0)).find(p => p.name === "worker"); console.log(w.pm2_env.status, "PORT" in w.pm2_env.env ? "port" : "noport")')"
@@ -70,7 +75,7 @@ def test_the_apps_reload_follows_each_releases_declared_processes(tmp_path, pm2_
         pm2_home=tmp_path / "pm2-home", bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR,
         source=REPO / "example-app", modules=example_app_modules, worker=tmp_path / "worker.js",
         contract=tmp_path / "platform.json", current=c.CURRENT_RELEASE_LINK, ecosystem=c.ECOSYSTEM_FILE,
-        reload=apps_reload(tmp_path), web=c.WEB_APP_PORT)
+        reload=apps_reload(tmp_path), web=c.WEB_APP_PORT, probe_log=tmp_path / "probe.log")
     result, seen = run_pm2_script(root, script, tmp_path / "pm2-home", timeout=240)
     cpus = len(__import__("os").sched_getaffinity(0))
     assert json.loads(seen["R1"]) == {"web": cpus, "api": cpus}, "no platform.json: the default processes"
@@ -78,5 +83,7 @@ def test_the_apps_reload_follows_each_releases_declared_processes(tmp_path, pm2_
     assert seen["WORKERENV"] == "online noport", "a worker is given no PORT"
     assert seen["WEB2"] == "200 true", "a process declared with another script runs the new one"
     assert "web runs another script now" in result.stdout
+    answered, failed = map(int, seen["PROBE"].split())
+    assert answered > 20 and failed == 0, f"requests to web while its script moved: {seen['PROBE']}"
     assert json.loads(seen["BACK"]) == {"web": cpus, "api": cpus}, result.stdout
     assert "worker is no longer declared: deleted" in result.stdout
