@@ -4,4 +4,5 @@
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec venv/bin/python -m pytest -q -ra tests "$@"
+# --durations: the slowest tests, so the time the suite takes has names beside it.
+exec venv/bin/python -m pytest -q -ra --durations=25 tests "$@"
