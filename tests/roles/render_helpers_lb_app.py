@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import socket
 import subprocess
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +148,36 @@ def in_namespace(root: Path, command: list[str]) -> list[str]:
     mounts.append("mount -t tmpfs tmpfs /run")
     script = "set -e; " + "; ".join(mounts) + f"; exec {shlex.join(command)}"
     return [require("unshare"), "--mount", "--propagation", "private", "sh", "-c", script]
+
+
+@contextmanager
+def app_server_nginx(root: Path, api_files: Path, ports: tuple[int, ...]):
+    """nginx on the tree in its namespace, with the API app's stand-in (a file server of
+    `api_files` on the API's port); both stopped after, whatever happened."""
+    api = subprocess.Popen(["python3", "-m", "http.server", str(conventions.API_APP_PORT), "--bind", "127.0.0.1"],
+                           cwd=api_files, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nginx = subprocess.Popen(in_namespace(root, [require("nginx"), "-g", "daemon off;"]),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for port in (*ports, conventions.API_APP_PORT):
+            wait_for(port)
+        yield
+    finally:
+        nginx.terminate()
+        api.terminate()
+        nginx.wait(timeout=10)
+        api.wait(timeout=10)
+
+
+def wait_for(port: int, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def nginx_check(root: Path) -> subprocess.CompletedProcess:

@@ -5,13 +5,11 @@ any release has declared one. The script itself runs on the local stack
 
 from __future__ import annotations
 
-import subprocess
-
 from cloudinit import app_server
 from model import conventions as c
 
-from render_helpers_lb_app import in_namespace, issue, make_ca, nginx_tree, require, run
-from test_app_server import SITE, app_files, wait_for
+from render_helpers_lb_app import app_server_nginx, issue, make_ca, nginx_tree, run
+from test_app_server import SITE, app_files
 
 
 def loopback_health(tmp_path, snippet: str | None) -> str:
@@ -27,23 +25,12 @@ def loopback_health(tmp_path, snippet: str | None) -> str:
     root = nginx_tree(tmp_path / "ns", files)
     (tmp_path / "api").mkdir()
     (tmp_path / "api" / "ready").write_text("ready\n")
-    api = subprocess.Popen(["python3", "-m", "http.server", str(c.API_APP_PORT), "--bind", "127.0.0.1"],
-                           cwd=tmp_path / "api", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    nginx = subprocess.Popen(in_namespace(root, [require("nginx"), "-g", "daemon off;"]),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for port in (c.APP_LOCAL_TLS_PORT, c.API_APP_PORT):
-            wait_for(port)
+    with app_server_nginx(root, tmp_path / "api", (c.APP_LOCAL_TLS_PORT,)):
         result = run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "--cacert",
                       str(ca.cert), "--resolve", f"{stack}-app-1:{c.APP_LOCAL_TLS_PORT}:127.0.0.1",
                       f"https://{stack}-app-1:{c.APP_LOCAL_TLS_PORT}{c.HEALTH_PATH}"])
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip()
-    finally:
-        nginx.terminate()
-        api.terminate()
-        nginx.wait(timeout=10)
-        api.wait(timeout=10)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
 
 
 def test_the_health_check_asks_the_path_the_release_declared(tmp_path):

@@ -17,7 +17,7 @@ from cloudinit import app_server
 from model import conventions as c
 
 from render_helpers_lb_app import (
-    ENGINE_CASES, in_namespace, make_ca, nginx_check, nginx_tree, issue, require, run, settings,
+    ENGINE_CASES, app_server_nginx, in_namespace, make_ca, nginx_check, nginx_tree, issue, require, run, settings,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,14 +58,7 @@ def test_app_server_takes_the_lbs_connections_only_with_its_certificate(tmp_path
     # The API app's stand-in: a file server with /healthz.
     (tmp_path / "api").mkdir()
     (tmp_path / "api" / "healthz").write_text("full health\n")
-    api = subprocess.Popen(["python3", "-m", "http.server", str(c.API_APP_PORT), "--bind", "127.0.0.1"],
-                           cwd=tmp_path / "api", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    nginx = subprocess.Popen(in_namespace(root, [require("nginx"), "-g", "daemon off;"]),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for port in (c.APP_TLS_PORT, c.APP_LOCAL_TLS_PORT, c.API_APP_PORT):
-            wait_for(port)
-
+    with app_server_nginx(root, tmp_path / "api", (c.APP_TLS_PORT, c.APP_LOCAL_TLS_PORT)):
         def curl(port: int, path: str, *cert: str) -> str:
             result = run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
                           "--cacert", str(ca.cert), "--resolve", f"{stack}-app:{port}:127.0.0.1", *cert,
@@ -82,23 +75,6 @@ def test_app_server_takes_the_lbs_connections_only_with_its_certificate(tmp_path
         assert curl(c.APP_LOCAL_TLS_PORT, "/api/anything") == "404"
         listening = run(["ss", "-Hltn", f"sport = :{c.APP_LOCAL_TLS_PORT}"]).stdout
         assert listening.split() and all(" 127.0.0.1:" in f" {line.split()[3]}" for line in listening.splitlines()), listening
-    finally:
-        nginx.terminate()
-        api.terminate()
-        nginx.wait(timeout=10)
-        api.wait(timeout=10)
-
-
-def wait_for(port: int, seconds: float = 10) -> None:
-    import time
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def test_site_routes_api_and_health_to_the_api_app():
