@@ -83,7 +83,7 @@ def test_actionlint_fails_a_broken_workflow(tmp_path):
 
 
 # The fast tier's command, as the README gives it: the tier a GitHub runner can run.
-FAST_TESTS = "venv/bin/python -m pytest -q -m fast"
+FAST_TESTS = "venv/bin/python -m pytest -q -m fast -n auto"
 
 
 def test_pull_requests_run_the_fast_tests_then_preview_both_stacks():
