@@ -123,6 +123,22 @@ class Load:
         return json.loads(out.strip().splitlines()[-1])
 
 
+def under_load(plan, tmp_path: Path, *args: str, key: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """`deploy_cli(*args)` with the load running from 2 s before it to 2 s after: what it
+    printed, and what the load saw (printed too, with how long the command took)."""
+    load = Load(plan, tmp_path)
+    time.sleep(2)
+    start = time.monotonic()
+    try:
+        result = deploy_cli(*args, key=key)
+    finally:
+        took = time.monotonic() - start
+        time.sleep(2)
+        seen = load.stop()
+    print(result.stdout, f"\n[{args[0]} took {took:.1f}s] load: {seen}")
+    return result, seen
+
+
 def release_id_from(output: str) -> str:
     match = re.search(r"^built (\S+)", output, re.M)
     assert match, output
@@ -151,14 +167,7 @@ def serving(plan) -> str:
 def test_deploy_under_load_loses_no_request_and_every_server_runs_the_new_release(plan, operator_key, tmp_path):
     assert serving(plan) == "200", "the local stack does not serve / through its LB: nothing to measure"
     before = {d.name: current_of(d.name) for d in app_servers(plan)}
-    load = Load(plan, tmp_path)
-    time.sleep(2)
-    start = time.monotonic()
-    result = deploy_cli("deploy", "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
-    took = time.monotonic() - start
-    time.sleep(2)
-    seen = load.stop()
-    print(result.stdout, f"\n[deploy took {took:.1f}s] load: {seen}")
+    result, seen = under_load(plan, tmp_path, "deploy", "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
     assert result.returncode == 0, result.stdout + result.stderr
     new = release_id_from(result.stdout)
     assert seen["sent"] > 100 and seen["failed"] == 0, seen
@@ -205,12 +214,8 @@ def archived_in_the_spaces_stand_in(plan, release: str, output: str) -> None:
 def test_a_bad_release_stops_at_the_first_server_switched_back_and_loses_no_request(plan, operator_key, tmp_path):
     servers = app_servers(plan)
     good = {d.name: current_of(d.name) for d in servers}
-    load = Load(plan, tmp_path)
-    time.sleep(2)
-    result = deploy_cli("deploy", "--app", bad_app(tmp_path), "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
-    time.sleep(2)
-    seen = load.stop()
-    print(result.stdout, f"\nload: {seen}")
+    result, seen = under_load(plan, tmp_path, "deploy", "--app", bad_app(tmp_path), "--health-timeout", HEALTH_TIMEOUT,
+                              key=operator_key)
     assert result.returncode == 1, result.stdout + result.stderr
     bad = release_id_from(result.stdout)
     first, *rest = servers
@@ -231,10 +236,8 @@ def test_rollback_returns_every_server_to_the_previous_release(plan, operator_ke
     listed = deploy_cli("releases", key=operator_key)
     assert listed.returncode == 0, listed.stdout
     current = {d.name: current_of(d.name) for d in servers}
-    load = Load(plan, tmp_path)
-    result = deploy_cli("rollback", "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
-    seen = load.stop()
-    print(listed.stdout, result.stdout, f"\nload: {seen}")
+    print(listed.stdout)
+    result, seen = under_load(plan, tmp_path, "rollback", "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
     assert result.returncode == 0, result.stdout + result.stderr
     for d in servers:
         now = current_of(d.name)
@@ -257,12 +260,8 @@ def test_rollback_to_a_release_the_servers_no_longer_hold_restores_it_from_the_a
         assert current_of(d.name) != wanted
         on(d.name, f"runuser -u {conventions.DEPLOY_USER} -- rm -rf {conventions.RELEASES_DIR}/{wanted}")
     assert wanted not in deploy_cli("releases", key=operator_key).stdout
-    load = Load(plan, tmp_path)
-    time.sleep(2)
-    result = deploy_cli("rollback", "--to", wanted, "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
-    time.sleep(2)
-    seen = load.stop()
-    print(result.stdout, f"\nload: {seen}")
+    result, seen = under_load(plan, tmp_path, "rollback", "--to", wanted, "--health-timeout", HEALTH_TIMEOUT,
+                              key=operator_key)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{wanted}: signature and sha256 check" in result.stdout
     for d in servers:

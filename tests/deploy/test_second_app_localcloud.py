@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,8 @@ from cloudinit import app_server
 from model import conventions
 
 from test_deploy_localcloud import (  # noqa: F401 (fixtures)
-    DEFAULT_APP_DIR, HEALTH_TIMEOUT, Load, app_servers, current_of, deploy_cli, on, operator_key, plan,
-    release_id_from, running_releases,
+    DEFAULT_APP_DIR, HEALTH_TIMEOUT, app_servers, current_of, deploy_cli, on, operator_key, plan,
+    release_id_from, running_releases, under_load,
 )
 
 from test_operator_verbs_localcloud import cli  # noqa: E402 (the verb, the stack, then its arguments)
@@ -65,12 +64,8 @@ def migrations(local_stack) -> dict[str, int]:
 
 def test_a_second_app_is_deployed_with_its_build_migration_worker_setting_and_secret(
         local_stack, plan, operator_key, token, second_app_settings, tmp_path):
-    load = Load(plan, tmp_path)
-    time.sleep(2)
-    result = deploy_cli("deploy", "--app", str(APP), "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
-    time.sleep(2)
-    seen = load.stop()
-    print(result.stdout, f"\nload: {seen}")
+    result, seen = under_load(plan, tmp_path, "deploy", "--app", str(APP), "--health-timeout", HEALTH_TIMEOUT,
+                              key=operator_key)
     assert result.returncode == 0, result.stdout + result.stderr
     assert seen["sent"] > 100 and seen["failed"] == 0, seen
     release = release_id_from(result.stdout)
@@ -124,10 +119,8 @@ def test_a_second_deploy_migrates_once_more_and_rollback_to_brings_the_first_bac
     assert (ran.get(first), ran.get(second)) == (1, 1), f"each deploy's migration, once: {ran}"
     for d in app_servers(plan):
         on(d.name, f"runuser -u {conventions.DEPLOY_USER} -- rm -rf {conventions.RELEASES_DIR}/{first}")
-    load = Load(plan, tmp_path)
-    back = deploy_cli("rollback", "--to", first, "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
-    seen = load.stop()
-    print(back.stdout, f"\nload: {seen}")
+    back, seen = under_load(plan, tmp_path, "rollback", "--to", first, "--health-timeout", HEALTH_TIMEOUT,
+                            key=operator_key)
     assert back.returncode == 0, back.stdout + back.stderr
     assert f"{first}: signature and sha256 check" in back.stdout
     for d in app_servers(plan):
