@@ -163,12 +163,17 @@ def install_platform(
     platform = command.remote.Command(
         f"{name}-bundle-push",
         connection=route.connection(),
-        create=shlex.join(["sudo", conventions.BUNDLE_COMMAND, bundle.digest]),
+        create=bundle_command(bundle),
         stdin=bundle.payload,
         triggers=[bundle.digest],
         opts=pulumi.ResourceOptions(parent=parent, depends_on=[*filter(None, [route.ready]), *(after or [])]),
     )
     return dataclasses.replace(route, ready=platform)
+
+
+def bundle_command(bundle: cloudinit.Bundle) -> str:
+    """The command line that hands a droplet the bundle (on stdin) to store and install."""
+    return shlex.join(["sudo", conventions.BUNDLE_COMMAND, bundle.digest])
 
 
 def first_bundle(
@@ -187,7 +192,7 @@ def first_bundle(
     place. Once a droplet has a platform this only drains its input: a new bundle goes
     through the pool's roll."""
     has_platform = shlex.join(["sudo", "test", "-e", conventions.CURRENT_BUNDLE])
-    install = shlex.join(["sudo", conventions.BUNDLE_COMMAND, bundle.digest])
+    install = bundle_command(bundle)
     in_place = f"a platform is in place: bundle {bundle.digest[:12]} comes with the pool's roll"
     return command.remote.Command(
         f"{name}-first-bundle",
