@@ -23,13 +23,16 @@ if ! [[ $path =~ $pattern ]] || [[ $path == *//* || /$path/ == */../* ]]; then
     exit 1
 fi
 
+# Written (and put back) by the one "write if it differs" of the droplet.
+write_snippet() { {{ c.WRITE_COMMAND }} "$snippet" 0644 root:root; }
+
 previous=$(cat "$snippet" 2>/dev/null || true)
 mkdir -p "$(dirname "$snippet")"
 # shellcheck disable=SC2016  # $platform_health_path is nginx's variable, not the shell's
-changed=$(printf 'set $platform_health_path %s;\n' "$path" | {{ c.WRITE_COMMAND }} "$snippet" 0644 root:root)
+changed=$(printf 'set $platform_health_path %s;\n' "$path" | write_snippet)
 [ -n "$changed" ] || exit 0
 if ! nginx -t -q; then
-    if [ -n "$previous" ]; then printf '%s\n' "$previous" > "$snippet"; else rm -f "$snippet"; fi
+    if [ -n "$previous" ]; then printf '%s\n' "$previous" | write_snippet >/dev/null; else rm -f "$snippet"; fi
     echo "platform-app-health: nginx refused the health path $path; the previous one stays" >&2
     exit 1
 fi
