@@ -65,24 +65,25 @@ def interpreter_reachable() -> str:
             f" mkdir -p {keep}; mount --bind {inside} {keep}")
 
 
-def tier_command(workers: str, home: str) -> list[str]:
+def tier_command(workers: str, home: str, hidden: list[str]) -> list[str]:
     pytest = [str(ROOT / "venv/bin/python"), "-B", "-m", "pytest", "-q", "-m", "fast", "-p", "no:cacheprovider",
               "-n", workers, "--basetemp", f"{home}/pytest"]
     # Loopback up (a new network namespace starts with it down), then the programs hidden,
     # then the user dropped.
-    hide = "; ".join(f"mount --bind /dev/null {shlex.quote(p)}" for p in hidden_programs())
+    hide = "; ".join(f"mount --bind /dev/null {shlex.quote(p)}" for p in hidden)
     unprivileged = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--reset-env",
                     "env", f"HOME={home}", "PATH=/usr/bin:/bin", f"TMPDIR={home}", *pytest]
-    script = f"set -e; ip link set lo up; {interpreter_reachable()}; {hide}; cd {shlex.quote(str(ROOT))}; exec {shlex.join(unprivileged)}"
+    script = (f"set -e; ip link set lo up; {interpreter_reachable()}; {hide}; "
+              f"cd {shlex.quote(str(ROOT))}; exec {shlex.join(unprivileged)}")
     return ["unshare", "--mount", "--net", "--propagation", "private", "sh", "-c", script]
 
 
-def one_run(workers: str) -> dict:
+def one_run(workers: str, hidden: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as home:
         Path(home).chmod(0o777)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        result = subprocess.run(tier_command(workers, home), capture_output=True, text=True)
+        result = subprocess.run(tier_command(workers, home, hidden), capture_output=True, text=True)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
@@ -96,11 +97,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", default="auto", help="pytest-xdist's -n (auto: one per core)")
     args = ap.parse_args()
-    print(f"hiding {len(hidden_programs())} programs of the host packages; tests as nobody, loopback only",
+    hidden = hidden_programs()   # dpkg -L of each package: once, not once per run
+    print(f"hiding {len(hidden)} programs of the host packages; tests as nobody, loopback only",
           flush=True)
     runs = []
     for n in range(args.runs):
-        runs.append(one_run(args.workers))
+        runs.append(one_run(args.workers, hidden))
         print(json.dumps({"run": n + 1, **runs[-1]}), flush=True)
     print(json.dumps({"median_wall_s": statistics.median(r["wall_s"] for r in runs),
                       "median_cpu_s": statistics.median(r["cpu_s"] for r in runs),
