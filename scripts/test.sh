@@ -4,7 +4,5 @@
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-# Two lanes (tests/conftest.py, SERIAL_TIERS): the localcloud tier in one worker, the
-# sandbox tier in the other, each in its order; the fast tests fill whichever is free.
 # --durations: the slowest tests, so the time the suite takes has names beside it.
-exec venv/bin/python -m pytest -q -ra --durations=25 -n 2 --dist loadgroup tests "$@"
+exec venv/bin/python -m pytest -q -ra --durations=25 tests "$@"

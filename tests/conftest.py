@@ -69,24 +69,15 @@ def tier_of(item) -> str:
 LOCAL_STACK = "staging"
 
 
-# Tiers whose tests share the machine's ports, engines or droplets: under pytest-xdist's
-# `--dist loadgroup` each of them is one lane, run in order by one worker, beside the other
-# (scripts/test.sh), while the fast tests fill whichever worker is free.
-SERIAL_TIERS = ("sandbox", "localcloud")
-
-
-@pytest.hookimpl(tryfirst=True)   # before xdist reads the xdist_group markers
 def pytest_collection_modifyitems(session, config, items):
-    """Every test gets its tier's marker (tier_of), and the serial tiers their lane; then
-    tests on the shared local stack run last: the local cloud's low-layer tests remove
-    every droplet (global teardown) and must be done before the stack comes up. Among
-    them, a module with RUNS_LAST_ON_THE_STACK (it replaces droplets) goes last."""
+    """Every test gets its tier's marker (tier_of), then tests on the shared local stack
+    run last: the local cloud's low-layer tests remove every droplet (global teardown) and
+    must be done before the stack comes up. Among them, a module with
+    RUNS_LAST_ON_THE_STACK (it replaces droplets) goes last."""
     for item in items:
         tier = tier_of(item)
         if item.get_closest_marker(tier) is None:
             item.add_marker(tier)
-        if tier in SERIAL_TIERS:
-            item.add_marker(pytest.mark.xdist_group(tier))
     items.sort(key=lambda item: ("local_stack" in getattr(item, "fixturenames", ()),
                                  getattr(item.module, "RUNS_LAST_ON_THE_STACK", False)))
 
