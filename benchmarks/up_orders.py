@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import conventions  # noqa: E402
+from model import conventions  # noqa: E402
 from local_stack import healthy_after_up  # noqa: E402
 from localcloud import droplet, records, stack  # noqa: E402
 
