@@ -78,11 +78,13 @@ def test_cloud_init_done_without_errors(pair):
         assert droplet.system_state(name) == "running"
 
 
-def test_nginx_came_through_the_proxy_and_serves(pair):
+def test_nginx_came_through_the_package_cache_and_serves(pair):
     assert droplet.exec("lc-test-b", ["dpkg-query", "-W", "-f=${Status}", "nginx"]).stdout == \
         "install ok installed"
-    log = config.PROXY_LOG.read_text()
-    assert "ALLOW GET" in log and "nginx" in log     # the .deb was fetched via the proxy
+    # apt-cacher-ng's transfer log: time|I (fetched) or O (served)|bytes|client|path.
+    served = [line.split("|") for line in (package_cache.APT_DIR / "log" / "apt-cacher.log").read_text().splitlines()]
+    assert any(kind == "O" and client == pair["lc-test-b"].public_ip and "/nginx_" in path and path.endswith(".deb")
+               for _, kind, _, client, path in (row for row in served if len(row) == 5)), served[-20:]
     assert get_from_droplet("lc-test-b", "http://127.0.0.1/") == "hello from b"
 
 
