@@ -8,24 +8,25 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 
 # --durations: the slowest tests, so the time the suite takes has names beside it.
-pytest=(venv/bin/python -m pytest -q -ra --durations=20)
+pytest=(venv/bin/python -m pytest -ra --durations=20)
 if [ $# -gt 0 ]; then
-    exec "${pytest[@]}" "$@"
+    exec "${pytest[@]}" -q "$@"
 fi
 
 # Two lanes: the localcloud tier spends most of its time waiting on droplets, and the
 # other tiers' real engines and renderers use the machine meanwhile. Each lane runs its
 # tests in order; the lanes share nothing (the sandbox tier works in private namespaces,
-# the droplets have their own). Each line says its lane.
+# the droplets have their own). Each line says its lane; the localcloud lane's tests take
+# minutes each, so it names each test as it ends (-v).
 lane() {
     local name=$1
     shift
     "${pytest[@]}" "$@" tests 2>&1 | sed -u "s/^/[$name] /"
 }
 set +e
-lane localcloud -m localcloud &
+lane localcloud -m localcloud -v &
 droplets=$!
-lane host -m "not localcloud"
+lane host -q -m "not localcloud"
 host=$?
 wait "$droplets"
 localcloud=$?
