@@ -152,10 +152,11 @@ class Variants:
                check=False)
 
 
-def cpu_seconds(name: str) -> float:
-    """CPU time everything in the droplet has used so far (its cgroup v2 cpu.stat)."""
+def cpu_seconds(name: str, unit: str = "") -> float:
+    """CPU time everything in the droplet has used so far (its cgroup v2 cpu.stat), or one
+    of its systemd units (the unit's cgroup inside the droplet's)."""
     for top in droplet.cgroup_dirs(name):
-        stat = top / "cpu.stat"
+        stat = (top / "payload" / "system.slice" / unit if unit else top) / "cpu.stat"
         if stat.is_file():
             return int(re.search(r"usage_usec (\d+)", stat.read_text()).group(1)) / 1e6
     raise RuntimeError(f"{name}: no cpu.stat in {droplet.cgroup_dirs(name)}")
@@ -164,9 +165,11 @@ def cpu_seconds(name: str) -> float:
 def wrk(p, host: str, seconds: int = 15, connections: int = 32) -> dict:
     apps = [a.name for a in p.with_tag(conventions.APP_SERVER)]
     argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", f"https://{host}{PATH}"]
+    nginx_before = cpu_seconds(p.lb.name, "nginx.service")
     before = {n: cpu_seconds(n) for n in [p.lb.name, *apps]}
     out = shell.run(cloud.internet_client(argv), check=False, timeout=seconds + 60).stdout
     spent = {n: cpu_seconds(n) - t for n, t in before.items()}
+    lb_nginx = cpu_seconds(p.lb.name, "nginx.service") - nginx_before
     total = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out).groups()
     requests, secs = int(total[0]), float(total[1])
     if re.search(r"requests in [\d.]+ms", out):
@@ -179,7 +182,7 @@ def wrk(p, host: str, seconds: int = 15, connections: int = 32) -> dict:
     # Only answered requests count: a 429 or a 503 page is cheap and must not flatter it.
     return {"ok_rps": round(ok / secs, 1), "requests": requests, "non_2xx": non_2xx,
             "socket_errors": socket_errors.group(1) if socket_errors else "none",
-            "lb_cpu_s_per_10k": per_10k(spent[p.lb.name]),
+            "lb_cpu_s_per_10k": per_10k(spent[p.lb.name]), "lb_nginx_cpu_s_per_10k": per_10k(lb_nginx),
             "apps_cpu_s_per_10k": per_10k(sum(spent[a] for a in apps))}
 
 
@@ -240,12 +243,12 @@ class Reachable:
     """For the run: the domain and the benchmark's names resolve in the internet client's
     namespace (so wrk sends them as SNI), and one client may send as much as it can."""
 
-    def __init__(self, p):
-        self.p = p
+    def __init__(self, p, extra_names: tuple[str, ...] | list[str] = ()):
+        self.p, self.names = p, (*BENCH_NAMES, *extra_names)
 
     def __enter__(self):
         NETNS_HOSTS.parent.mkdir(parents=True, exist_ok=True)
-        NETNS_HOSTS.write_text(f"127.0.0.1 localhost\n{self.p.lb.reserved_ips[0]} {self.p.domain} {' '.join(BENCH_NAMES)}\n")
+        NETNS_HOSTS.write_text(f"127.0.0.1 localhost\n{self.p.lb.reserved_ips[0]} {self.p.domain} {' '.join(self.names)}\n")
         self.p = up_with(STACK, {"lbRequestsPerSecond": BENCH_RATE})
         return self.p
 
@@ -268,10 +271,13 @@ def cost(p, rounds: int = 3) -> dict:
             figures["tls"].append(wrk(p, p.domain))
             figures["plain"].append(wrk(p, "plain.bench"))
             figures["no_reuse"].append(wrk(p, "no-reuse.bench"))
-    med = {k: {f: statistics.median(r[f] for r in v) for f in ("ok_rps", "lb_cpu_s_per_10k", "apps_cpu_s_per_10k")}
+    med = {k: {f: statistics.median(r[f] for r in v)
+               for f in ("ok_rps", "lb_cpu_s_per_10k", "lb_nginx_cpu_s_per_10k", "apps_cpu_s_per_10k")}
            for k, v in figures.items()}
     return {"rounds": figures, "medians": med,
             "lb_cpu_tls_over_plain": round(med["tls"]["lb_cpu_s_per_10k"] / med["plain"]["lb_cpu_s_per_10k"], 3),
+            "lb_nginx_cpu_tls_over_plain": round(med["tls"]["lb_nginx_cpu_s_per_10k"]
+                                                 / med["plain"]["lb_nginx_cpu_s_per_10k"], 3),
             "apps_cpu_tls_over_plain": round(med["tls"]["apps_cpu_s_per_10k"] / med["plain"]["apps_cpu_s_per_10k"], 3),
             "rps_tls_over_plain": round(med["tls"]["ok_rps"] / med["plain"]["ok_rps"], 3),
             "rps_reuse_over_no_reuse": round(med["tls"]["ok_rps"] / med["no_reuse"]["ok_rps"], 2)}

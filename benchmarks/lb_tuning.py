@@ -1,0 +1,151 @@
+"""The LB's re-encryption tuned change by change, on the booted staging stack (prints,
+asserts nothing):
+
+    venv/bin/python benchmarks/lb_tuning.py [--rounds 5] [--seconds 10]
+
+Each candidate is one change to how the LB proxies to the app servers, priced alone
+against a control that proxies as the stack does: its `proxy_ssl_*` lines are read from
+the LB's own platform.conf, its upstream has the stack's keepalive pool. A plaintext
+upstream (local_stack.py's `plain`) gives the ratio the README's target is about. As in
+local_stack.py: wrk from the internet client to the LB's address, server blocks chosen by
+name (SNI), benchmark-only files removed afterwards, rounds interleaved so drift on the
+shared machine hits every variant alike.
+
+What is read is the CPU time of the LB's nginx.service alone (its cgroup inside the
+droplet's), per 10,000 answered requests: the droplet's timers, fail2ban and journald do
+not count, and the figure does not depend on what else the machine runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from local_stack import STACK, Reachable, Variants, sh, wrk, write  # noqa: E402
+from localcloud import stack  # noqa: E402
+from model import conventions  # noqa: E402
+
+LB_TUNING_CONF = "/etc/nginx/conf.d/zz-benchmark-tuning.conf"
+APP_TUNING_CONF = "/etc/nginx/conf.d/zz-benchmark-tuning.conf"
+STACK_KEEPALIVE = 32   # cloudinit/load_balancer/upstreams.conf
+KEEPALIVE_REQUESTS = 10000
+
+# name: (what it changes, upstream directives, location directives). "control" is the stack's.
+CANDIDATES = {
+    "control": ("the stack's own proxying", f"keepalive {STACK_KEEPALIVE};", ""),
+    "keepalive-requests": (
+        f"upstream keepalive_requests {KEEPALIVE_REQUESTS} (nginx's default, 1000, closes a kept-alive "
+        "upstream connection after 1000 requests; the next one costs a TLS handshake)",
+        f"keepalive {STACK_KEEPALIVE}; keepalive_requests {KEEPALIVE_REQUESTS};", ""),
+    "aes128": (
+        "TLS_AES_128_GCM_SHA256 offered first (OpenSSL's default order picks AES-256-GCM; both have "
+        "hardware support)",
+        f"keepalive {STACK_KEEPALIVE};",
+        "proxy_ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;"),
+    "no-session-reuse": (
+        "TLS session reuse off (how much the stack's `proxy_ssl_session_reuse on` buys at this keepalive)",
+        f"keepalive {STACK_KEEPALIVE};", "proxy_ssl_session_reuse off;"),
+}
+
+SERVER = """upstream bench_{ident} {{
+{servers}
+    {upstream}
+}}
+server {{
+    listen 443 ssl http2;
+    server_name {name};
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{
+        limit_req zone=per_client burst={burst} nodelay;
+        proxy_pass https://bench_{ident};
+{proxy_ssl}
+        {location}
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+    }}
+}}
+"""
+
+
+def bench_name(candidate: str) -> str:
+    return f"{candidate}.bench"
+
+
+def stack_proxy_ssl_lines(p) -> str:
+    """The LB's own proxy_ssl_* directives, as platform.conf has them; a candidate's own
+    line for the same directive is put after them and wins where nginx allows both."""
+    lines = sh(p, "lb", "grep -E '^ *proxy_ssl_' /etc/nginx/conf.d/platform.conf").splitlines()
+    return "\n".join(f"        {line.strip()}" for line in lines)
+
+
+class Candidates:
+    """The candidates' server blocks on the LB, and on the app servers nginx's per-connection
+    request limit raised for every server (the LB decides when a connection ends)."""
+
+    def __init__(self, p):
+        self.p = p
+        self.apps = p.with_tag(conventions.APP_SERVER)
+
+    def __enter__(self):
+        p = self.p
+        servers = "\n".join(f"    server {a.vpc_ip}:{conventions.APP_TLS_PORT};" for a in self.apps)
+        proxy_ssl = stack_proxy_ssl_lines(p)
+        blocks = []
+        for candidate, (_, upstream, location) in CANDIDATES.items():
+            if "proxy_ssl_session_reuse" in location:
+                proxy_ssl_here = proxy_ssl.replace("proxy_ssl_session_reuse on;", "")
+            else:
+                proxy_ssl_here = proxy_ssl
+            blocks.append(SERVER.format(
+                ident=candidate.replace("-", "_"), name=bench_name(candidate), servers=servers, upstream=upstream,
+                location=location, proxy_ssl=proxy_ssl_here, cert=conventions.LB_PUBLIC_CERT_PATH,
+                key=conventions.LB_PUBLIC_KEY_PATH, burst=200000))
+        write(p, "lb", LB_TUNING_CONF, "# benchmark only (benchmarks/lb_tuning.py); removed after the run\n"
+              + "".join(blocks))
+        sh(p, "lb", "nginx -t 2>/dev/null && systemctl reload nginx")
+        for app in self.apps:
+            write(p, app.key, APP_TUNING_CONF, f"keepalive_requests {KEEPALIVE_REQUESTS};\n")
+            sh(p, app.key, "nginx -t 2>/dev/null && systemctl reload nginx")
+        return self
+
+    def __exit__(self, *exc):
+        sh(self.p, "lb", f"rm -f {LB_TUNING_CONF} && nginx -t 2>/dev/null && systemctl reload nginx", check=False)
+        for app in self.apps:
+            sh(self.p, app.key, f"rm -f {APP_TUNING_CONF} && nginx -t 2>/dev/null && systemctl reload nginx",
+               check=False)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=10)
+    args = ap.parse_args()
+    names = [bench_name(c) for c in CANDIDATES]
+    rounds: dict[str, list[dict]] = {name: [] for name in [*CANDIDATES, "plain"]}
+    with Reachable(stack.deployed(STACK), extra_names=names) as p, Variants(p), Candidates(p):
+        for _ in range(args.rounds):
+            for candidate in CANDIDATES:
+                rounds[candidate].append(wrk(p, bench_name(candidate), seconds=args.seconds))
+            rounds["plain"].append(wrk(p, "plain.bench", seconds=args.seconds))
+    nginx = {k: statistics.median(r["lb_nginx_cpu_s_per_10k"] for r in v) for k, v in rounds.items()}
+    out = {
+        "lb_nginx_cpu_s_per_10k": {k: {"median": round(m, 4), "rounds": [r["lb_nginx_cpu_s_per_10k"] for r in rounds[k]]}
+                                   for k, m in nginx.items()},
+        "each_over_control": {k: round(nginx[k] / nginx["control"], 3) for k in CANDIDATES},
+        "each_over_plain": {k: round(nginx[k] / nginx["plain"], 3) for k in CANDIDATES},
+        "ok_rps_median": {k: statistics.median(r["ok_rps"] for r in v) for k, v in rounds.items()},
+        "what": {k: v[0] for k, v in CANDIDATES.items()},
+    }
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
