@@ -5,7 +5,7 @@ asserts nothing):
 
 Each candidate is one change to how the LB proxies to the app servers, priced alone
 against a control that proxies as the stack does: its `proxy_ssl_*` lines are read from
-the LB's own platform.conf, its upstream has the stack's keepalive pool. A plaintext
+the LB's own platform.conf, its upstream's keepalive lines from the LB's upstreams.conf. A plaintext
 upstream (local_stack.py's `plain`) gives the ratio the README's target is about. As in
 local_stack.py: wrk from the internet client to the LB's address, server blocks chosen by
 name (SNI), benchmark-only files removed afterwards, rounds interleaved so drift on the
@@ -31,25 +31,25 @@ from localcloud import stack  # noqa: E402
 from model import conventions  # noqa: E402
 
 LB_TUNING_CONF = "/etc/nginx/conf.d/zz-benchmark-tuning.conf"
-APP_TUNING_CONF = "/etc/nginx/conf.d/zz-benchmark-tuning.conf"
-STACK_KEEPALIVE = 32   # cloudinit/load_balancer/upstreams.conf
-KEEPALIVE_REQUESTS = 10000
+NGINX_DEFAULT_KEEPALIVE_REQUESTS = 1000
 
-# name: (what it changes, upstream directives, location directives). "control" is the stack's.
+# name: (what it changes, upstream directives that replace the stack's, location directives).
+# "control" is the stack's own: its upstream's keepalive lines and its proxy_ssl_* lines,
+# read from the LB. Each other candidate is the control with one change.
 CANDIDATES = {
-    "control": ("the stack's own proxying", f"keepalive {STACK_KEEPALIVE};", ""),
-    "keepalive-requests": (
-        f"upstream keepalive_requests {KEEPALIVE_REQUESTS} (nginx's default, 1000, closes a kept-alive "
-        "upstream connection after 1000 requests; the next one costs a TLS handshake)",
-        f"keepalive {STACK_KEEPALIVE}; keepalive_requests {KEEPALIVE_REQUESTS};", ""),
+    "control": ("the stack's own proxying", {}, ""),
+    "nginx-default-keepalive-requests": (
+        f"upstream keepalive_requests {NGINX_DEFAULT_KEEPALIVE_REQUESTS}, nginx's default (the stack's is "
+        f"{conventions.LB_UPSTREAM_KEEPALIVE_REQUESTS}): a kept-alive upstream connection closes after that many "
+        "requests, and the next one costs a TLS handshake",
+        {"keepalive_requests": str(NGINX_DEFAULT_KEEPALIVE_REQUESTS)}, ""),
     "aes128": (
         "TLS_AES_128_GCM_SHA256 offered first (OpenSSL's default order picks AES-256-GCM; both have "
         "hardware support)",
-        f"keepalive {STACK_KEEPALIVE};",
-        "proxy_ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;"),
+        {}, "proxy_ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;"),
     "no-session-reuse": (
-        "TLS session reuse off (how much the stack's `proxy_ssl_session_reuse on` buys at this keepalive)",
-        f"keepalive {STACK_KEEPALIVE};", "proxy_ssl_session_reuse off;"),
+        "TLS session reuse off (what the stack's `proxy_ssl_session_reuse on` buys at this keepalive)",
+        {}, "proxy_ssl_session_reuse off;"),
 }
 
 SERVER = """upstream bench_{ident} {{
@@ -78,16 +78,20 @@ def bench_name(candidate: str) -> str:
     return f"{candidate}.bench"
 
 
-def stack_proxy_ssl_lines(p) -> str:
-    """The LB's own proxy_ssl_* directives, as platform.conf has them; a candidate's own
-    line for the same directive is put after them and wins where nginx allows both."""
-    lines = sh(p, "lb", "grep -E '^ *proxy_ssl_' /etc/nginx/conf.d/platform.conf").splitlines()
-    return "\n".join(f"        {line.strip()}" for line in lines)
+def stack_lines(p, path: str, pattern: str) -> list[str]:
+    """The LB's own directives matching `pattern` in one of its nginx files."""
+    return [line.strip() for line in sh(p, "lb", f"grep -E '^ *({pattern})' {path}").splitlines()]
+
+
+def upstream_lines(stack_keepalive: list[str], overrides: dict[str, str]) -> str:
+    """The stack's keepalive directives, with a candidate's replacing those it names."""
+    lines = {line.split()[0]: line for line in stack_keepalive}
+    lines.update({name: f"{name} {value};" for name, value in overrides.items()})
+    return "\n    ".join(lines.values())
 
 
 class Candidates:
-    """The candidates' server blocks on the LB, and on the app servers nginx's per-connection
-    request limit raised for every server (the LB decides when a connection ends)."""
+    """The candidates' server blocks on the LB, removed afterwards."""
 
     def __init__(self, p):
         self.p = p
@@ -96,30 +100,25 @@ class Candidates:
     def __enter__(self):
         p = self.p
         servers = "\n".join(f"    server {a.vpc_ip}:{conventions.APP_TLS_PORT};" for a in self.apps)
-        proxy_ssl = stack_proxy_ssl_lines(p)
+        keepalive = stack_lines(p, conventions.LB_UPSTREAMS_FILE, "keepalive")
+        proxy_ssl = stack_lines(p, "/etc/nginx/conf.d/platform.conf", "proxy_ssl_")
         blocks = []
         for candidate, (_, upstream, location) in CANDIDATES.items():
-            if "proxy_ssl_session_reuse" in location:
-                proxy_ssl_here = proxy_ssl.replace("proxy_ssl_session_reuse on;", "")
-            else:
-                proxy_ssl_here = proxy_ssl
+            # nginx refuses a directive twice in one block: the candidate's replaces the stack's.
+            replaced = {part.split()[0] for part in location.split(";") if part.strip()}
+            kept = [line for line in proxy_ssl if line.split()[0] not in replaced]
             blocks.append(SERVER.format(
-                ident=candidate.replace("-", "_"), name=bench_name(candidate), servers=servers, upstream=upstream,
-                location=location, proxy_ssl=proxy_ssl_here, cert=conventions.LB_PUBLIC_CERT_PATH,
+                ident=candidate.replace("-", "_"), name=bench_name(candidate), servers=servers,
+                upstream=upstream_lines(keepalive, upstream), location=location,
+                proxy_ssl="\n".join(f"        {line}" for line in kept), cert=conventions.LB_PUBLIC_CERT_PATH,
                 key=conventions.LB_PUBLIC_KEY_PATH, burst=200000))
         write(p, "lb", LB_TUNING_CONF, "# benchmark only (benchmarks/lb_tuning.py); removed after the run\n"
               + "".join(blocks))
         sh(p, "lb", "nginx -t 2>/dev/null && systemctl reload nginx")
-        for app in self.apps:
-            write(p, app.key, APP_TUNING_CONF, f"keepalive_requests {KEEPALIVE_REQUESTS};\n")
-            sh(p, app.key, "nginx -t 2>/dev/null && systemctl reload nginx")
         return self
 
     def __exit__(self, *exc):
         sh(self.p, "lb", f"rm -f {LB_TUNING_CONF} && nginx -t 2>/dev/null && systemctl reload nginx", check=False)
-        for app in self.apps:
-            sh(self.p, app.key, f"rm -f {APP_TUNING_CONF} && nginx -t 2>/dev/null && systemctl reload nginx",
-               check=False)
 
 
 def main() -> int:
