@@ -156,8 +156,8 @@ APP_TLS_PORT = 8443
 # there. Nothing off the server reaches it; the apps' own ports are loopback too.
 APP_LOCAL_TLS_PORT = 8444
 # How many requests one kept-alive TLS connection from the LB to an app server carries
-# (nginx's default is 1000 on both ends; each new connection costs a handshake): 10,000
-# cut the LB nginx's CPU per request by about 4% (benchmarks/lb_tuning.py, README).
+# (nginx's default is 1000 on both ends): one upstream handshake per 10,000 requests
+# instead of 1000. The CPU it saves is within the noise of benchmarks/lb_tuning.py here.
 LB_UPSTREAM_KEEPALIVE_REQUESTS = 10000
 # The Node.js apps listen on loopback behind that nginx.
 WEB_APP_PORT = 3000

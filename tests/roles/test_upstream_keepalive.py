@@ -1,6 +1,6 @@
 """The LB's kept-alive TLS connections to an app server, on the app server's rendered
-nginx: they carry as many requests as the LB sends on them (benchmarks/lb_tuning.py: a new
-connection every 1000 requests, nginx's default, cost the LB about 4% of its CPU)."""
+nginx: they carry as many requests as the LB sends on them (LB_UPSTREAM_KEEPALIVE_REQUESTS),
+not nginx's default 1000, after which each would cost a new handshake."""
 
 from __future__ import annotations
 
