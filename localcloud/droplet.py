@@ -290,14 +290,20 @@ def wait_cloud_init(name: str, timeout: float = 600) -> str:
     raise TimeoutError(f"{name}: cloud-init not done after {timeout:.0f}s (last: {last})")
 
 
-def stop(name: str, timeout: float = 30) -> None:
-    """Power the droplet off (SIGTERM to nspawn = clean shutdown), then its launcher ends."""
-    lp = launcher_pid(name)
-    if not lp:
-        return
+def power_off(name: str) -> None:
+    """Ask the droplet to power off (SIGTERM to nspawn = clean shutdown), without waiting:
+    several can then shut down at once, each `stop` waiting for its own."""
     np = nspawn_pid(name)
     if np:
         os.kill(np, signal.SIGTERM)
+
+
+def stop(name: str, timeout: float = 30) -> None:
+    """Power the droplet off, then its launcher ends (killed if it has not in `timeout`)."""
+    lp = launcher_pid(name)
+    if not lp:
+        return
+    power_off(name)
     try:
         wait_until(lambda: not alive(lp), timeout, f"{name}: shutdown")
     except TimeoutError:

@@ -271,9 +271,12 @@ def down(p: Plan) -> None:
 
 
 def _down(p: Plan) -> None:
-    for d in p.droplets:
-        if d.name in state.load()["droplets"]:
-            cloud.destroy(d.name)
+    present = [d.name for d in p.droplets if d.name in state.load()["droplets"]]
+    # All shut down at once: one by one, each clean shutdown (up to 30 s) waited for the last.
+    for name in present:
+        droplet.power_off(name)
+    for name in present:
+        cloud.destroy(name)
     for v in p.volumes:
         volume.delete(v.name)
     firewall.clear()
