@@ -150,6 +150,26 @@ def in_namespace(root: Path, command: list[str]) -> list[str]:
     return [require("unshare"), "--mount", "--propagation", "private", "sh", "-c", script]
 
 
+APP_SITE = "/etc/nginx/conf.d/platform.conf"
+
+
+def app_site_tree(tmp_path: Path, files: dict[str, str] | None = None) -> tuple[Path, CertPair]:
+    """The app server's rendered site (the staging stack's) in a tree for nginx, with a
+    server certificate for its names and 127.0.0.1 from a throwaway CA, and `files` beside
+    it; the tree's root and the CA (whose directory is tmp_path/ca, to issue more)."""
+    import cloudinit
+    stack = settings().stack
+    ca = make_ca(tmp_path / "ca", "ca")
+    server = issue(ca, tmp_path / "ca", "server", dns=[f"{stack}-app-1", conventions.app_pool_tls_name(stack)],
+                   ips=["127.0.0.1"])
+    root = nginx_tree(tmp_path / "ns", {
+        APP_SITE: cloudinit.rendered_files(conventions.APP_SERVER, settings())[APP_SITE],
+        conventions.SERVER_CERT_PATH: server.cert, conventions.SERVER_KEY_PATH: server.key,
+        conventions.CA_CERT_PATH: ca.cert, **(files or {}),
+    })
+    return root, ca
+
+
 @contextmanager
 def app_server_nginx(root: Path, api_files: Path, ports: tuple[int, ...]):
     """nginx on the tree in its namespace, with the API app's stand-in (a file server of

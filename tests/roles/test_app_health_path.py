@@ -8,21 +8,14 @@ from __future__ import annotations
 from cloudinit import app_server
 from model import conventions as c
 
-from render_helpers_lb_app import app_server_nginx, issue, make_ca, nginx_tree, run
-from test_app_server import SITE, app_files
+from render_helpers_lb_app import app_server_nginx, app_site_tree, run
 
 
 def loopback_health(tmp_path, snippet: str | None) -> str:
     """The loopback listener's answer to the health check, with the API stand-in answering
     200 at /ready only."""
     stack = "staging"
-    ca = make_ca(tmp_path / "ca", "ca")
-    server = issue(ca, tmp_path / "ca", "server", dns=[f"{stack}-app-1"], ips=["127.0.0.1"])
-    files = {SITE: app_files()[SITE], c.SERVER_CERT_PATH: server.cert, c.SERVER_KEY_PATH: server.key,
-             c.CA_CERT_PATH: ca.cert}
-    if snippet is not None:
-        files[app_server.HEALTH_SNIPPET] = snippet
-    root = nginx_tree(tmp_path / "ns", files)
+    root, ca = app_site_tree(tmp_path, {} if snippet is None else {app_server.HEALTH_SNIPPET: snippet})
     (tmp_path / "api").mkdir()
     (tmp_path / "api" / "ready").write_text("ready\n")
     with app_server_nginx(root, tmp_path / "api", (c.APP_LOCAL_TLS_PORT,)):

@@ -17,11 +17,12 @@ from cloudinit import app_server
 from model import conventions as c
 
 from render_helpers_lb_app import (
-    ENGINE_CASES, app_server_nginx, in_namespace, make_ca, nginx_check, nginx_tree, issue, require, run, settings,
+    APP_SITE, ENGINE_CASES, app_server_nginx, app_site_tree, in_namespace, make_ca, nginx_check, nginx_tree, issue,
+    require, run, settings,
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SITE = "/etc/nginx/conf.d/platform.conf"
+SITE = APP_SITE
 LOGROTATE = "/etc/logrotate.d/platform-pm2"
 
 
@@ -47,14 +48,9 @@ def test_app_server_takes_the_lbs_connections_only_with_its_certificate(tmp_path
     from the same CA is refused (403); the LB's is served. The loopback listener serves
     the health check to whoever is on the server, without a certificate, and nothing else."""
     stack = settings().stack
-    ca = make_ca(tmp_path / "ca", "ca")
-    server = issue(ca, tmp_path / "ca", "server", dns=[f"{stack}-app-1", c.app_pool_tls_name(stack)], ips=["127.0.0.1"])
+    root, ca = app_site_tree(tmp_path)
     lb = issue(ca, tmp_path / "ca", "lb", dns=[c.droplet_name(stack, c.LOAD_BALANCER), "example.com"])
     other = issue(ca, tmp_path / "ca", "other", dns=[f"{stack}-app-2", c.app_pool_tls_name(stack)])
-    root = nginx_tree(tmp_path / "ns", {
-        SITE: app_files()[SITE], c.SERVER_CERT_PATH: server.cert, c.SERVER_KEY_PATH: server.key,
-        c.CA_CERT_PATH: ca.cert,
-    })
     # The API app's stand-in: a file server with /healthz.
     (tmp_path / "api").mkdir()
     (tmp_path / "api" / "healthz").write_text("full health\n")

@@ -7,26 +7,17 @@ from __future__ import annotations
 import http.client
 import ssl
 
-import cloudinit
 from model import conventions as c
 
-from render_helpers_lb_app import app_server_nginx, issue, make_ca, nginx_tree, settings
-
-SITE = "/etc/nginx/conf.d/platform.conf"
+from render_helpers_lb_app import app_server_nginx, app_site_tree, issue, settings
 
 
 def test_a_kept_alive_connection_from_the_lb_carries_more_than_nginxs_default_1000_requests(tmp_path):
     """The LB's upstream connections each carry LB_UPSTREAM_KEEPALIVE_REQUESTS requests
     before a new TLS handshake; the app server's nginx must not close them sooner (its
     default is 1000): every answer on one connection, past 1000, keeps it open."""
-    stack = settings().stack
-    ca = make_ca(tmp_path / "ca", "ca")
-    server = issue(ca, tmp_path / "ca", "server", dns=[f"{stack}-app-1", c.app_pool_tls_name(stack)], ips=["127.0.0.1"])
-    lb = issue(ca, tmp_path / "ca", "lb", dns=[c.droplet_name(stack, c.LOAD_BALANCER)])
-    root = nginx_tree(tmp_path / "ns", {
-        SITE: cloudinit.rendered_files(c.APP_SERVER, settings())[SITE], c.SERVER_CERT_PATH: server.cert, c.SERVER_KEY_PATH: server.key,
-        c.CA_CERT_PATH: ca.cert,
-    })
+    root, ca = app_site_tree(tmp_path)
+    lb = issue(ca, tmp_path / "ca", "lb", dns=[c.droplet_name(settings().stack, c.LOAD_BALANCER)])
     (tmp_path / "api").mkdir()
     (tmp_path / "api" / "healthz").write_text("ok\n")
     context = ssl.create_default_context(cafile=str(ca.cert))
