@@ -20,8 +20,6 @@ fi
 . /usr/local/lib/platform/role.sh
 
 main() {
-    mkdir -p "$(dirname "{{ c.PROVISION_LOG }}")" "{{ c.PLATFORM_STATE }}"
-    exec > >(tee -a "{{ c.PROVISION_LOG }}") 2>&1
     trap 'on_failure $LINENO "$BASH_COMMAND"' ERR
     log "provisioning role ${PLATFORM_ROLE} of stack ${PLATFORM_STACK}"
     common_steps
@@ -43,4 +41,8 @@ on_failure() {
     exit 1
 }
 
-main "$@"
+mkdir -p "$(dirname "{{ c.PROVISION_LOG }}")" "{{ c.PLATFORM_STATE }}"
+# A pipeline, not `exec > >(tee ...)`: the script ends only after tee has passed the last
+# line on, which a caller that stops what is left when the script exits (a systemd unit)
+# would otherwise never see.
+main "$@" 2>&1 | tee -a "{{ c.PROVISION_LOG }}"

@@ -4,7 +4,8 @@ The rendered platform-push, platform-lock and platform-provision (with the real 
 library) run at their real paths in role_checks.sandboxed, against a test push table
 whose steps, and fake role steps, record when they start and end. Several pushes and a
 provisioning run start at the same instant; the lock log's timestamps must show one
-holder at a time, with every step inside its own holder's interval.
+holder at a time, with every step inside its own holder's interval. The same harness
+shows that provisioning's last line reaches its caller before provisioning exits.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import datetime
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,7 @@ LOCK_LINE = re.compile(r"^(\S+Z) (took|released) droplet lock: (.+) \(pid (\d+)\
 # Role steps that only record when provisioning runs: the lock is what is tested.
 FAKE_ROLE_STEPS = """# shellcheck shell=bash
 common_steps() { "$T/record" provision; }
-role_steps() { :; }
+role_steps() { if [ -e "$T/fail-role" ]; then false; fi; }
 """
 # Records a step's start and end, and the holder it runs under ($PLATFORM_DROPLET_LOCK).
 RECORD = f"""#!/bin/sh
@@ -205,3 +207,22 @@ def test_a_push_that_waited_for_a_failed_provisioning_changes_nothing(tmp_path, 
     assert "platform-lock: push later" in out and "waits for the droplet lock, held by push failing" in out
     assert "== later 1" in out and "provisioning failed on this droplet" in out, out
     assert "== files failing.conf\n" in out, out
+
+
+def test_provisionings_last_line_reaches_its_caller_before_it_exits(tmp_path, staging_settings, short_wait):
+    # A tee that passes lines on half a second late, as a loaded droplet may schedule it:
+    # the caller reads the output the moment provisioning exits (a systemd unit's end
+    # would kill a tee left behind), and must find the last line there, failed or not.
+    short_wait(30)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/tee").write_text(f'#!/bin/sh\nsleep 0.5\nexec {shutil.which("tee")} "$@"\n')
+    (tmp_path / "bin/tee").chmod(0o755)
+    provision = f'PATH="$T/bin:$PATH" {conventions.PROVISION_COMMAND} > "$T/out" 2>&1; echo "== status $?"; cat "$T/out"'
+    script = prepare(tmp_path, staging_settings, {}) + [
+        provision, 'touch "$T/fail-role"', "echo '== failing'", provision]
+    result = sandboxed(tmp_path, "\n".join(script), timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    succeeded, failed = out.split("== failing\n")
+    assert "== status 0" in succeeded and re.search(r"provisioning finished: \d+ change\(s\)\n$", succeeded), out
+    assert "== status 1" in failed and re.search(r"provisioning FAILED in step 'role \w+'", failed), out
