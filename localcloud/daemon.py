@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import shell
+
 
 @dataclass(frozen=True)
 class Daemon:
@@ -69,6 +71,6 @@ class Daemon:
             except ProcessLookupError:
                 continue
             deadline = time.monotonic() + timeout
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            while shell.alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)

@@ -165,10 +165,6 @@ def children(pid: int) -> list[int]:
     return [int(c) for c in text.split()]
 
 
-def alive(pid: int | None) -> bool:
-    return bool(pid) and Path(f"/proc/{pid}").exists()
-
-
 def launcher_pid(name: str) -> int | None:
     """The launcher from the state file, if that process still is this droplet's."""
     pid = state.load()["droplets"].get(name, {}).get("launcher_pid")
@@ -305,7 +301,7 @@ def stop(name: str, timeout: float = 30) -> None:
         return
     power_off(name)
     try:
-        wait_until(lambda: not alive(lp), timeout, f"{name}: shutdown")
+        wait_until(lambda: not shell.alive(lp), timeout, f"{name}: shutdown")
     except TimeoutError:
         kill_cgroup(name)
     with state.editing() as s:

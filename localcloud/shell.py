@@ -1,4 +1,5 @@
-"""The one place commands are run. Everything else builds argument lists."""
+"""The one place commands are run and the processes they start are watched. Everything
+else builds argument lists."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 Command = list[str]
 
@@ -50,3 +52,14 @@ class Step:
         took = time.monotonic() - self.start
         print(f"[localcloud] {self.what}: {'failed' if exc[0] else 'done'} in {took:.1f}s", flush=True)
         return False
+
+
+def alive(pid: int | None) -> bool:
+    """The process has not ended. A zombie has: it waits only for its parent to collect
+    its status, and that parent is often this very process (it started the launchers and
+    daemons), which would otherwise wait for itself until its timeout."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, TypeError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"   # the state follows the command name

@@ -1,6 +1,7 @@
 """Command builders: the exact argument lists the local cloud runs."""
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -146,3 +147,21 @@ def test_a_droplet_boots_with_sshd_answering_before_cloud_init(tmp_path):
         slow["etc/systemd/system/ssh.service.d/localcloud-boot.conf"]
     assert "ExecStartPre=/bin/sleep 60" in \
         slow["etc/systemd/system/systemd-user-sessions.service.d/localcloud-late.conf"]
+
+
+def test_a_process_that_ended_is_not_alive_even_before_its_parent_collects_it():
+    # The launchers and daemons are often this process's own children: a stop that
+    # waited for the zombie to go would wait out its whole timeout.
+    from localcloud import shell
+    running = subprocess.Popen(["sleep", "30"])
+    ended = subprocess.Popen(["true"])
+    try:
+        assert shell.alive(running.pid)
+        os.waitid(os.P_PID, ended.pid, os.WEXITED | os.WNOWAIT)   # it has exited, uncollected
+        assert not shell.alive(ended.pid)
+        assert not shell.alive(None)
+    finally:
+        running.kill()
+        running.wait()
+        ended.wait()
+    assert not shell.alive(ended.pid)
