@@ -18,17 +18,23 @@ from . import shell
 class Daemon:
     pid_file: Path
     log: Path
-    # In /proc/<pid>/cmdline of our process only (NUL-separated arguments): a recycled pid
-    # is not mistaken for it, and teardown finds it without its pid file.
+    # In the command line (NUL-separated arguments) or the environment of our process only:
+    # a recycled pid is not mistaken for it, and teardown finds it without its pid file.
     marker: bytes
+
+    def is_ours(self, pid: int | str) -> bool:
+        # The environment too: a program may write its title over its command line (verdaccio).
+        try:
+            return any(self.marker in Path(f"/proc/{pid}/{f}").read_bytes() for f in ("cmdline", "environ"))
+        except OSError:
+            return False
 
     def running_pid(self) -> int | None:
         try:
             pid = int(self.pid_file.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return None
-        return pid if self.marker in cmdline else None
+        return pid if self.is_ours(pid) else None
 
     def start(self, argv: list[str], env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
@@ -57,11 +63,8 @@ class Daemon:
         """Our processes whose pid file is gone (a deleted state directory, a killed run)."""
         found = []
         for proc in Path("/proc").iterdir():
-            try:
-                if proc.name.isdigit() and self.marker in (proc / "cmdline").read_bytes():
-                    found.append(int(proc.name))
-            except OSError:
-                pass
+            if proc.name.isdigit() and self.is_ours(proc.name):
+                found.append(int(proc.name))
         return [pid for pid in found if pid != os.getpid()]
 
     def stop(self, timeout: float = 5) -> None:

@@ -36,7 +36,9 @@ NPM_REGISTRY_URL = f"http://{config.HOST_PUBLIC_IP}:{NPM_PORT}/"
 APT_DIR = CACHE_DIR / "apt"
 NPM_DIR = CACHE_DIR / "npm"
 APT = daemon.Daemon(APT_DIR / "pid", APT_DIR / "daemon.log", f"-c\x00{APT_DIR / 'conf'}".encode())
-NPM = daemon.Daemon(NPM_DIR / "pid", NPM_DIR / "daemon.log", f"--config\x00{NPM_DIR / 'config.yaml'}".encode())
+# verdaccio writes its title over its command line: its marker is in its environment.
+NPM_ENV = {"LOCALCLOUD_PACKAGE_CACHE": "npm"}
+NPM = daemon.Daemon(NPM_DIR / "pid", NPM_DIR / "daemon.log", b"LOCALCLOUD_PACKAGE_CACHE=npm\x00")
 DAEMONS = (APT, NPM)
 
 
@@ -98,8 +100,8 @@ def ensure_running() -> None:
     (NPM_DIR / "config.yaml").write_text(verdaccio_config(registry))
     # verdaccio is a Node.js program: it trusts the CAs the host's npm is told to trust.
     cafile = sources.npm_registry_cafile()
-    starts = [(APT, apt_command(), {}, APT_PORT),
-              (NPM, npm_command(), {"NODE_EXTRA_CA_CERTS": cafile} if cafile else {}, NPM_PORT)]
+    npm_env = {**NPM_ENV, **({"NODE_EXTRA_CA_CERTS": cafile} if cafile else {})}
+    starts = [(APT, apt_command(), {}, APT_PORT), (NPM, npm_command(), npm_env, NPM_PORT)]
     for service, argv, env, port in starts:
         if not service.running_pid():
             proc = service.start(argv, env, cwd=service.pid_file.parent)
