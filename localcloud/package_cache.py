@@ -38,7 +38,7 @@ NPM_DIR = CACHE_DIR / "npm"
 APT = daemon.Daemon(APT_DIR / "pid", APT_DIR / "daemon.log", f"-c\x00{APT_DIR / 'conf'}".encode())
 # verdaccio writes its title over its command line: its marker is in its environment.
 NPM_ENV = {"LOCALCLOUD_PACKAGE_CACHE": "npm"}
-NPM = daemon.Daemon(NPM_DIR / "pid", NPM_DIR / "daemon.log", b"LOCALCLOUD_PACKAGE_CACHE=npm\x00")
+NPM = daemon.Daemon(NPM_DIR / "pid", NPM_DIR / "daemon.log", "".join(f"{k}={v}\x00" for k, v in NPM_ENV.items()).encode())
 DAEMONS = (APT, NPM)
 
 

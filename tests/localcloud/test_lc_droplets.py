@@ -220,11 +220,13 @@ def programs_running(names: set[str]) -> list[str]:
     """`pid name` of each live process whose program (comm, or first argument) is named."""
     found = []
     for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
         try:
             words = {(proc / "comm").read_text().strip(), Path((proc / "cmdline").read_bytes().split(b"\0")[0].decode()).name}
         except OSError:
             continue
-        if proc.name.isdigit() and words & names and shell.alive(int(proc.name)):
+        if words & names and shell.alive(int(proc.name)):
             found.append(f"{proc.name} {' '.join(sorted(words))}")
     return found
 
