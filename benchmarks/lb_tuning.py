@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from local_stack import STACK, Reachable, Variants, sh, wrk, write  # noqa: E402
+from cloudinit import common  # noqa: E402
 from localcloud import stack  # noqa: E402
 from model import conventions  # noqa: E402
 
@@ -101,7 +102,7 @@ class Candidates:
         p = self.p
         servers = "\n".join(f"    server {a.vpc_ip}:{conventions.APP_TLS_PORT};" for a in self.apps)
         keepalive = stack_lines(p, conventions.LB_UPSTREAMS_FILE, "keepalive")
-        proxy_ssl = stack_lines(p, "/etc/nginx/conf.d/platform.conf", "proxy_ssl_")
+        proxy_ssl = stack_lines(p, common.NGINX_SITE, "proxy_ssl_")
         blocks = []
         for candidate, (_, upstream, location) in CANDIDATES.items():
             # nginx refuses a directive twice in one block: the candidate's replaces the stack's.

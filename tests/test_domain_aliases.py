@@ -9,11 +9,12 @@ import pytest
 
 import cloudinit
 import mockcloud
+from cloudinit import common
 from model import conventions as c
 from model.settings import SettingsError
 from stack_graph import of_type
 
-SITE = "/etc/nginx/conf.d/platform.conf"
+SITE = common.NGINX_SITE
 ALIASES = ["www.staging.example.com", "staging.example.org"]
 DNS_RECORD = "digitalocean:index/dnsRecord:DnsRecord"
 

@@ -26,6 +26,8 @@ PROGRAMS = [
 
 
 # Where the files every droplet gets are read from.
+# Each role's nginx site (the LB's and the app server's), one file in nginx's conf.d.
+NGINX_SITE = "/etc/nginx/conf.d/platform.conf"
 SSHD_DROP_IN = "/etc/ssh/sshd_config.d/10-platform.conf"
 FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/platform.conf"
 # After the distribution's 20auto-upgrades and 50unattended-upgrades, so these win.

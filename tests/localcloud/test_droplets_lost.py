@@ -26,7 +26,7 @@ import uuid
 
 import pytest
 
-from cloudinit import load_balancer
+from cloudinit import common, load_balancer
 from model import conventions
 from localcloud import spaces, stack
 
@@ -136,7 +136,7 @@ def test_every_droplet_backs_its_configuration_up_to_its_roles_repository(local_
     (app, *_) = s.app_servers()
     restored = s.run(app, [conventions.RESTORE_COMMAND, "config"], timeout=300)
     assert restored.returncode == 0, restored.stdout + (restored.stderr or "")
-    for path in ("/etc/nginx/conf.d/platform.conf", conventions.APP_ENV_FILE, conventions.ECOSYSTEM_FILE):
+    for path in (common.NGINX_SITE, conventions.APP_ENV_FILE, conventions.ECOSYSTEM_FILE):
         same = s.run(app, ["cmp", f"{conventions.BACKUP_SPOOL}/restored{path}", path])
         assert same.returncode == 0, path + same.stdout + (same.stderr or "")
     # The repository's own settings stay out of it.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mockcloud  # noqa: E402 (conftest puts the repository on sys.path)
+from cloudinit import common
 from model import conventions
 
 def settings(engines: list[str] | None = None):
@@ -150,7 +151,7 @@ def in_namespace(root: Path, command: list[str]) -> list[str]:
     return [require("unshare"), "--mount", "--propagation", "private", "sh", "-c", script]
 
 
-APP_SITE = "/etc/nginx/conf.d/platform.conf"
+APP_SITE = common.NGINX_SITE
 
 
 def app_site_tree(tmp_path: Path, files: dict[str, str] | None = None) -> tuple[Path, CertPair]:

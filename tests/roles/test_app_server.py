@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import cloudinit
-from cloudinit import app_server
+from cloudinit import app_server, common
 from model import conventions as c
 
 from render_helpers_lb_app import (
@@ -90,7 +90,7 @@ def test_shellcheck_passes_on_app_server_scripts(path):
 
 def test_shellcheck_passes_on_the_provisioning_with_the_library():
     files = app_files()
-    combined = "\n".join(files[p] for p in ("/usr/local/lib/platform/common.sh", app_server.PROGRAMS[0].path))
+    combined = "\n".join(files[p] for p in (common.LIBRARY, app_server.PROGRAMS[0].path))
     result = run([require("shellcheck"), "--shell=bash", "-"], input="#!/bin/bash\n" + combined + "\nrole_steps\n")
     assert result.returncode == 0, result.stdout
 
@@ -113,9 +113,9 @@ def test_a_replaced_node_reloads_the_running_apps_once_and_gracefully(case, tmp_
     reload), and only when the apps were left running on the old node."""
     (replaced, release, active, app_file_changed), reloaded = case
     files = app_files()
-    common = files["/usr/local/lib/platform/common.sh"]
+    library = files[common.LIBRARY]
     role = files[app_server.PROGRAMS[0].path]
-    helpers = "\n".join(re.search(rf"^{name}\(\) \{{.*?^\}}$", common, re.M | re.S).group(0)
+    helpers = "\n".join(re.search(rf"^{name}\(\) \{{.*?^\}}$", library, re.M | re.S).group(0)
                         for name in ("log", "changed", "files_changed_under", "ensure_enabled", "ensure_running"))
     functions = "\n".join(re.search(rf"^{name}\(\) \{{.*?^\}}$", role, re.M | re.S).group(0)
                           for name in ("role_steps", "reload_apps_on_new_node"))
@@ -394,7 +394,6 @@ def test_provisioning_never_follows_a_releases_link_to_a_root_owned_directory(tm
     root root's alone), deploy cannot swap releases/ for a link any more, and a link left
     there (to root's programs, /usr/local/sbin) is refused: its target keeps its owner and
     mode, and provisioning stops, naming it."""
-    from cloudinit import common
     from role_checks import sandboxed
     files = app_files()
     target = "/usr/local/sbin"

@@ -16,7 +16,7 @@ import pytest
 
 import cloudinit
 import mockcloud
-from cloudinit import load_balancer
+from cloudinit import common, load_balancer
 from model import conventions as c
 
 from render_helpers_lb_app import (
@@ -25,7 +25,7 @@ from render_helpers_lb_app import (
 )
 
 LB_PROGRAMS = [p.path for p in load_balancer.PROGRAMS]
-SITE = "/etc/nginx/conf.d/platform.conf"
+SITE = common.NGINX_SITE
 APP_IPS = ["127.0.0.2", "127.0.0.3"]
 
 
@@ -70,8 +70,8 @@ def test_nginx_starts_on_first_boot_before_the_tls_push(tmp_path):
     rendered = lb_files()
     root = lb_tree(tmp_path, rendered, initial_upstreams(), ca=None)
     library, role = tmp_path / "common.sh", tmp_path / "role.sh"
-    library.write_text(rendered["/usr/local/lib/platform/common.sh"])
-    role.write_text(rendered["/usr/local/lib/platform/role.sh"])
+    library.write_text(rendered[common.LIBRARY])
+    role.write_text(rendered[common.ROLE_STEPS])
     script = f"set -e; . {library}; . {role}; test ! -e {c.CA_CERT_PATH}; ensure_placeholder_ca; ensure_placeholder_ca; nginx -t"
     result = run(in_namespace(root, ["bash", "-c", script]))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -130,9 +130,9 @@ def test_shellcheck_passes_on_the_rendered_provisioning_as_one_script(tmp_path):
     """The driver, the library and the LB steps together, as they run on the droplet."""
     shellcheck = require("shellcheck")
     files = lb_files()
-    for path in (c.PROVISION_COMMAND, "/usr/local/lib/platform/common.sh", load_balancer.PROGRAMS[0].path):
+    for path in (c.PROVISION_COMMAND, common.LIBRARY, load_balancer.PROGRAMS[0].path):
         (tmp_path / Path(path).name).write_text(files[path])
-    combined = "\n".join(files[p] for p in ("/usr/local/lib/platform/common.sh", load_balancer.PROGRAMS[0].path))
+    combined = "\n".join(files[p] for p in (common.LIBRARY, load_balancer.PROGRAMS[0].path))
     result = run([shellcheck, "--shell=bash", "-"], input="#!/bin/bash\n" + combined + "\nrole_steps\n")
     assert result.returncode == 0, result.stdout
 

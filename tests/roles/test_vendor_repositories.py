@@ -118,7 +118,7 @@ def package(name: str, version: str) -> str:
 
 def mongodb_pin(staging_settings, root: Path) -> Path:
     """The pin as ensure_mongodb_repository writes it, under root."""
-    script = cloudinit.rendered_files(conventions.DATASTORE, staging_settings)["/usr/local/lib/platform/role.sh"]
+    script = cloudinit.rendered_files(conventions.DATASTORE, staging_settings)[common.ROLE_STEPS]
     variables = re.search(r"^MONGODB_SERIES=.*?^MONGODB_PIN=.*?$", script, re.M | re.S).group(0)
     function = re.search(r"^ensure_mongodb_repository\(\) \{.*?^\}$", script, re.M | re.S).group(0)
     stubs = 'ensure_apt_repository() { :; }\nwrite_file() { mkdir -p "$(dirname "$1")"; cat > "$1"; }\n'
