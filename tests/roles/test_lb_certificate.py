@@ -1,0 +1,145 @@
+"""The LB's certificate: the retry units, the deploy hook that keeps the old certificate
+when nginx rejects the new one, and platform-certificate against pebble as the domain,
+the ACME server and the e-mail change (run in private namespaces)."""
+
+from __future__ import annotations
+
+import json
+
+import cloudinit
+import mockcloud
+from model import conventions as c
+
+from render_helpers_lb_app import in_namespace, issue, make_ca, put, require, run, self_signed
+from role_checks import sandboxed
+from test_load_balancer import initial_upstreams, lb_files, lb_tree, rendered_domain
+
+
+def test_systemd_units_for_the_certificate_retry():
+    files = lb_files()
+    service = files["/etc/systemd/system/platform-certificate.service"]
+    timer = files["/etc/systemd/system/platform-certificate.timer"]
+    assert f"ExecStart={c.CERTIFICATE_COMMAND}" in service and "Type=oneshot" in service
+    assert "OnUnitInactiveSec=" in timer and "WantedBy=timers.target" in timer
+    certbot = files[c.CERTIFICATE_COMMAND]
+    for flag in ("certonly", "--webroot", '--server "$ACME_DIRECTORY"', '--email "$ACME_EMAIL"',
+                 "--agree-tos", "--non-interactive", f"--deploy-hook {c.CERTIFICATE_DEPLOY_HOOK}"):
+        assert flag in certbot
+
+
+def test_deploy_hook_keeps_the_old_certificate_when_nginx_rejects_the_new_one(tmp_path):
+    """Run the real hook in a namespace: a broken lineage must leave the links as they were."""
+    ca = make_ca(tmp_path / "ca", "ca")
+    root = lb_tree(tmp_path, lb_files(), initial_upstreams(), ca.cert)
+    good = self_signed(tmp_path / "good", "good", rendered_domain())
+    lineage = "/etc/letsencrypt/live/platform"
+    put(root, f"{lineage}/fullchain.pem", "not a certificate\n")
+    put(root, f"{lineage}/privkey.pem", good.key)
+    put(root, "/etc/platform/tls/public/self-signed.crt", good.cert)
+    put(root, "/etc/platform/tls/public/self-signed.key", good.key)
+    hook = tmp_path / "hook.sh"
+    hook.write_text(lb_files()[c.CERTIFICATE_DEPLOY_HOOK])
+    script = (
+        "set -e; cd /etc/platform/tls/public; rm -f fullchain.pem privkey.pem; "
+        "ln -s /etc/platform/tls/public/self-signed.crt fullchain.pem; "
+        "ln -s /etc/platform/tls/public/self-signed.key privkey.pem; "
+        f"if RENEWED_LINEAGE={lineage} bash {hook}; then echo HOOK-PASSED; fi; readlink fullchain.pem"
+    )
+    result = run(in_namespace(root, ["sh", "-c", script]))
+    assert "HOOK-PASSED" not in result.stdout, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("/etc/platform/tls/public/self-signed.crt"), result.stdout + result.stderr
+    assert "kept the previous certificate" in result.stderr
+
+
+# --- domain, acmeDirectory and acmeEmail changed on a running LB -------------------------------
+
+
+def test_a_new_domain_gets_a_new_certificate_and_the_old_one_serves_until_then(tmp_path):
+    """The rendered platform-certificate against pebble (the local ACME server, validation
+    off) in a private namespace: a first certificate for one domain; the domain changed
+    while the ACME server is down (the old certificate stays linked); then a new one for the
+    new domain; the e-mail changed (the account is updated); nothing more to ask."""
+    require("pebble")
+    require("certbot")
+    stages = {name: mockcloud.stack_settings("staging", backups=False, **change) for name, change in {
+        "first": {"domain": "first.example.test"},
+        "second": {"domain": "second.example.test"},
+        "email": {"domain": "second.example.test", "acmeEmail": "new-ops@example.test"},
+        "alias": {"domain": "second.example.test", "acmeEmail": "new-ops@example.test",
+                  "domainAliases": ["www.second.example.test"]},
+        "unaliased": {"domain": "second.example.test", "acmeEmail": "new-ops@example.test"},
+    }.items()}
+    directory = "https://127.0.0.1:14000/dir"
+    ca = make_ca(tmp_path / "ca", "ca")
+    tls = issue(ca, tmp_path / "ca", "pebble", dns=["localhost"], ips=["127.0.0.1"])
+    (tmp_path / "pebble.json").write_text(json.dumps({"pebble": {
+        "listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
+        "certificate": str(tls.cert), "privateKey": str(tls.key), "httpPort": 5002, "tlsPort": 5001,
+        "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+    files = cloudinit.rendered_files(c.LOAD_BALANCER, stages["first"])
+    (tmp_path / "certificate.sh").write_text(files[c.CERTIFICATE_COMMAND])
+    for name, s in stages.items():
+        env = cloudinit.role_env(c.LOAD_BALANCER, s, cloudinit.config_files(c.LOAD_BALANCER, s))
+        (tmp_path / f"{name}.env").write_text(env.replace(f"ACME_DIRECTORY={s.acme_directory}",
+                                                          f"ACME_DIRECTORY={directory}"))
+    live = f"/etc/letsencrypt/live/{c.LB_CERT_NAME}"
+    script = f"""
+ip link set lo up
+mount -t tmpfs tmpfs /var/www && mkdir -p {c.ACME_WEBROOT}
+export REQUESTS_CA_BUNDLE={ca.cert} PEBBLE_VA_ALWAYS_VALID=1 PEBBLE_WFE_NONCEREJECT=0
+install -D -m 0755 {tmp_path}/certificate.sh {c.CERTIFICATE_COMMAND}
+# certbot's deploy hook without nginx: it switches the links, as the real one does.
+mkdir -p $(dirname {c.LB_PUBLIC_CERT_PATH})
+printf '#!/bin/sh\\nln -sfn "$RENEWED_LINEAGE/fullchain.pem" {c.LB_PUBLIC_CERT_PATH}\\necho "hook: $RENEWED_LINEAGE"\\n' > {c.CERTIFICATE_DEPLOY_HOOK}
+chmod 0755 {c.CERTIFICATE_DEPLOY_HOOK}
+pebble_up() {{ pebble -config {tmp_path}/pebble.json >>{tmp_path}/pebble.log 2>&1 & for _ in $(seq 50); do curl -s --cacert {ca.cert} {directory} >/dev/null && return; sleep 0.2; done; echo "pebble did not start"; }}
+stage() {{
+    cp {tmp_path}/$1.env {c.PLATFORM_ETC}/platform.env
+    {c.CERTIFICATE_COMMAND} current; echo "== $1 current before: $?"
+    {c.CERTIFICATE_COMMAND} >>{tmp_path}/certbot.out 2>&1; echo "== $1 asked: $?"
+    {c.CERTIFICATE_COMMAND} current; echo "== $1 current after: $?"
+    echo "== $1 serves: $(openssl x509 -noout -ext subjectAltName -in {c.LB_PUBLIC_CERT_PATH} | tail -1 | tr -d ' ') via $(readlink {c.LB_PUBLIC_CERT_PATH})"
+    echo "== $1 account updates: $(grep -c 'e-mail address was updated to new-ops@example.test' {tmp_path}/certbot.out)"
+}}
+mkdir -p {c.PLATFORM_ETC}
+pebble_up
+stage first
+# The ACME server unreachable (not restarted: pebble forgets its accounts when it restarts).
+iptables -I INPUT -p tcp --dport 14000 -j REJECT
+stage second
+iptables -D INPUT -p tcp --dport 14000 -j REJECT
+stage second
+stage email
+stage email
+stage alias
+stage unaliased
+cat {tmp_path}/certbot.out | grep -v '^ *$' | tail -40
+"""
+    result = sandboxed(tmp_path, script, network=True, timeout=240)
+    out = result.stdout + result.stderr
+    lines = [l for l in out.splitlines() if l.startswith("== ")]
+    serves = lambda name: f"DNS:{name}.example.test via {live}/fullchain.pem"  # noqa: E731
+    expected = [
+        "== first current before: 1", "== first asked: 0", "== first current after: 0",
+        f"== first serves: {serves('first')}",
+        # The ACME server is down: no new certificate, and the old one still serves.
+        "== second current before: 1", "== second asked: 1", "== second current after: 1",
+        f"== second serves: {serves('first')}",
+        "== second current before: 1", "== second asked: 0", "== second current after: 0",
+        f"== second serves: {serves('second')}",
+        "== email current before: 0", "== email asked: 0", "== email current after: 0",
+        f"== email serves: {serves('second')}",
+        "== email current before: 0", "== email asked: 0", "== email current after: 0",
+        f"== email serves: {serves('second')}",
+        # An alias added, then removed: each a new certificate with exactly those names.
+        "== alias current before: 1", "== alias asked: 0", "== alias current after: 0",
+        f"== alias serves: DNS:second.example.test,DNS:www.second.example.test via {live}/fullchain.pem",
+        "== unaliased current before: 1", "== unaliased asked: 0", "== unaliased current after: 0",
+        f"== unaliased serves: {serves('second')}",
+    ]
+    got = [l for l in lines if " account updates: " not in l]
+    assert got == expected, out
+    # The account is told the new address once, when acmeEmail changed.
+    updates = [l.rsplit(" ", 1)[1] for l in lines if " account updates: " in l]
+    assert updates == ["0", "0", "0", "1", "1", "1", "1"], out
+
