@@ -3,6 +3,8 @@
 # Each enabled engine is installed without starting. It starts once the volume is
 # mounted and the droplet's certificate has been pushed; its passwords are applied once
 # the secrets push has written {{ c.DATASTORE_SECRETS_FILE }}. Both pushes run this again.
+# One file past 400 lines on purpose: it is the role's one role.sh, a section per engine
+# after the helpers they share, as the droplet sources it.
 
 VOLUME_DEVICE={{ c.VOLUME_DEVICE_PREFIX }}{{ c.volume_name(settings.stack) }}
 # The volume is attached after the droplet is created: first boot may have to wait.
