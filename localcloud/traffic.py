@@ -4,19 +4,25 @@ to the LB's address, the certificate verified for the domain; counts by outcome.
     proc = traffic.start(domain, address, cafile, "/api/hello", rate=20, seconds=20)
     ... change the stack ...
     counts = traffic.result(proc)     # {"requests": 400, "failed": 0, "by_status": {...}, "hosts": {...}}
+
+Without `seconds` the stream runs until result() ends it: it covers a change of unknown
+length (an `up`) without a fixed wait after it. A stream falls behind its rate while the
+machine is busy (one request at a time), so a fixed one can last far longer than asked.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
+from pathlib import Path
 
 from . import cloud
 
 # Runs in the internet client's namespace with the host's python3; stdout: one JSON line.
 STREAM = r'''
-import collections, http.client, json, socket, ssl, sys, time
-domain, address, cafile, path, rate, seconds = sys.argv[1:7]
+import collections, http.client, json, os, socket, ssl, sys, time
+domain, address, cafile, path, rate, seconds, stop_file = sys.argv[1:8]
 rate, seconds = float(rate), float(seconds)
 ctx = ssl.create_default_context(cafile=cafile)
 
@@ -28,7 +34,7 @@ class Conn(http.client.HTTPSConnection):
 statuses, hosts, errors = collections.Counter(), collections.Counter(), collections.Counter()
 start = time.monotonic()
 n = 0
-while n < rate * seconds:
+while (n < rate * seconds) if seconds else not os.path.exists(stop_file):
     due = start + n / rate
     time.sleep(max(0, due - time.monotonic()))
     n += 1
@@ -51,17 +57,28 @@ print(json.dumps({"requests": n, "failed": failed, "by_status": statuses, "error
 '''
 
 
-def argv(domain: str, address: str, cafile: str, path: str, rate: float, seconds: float) -> list[str]:
-    return ["python3", "-c", STREAM, domain, address, cafile, path, str(rate), str(seconds)]
+def argv(domain: str, address: str, cafile: str, path: str, rate: float, seconds: float | None,
+         stop_file: Path) -> list[str]:
+    return ["python3", "-c", STREAM, domain, address, cafile, path, str(rate), str(seconds or 0), str(stop_file)]
 
 
-def start(domain: str, address: str, cafile: str, path: str, rate: float = 20, seconds: float = 20):
-    return subprocess.Popen(cloud.internet_client(argv(domain, address, cafile, path, rate, seconds)),
+def start(domain: str, address: str, cafile: str, path: str, rate: float = 20, seconds: float | None = 20):
+    """A stream of `rate` requests a second: `rate * seconds` of them, or until result()."""
+    stop_file = Path(tempfile.mkdtemp(prefix="traffic-")) / "stop"
+    proc = subprocess.Popen(cloud.internet_client(argv(domain, address, cafile, path, rate, seconds, stop_file)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stop_file = stop_file
+    return proc
 
 
 def result(proc, timeout: float = 300) -> dict:
-    out, err = proc.communicate(timeout=timeout)
+    """The stream's counts once it has ended (an open-ended one is ended now)."""
+    proc.stop_file.touch()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.stop_file.unlink()
+        proc.stop_file.parent.rmdir()
     if proc.returncode != 0:
         raise RuntimeError(f"request stream failed (exit {proc.returncode}): {err[-800:]}")
     return json.loads(out.strip().splitlines()[-1])
