@@ -1,5 +1,6 @@
 """Steady request streams from the internet client: each request a new HTTPS connection
-to the LB's address, the certificate verified for the domain; counts by outcome.
+to the LB's address, the certificate verified for the domain; counts by outcome. Given
+several paths, the requests take them in turn (each twice in a row).
 
     proc = traffic.start(domain, address, cafile, "/api/hello", rate=20, seconds=20)
     ... change the stack ...
@@ -22,8 +23,8 @@ from . import cloud
 # Runs in the internet client's namespace with the host's python3; stdout: one JSON line.
 STREAM = r'''
 import collections, http.client, json, os, socket, ssl, sys, time
-domain, address, cafile, path, rate, seconds, stop_file = sys.argv[1:8]
-rate, seconds = float(rate), float(seconds)
+domain, address, cafile, paths, rate, seconds, stop_file = sys.argv[1:8]
+paths, rate, seconds = json.loads(paths), float(rate), float(seconds)
 ctx = ssl.create_default_context(cafile=cafile)
 
 class Conn(http.client.HTTPSConnection):
@@ -32,11 +33,15 @@ class Conn(http.client.HTTPSConnection):
                                     server_hostname=domain)
 
 statuses, hosts, errors = collections.Counter(), collections.Counter(), collections.Counter()
+failures = []   # the first few, with when and where: what a test prints when one fails
 start = time.monotonic()
 n = 0
 while (n < rate * seconds) if seconds else not os.path.exists(stop_file):
     due = start + n / rate
     time.sleep(max(0, due - time.monotonic()))
+    # Each path twice in a row: taken in strict turn, the LB's round robin over two app
+    # servers would send each path to the same server every time.
+    path = paths[(n // 2) % len(paths)]
     n += 1
     try:
         c = Conn(domain, 443, timeout=10)
@@ -44,6 +49,8 @@ while (n < rate * seconds) if seconds else not os.path.exists(stop_file):
         r = c.getresponse()
         body = r.read()
         statuses[r.status] += 1
+        if r.status >= 400:
+            failures.append(f"{time.time():.1f} {path} {r.status}")
         try:
             hosts[json.loads(body).get("host", "?")] += 1
         except ValueError:
@@ -51,21 +58,25 @@ while (n < rate * seconds) if seconds else not os.path.exists(stop_file):
         c.close()
     except Exception as e:
         errors[type(e).__name__ + ": " + str(e)[:80]] += 1
+        failures.append(f"{time.time():.1f} {path} {type(e).__name__}: {str(e)[:80]}")
 failed = sum(v for k, v in statuses.items() if k >= 400) + sum(errors.values())
 print(json.dumps({"requests": n, "failed": failed, "by_status": statuses, "errors": errors,
-                  "hosts": hosts, "seconds": round(time.monotonic() - start, 1)}))
+                  "hosts": hosts, "seconds": round(time.monotonic() - start, 1), "failures": failures[:20]}))
 '''
 
 
-def argv(domain: str, address: str, cafile: str, path: str, rate: float, seconds: float | None,
+def argv(domain: str, address: str, cafile: str, paths: list[str], rate: float, seconds: float | None,
          stop_file: Path) -> list[str]:
-    return ["python3", "-c", STREAM, domain, address, cafile, path, str(rate), str(seconds or 0), str(stop_file)]
+    return ["python3", "-c", STREAM, domain, address, cafile, json.dumps(paths), str(rate), str(seconds or 0),
+            str(stop_file)]
 
 
-def start(domain: str, address: str, cafile: str, path: str, rate: float = 20, seconds: float | None = 20):
+def start(domain: str, address: str, cafile: str, paths: str | list[str], rate: float = 20,
+          seconds: float | None = 20):
     """A stream of `rate` requests a second: `rate * seconds` of them, or until result()."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
     stop_file = Path(tempfile.mkdtemp(prefix="traffic-")) / "stop"
-    proc = subprocess.Popen(cloud.internet_client(argv(domain, address, cafile, path, rate, seconds, stop_file)),
+    proc = subprocess.Popen(cloud.internet_client(argv(domain, address, cafile, paths, rate, seconds, stop_file)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stop_file = stop_file
     return proc

@@ -76,57 +76,14 @@ def running_releases(name: str) -> set[str]:
 
 # --- a steady stream of requests through the LB -----------------------------------------
 
-LOAD = r"""
-import http.client, socket, ssl, sys, time, json
-address, domain, stop_file = sys.argv[1], sys.argv[2], sys.argv[3]
-ctx = ssl._create_unverified_context()   # availability is measured here, not the public certificate
-
-class ToDomain(http.client.HTTPSConnection):
-    # To the LB's address, for the domain (SNI): the LB answers for no other name.
-    def connect(self):
-        self.sock = ctx.wrap_socket(socket.create_connection((address, 443), timeout=10), server_hostname=domain)
-sent = failed = 0; failures = []
-paths = ["/", "/api/hello"]
-while True:
-    try:
-        open(stop_file).close(); break
-    except OSError:
-        pass
-    path = paths[sent % 2]; sent += 1
-    try:
-        c = ToDomain(address, 443, timeout=10)
-        c.request("GET", path, headers={"Host": domain}); r = c.getresponse(); r.read(); c.close()
-        if r.status != 200:
-            failed += 1; failures.append(f"{time.time():.1f} {path} {r.status}")
-    except Exception as e:
-        failed += 1; failures.append(f"{time.time():.1f} {path} {type(e).__name__}: {e}")
-    time.sleep(0.02)
-print(json.dumps({"sent": sent, "failed": failed, "failures": failures[:20]}))
-"""
-
-
-class Load:
-    """GETs of / and /api/hello, one after another, from the internet client to the LB."""
-
-    def __init__(self, plan, tmp_path: Path):
-        from localcloud import cloud
-        self.stop_file = tmp_path / "stop-load"
-        script = tmp_path / "load.py"
-        script.write_text(LOAD)
-        argv = cloud.internet_client(["python3", str(script), plan.lb.reserved_ips[0], plan.domain, str(self.stop_file)])
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def stop(self) -> dict:
-        self.stop_file.touch()
-        out, err = self.proc.communicate(timeout=60)
-        assert self.proc.returncode == 0, err
-        return json.loads(out.strip().splitlines()[-1])
-
-
 def under_load(plan, tmp_path: Path, *args: str, key: Path) -> tuple[subprocess.CompletedProcess, dict]:
-    """`deploy_cli(*args)` with the load running from 2 s before it to 2 s after: what it
-    printed, and what the load saw (printed too, with how long the command took)."""
-    load = Load(plan, tmp_path)
+    """`deploy_cli(*args)` with GETs of the web app (/) and the API (/api/hello) in turn,
+    from the internet client through the LB (localcloud.traffic), from 2 s before it to 2 s
+    after: what it printed, and what the requests saw (printed too, with how long it took)."""
+    from localcloud import acme, traffic
+    cafile = tmp_path / "acme-root.pem"
+    cafile.write_text(acme.root_pem())
+    load = traffic.start(plan.domain, plan.lb.reserved_ips[0], str(cafile), ["/", "/api/hello"], seconds=None)
     time.sleep(2)
     start = time.monotonic()
     try:
@@ -134,9 +91,16 @@ def under_load(plan, tmp_path: Path, *args: str, key: Path) -> tuple[subprocess.
     finally:
         took = time.monotonic() - start
         time.sleep(2)
-        seen = load.stop()
+        seen = traffic.result(load)
     print(result.stdout, f"\n[{args[0]} took {took:.1f}s] load: {seen}")
     return result, seen
+
+
+def assert_none_lost(plan, seen: dict) -> None:
+    """The example app's load: steady, every request answered, and every app server seen
+    (its API names the server that answered)."""
+    assert seen["requests"] > 100 and seen["failed"] == 0, seen
+    assert set(seen["hosts"]) >= {d.name for d in app_servers(plan)}, seen
 
 
 def release_id_from(output: str) -> str:
@@ -170,7 +134,7 @@ def test_deploy_under_load_loses_no_request_and_every_server_runs_the_new_releas
     result, seen = under_load(plan, tmp_path, "deploy", "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
     assert result.returncode == 0, result.stdout + result.stderr
     new = release_id_from(result.stdout)
-    assert seen["sent"] > 100 and seen["failed"] == 0, seen
+    assert_none_lost(plan, seen)
     for d in app_servers(plan):
         assert current_of(d.name) == new
         assert running_releases(d.name) == {new}, f"{d.name}: pm2 workers run {running_releases(d.name)}"
@@ -228,7 +192,7 @@ def test_a_bad_release_stops_at_the_first_server_switched_back_and_loses_no_requ
         assert running_releases(d.name) == {good[d.name]}
     # The bad release was uploaded everywhere (before any switch), run nowhere.
     assert bad in deploy_cli("releases", key=operator_key).stdout
-    assert seen["sent"] > 100 and seen["failed"] == 0, seen
+    assert_none_lost(plan, seen)
 
 
 def test_rollback_returns_every_server_to_the_previous_release(plan, operator_key, tmp_path):
@@ -267,7 +231,7 @@ def test_rollback_to_a_release_the_servers_no_longer_hold_restores_it_from_the_a
     for d in servers:
         assert current_of(d.name) == wanted and running_releases(d.name) == {wanted}
         assert on(d.name, f"cat {conventions.RELEASES_DIR}/{wanted}/REVISION") == wanted
-    assert seen["sent"] > 100 and seen["failed"] == 0, seen
+    assert_none_lost(plan, seen)
 
 
 def test_a_concurrent_deploy_is_refused_naming_the_holder_and_a_stale_lock_can_be_broken(plan, operator_key):

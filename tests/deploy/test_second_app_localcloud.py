@@ -67,7 +67,7 @@ def test_a_second_app_is_deployed_with_its_build_migration_worker_setting_and_se
     result, seen = under_load(plan, tmp_path, "deploy", "--app", str(APP), "--health-timeout", HEALTH_TIMEOUT,
                               key=operator_key)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert seen["sent"] > 100 and seen["failed"] == 0, seen
+    assert seen["requests"] > 100 and seen["failed"] == 0, seen
     release = release_id_from(result.stdout)
     assert f"built {release} (site, api, worker)" in result.stdout
     assert "build: node build.js" in result.stdout and "release command: node migrate.js" in result.stdout
