@@ -234,8 +234,9 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
             for server in deployer.stack.servers:
                 executor.run(commands.close_connection(deployer.stack, work, server), timeout=30)
         shutil.rmtree(work, ignore_errors=True)
-        if notifier:   # still under way: interrupted (Ctrl-C), or an error no handler above names
-            notifier.stopped("interrupted before its end")   # last: a second Ctrl-C here skips nothing else
+        if notifier:   # the locks are released: the end may take the webhook's time
+            notifier.stopped("interrupted before its end")   # still under way: Ctrl-C, or an error not named above
+            notifier.send_end()   # last: a second Ctrl-C here skips nothing else
 
 
 if __name__ == "__main__":

@@ -126,13 +126,17 @@ def post(url: str, body: bytes) -> None:
 
 @dataclass
 class Notifier:
-    """The events of one run of the tool, sent as they happen."""
+    """The events of one run of the tool: its start sent as it happens, its end kept until
+    send_end(), which the tool calls once the deploy locks are released (a webhook that
+    does not answer takes up to ATTEMPTS tries of ATTEMPT_SECONDS, about 34 s, and the next
+    deploy must not wait on it)."""
 
     stack: str
     source: WebhookSource
     executor: Executor
-    action: str | None = None      # the deploy or rollback under way, until its end is sent
+    action: str | None = None      # the deploy or rollback under way, until its end is known
     release: str = ""
+    end: str | None = None         # what send_end() sends
     _url: str | None = field(default=None, repr=False)
     _looked_up: bool = False
 
@@ -170,12 +174,18 @@ class Notifier:
 
     def finished(self, outcome: Outcome) -> None:
         self.action = None
-        self.send(outcome_text(self.stack, outcome, self.release))
+        self.end = outcome_text(self.stack, outcome, self.release)
 
     def stopped(self, problem: str) -> None:
-        """The run under way ended by an error; nothing is sent when none is under way
-        (refused by the lock, or before the build) or its end was already sent."""
+        """The run under way ended by an error; nothing is kept when none is under way
+        (refused by the lock, or before the build) or its end is already known."""
         if self.action is None:
             return
         action, self.action = self.action, None
-        self.send(stopped_text(self.stack, action, self.release, problem))
+        self.end = stopped_text(self.stack, action, self.release, problem)
+
+    def send_end(self) -> None:
+        """The run's end, once."""
+        end, self.end = self.end, None
+        if end is not None:
+            self.send(end)

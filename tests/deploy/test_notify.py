@@ -134,6 +134,7 @@ class Webhook:
     url: str
     received: list[dict] = field(default_factory=list)   # each POST: path, content type, body
     statuses: list[int] = field(default_factory=list)    # answers to give, in turn (then 200)
+    fleet: Fleet | None = None                           # when set, each POST notes the locks it holds
 
     def texts(self) -> list[str]:
         return [json.loads(post["body"])["text"] for post in self.received]
@@ -149,7 +150,8 @@ def webhook(tmp_path, monkeypatch):
     class Receiver(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-            hook.received.append({"path": self.path, "content_type": self.headers.get("Content-Type"), "body": body})
+            hook.received.append({"path": self.path, "content_type": self.headers.get("Content-Type"), "body": body,
+                                  "locks": dict(hook.fleet.locks) if hook.fleet else None})
             self.send_response(hook.statuses.pop(0) if hook.statuses else 200)
             self.end_headers()
 
@@ -218,6 +220,24 @@ def test_an_upload_that_fails_posts_stopped_with_the_error_its_secrets_redacted(
     assert webhook.texts()[1:] == [
         f"[staging] deploy of {NEW}: STOPPED: app-2: upload {NEW}: exit 23: rsync error: token [REDACTED] rejected "
         "(code 23) (see the deploying console for each server)"]
+
+
+@pytest.mark.parametrize("ending", ["done", "stopped by an error"])
+def test_the_end_is_posted_once_the_locks_are_released(monkeypatch, webhook, ending):
+    """A webhook that does not answer takes its tries' time: the next deploy must not wait on it."""
+    class UploadFails(Fleet):
+        def run(self, argv, *, input=None, timeout=900):
+            if ending != "done" and argv[0] == "rsync" and argv[-1].startswith(A2.address):
+                return Result(argv, 23, "rsync error (code 23)\n")
+            return super().run(argv, input=input, timeout=timeout)
+
+    fleet = UploadFails()
+    webhook.fleet = fleet
+    run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "deploy", "staging")
+    started, end = webhook.received
+    assert started["locks"] and set(started["locks"]) == {s.address for s in SERVERS}
+    assert end["locks"] == {}, end
+    assert (": done" in json.loads(end["body"])["text"]) == (ending == "done")
 
 
 def test_a_deploy_interrupted_posts_stopped_once_its_locks_are_released(monkeypatch, webhook):
@@ -358,6 +378,7 @@ def test_a_real_stacks_url_comes_from_its_secret_outputs_read_once_and_never_sho
     notifier = notify.Notifier("staging", target, executor)
     notifier.deploy_started(NEW, "alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 1)")
     notifier.finished(Outcome("deploy", [Step(Server("app-1", "10.0.0.2"), OLD, NEW, ok=True)]))
+    notifier.send_end()
     with pytest.raises(NotArchived):   # the archive's output is read from the same, once
         target.archive_store()
     assert len(webhook.received) == 2
