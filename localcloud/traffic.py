@@ -7,8 +7,10 @@ several paths, the requests take them in turn (each twice in a row).
     counts = traffic.result(proc)     # {"requests": 400, "failed": 0, "by_status": {...}, "hosts": {...}}
 
 Without `seconds` the stream runs until result() ends it: it covers a change of unknown
-length (an `up`) without a fixed wait after it. A stream falls behind its rate while the
-machine is busy (one request at a time), so a fixed one can last far longer than asked.
+length (an `up`) without a fixed wait after it. It ends by itself after OPEN_ENDED_LIMIT
+seconds, so a test that failed before its result() leaves no stream behind for long. A
+stream falls behind its rate while the machine is busy (one request at a time), so a fixed
+one can last far longer than asked.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from pathlib import Path
 
 from . import cloud
 
+OPEN_ENDED_LIMIT = 900   # seconds: longer than any change a test streams through
+
 # Runs in the internet client's namespace with the host's python3; stdout: one JSON line.
 STREAM = r'''
 import collections, http.client, json, os, socket, ssl, sys, time
-domain, address, cafile, paths, rate, seconds, stop_file = sys.argv[1:8]
-paths, rate, seconds = json.loads(paths), float(rate), float(seconds)
+domain, address, cafile, paths, rate, seconds, stop_file, limit = sys.argv[1:9]
+paths, rate, seconds, limit = json.loads(paths), float(rate), float(seconds), float(limit)
 ctx = ssl.create_default_context(cafile=cafile)
 
 class Conn(http.client.HTTPSConnection):
@@ -36,7 +40,12 @@ statuses, hosts, errors = collections.Counter(), collections.Counter(), collecti
 failures = []   # the first few, with when and where: what a test prints when one fails
 start = time.monotonic()
 n = 0
-while (n < rate * seconds) if seconds else not os.path.exists(stop_file):
+def going():
+    if seconds:
+        return n < rate * seconds
+    return not os.path.exists(stop_file) and time.monotonic() - start < limit
+
+while going():
     due = start + n / rate
     time.sleep(max(0, due - time.monotonic()))
     # Each path twice in a row: taken in strict turn, the LB's round robin over two app
@@ -66,9 +75,9 @@ print(json.dumps({"requests": n, "failed": failed, "by_status": statuses, "error
 
 
 def argv(domain: str, address: str, cafile: str, paths: list[str], rate: float, seconds: float | None,
-         stop_file: Path) -> list[str]:
+         stop_file: Path, limit: float = OPEN_ENDED_LIMIT) -> list[str]:
     return ["python3", "-c", STREAM, domain, address, cafile, json.dumps(paths), str(rate), str(seconds or 0),
-            str(stop_file)]
+            str(stop_file), str(limit)]
 
 
 def start(domain: str, address: str, cafile: str, paths: str | list[str], rate: float = 20,

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from localcloud import config, droplet, image, network, package_cache, volume
@@ -165,3 +166,35 @@ def test_a_process_that_ended_is_not_alive_even_before_its_parent_collects_it():
         running.wait()
         ended.wait()
     assert not shell.alive(ended.pid)
+
+
+def stream_on_this_machine(tmp_path: Path, seconds, limit: float) -> subprocess.Popen:
+    """localcloud.traffic's stream run here, outside the internet client's namespace, to a
+    closed port (each request fails fast): how it ends, not what it counts."""
+    import certifi
+    from localcloud import traffic
+    argv = traffic.argv("example.test", "127.0.0.1", certifi.where(), ["/a", "/b"], 50, seconds, tmp_path / "stop",
+                        limit)
+    assert argv[0] == "python3"
+    return subprocess.Popen([sys.executable, *argv[1:]], stdout=subprocess.PIPE, text=True)   # the fast tier's Python
+
+
+def ended(stream: subprocess.Popen, timeout: float) -> dict:
+    try:
+        out, _ = stream.communicate(timeout=timeout)
+    finally:
+        stream.kill()   # one that did not end is not left running
+    return json.loads(out)
+
+
+def test_an_open_ended_stream_ends_when_told_and_otherwise_at_its_limit(tmp_path):
+    import time
+    told = stream_on_this_machine(tmp_path, None, limit=60)
+    time.sleep(0.5)
+    (tmp_path / "stop").touch()
+    counts = ended(told, timeout=30)
+    assert counts["failed"] == counts["requests"] and counts["seconds"] < 10, counts   # told, long before its limit
+    (tmp_path / "stop").unlink()
+    forgotten = stream_on_this_machine(tmp_path, None, limit=1)
+    counts = ended(forgotten, timeout=30)
+    assert 1 <= counts["seconds"] < 10, counts

@@ -203,10 +203,12 @@ def test_scaling_to_three_adds_one_droplet_and_back_to_two_fails_no_request(loca
         # From before the `up` to a little after it, however long it takes.
         stream = local_stack.stream("/api/hello", rate=20, seconds=None)
         t0 = time.monotonic()
-        local_stack.up(stack.plan(two.stack))
-        took = time.monotonic() - t0
-        time.sleep(2)
-        counts = traffic.result(stream)
+        try:
+            local_stack.up(stack.plan(two.stack))
+            took = time.monotonic() - t0
+            time.sleep(2)
+        finally:
+            counts = traffic.result(stream)
     print(f"\n[figures] 3 -> 2 in {took:.0f}s under 20 req/s: {counts}")
     assert app3 not in droplet_names()
     assert counts["failed"] == 0 and counts["seconds"] > took, counts
