@@ -198,6 +198,21 @@ def test_every_droplet_has_a_certificate_signed_by_the_ca_naming_its_private_add
         assert host == (d.state["ipv4Address"] if d.name == "lb" else d.state["ipv4AddressPrivate"])
 
 
+def test_the_apps_get_the_datastores_address_and_a_name_its_certificate_carries(deployment):
+    """A TLS client that sends the server's name (SNI) must send a name, not the address
+    (RFC 6066): the apps' .env gives one the datastore's certificate is valid for."""
+    store = droplet(deployment, DATASTORE)
+    cert = x509.load_pem_x509_certificate(
+        deployment.named(f"{store.name}-tls-cert", ":LocallySignedCert").state["certPem"].encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    for app in droplets(deployment, APP):
+        push = deployment.named(f"{app.name}-env-push", ":Command")
+        env = dict(line.split("=", 1) for line in json.loads(mockcloud.plain(push.inputs["stdin"]))[".env"].splitlines()
+                   if line and not line.startswith("#"))
+        assert env["PLATFORM_DATASTORE_TLS_NAME"] in san.get_values_for_type(x509.DNSName)
+        assert env["POSTGRESQL_HOST"] == store.state["ipv4AddressPrivate"]
+
+
 def test_a_certificate_from_another_ca_is_told_apart(staging_deployment, production_deployment):
     """The signature check above can fail: staging's CA did not sign production's certificates."""
     staging_ca = x509.load_pem_x509_certificate(staging_deployment.outputs["ca_cert_pem"].encode())

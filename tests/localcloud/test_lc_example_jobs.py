@@ -1,6 +1,7 @@
 """The example app's job queue on the booted stack: a job posted through the LB is queued
 on RabbitMQ (MongoDB is off here), taken by the worker process its platform.json
-declares, recorded in PostgreSQL and shown by GET /api/jobs."""
+declares, recorded in PostgreSQL and shown by GET /api/jobs; the apps' logs hold no warning
+of how they reached the datastore."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 import uuid
 
 import pytest
+
+from model import conventions
 
 pytestmark = pytest.mark.localcloud
 
@@ -35,3 +38,8 @@ def test_a_job_goes_through_rabbitmq_to_the_worker_and_back_in_the_job_list(loca
     done = [job for job in seen["jobs"] if job.get("text") == text]
     assert [job["engine"] for job in done] == ["rabbitmq"], seen
     assert done[0]["processedAt"] >= done[0]["queuedAt"]
+    # They sent the certificate's name as the server's name, not the address (DEP0123).
+    for server in local_stack.app_servers():
+        logged = local_stack.run(server, ["journalctl", "--no-pager", "-u", f"{conventions.APPS_UNIT}.service"])
+        assert logged.returncode == 0 and "worker: ready" in logged.stdout, logged.stdout + (logged.stderr or "")
+        assert "DeprecationWarning" not in logged.stdout, server

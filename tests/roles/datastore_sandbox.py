@@ -185,8 +185,9 @@ class Run:
         return int(found[-1])
 
 
-def throwaway_pki(directory: Path, address: str) -> None:
-    """A CA and a server certificate for `address` (and localhost), as the TLS push delivers."""
+def throwaway_pki(directory: Path, address: str, name: str) -> None:
+    """A CA and a server certificate for `address` and the droplet's `name` (and localhost),
+    as the TLS push delivers."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "throwaway test CA")])
@@ -210,7 +211,7 @@ def throwaway_pki(directory: Path, address: str) -> None:
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(address))]
+                [x509.DNSName(name), x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(address))]
             ),
             critical=False,
         )
@@ -247,7 +248,8 @@ class Sandbox:
         for f in files:
             self._write(tmp / "staged" / f.path.lstrip("/"), cloudinit.render(f.template, **context))
         (tmp / "platform.env").write_text(cloudinit.role_env(conventions.DATASTORE, settings, files))
-        throwaway_pki(root / conventions.TLS_DIR.lstrip("/"), self.address)
+        throwaway_pki(root / conventions.TLS_DIR.lstrip("/"), self.address,
+                      conventions.droplet_name(settings.stack, conventions.DATASTORE))
         self.ca_cert = conventions.CA_CERT_PATH
         if passwords is not None:
             self._write(root / conventions.DATASTORE_SECRETS_FILE.lstrip("/"), datastore.secrets_env(passwords))
