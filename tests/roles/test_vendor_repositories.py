@@ -49,7 +49,9 @@ def keys(tmp_path_factory):
     other, other_file = make_key(home, "intruder")
     both = home / "both.asc"
     both.write_text(pinned_file.read_text() + other_file.read_text())
-    return {"pinned": pinned, "other": other, "vendor": pinned_file, "intruder": other_file, "both": both}
+    yield {"pinned": pinned, "other": other, "vendor": pinned_file, "intruder": other_file, "both": both}
+    # Making the keys started a gpg-agent for this home, which would outlive the tests.
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env={**os.environ, "GNUPGHOME": str(home)}, check=True)
 
 
 def add_repository(tmp_path: Path, render_role, settings, key_file: Path, fingerprint: str,
