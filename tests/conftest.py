@@ -141,11 +141,11 @@ class LocalStack:
         root.write_text(acme.root_pem())
         return str(root)
 
-    def stream(self, path: str, rate: float = 20, seconds: float | None = 20):
+    def stream(self, paths: str | list[str], rate: float = 20, seconds: float | None = 20):
         """Start a steady stream of GETs through the LB (localcloud.traffic); .result() it
         (seconds None: it runs until then)."""
         from localcloud import traffic
-        return traffic.start(self.domain, self.address, self.cafile(), path, rate, seconds)
+        return traffic.start(self.domain, self.address, self.cafile(), paths, rate, seconds)
 
     def https(self, path: str, *extra: str):
         return self.internet(self.curl_argv(path, *extra))

@@ -76,14 +76,12 @@ def running_releases(name: str) -> set[str]:
 
 # --- a steady stream of requests through the LB -----------------------------------------
 
-def under_load(plan, tmp_path: Path, *args: str, key: Path) -> tuple[subprocess.CompletedProcess, dict]:
+def under_load(local_stack, *args: str, key: str) -> tuple[subprocess.CompletedProcess, dict]:
     """`deploy_cli(*args)` with GETs of the web app (/) and the API (/api/hello) in turn,
     from the internet client through the LB (localcloud.traffic), from 2 s before it to 2 s
     after: what it printed, and what the requests saw (printed too, with how long it took)."""
-    from localcloud import acme, traffic
-    cafile = tmp_path / "acme-root.pem"
-    cafile.write_text(acme.root_pem())
-    load = traffic.start(plan.domain, plan.lb.reserved_ips[0], str(cafile), ["/", "/api/hello"], seconds=None)
+    from localcloud import traffic
+    load = local_stack.stream(["/", "/api/hello"], seconds=None)
     time.sleep(2)
     start = time.monotonic()
     try:
@@ -128,10 +126,10 @@ def serving(plan) -> str:
     return seen.stdout.strip()
 
 
-def test_deploy_under_load_loses_no_request_and_every_server_runs_the_new_release(plan, operator_key, tmp_path):
+def test_deploy_under_load_loses_no_request_and_every_server_runs_the_new_release(local_stack, plan, operator_key):
     assert serving(plan) == "200", "the local stack does not serve / through its LB: nothing to measure"
     before = {d.name: current_of(d.name) for d in app_servers(plan)}
-    result, seen = under_load(plan, tmp_path, "deploy", "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
+    result, seen = under_load(local_stack, "deploy", "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
     assert result.returncode == 0, result.stdout + result.stderr
     new = release_id_from(result.stdout)
     assert_none_lost(plan, seen)
@@ -175,10 +173,11 @@ def archived_in_the_spaces_stand_in(plan, release: str, output: str) -> None:
     assert archived == {p.removeprefix("./") for p in held.splitlines()}
 
 
-def test_a_bad_release_stops_at_the_first_server_switched_back_and_loses_no_request(plan, operator_key, tmp_path):
+def test_a_bad_release_stops_at_the_first_server_switched_back_and_loses_no_request(local_stack, plan, operator_key,
+                                                                                      tmp_path):
     servers = app_servers(plan)
     good = {d.name: current_of(d.name) for d in servers}
-    result, seen = under_load(plan, tmp_path, "deploy", "--app", bad_app(tmp_path), "--health-timeout", HEALTH_TIMEOUT,
+    result, seen = under_load(local_stack, "deploy", "--app", bad_app(tmp_path), "--health-timeout", HEALTH_TIMEOUT,
                               key=operator_key)
     assert result.returncode == 1, result.stdout + result.stderr
     bad = release_id_from(result.stdout)
@@ -195,13 +194,13 @@ def test_a_bad_release_stops_at_the_first_server_switched_back_and_loses_no_requ
     assert_none_lost(plan, seen)
 
 
-def test_rollback_returns_every_server_to_the_previous_release(plan, operator_key, tmp_path):
+def test_rollback_returns_every_server_to_the_previous_release(local_stack, plan, operator_key):
     servers = app_servers(plan)
     listed = deploy_cli("releases", key=operator_key)
     assert listed.returncode == 0, listed.stdout
     current = {d.name: current_of(d.name) for d in servers}
     print(listed.stdout)
-    result, seen = under_load(plan, tmp_path, "rollback", "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
+    result, seen = under_load(local_stack, "rollback", "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
     assert result.returncode == 0, result.stdout + result.stderr
     for d in servers:
         now = current_of(d.name)
@@ -214,7 +213,7 @@ def test_rollback_returns_every_server_to_the_previous_release(plan, operator_ke
     assert all(current_of(d.name) == current[d.name] for d in servers)
 
 
-def test_rollback_to_a_release_the_servers_no_longer_hold_restores_it_from_the_archive(plan, operator_key, tmp_path):
+def test_rollback_to_a_release_the_servers_no_longer_hold_restores_it_from_the_archive(local_stack, plan, operator_key):
     """As after pruning: the servers lost the (archived) release; `rollback --to` fetches,
     checks, uploads and switches to it, with no request lost."""
     servers = app_servers(plan)
@@ -224,7 +223,7 @@ def test_rollback_to_a_release_the_servers_no_longer_hold_restores_it_from_the_a
         assert current_of(d.name) != wanted
         on(d.name, f"runuser -u {conventions.DEPLOY_USER} -- rm -rf {conventions.RELEASES_DIR}/{wanted}")
     assert wanted not in deploy_cli("releases", key=operator_key).stdout
-    result, seen = under_load(plan, tmp_path, "rollback", "--to", wanted, "--health-timeout", HEALTH_TIMEOUT,
+    result, seen = under_load(local_stack, "rollback", "--to", wanted, "--health-timeout", HEALTH_TIMEOUT,
                               key=operator_key)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{wanted}: signature and sha256 check" in result.stdout

@@ -63,8 +63,8 @@ def migrations(local_stack) -> dict[str, int]:
 
 
 def test_a_second_app_is_deployed_with_its_build_migration_worker_setting_and_secret(
-        local_stack, plan, operator_key, token, second_app_settings, tmp_path):
-    result, seen = under_load(plan, tmp_path, "deploy", "--app", str(APP), "--health-timeout", HEALTH_TIMEOUT,
+        local_stack, plan, operator_key, token, second_app_settings):
+    result, seen = under_load(local_stack, "deploy", "--app", str(APP), "--health-timeout", HEALTH_TIMEOUT,
                               key=operator_key)
     assert result.returncode == 0, result.stdout + result.stderr
     assert seen["requests"] > 100 and seen["failed"] == 0, seen
@@ -110,7 +110,7 @@ def test_a_second_app_is_deployed_with_its_build_migration_worker_setting_and_se
 
 
 def test_a_second_deploy_migrates_once_more_and_rollback_to_brings_the_first_back_from_the_archive(
-        local_stack, plan, operator_key, second_app_settings, tmp_path):
+        local_stack, plan, operator_key, second_app_settings):
     first = current_of(app_servers(plan)[0].name)
     again = deploy_cli("deploy", "--app", str(APP), "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
     assert again.returncode == 0, again.stdout
@@ -119,7 +119,7 @@ def test_a_second_deploy_migrates_once_more_and_rollback_to_brings_the_first_bac
     assert (ran.get(first), ran.get(second)) == (1, 1), f"each deploy's migration, once: {ran}"
     for d in app_servers(plan):
         on(d.name, f"runuser -u {conventions.DEPLOY_USER} -- rm -rf {conventions.RELEASES_DIR}/{first}")
-    back, seen = under_load(plan, tmp_path, "rollback", "--to", first, "--health-timeout", HEALTH_TIMEOUT,
+    back, seen = under_load(local_stack, "rollback", "--to", first, "--health-timeout", HEALTH_TIMEOUT,
                             key=operator_key)
     assert back.returncode == 0, back.stdout + back.stderr
     assert f"{first}: signature and sha256 check" in back.stdout
