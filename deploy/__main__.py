@@ -6,7 +6,7 @@
   fetch STACK RELEASE [--into DIR]
   status STACK
   logs STACK [--follow] [--since 10m] [--process web ...] [--lines N]
-  exec STACK [--server app-N] -- COMMAND [ARG...]
+  exec STACK [--server app-N] [--tty] -- COMMAND [ARG...]
   maintenance STACK {on|off|status}
 
 STACK is a Pulumi stack (its outputs via `pulumi stack output`), or with --local the
@@ -67,9 +67,11 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("exec", parents=[common], help="a one-off command as the app user, in the current release "
                                                       "with the apps' environment; its exit code")
     e.add_argument("--server", help="the app server (default: the first, app-1)")
+    e.add_argument("--tty", action="store_true", help="a terminal on the server, for an interactive command "
+                                                      "(node's REPL, a console); needs one here")
     # The command is what follows `--` (split off before parsing: argparse's subcommands
     # mishandle it); the usage line says so.
-    e.usage = "python -m deploy exec STACK [--local] [-i KEY] [--server app-N] -- COMMAND [ARG...]"
+    e.usage = "python -m deploy exec STACK [--local] [-i KEY] [--server app-N] [--tty] -- COMMAND [ARG...]"
     m = sub.add_parser("maintenance", parents=[common], help="on: the LB answers all but /healthz with the "
                                                              "maintenance page (503, Retry-After); needs ops on the LB")
     m.add_argument("action", choices=("on", "off", "status"))
@@ -85,6 +87,9 @@ def operate_checks(args, stack) -> None:
         if not args.app_command:
             raise operate.UsageError("no command given: python -m deploy exec STACK [--server app-N] -- COMMAND ...")
         args.server = operate.pick_server(stack, args.server)
+        if args.tty and not sys.stdin.isatty():
+            raise operate.UsageError("--tty: stdin here is not a terminal (a pipe or a file), so there is none to "
+                                     "give the command; run it without --tty")
 
 
 def operate_verb(args, stack, executor: Executor, work: str) -> int:
@@ -95,7 +100,7 @@ def operate_verb(args, stack, executor: Executor, work: str) -> int:
         return operate.logs(stack, executor, args.lines, args.since, args.follow, args.process, work)
     if args.command == "maintenance":
         return operate.maintenance(stack, executor, args.action)
-    return operate.app_exec(stack, executor, args.server, args.app_command, work)
+    return operate.app_exec(stack, executor, args.server, args.app_command, work, args.tty)
 
 
 def fetch(args, target: StackTarget, executor: Executor) -> int:

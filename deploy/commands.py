@@ -62,8 +62,11 @@ def ssh_via_jump(stack: Stack, control_dir: str | None = None, server: Server | 
 
 
 def on_server(stack: Stack, server: Server, remote: list[str], control_dir: str | None = None,
-              stdin: str | None = None) -> Remote:
-    return Remote([*ssh_via_jump(stack, control_dir, server), server.address, shlex.join(remote)], stdin)
+              stdin: str | None = None, tty: bool = False) -> Remote:
+    """`remote` on one app server; `tty`: with a terminal there (ssh -t: the jump host's
+    deploy login has none, and needs none to pass the connection on)."""
+    terminal = ["-t"] if tty else []
+    return Remote([*ssh_via_jump(stack, control_dir, server), *terminal, server.address, shlex.join(remote)], stdin)
 
 
 def on_load_balancer(stack: Stack, remote: list[str]) -> Remote:
@@ -155,10 +158,11 @@ def logs(stack, server, lines: int, since: str | None, follow: bool, processes: 
                           *processes, control_dir=control_dir)
 
 
-def app_exec(stack, server, command: list[str], control_dir=None) -> Remote:
+def app_exec(stack, server, command: list[str], control_dir=None, tty: bool = False) -> Remote:
     """COMMAND as the app user, in the current release with the apps' environment: the
     deploy user's second sudo command, a fixed wrapper (cloudinit/app_server/sudoers)."""
-    return on_server(stack, server, ["sudo", "-n", "-u", conventions.APP_USER, *APP_EXEC, "--", *command], control_dir)
+    return on_server(stack, server, ["sudo", "-n", "-u", conventions.APP_USER, *APP_EXEC, "--", *command], control_dir,
+                     tty=tty)
 
 
 def release_command(stack, server, release_id: str, command: str, control_dir=None) -> Remote:

@@ -252,6 +252,7 @@ def logs(stack: Stack, executor: Executor, lines: int, since: str | None, follow
 
 # --- exec ------------------------------------------------------------------------------
 
-def app_exec(stack: Stack, executor: Executor, server: Server, command: list[str], control_dir: str | None = None) -> int:
+def app_exec(stack: Stack, executor: Executor, server: Server, command: list[str], control_dir: str | None = None,
+             tty: bool = False) -> int:
     """The command's own exit code (ssh's 255 when the server could not be reached)."""
-    return executor.attached(commands.app_exec(stack, server, command, control_dir).argv)
+    return executor.attached(commands.app_exec(stack, server, command, control_dir, tty).argv)

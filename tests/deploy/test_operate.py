@@ -42,6 +42,14 @@ def test_exec_sends_the_command_word_for_word_to_the_wrapper_as_app():
                                   *command]
 
 
+def test_exec_with_tty_asks_for_a_terminal_on_the_app_server_alone():
+    """-t for the last hop only: the jump host's deploy login may have no terminal (PermitTTY no)."""
+    plain, with_tty = commands.app_exec(STACK, APP2, ["node"]), commands.app_exec(STACK, APP2, ["node"], tty=True)
+    assert with_tty.argv[-3:-1] == ["-t", APP2.address]
+    assert with_tty.argv[:-3] == plain.argv[:-2] and "-t" not in plain.argv
+    assert remote_argv(with_tty) == remote_argv(plain)
+
+
 @pytest.mark.parametrize("since, words", [("10m", "10 minutes ago"), ("30s", "30 seconds ago"), ("2h", "2 hours ago"),
                                           ("1d", "1 days ago"), ("2026-12-02", "2026-12-02"),
                                           ("2026-12-02T07:00", "2026-12-02 07:00"), (None, None)])
@@ -58,6 +66,7 @@ def test_since_becomes_words_date_reads(since, words):
     (["exec", "staging", "--server", "app-9", "--", "true"],
      "exec: --server app-9: stack staging has no such app server (it has app-1, app-2)"),
     (["exec", "staging"], "exec: no command given: python -m deploy exec STACK [--server app-N] -- COMMAND"),
+    (["exec", "staging", "--tty", "--", "node"], "exec: --tty: stdin here is not a terminal (a pipe or a file)"),
 ])
 def test_arguments_are_refused_before_any_server_is_contacted(monkeypatch, argv, message):
     out = io.StringIO()

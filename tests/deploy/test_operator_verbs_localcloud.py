@@ -98,6 +98,49 @@ def test_exec_runs_in_the_apps_environment_as_app_and_returns_the_commands_exit_
                            ">/dev/null 2>&1 && echo read || echo refused") == "refused"
 
 
+def on_a_terminal(argv: list[str], dialogue: list[tuple[str, str]], timeout: float = 120) -> tuple[int, str]:
+    """argv with a pseudo-terminal for stdin, stdout and stderr, as an operator's shell
+    gives it: for each (awaited, typed), waits for `awaited` in the output, then types
+    `typed`. Its exit code and everything it printed."""
+    import pty
+    import select
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(argv, cwd=ROOT, stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True)
+    os.close(terminal)
+    seen, deadline = b"", time.monotonic() + timeout
+    try:
+        for awaited, typed in [*dialogue, (None, None)]:
+            while awaited is None or awaited.encode() not in seen:
+                assert time.monotonic() < deadline, f"waited for {awaited!r}: {seen.decode(errors='replace')}"
+                if not select.select([controller], [], [], 1)[0]:
+                    if proc.poll() is not None and awaited is None:
+                        break
+                    continue
+                try:
+                    seen += os.read(controller, 4096)
+                except OSError:   # the terminal closed: the command ended
+                    break
+            if typed is not None:
+                os.write(controller, typed.encode())
+        return proc.wait(timeout=30), seen.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(controller)
+
+
+def test_exec_with_tty_runs_an_interactive_command_on_a_terminal_of_the_server(operator_key):
+    """Node's REPL through the jump host (whose deploy login has no terminal) to app-1."""
+    argv = [sys.executable, "-m", "deploy", "exec", STACK, "--local", "-i", operator_key, "--tty", "--", "node"]
+    code, seen = on_a_terminal(argv, [("> ", "6*7\r"), ("42", ".exit\r")])
+    assert code == 0, seen
+    assert "Welcome to Node.js" in seen, seen
+    # Without --tty the same command on the same terminal gets none on the server.
+    argv = [sys.executable, "-m", "deploy", "exec", STACK, "--local", "-i", operator_key, "--", "tty"]
+    code, seen = on_a_terminal(argv, [])
+    assert code == 1 and "not a tty" in seen, seen
+
+
 def test_exec_names_the_servers_that_exist_for_an_unknown_one(plan, operator_key):
     result = cli("exec", operator_key, "--server", "app-9", "--", "true")
     assert result.returncode == 1
