@@ -62,3 +62,17 @@ def render_role(tmp_path):
         return render_role_into(role, settings, tmp_path / f"{role}-{settings.stack}-{next(roots)}")
 
     return render
+
+
+# pm2 for real (tests/roles/pm2_sandbox.py): installed once per session, as provisioning does.
+
+@pytest.fixture(scope="session")
+def pm2_bin(tmp_path_factory) -> Path:
+    from pm2_sandbox import install_pm2
+    return install_pm2(tmp_path_factory.mktemp("pm2"))
+
+
+@pytest.fixture(scope="session")
+def example_app_modules(tmp_path_factory) -> Path:
+    from pm2_sandbox import install_example_app_modules
+    return install_example_app_modules(tmp_path_factory.mktemp("example-app"))

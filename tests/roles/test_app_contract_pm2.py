@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 
 import pytest
 
 from model import conventions as c
 
 from render_helpers_lb_app import nginx_tree
-from test_app_server import (  # noqa: F401 (fixtures)
-    REPO, app_files, apps_reload, example_app_modules, pm2_bin, run_pm2_script,
-)
+from pm2_sandbox import REPO, app_files, apps_reload, run_pm2_script
 
 pytestmark = pytest.mark.sandbox   # node, npm, pm2, root for the namespace; ports 3000 and 3001
 

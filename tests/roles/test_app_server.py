@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -16,18 +14,14 @@ import cloudinit
 from cloudinit import app_server, common
 from model import conventions as c
 
+from pm2_sandbox import REPO, app_files, apps_reload, run_pm2_script
 from render_helpers_lb_app import (
     APP_SITE, ENGINE_CASES, app_server_nginx, app_site_tree, in_namespace, make_ca, nginx_check, nginx_tree, issue,
     require, run, settings,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 SITE = APP_SITE
 LOGROTATE = "/etc/logrotate.d/platform-pm2"
-
-
-def app_files(engines=None) -> dict[str, str]:
-    return cloudinit.rendered_files(c.APP_SERVER, settings(engines))
 
 
 @pytest.mark.parametrize("engines", ENGINE_CASES.values(), ids=ENGINE_CASES.keys())
@@ -77,7 +71,7 @@ def test_site_routes_api_and_health_to_the_api_app():
     site = app_files()[SITE]
     assert f"listen {c.APP_TLS_PORT} ssl" in site
     assert site.count(f"location = {c.HEALTH_PATH} {{") == 2      # the LB's port and the loopback one
-    assert site.count(f"proxy_pass http://api_app$platform_health_path;") == 2
+    assert site.count("proxy_pass http://api_app$platform_health_path;") == 2
     assert f"location {c.API_PATH_PREFIX} {{ proxy_pass http://api_app; }}" in site
     assert f"server 127.0.0.1:{c.API_APP_PORT};" in site and f"server 127.0.0.1:{c.WEB_APP_PORT};" in site
 
@@ -207,27 +201,6 @@ def test_example_app_archive_is_stable_and_holds_the_sources(tmp_path):
 # --- pm2 running the rendered ecosystem -------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def pm2_bin(tmp_path_factory) -> Path:
-    """pm2 at the pinned major, installed with npm like provisioning does (but in a temp dir)."""
-    prefix = tmp_path_factory.mktemp("pm2")
-    result = run([require("npm"), "install", "--global", "--prefix", str(prefix), "--no-fund", "--no-audit",
-                  f"pm2@{c.PM2_MAJOR}"])
-    assert result.returncode == 0, result.stderr
-    return prefix / "bin"
-
-
-@pytest.fixture(scope="session")
-def example_app_modules(tmp_path_factory) -> Path:
-    """The example app's dependencies from its lockfile, as the droplet installs them."""
-    work = tmp_path_factory.mktemp("example-app")
-    for name in ("package.json", "package-lock.json"):
-        shutil.copy(REPO / "example-app" / name, work / name)
-    result = run([require("npm"), "ci", "--omit=dev", "--no-fund", "--no-audit", "--prefix", str(work)])
-    assert result.returncode == 0, result.stderr
-    return work / "node_modules"
-
-
 PM2_SCRIPT = r"""
 set -eu
 # node where the package puts it: pm2's daemon and the workers it forks run this file.
@@ -268,32 +241,6 @@ echo "JLIST $(pm2 jlist)"
 ls {logs}
 pm2 kill >/dev/null
 """
-
-
-def run_pm2_script(root: Path, script: str, pm2_home: Path, timeout: float):
-    """`script` in the namespace over `root`; its result and its "KEY value" lines. pm2's
-    daemon is stopped whatever happens: it must not hold the apps' ports after a failure."""
-    try:
-        result = subprocess.run(in_namespace(root, ["bash", "-c", script]), capture_output=True, text=True,
-                                timeout=timeout)
-    finally:
-        pid_file = pm2_home / "pm2.pid"
-        if pid_file.exists():
-            subprocess.run(["kill", pid_file.read_text().strip()], check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result, {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines() if " " in line}
-
-
-def apps_reload(tmp_path: Path) -> str:
-    """The apps' unit's reload as a command: its ExecReload script run as the app user, with
-    pm2 from PATH (the root step after it, the health path, runs on the local stack)."""
-    unit = app_files()[f"/etc/systemd/system/{c.APPS_UNIT}.service"]
-    reloads = [line.removeprefix("ExecReload=") for line in unit.splitlines() if line.startswith("ExecReload=")]
-    assert reloads == [app_server.APPS_RELOAD_COMMAND, f"+{app_server.APP_HEALTH_COMMAND}"]
-    reload = reloads[0]
-    script = tmp_path / "platform-apps-reload"
-    script.write_text(app_files()[reload].replace(f"{c.PM2_BIN_DIR}/pm2", "pm2"))
-    return f"bash {script}"
 
 
 def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests_onto_a_new_node(tmp_path, pm2_bin, example_app_modules):
