@@ -14,7 +14,6 @@ operators push brings them to every droplet).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -27,85 +26,12 @@ import pytest
 from model import conventions
 from deploy import DEFAULT_APP_DIR
 
+from on_the_local_stack import (
+    HEALTH_TIMEOUT, ROOT, STACK, app_servers, assert_none_lost, current_of, deploy_cli, on, release_id_from,
+    running_releases, under_load,
+)
+
 pytestmark = pytest.mark.localcloud
-
-ROOT = Path(__file__).resolve().parents[2]
-STACK = "staging"
-HEALTH_TIMEOUT = "25"
-
-
-@pytest.fixture(scope="module")
-def plan(local_stack):
-    """The session's local stack (tests/conftest.py), as its last `up` deployed it."""
-    from localcloud import stack as local
-    assert local_stack.plan.stack == STACK
-    return local.deployed(STACK)
-
-
-@pytest.fixture(scope="module")
-def operator_key(plan):
-    """The local cloud's operator key: the plan's operators push gave every droplet its public half."""
-    from localcloud import config
-    assert config.OPERATOR_KEY.exists(), "the local stack's `up` makes the operator key"
-    return str(config.OPERATOR_KEY)
-
-
-def deploy_cli(*args: str, key: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy", *args, STACK, "--local", "-i", key],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
-
-
-def app_servers(plan):
-    return sorted((d for d in plan.droplets if d.key.startswith("app-")), key=lambda d: d.key)
-
-
-def on(name: str, script: str) -> str:
-    from localcloud import droplet
-    return droplet.exec(name, ["bash", "-c", script], check=False, timeout=60).stdout.strip()
-
-
-def current_of(name: str) -> str:
-    return os.path.basename(on(name, f"readlink {conventions.CURRENT_RELEASE_LINK}"))
-
-
-def running_releases(name: str) -> set[str]:
-    """The release every pm2 worker of the apps runs from (their working directories)."""
-    dirs = on(name, "for p in $(pgrep -u app -f 'node '); do readlink /proc/$p/cwd; done")
-    return {os.path.basename(d) for d in dirs.splitlines() if d.startswith(conventions.RELEASES_DIR)}
-
-
-# --- a steady stream of requests through the LB -----------------------------------------
-
-def under_load(local_stack, *args: str, key: str) -> tuple[subprocess.CompletedProcess, dict]:
-    """`deploy_cli(*args)` with GETs of the web app (/) and the API (/api/hello) in turn,
-    from the internet client through the LB (localcloud.traffic), from 2 s before it to 2 s
-    after: what it printed, and what the requests saw (printed too, with how long it took)."""
-    from localcloud import traffic
-    load = local_stack.stream(["/", "/api/hello"], seconds=None)
-    time.sleep(2)
-    start = time.monotonic()
-    try:
-        result = deploy_cli(*args, key=key)
-    finally:
-        took = time.monotonic() - start
-        time.sleep(2)
-        seen = traffic.result(load)
-    print(result.stdout, f"\n[{args[0]} took {took:.1f}s] load: {seen}")
-    return result, seen
-
-
-def assert_none_lost(plan, seen: dict) -> None:
-    """The example app's load: steady, every request answered, and every app server seen
-    (its API names the server that answered)."""
-    assert seen["requests"] > 100 and seen["failed"] == 0, seen
-    assert set(seen["hosts"]) >= {d.name for d in app_servers(plan)}, seen
-
-
-def release_id_from(output: str) -> str:
-    match = re.search(r"^built (\S+)", output, re.M)
-    assert match, output
-    return match.group(1)
-
 
 def bad_app(tmp_path: Path) -> str:
     """The example app with an API that dies as it starts: /healthz never answers."""

@@ -17,17 +17,11 @@ from model import conventions
 
 pytestmark = pytest.mark.localcloud
 
-from test_deploy_localcloud import ROOT, STACK, app_servers, current_of, on, operator_key, plan  # noqa: E402,F401
-
-
-def cli(verb: str, key: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m deploy VERB STACK --local -i KEY ARGS...` (exec's command after `--` in ARGS)."""
-    return subprocess.run([sys.executable, "-m", "deploy", verb, STACK, "--local", "-i", key, *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+from on_the_local_stack import ROOT, STACK, app_servers, current_of, deploy_cli, on  # noqa: E402
 
 
 def test_status_shows_every_server_healthy_on_its_release(plan, operator_key):
-    result = cli("status", operator_key)
+    result = deploy_cli("status", key=operator_key)
     print(result.stdout, result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
     header, *rows = [line for line in result.stdout.splitlines() if line.startswith(("SERVER", "app-"))]
@@ -43,14 +37,14 @@ def test_status_shows_every_server_healthy_on_its_release(plan, operator_key):
 
 
 def test_logs_show_lines_of_every_server_each_prefixed_by_its_name(plan, operator_key):
-    result = cli("logs", operator_key, "--lines", "20")
+    result = deploy_cli("logs", "--lines", "20", key=operator_key)
     print(result.stdout[-3000:], result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     for d in app_servers(plan):
         assert any(line.startswith(f"[{d.key}] ") for line in lines), f"no line from {d.key}"
     assert all(line.startswith("[app-") for line in lines), "every line names its server"
-    web = cli("logs", operator_key, "--process", "web", "--since", "1d", "--lines", "5")
+    web = deploy_cli("logs", "--process", "web", "--since", "1d", "--lines", "5", key=operator_key)
     assert web.returncode == 0, web.stdout + web.stderr
     tags = {line.split()[1] for line in web.stdout.splitlines()}
     assert tags and tags <= {"web", "web.err"}, tags
@@ -83,12 +77,11 @@ def test_logs_follow_streams_from_every_server_until_interrupted_and_leaves_noth
 
 
 def test_exec_runs_in_the_apps_environment_as_app_and_returns_the_commands_exit_code(plan, operator_key):
-    env = cli("exec", operator_key, "--", "node", "-e",
-              "console.log(process.env.POSTGRESQL_HOST ? 'env ok' : 'no env')")
+    env = deploy_cli("exec", "--", "node", "-e", "console.log(process.env.POSTGRESQL_HOST ? 'env ok' : 'no env')", key=operator_key)
     assert env.returncode == 0, env.stdout + env.stderr
     assert env.stdout.splitlines()[-1] == "env ok", env.stdout
-    assert cli("exec", operator_key, "--", "sh", "-c", "exit 7").returncode == 7
-    where = cli("exec", operator_key, "--server", "app-2", "--", "sh", "-c", 'echo "$(id -un) $(pwd -P)"')
+    assert deploy_cli("exec", "--", "sh", "-c", "exit 7", key=operator_key).returncode == 7
+    where = deploy_cli("exec", "--server", "app-2", "--", "sh", "-c", 'echo "$(id -un) $(pwd -P)"', key=operator_key)
     assert where.returncode == 0, where.stdout + where.stderr
     second = app_servers(plan)[1]
     assert where.stdout.splitlines()[-1] == (f"{conventions.APP_USER} {conventions.RELEASES_DIR}/"
@@ -142,7 +135,7 @@ def test_exec_with_tty_runs_an_interactive_command_on_a_terminal_of_the_server(o
 
 
 def test_exec_names_the_servers_that_exist_for_an_unknown_one(plan, operator_key):
-    result = cli("exec", operator_key, "--server", "app-9", "--", "true")
+    result = deploy_cli("exec", "--server", "app-9", "--", "true", key=operator_key)
     assert result.returncode == 1
     names = ", ".join(d.key for d in app_servers(plan))
     assert f"--server app-9: stack {STACK} has no such app server (it has {names})" in result.stdout
@@ -158,17 +151,17 @@ def through_lb(plan, path: str) -> tuple[str, str]:
 
 def test_maintenance_on_serves_the_page_but_not_to_the_health_check_and_off_ends_it(plan, operator_key):
     try:
-        on = cli("maintenance", operator_key, "on")
+        on = deploy_cli("maintenance", "on", key=operator_key)
         assert on.returncode == 0 and on.stdout.startswith("LB: maintenance on: "), on.stdout + on.stderr
         status, answer = through_lb(plan, "/")
         assert status == "503" and f"retry-after: {conventions.MAINTENANCE_RETRY_AFTER_SECONDS}" in answer.lower()
         assert "right back" in answer
         assert through_lb(plan, "/api/hello")[0] == "503"
         assert through_lb(plan, conventions.HEALTH_PATH)[0] == "200", "the health check still asks the app servers"
-        shown = cli("status", operator_key)
+        shown = deploy_cli("status", key=operator_key)
         assert shown.returncode == 0 and "LB: maintenance on: " in shown.stdout, shown.stdout
     finally:
-        off = cli("maintenance", operator_key, "off")
+        off = deploy_cli("maintenance", "off", key=operator_key)
     assert off.returncode == 0 and off.stdout == "LB: maintenance off\n", off.stdout + off.stderr
     assert through_lb(plan, "/")[0] == "200"
-    assert "LB: maintenance off" in cli("status", operator_key).stdout
+    assert "LB: maintenance off" in deploy_cli("status", key=operator_key).stdout

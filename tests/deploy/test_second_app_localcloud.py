@@ -17,12 +17,11 @@ import pytest
 from cloudinit import app_server
 from model import conventions
 
-from test_deploy_localcloud import (  # noqa: F401 (fixtures)
-    DEFAULT_APP_DIR, HEALTH_TIMEOUT, app_servers, current_of, deploy_cli, on, operator_key, plan,
-    release_id_from, running_releases, under_load,
-)
+from deploy import DEFAULT_APP_DIR
 
-from test_operator_verbs_localcloud import cli  # noqa: E402 (the verb, the stack, then its arguments)
+from on_the_local_stack import (
+    HEALTH_TIMEOUT, app_servers, current_of, deploy_cli, on, release_id_from, running_releases, under_load,
+)
 
 pytestmark = pytest.mark.localcloud
 
@@ -98,14 +97,14 @@ def test_a_second_app_is_deployed_with_its_build_migration_worker_setting_and_se
     for d in app_servers(plan):
         assert f"[{d.key}] worker " in logs.stdout and f"worker: beat ({release})" in logs.stdout, logs.stdout
 
-    ran = cli("exec", operator_key, "--server", "app-2", "--", "sh", "-c", 'echo "$SECOND_APP_GREETING"; exit 4')
+    ran = deploy_cli("exec", "--server", "app-2", "--", "sh", "-c", 'echo "$SECOND_APP_GREETING"; exit 4', key=operator_key)
     assert ran.returncode == 4 and GREETING in ran.stdout, ran.stdout
 
     try:
-        assert cli("maintenance", operator_key, "on").returncode == 0
+        assert deploy_cli("maintenance", "on", key=operator_key).returncode == 0
         assert through_lb(local_stack, "/")[0] == 503
     finally:
-        assert cli("maintenance", operator_key, "off").returncode == 0
+        assert deploy_cli("maintenance", "off", key=operator_key).returncode == 0
     assert through_lb(local_stack, "/")[0] == 200
 
 

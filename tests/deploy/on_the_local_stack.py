@@ -1,0 +1,75 @@
+"""What the deploy tests on the session's local stack share (test_deploy_localcloud,
+test_second_app_localcloud, test_operator_verbs_localcloud): the CLI as an operator runs
+it, the app servers' releases as the droplets hold them, and a deploy under a steady
+stream of requests. Their fixtures, `plan` and `operator_key`, are in conftest.py."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from model import conventions
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK = "staging"
+HEALTH_TIMEOUT = "25"
+
+
+def deploy_cli(verb: str, *args: str, key: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`python -m deploy VERB STACK --local -i KEY ARGS...` (exec's command after `--` in ARGS)."""
+    return subprocess.run([sys.executable, "-m", "deploy", verb, STACK, "--local", "-i", key, *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def app_servers(plan):
+    return sorted((d for d in plan.droplets if d.key.startswith("app-")), key=lambda d: d.key)
+
+
+def on(name: str, script: str) -> str:
+    from localcloud import droplet
+    return droplet.exec(name, ["bash", "-c", script], check=False, timeout=60).stdout.strip()
+
+
+def current_of(name: str) -> str:
+    return os.path.basename(on(name, f"readlink {conventions.CURRENT_RELEASE_LINK}"))
+
+
+def running_releases(name: str) -> set[str]:
+    """The release every pm2 worker of the apps runs from (their working directories)."""
+    dirs = on(name, "for p in $(pgrep -u app -f 'node '); do readlink /proc/$p/cwd; done")
+    return {os.path.basename(d) for d in dirs.splitlines() if d.startswith(conventions.RELEASES_DIR)}
+
+
+def under_load(local_stack, *args: str, key: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """`deploy_cli(*args)` with GETs of the web app (/) and the API (/api/hello) in turn,
+    from the internet client through the LB (localcloud.traffic), from 2 s before it to 2 s
+    after: what it printed, and what the requests saw (printed too, with how long it took)."""
+    from localcloud import traffic
+    load = local_stack.stream(["/", "/api/hello"], seconds=None)
+    time.sleep(2)
+    start = time.monotonic()
+    try:
+        result = deploy_cli(*args, key=key)
+    finally:
+        took = time.monotonic() - start
+        time.sleep(2)
+        seen = traffic.result(load)
+    print(result.stdout, f"\n[{args[0]} took {took:.1f}s] load: {seen}")
+    return result, seen
+
+
+def assert_none_lost(plan, seen: dict) -> None:
+    """The example app's load: steady, every request answered, and every app server seen
+    (its API names the server that answered)."""
+    assert seen["requests"] > 100 and seen["failed"] == 0, seen
+    assert set(seen["hosts"]) >= {d.name for d in app_servers(plan)}, seen
+
+
+def release_id_from(output: str) -> str:
+    match = re.search(r"^built (\S+)", output, re.M)
+    assert match, output
+    return match.group(1)
