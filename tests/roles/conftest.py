@@ -76,3 +76,29 @@ def pm2_bin(tmp_path_factory) -> Path:
 def example_app_modules(tmp_path_factory) -> Path:
     from pm2_sandbox import install_example_app_modules
     return install_example_app_modules(tmp_path_factory.mktemp("example-app"))
+
+
+# The LB for real (tests/roles/lb_sandbox.py).
+
+@pytest.fixture
+def ports_free():
+    import socket
+    from model import conventions as c
+    for port in (c.HTTP_PORT, c.HTTPS_PORT):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is taken on this host"
+
+
+@pytest.fixture
+def internal_ca(tmp_path):
+    from render_helpers_lb_app import make_ca
+    return make_ca(tmp_path / "ca", "internal-ca")
+
+
+@pytest.fixture
+def started(tmp_path):
+    """What a test starts (a Backend, the LB): stopped at its end, last first."""
+    running = []
+    yield running
+    for thing in reversed(running):
+        thing.stop()

@@ -13,10 +13,7 @@ import mockcloud
 from model import conventions as c
 
 from render_helpers_lb_app import make_ca, nginx_check, put
-from test_load_balancer import (  # noqa: F401 (fixtures)
-    APP_IPS, Backend, LoadBalancerUnderTest, app_server_cert, initial_upstreams, internal_ca, lb_tree, ports_free,
-    started,
-)
+from lb_sandbox import APP_IPS, Backend, LoadBalancerUnderTest, app_server_cert, initial_upstreams, lb_tree
 
 DOMAIN = mockcloud.stack_settings("staging").domain
 ALIASES = [f"www.{DOMAIN}", "staging.example.org"]

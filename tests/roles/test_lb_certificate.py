@@ -12,7 +12,7 @@ from model import conventions as c
 
 from render_helpers_lb_app import in_namespace, issue, make_ca, put, require, run, self_signed
 from role_checks import sandboxed
-from test_load_balancer import initial_upstreams, lb_files, lb_tree, rendered_domain
+from lb_sandbox import initial_upstreams, lb_files, lb_tree, rendered_domain
 
 
 def test_systemd_units_for_the_certificate_retry():

@@ -10,9 +10,7 @@ import pytest
 from model import conventions as c
 
 from render_helpers_lb_app import require
-from test_load_balancer import (  # noqa: F401 (fixtures)
-    APP_IPS, Backend, LoadBalancerUnderTest, app_server_cert, internal_ca, lb_cert, lb_files, ports_free, started,
-)
+from lb_sandbox import APP_IPS, Backend, LoadBalancerUnderTest, app_server_cert, lb_cert, lb_files
 
 pytestmark = pytest.mark.sandbox   # nginx, root for its mount namespace, host ports 80 and 443
 

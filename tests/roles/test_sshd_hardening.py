@@ -19,8 +19,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 import cloudinit
 from cloudinit import common
 from components import ssh
