@@ -31,3 +31,32 @@ def operator_key(plan):
     from localcloud import config
     assert config.OPERATOR_KEY.exists(), "the local stack's `up` makes the operator key"
     return str(config.OPERATOR_KEY)
+
+
+# The release archive's tests (archive_stand_in.py): moto's S3 on loopback over TLS.
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    from s3_stand_in import s3_over_tls
+    with s3_over_tls(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3(stand_in):
+    from archive_stand_in import s3_client
+    return s3_client(stand_in)
+
+
+@pytest.fixture
+def store(staging_deployment, stand_in, s3, monkeypatch):
+    """The staging stack's release archive, moved to the stand-in."""
+    from archive_stand_in import store_on
+    monkeypatch.setenv("AWS_CA_BUNDLE", stand_in.ca_file)
+    return store_on(stand_in, s3, staging_deployment.outputs)
+
+
+@pytest.fixture
+def build(tmp_path):
+    from archive_stand_in import NEW, built_release
+    return built_release(tmp_path / NEW)

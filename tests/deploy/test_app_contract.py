@@ -16,7 +16,7 @@ from deploy.executor import Executor
 from model import app_contract
 from model.app_contract import Contract, ContractError, Process
 
-from test_roll import BUILD, NEW, OLD, SERVERS, STACK, Fleet, _Target
+from fleet import BUILD, NEW, OLD, SERVERS, STACK, FakeTarget, Fleet
 
 WORKER_CONTRACT = {
     "node": 22,
@@ -111,7 +111,7 @@ def test_a_script_the_built_release_lacks_and_a_file_that_is_not_json_are_refuse
 
 def test_a_bad_contract_stops_the_deploy_before_anything_is_built_or_sent(tmp_path, monkeypatch):
     fleet = Fleet()
-    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FakeTarget())
     root = app(tmp_path, {"processes": {"web": {"script": "web/server.js"}}})
     (root / "package.json").write_text("{}")
     (root / "package-lock.json").write_text("{}")

@@ -1,7 +1,7 @@
 """Each release archived to the stack's bucket before any server receives it.
 
 Where and with which key come from the program's own `release_archive` output; the
-deploys run with the fleet of test_roll (servers kept as data) against moto's S3 on
+deploys run with the fleet of fleet.py (servers kept as data) against moto's S3 on
 loopback over TLS with a private CA, as a local stand-in for Spaces would be.
 """
 
@@ -16,89 +16,32 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-import boto3
 import pytest
 
-import mockcloud
 from deploy import __main__ as cli
 from deploy import archive
 from deploy.archive import ArchiveError, NotArchived, Store, store_from_outputs
 from deploy.executor import CommandFailed, Executor, Result
-from deploy.release import Build
 from deploy.targets import LocalStack, PulumiStack
 
-from s3_stand_in import s3_over_tls
-from test_roll import NEW, OLD, Fleet, _Target
+from archive_stand_in import KEYS, deploy
+from fleet import NEW, OLD, FakeTarget, Fleet
 
-KEYS = (f"releases/staging/{NEW}.tar.gz", f"releases/staging/{NEW}.json", f"releases/staging/{NEW}.json.sig")
-
-
-@pytest.fixture(scope="module")
-def staging():
-    return mockcloud.deploy(mockcloud.stack_settings("staging"))
-
-
-@pytest.fixture(scope="module")
-def stand_in(tmp_path_factory):
-    with s3_over_tls(tmp_path_factory.mktemp("s3")) as server:
-        yield server
-
-
-@pytest.fixture
-def s3(stand_in):
-    """The test's own view of the bucket store."""
-    return boto3.client("s3", endpoint_url=stand_in.endpoint, region_name="us-east-1", verify=stand_in.ca_file,
-                        aws_access_key_id="test", aws_secret_access_key="test")
-
-
-@pytest.fixture
-def store(staging, stand_in, s3, monkeypatch) -> Store:
-    """The staging stack's own output, its endpoint and bucket moved to the stand-in."""
-    bucket = f"staging-backups-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=bucket)
-    monkeypatch.setenv("AWS_CA_BUNDLE", stand_in.ca_file)
-    outputs = json.loads(json.dumps(staging.outputs))
-    outputs["release_archive"] |= {"endpoint": stand_in.endpoint, "bucket": bucket}
-    return store_from_outputs("staging", outputs, missing_why="")
-
-
-@pytest.fixture
-def build(tmp_path) -> Build:
-    """A built release as release.build leaves it: sources, node_modules, REVISION."""
-    root = tmp_path / NEW
-    (root / "web").mkdir(parents=True)
-    (root / "node_modules" / "pg").mkdir(parents=True)
-    (root / "node_modules" / ".bin").mkdir()
-    (root / "package.json").write_text(json.dumps({"name": "shop", "version": "2.3.4"}))
-    (root / "web" / "server.js").write_text("require('pg');\n")
-    (root / "web" / "server.js").chmod(0o600)
-    (root / "node_modules" / "pg" / "index.js").write_text("module.exports = {};\n")
-    (root / "node_modules" / "pg" / "cli.js").write_text("#!/usr/bin/env node\n")
-    (root / "node_modules" / "pg" / "cli.js").chmod(0o700)
-    (root / "node_modules" / ".bin" / "pg").symlink_to("../pg/cli.js")
-    (root / "REVISION").write_text(NEW + "\n")
-    return Build(NEW, str(root), "bbbbbbb", False, "2026-11-29T21:30:05Z", "v22.11.0")
-
-
-def deploy(monkeypatch, fleet: Fleet, target: _Target, build: Build) -> int:
-    monkeypatch.setattr(cli, "target_of", lambda args, executor: target)
-    monkeypatch.setattr(cli.release, "build", lambda app, work, executor: build)
-    return cli.main(["deploy", "staging"], executor=fleet)
 
 
 def objects(s3, bucket: str) -> list[str]:
     return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
-def secrets_of(staging, store: Store) -> list[str]:
-    passwords = [r.state["result"] for r in staging.of_type(":RandomPassword")]
+def secrets_of(staging_deployment, store: Store) -> list[str]:
+    passwords = [r.state["result"] for r in staging_deployment.of_type(":RandomPassword")]
     return [store.access_key_id, store.secret_access_key, *passwords]
 
 
 # --- a deploy against the stand-in ---------------------------------------------------------
 
 def test_a_deploy_archives_release_configuration_and_manifest_before_any_server(
-        monkeypatch, staging, store, s3, build):
+        monkeypatch, staging_deployment, store, s3, build):
     fleet = Fleet()
     archived_when_first_sent: list[list[str]] = []
     send = fleet.run
@@ -109,7 +52,7 @@ def test_a_deploy_archives_release_configuration_and_manifest_before_any_server(
         return send(argv, **kwargs)
 
     fleet.run = run
-    assert deploy(monkeypatch, fleet, _Target(store), build) == 0
+    assert deploy(monkeypatch, fleet, FakeTarget(store), build) == 0
     assert archived_when_first_sent == [sorted(KEYS)]
     assert all(server.running == NEW for server in fleet.servers.values())
 
@@ -142,7 +85,7 @@ def test_a_deploy_archives_release_configuration_and_manifest_before_any_server(
     assert f"archiving {NEW}" in printed and f"s3://{store.bucket}/{KEYS[0]}" in printed
     assert f"archived {NEW} with its signed manifest" in printed
     everything = json.dumps(manifest) + printed + read_config(tarball)
-    for secret in secrets_of(staging, store):
+    for secret in secrets_of(staging_deployment, store):
         assert secret not in everything
 
 
@@ -151,10 +94,10 @@ def read_config(tarball: bytes) -> str:
         return "".join(packed.extractfile(m).read().decode() for m in packed.getmembers() if m.name.startswith("config/"))
 
 
-def test_an_upload_that_fails_stops_the_deploy_before_any_server_is_touched(monkeypatch, staging, store, s3, build):
+def test_an_upload_that_fails_stops_the_deploy_before_any_server_is_touched(monkeypatch, staging_deployment, store, s3, build):
     missing = replace(store, bucket=f"gone-{uuid.uuid4().hex[:8]}")
     fleet = Fleet()
-    assert deploy(monkeypatch, fleet, _Target(missing), build) == cli.EXIT_STOPPED
+    assert deploy(monkeypatch, fleet, FakeTarget(missing), build) == cli.EXIT_STOPPED
     # Only node's version was asked (the runtime check, before the archive).
     assert [action for host, action in fleet.log if host != "lock" and action != "runtime"] == [], \
         "no server listed, sent to or switched"
@@ -164,7 +107,7 @@ def test_an_upload_that_fails_stops_the_deploy_before_any_server_is_touched(monk
     printed = fleet.printed()
     assert f"deploy: could not archive to s3://{missing.bucket}/{KEYS[0]} at {store.endpoint}" in printed
     assert "NoSuchBucket" in printed and "No server was touched." in printed
-    for secret in secrets_of(staging, store):
+    for secret in secrets_of(staging_deployment, store):
         assert secret not in printed
 
 
@@ -174,7 +117,7 @@ def test_the_endpoint_ca_comes_from_aws_ca_bundle_and_without_it_nothing_is_depl
     AWS_CA_BUNDLE (the success above ran with it)."""
     monkeypatch.delenv("AWS_CA_BUNDLE")
     fleet = Fleet()
-    assert deploy(monkeypatch, fleet, _Target(store), build) == cli.EXIT_STOPPED
+    assert deploy(monkeypatch, fleet, FakeTarget(store), build) == cli.EXIT_STOPPED
     assert "certificate verify failed" in fleet.printed()
     assert "set AWS_CA_BUNDLE to a file holding it (now: unset)" in fleet.printed()
     assert objects(s3, store.bucket) == []
@@ -183,23 +126,23 @@ def test_the_endpoint_ca_comes_from_aws_ca_bundle_and_without_it_nothing_is_depl
 
 def test_a_stack_with_nowhere_to_archive_says_why_and_deploys(monkeypatch, build):
     fleet = Fleet()
-    assert deploy(monkeypatch, fleet, _Target(), build) == 0
+    assert deploy(monkeypatch, fleet, FakeTarget(), build) == 0
     assert "the release will not be archived: this test stack has no bucket" in fleet.printed()
     assert all(server.running == NEW for server in fleet.servers.values())
 
 
 # --- where the store comes from ------------------------------------------------------------
 
-def test_the_store_is_the_programs_output_and_its_key_is_redacted_once_read(staging):
-    outputs = json.loads(json.dumps(staging.outputs))   # as `pulumi stack output --json` gives them
+def test_the_store_is_the_programs_output_and_its_key_is_redacted_once_read(staging_deployment):
+    outputs = json.loads(json.dumps(staging_deployment.outputs))   # as `pulumi stack output --json` gives them
     found = store_from_outputs("staging", outputs, missing_why="")
-    expected = staging.outputs["release_archive"]
+    expected = staging_deployment.outputs["release_archive"]
     assert (found.bucket, found.endpoint, found.access_key_id) == (
         expected["bucket"], expected["endpoint"], expected["access_key_id"])
     assert found.url("R1", archive.TARBALL) == f"s3://{expected['bucket']}/releases/staging/R1.tar.gz"
     assert expected["secret_access_key"] not in repr(found)
     executor = Executor(secrets=[], out=io.StringIO())
-    target = _Target(found)
+    target = FakeTarget(found)
     assert cli.archive_store(target, executor) is found
     executor.say(f"key {found.access_key_id} secret {found.secret_access_key}")
     assert executor.out.getvalue() == "key [REDACTED] secret [REDACTED]\n"
@@ -225,11 +168,11 @@ class Outputs(Executor):
         return Result(argv, 0, json.dumps(self.outputs))
 
 
-def test_a_real_stack_reads_the_key_with_show_secrets_and_prints_none_of_it(staging):
-    executor = Outputs(staging.outputs)
+def test_a_real_stack_reads_the_key_with_show_secrets_and_prints_none_of_it(staging_deployment):
+    executor = Outputs(staging_deployment.outputs)
     found = PulumiStack("staging", executor).archive_store()
     assert executor.asked == [(["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", "staging"], True)]
-    assert found.secret_access_key == staging.outputs["release_archive"]["secret_access_key"]
+    assert found.secret_access_key == staging_deployment.outputs["release_archive"]["secret_access_key"]
     executor = Outputs({"public_ip": "198.51.100.2"})
     with pytest.raises(NotArchived, match="setting `backups: true`"):
         PulumiStack("staging", executor).archive_store()
@@ -248,14 +191,14 @@ def test_output_marked_secret_is_never_printed_even_verbose_or_failing(tmp_path)
     assert "  | s3cr3t-value" in out.getvalue(), "other output is printed as before"
 
 
-def test_a_local_stack_reads_its_state_or_says_why_it_cannot(tmp_path, monkeypatch, staging):
+def test_a_local_stack_reads_its_state_or_says_why_it_cannot(tmp_path, monkeypatch, staging_deployment):
     from localcloud import records
     state = tmp_path / "staging.json"
     monkeypatch.setattr(records, "state_file", lambda name: state)
     from localcloud import spaces
-    state.write_text(json.dumps({"overrides": {}, "outputs": staging.outputs}))
+    state.write_text(json.dumps({"overrides": {}, "outputs": staging_deployment.outputs}))
     store = LocalStack("staging").archive_store()
-    assert store.bucket == staging.outputs["release_archive"]["bucket"]
+    assert store.bucket == staging_deployment.outputs["release_archive"]["bucket"]
     assert store.ca_bundle == str(spaces.CA_CERT), "the stand-in's private CA is trusted for a local stack"
     for record in ({"overrides": {}, "outputs": {"public_ip": "198.51.100.2"}},   # backups off
                    {"overrides": {}}):                                            # an `up` before outputs were kept
@@ -288,7 +231,7 @@ def test_uploads_put_the_manifest_last_under_the_stacks_prefix(tmp_path, store):
 
 
 def test_rollback_to_a_release_the_servers_lack_restores_it_from_the_archive(monkeypatch, store, build):
-    assert deploy(monkeypatch, Fleet(), _Target(store), build) == 0   # archived; that fleet is gone
+    assert deploy(monkeypatch, Fleet(), FakeTarget(store), build) == 0   # archived; that fleet is gone
     fleet = Fleet()                                                  # servers that never held it
     uploaded: dict[str, dict[str, bytes]] = {}
     send = fleet.run
@@ -313,7 +256,7 @@ def test_rollback_to_a_release_the_servers_lack_restores_it_from_the_archive(mon
 
 def test_rollback_to_a_release_neither_servers_nor_archive_hold_switches_nothing(monkeypatch, store):
     fleet = Fleet()
-    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target(store))
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FakeTarget(store))
     never = "20200101T000000Z-0000000"
     assert cli.main(["rollback", "staging", "--to", never], executor=fleet) == cli.EXIT_STOPPED
     assert f"app-1: does not hold {never}" in fleet.printed()
@@ -321,13 +264,13 @@ def test_rollback_to_a_release_neither_servers_nor_archive_hold_switches_nothing
     assert all(s.current == OLD for s in fleet.servers.values())
     assert [a for h, a in fleet.log if h != "lock" and not a.startswith("list")] == [], "nothing switched"
     nowhere = Fleet()
-    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FakeTarget())
     assert cli.main(["rollback", "staging", "--to", never], executor=nowhere) == cli.EXIT_STOPPED
     assert "No archive to look in: this test stack has no bucket" in nowhere.printed()
 
 
 def test_rollback_to_an_archived_release_whose_tarball_was_replaced_switches_nothing(monkeypatch, store, s3, build):
-    assert deploy(monkeypatch, Fleet(), _Target(store), build) == 0
+    assert deploy(monkeypatch, Fleet(), FakeTarget(store), build) == 0
     s3.put_object(Bucket=store.bucket, Key=KEYS[0], Body=b"a tarball someone put in its place")
     fleet = Fleet()
     assert cli.main(["rollback", "staging", "--to", NEW], executor=fleet) == cli.EXIT_STOPPED
@@ -358,7 +301,7 @@ def test_a_deploy_deletes_the_stacks_archived_releases_beyond_the_newest_kept(mo
     s3.put_object(Bucket=store.bucket, Key=other_stack, Body=b"not this stack's")
     monkeypatch.setattr(archive, "ARCHIVED_RELEASES_KEPT", 2)
     fleet = Fleet()
-    assert deploy(monkeypatch, fleet, _Target(store), build) == 0
+    assert deploy(monkeypatch, fleet, FakeTarget(store), build) == 0
     kept = sorted(KEYS + tuple(store.key(older[-1], suffix) for suffix in (archive.TARBALL, archive.MANIFEST,
                                                                              archive.SIGNATURE)))
     assert objects(s3, store.bucket) == sorted(kept + [other_stack])
@@ -374,6 +317,6 @@ def test_a_deploy_whose_old_archives_cannot_be_deleted_warns_and_goes_on(monkeyp
 
     monkeypatch.setattr(archive, "prune", refused)
     fleet = Fleet()
-    assert deploy(monkeypatch, fleet, _Target(store), build) == 0
+    assert deploy(monkeypatch, fleet, FakeTarget(store), build) == 0
     assert "warning: could not delete archived releases older than the newest" in fleet.printed()
     assert all(server.running == NEW for server in fleet.servers.values())

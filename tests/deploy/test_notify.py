@@ -35,7 +35,7 @@ from deploy.records import Server
 from deploy.roll import Outcome, Step
 from deploy.targets import PulumiStack
 
-from test_roll import BUILD, NEW, OLD, SERVERS, Fleet, _Target
+from fleet import BUILD, NEW, OLD, SERVERS, FakeTarget, Fleet
 
 TOKEN = "T000/B000/s3cr3tT0ken"   # the part of a webhook URL that is its key
 
@@ -170,7 +170,7 @@ def webhook(tmp_path, monkeypatch):
     server.server_close()
 
 
-def run_tool(monkeypatch, fleet: Fleet, target: _Target, *argv: str) -> int:
+def run_tool(monkeypatch, fleet: Fleet, target: FakeTarget, *argv: str) -> int:
     monkeypatch.setattr(cli, "target_of", lambda args, executor: target)
     monkeypatch.setattr(cli.release, "build", lambda app, work, executor: BUILD)
     return cli.main(list(argv), executor=fleet)
@@ -185,7 +185,7 @@ HOLDER = r"\S+@\S+ since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(deploy, pid \d+\)"
 
 def test_a_deploy_that_succeeds_posts_started_then_done(monkeypatch, webhook):
     fleet = Fleet()
-    assert run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "deploy", "staging") == 0
+    assert run_tool(monkeypatch, fleet, FakeTarget(webhook=webhook.url), "deploy", "staging") == 0
     assert len(webhook.received) == 2
     assert {(p["path"], p["content_type"]) for p in webhook.received} == {(f"/hooks/{TOKEN}", "application/json")}
     started, done = webhook.texts()
@@ -197,7 +197,7 @@ def test_a_deploy_that_succeeds_posts_started_then_done(monkeypatch, webhook):
 
 def test_a_deploy_that_fails_posts_started_then_stopped_with_each_servers_end(monkeypatch, webhook):
     fleet = Fleet(unhealthy={(A2.address, NEW)})
-    assert run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "deploy", "staging") == cli.EXIT_STOPPED
+    assert run_tool(monkeypatch, fleet, FakeTarget(webhook=webhook.url), "deploy", "staging") == cli.EXIT_STOPPED
     started, stopped = webhook.texts()
     assert started.startswith(f"[staging] deploy of {NEW} started by ")
     assert timeless(stopped) == (
@@ -216,7 +216,7 @@ def test_an_upload_that_fails_posts_stopped_with_the_error_its_secrets_redacted(
             return super().run(argv, input=input, timeout=timeout)
 
     fleet = UploadFails(secrets=["npm_s3cr3t"])
-    assert run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "deploy", "staging") == cli.EXIT_STOPPED
+    assert run_tool(monkeypatch, fleet, FakeTarget(webhook=webhook.url), "deploy", "staging") == cli.EXIT_STOPPED
     assert webhook.texts()[1:] == [
         f"[staging] deploy of {NEW}: STOPPED: app-2: upload {NEW}: exit 23: rsync error: token [REDACTED] rejected "
         "(code 23) (see the deploying console for each server)"]
@@ -233,7 +233,7 @@ def test_the_end_is_posted_once_the_locks_are_released(monkeypatch, webhook, end
 
     fleet = UploadFails()
     webhook.fleet = fleet
-    run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "deploy", "staging")
+    run_tool(monkeypatch, fleet, FakeTarget(webhook=webhook.url), "deploy", "staging")
     started, end = webhook.received
     assert started["locks"] and set(started["locks"]) == {s.address for s in SERVERS}
     assert end["locks"] == {}, end
@@ -249,7 +249,7 @@ def test_a_deploy_interrupted_posts_stopped_once_its_locks_are_released(monkeypa
 
     fleet = Interrupted()
     with pytest.raises(KeyboardInterrupt):
-        run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "deploy", "staging")
+        run_tool(monkeypatch, fleet, FakeTarget(webhook=webhook.url), "deploy", "staging")
     assert fleet.locks == {}
     assert webhook.texts()[1:] == [f"[staging] deploy of {NEW}: STOPPED: interrupted before its end (see the "
                                    "deploying console for each server)"]
@@ -257,13 +257,13 @@ def test_a_deploy_interrupted_posts_stopped_once_its_locks_are_released(monkeypa
 
 def test_a_rollback_posts_its_end_only(monkeypatch, webhook):
     fleet = Fleet()
-    assert run_tool(monkeypatch, fleet, _Target(), "deploy", "staging") == 0   # no webhook: nothing posted
+    assert run_tool(monkeypatch, fleet, FakeTarget(), "deploy", "staging") == 0   # no webhook: nothing posted
     assert webhook.received == []
-    assert run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "rollback", "staging") == 0
+    assert run_tool(monkeypatch, fleet, FakeTarget(webhook=webhook.url), "rollback", "staging") == 0
     assert [timeless(t) for t in webhook.texts()] == [f"[staging] rollback to {OLD}: done\n" + "\n".join(
         f"  {s.name}: {OLD} (healthy in Ns)" for s in SERVERS)]
     never = "20200101T000000Z-0000000"
-    assert run_tool(monkeypatch, fleet, _Target(webhook=webhook.url), "rollback", "staging", "--to", never) == 1
+    assert run_tool(monkeypatch, fleet, FakeTarget(webhook=webhook.url), "rollback", "staging", "--to", never) == 1
     assert webhook.texts()[1].startswith(f"[staging] rollback to {never}: STOPPED: cannot roll back: app-1: does not "
                                          f"hold {never}")
 
@@ -271,7 +271,7 @@ def test_a_rollback_posts_its_end_only(monkeypatch, webhook):
 def test_a_refused_deploy_a_failed_build_and_the_read_only_verbs_never_look_the_webhook_up(monkeypatch, webhook):
     looked_up = []
 
-    class Counting(_Target):
+    class Counting(FakeTarget):
         def alert_webhook_url(self):
             looked_up.append(1)
             return super().alert_webhook_url()
@@ -290,7 +290,7 @@ def test_a_refused_deploy_a_failed_build_and_the_read_only_verbs_never_look_the_
 
 def test_without_a_webhook_one_line_says_notifications_are_off(monkeypatch, webhook):
     fleet = Fleet()
-    assert run_tool(monkeypatch, fleet, _Target(), "deploy", "staging") == 0
+    assert run_tool(monkeypatch, fleet, FakeTarget(), "deploy", "staging") == 0
     said = [line for line in fleet.printed().splitlines() if "notification" in line]
     assert said == ["notifications are off (no alertWebhookUrl): this test stack has no webhook"]
     assert webhook.received == []
@@ -308,7 +308,7 @@ def closed_port() -> int:
 def test_an_unreachable_webhook_changes_no_exit_code_and_its_url_is_never_printed(monkeypatch, webhook, unhealthy):
     url = f"https://127.0.0.1:{closed_port()}/hooks/{TOKEN}"
     fleet = Fleet(unhealthy={(A1.address, NEW)} if unhealthy else set(), verbose=True)
-    code = run_tool(monkeypatch, fleet, _Target(webhook=url), "deploy", "staging")
+    code = run_tool(monkeypatch, fleet, FakeTarget(webhook=url), "deploy", "staging")
     assert code == (cli.EXIT_STOPPED if unhealthy else 0)
     printed = fleet.printed()
     not_delivered = [line for line in printed.splitlines() if line.startswith("notification NOT delivered: ")]

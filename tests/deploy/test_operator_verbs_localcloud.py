@@ -77,7 +77,8 @@ def test_logs_follow_streams_from_every_server_until_interrupted_and_leaves_noth
 
 
 def test_exec_runs_in_the_apps_environment_as_app_and_returns_the_commands_exit_code(plan, operator_key):
-    env = deploy_cli("exec", "--", "node", "-e", "console.log(process.env.POSTGRESQL_HOST ? 'env ok' : 'no env')", key=operator_key)
+    env = deploy_cli("exec", "--", "node", "-e", "console.log(process.env.POSTGRESQL_HOST ? 'env ok' : 'no env')",
+                     key=operator_key)
     assert env.returncode == 0, env.stdout + env.stderr
     assert env.stdout.splitlines()[-1] == "env ok", env.stdout
     assert deploy_cli("exec", "--", "sh", "-c", "exit 7", key=operator_key).returncode == 7

@@ -19,20 +19,20 @@ from deploy import __main__ as cli
 from deploy import archive, restore
 from deploy.restore import IntegrityError
 
-from test_archive import KEYS, build, deploy, s3, stand_in, staging, store  # noqa: F401 (fixtures)
-from test_roll import NEW, Fleet, _Target
+from archive_stand_in import KEYS, deploy
+from fleet import NEW, FakeTarget, Fleet
 
 TARBALL, MANIFEST, SIGNATURE = KEYS
 
 
 @pytest.fixture
-def archived(monkeypatch, store, build):  # noqa: F811
+def archived(monkeypatch, store, build):
     """The staging stack's deploy of NEW, archived to the stand-in."""
-    assert deploy(monkeypatch, Fleet(), _Target(store), build) == 0
+    assert deploy(monkeypatch, Fleet(), FakeTarget(store), build) == 0
     return store
 
 
-def body(s3, store, key: str) -> bytes:  # noqa: F811
+def body(s3, store, key: str) -> bytes:
     return s3.get_object(Bucket=store.bucket, Key=key)["Body"].read()
 
 
@@ -47,12 +47,12 @@ def fetched(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
-def test_the_archived_release_is_fetched_once_its_signature_and_sha256_check(archived, s3, into, staging):  # noqa: F811
+def test_the_archived_release_is_fetched_once_its_signature_and_sha256_check(archived, s3, into, staging_deployment):
     path = restore.fetch(archived, NEW, str(into))
     assert path == into / f"{NEW}.tar.gz"
     assert path.read_bytes() == body(s3, archived, TARBALL)
     # Signed with the stack's key: its public half, a public output, verifies it.
-    public = staging.outputs["release_signing_public_key"]
+    public = staging_deployment.outputs["release_signing_public_key"]
     assert archived.signing_public_key_pem == public
     from cryptography.hazmat.primitives import serialization
     serialization.load_pem_public_key(public.encode()).verify(body(s3, archived, SIGNATURE), body(s3, archived, MANIFEST))
@@ -115,7 +115,7 @@ def test_an_unsigned_manifest_is_refused_naming_the_commit_to_deploy_instead(arc
 
 
 def test_the_fetch_command_writes_the_checked_tarball_and_touches_no_server(monkeypatch, archived, s3, into):
-    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target(archived))
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FakeTarget(archived))
     fleet = Fleet()
     assert cli.main(["fetch", "staging", NEW, "--into", str(into)], executor=fleet) == 0
     assert (into / f"{NEW}.tar.gz").read_bytes() == body(s3, archived, TARBALL)

@@ -1,143 +1,20 @@
-"""The roll logic and the CLI with a fake executor: a fleet of servers kept as data.
-
-The fake reads the very argument lists deploy builds (ssh through the jump host, rsync,
-remote.sh actions on stdin) and answers as the servers would, so these tests assert on
-the order of commands and on what each server ends up running.
+"""The roll logic and the CLI with a fake executor: the fleet of fleet.py, servers kept
+as data, answering the very argument lists deploy builds, so these tests assert on the
+order of commands and on what each server ends up running.
 """
 
 from __future__ import annotations
 
 import io
-import shlex
-from dataclasses import dataclass, field
 
 import pytest
 
-from model import conventions
 from deploy import __main__ as cli
-from deploy import commands, roll
-from deploy.archive import NotArchived
-from deploy.notify import NoWebhook
+from deploy import roll
 from deploy.executor import Executor, Result
 from deploy.release import Build
-from deploy.records import Server, Stack
 
-SERVERS = (Server("app-1", "10.110.16.3"), Server("app-2", "10.110.16.4"), Server("app-3", "10.110.16.5"))
-STACK = Stack("staging", "198.51.100.2", SERVERS, identity="/keys/operator")
-OLD, NEW = "20261129T100000Z-aaaaaaa", "20261129T213005Z-bbbbbbb"
-
-
-@dataclass
-class FakeServer:
-    releases: list[str] = field(default_factory=lambda: [OLD])
-    current: str | None = OLD
-    running: str | None = OLD           # what pm2 runs: `current` as of the last reload
-    activated: list[str] = field(default_factory=lambda: [OLD])   # remote.sh's history
-    runtime: str = "v22.11.0 linux x64"   # what its node says (remote.sh runtime)
-
-
-@dataclass
-class Fleet(Executor):
-    """An Executor whose commands land on simulated servers instead of a network."""
-
-    servers: dict[str, FakeServer] = field(default_factory=dict)
-    unhealthy: set[tuple[str, str]] = field(default_factory=set)   # (address, release) that never get healthy
-    lock_holder: str | None = None     # a deploy lock already held on every server
-    log: list[tuple[str, str]] = field(default_factory=list)       # (host, action) in the order run
-    locks: dict[str, str] = field(default_factory=dict)            # address: who holds its deploy lock
-    release_command_exit: int = 0      # what the contract's release command exits with
-
-    def __post_init__(self):
-        self.servers = self.servers or {s.address: FakeServer() for s in SERVERS}
-        if self.lock_holder:
-            self.locks = {address: self.lock_holder for address in self.servers}
-        self.out = io.StringIO()
-
-    def run(self, argv, *, input=None, timeout=900):
-        if argv[0] == "rsync":
-            address = argv[-1].split(":", 1)[0]
-            rid = argv[-1].rsplit("/", 2)[-2].removesuffix(".partial")
-            self.log.append((address, f"rsync {rid}"))
-            self.servers[address].releases.append(rid + ".partial")
-            return Result(argv, 0, "")
-        assert argv[0] == "ssh"
-        if "-O" in argv:
-            return Result(argv, 0, "")
-        if "-W" in argv:   # the jump check: the deploy login on the LB, forwarding only
-            assert argv[-1] == f"{conventions.DEPLOY_USER}@{STACK.jump_host}" and input == ""
-            assert argv[argv.index("-W") + 1] == f"{SERVERS[0].address}:{conventions.SSH_PORT}"
-            return Result(argv, 0, "SSH-2.0-OpenSSH_9.2p1\n")
-        host, remote = argv[-2], shlex.split(argv[-1])
-        if remote == ["true"]:   # the host key check, before anything is sent
-            return Result(argv, 0, "")
-        assert host in self.servers, f"nothing runs anywhere but on the app servers: {host}"
-        if remote[3:4] in (["lock"], ["unlock"], ["break-lock"]):
-            return self.lock_action(argv, host, remote, input)
-        return self.on_server(host, remote, input)
-
-    def lock_action(self, argv, address, remote, script):
-        """remote.sh's lock actions, as deploy on one app server."""
-        assert remote[:3] == ["bash", "-s", "--"] and script.startswith("RELEASES_DIR=")
-        action, *args = remote[3:]
-        self.log.append(("lock", f"{action} {address}"))
-        if action == "lock":
-            if address in self.locks:
-                return Result(argv, 3, f"held by {self.locks[address]}\n")
-            self.locks[address] = args[0]
-            return Result(argv, 0, "locked\n")
-        if action == "unlock":
-            assert self.locks.get(address) == args[0], "unlocks only its own lock"
-            del self.locks[address]
-            return Result(argv, 0, "")
-        if action == "break-lock":
-            holder = self.locks.pop(address, None)
-            return Result(argv, 0, f"removed the lock of {holder}\n" if holder else "no lock was held\n")
-        raise AssertionError(action)
-
-    def on_server(self, address, remote, script):
-        server = self.servers[address]
-        if remote[:5] == ["sudo", "-n", "-u", conventions.APP_USER, "/usr/local/sbin/platform-app-exec"]:
-            assert remote[5] == "--release" and remote[7:10] == ["--", "sh", "-c"], remote
-            assert remote[6] in server.releases, "the release command runs in the uploaded release"
-            self.log.append((address, f"release-command {remote[6]}: {remote[10]}"))
-            return Result([], self.release_command_exit, "migrated\n" if not self.release_command_exit else "boom\n")
-        if remote == ["sudo", "-n", "systemctl", "reload", conventions.APPS_UNIT]:
-            self.log.append((address, "reload"))
-            server.running = server.current
-            return Result([], 0, "")
-        assert remote[:3] == ["bash", "-s", "--"] and script.startswith("RELEASES_DIR=")
-        action, *args = remote[3:]
-        self.log.append((address, " ".join([action, *args])))
-        if action == "list":
-            previous = next((r for r in reversed(server.activated) if r != server.current), None)
-            marks = lambda r: (" current" if r == server.current else "") + (" previous" if r == previous else "")  # noqa: E731
-            return Result([], 0, "".join(f"{r} 1700000000{marks(r)}\n"
-                                         for r in server.releases if not r.endswith(".partial")))
-        if action == "activated":
-            server.activated.append(args[0])
-            return Result([], 0, "")
-        if action == "accept":
-            server.releases.remove(args[0] + ".partial")
-            server.releases.append(args[0])
-            return Result([], 0, "")
-        if action == "switch":
-            server.current = args[0]
-            return Result([], 0, "")
-        if action == "health":
-            if (address, server.running) in self.unhealthy:
-                return Result([], 1, "deploy: https://staging-app:8443/healthz did not answer 200 ... (last: 502)\n")
-            return Result([], 0, "healthy\n")
-        if action == "prune":
-            return Result([], 0, "")
-        if action == "runtime":
-            return Result([], 0, server.runtime + "\n")
-        raise AssertionError(action)
-
-    def printed(self) -> str:
-        return self.out.getvalue()
-
-
-BUILD = Build(NEW, "/tmp/deploy-x/" + NEW)
+from fleet import BUILD, NEW, OLD, SERVERS, STACK, FakeTarget, Fleet
 
 
 def test_a_deploy_uploads_everywhere_first_then_rolls_one_server_at_a_time():
@@ -182,7 +59,7 @@ def test_a_server_that_does_not_get_healthy_is_switched_back_and_the_roll_stops(
 def test_the_cli_exits_non_zero_when_the_roll_stops_and_still_releases_the_lock(monkeypatch):
     fleet = Fleet(unhealthy={(SERVERS[0].address, NEW)})
     monkeypatch.setattr(cli.release, "build", lambda app, work, executor: BUILD)
-    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FakeTarget())
     assert cli.main(["deploy", "staging"], executor=fleet) == cli.EXIT_STOPPED
     assert fleet.locks == {}
     assert all(s.running == OLD for s in fleet.servers.values())
@@ -191,28 +68,9 @@ def test_the_cli_exits_non_zero_when_the_roll_stops_and_still_releases_the_lock(
         f"lock {a1}", f"lock {a2}", f"lock {a3}", f"unlock {a3}", f"unlock {a2}", f"unlock {a1}"]
 
 
-@dataclass
-class _Target:
-    store: object = None   # an archive.Store, or None: the stack has nowhere to archive
-    webhook: str | None = None   # alertWebhookUrl, or None: no notifications
-
-    def resolve(self):
-        return STACK
-
-    def archive_store(self):
-        if self.store is None:
-            raise NotArchived("this test stack has no bucket")
-        return self.store
-
-    def alert_webhook_url(self):
-        if self.webhook is None:
-            raise NoWebhook("this test stack has no webhook")
-        return self.webhook
-
-
 def test_a_second_deploy_is_refused_naming_who_holds_the_lock_and_since_when(monkeypatch):
     fleet = Fleet(lock_holder="alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 4242)")
-    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FakeTarget())
     monkeypatch.setattr(cli.release, "build", lambda *a: pytest.fail("a refused deploy builds nothing"))
     assert cli.main(["deploy", "staging"], executor=fleet) == cli.EXIT_LOCKED
     assert ("refused: staging is locked: a deploy by alice@laptop since 2026-11-29T21:30:05Z (deploy, pid 4242) "
@@ -223,7 +81,7 @@ def test_a_second_deploy_is_refused_naming_who_holds_the_lock_and_since_when(mon
 
 def test_break_lock_removes_a_stale_lock_says_whose_and_deploys(monkeypatch):
     fleet = Fleet(lock_holder="alice@laptop since 2026-11-28T09:00:00Z (deploy, pid 4242)")
-    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FakeTarget())
     monkeypatch.setattr(cli.release, "build", lambda app, work, executor: BUILD)
     assert cli.main(["deploy", "staging", "--break-lock"], executor=fleet) == 0
     assert "removed the lock of alice@laptop since 2026-11-28T09:00:00Z" in fleet.printed()
@@ -303,7 +161,7 @@ def test_a_changed_host_key_stops_the_deploy_naming_the_droplet_before_anything_
             return super().run(argv, input=input, timeout=timeout)
 
     fleet = Changed()
-    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FakeTarget())
     assert cli.main(["deploy", "staging"], executor=fleet) == cli.EXIT_STOPPED
     assert fleet.log == [] and fleet.locks == {}   # no lock, no upload, no switch
     said = fleet.out.getvalue()
@@ -315,7 +173,7 @@ def test_a_lock_held_on_a_later_server_refuses_the_deploy_and_the_locks_taken_be
     finds app-2 held is refused there and releases app-1, which it had taken."""
     a1, a2, a3 = (s.address for s in SERVERS)
     fleet = Fleet(locks={a2: "bob@ci since 2026-11-29T21:30:05Z (deploy, pid 7)"})
-    monkeypatch.setattr(cli, "target_of", lambda args, executor: _Target())
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FakeTarget())
     monkeypatch.setattr(cli.release, "build", lambda *a: pytest.fail("a refused deploy builds nothing"))
     assert cli.main(["deploy", "staging"], executor=fleet) == cli.EXIT_LOCKED
     assert "a deploy by bob@ci since 2026-11-29T21:30:05Z (deploy, pid 7) holds it (on app-2)" in fleet.printed()
