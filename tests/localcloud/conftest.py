@@ -22,3 +22,11 @@ def needs_root():
     missing = missing_host_tools()
     if missing:
         pytest.fail(f"host tools missing: {missing}; apt-get install {' '.join(lc_config.HOST_PACKAGES)}")
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """(start, hop) for sshd processes on loopback (sshd_on_loopback.py), stopped after the test."""
+    from sshd_on_loopback import loopback_sshd
+    with loopback_sshd(tmp_path) as started:
+        yield started

@@ -19,7 +19,7 @@ from components import remote
 from localcloud import engine, plan, pulumi_ssh, records
 from localcloud.plan import LocalCommand, RemoteCommand
 from model import conventions
-from test_engine import connections, sshd  # noqa: F401 (the fixture: sshd processes on loopback)
+from sshd_on_loopback import connections
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOk4dJwAfKbNNXwKwLxbZ2FQXZNG0dQ+qa0vCqX3nHYg"
 GATE_STDOUT = mockcloud.unknown_stdout("app-1-boot-gate")
