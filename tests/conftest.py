@@ -193,6 +193,20 @@ class LocalStack:
         self.plan, self.result = plan, result
         return result
 
+    def up_under_load(self, plan, **options):
+        """`up` of a (changed) plan with a stream of GETs of the API through the LB, 20 a
+        second, from its start to its end: its result, checked by the caller, and what the
+        requests saw. The handle follows a healthy one."""
+        from localcloud import stack, traffic
+        load = self.stream("/api/hello", seconds=None)
+        try:
+            result = stack.up(plan, **options)
+        finally:
+            seen = traffic.result(load)
+        if stack.healthy(result):
+            self.plan, self.result = plan, result
+        return result, seen
+
 
 @pytest.fixture(scope="session")
 def local_stack():

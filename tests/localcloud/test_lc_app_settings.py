@@ -14,7 +14,6 @@ import pytest
 
 from localcloud import stack
 from model import conventions
-from test_lc_upgrade import up_under_load
 
 GREETING = "hello 'world' \"twice\" $HOME #not-a-comment  "
 
@@ -52,10 +51,9 @@ def test_app_env_and_a_secret_reach_every_env_and_reload_the_apps_under_load(loc
     assert all(before.values()), before
 
     p = stack.plan(name, {"appEnv": {"GREETING": GREETING}, "appSecrets": {"API_TOKEN": secret}})
-    result, load = up_under_load(local_stack, p)
+    result, load = local_stack.up_under_load(p)
     print(f"\n[figures] app settings pushed under 20 req/s: {load}; up took {result.seconds:.0f}s")
     assert stack.healthy(result)
-    local_stack.plan, local_stack.result = p, result
     assert {r.name for r in result.commands if r.status == "ok"} == {f"{key}-env-push" for key in app_keys}
     assert not any(secret in r.output or secret in r.stdout for r in result.commands)
     for app in apps:

@@ -9,7 +9,6 @@ end the stack is put back on the platform as committed.
 
 from __future__ import annotations
 
-import threading
 import uuid
 
 import jinja2
@@ -41,23 +40,6 @@ def plan_with_lines(local_stack, monkeypatch, lines: dict[str, str]):
         monkeypatch.undo()
 
 
-def up_under_load(local_stack, p, **options) -> tuple[stack.UpResult, dict]:
-    """`up` while streams of GETs run back to back through the LB, 20 a second."""
-    outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(result=stack.up(p, **options)))
-    totals = {"requests": 0, "failed": 0, "hosts": {}, "errors": {}}
-    runner.start()
-    while runner.is_alive():
-        counts = traffic.result(local_stack.stream("/api/hello", rate=20, seconds=5))
-        totals["requests"] += counts["requests"]
-        totals["failed"] += counts["failed"]
-        for key in ("hosts", "errors"):
-            for name, n in counts[key].items():
-                totals[key][name] = totals[key].get(name, 0) + n
-    runner.join()
-    return outcome["result"], totals
-
-
 def current_bundle(local_stack, key: str) -> str:
     return local_stack.run(key, ["readlink", conventions.CURRENT_BUNDLE]).stdout.strip().rsplit("/", 1)[-1]
 
@@ -75,10 +57,9 @@ def test_a_platform_change_reaches_every_droplet_in_place_under_load(local_stack
     boots = local_stack.boot_ids()
     p = plan_with_lines(local_stack, monkeypatch, dict.fromkeys(EVERYWHERE, mark))
     assert {d.name: (d.id, d.user_data) for d in p.droplets} == {d.name: (d.id, d.user_data) for d in before.droplets}
-    result, load = up_under_load(local_stack, p)
+    result, load = local_stack.up_under_load(p)
     print(f"\n[figures] platform upgrade under 20 req/s: {load}; up took {result.seconds:.0f}s")
     assert stack.healthy(result)
-    local_stack.plan, local_stack.result = p, result
     ran = {r.name: r for r in result.commands if r.status == "ok"}
     firsts = {f"{d.key}-first-bundle" for d in p.with_tag(conventions.APP_SERVER)}
     assert set(ran) == {f"{d.key}-bundle-push" for d in p.droplets} | firsts
@@ -100,7 +81,7 @@ def test_a_change_that_fails_on_app_1_stops_the_roll_and_app_1_serves_its_previo
     was = {key: current_bundle(local_stack, key) for key in apps}
     # nginx refuses it: provisioning's `nginx -t` fails on the first member it reaches.
     p = plan_with_lines(local_stack, monkeypatch, {"app_server/site.conf": "not_a_directive on;"})
-    result, load = up_under_load(local_stack, p)
+    result, load = local_stack.up_under_load(p)
     print(f"\n[figures] failed upgrade under 20 req/s: {load}")
     status = {r.name: r for r in result.commands}
     assert status["app-1-bundle-push"].status == "failed"
