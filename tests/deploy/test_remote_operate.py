@@ -13,7 +13,7 @@ import pytest
 from deploy import operate
 from deploy.records import Server
 
-from test_remote_script import script_for
+from deploy_helpers import script_for
 
 WEB_OUT = "2026-12-02T06:00:00: web old\n2026-12-02T07:00:00: web new\n  and its second line\n"
 API_ERR = "2026-12-02T06:59:00: api failed\n"

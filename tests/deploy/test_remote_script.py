@@ -15,11 +15,8 @@ from pathlib import Path
 import pytest
 
 from deploy import commands
-from deploy.records import Server, Stack
 
-from deploy_helpers import require_tool
-
-STACK = Stack("staging", "198.51.100.2", (Server("app-1", "10.110.16.3"),))
+from deploy_helpers import ONE_SERVER, require_tool, script_for
 
 
 @pytest.fixture
@@ -27,17 +24,6 @@ def layout(tmp_path):
     root = tmp_path / "srv"
     (root / "releases").mkdir(parents=True)
     return root
-
-
-def script_for(layout: Path, **overrides: str) -> str:
-    """The script as sent, with its facts pointed at the test's directories."""
-    lines = []
-    for line in commands.prelude(STACK).splitlines():
-        key = line.split("=", 1)[0]
-        value = {"RELEASES_DIR": str(layout / "releases"), "CURRENT_LINK": str(layout / "releases" / "current"),
-                 "LOCK_DIR": str(layout / "deploy.lock"), **overrides}.get(key)
-        lines.append(f"{key}='{value}'" if value is not None else line)
-    return "\n".join(lines) + "\n" + commands.REMOTE_SCRIPT.read_text()
 
 
 def run(layout: Path, *args: str, **overrides: str) -> subprocess.CompletedProcess:
@@ -59,7 +45,7 @@ def add_release(layout: Path, name: str, age: int) -> None:
 def test_shellcheck_passes_on_the_script_as_sent(tmp_path):
     require_tool("shellcheck", "shellcheck")
     sent = tmp_path / "sent.sh"
-    sent.write_text(commands.script(STACK))
+    sent.write_text(commands.script(ONE_SERVER))
     result = subprocess.run(["shellcheck", "--shell=bash", str(sent)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
@@ -196,7 +182,7 @@ httpd.serve_forever()
 def pki(tmp_path):
     """A CA and a server certificate for the pool's shared name, as the stack's CA issues."""
     require_tool("openssl", "openssl")
-    name = commands.prelude(STACK).split("HEALTH_NAME=")[1].split("\n")[0]
+    name = commands.prelude(ONE_SERVER).split("HEALTH_NAME=")[1].split("\n")[0]
     run_ = lambda *argv: subprocess.run(argv, cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
     run_("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
          "-days", "1", "-subj", "/CN=test CA", "-keyout", "ca.key", "-out", "ca.crt")
@@ -220,7 +206,7 @@ def test_health_waits_for_three_good_answers_verifying_the_pool_certificate(layo
     require_tool("curl", "curl")
     proc, port = health_server(pki, code)
     try:
-        name = commands.prelude(STACK).split("HEALTH_NAME=")[1].split("\n")[0]
+        name = commands.prelude(ONE_SERVER).split("HEALTH_NAME=")[1].split("\n")[0]
         result = run(layout, "health", "6", CA_FILE=str(pki / "ca.crt"), HEALTH_PORT=port,
                      HEALTH_URL=f"https://{name}:{port}/healthz")
     finally:
@@ -242,7 +228,7 @@ def test_health_fails_when_the_certificate_is_not_the_stack_cas(layout, pki, tmp
                    check=True, capture_output=True)
     proc, port = health_server(pki, 200)
     try:
-        name = commands.prelude(STACK).split("HEALTH_NAME=")[1].split("\n")[0]
+        name = commands.prelude(ONE_SERVER).split("HEALTH_NAME=")[1].split("\n")[0]
         result = run(layout, "health", "3", CA_FILE=str(other / "ca.crt"), HEALTH_PORT=port,
                      HEALTH_URL=f"https://{name}:{port}/healthz")
     finally:
