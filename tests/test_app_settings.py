@@ -20,6 +20,7 @@ from cloudinit import app_server
 from components import app_server_pool
 from model import conventions, parsers
 from model.settings import Secret, Settings, SettingsError
+from program_run import run_main
 from stack_graph import COMMAND, droplets, of_type, readable_text, strings_outside_secrets
 
 ROOT = mockcloud.ROOT
@@ -275,13 +276,12 @@ def test_the_program_refuses_an_entry_the_stack_file_holds_in_plain_text(monkeyp
     """Pulumi hands the program the whole map as secret once one entry is; the stack file
     tells which entries were set without --secret."""
     import yaml
-    from test_settings import STACK_FILE, run_main
 
     entries = {"STRIPE_KEY": {"secure": "v1:AAAA"}, "SET_PLAIN": "XXXXSECRETplain"}
     stack_file = tmp_path / "Pulumi.staging.yaml"
     stack_file.write_text(yaml.safe_dump({"config": {f"{conventions.PROJECT}:appSecrets": entries}}))
     monkeypatch.chdir(tmp_path)  # Pulumi runs the program beside its stack files
-    config = {**STACK_FILE["staging"], "appSecrets": {"STRIPE_KEY": SECRET, "SET_PLAIN": "XXXXSECRETplain"}}
+    config = {**mockcloud.stack_file_config("staging"), "appSecrets": {"STRIPE_KEY": SECRET, "SET_PLAIN": "XXXXSECRETplain"}}
     resources, stop = run_main(monkeypatch, config, secret=("appSecrets",))
     assert stop is not None and resources == []
     assert str(stop.code).endswith(
