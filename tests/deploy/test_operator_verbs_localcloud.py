@@ -52,7 +52,8 @@ def test_logs_show_lines_of_every_server_each_prefixed_by_its_name(plan, operato
 
 def test_logs_follow_streams_from_every_server_until_interrupted_and_leaves_nothing_running(plan, operator_key):
     servers = app_servers(plan)
-    follow = subprocess.Popen([sys.executable, "-m", "deploy", "logs", STACK, "--local", "-i", operator_key,
+    # -v: each command it runs is printed, so a Ctrl-C that does not end it shows where it waits.
+    follow = subprocess.Popen([sys.executable, "-m", "deploy", "logs", STACK, "--local", "-i", operator_key, "-v",
                                "--follow", "--lines", "3"], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     seen: set[str] = set()
@@ -66,7 +67,14 @@ def test_logs_follow_streams_from_every_server_until_interrupted_and_leaves_noth
                 seen.add(line[1:line.index("]")])
         assert seen == {d.key for d in servers}, f"lines came from {seen} only"
         follow.send_signal(signal.SIGINT)   # Ctrl-C
-        assert follow.wait(timeout=60) == 0
+        # Read on, as a terminal does: a writer blocked on a full pipe would never end.
+        try:
+            rest, _ = follow.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            follow.kill()
+            rest, _ = follow.communicate()
+            raise AssertionError(f"still running 90 s after Ctrl-C; its output meanwhile:\n{rest}")
+        assert follow.returncode == 0, rest
     finally:
         if follow.poll() is None:
             follow.kill()
