@@ -53,9 +53,12 @@ def test_logs_show_lines_of_every_server_each_prefixed_by_its_name(plan, operato
 def test_logs_follow_streams_from_every_server_until_interrupted_and_leaves_nothing_running(plan, operator_key):
     servers = app_servers(plan)
     # -v: each command it runs is printed, so a Ctrl-C that does not end it shows where it waits.
+    # SIGINT as a terminal's job has it: a suite started in the background by a shell without
+    # job control inherits it ignored, and Python then never raises KeyboardInterrupt.
     follow = subprocess.Popen([sys.executable, "-m", "deploy", "logs", STACK, "--local", "-i", operator_key, "-v",
                                "--follow", "--lines", "3"], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                              stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen: set[str] = set()
     try:
         deadline = time.monotonic() + 120
