@@ -1,6 +1,7 @@
 'use strict';
 // What both apps share: listen on loopback, tell pm2 when ready (wait_ready), and on
 // SIGINT (pm2 reload/stop) stop taking connections, finish the open ones, then exit.
+const cluster = require('node:cluster');
 const http = require('node:http');
 
 function serve(name, port, handler, onClose = async () => {}) {
@@ -20,11 +21,21 @@ function serve(name, port, handler, onClose = async () => {}) {
     console.log(`${name}: SIGINT, closing`);
     server.close(async () => {
       await onClose();
-      process.exit(0);
+      exitOnceReleased();
     });
     server.closeIdleConnections();
   });
   return server;
+}
+
+// Exits. A worker of pm2's cluster first disconnects from the primary, which answers only
+// after the connections it handed over before it learnt of the close: the worker, still
+// running, passes those back to another worker. Exiting at once would leave each such
+// request open and unanswered (nodejs/node-v0.x-archive#7006; test/cluster.test.js).
+function exitOnceReleased() {
+  if (!cluster.isWorker) process.exit(0);
+  cluster.worker.once('disconnect', () => process.exit(0));
+  cluster.worker.disconnect();
 }
 
 function sendJson(res, status, body) {
