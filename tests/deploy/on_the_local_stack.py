@@ -26,7 +26,9 @@ def deploy_cli(verb: str, *args: str, key: str, timeout: float = 900) -> subproc
 
 
 def app_servers(plan):
-    return sorted((d for d in plan.droplets if d.key.startswith("app-")), key=lambda d: d.key)
+    """The app pool's droplets (their `name` for the droplet, `key` for the deploy's app-N),
+    in the order of LocalStack.app_servers()."""
+    return sorted(plan.with_tag(conventions.APP_SERVER), key=lambda d: d.name)
 
 
 def on(name: str, script: str) -> str:
