@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from local_stack import STACK, Reachable, Variants, sh, wrk, write  # noqa: E402
+from local_stack import STACK, Reachable, Variants, sh, stack_lines, wrk, write  # noqa: E402
 from cloudinit import common  # noqa: E402
 from localcloud import stack  # noqa: E402
 from model import conventions  # noqa: E402
@@ -77,11 +77,6 @@ server {{
 
 def bench_name(candidate: str) -> str:
     return f"{candidate}.bench"
-
-
-def stack_lines(p, path: str, pattern: str) -> list[str]:
-    """The LB's own directives matching `pattern` in one of its nginx files."""
-    return [line.strip() for line in sh(p, "lb", f"grep -E '^ *({pattern})' {path}").splitlines()]
 
 
 def upstream_lines(stack_keepalive: list[str], overrides: dict[str, str]) -> str:

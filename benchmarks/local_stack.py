@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cloudinit import common  # noqa: E402
 from localcloud import acme, cloud, config, droplet, firewall, image, network, records, shell, stack, traffic  # noqa: E402
 from model import conventions  # noqa: E402
 
@@ -86,16 +87,8 @@ server {{
     location / {{
         limit_req zone=per_client burst={burst} nodelay;
         proxy_pass https://bench_tls_no_keepalive;
-        proxy_ssl_verify on;
-        proxy_ssl_verify_depth 2;
-        proxy_ssl_trusted_certificate {ca};
-        proxy_ssl_name {tls_name};
-        proxy_ssl_server_name on;
-        proxy_ssl_session_reuse off;
-        proxy_ssl_protocols TLSv1.3;
-        # The app servers serve the LB's client certificate only.
-        proxy_ssl_certificate {cert_internal};
-        proxy_ssl_certificate_key {key_internal};
+        # The stack's own proxy_ssl_* lines, read from the LB, with session reuse off.
+{proxy_ssl}
         proxy_http_version 1.1;
         proxy_set_header Host $host;
     }}
@@ -112,6 +105,18 @@ def sh(p, key, script, check=True):
 
 def write(p, key, path, text):
     droplet.exec(p.droplet(key).name, ["sh", "-c", f"cat > {path}"], input=text, timeout=60)
+
+
+def stack_lines(p, path: str, pattern: str) -> list[str]:
+    """The LB's own directives matching `pattern` in one of its nginx files: a benchmark
+    proxies as the stack does without a copy of its configuration."""
+    return [line.strip() for line in sh(p, "lb", f"grep -E '^ *({pattern})' {path}").splitlines()]
+
+
+def without_session_reuse(proxy_ssl: list[str]) -> list[str]:
+    """The stack's proxy_ssl_* lines with every upstream connection a full handshake."""
+    return [line for line in proxy_ssl if not line.startswith("proxy_ssl_session_reuse ")] + \
+        ["proxy_ssl_session_reuse off;"]
 
 
 class Variants:
@@ -132,12 +137,12 @@ class Variants:
         bench_fw = firewall.Firewall("benchmark-plain", tags=(app_tag,),
                                      inbound=(firewall.Rule("tcp", str(BENCH_PLAIN_PORT), tags=(lb_tag,)),))
         firewall.apply([*p.firewalls, bench_fw], p.topology())
+        proxy_ssl = without_session_reuse(stack_lines(p, common.NGINX_SITE, "proxy_ssl_"))
         write(p, "lb", LB_BENCH_CONF, LB_VARIANTS.format(
             plain="\n".join(f"    server {a.vpc_ip}:{BENCH_PLAIN_PORT};" for a in self.apps),
             tls="\n".join(f"    server {a.vpc_ip}:{conventions.APP_TLS_PORT};" for a in self.apps),
             cert=conventions.LB_PUBLIC_CERT_PATH, key=conventions.LB_PUBLIC_KEY_PATH,
-            ca=conventions.CA_CERT_PATH, tls_name=conventions.app_pool_tls_name(p.stack),
-            cert_internal=conventions.SERVER_CERT_PATH, key_internal=conventions.SERVER_KEY_PATH,
+            proxy_ssl="\n".join(f"        {line}" for line in proxy_ssl),
             burst=BENCH_RATE * 2))
         sh(p, "lb", "nginx -t 2>/dev/null && systemctl reload nginx")
         return self
