@@ -58,7 +58,10 @@ class UptimeAlert:
 
     name: str
     type: str
-    comparison: str | None
+    # Set on every alert, even where the type has no threshold: the provider sends an
+    # unset comparison as "", outside the API's two values, where DigitalOcean's own CLI
+    # (doctl) refuses to create any alert without one, down_global included.
+    comparison: str  # greater_than or less_than
     threshold: int | None
     period: str  # 2m, 3m, 5m, 10m, 15m, 30m or 1h
     description: str
@@ -72,7 +75,7 @@ CERT_EXPIRY_DAYS = 21
 
 def uptime_alerts(settings: Settings) -> tuple[UptimeAlert, ...]:
     return (
-        UptimeAlert("down", "down_global", None, None, "2m", "the site answers from no region for 2 minutes"),
+        UptimeAlert("down", "down_global", "greater_than", None, "2m", "the site answers from no region for 2 minutes"),
         UptimeAlert("slow", "latency", "greater_than", settings.alert_latency_ms, "5m",
                     f"the site takes over {settings.alert_latency_ms} ms to answer for 5 minutes"),
         UptimeAlert("certificate", "ssl_expiry", "less_than", CERT_EXPIRY_DAYS, "2m",

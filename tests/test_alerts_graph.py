@@ -120,6 +120,8 @@ def test_the_site_down_slow_and_its_certificate_near_expiry_are_mailed_to_the_al
         assert alert.state["period"] in PERIODS and alert.state["name"].startswith("production: "), alert.name
         assert alert.parent.endswith("node-platform:index:Alerts::alerts"), alert.parent
     assert "threshold" not in found["down_global"].state
+    # The provider sends an unset comparison as "": every alert names one of the API's two.
+    assert {a.state.get("comparison") for a in found.values()} <= {"greater_than", "less_than"}
     latency, expiry = found["latency"].state, found["ssl_expiry"].state
     assert (latency["comparison"], latency["threshold"]) == ("greater_than", alerted.settings.alert_latency_ms) == (
         "greater_than", 2000)
