@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from local_stack import STACK, Reachable, Variants, sh, stack_lines, wrk, write  # noqa: E402
+from local_stack import STACK, Reachable, Variants, replacing, sh, stack_lines, wrk, write  # noqa: E402
 from cloudinit import common  # noqa: E402
 from localcloud import stack  # noqa: E402
 from model import conventions  # noqa: E402
@@ -34,23 +34,24 @@ from model import conventions  # noqa: E402
 LB_TUNING_CONF = "/etc/nginx/conf.d/zz-benchmark-tuning.conf"
 NGINX_DEFAULT_KEEPALIVE_REQUESTS = 1000
 
-# name: (what it changes, upstream directives that replace the stack's, location directives).
+# name: (what it changes, upstream directives that replace the stack's, location directives
+# that replace the stack's).
 # "control" is the stack's own: its upstream's keepalive lines and its proxy_ssl_* lines,
 # read from the LB. Each other candidate is the control with one change.
 CANDIDATES = {
-    "control": ("the stack's own proxying", {}, ""),
+    "control": ("the stack's own proxying", {}, []),
     "nginx-default-keepalive-requests": (
         f"upstream keepalive_requests {NGINX_DEFAULT_KEEPALIVE_REQUESTS}, nginx's default (the stack's is "
         f"{conventions.LB_UPSTREAM_KEEPALIVE_REQUESTS}): a kept-alive upstream connection closes after that many "
         "requests, and the next one costs a TLS handshake",
-        {"keepalive_requests": str(NGINX_DEFAULT_KEEPALIVE_REQUESTS)}, ""),
+        {"keepalive_requests": str(NGINX_DEFAULT_KEEPALIVE_REQUESTS)}, []),
     "aes128": (
         "TLS_AES_128_GCM_SHA256 offered first (OpenSSL's default order picks AES-256-GCM; both have "
         "hardware support)",
-        {}, "proxy_ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;"),
+        {}, ["proxy_ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;"]),
     "no-session-reuse": (
         "TLS session reuse off (what the stack's `proxy_ssl_session_reuse on` buys at this keepalive)",
-        {}, "proxy_ssl_session_reuse off;"),
+        {}, ["proxy_ssl_session_reuse off;"]),
 }
 
 SERVER = """upstream bench_{ident} {{
@@ -66,7 +67,6 @@ server {{
         limit_req zone=per_client burst={burst} nodelay;
         proxy_pass https://bench_{ident};
 {proxy_ssl}
-        {location}
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $host;
@@ -77,13 +77,6 @@ server {{
 
 def bench_name(candidate: str) -> str:
     return f"{candidate}.bench"
-
-
-def upstream_lines(stack_keepalive: list[str], overrides: dict[str, str]) -> str:
-    """The stack's keepalive directives, with a candidate's replacing those it names."""
-    lines = {line.split()[0]: line for line in stack_keepalive}
-    lines.update({name: f"{name} {value};" for name, value in overrides.items()})
-    return "\n    ".join(lines.values())
 
 
 class Candidates:
@@ -100,13 +93,12 @@ class Candidates:
         proxy_ssl = stack_lines(p, common.NGINX_SITE, "proxy_ssl_")
         blocks = []
         for candidate, (_, upstream, location) in CANDIDATES.items():
-            # nginx refuses a directive twice in one block: the candidate's replaces the stack's.
-            replaced = {part.split()[0] for part in location.split(";") if part.strip()}
-            kept = [line for line in proxy_ssl if line.split()[0] not in replaced]
+            upstream_lines = replacing(keepalive, [f"{name} {value};" for name, value in upstream.items()])
             blocks.append(SERVER.format(
                 ident=candidate.replace("-", "_"), name=bench_name(candidate), servers=servers,
-                upstream=upstream_lines(keepalive, upstream), location=location,
-                proxy_ssl="\n".join(f"        {line}" for line in kept), cert=conventions.LB_PUBLIC_CERT_PATH,
+                upstream="\n    ".join(upstream_lines),
+                proxy_ssl="\n".join(f"        {line}" for line in replacing(proxy_ssl, location)),
+                cert=conventions.LB_PUBLIC_CERT_PATH,
                 key=conventions.LB_PUBLIC_KEY_PATH, burst=200000))
         write(p, "lb", LB_TUNING_CONF, "# benchmark only (benchmarks/lb_tuning.py); removed after the run\n"
               + "".join(blocks))

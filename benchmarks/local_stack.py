@@ -113,10 +113,11 @@ def stack_lines(p, path: str, pattern: str) -> list[str]:
     return [line.strip() for line in sh(p, "lb", f"grep -E '^ *({pattern})' {path}").splitlines()]
 
 
-def without_session_reuse(proxy_ssl: list[str]) -> list[str]:
-    """The stack's proxy_ssl_* lines with every upstream connection a full handshake."""
-    return [line for line in proxy_ssl if not line.startswith("proxy_ssl_session_reuse ")] + \
-        ["proxy_ssl_session_reuse off;"]
+def replacing(stack: list[str], directives: list[str]) -> list[str]:
+    """The stack's directives, each of `directives` replacing the stack's of the same name
+    (nginx refuses a directive twice in one block)."""
+    names = {directive.split()[0] for directive in directives}
+    return [line for line in stack if line.split()[0] not in names] + directives
 
 
 class Variants:
@@ -137,7 +138,7 @@ class Variants:
         bench_fw = firewall.Firewall("benchmark-plain", tags=(app_tag,),
                                      inbound=(firewall.Rule("tcp", str(BENCH_PLAIN_PORT), tags=(lb_tag,)),))
         firewall.apply([*p.firewalls, bench_fw], p.topology())
-        proxy_ssl = without_session_reuse(stack_lines(p, common.NGINX_SITE, "proxy_ssl_"))
+        proxy_ssl = replacing(stack_lines(p, common.NGINX_SITE, "proxy_ssl_"), ["proxy_ssl_session_reuse off;"])
         write(p, "lb", LB_BENCH_CONF, LB_VARIANTS.format(
             plain="\n".join(f"    server {a.vpc_ip}:{BENCH_PLAIN_PORT};" for a in self.apps),
             tls="\n".join(f"    server {a.vpc_ip}:{conventions.APP_TLS_PORT};" for a in self.apps),
