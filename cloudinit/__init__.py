@@ -17,82 +17,24 @@ import hashlib
 import json
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import jinja2
 import yaml
 
 from model import conventions, firewalls
 from model.settings import Settings
 
-HERE = Path(__file__).parent
-# Config files are staged here at first boot; the provisioning script installs each one
+from . import app_server, common, datastore, load_balancer
+from .files import HERE, ConfigFile, Program, Push, Target, render  # noqa: F401  (the package's names)
+
+# Config files are staged here by the bundle; the provisioning script installs each one
 # into place only when it differs, so a second run changes and restarts nothing.
 STAGED_FILES = f"{conventions.PLATFORM_ETC}/files"
 PUSH_TABLE = f"{conventions.PLATFORM_ETC}/pushes.json"
 ROLE_ENV = f"{conventions.PLATFORM_ETC}/platform.env"
 
-_templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(HERE),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    # Shell's ${#array[@]} would otherwise open a Jinja comment.
-    comment_start_string="{#-#",
-    comment_end_string="#-#}",
-)
-
-
-@dataclass(frozen=True)
-class ConfigFile:
-    """A template rendered for a droplet: staged at first boot, installed by provisioning."""
-
-    template: str  # relative to this folder
-    path: str  # where the service reads it on the droplet
-    mode: str = "0644"
-    owner: str = "root:root"
-
-
-@dataclass(frozen=True)
-class Program:
-    """A script written straight into place at first boot (it is what does the installing)."""
-
-    template: str
-    path: str
-    mode: str = "0755"
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where one file of a push goes."""
-
-    path: str
-    mode: str = "0644"
-    owner: str = "root:root"
-
-
-@dataclass(frozen=True)
-class Push:
-    """What `platform-push <kind>` accepts: named files, a check, and what to reload.
-
-    The check runs with the new files in place; if it fails, the old files are put back
-    and nothing is reloaded.
-    """
-
-    files: dict[str, Target]
-    check: list[list[str]] = field(default_factory=list)
-    then: list[list[str]] = field(default_factory=list)
-
-
-def render(template: str, **context: Any) -> str:
-    return _templates.get_template(template).render(c=conventions, **context)
-
 
 def role_module(role: str):
-    from . import app_server, datastore, load_balancer
-
     return {
         conventions.LOAD_BALANCER: load_balancer,
         conventions.APP_SERVER: app_server,
@@ -102,8 +44,6 @@ def role_module(role: str):
 
 def template_context(role: str, settings: Settings) -> dict[str, Any]:
     """Everything a template may use: settings, the role, and the shared facts."""
-    from . import common
-
     return {
         "role": role,
         "settings": settings,
@@ -122,20 +62,17 @@ def template_context(role: str, settings: Settings) -> dict[str, Any]:
 
 
 def pushes(role: str, settings: Settings) -> dict[str, Push]:
-    from . import common
-
-    return {**common.pushes(role, settings), **role_module(role).pushes(settings)}
+    own = role_module(role)
+    return {**common.pushes(role, settings, after_tls=own.after_tls(settings),
+                            after_backup_settings=own.after_backup_settings(settings)),
+            **own.pushes(settings)}
 
 
 def config_files(role: str, settings: Settings) -> list[ConfigFile]:
-    from . import common
-
     return [*common.files(settings), *role_module(role).files(settings)]
 
 
 def programs(role: str) -> list[Program]:
-    from . import common
-
     return [*common.PROGRAMS, *role_module(role).PROGRAMS]
 
 
@@ -145,6 +82,13 @@ def rendered_files(role: str, settings: Settings) -> dict[str, str]:
     files = {p.path: render(p.template, **context) for p in programs(role)}
     files.update({f.path: render(f.template, **context) for f in config_files(role, settings)})
     return files
+
+
+def run_configuration(datastore_address: str, settings: Settings) -> dict[str, str]:
+    """The files that say how a release runs, as archived with it: pm2's ecosystem file as
+    provisioned, and the apps' environment without its secrets."""
+    ecosystem = render("app_server/ecosystem.config.js", **template_context(conventions.APP_SERVER, settings))
+    return {"ecosystem.config.js": ecosystem, "app.env.template": app_server.archived_env(datastore_address, settings)}
 
 
 def first_boot(role: str, stack: str, automation_public_key: str) -> str:
@@ -242,8 +186,6 @@ def push_table(role: str, settings: Settings) -> str:
 
 def role_env(role: str, settings: Settings, files: list[ConfigFile]) -> str:
     """The provisioning script's inputs, as shell variables."""
-    from . import common
-
     values = {
         "PLATFORM_ROLE": role,
         "PLATFORM_STACK": settings.stack,

@@ -17,7 +17,7 @@ import pulumi
 import pulumi_digitalocean as do
 import pulumi_tls as tls
 
-from cloudinit import app_server as app_files
+import cloudinit
 
 from model import conventions
 from model.settings import Settings
@@ -55,7 +55,7 @@ def release_archive(name: str, *, settings: Settings, datastore_address: pulumi.
             signing_key_pem=signing.private_key_pem,
             signing_public_key_pem=signing.public_key_pem,
             configuration=pulumi.Output.from_input(datastore_address).apply(
-                lambda address: app_files.run_configuration(address, settings)
+                lambda address: cloudinit.run_configuration(address, settings)
             ),
         )
     )

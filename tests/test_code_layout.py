@@ -1,6 +1,7 @@
 """The code's layout as the README's "Layout" states it, read from the imports (ast):
 the shared model imports nothing of the project, cloudinit/ only the model, the packages
-depend on each other one way (no cycle between them, nor between modules at import time),
+depend on each other one way (no cycle between them, nor between modules: an import
+inside a function counts, as it only hides a cycle until the call),
 and no test module imports another (what tests share is a helper module or a fixture)."""
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ def project_module(name: str) -> str | None:
     return name or None
 
 
-def imported(path: Path, top_level_only: bool) -> set[str]:
-    """The project's modules that `path` imports: at import time only, or anywhere in it."""
+def imported(path: Path) -> set[str]:
+    """The project's modules that `path` imports, anywhere in it."""
     tree = ast.parse(path.read_text())
     me = module_name(path)
     package = me if path.name == "__init__.py" else me.rpartition(".")[0]
     found = set()
-    for node in tree.body if top_level_only else ast.walk(tree):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {project_module(alias.name) for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -70,7 +71,7 @@ def cycle_in(graph: dict[str, set[str]]) -> list[str]:
 def package_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {package: set() for package in PACKAGES}
     for name, path in MODULES.items():
-        graph[name.split(".")[0]] |= {other.split(".")[0] for other in imported(path, top_level_only=False)}
+        graph[name.split(".")[0]] |= {other.split(".")[0] for other in imported(path)}
     return {package: needs - {package} for package, needs in graph.items()}
 
 
@@ -81,8 +82,8 @@ def test_the_packages_depend_on_each_other_one_way_and_the_model_on_none():
     assert cycle_in(graph) == []
 
 
-def test_no_module_imports_itself_back_at_import_time():
-    graph = {name: imported(path, top_level_only=True) for name, path in MODULES.items()}
+def test_no_module_imports_itself_back():
+    graph = {name: imported(path) for name, path in MODULES.items()}
     assert cycle_in(graph) == []
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from model import app_contract, conventions
 from model.settings import Settings
 
-from .. import ConfigFile, Program, Push, Target, render
+from ..files import ConfigFile, Program, Push, Target, render
 from ..common import NGINX_SITE, ROLE_STEPS
 
 EXAMPLE_APP = Path(__file__).resolve().parents[2] / "example-app"
@@ -114,18 +114,11 @@ def app_env(datastore_address: str, credentials: dict[str, str], settings: Setti
 SECRET_PLACEHOLDER = "<secret: in the stack's state>"
 
 
-def run_configuration(datastore_address: str, settings: Settings) -> dict[str, str]:
-    """The files that say how a release runs, as archived with it: pm2's ecosystem file as
-    provisioned, and the apps' environment with every password and appSecrets' value left out."""
-    from .. import template_context
-
-    return {
-        "ecosystem.config.js": render("app_server/ecosystem.config.js",
-                                      **template_context(conventions.APP_SERVER, settings)),
-        "app.env.template": app_env(datastore_address,
-                                    {engine: SECRET_PLACEHOLDER for engine in settings.engines}, settings,
-                                    dict.fromkeys(settings.app_secrets, SECRET_PLACEHOLDER)),
-    }
+def archived_env(datastore_address: str, settings: Settings) -> str:
+    """The apps' environment as archived with a release: every password and appSecrets'
+    value left out (cloudinit.run_configuration)."""
+    return app_env(datastore_address, {engine: SECRET_PLACEHOLDER for engine in settings.engines}, settings,
+                   dict.fromkeys(settings.app_secrets, SECRET_PLACEHOLDER))
 
 
 def example_app_archive() -> str:

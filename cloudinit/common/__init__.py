@@ -7,7 +7,7 @@ import shlex
 from model import conventions
 from model.settings import Settings
 
-from .. import ConfigFile, Program, Push, Target, render, role_module
+from ..files import ConfigFile, Program, Push, Target, render
 
 LIBRARY = "/usr/local/lib/platform/common.sh"
 ROLE_STEPS = "/usr/local/lib/platform/role.sh"
@@ -79,9 +79,10 @@ def files(settings: Settings) -> list[ConfigFile]:
     ] if settings.backups else [])
 
 
-def pushes(role: str, settings: Settings) -> dict[str, Push]:
+def pushes(role: str, settings: Settings, after_tls: list[list[str]],
+           after_backup_settings: list[list[str]]) -> dict[str, Push]:
     """The droplet's certificate from the internal CA, the operators' keys and, with backups
-    on, the backup settings; the role says what reloads after each."""
+    on, the backup settings; the role says what reloads after each (`after_*`)."""
     kinds = {
         "tls": Push(
             files={
@@ -90,7 +91,7 @@ def pushes(role: str, settings: Settings) -> dict[str, Push]:
                 "server.key": Target(conventions.SERVER_KEY_PATH, mode="0640", owner=f"root:{conventions.TLS_KEY_GROUP}"),
             },
             check=[["openssl", "x509", "-noout", "-in", conventions.SERVER_CERT_PATH]],
-            then=[["update-ca-certificates"], *role_module(role).after_tls(settings)],
+            then=[["update-ca-certificates"], *after_tls],
         ),
         # sshd reads these at each login: nothing to reload.
         "operators": Push(
@@ -111,7 +112,7 @@ def pushes(role: str, settings: Settings) -> dict[str, Push]:
             # and fails `pulumi up`.
             check=[[conventions.BACKUP_COMMAND, "init"]],
             then=[["systemctl", "daemon-reload"], ["systemctl", "enable", timer],
-                  ["systemctl", "restart", timer], *role_module(role).after_backup_settings(settings)],
+                  ["systemctl", "restart", timer], *after_backup_settings],
         )
     return kinds
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from model import conventions
 from model.settings import Settings
 
-from .. import ConfigFile, Program, Push, Target
+from ..files import ConfigFile, Program, Push, Target
 from ..common import ROLE_STEPS
 
 # Nothing to wait for after a new bundle: no pool member to keep serving.

@@ -7,7 +7,7 @@ import ipaddress
 from model import conventions
 from model.settings import Settings
 
-from .. import ConfigFile, Program, Push, Target, render
+from ..files import ConfigFile, Program, Push, Target, render
 from ..common import NGINX_SITE, ROLE_STEPS
 
 # Nothing to wait for after a new bundle: no pool member to keep serving.

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+import cloudinit
 import mockcloud
 from cloudinit import app_server
 from model import conventions
@@ -73,7 +74,9 @@ def test_the_signing_key_is_ed25519_its_public_half_an_output_and_no_droplet_get
 def test_the_configuration_is_what_the_servers_run_with_less_the_passwords(production):
     configuration = production.outputs["release_archive"]["configuration"]
     datastore = production.outputs["private_ips"]["datastore"]
-    assert configuration == app_server.run_configuration(datastore, production.settings)
+    assert configuration == cloudinit.run_configuration(datastore, production.settings)
+    provisioned = cloudinit.rendered_files(conventions.APP_SERVER, production.settings)
+    assert configuration["ecosystem.config.js"] == provisioned[conventions.ECOSYSTEM_FILE]
     env = configuration["app.env.template"]
     assert f"POSTGRESQL_HOST={datastore}\n" in env
     assert f"POSTGRESQL_PASSWORD={app_server.SECRET_PLACEHOLDER}\n" in env

@@ -16,6 +16,7 @@ import pytest
 
 import cloudinit
 import mockcloud
+from cloudinit import files
 from localcloud import stack, traffic
 from model import conventions
 
@@ -27,13 +28,13 @@ LOGROTATE = "/etc/logrotate.d/platform"
 
 def plan_with_lines(local_stack, monkeypatch, lines: dict[str, str]):
     """The stack's plan with `lines[template]` added at the end of each template."""
-    original = cloudinit._templates
+    original = files._templates
 
     def load(name):
         source = original.loader.get_source(original, name)[0]
         return source + lines[name] + "\n" if name in lines else source
 
-    monkeypatch.setattr(cloudinit, "_templates", original.overlay(loader=jinja2.FunctionLoader(load)))
+    monkeypatch.setattr(files, "_templates", original.overlay(loader=jinja2.FunctionLoader(load)))
     try:
         return stack.plan(local_stack.plan.stack)
     finally:
