@@ -13,9 +13,12 @@ the LB, removed afterwards). Each droplet is a cgroup, so the CPU time the LB an
 servers spent is read from it: CPU-seconds per 10,000 requests does not depend on what else
 the machine does, requests per second does. The stack's per-client rate limit is raised
 (lbRequestsPerSecond) for the run and put back after it: one client sends everything here.
-  * the stack's own:   re-encrypted to the app servers' 8443, upstream keepalive, TLS session reuse;
-  * plain:             the same app servers' nginx on a plaintext port (a benchmark-only
-                       server block and firewall opening, removed afterwards);
+  * the stack's own:   its server block (headers, rate limit, log format), re-encrypted to
+                       the app servers' 8443 with upstream keepalive and TLS session reuse;
+  * re-encrypting:     a minimal block proxying as the stack does (its keepalive and
+                       proxy_ssl_* lines, read from the LB): the like-for-like pair of
+  * plain:             the same minimal block to the app servers' nginx on a plaintext port
+                       (a benchmark-only server block and firewall opening, removed afterwards);
   * no-reuse:          re-encrypted, no upstream keepalive, no TLS session reuse.
 Traffic goes only to addresses inside the local cloud's namespaces.
 """
@@ -28,24 +31,23 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cloudinit import common  # noqa: E402
-from localcloud import acme, cloud, config, droplet, firewall, image, network, records, shell, stack, traffic  # noqa: E402
+from lb_latency import PATH, latency  # noqa: E402
+from localcloud import acme, cloud, config, droplet, firewall, image, records, shell, stack, traffic  # noqa: E402
 from model import conventions  # noqa: E402
 
 STACK = "staging"
 BENCH_PLAIN_PORT = 8089          # benchmark only: app servers' plaintext server block
 BENCH_RATE = 100000              # lbRequestsPerSecond while measuring (its maximum)
-BENCH_NAMES = ("plain.bench", "no-reuse.bench")
+BENCH_NAMES = ("reencrypting.bench", "plain.bench", "no-reuse.bench")
 NETNS_HOSTS = Path("/etc/netns") / config.INTERNET_NETNS / "hosts"
 LB_BENCH_CONF = "/etc/nginx/conf.d/zz-benchmark.conf"
 APP_BENCH_CONF = "/etc/nginx/conf.d/zz-benchmark-plain.conf"
-PATH = "/api/hello"
 
 APP_PLAIN = """# benchmark only (benchmarks/local_stack.py); removed after the run
 server {{
@@ -61,10 +63,29 @@ server {{
 LB_VARIANTS = """# benchmark only (benchmarks/local_stack.py); removed after the run
 upstream bench_plain {{
 {plain}
-    keepalive 32;
+{keepalive}
+}}
+upstream bench_tls {{
+{tls}
+{keepalive}
 }}
 upstream bench_tls_no_keepalive {{
 {tls}
+}}
+server {{
+    listen 443 ssl http2;
+    server_name reencrypting.bench;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{
+        limit_req zone=per_client burst={burst} nodelay;
+        proxy_pass https://bench_tls;
+        # The stack's own proxy_ssl_* lines, read from the LB.
+{proxy_ssl}
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+    }}
 }}
 server {{
     listen 443 ssl http2;
@@ -88,7 +109,7 @@ server {{
         limit_req zone=per_client burst={burst} nodelay;
         proxy_pass https://bench_tls_no_keepalive;
         # The stack's own proxy_ssl_* lines, read from the LB, with session reuse off.
-{proxy_ssl}
+{proxy_ssl_no_reuse}
         proxy_http_version 1.1;
         proxy_set_header Host $host;
     }}
@@ -138,12 +159,17 @@ class Variants:
         bench_fw = firewall.Firewall("benchmark-plain", tags=(app_tag,),
                                      inbound=(firewall.Rule("tcp", str(BENCH_PLAIN_PORT), tags=(lb_tag,)),))
         firewall.apply([*p.firewalls, bench_fw], p.topology())
-        proxy_ssl = replacing(stack_lines(p, common.NGINX_SITE, "proxy_ssl_"), ["proxy_ssl_session_reuse off;"])
+        # The stack's upstream keepalive lines and proxy_ssl_* lines, read from the LB.
+        keepalive = stack_lines(p, conventions.LB_UPSTREAMS_FILE, "keepalive")
+        proxy_ssl = stack_lines(p, common.NGINX_SITE, "proxy_ssl_")
         write(p, "lb", LB_BENCH_CONF, LB_VARIANTS.format(
             plain="\n".join(f"    server {a.vpc_ip}:{BENCH_PLAIN_PORT};" for a in self.apps),
             tls="\n".join(f"    server {a.vpc_ip}:{conventions.APP_TLS_PORT};" for a in self.apps),
+            keepalive="\n".join(f"    {line}" for line in keepalive),
             cert=conventions.LB_PUBLIC_CERT_PATH, key=conventions.LB_PUBLIC_KEY_PATH,
             proxy_ssl="\n".join(f"        {line}" for line in proxy_ssl),
+            proxy_ssl_no_reuse="\n".join(f"        {line}" for line in
+                                          replacing(proxy_ssl, ["proxy_ssl_session_reuse off;"])),
             burst=BENCH_RATE * 2))
         sh(p, "lb", "nginx -t 2>/dev/null && systemctl reload nginx")
         return self
@@ -192,59 +218,6 @@ def wrk(p, host: str, seconds: int = 15, connections: int = 32) -> dict:
             "apps_cpu_s_per_10k": per_10k(sum(spent[a] for a in apps))}
 
 
-# Fixed-rate latency: `rate` requests a second spread over keep-alive TLS connections (one
-# per 100 requests/s, each paced on its own schedule), each request timed.
-LATENCY = r"""
-import http.client, json, ssl, sys, threading, time
-host, address, port, path, rate, n, cert, key = sys.argv[1:9]
-rate, n = float(rate), int(n)
-ctx = ssl._create_unverified_context()
-if cert:
-    ctx.load_cert_chain(cert, key)
-conns = max(1, int(rate // 100))
-times, lock, start = [], threading.Lock(), time.monotonic() + 0.5
-def run(k):
-    c = http.client.HTTPSConnection(address, int(port), context=ctx, timeout=10)
-    mine = []
-    for i in range(k, n, conns):
-        time.sleep(max(0, start + i / rate - time.monotonic()))
-        t = time.perf_counter()
-        c.request("GET", path, headers={"Host": host})
-        r = c.getresponse(); r.read()
-        mine.append((time.perf_counter() - t) * 1000)
-    with lock:
-        times.extend(mine)
-threads = [threading.Thread(target=run, args=(k,)) for k in range(conns)]
-[t.start() for t in threads]; [t.join() for t in threads]
-print(json.dumps({"ms": times, "seconds": time.monotonic() - start}))
-"""
-
-
-def percentiles(ms: list[float]) -> dict:
-    ms = sorted(ms)
-    return {"p50": round(statistics.median(ms), 2), "p99": round(ms[int(len(ms) * 0.99) - 1], 2),
-            "max": round(ms[-1], 2)}
-
-
-def latency(p, rate: float, seconds: float = 10) -> dict:
-    """Through the LB (internet client -> 443, the domain's name) vs straight to an app
-    server's 8443 (from the LB's own namespace with the LB's client certificate, the LB's
-    leg to it): the difference is what the LB adds."""
-    app = p.with_tag(conventions.APP_SERVER)[0]
-    n = int(rate * seconds)
-    lb_root = droplet.Paths(p.lb.name).root
-    via_lb = shell.run(cloud.internet_client(["python3", "-c", LATENCY, p.domain, p.domain, "443", PATH,
-                                              str(rate), str(n), "", ""]), timeout=seconds + 120).stdout
-    direct = shell.run(["ip", "netns", "exec", network.netns_name(p.lb.name), "python3", "-c", LATENCY, p.domain,
-                        app.vpc_ip, str(conventions.APP_TLS_PORT), PATH, str(rate), str(n),
-                        f"{lb_root}{conventions.SERVER_CERT_PATH}", f"{lb_root}{conventions.SERVER_KEY_PATH}"],
-                       timeout=seconds + 120).stdout
-    lb, ds = json.loads(via_lb), json.loads(direct)
-    lbp, dsp = percentiles(lb["ms"]), percentiles(ds["ms"])
-    return {"rate_per_s": rate, "requests": n, "achieved_per_s": round(n / lb["seconds"]),
-            "through_lb_ms": lbp, "direct_to_app_ms": dsp, "added_ms": {k: round(lbp[k] - dsp[k], 2) for k in lbp}}
-
-
 class Reachable:
     """For the run: the domain and the benchmark's names resolve in the internet client's
     namespace (so wrk sends them as SNI), and one client may send as much as it can."""
@@ -271,22 +244,33 @@ def up_with(name: str, changes: dict):
 
 
 def cost(p, rounds: int = 3) -> dict:
-    figures = {"tls": [], "plain": [], "no_reuse": []}
+    """Each variant's CPU and throughput, median of `rounds`; the ratios are like for like
+    (two minimal blocks that differ only in the upstream), and the stack's own block's
+    headers, rate limit and log format priced apart."""
+    hosts = {"stack": p.domain, "reencrypting": "reencrypting.bench", "plain": "plain.bench",
+             "no_reuse": "no-reuse.bench"}
+    figures: dict[str, list[dict]] = {variant: [] for variant in hosts}
+    order = list(hosts)
     with Variants(p):
-        for _ in range(rounds):   # interleaved, so drift on the shared machine hits all alike
-            figures["tls"].append(wrk(p, p.domain))
-            figures["plain"].append(wrk(p, "plain.bench"))
-            figures["no_reuse"].append(wrk(p, "no-reuse.bench"))
+        # Interleaved, each round starting one variant later, so drift on the shared
+        # machine and a variant's place in the round hit all alike.
+        for i in range(rounds):
+            for variant in order[i % len(order):] + order[:i % len(order)]:
+                figures[variant].append(wrk(p, hosts[variant]))
     med = {k: {f: statistics.median(r[f] for r in v)
                for f in ("ok_rps", "lb_cpu_s_per_10k", "lb_nginx_cpu_s_per_10k", "apps_cpu_s_per_10k")}
            for k, v in figures.items()}
+
+    def ratio(figure: str, over: str, under: str, digits: int = 3) -> float:
+        return round(med[over][figure] / med[under][figure], digits)
+
     return {"rounds": figures, "medians": med,
-            "lb_cpu_tls_over_plain": round(med["tls"]["lb_cpu_s_per_10k"] / med["plain"]["lb_cpu_s_per_10k"], 3),
-            "lb_nginx_cpu_tls_over_plain": round(med["tls"]["lb_nginx_cpu_s_per_10k"]
-                                                 / med["plain"]["lb_nginx_cpu_s_per_10k"], 3),
-            "apps_cpu_tls_over_plain": round(med["tls"]["apps_cpu_s_per_10k"] / med["plain"]["apps_cpu_s_per_10k"], 3),
-            "rps_tls_over_plain": round(med["tls"]["ok_rps"] / med["plain"]["ok_rps"], 3),
-            "rps_reuse_over_no_reuse": round(med["tls"]["ok_rps"] / med["no_reuse"]["ok_rps"], 2)}
+            "lb_nginx_cpu_reencrypting_over_plain": ratio("lb_nginx_cpu_s_per_10k", "reencrypting", "plain"),
+            "lb_cpu_reencrypting_over_plain": ratio("lb_cpu_s_per_10k", "reencrypting", "plain"),
+            "apps_cpu_reencrypting_over_plain": ratio("apps_cpu_s_per_10k", "reencrypting", "plain"),
+            "rps_reencrypting_over_plain": ratio("ok_rps", "reencrypting", "plain"),
+            "lb_nginx_cpu_stack_block_over_reencrypting": ratio("lb_nginx_cpu_s_per_10k", "stack", "reencrypting"),
+            "rps_reuse_over_no_reuse": ratio("ok_rps", "reencrypting", "no_reuse", 2)}
 
 
 def disruptions(p) -> dict:
