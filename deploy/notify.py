@@ -11,7 +11,8 @@ The URL is a secret: it comes from the stack's secret output `alert_webhook_url`
 when the first notification is sent (not before: `status` or a refused deploy never reads
 it), and joins the executor's secrets, so no printed line shows it. A notification that
 cannot be delivered is said on the console and changes nothing else: not the deploy's
-course, not its exit code.
+course, not its exit code, not how long it holds the deploy locks (the start is posted
+beside the deploy, the end once the locks are released).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -126,10 +128,11 @@ def post(url: str, body: bytes) -> None:
 
 @dataclass
 class Notifier:
-    """The events of one run of the tool: its start sent as it happens, its end kept until
-    send_end(), which the tool calls once the deploy locks are released (a webhook that
-    does not answer takes up to ATTEMPTS tries of ATTEMPT_SECONDS, about 34 s, and the next
-    deploy must not wait on it)."""
+    """The events of one run of the tool. A webhook that does not answer takes up to
+    ATTEMPTS tries of ATTEMPT_SECONDS (about 34 s), and neither this deploy nor the next
+    must wait on it while the locks are held: the start is posted beside the deploy, the
+    end is kept until send_end(), which the tool calls once the locks are released and
+    which posts it after the start."""
 
     stack: str
     source: WebhookSource
@@ -139,6 +142,7 @@ class Notifier:
     end: str | None = None         # what send_end() sends
     _url: str | None = field(default=None, repr=False)
     _looked_up: bool = False
+    _start: threading.Thread | None = None   # the start's post, under way beside the deploy
 
     def webhook(self) -> str | None:
         """The URL, looked up once; None (said once) when notifications are off."""
@@ -166,7 +170,12 @@ class Notifier:
 
     def deploy_started(self, release_id: str, holder: str) -> None:
         self.action, self.release = "deploy", release_id
-        self.send(started_text(self.stack, release_id, holder))
+        text = started_text(self.stack, release_id, holder)
+        # Looked up here, not beside the deploy: the lookup may print, and the URL's
+        # redaction must be in place before either thread prints a line.
+        if self.webhook() is not None:
+            self._start = threading.Thread(target=self.send, args=(text,), name="notify-start", daemon=True)
+            self._start.start()
 
     def rollback_started(self, to: str | None) -> None:
         """Nothing is sent: a rollback is announced by its end."""
@@ -185,7 +194,9 @@ class Notifier:
         self.end = stopped_text(self.stack, action, self.release, problem)
 
     def send_end(self) -> None:
-        """The run's end, once."""
+        """The run's end, once, after its start."""
+        if self._start is not None:
+            self._start.join()
         end, self.end = self.end, None
         if end is not None:
             self.send(end)
