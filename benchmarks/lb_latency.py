@@ -1,16 +1,30 @@
-"""Latency the LB adds, at a fixed request rate (local_stack.py prints it; asserts nothing).
+"""Latency the LB adds at fixed request rates, on the booted staging stack (prints,
+asserts nothing):
+
+    venv/bin/python benchmarks/lb_latency.py [--rates 50 200 1000] [--runs 1]
 
 Through the LB from the internet client, and straight to an app server from the LB's own
-namespace with the LB's client certificate (the LB's own leg), in alternating slices.
+namespace with the LB's client certificate (the LB's own leg), in alternating slices. Also
+what the other benchmarks share to reach the stack: `Reachable` (names resolve in the
+internet client's namespace, the per-client rate limit raised for the run and put back).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import sys
+from pathlib import Path
 
-from localcloud import cloud, droplet, network, shell
-from model import conventions
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from localcloud import cloud, config, droplet, network, shell, stack  # noqa: E402
+from model import conventions  # noqa: E402
+
+STACK = "staging"
+BENCH_RATE = 100000              # lbRequestsPerSecond while measuring (its maximum)
+NETNS_HOSTS = Path("/etc/netns") / config.INTERNET_NETNS / "hosts"
 
 # What every figure asks for: the example API's smallest answer.
 PATH = "/api/hello"
@@ -77,3 +91,44 @@ def latency(p, rate: float, seconds: float = 12, rounds: int = 4) -> dict:
     return {"rate_per_s": rate, "requests_each_way": n * rounds, "rounds": rounds,
             "achieved_per_s": round(min(achieved)), "through_lb_ms": lbp, "direct_to_app_ms": dsp,
             "added_ms": {k: round(lbp[k] - dsp[k], 2) for k in lbp}}
+
+
+class Reachable:
+    """For the run: the domain and a benchmark's `names` resolve in the internet client's
+    namespace (so wrk sends them as SNI), and one client may send as much as it can."""
+
+    def __init__(self, p, names: tuple[str, ...] | list[str] = ()):
+        self.p, self.names = p, tuple(names)
+
+    def __enter__(self):
+        NETNS_HOSTS.parent.mkdir(parents=True, exist_ok=True)
+        NETNS_HOSTS.write_text(f"127.0.0.1 localhost\n{self.p.lb.reserved_ips[0]} {self.p.domain} {' '.join(self.names)}\n")
+        self.p = up_with(STACK, {"lbRequestsPerSecond": BENCH_RATE})
+        return self.p
+
+    def __exit__(self, *exc):
+        NETNS_HOSTS.unlink(missing_ok=True)
+        up_with(STACK, {})
+
+
+def up_with(name: str, changes: dict):
+    plan = stack.plan(name, changes)
+    if not stack.healthy(stack.up(plan)):
+        raise SystemExit(f"up with {changes or 'the stack settings'} did not finish cleanly")
+    return plan
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rates", type=float, nargs="+", default=[50, 200, 1000], help="requests a second")
+    ap.add_argument("--runs", type=int, default=1, help="runs of each rate, one after another")
+    args = ap.parse_args()
+    with Reachable(stack.deployed(STACK)) as p:
+        for rate in args.rates:
+            for _ in range(args.runs):
+                print(json.dumps(latency(p, rate)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

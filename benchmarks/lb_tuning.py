@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from local_stack import STACK, Reachable, Variants, replacing, sh, stack_lines, wrk, write  # noqa: E402
+from local_stack import BENCH_NAMES, STACK, Reachable, Variants, replacing, sh, stack_lines, wrk, write  # noqa: E402
 from cloudinit import common  # noqa: E402
 from localcloud import stack  # noqa: E402
 from model import conventions  # noqa: E402
@@ -116,7 +116,7 @@ def main() -> int:
     args = ap.parse_args()
     names = [bench_name(c) for c in CANDIDATES]
     rounds: dict[str, list[dict]] = {name: [] for name in [*CANDIDATES, "plain"]}
-    with Reachable(stack.deployed(STACK), extra_names=names) as p, Variants(p), Candidates(p):
+    with Reachable(stack.deployed(STACK), [*BENCH_NAMES, *names]) as p, Variants(p), Candidates(p):
         hosts = {**{c: bench_name(c) for c in CANDIDATES}, "plain": "plain.bench"}
         order = list(hosts)
         for i in range(args.rounds):

@@ -1,6 +1,7 @@
 """Figures of the staging stack on the local cloud (for the README); prints, asserts nothing.
 
-    venv/bin/python benchmarks/local_stack.py                 # CPU per request, throughput, latency (stack up)
+    venv/bin/python benchmarks/local_stack.py                 # CPU per request, throughput, latency (stack up;
+                                                              # the latency is lb_latency.py's)
     venv/bin/python benchmarks/local_stack.py --disruptions   # + failed requests: app-server stop, 2->3->2
     venv/bin/python benchmarks/local_stack.py --boot          # + down, then `up` to healthy (image cached)
     venv/bin/python benchmarks/local_stack.py --image         # + a cold image build (into a scratch dir)
@@ -37,15 +38,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cloudinit import common  # noqa: E402
-from lb_latency import PATH, latency  # noqa: E402
-from localcloud import acme, cloud, config, droplet, firewall, image, records, shell, stack, traffic  # noqa: E402
+from lb_latency import BENCH_RATE, PATH, STACK, Reachable, latency  # noqa: E402
+from localcloud import acme, cloud, droplet, firewall, image, records, shell, stack, traffic  # noqa: E402
 from model import conventions  # noqa: E402
 
-STACK = "staging"
 BENCH_PLAIN_PORT = 8089          # benchmark only: app servers' plaintext server block
-BENCH_RATE = 100000              # lbRequestsPerSecond while measuring (its maximum)
 BENCH_NAMES = ("reencrypting.bench", "plain.bench", "no-reuse.bench")
-NETNS_HOSTS = Path("/etc/netns") / config.INTERNET_NETNS / "hosts"
 LB_BENCH_CONF = "/etc/nginx/conf.d/zz-benchmark.conf"
 APP_BENCH_CONF = "/etc/nginx/conf.d/zz-benchmark-plain.conf"
 
@@ -218,31 +216,6 @@ def wrk(p, host: str, seconds: int = 15, connections: int = 32) -> dict:
             "apps_cpu_s_per_10k": per_10k(sum(spent[a] for a in apps))}
 
 
-class Reachable:
-    """For the run: the domain and the benchmark's names resolve in the internet client's
-    namespace (so wrk sends them as SNI), and one client may send as much as it can."""
-
-    def __init__(self, p, extra_names: tuple[str, ...] | list[str] = ()):
-        self.p, self.names = p, (*BENCH_NAMES, *extra_names)
-
-    def __enter__(self):
-        NETNS_HOSTS.parent.mkdir(parents=True, exist_ok=True)
-        NETNS_HOSTS.write_text(f"127.0.0.1 localhost\n{self.p.lb.reserved_ips[0]} {self.p.domain} {' '.join(self.names)}\n")
-        self.p = up_with(STACK, {"lbRequestsPerSecond": BENCH_RATE})
-        return self.p
-
-    def __exit__(self, *exc):
-        NETNS_HOSTS.unlink(missing_ok=True)
-        up_with(STACK, {})
-
-
-def up_with(name: str, changes: dict):
-    plan = stack.plan(name, changes)
-    if not stack.healthy(stack.up(plan)):
-        raise SystemExit(f"up with {changes or 'the stack settings'} did not finish cleanly")
-    return plan
-
-
 def cost(p, rounds: int = 3) -> dict:
     """Each variant's CPU and throughput, median of `rounds`; the ratios are like for like
     (two minimal blocks that differ only in the upstream), and the stack's own block's
@@ -352,7 +325,7 @@ def main() -> int:
             if kept.exists() and not cached.exists():
                 kept.rename(cached)
     show(out)
-    with Reachable(stack.deployed(STACK)) as p:
+    with Reachable(stack.deployed(STACK), BENCH_NAMES) as p:
         show({"cost": cost(p)})
         show({"latency": [latency(p, rate) for rate in (50, 200, 1000)]})
     p = stack.deployed(STACK)
