@@ -25,7 +25,7 @@ from model import conventions, firewalls
 from model.settings import Settings
 
 from . import app_server, common, datastore, load_balancer
-from .files import HERE, ConfigFile, Program, Push, Target, render  # noqa: F401  (the package's names)
+from .files import ConfigFile, Program, Push, render
 
 # Config files are staged here by the bundle; the provisioning script installs each one
 # into place only when it differs, so a second run changes and restarts nothing.

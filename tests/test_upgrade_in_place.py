@@ -115,9 +115,9 @@ def test_region_image_and_vpc_range_are_the_only_settings_on_the_droplet(staging
 def template_files() -> list[str]:
     """Every template a droplet receives, as the loader names them: the role folders' files
     but their modules (the package's own top level is code only)."""
-    return sorted(str(p.relative_to(cloudinit.HERE)) for p in cloudinit.HERE.rglob("*")
+    return sorted(str(p.relative_to(files.HERE)) for p in files.HERE.rglob("*")
                   if p.is_file() and p.suffix not in (".pyc",) and "__pycache__" not in p.parts
-                  and p.name != "__init__.py" and p.parent != cloudinit.HERE)
+                  and p.name != "__init__.py" and p.parent != files.HERE)
 
 
 def test_a_one_line_change_to_any_file_the_droplets_receive_leaves_user_data_alone(monkeypatch, staging_settings):
