@@ -4,9 +4,10 @@ asserts nothing):
     venv/bin/python benchmarks/lb_tuning.py [--rounds 10] [--seconds 10]
 
 Each candidate is one change to how the LB proxies to the app servers, priced alone
-against a control that proxies as the stack does: its `proxy_ssl_*` lines are read from
-the LB's own platform.conf, its upstream's keepalive lines from the LB's upstreams.conf. A plaintext
-upstream (local_stack.py's `plain`) gives the ratio the README's target is about. As in
+against a control that proxies as the stack does (local_stack.py's re-encrypting block: its
+`proxy_ssl_*` lines read from the LB's own platform.conf, its upstream's keepalive lines
+from the LB's upstreams.conf). The same block with a plaintext upstream (local_stack.py's
+`plain`) gives the ratio the README's target is about. As in
 local_stack.py: wrk from the internet client to the LB's address, server blocks chosen by
 name (SNI), benchmark-only files removed afterwards, rounds interleaved so drift on the
 shared machine hits every variant alike, each round starting one variant later.
@@ -34,12 +35,12 @@ from model import conventions  # noqa: E402
 LB_TUNING_CONF = "/etc/nginx/conf.d/zz-benchmark-tuning.conf"
 NGINX_DEFAULT_KEEPALIVE_REQUESTS = 1000
 
-# name: (what it changes, upstream directives that replace the stack's, location directives
-# that replace the stack's).
-# "control" is the stack's own: its upstream's keepalive lines and its proxy_ssl_* lines,
-# read from the LB. Each other candidate is the control with one change.
+# The control proxies as the stack does: local_stack.py's re-encrypting block (the stack's
+# upstream keepalive lines and proxy_ssl_* lines, read from the LB). Each candidate is the
+# control with one change, by name: (what it changes, upstream directives that replace the
+# stack's, location directives that replace the stack's).
+CONTROL = "reencrypting.bench"
 CANDIDATES = {
-    "control": ("the stack's own proxying", {}, []),
     "nginx-default-keepalive-requests": (
         f"upstream keepalive_requests {NGINX_DEFAULT_KEEPALIVE_REQUESTS}, nginx's default (the stack's is "
         f"{conventions.LB_UPSTREAM_KEEPALIVE_REQUESTS}): a kept-alive upstream connection closes after that many "
@@ -114,10 +115,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=10, help="a multiple of the 5 variants")
     ap.add_argument("--seconds", type=int, default=10)
     args = ap.parse_args()
-    names = [bench_name(c) for c in CANDIDATES]
-    rounds: dict[str, list[dict]] = {name: [] for name in [*CANDIDATES, "plain"]}
-    with Reachable(stack.deployed(STACK), [*BENCH_NAMES, *names]) as p, Variants(p), Candidates(p):
-        hosts = {**{c: bench_name(c) for c in CANDIDATES}, "plain": "plain.bench"}
+    hosts = {"control": CONTROL, **{c: bench_name(c) for c in CANDIDATES}, "plain": "plain.bench"}
+    rounds: dict[str, list[dict]] = {name: [] for name in hosts}
+    compared = ["control", *CANDIDATES]
+    names = [*BENCH_NAMES, *map(bench_name, CANDIDATES)]
+    with Reachable(stack.deployed(STACK), names) as p, Variants(p), Candidates(p):
         order = list(hosts)
         for i in range(args.rounds):
             # Each round starts one variant later: a variant's place in the round (the first
@@ -128,10 +130,10 @@ def main() -> int:
     out = {
         "lb_nginx_cpu_s_per_10k": {k: {"median": round(m, 4), "rounds": [r["lb_nginx_cpu_s_per_10k"] for r in rounds[k]]}
                                    for k, m in nginx.items()},
-        "each_over_control": {k: round(nginx[k] / nginx["control"], 3) for k in CANDIDATES},
-        "each_over_plain": {k: round(nginx[k] / nginx["plain"], 3) for k in CANDIDATES},
+        "each_over_control": {k: round(nginx[k] / nginx["control"], 3) for k in compared},
+        "each_over_plain": {k: round(nginx[k] / nginx["plain"], 3) for k in compared},
         "ok_rps_median": {k: statistics.median(r["ok_rps"] for r in v) for k, v in rounds.items()},
-        "what": {k: v[0] for k, v in CANDIDATES.items()},
+        "what": {"control": f"the stack's own proxying ({CONTROL})", **{k: v[0] for k, v in CANDIDATES.items()}},
     }
     print(json.dumps(out, indent=1))
     return 0
