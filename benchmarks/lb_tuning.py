@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from local_stack import BENCH_NAMES, STACK, Reachable, Variants, replacing, sh, stack_lines, wrk, write  # noqa: E402
+from local_stack import (BENCH_HOSTS, BENCH_NAMES, STACK, Reachable, Variants, interleaved, replacing, sh,  # noqa: E402
+                         stack_lines, write)
 from cloudinit import common  # noqa: E402
 from localcloud import stack  # noqa: E402
 from model import conventions  # noqa: E402
@@ -39,7 +40,6 @@ NGINX_DEFAULT_KEEPALIVE_REQUESTS = 1000
 # upstream keepalive lines and proxy_ssl_* lines, read from the LB). Each candidate is the
 # control with one change, by name: (what it changes, upstream directives that replace the
 # stack's, location directives that replace the stack's).
-CONTROL = "reencrypting.bench"
 CANDIDATES = {
     "nginx-default-keepalive-requests": (
         f"upstream keepalive_requests {NGINX_DEFAULT_KEEPALIVE_REQUESTS}, nginx's default (the stack's is "
@@ -115,17 +115,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=10, help="a multiple of the 5 variants")
     ap.add_argument("--seconds", type=int, default=10)
     args = ap.parse_args()
-    hosts = {"control": CONTROL, **{c: bench_name(c) for c in CANDIDATES}, "plain": "plain.bench"}
-    rounds: dict[str, list[dict]] = {name: [] for name in hosts}
+    hosts = {"control": BENCH_HOSTS["reencrypting"], **{c: bench_name(c) for c in CANDIDATES},
+             "plain": BENCH_HOSTS["plain"]}
     compared = ["control", *CANDIDATES]
     names = [*BENCH_NAMES, *map(bench_name, CANDIDATES)]
     with Reachable(stack.deployed(STACK), names) as p, Variants(p), Candidates(p):
-        order = list(hosts)
-        for i in range(args.rounds):
-            # Each round starts one variant later: a variant's place in the round (the first
-            # measured ~4% dearer here, whichever it was) is spread over all of them alike.
-            for variant in order[i % len(order):] + order[:i % len(order)]:
-                rounds[variant].append(wrk(p, hosts[variant], seconds=args.seconds))
+        rounds = interleaved(p, hosts, args.rounds, args.seconds)
     nginx = {k: statistics.median(r["lb_nginx_cpu_s_per_10k"] for r in v) for k, v in rounds.items()}
     out = {
         "lb_nginx_cpu_s_per_10k": {k: {"median": round(m, 4), "rounds": [r["lb_nginx_cpu_s_per_10k"] for r in rounds[k]]}
@@ -133,7 +128,7 @@ def main() -> int:
         "each_over_control": {k: round(nginx[k] / nginx["control"], 3) for k in compared},
         "each_over_plain": {k: round(nginx[k] / nginx["plain"], 3) for k in compared},
         "ok_rps_median": {k: statistics.median(r["ok_rps"] for r in v) for k, v in rounds.items()},
-        "what": {"control": f"the stack's own proxying ({CONTROL})", **{k: v[0] for k, v in CANDIDATES.items()}},
+        "what": {"control": f"the stack's own proxying ({hosts['control']})", **{k: v[0] for k, v in CANDIDATES.items()}},
     }
     print(json.dumps(out, indent=1))
     return 0

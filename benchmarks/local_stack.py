@@ -17,7 +17,7 @@ the machine does, requests per second does. The stack's per-client rate limit is
   * the stack's own:   its server block (headers, rate limit, log format), re-encrypted to
                        the app servers' 8443 with upstream keepalive and TLS session reuse;
   * re-encrypting:     a minimal block proxying as the stack does (its keepalive and
-                       proxy_ssl_* lines, read from the LB): the like-for-like pair of
+                       proxy_ssl_* lines, read from the LB), the like-for-like pair of:
   * plain:             the same minimal block to the app servers' nginx on a plaintext port
                        (a benchmark-only server block and firewall opening, removed afterwards);
   * no-reuse:          re-encrypted, no upstream keepalive, no TLS session reuse.
@@ -43,7 +43,9 @@ from localcloud import acme, cloud, droplet, firewall, image, records, shell, st
 from model import conventions  # noqa: E402
 
 BENCH_PLAIN_PORT = 8089          # benchmark only: app servers' plaintext server block
-BENCH_NAMES = ("reencrypting.bench", "plain.bench", "no-reuse.bench")
+# The benchmark-only server blocks on the LB, by variant: the name each answers (SNI).
+BENCH_HOSTS = {"reencrypting": "reencrypting.bench", "plain": "plain.bench", "no_reuse": "no-reuse.bench"}
+BENCH_NAMES = tuple(BENCH_HOSTS.values())
 LB_BENCH_CONF = "/etc/nginx/conf.d/zz-benchmark.conf"
 APP_BENCH_CONF = "/etc/nginx/conf.d/zz-benchmark-plain.conf"
 
@@ -216,20 +218,25 @@ def wrk(p, host: str, seconds: int = 15, connections: int = 32) -> dict:
             "apps_cpu_s_per_10k": per_10k(sum(spent[a] for a in apps))}
 
 
+def interleaved(p, hosts: dict[str, str], rounds: int, seconds: int = 15) -> dict[str, list[dict]]:
+    """wrk's figures for each variant (`hosts`: variant -> the name it answers), `rounds`
+    times. Interleaved, each round starting one variant later, so drift on the shared
+    machine and a variant's place in the round (the first measured ~4% dearer here,
+    whichever it was) hit all alike."""
+    figures: dict[str, list[dict]] = {variant: [] for variant in hosts}
+    order = list(hosts)
+    for i in range(rounds):
+        for variant in order[i % len(order):] + order[:i % len(order)]:
+            figures[variant].append(wrk(p, hosts[variant], seconds=seconds))
+    return figures
+
+
 def cost(p, rounds: int = 3) -> dict:
     """Each variant's CPU and throughput, median of `rounds`; the ratios are like for like
     (two minimal blocks that differ only in the upstream), and the stack's own block's
     headers, rate limit and log format priced apart."""
-    hosts = {"stack": p.domain, "reencrypting": "reencrypting.bench", "plain": "plain.bench",
-             "no_reuse": "no-reuse.bench"}
-    figures: dict[str, list[dict]] = {variant: [] for variant in hosts}
-    order = list(hosts)
     with Variants(p):
-        # Interleaved, each round starting one variant later, so drift on the shared
-        # machine and a variant's place in the round hit all alike.
-        for i in range(rounds):
-            for variant in order[i % len(order):] + order[:i % len(order)]:
-                figures[variant].append(wrk(p, hosts[variant]))
+        figures = interleaved(p, {"stack": p.domain, **BENCH_HOSTS}, rounds)
     med = {k: {f: statistics.median(r[f] for r in v)
                for f in ("ok_rps", "lb_cpu_s_per_10k", "lb_nginx_cpu_s_per_10k", "apps_cpu_s_per_10k")}
            for k, v in figures.items()}
