@@ -2,7 +2,8 @@
 
 Every command and every line of its output passes through `redact` before it is printed,
 so a secret handed to the executor (a key, a token in the environment) never reaches a
-terminal or a CI log.
+terminal or a CI log. Lines are printed whole, one at a time, whichever thread says them
+(the deploy, its start notification beside it, each server's stream in `follow`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Executor:
     secrets: list[str] = field(default_factory=lambda: [os.environ[n] for n in SECRET_ENV if os.environ.get(n)])
     verbose: bool = False
     out: object = sys.stdout
+    _printing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def redact(self, text: str) -> str:
         # Longest first, so a secret containing another is hidden whole.
@@ -56,7 +58,10 @@ class Executor:
         return text
 
     def say(self, line: str) -> None:
-        print(self.redact(line), file=self.out, flush=True)
+        text = self.redact(line) + "\n"
+        with self._printing:   # one write per line: print() writes the line and its end apart
+            self.out.write(text)
+            self.out.flush()
 
     def run(self, argv: list[str], *, input: str | None = None, timeout: float = 900,
             secret_output: bool = False) -> Result:
@@ -96,12 +101,10 @@ class Executor:
         it to know the caller is still there), printing each line as it comes, prefixed
         `[name] `, until all end or Ctrl-C; the exit codes by name (130 for those stopped)."""
         running: dict[str, subprocess.Popen] = {}
-        lock = threading.Lock()
 
         def relay(name: str, proc: subprocess.Popen) -> None:
             for line in proc.stdout:
-                with lock:
-                    self.say(f"[{name}] {line.rstrip()}")
+                self.say(f"[{name}] {line.rstrip()}")
 
         threads = []
         for name, (argv, script) in commands.items():

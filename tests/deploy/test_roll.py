@@ -6,6 +6,8 @@ order of commands and on what each server ends up running.
 from __future__ import annotations
 
 import io
+import threading
+import time
 
 import pytest
 
@@ -132,6 +134,29 @@ def test_secrets_from_the_environment_are_redacted(monkeypatch):
     executor = Executor(out=out)
     executor.say("npm error: //registry/:_authToken=npm_abcdef123456")
     assert out.getvalue() == "npm error: //registry/:_authToken=[REDACTED]\n"
+
+
+class SlowTerminal(io.StringIO):
+    """A terminal that takes a moment per write, as a slow pipe or SSH session does."""
+
+    def write(self, text: str) -> int:
+        time.sleep(0.001)
+        return super().write(text)
+
+
+def test_lines_said_from_several_threads_are_printed_whole():
+    """The deploy says its lines while its start notification may say one beside it, and
+    `follow` relays every server's lines at once."""
+    executor = Executor(secrets=[], out=SlowTerminal())
+    said = {f"thread-{n}": [f"thread-{n} line {i}" for i in range(40)] for n in range(4)}
+    threads = [threading.Thread(target=lambda lines=lines: [executor.say(line) for line in lines])
+               for lines in said.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    printed = executor.out.getvalue().splitlines()
+    assert sorted(printed) == sorted(line for lines in said.values() for line in lines)
 
 
 def test_keep_below_two_is_refused(capsys):
