@@ -27,14 +27,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from local_stack import (BENCH_HOSTS, BENCH_NAMES, STACK, Reachable, Variants, interleaved, replacing, sh,  # noqa: E402
-                         stack_lines, write)
+from local_stack import (BENCH_HOSTS, BENCH_NAMES, STACK, WRK_CONNECTIONS, Reachable, Variants, interleaved,  # noqa: E402
+                         replacing, sh, stack_lines, write)
 from cloudinit import common  # noqa: E402
 from localcloud import stack  # noqa: E402
 from model import conventions  # noqa: E402
 
 LB_TUNING_CONF = "/etc/nginx/conf.d/zz-benchmark-tuning.conf"
 NGINX_DEFAULT_KEEPALIVE_REQUESTS = 1000
+SMALL_KEEPALIVE_POOL = 8
+LARGE_KEEPALIVE_POOL = 256
 
 # The control proxies as the stack does: local_stack.py's re-encrypting block (the stack's
 # upstream keepalive lines and proxy_ssl_* lines, read from the LB). Each candidate is the
@@ -53,6 +55,19 @@ CANDIDATES = {
     "no-session-reuse": (
         "TLS session reuse off (what the stack's `proxy_ssl_session_reuse on` buys at this keepalive)",
         {}, ["proxy_ssl_session_reuse off;"]),
+    "keepalive-pool-8": (
+        f"upstream keepalive {SMALL_KEEPALIVE_POOL}, a smaller pool than the stack's: each worker keeps fewer idle "
+        "connections than wrk keeps in flight, so some close after their answer and the next "
+        "costs a (resumed) handshake",
+        {"keepalive": str(SMALL_KEEPALIVE_POOL)}, []),
+    "keepalive-pool-256": (
+        f"upstream keepalive {LARGE_KEEPALIVE_POOL}, a larger pool than the stack's: the same as the stack's while "
+        "each worker has fewer requests in flight than the stack's pool holds (run with --connections above it)",
+        {"keepalive": str(LARGE_KEEPALIVE_POOL)}, []),
+    "proxy-buffers-16k": (
+        "proxy_buffer_size and proxy_buffers of 16k, a whole TLS record each (nginx's are one page, 4k): "
+        "an answer read from the upstream in fewer SSL_read calls",
+        {}, ["proxy_buffer_size 16k;", "proxy_buffers 8 16k;"]),
 }
 
 SERVER = """upstream bench_{ident} {{
@@ -112,21 +127,25 @@ class Candidates:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=10, help="a multiple of the 5 variants")
+    ap.add_argument("--rounds", type=int, default=10,
+                    help=f"each round starts one variant later: a multiple of the {len(CANDIDATES) + 2} variants "
+                         "gives each the first place alike")
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=WRK_CONNECTIONS, help="wrk's, kept in flight")
     args = ap.parse_args()
     hosts = {"control": BENCH_HOSTS["reencrypting"], **{c: bench_name(c) for c in CANDIDATES},
              "plain": BENCH_HOSTS["plain"]}
     compared = ["control", *CANDIDATES]
     names = [*BENCH_NAMES, *map(bench_name, CANDIDATES)]
     with Reachable(stack.deployed(STACK), names) as p, Variants(p), Candidates(p):
-        rounds = interleaved(p, hosts, args.rounds, args.seconds)
+        rounds = interleaved(p, hosts, args.rounds, args.seconds, args.connections)
     nginx = {k: statistics.median(r["lb_nginx_cpu_s_per_10k"] for r in v) for k, v in rounds.items()}
     out = {
         "lb_nginx_cpu_s_per_10k": {k: {"median": round(m, 4), "rounds": [r["lb_nginx_cpu_s_per_10k"] for r in rounds[k]]}
                                    for k, m in nginx.items()},
         "each_over_control": {k: round(nginx[k] / nginx["control"], 3) for k in compared},
         "each_over_plain": {k: round(nginx[k] / nginx["plain"], 3) for k in compared},
+        "wrk_connections": args.connections,
         "ok_rps_median": {k: statistics.median(r["ok_rps"] for r in v) for k, v in rounds.items()},
         "what": {"control": f"the stack's own proxying ({hosts['control']})", **{k: v[0] for k, v in CANDIDATES.items()}},
     }

@@ -43,6 +43,7 @@ from localcloud import acme, cloud, droplet, firewall, image, records, shell, st
 from model import conventions  # noqa: E402
 
 BENCH_PLAIN_PORT = 8089          # benchmark only: app servers' plaintext server block
+WRK_CONNECTIONS = 32             # wrk's connections kept in flight, for every variant
 # The benchmark-only server blocks on the LB, by variant: the name each answers (SNI).
 BENCH_HOSTS = {"reencrypting": "reencrypting.bench", "plain": "plain.bench", "no_reuse": "no-reuse.bench"}
 BENCH_NAMES = tuple(BENCH_HOSTS.values())
@@ -194,7 +195,7 @@ def cpu_seconds(name: str, unit: str = "") -> float:
     raise RuntimeError(f"{name}: no cpu.stat in {droplet.cgroup_dirs(name)}")
 
 
-def wrk(p, host: str, seconds: int = 15, connections: int = 32) -> dict:
+def wrk(p, host: str, seconds: int = 15, connections: int = WRK_CONNECTIONS) -> dict:
     apps = [a.name for a in p.with_tag(conventions.APP_SERVER)]
     argv = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", f"https://{host}{PATH}"]
     nginx_before = cpu_seconds(p.lb.name, "nginx.service")
@@ -218,7 +219,8 @@ def wrk(p, host: str, seconds: int = 15, connections: int = 32) -> dict:
             "apps_cpu_s_per_10k": per_10k(sum(spent[a] for a in apps))}
 
 
-def interleaved(p, hosts: dict[str, str], rounds: int, seconds: int = 15) -> dict[str, list[dict]]:
+def interleaved(p, hosts: dict[str, str], rounds: int, seconds: int = 15,
+                connections: int = WRK_CONNECTIONS) -> dict[str, list[dict]]:
     """wrk's figures for each variant (`hosts`: variant -> the name it answers), `rounds`
     times. Interleaved, each round starting one variant later, so drift on the shared
     machine and a variant's place in the round (the first measured ~4% dearer here,
@@ -227,7 +229,7 @@ def interleaved(p, hosts: dict[str, str], rounds: int, seconds: int = 15) -> dic
     order = list(hosts)
     for i in range(rounds):
         for variant in order[i % len(order):] + order[:i % len(order)]:
-            figures[variant].append(wrk(p, hosts[variant], seconds=seconds))
+            figures[variant].append(wrk(p, hosts[variant], seconds=seconds, connections=connections))
     return figures
 
 
