@@ -159,6 +159,14 @@ APP_LOCAL_TLS_PORT = 8444
 # (nginx's default is 1000 on both ends): one upstream handshake per 10,000 requests
 # instead of 1000. The CPU it saves is within the noise of benchmarks/lb_tuning.py here.
 LB_UPSTREAM_KEEPALIVE_REQUESTS = 10000
+# How many idle TLS connections to the app servers each LB nginx worker keeps. A worker
+# with more requests in flight than this closes the surplus as they finish, and the next
+# requests each open a new one (a resumed handshake at both ends): benchmarks/lb_tuning.py
+# measured a pool of 32 at 128 connections costing the LB 2.4 times the CPU per request of
+# a pool of 256, at half the requests per second. Idle connections are cheap (nginx frees
+# their TLS buffers); at most this many per LB worker wait on one app server, well inside
+# its nginx's 768 connections per worker.
+LB_UPSTREAM_KEEPALIVE_CONNECTIONS = 128
 # The Node.js apps listen on loopback behind that nginx.
 WEB_APP_PORT = 3000
 API_APP_PORT = 3001
