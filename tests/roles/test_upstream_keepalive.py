@@ -126,6 +126,6 @@ def test_the_lbs_upstream_pool_keeps_its_connections_with_many_requests_in_fligh
         statuses = [s for each in pool.map(client, range(clients)) for s in each]
     assert statuses == [200] * clients * rounds
     opened = sum(len(backend.accepted) for backend in backends)
-    # One per request of a burst, opened in the first; the margin is for a burst that an
-    # LB worker's share differs from its first's.
+    # One per request of a burst, opened in the first. The margin: an LB worker whose share
+    # of a later burst is larger than of the first opens the difference.
     assert opened <= clients * 1.5, f"{opened} upstream connections for {clients * rounds} requests, {clients} at a time"
