@@ -123,19 +123,25 @@ class LoadBalancerUnderTest:
         )
         wait_for_port("127.0.0.1", c.HTTPS_PORT, self.process)
 
-    def get(self, path: str = "/", method: str = "GET", name: str | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
-        """A request to 127.0.0.1 for the domain (or `name`): SNI and Host as a browser sends them."""
-        name = name or rendered_domain()
+    def connection(self, name: str, source: str | None = None, timeout: float = 10) -> http.client.HTTPSConnection:
+        """A connection to 127.0.0.1 with `name` as its SNI (from the address `source`, a
+        client of its own to the LB's per-client rate limit); it connects on first use."""
         context = ssl.create_default_context(cafile=str(self.public_cert))
         context.check_hostname = False  # the certificate names the domain only
 
         class ToName(http.client.HTTPSConnection):
             def connect(self):
-                raw = socket.create_connection(("127.0.0.1", c.HTTPS_PORT), timeout=10)
+                raw = socket.create_connection(("127.0.0.1", c.HTTPS_PORT), timeout=timeout,
+                                               source_address=(source, 0) if source else None)
                 self.sock = context.wrap_socket(raw, server_hostname=name)
 
-        connection = ToName("127.0.0.1", c.HTTPS_PORT, timeout=10)
+        return ToName("127.0.0.1", c.HTTPS_PORT, timeout=timeout)
+
+    def get(self, path: str = "/", method: str = "GET", name: str | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+        """A request to 127.0.0.1 for the domain (or `name`): SNI and Host as a browser sends them."""
+        name = name or rendered_domain()
+        connection = self.connection(name)
         try:
             connection.request(method, path, headers={"Host": name, **(headers or {})})
             response = connection.getresponse()

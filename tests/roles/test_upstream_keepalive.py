@@ -9,7 +9,6 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import http.server
-import socket
 import ssl
 import threading
 import time
@@ -103,15 +102,10 @@ def test_the_lbs_upstream_pool_keeps_its_connections_with_many_requests_in_fligh
     lb = LoadBalancerUnderTest(tmp_path, internal_ca.cert, APP_IPS)
     started.append(lb)
     name = rendered_domain()
-    context = ssl.create_default_context(cafile=str(lb.public_cert))
-    context.check_hostname = False
     burst = threading.Barrier(clients, timeout=60)
 
     def client(number: int) -> list[int]:
-        raw = socket.create_connection(("127.0.0.1", c.HTTPS_PORT), timeout=30,
-                                       source_address=(f"127.0.1.{number + 1}", 0))
-        connection = http.client.HTTPSConnection("127.0.0.1", c.HTTPS_PORT, timeout=30)
-        connection.sock = context.wrap_socket(raw, server_hostname=name)
+        connection = lb.connection(name, source=f"127.0.1.{number + 1}", timeout=30)
         statuses = []
         for _ in range(rounds):
             burst.wait()
