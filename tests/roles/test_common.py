@@ -313,6 +313,9 @@ def test_unattended_upgrades_take_security_updates_and_the_vendors_repositories_
     ]
     assert 'Unattended-Upgrade::Automatic-Reboot "false";' in dump
     assert 'APT::Periodic::Unattended-Upgrade "1";' in dump
+    # unattended-upgrades installs an update that ships a new nginx.conf only when dpkg
+    # is told what to do with ours (its dpkg_conffile_prompt() looks for these options).
+    assert 'DPkg::Options:: "--force-confold";' in dump
 
 
 # --- needrestart ---------------------------------------------------------------------
