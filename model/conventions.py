@@ -165,8 +165,17 @@ LB_UPSTREAM_KEEPALIVE_REQUESTS = 10000
 # measured a pool of 32 at 128 connections costing the LB 2.4 times the CPU per request of
 # a pool of 256, at half the requests per second. Idle connections are cheap (nginx frees
 # their TLS buffers); at most this many per LB worker wait on one app server, well inside
-# its nginx's 768 connections per worker.
+# its nginx's NGINX_WORKER_CONNECTIONS.
 LB_UPSTREAM_KEEPALIVE_CONNECTIONS = 128
+# Connections one nginx worker holds at once (nginx.conf, on the LB and the app servers;
+# one worker per vCPU). The distribution's 768 is a desktop's: on the LB every browser's
+# kept-alive connections, each request's upstream connection and the idle upstream pool
+# share it, and a worker that runs out stops accepting while the rest wait in the
+# kernel's queue. Each connection costs the worker about 500 bytes until it is used.
+NGINX_WORKER_CONNECTIONS = 8192
+# Open files per worker: two descriptors per proxied connection (client and upstream),
+# and room for logs, cache and temporary files. systemd starts nginx with 1024.
+NGINX_WORKER_OPEN_FILES = 2 * NGINX_WORKER_CONNECTIONS + 1024
 # The Node.js apps listen on loopback behind that nginx.
 WEB_APP_PORT = 3000
 API_APP_PORT = 3001

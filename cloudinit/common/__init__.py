@@ -26,8 +26,11 @@ PROGRAMS = [
 
 
 # Where the files every droplet gets are read from.
-# Each role's nginx site (the LB's and the app server's), one file in nginx's conf.d.
+# Each role's nginx site (the LB's and the app server's), one file in nginx's conf.d,
+# read by the nginx.conf both roles share (common/nginx.conf).
 NGINX_SITE = "/etc/nginx/conf.d/platform.conf"
+NGINX_MAIN = "/etc/nginx/nginx.conf"
+NGINX_MAIN_FILE = ConfigFile("common/nginx.conf", NGINX_MAIN)
 SSHD_DROP_IN = "/etc/ssh/sshd_config.d/10-platform.conf"
 FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/platform.conf"
 # After the distribution's 20auto-upgrades and 50unattended-upgrades, so these win.

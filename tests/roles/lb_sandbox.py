@@ -7,6 +7,7 @@ in conftest.py."""
 from __future__ import annotations
 
 import http.client
+import resource
 import signal
 import socket
 import ssl
@@ -112,6 +113,12 @@ def wait_for_port(host: str, port: int, process: subprocess.Popen, seconds: floa
     raise AssertionError(f"nothing listens on {host}:{port}")
 
 
+def open_files_as_systemd_gives() -> None:
+    """The open-file limit systemd starts a service with (soft 1024), as nginx has it on a
+    droplet; its nginx.conf must raise it for its workers."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
 class LoadBalancerUnderTest:
     def __init__(self, tmp_path: Path, ca: Path, servers: list[str], files: dict[str, str] | None = None,
                  identity=None):
@@ -119,7 +126,7 @@ class LoadBalancerUnderTest:
         self.public_cert = next((tmp_path / "public").glob("public.crt"))
         self.process = subprocess.Popen(
             in_namespace(self.root, [require("nginx"), "-g", "daemon off;"]),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=open_files_as_systemd_gives,
         )
         wait_for_port("127.0.0.1", c.HTTPS_PORT, self.process)
 

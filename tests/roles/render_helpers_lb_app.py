@@ -163,8 +163,9 @@ def app_site_tree(tmp_path: Path, files: dict[str, str] | None = None) -> tuple[
     ca = make_ca(tmp_path / "ca", "ca")
     server = issue(ca, tmp_path / "ca", "server", dns=[f"{stack}-app-1", conventions.app_pool_tls_name(stack)],
                    ips=["127.0.0.1"])
+    rendered = cloudinit.rendered_files(conventions.APP_SERVER, settings())
     root = nginx_tree(tmp_path / "ns", {
-        APP_SITE: cloudinit.rendered_files(conventions.APP_SERVER, settings())[APP_SITE],
+        common.NGINX_MAIN: rendered[common.NGINX_MAIN], APP_SITE: rendered[APP_SITE],
         conventions.SERVER_CERT_PATH: server.cert, conventions.SERVER_KEY_PATH: server.key,
         conventions.CA_CERT_PATH: ca.cert, **(files or {}),
     })
