@@ -168,10 +168,11 @@ LB_UPSTREAM_KEEPALIVE_REQUESTS = 10000
 # its nginx's NGINX_WORKER_CONNECTIONS.
 LB_UPSTREAM_KEEPALIVE_CONNECTIONS = 128
 # Connections one nginx worker holds at once (nginx.conf, on the LB and the app servers;
-# one worker per vCPU). The distribution's 768 is a desktop's: on the LB every browser's
-# kept-alive connections, each request's upstream connection and the idle upstream pool
-# share it, and a worker that runs out stops accepting while the rest wait in the
-# kernel's queue. Each connection costs the worker about 500 bytes until it is used.
+# one worker per vCPU), not the distribution's 768: on the LB every browser's kept-alive
+# connections, each request's upstream connection and the idle upstream pool share it,
+# and a worker that runs out closes idle connections, then resets new clients
+# (tests/roles/test_nginx_connections.py). A worker allocates about 440 bytes per
+# connection as it starts: 3.2 MB more at 8192 than at 768 (Debian's nginx 1.22).
 NGINX_WORKER_CONNECTIONS = 8192
 # Open files per worker: two descriptors per proxied connection (client and upstream),
 # and room for logs, cache and temporary files. systemd starts nginx with 1024.
