@@ -46,6 +46,12 @@ def test_a_kept_alive_connection_from_the_lb_carries_more_than_nginxs_default_10
     assert closed_after is None, f"the app server's nginx closed the connection after {closed_after} requests"
 
 
+class Listening(http.server.ThreadingHTTPServer):
+    # The LB opens up to a burst's worth of connections at once: room for them all in the
+    # listen queue (the default, 5, overflows and the kernel answers with SYN cookies).
+    request_queue_size = 128
+
+
 class SlowAppServer:
     """A stand-in app server that answers each request after ANSWER_SECONDS and counts the
     TLS connections it accepts: many requests in flight at the LB at once, and every
@@ -76,7 +82,7 @@ class SlowAppServer:
 
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(pair.cert), str(pair.key))
-        self.server = http.server.ThreadingHTTPServer((ip, c.APP_TLS_PORT), Handler)
+        self.server = Listening((ip, c.APP_TLS_PORT), Handler)
         self.server.daemon_threads = True
         self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
