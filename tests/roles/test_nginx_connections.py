@@ -32,10 +32,11 @@ def test_the_lb_and_the_app_servers_run_one_nginx_conf():
 def test_a_new_client_is_answered_while_more_requests_arrive_than_the_distributions_workers_hold(
         tmp_path, ports_free, internal_ca, started):
     # Per worker, more than the distribution's connections and than the open files systemd
-    # gives a service (the sandbox starts nginx with those, as a droplet does).
-    workers = len(os.sched_getaffinity(0))           # nginx's `worker_processes auto`
-    held = (SYSTEMD_OPEN_FILES + 100) * workers
-    assert DISTRIBUTION_WORKER_CONNECTIONS < SYSTEMD_OPEN_FILES and held < c.NGINX_WORKER_CONNECTIONS
+    # gives a service (the sandbox starts nginx with those, as a droplet does), and well
+    # inside ours (the kernel need not spread them evenly over the workers).
+    per_worker = SYSTEMD_OPEN_FILES + 100
+    assert DISTRIBUTION_WORKER_CONNECTIONS < per_worker < c.NGINX_WORKER_CONNECTIONS / 4
+    held = per_worker * len(os.sched_getaffinity(0))    # nginx's `worker_processes auto`: one per CPU
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     lb = LoadBalancerUnderTest(tmp_path, internal_ca.cert, APP_IPS)
     started.append(lb)
