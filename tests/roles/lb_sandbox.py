@@ -7,7 +7,6 @@ in conftest.py."""
 from __future__ import annotations
 
 import http.client
-import resource
 import signal
 import socket
 import ssl
@@ -22,6 +21,7 @@ from model import conventions as c
 from render_helpers_lb_app import in_namespace, issue, nginx_tree, require, self_signed, settings
 
 APP_IPS = ["127.0.0.2", "127.0.0.3"]
+SYSTEMD_OPEN_FILES = 1024   # soft limit of a service's open files (systemd's default)
 
 
 def lb_files(engines=None) -> dict[str, str]:
@@ -113,20 +113,17 @@ def wait_for_port(host: str, port: int, process: subprocess.Popen, seconds: floa
     raise AssertionError(f"nothing listens on {host}:{port}")
 
 
-def open_files_as_systemd_gives() -> None:
-    """The open-file limit systemd starts a service with (soft 1024), as nginx has it on a
-    droplet; its nginx.conf must raise it for its workers."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-
-
 class LoadBalancerUnderTest:
     def __init__(self, tmp_path: Path, ca: Path, servers: list[str], files: dict[str, str] | None = None,
                  identity=None):
         self.root = lb_tree(tmp_path, files or lb_files(), load_balancer.upstreams(servers), ca, identity)
         self.public_cert = next((tmp_path / "public").glob("public.crt"))
         self.process = subprocess.Popen(
-            in_namespace(self.root, [require("nginx"), "-g", "daemon off;"]),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=open_files_as_systemd_gives,
+            # With the open files systemd starts a service with (soft 1024), as nginx has them
+            # on a droplet: its nginx.conf must raise them for its workers.
+            in_namespace(self.root, [require("prlimit"), f"--nofile={SYSTEMD_OPEN_FILES}:",
+                                     require("nginx"), "-g", "daemon off;"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         wait_for_port("127.0.0.1", c.HTTPS_PORT, self.process)
 

@@ -16,11 +16,10 @@ import cloudinit
 from cloudinit import common
 from model import conventions as c
 
-from lb_sandbox import APP_IPS, LoadBalancerUnderTest, rendered_domain
+from lb_sandbox import APP_IPS, SYSTEMD_OPEN_FILES, LoadBalancerUnderTest, rendered_domain
 from render_helpers_lb_app import settings
 
 DISTRIBUTION_WORKER_CONNECTIONS = 768
-SYSTEMD_OPEN_FILES = 1024   # lb_sandbox.open_files_as_systemd_gives
 
 
 def test_the_lb_and_the_app_servers_run_one_nginx_conf():
