@@ -18,10 +18,9 @@ import cloudinit
 from cloudinit import load_balancer
 from model import conventions as c
 
-from render_helpers_lb_app import in_namespace, issue, nginx_tree, require, self_signed, settings
+from render_helpers_lb_app import droplet_nginx, issue, nginx_tree, require, self_signed, settings
 
 APP_IPS = ["127.0.0.2", "127.0.0.3"]
-SYSTEMD_OPEN_FILES = 1024   # soft limit of a service's open files (systemd's default)
 
 
 def lb_files(engines=None) -> dict[str, str]:
@@ -119,11 +118,7 @@ class LoadBalancerUnderTest:
         self.root = lb_tree(tmp_path, files or lb_files(), load_balancer.upstreams(servers), ca, identity)
         self.public_cert = next((tmp_path / "public").glob("public.crt"))
         self.process = subprocess.Popen(
-            # With the open files systemd starts a service with (soft 1024), as nginx has them
-            # on a droplet: its nginx.conf must raise them for its workers.
-            in_namespace(self.root, [require("prlimit"), f"--nofile={SYSTEMD_OPEN_FILES}:",
-                                     require("nginx"), "-g", "daemon off;"]),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            droplet_nginx(self.root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         wait_for_port("127.0.0.1", c.HTTPS_PORT, self.process)
 

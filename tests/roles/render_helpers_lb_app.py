@@ -151,6 +151,16 @@ def in_namespace(root: Path, command: list[str]) -> list[str]:
     return [require("unshare"), "--mount", "--propagation", "private", "sh", "-c", script]
 
 
+SYSTEMD_OPEN_FILES = 1024   # a service's soft limit of open files (systemd's default)
+
+
+def droplet_nginx(root: Path) -> list[str]:
+    """argv of nginx over the tree, in the foreground, with the open files systemd starts it
+    with on a droplet (the droplets' nginx.conf raises them for its workers)."""
+    return in_namespace(root, [require("prlimit"), f"--nofile={SYSTEMD_OPEN_FILES}:",
+                               require("nginx"), "-g", "daemon off;"])
+
+
 APP_SITE = common.NGINX_SITE
 
 
@@ -178,7 +188,7 @@ def app_server_nginx(root: Path, api_files: Path, ports: tuple[int, ...]):
     `api_files` on the API's port); both stopped after, whatever happened."""
     api = subprocess.Popen(["python3", "-m", "http.server", str(conventions.API_APP_PORT), "--bind", "127.0.0.1"],
                            cwd=api_files, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    nginx = subprocess.Popen(in_namespace(root, [require("nginx"), "-g", "daemon off;"]),
+    nginx = subprocess.Popen(droplet_nginx(root),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for port in (*ports, conventions.API_APP_PORT):

@@ -16,8 +16,8 @@ import cloudinit
 from cloudinit import common
 from model import conventions as c
 
-from lb_sandbox import APP_IPS, SYSTEMD_OPEN_FILES, LoadBalancerUnderTest, rendered_domain
-from render_helpers_lb_app import settings
+from lb_sandbox import APP_IPS, LoadBalancerUnderTest, rendered_domain
+from render_helpers_lb_app import SYSTEMD_OPEN_FILES, settings
 
 DISTRIBUTION_WORKER_CONNECTIONS = 768
 
