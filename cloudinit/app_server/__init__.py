@@ -13,7 +13,7 @@ from model import app_contract, conventions
 from model.settings import Settings
 
 from ..files import ConfigFile, Program, Push, Target, render
-from ..common import NGINX_MAIN_FILE, NGINX_SITE, ROLE_STEPS
+from ..common import NGINX_LOGROTATE_FILE, NGINX_MAIN_FILE, NGINX_SITE, ROLE_STEPS
 
 EXAMPLE_APP = Path(__file__).resolve().parents[2] / "example-app"
 INSTALL_EXAMPLE_APP = "/usr/local/sbin/platform-install-example-app"
@@ -61,6 +61,7 @@ NEEDRESTART_APPS_RELOAD = f"/etc/needrestart/restart.d/{conventions.APPS_UNIT}.s
 def files(settings: Settings) -> list[ConfigFile]:
     return [
         NGINX_MAIN_FILE,
+        NGINX_LOGROTATE_FILE,
         ConfigFile("app_server/site.conf", NGINX_SITE),
         ConfigFile("app_server/ecosystem.config.js", conventions.ECOSYSTEM_FILE),
         ConfigFile("app_server/platform-apps.service", f"/etc/systemd/system/{conventions.APPS_UNIT}.service"),

@@ -31,12 +31,16 @@ PROGRAMS = [
 NGINX_SITE = "/etc/nginx/conf.d/platform.conf"
 NGINX_MAIN = "/etc/nginx/nginx.conf"
 NGINX_MAIN_FILE = ConfigFile("common/nginx.conf", NGINX_MAIN)
+# The distribution's, with a size limit: on the droplets that run nginx (after its package).
+NGINX_LOGROTATE = "/etc/logrotate.d/nginx"
+NGINX_LOGROTATE_FILE = ConfigFile("common/nginx.logrotate", NGINX_LOGROTATE)
 SSHD_DROP_IN = "/etc/ssh/sshd_config.d/10-platform.conf"
 FAIL2BAN_JAIL = "/etc/fail2ban/jail.d/platform.conf"
 # After the distribution's 20auto-upgrades and 50unattended-upgrades, so these win.
 AUTO_UPGRADES = "/etc/apt/apt.conf.d/21platform-auto-upgrades"
 UNATTENDED_UPGRADES = "/etc/apt/apt.conf.d/52platform-unattended-upgrades"
 LOGROTATE = "/etc/logrotate.d/platform"
+LOGROTATE_TIMER_DROP_IN = "/etc/systemd/system/logrotate.timer.d/platform.conf"
 # needrestart reads every conf.d/*.conf after its own needrestart.conf.
 NEEDRESTART_CONF = "/etc/needrestart/conf.d/platform.conf"
 # Host hardening: applied by provisioning's "host hardening" step.
@@ -65,6 +69,7 @@ def files(settings: Settings) -> list[ConfigFile]:
         ConfigFile("common/unattended-upgrades.conf", UNATTENDED_UPGRADES),
         ConfigFile("common/needrestart.conf", NEEDRESTART_CONF),
         ConfigFile("common/logrotate.conf", LOGROTATE),
+        ConfigFile("common/logrotate-hourly.conf", LOGROTATE_TIMER_DROP_IN),
         ConfigFile("common/firewall.rules", conventions.FIREWALL_RULES_FILE),
         ConfigFile("common/hardening-sysctl.conf", conventions.HARDENING_SYSCTL_FILE),
         ConfigFile("common/no-core-dumps.conf", NO_CORE_DUMPS),

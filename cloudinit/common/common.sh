@@ -216,6 +216,15 @@ staged_file_entry() {
     return 1
 }
 
+# logrotate reads all of logrotate.d at each run: a line it cannot parse is skipped, and
+# what it said may then never happen (a log left to grow). Checked before any is installed.
+check_staged_logrotate_files() {
+    local conf said
+    for conf in "${STAGED_FILES}"/etc/logrotate.d/*; do
+        said=$(logrotate -d "$conf" 2>&1) || { log "$conf: $(grep '^error:' <<<"$said" | head -3)"; return 1; }
+    done
+}
+
 # Every staged file whose path starts with the given prefix (all of them by default).
 install_configs() {
     local prefix=${1:-/}
@@ -337,6 +346,7 @@ common_steps() {
     for conf in "${STAGED_FILES}"/etc/needrestart/conf.d/*.conf; do
         perl -c "$conf" 2>/dev/null || { log "$conf is not valid Perl"; return 1; }
     done
+    check_staged_logrotate_files || return 1
     read -ra common_files <<<"$COMMON_CONFIG_FILES"
     for entry in $CONFIG_FILES; do
         IFS=: read -r path mode owner group <<<"$entry"

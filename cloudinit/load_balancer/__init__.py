@@ -8,7 +8,7 @@ from model import conventions
 from model.settings import Settings
 
 from ..files import ConfigFile, Program, Push, Target, render
-from ..common import NGINX_MAIN_FILE, NGINX_SITE, ROLE_STEPS
+from ..common import NGINX_LOGROTATE_FILE, NGINX_MAIN_FILE, NGINX_SITE, ROLE_STEPS
 
 # Nothing to wait for after a new bundle: no pool member to keep serving.
 HEALTH_URL = None
@@ -35,6 +35,7 @@ SSHD_RELOAD = ["systemctl", "try-reload-or-restart", "ssh"]
 def files(settings: Settings) -> list[ConfigFile]:
     return [
         NGINX_MAIN_FILE,
+        NGINX_LOGROTATE_FILE,
         ConfigFile("load_balancer/site.conf", NGINX_SITE),
         ConfigFile("load_balancer/maintenance.html", f"{conventions.MAINTENANCE_ROOT}/maintenance.html"),
         ConfigFile("load_balancer/platform-certificate.service", f"/etc/systemd/system/{CERTIFICATE_UNIT}.service"),

@@ -8,6 +8,7 @@ SELF_SIGNED_KEY=${LB_CERT_DIR}/self-signed.key
 role_steps() {
     ensure_packages nginx certbot openssl
     remove_default_site
+    install_configs /etc/logrotate.d/
     install_configs /etc/nginx/
     install_configs {{ c.MAINTENANCE_ROOT }}/
     install_configs /etc/systemd/system/

@@ -1,6 +1,6 @@
 """What every droplet gets, checked by the programs that read it.
 
-Anything that would touch the host (logrotate, platform-push's real paths) runs in
+Anything that would touch the host (platform-push's real paths) runs in
 role_checks.sandboxed: a private mount namespace with overlays over /etc, /var/lib,
 /var/log and /usr/local: the real paths are used and the host keeps nothing. Who may
 reach a droplet (ufw, fail2ban, the role's users) is in test_common_access.py.
@@ -260,27 +260,6 @@ def test_sshd_accepts_the_drop_in_keys_only_no_root(tmp_path, role, allowed, for
 def test_sshd_check_rejects_a_bad_drop_in(tmp_path):
     result = sshd_effective(tmp_path, "PermitRootLogin perhaps\n")
     assert result.returncode != 0 and "drop-in.conf line 1" in result.stderr
-
-
-# --- logrotate ----------------------------------------------------------------------
-
-
-def test_logrotate_rotates_every_platform_log(tmp_path, render_role, staging_settings):
-    require_tool("logrotate", "logrotate")
-    files = render_role(conventions.LOAD_BALANCER, staging_settings)
-    config = files[common.LOGROTATE]
-    log = conventions.PROVISION_LOG
-    result = sandboxed(tmp_path, textwrap.dedent(f"""\
-        mkdir -p {conventions.PLATFORM_LOG_DIR}
-        echo first-run > {log}; echo other > {conventions.PLATFORM_LOG_DIR}/other.log
-        logrotate -d {config} 2>&1 | grep -i error && exit 3
-        logrotate -f -s {tmp_path}/state {config} || exit 4
-        ls {conventions.PLATFORM_LOG_DIR}; echo "size=$(stat -c %s {log})"; cat {log}.1
-    """))
-    assert result.returncode == 0, result.stdout + result.stderr
-    listing = result.stdout.split()
-    assert {"provision.log", "provision.log.1", "other.log", "other.log.1"} <= set(listing)
-    assert "size=0" in result.stdout and "first-run" in result.stdout
 
 
 # --- unattended upgrades ------------------------------------------------------------
