@@ -179,9 +179,10 @@ NGINX_WORKER_CONNECTIONS = 8192
 NGINX_WORKER_OPEN_FILES = 2 * NGINX_WORKER_CONNECTIONS + 1024
 # nginx's logs (on the LB and the app servers) are rotated daily, 14 kept, and also as
 # soon as one passes this size: logrotate runs every hour on every droplet, so a busy day
-# cannot fill the disk (two logs uncompressed, each at most this and an hour's growth, the
-# other twelve compressed). An access log line is ~120 bytes for the benchmarks' requests,
-# about twice that with a browser's: 1 GiB is a day at roughly 50 to 100 requests/s.
+# cannot fill the disk (the log and its newest rotation uncompressed, each at most this and
+# an hour's growth; the other thirteen compressed). An access log line is ~120 bytes for
+# the benchmarks' requests, about twice that with a browser's: 1 GiB is a day at roughly
+# 50 to 100 requests/s.
 NGINX_LOG_MAX_MIB = 1024
 # The Node.js apps listen on loopback behind that nginx.
 WEB_APP_PORT = 3000
