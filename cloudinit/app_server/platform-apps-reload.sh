@@ -7,13 +7,16 @@
 # declared with another script is replaced the same way: its new script starts first
 # under a stand-in name (NAME.next: a declared name has no dot), the old one is deleted,
 # the declared name starts on the new script, and the stand-in goes. A changed instance
-# count is scaled last.
+# count is scaled last. A declared process pm2 gave up on (it kept exiting as it started:
+# status "errored") fails the reload at once, so a deploy switches back without waiting
+# out its health timeout; one that starts slowly is left to that wait.
 set -euo pipefail
 
 ecosystem={{ c.ECOSYSTEM_FILE }}
 pm2={{ c.PM2_BIN_DIR }}/pm2
 
-# What to do, one "ACTION NAME [ARG]" per line: PHASE "before" (moved) or "after" (gone, scale).
+# What to do, one "ACTION NAME [ARG]" per line: PHASE "before" (moved) or "after" (gone,
+# scale, errored).
 actions() {
     "$pm2" jlist | node -e '
 const [ecosystem, phase] = process.argv.slice(1);
@@ -21,14 +24,16 @@ const cpus = require("node:os").cpus().length;
 const declared = new Map(require(ecosystem).apps.map((app) => [app.name, app]));
 const running = new Map();
 for (const p of JSON.parse(require("node:fs").readFileSync(0, "utf8"))) {
-  const seen = running.get(p.name) || { count: 0, script: p.pm2_env.pm_exec_path };
+  const seen = running.get(p.name) || { count: 0, script: p.pm2_env.pm_exec_path, errored: false };
   seen.count += 1;
+  seen.errored ||= p.pm2_env.status === "errored";
   running.set(p.name, seen);
 }
 for (const [name, seen] of running) {
   const app = declared.get(name);
   if (phase === "after" && !app) console.log("gone", name);
   else if (phase === "before" && app && app.script !== seen.script) console.log("moved", name, app.script);
+  else if (phase === "after" && app && seen.errored) console.log("errored", name);
   else if (phase === "after" && app) {
     const wanted = app.instances === "max" ? cpus : app.instances;
     if (seen.count !== wanted) console.log("scale", name, wanted);
@@ -62,8 +67,10 @@ done < <(actions before)
 
 for name in "${stand_ins[@]}"; do "$pm2" delete "$name"; done
 
+given_up=()
 while read -r action name count; do
     case "$action" in
+        errored) given_up+=("$name") ;;
         gone)
             echo "platform-apps-reload: $name is no longer declared: deleted"
             "$pm2" delete "$name"
@@ -74,3 +81,9 @@ while read -r action name count; do
             ;;
     esac
 done < <(actions after)
+
+for name in "${given_up[@]}"; do
+    echo "platform-apps-reload: pm2 gave up on $name: it kept exiting as it started" \
+        "(what it wrote as it died: journalctl -u {{ c.APPS_UNIT }})" >&2
+done
+[ "${#given_up[@]}" -eq 0 ]

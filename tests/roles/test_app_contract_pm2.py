@@ -2,7 +2,8 @@
 ecosystem file and the unit's reload script, run for real (pm2 at the pinned major, in a
 private mount namespace): a worker added by a release starts, an instance count changed
 is scaled, a process moved to another script answers throughout, and a rollback to a
-release without the worker deletes it."""
+release without the worker deletes it; a release whose process dies as it starts fails
+the reload once pm2 gives up on it, and the release before it reloads healthy."""
 
 from __future__ import annotations
 
@@ -25,15 +26,19 @@ const timer = setInterval(() => {}, 1000);
 process.on('SIGINT', () => { clearInterval(timer); process.exit(0); });
 """
 
-SCRIPT = r"""
+# The releases {release_names} (filled in below), each the example app without platform.json.
+RELEASES = r"""
 set -eu
 export PM2_HOME={pm2_home} PATH={bin}:$PATH
 mkdir -p {releases} {logs}
-for r in r1 r2; do
+for r in {release_names}; do
   cp -r {source} {releases}/$r
   rm -f {releases}/$r/platform.json
   ln -s {modules} {releases}/$r/node_modules
 done
+"""
+
+SCRIPT = RELEASES.replace("{release_names}", "r1 r2") + r"""
 mkdir {releases}/r2/worker && cp {worker} {releases}/r2/worker/index.js
 cp {releases}/r2/web/server.js {releases}/r2/web/site.js && sed -i 's/It works/Moved script/' {releases}/r2/web/site.js
 cp {contract} {releases}/r2/platform.json
@@ -57,10 +62,14 @@ pm2 kill >/dev/null
 """
 
 
-def test_the_apps_reload_follows_each_releases_declared_processes(tmp_path, pm2_bin, example_app_modules):
+def ports_free() -> None:
     for port in (c.WEB_APP_PORT, c.API_APP_PORT):
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is taken on this host"
+
+
+def test_the_apps_reload_follows_each_releases_declared_processes(tmp_path, pm2_bin, example_app_modules):
+    ports_free()
     (tmp_path / "worker.js").write_text(WORKER)
     (tmp_path / "platform.json").write_text(json.dumps({"processes": {
         "web": {"script": "web/site.js", "serves": "/"},
@@ -84,3 +93,48 @@ def test_the_apps_reload_follows_each_releases_declared_processes(tmp_path, pm2_
     assert answered > 20 and failed == 0, f"requests to web while its script moved: {seen['PROBE']}"
     assert json.loads(seen["BACK"]) == {"web": cpus, "api": cpus}, result.stdout
     assert "worker is no longer declared: deleted" in result.stdout
+
+
+DYING_SCRIPT = RELEASES.replace("{release_names}", "good bad") + r"""
+sed -i "1i throw new Error('dying at start');" {releases}/bad/api/server.js
+statuses() {{ pm2 jlist | node -e 'console.log(JSON.parse(require("fs").readFileSync(0)).map(p => p.name + ":" + p.pm2_env.status).sort().join(","))'; }}
+ln -sfn {releases}/good {current}
+pm2 start {ecosystem} >/dev/null
+ln -sfn {releases}/bad {current}.new && mv -T {current}.new {current}
+start=$SECONDS
+if {reload} 2> {tmp}/bad.err; then echo "BAD reloaded"; else echo "BAD failed"; fi
+echo "BADSECONDS $((SECONDS - start))"
+echo "BADSTATUS $(statuses)"
+echo "BADLOGGED $(grep -c 'dying at start' {logs}/api.error.log || true)"
+ln -sfn {releases}/good {current}.new && mv -T {current}.new {current}
+if {reload} 2> {tmp}/good.err; then echo "GOOD reloaded"; else echo "GOOD failed"; fi
+echo "GOODSTATUS $(statuses)"
+echo "API $(curl -s --max-time 5 http://127.0.0.1:{api}/api/hello || echo refused)"
+pm2 kill >/dev/null
+"""
+
+
+def test_a_release_dying_as_it_starts_fails_the_reload_and_the_one_before_reloads_healthy(
+        tmp_path, pm2_bin, example_app_modules):
+    ports_free()
+    root = nginx_tree(tmp_path / "ns", {c.ECOSYSTEM_FILE: app_files()[c.ECOSYSTEM_FILE]})
+    script = DYING_SCRIPT.format(
+        pm2_home=tmp_path / "pm2-home", bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR,
+        source=REPO / "example-app", modules=example_app_modules, current=c.CURRENT_RELEASE_LINK,
+        ecosystem=c.ECOSYSTEM_FILE, reload=apps_reload(tmp_path), tmp=tmp_path, api=c.API_APP_PORT)
+    result, seen = run_pm2_script(root, script, tmp_path / "pm2-home", timeout=240)
+    cpus = len(__import__("os").sched_getaffinity(0))
+    said = (tmp_path / "bad.err").read_text()
+    assert seen["BAD"] == "failed", result.stdout + said
+    assert (f"pm2 gave up on api: it kept exiting as it started (what it wrote as it died: journalctl -u "
+            f"{c.APPS_UNIT})") in said
+    assert "web" not in said, "web started on the new release: only api is named"
+    assert seen["BADSTATUS"] == ",".join(sorted(["api:errored"] * cpus + ["web:online"] * cpus)), result.stdout
+    # pm2 in cluster mode loses what a worker writes as it dies (pm2#4075): not in its log
+    # file, hence the deploy's reading of the unit's journal (which has it, via pm2-runtime).
+    assert seen["BADLOGGED"] == "0", "pm2 now keeps a dying worker's last words: `deploy logs` may show them"
+    # Each api worker's reload waits out listen_timeout (10 s): not the deploy's health timeout besides.
+    print(f"the failing reload took {seen['BADSECONDS']} s")
+    assert seen["GOOD"] == "reloaded", (tmp_path / "good.err").read_text()
+    assert seen["GOODSTATUS"] == ",".join(sorted(["api:online"] * cpus + ["web:online"] * cpus)), result.stdout
+    assert '"hello":"world"' in seen["API"], seen["API"]
