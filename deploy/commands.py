@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudinit.app_server import APP_EXEC, APPS_RELOAD
+from cloudinit.app_server import APP_EXEC, APPS_JOURNAL, APPS_RELOAD
 from components import ssh
 from model import conventions
 
@@ -175,6 +175,12 @@ def release_command(stack, server, release_id: str, command: str, control_dir=No
 def reload_apps(stack, server, control_dir=None) -> Remote:
     """pm2's graceful reload: the deploy user's one sudo command."""
     return on_server(stack, server, ["sudo", "-n", *APPS_RELOAD], control_dir)
+
+
+def apps_journal(stack, server, since: int, lines: int, control_dir=None) -> Remote:
+    """The apps' unit's journal from `since` (seconds since the epoch), its last `lines`
+    entries: the deploy user's sudo wrapper, which checks both numbers."""
+    return on_server(stack, server, ["sudo", "-n", *APPS_JOURNAL, str(since), str(lines)], control_dir)
 
 
 def lock(stack, server, holder: str, control_dir=None) -> Remote:

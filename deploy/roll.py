@@ -26,6 +26,29 @@ from .records import Server, Stack
 LOCKED_EXIT = 3  # remote.sh's exit when someone else holds the lock
 # A migration may take a while; the deploy waits this long for the release command.
 RELEASE_COMMAND_SECONDS = 1800
+# A server that fails its step shows the last lines the apps and the platform's scripts
+# wrote to the apps' unit's journal, read from at most its last JOURNAL_READ entries.
+APPS_SAID_LINES = 20
+JOURNAL_READ = 2000
+# What writes there: pm2-runtime (the apps' output, and pm2's own `PM2 log:` lines) and
+# the unit's reload steps, whose verdicts start with their names.
+PM2_RUNTIME = "pm2-runtime"
+UNIT_STEPS = ("platform-apps-reload", "platform-app-health")
+
+
+def apps_said(journal: str) -> list[str]:
+    """The apps' output and the reload steps' verdicts in the unit's journal (journalctl's
+    short-iso lines: time, host, identifier[pid], message), without pm2's bookkeeping."""
+    said = []
+    for line in journal.splitlines():
+        fields = line.split(" ", 3)
+        if len(fields) < 4:
+            continue
+        identifier, message = fields[2].split("[", 1)[0].rstrip(":"), fields[3]
+        if (identifier == PM2_RUNTIME and ": PM2 log: " not in message) or \
+                (identifier in UNIT_STEPS and message.startswith(identifier + ":")):
+            said.append(message)   # pm2 stamps the apps' lines; a step's verdict names the step
+    return said[-APPS_SAID_LINES:]
 
 
 @dataclass(frozen=True)
@@ -214,13 +237,14 @@ class Deployer:
             outcome.steps.append(step)
             self.say(f"[{server.name}] {held.current or '(none)'} -> {to_release}: switching, reloading, "
                      f"waiting for health (up to {self.health_timeout}s)")
-            start = time.monotonic()
+            start, switched_at = time.monotonic(), time.time()
             try:
                 self.switch_and_check(server, to_release)
             except CommandFailed as failed:
                 step.seconds = time.monotonic() - start
                 step.problem = f"{failed}: {failed.result.last_line}"
                 self.say(f"[{server.name}] FAILED {step.problem}")
+                self.show_apps_journal(server, switched_at)
                 self.switch_back(step)
                 outcome.untouched = [h.server for h, _ in plan[number + 1:]]
                 return outcome
@@ -228,6 +252,21 @@ class Deployer:
             step.seconds = time.monotonic() - start
             self.say(f"[{server.name}] healthy on {to_release} ({step.seconds:.1f}s)")
         return outcome
+
+    def show_apps_journal(self, server: Server, since: float) -> None:
+        """What the apps' unit said since the switch (as Kamal shows a failed container's
+        log): the apps' output and the reload's verdict. From the journal, not pm2's log
+        files, which lose what a worker writes as it dies (pm2 in cluster mode). From a few
+        seconds before the switch: the droplet's clock may lag this one's."""
+        command = commands.apps_journal(self.stack, server, int(since) - 5, JOURNAL_READ, self.control_dir)
+        result = self.executor.run(command.argv, timeout=120)
+        if not result.ok:
+            self.say(f"[{server.name}] the apps' journal could not be read: {result.last_line}")
+            return
+        said = apps_said(result.output)
+        self.say(f"[{server.name}] what the apps and the reload said since the switch (the last {len(said)} lines):")
+        for line in said:
+            self.say(f"[{server.name}]   {line}")
 
     def switch_back(self, step: Step) -> None:
         if step.from_release is None:

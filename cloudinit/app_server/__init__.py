@@ -20,6 +20,8 @@ INSTALL_EXAMPLE_APP = "/usr/local/sbin/platform-install-example-app"
 # A one-off command in the apps' release and environment, as the app user.
 APP_EXEC_COMMAND = "/usr/local/sbin/platform-app-exec"
 SUDOERS_FILE = "/etc/sudoers.d/platform-deploy"
+# The apps' unit's journal, for the deploy user as root: why a release did not come up.
+APPS_JOURNAL_COMMAND = "/usr/local/sbin/platform-apps-journal"
 # The apps' unit's ExecReload: pm2 follows the current release's declared processes.
 APPS_RELOAD_COMMAND = "/usr/local/sbin/platform-apps-reload"
 # The unit's last step at each start and reload, as root: nginx asks the current release's
@@ -42,16 +44,19 @@ PROGRAMS = [
     Program("app_server/provision.sh", ROLE_STEPS, mode="0644"),
     Program("app_server/platform-install-example-app.sh", INSTALL_EXAMPLE_APP),
     Program("app_server/platform-app-exec.sh", APP_EXEC_COMMAND),
+    Program("app_server/platform-apps-journal.sh", APPS_JOURNAL_COMMAND),
     Program("app_server/platform-apps-reload.sh", APPS_RELOAD_COMMAND),
     Program("app_server/platform-app-health.sh", APP_HEALTH_COMMAND),
 ]
 
 NGINX_CHECK = ["nginx", "-t", "-q"]
 NGINX_RELOAD = ["systemctl", "reload", "nginx"]
-# A graceful pm2 reload (the unit's ExecReload); the deploy user's one sudo command.
+# A graceful pm2 reload (the unit's ExecReload); the deploy user's first sudo command.
 APPS_RELOAD = ["systemctl", "reload", conventions.APPS_UNIT]
-# The deploy user's other sudo command, as the app user (never root): any arguments.
+# The deploy user's other sudo commands: the exec wrapper as the app user (never root),
+# any arguments; the apps' journal as root, the wrapper checking its two numbers.
 APP_EXEC = [APP_EXEC_COMMAND]
+APPS_JOURNAL = [APPS_JOURNAL_COMMAND]
 
 
 # needrestart runs restart.d/<unit> instead of restarting the unit.

@@ -39,6 +39,9 @@ class Fleet(Executor):
 
     servers: dict[str, FakeServer] = field(default_factory=dict)
     unhealthy: set[tuple[str, str]] = field(default_factory=set)   # (address, release) that never get healthy
+    dies: set[tuple[str, str]] = field(default_factory=set)        # (address, release) pm2 gives up on: reload fails
+    journal: dict[tuple[str, str], str] = field(default_factory=dict)    # (address, release): the apps' journal
+    journal_since: list[int] = field(default_factory=list)         # the SINCE of each journal asked
     lock_holder: str | None = None     # a deploy lock already held on every server
     log: list[tuple[str, str]] = field(default_factory=list)       # (host, action) in the order run
     locks: dict[str, str] = field(default_factory=dict)            # address: who holds its deploy lock
@@ -74,6 +77,11 @@ class Fleet(Executor):
 
     def lock_action(self, argv, address, remote, script):
         """remote.sh's lock actions, as deploy on one app server."""
+        if remote[:3] == ["sudo", "-n", "/usr/local/sbin/platform-apps-journal"]:
+            since, lines = remote[3:]   # logged without SINCE, a time: kept apart for the tests that look
+            self.journal_since.append(int(since))
+            self.log.append((address, f"journal {lines}"))
+            return Result([], 0, self.journal.get((address, server.running), ""))
         assert remote[:3] == ["bash", "-s", "--"] and script.startswith("RELEASES_DIR=")
         action, *args = remote[3:]
         self.log.append(("lock", f"{action} {address}"))
@@ -101,7 +109,15 @@ class Fleet(Executor):
         if remote == ["sudo", "-n", "systemctl", "reload", conventions.APPS_UNIT]:
             self.log.append((address, "reload"))
             server.running = server.current
+            if (address, server.running) in self.dies:
+                return Result([], 1, "Job for platform-apps.service failed because the control process exited with "
+                                     "error code.\nSee \"systemctl status platform-apps.service\" for details.\n")
             return Result([], 0, "")
+        if remote[:3] == ["sudo", "-n", "/usr/local/sbin/platform-apps-journal"]:
+            since, lines = remote[3:]   # logged without SINCE, a time: kept apart for the tests that look
+            self.journal_since.append(int(since))
+            self.log.append((address, f"journal {lines}"))
+            return Result([], 0, self.journal.get((address, server.running), ""))
         assert remote[:3] == ["bash", "-s", "--"] and script.startswith("RELEASES_DIR=")
         action, *args = remote[3:]
         self.log.append((address, " ".join([action, *args])))

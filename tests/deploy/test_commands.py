@@ -39,12 +39,15 @@ def test_app_servers_are_reached_as_deploy_through_the_lb_as_deploy_too():
 
 
 def test_the_deploy_users_sudo_commands_are_exactly_those_its_sudoers_allows(staging_settings):
-    """The reload as root, with no arguments; the exec wrapper as the app user only."""
+    """The reload as root, with no arguments; the journal wrapper as root, two numbers; the
+    exec wrapper as the app user only."""
     reload = shlex.split(commands.reload_apps(STACK, SERVER).argv[-1])
     assert reload[:2] == ["sudo", "-n"]
     app_exec = shlex.split(commands.app_exec(STACK, SERVER, ["node", "-e", "1"]).argv[-1])
     assert app_exec == ["sudo", "-n", "-u", conventions.APP_USER, "/usr/local/sbin/platform-app-exec", "--", "node",
                         "-e", "1"]
+    journal = shlex.split(commands.apps_journal(STACK, SERVER, 1764452000, 20).argv[-1])
+    assert journal == ["sudo", "-n", "/usr/local/sbin/platform-apps-journal", "1764452000", "20"]
     migrate = shlex.split(commands.release_command(STACK, SERVER, "R2", "node migrate.js").argv[-1])
     assert migrate == ["sudo", "-n", "-u", conventions.APP_USER, "/usr/local/sbin/platform-app-exec", "--release", "R2",
                        "--", "sh", "-c", "node migrate.js"], "the same wrapper, in the uploaded release"
@@ -53,9 +56,9 @@ def test_the_deploy_users_sudo_commands_are_exactly_those_its_sudoers_allows(sta
                    if line.startswith("Cmnd_Alias"))
     # sudo finds systemctl on its secure_path: /usr/bin comes first there on both images.
     assert aliases == {"PLATFORM_RELOAD_APPS": "/usr/bin/" + " ".join(reload[2:]),
-                       "PLATFORM_APP_EXEC": app_exec[4]}
+                       "PLATFORM_APPS_JOURNAL": journal[2], "PLATFORM_APP_EXEC": app_exec[4]}
     rules = [line for line in sudoers.splitlines() if line.startswith(conventions.DEPLOY_USER + " ")]
-    assert rules == [f"{conventions.DEPLOY_USER} ALL=(root) NOPASSWD: PLATFORM_RELOAD_APPS",
+    assert rules == [f"{conventions.DEPLOY_USER} ALL=(root) NOPASSWD: PLATFORM_RELOAD_APPS, PLATFORM_APPS_JOURNAL",
                      f"{conventions.DEPLOY_USER} ALL=({conventions.APP_USER}) NOPASSWD: PLATFORM_APP_EXEC"]
 
 

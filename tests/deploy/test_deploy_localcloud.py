@@ -109,6 +109,14 @@ def test_a_bad_release_stops_at_the_first_server_switched_back_and_loses_no_requ
     bad = release_id_from(result.stdout)
     first, *rest = servers
     assert f"{first.key}: {bad} failed" in result.stdout
+    # pm2 gave up on the API as it started: the reload failed (no health wait besides) and
+    # the deploy showed the apps' journal: what the API wrote as it died (which pm2 loses
+    # from its log files) and why the reload failed.
+    assert f"[{first.key}] FAILED {first.key}: reload the apps: exit 1" in result.stdout
+    journal = [line for line in result.stdout.splitlines() if line.startswith(f"[{first.key}]   ")]
+    assert any(line.endswith(": bad release: exiting") for line in journal), result.stdout
+    assert any("platform-apps-reload: pm2 gave up on api: it kept exiting as it started" in line
+               for line in journal), result.stdout
     assert f"switched back to {good[first.name]}" in result.stdout
     for d in rest:
         assert f"{d.key}: not touched" in result.stdout
@@ -118,6 +126,18 @@ def test_a_bad_release_stops_at_the_first_server_switched_back_and_loses_no_requ
     # The bad release was uploaded everywhere (before any switch), run nowhere.
     assert bad in deploy_cli("releases", key=operator_key).stdout
     assert_none_lost(plan, seen)
+
+
+def test_the_apps_journal_wrapper_takes_two_numbers_as_deploy_and_journalctl_itself_is_refused(plan):
+    wrapper = "/usr/local/sbin/platform-apps-journal"
+    name = app_servers(plan)[0].name
+    as_deploy = f"runuser -u {conventions.DEPLOY_USER} -- sudo -n"
+    assert on(name, f"{as_deploy} {wrapper} 0 3 >/dev/null; echo $?") == "0"
+    for refused in (f"{wrapper} '0;id' 3", f"{wrapper} 0 3 --output=json", f"{wrapper} --since=0 3"):
+        said = on(name, f"{as_deploy} {refused} 2>&1; echo exit $?")
+        assert said.endswith("exit 2") and "usage: platform-apps-journal SINCE LINES" in said, (refused, said)
+    said = on(name, f"{as_deploy} journalctl -n 1 2>&1; echo exit $?")
+    assert said.endswith("exit 1") and "a password is required" in said, said
 
 
 def test_rollback_returns_every_server_to_the_previous_release(local_stack, plan, operator_key):

@@ -47,8 +47,9 @@ def test_a_server_that_does_not_get_healthy_is_switched_back_and_the_roll_stops(
     assert (second.current, second.running) == (OLD, OLD)   # switched back and reloaded
     assert (third.current, third.running) == (OLD, OLD)     # never touched
     a2, a3 = SERVERS[1].address, SERVERS[2].address
-    assert [a for h, a in fleet.log if h == a2][-7:] == [
-        f"switch {NEW}", "reload", "health 60", f"switch {OLD}", "reload", "health 60", f"activated {OLD}"]
+    assert [a for h, a in fleet.log if h == a2][-8:] == [
+        f"switch {NEW}", "reload", "health 60", "journal 2000", f"switch {OLD}", "reload", "health 60",
+        f"activated {OLD}"]
     assert fleet.servers[a2].activated == [OLD, OLD], "the release that failed is never recorded as healthy"
     assert [a for h, a in fleet.log if h == a3 and a.startswith(("switch", "reload"))] == []
     assert not [a for h, a in fleet.log if a.startswith("prune")], "nothing is pruned after a failed roll"
@@ -56,6 +57,42 @@ def test_a_server_that_does_not_get_healthy_is_switched_back_and_the_roll_stops(
     assert "deploy: STOPPED" in text
     assert f"app-2: {NEW} failed" in text and f"switched back to {OLD}" in text
     assert "app-3: not touched" in text
+
+
+JOURNAL = """\
+2026-11-29T21:30:08+0000 staging-app-1 systemd[1]: Reloading platform-apps.service - The platform's Node.js apps (pm2)...
+2026-11-29T21:30:08+0000 staging-app-1 platform-apps-reload[901]: [PM2] Applying action reloadProcessId on app [api]
+2026-11-29T21:30:09+0000 staging-app-1 pm2-runtime[812]: 2026-11-29T21:30:09: PM2 log: App [api:1] starting in -cluster mode-
+2026-11-29T21:30:09+0000 staging-app-1 pm2-runtime[812]: 2026-11-29T21:30:09: Error: Cannot find module 'pg'
+2026-11-29T21:30:09+0000 staging-app-1 pm2-runtime[812]:     at Module._resolveFilename (node:internal/modules/cjs/loader:1145:15)
+2026-11-29T21:30:09+0000 staging-app-1 pm2-runtime[812]: 2026-11-29T21:30:09: PM2 log: App [api:1] exited with code [1] via signal [SIGINT]
+2026-11-29T21:30:19+0000 staging-app-1 platform-apps-reload[901]: │ 1  │ api       │ default     │ errored   │
+2026-11-29T21:30:19+0000 staging-app-1 platform-apps-reload[897]: platform-apps-reload: pm2 gave up on api: it kept exiting
+2026-11-29T21:30:19+0000 staging-app-1 systemd[1]: Reload failed for platform-apps.service - The platform's Node.js apps (pm2).
+"""
+
+
+def test_a_release_pm2_gives_up_on_stops_at_the_reload_shows_what_the_apps_said_and_is_switched_back():
+    a1 = SERVERS[0].address
+    fleet = Fleet(dies={(a1, NEW)}, journal={(a1, NEW): JOURNAL})
+    before = time.time()
+    outcome = roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)
+    assert not outcome.ok
+    assert [a for h, a in fleet.log if h == a1][-7:] == [
+        f"switch {NEW}", "reload", "journal 2000", f"switch {OLD}", "reload", "health 60", f"activated {OLD}"]
+    said = fleet.printed()
+    assert "[app-1] FAILED app-1: reload the apps: exit 1" in said
+    assert ("[app-1] what the apps and the reload said since the switch (the last 3 lines):\n"
+            "[app-1]   2026-11-29T21:30:09: Error: Cannot find module 'pg'\n"
+            "[app-1]       at Module._resolveFilename (node:internal/modules/cjs/loader:1145:15)\n"
+            "[app-1]   platform-apps-reload: pm2 gave up on api: it kept exiting\n") in said, said
+    assert before - 6 <= fleet.journal_since[0] <= before, "from just before the switch"
+    assert all(s.running == OLD for s in fleet.servers.values())
+
+
+def test_what_the_apps_said_is_their_last_lines_only():
+    journal = "".join(f"2026-11-29T21:30:09+0000 h pm2-runtime[812]: line {n}\n" for n in range(50))
+    assert [line.rsplit(" ", 1)[1] for line in roll.apps_said(journal)] == [str(n) for n in range(30, 50)]
 
 
 def test_the_cli_exits_non_zero_when_the_roll_stops_and_still_releases_the_lock(monkeypatch):

@@ -139,7 +139,7 @@ systemctl() {{ case $1 in is-enabled) ;; is-active) {'true' if active else 'fals
         assert f"reloaded onto node 22 (was {replaced})" in result.stdout
 
 
-def test_sudoers_drop_in_passes_visudo_and_allows_only_the_reload_and_the_exec_wrapper(tmp_path):
+def test_sudoers_drop_in_passes_visudo_and_allows_only_the_reload_and_the_two_wrappers(tmp_path):
     sudoers = tmp_path / "platform-deploy"
     sudoers.write_text(app_files()[app_server.SUDOERS_FILE])
     sudoers.chmod(0o440)
@@ -148,8 +148,9 @@ def test_sudoers_drop_in_passes_visudo_and_allows_only_the_reload_and_the_exec_w
     rules = [line for line in sudoers.read_text().splitlines() if line and not line.startswith("#")]
     assert rules == [
         f"Cmnd_Alias PLATFORM_RELOAD_APPS = /usr/bin/systemctl reload {c.APPS_UNIT}",
+        f"Cmnd_Alias PLATFORM_APPS_JOURNAL = {app_server.APPS_JOURNAL_COMMAND}",
         f"Cmnd_Alias PLATFORM_APP_EXEC = {app_server.APP_EXEC_COMMAND}",
-        f"{c.DEPLOY_USER} ALL=(root) NOPASSWD: PLATFORM_RELOAD_APPS",
+        f"{c.DEPLOY_USER} ALL=(root) NOPASSWD: PLATFORM_RELOAD_APPS, PLATFORM_APPS_JOURNAL",
         # As the app user only: what deploy could already run as app by shipping a release.
         f"{c.DEPLOY_USER} ALL=({c.APP_USER}) NOPASSWD: PLATFORM_APP_EXEC",
     ]
