@@ -261,7 +261,9 @@ class Deployer:
         command = commands.apps_journal(self.stack, server, int(since) - 5, JOURNAL_READ, self.control_dir)
         result = self.executor.run(command.argv, timeout=120)
         if not result.ok:
-            self.say(f"[{server.name}] the apps' journal could not be read: {result.last_line}")
+            self.say(f"[{server.name}] the apps' journal could not be read (exit {result.returncode}: "
+                     f"{result.last_line}); a server provisioned before this version has no journal wrapper: "
+                     f"pulumi up with this one")
             return
         said = apps_said(result.output)
         self.say(f"[{server.name}] what the apps and the reload said since the switch (the last {len(said)} lines):")

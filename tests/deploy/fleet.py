@@ -40,7 +40,7 @@ class Fleet(Executor):
     servers: dict[str, FakeServer] = field(default_factory=dict)
     unhealthy: set[tuple[str, str]] = field(default_factory=set)   # (address, release) that never get healthy
     dies: set[tuple[str, str]] = field(default_factory=set)        # (address, release) pm2 gives up on: reload fails
-    journal: dict[tuple[str, str], str] = field(default_factory=dict)    # (address, release): the apps' journal
+    journal: dict[tuple[str, str], str] | None = field(default_factory=dict)   # (address, release): its journal
     journal_since: list[int] = field(default_factory=list)         # the SINCE of each journal asked
     lock_holder: str | None = None     # a deploy lock already held on every server
     log: list[tuple[str, str]] = field(default_factory=list)       # (host, action) in the order run
@@ -81,6 +81,8 @@ class Fleet(Executor):
             since, lines = remote[3:]   # logged without SINCE, a time: kept apart for the tests that look
             self.journal_since.append(int(since))
             self.log.append((address, f"journal {lines}"))
+            if self.journal is None:   # provisioned before the wrapper: sudo refuses it
+                return Result([], 1, "sudo: a password is required\n")
             return Result([], 0, self.journal.get((address, server.running), ""))
         assert remote[:3] == ["bash", "-s", "--"] and script.startswith("RELEASES_DIR=")
         action, *args = remote[3:]
@@ -117,6 +119,8 @@ class Fleet(Executor):
             since, lines = remote[3:]   # logged without SINCE, a time: kept apart for the tests that look
             self.journal_since.append(int(since))
             self.log.append((address, f"journal {lines}"))
+            if self.journal is None:   # provisioned before the wrapper: sudo refuses it
+                return Result([], 1, "sudo: a password is required\n")
             return Result([], 0, self.journal.get((address, server.running), ""))
         assert remote[:3] == ["bash", "-s", "--"] and script.startswith("RELEASES_DIR=")
         action, *args = remote[3:]

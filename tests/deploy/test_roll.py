@@ -90,6 +90,14 @@ def test_a_release_pm2_gives_up_on_stops_at_the_reload_shows_what_the_apps_said_
     assert all(s.running == OLD for s in fleet.servers.values())
 
 
+def test_a_server_without_the_journal_wrapper_still_switches_back_and_says_why_nothing_is_shown():
+    fleet = Fleet(dies={(SERVERS[0].address, NEW)}, journal=None)
+    outcome = roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)
+    assert not outcome.ok and all(s.running == OLD for s in fleet.servers.values())
+    assert ("[app-1] the apps' journal could not be read (exit 1: sudo: a password is required); a server "
+            "provisioned before this version has no journal wrapper: pulumi up with this one") in fleet.printed()
+
+
 def test_what_the_apps_said_is_their_last_lines_only():
     journal = "".join(f"2026-11-29T21:30:09+0000 h pm2-runtime[812]: line {n}\n" for n in range(50))
     assert [line.rsplit(" ", 1)[1] for line in roll.apps_said(journal)] == [str(n) for n in range(30, 50)]
