@@ -5,7 +5,7 @@
   releases STACK
   fetch STACK RELEASE [--into DIR]
   status STACK
-  logs STACK [--follow] [--since 10m] [--process web ...] [--lines N]
+  logs STACK [--follow] [--since 10m] [--process web ...] [--lines N] [--journal]
   exec STACK [--server app-N] [--tty] -- COMMAND [ARG...]
   maintenance STACK {on|off|status}
 
@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 from . import DEFAULT_APP_DIR, HEALTH_TIMEOUT_SECONDS, KEEP_RELEASES, LOG_LINES, archive, commands, operate, release, restore
 from .notify import Notifier
@@ -64,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("--since", help="only lines since: 30s, 10m, 2h, 1d, or YYYY-MM-DD[ HH:MM[:SS]] (servers' time)")
     lg.add_argument("--process", action="append", metavar="NAME", help="only this pm2 process's logs (web, api); repeatable")
     lg.add_argument("--lines", "-n", type=int, default=LOG_LINES, help=f"the last N lines of each log (default {LOG_LINES})")
+    lg.add_argument("--journal", action="store_true", help="the apps' unit's journal instead of pm2's files: with what "
+                                                           "a dying worker wrote, which the files lose")
     e = sub.add_parser("exec", parents=[common], help="a one-off command as the app user, in the current release "
                                                       "with the apps' environment; its exit code")
     e.add_argument("--server", help="the app server (default: the first, app-1)")
@@ -81,8 +84,12 @@ def parser() -> argparse.ArgumentParser:
 def operate_checks(args, stack) -> None:
     """status, logs and exec's arguments, checked before any server is contacted."""
     if args.command == "logs":
-        args.lines, args.since = operate.positive_lines(args.lines), operate.since_words(args.since)
-        args.process = operate.process_names(args.process)
+        args.lines, args.process = operate.positive_lines(args.lines), operate.process_names(args.process)
+        if args.journal:
+            operate.journal_checks(args.lines, args.follow, args.process)
+            args.since = operate.journal_since(args.since, time.time())
+        else:
+            args.since = operate.since_words(args.since)
     if args.command == "exec":
         if not args.app_command:
             raise operate.UsageError("no command given: python -m deploy exec STACK [--server app-N] -- COMMAND ...")
@@ -96,6 +103,8 @@ def operate_verb(args, stack, executor: Executor, work: str) -> int:
     """status, logs, exec, maintenance: they read or run, and take no lock."""
     if args.command == "status":
         return operate.status(stack, executor, work)
+    if args.command == "logs" and args.journal:
+        return operate.journal_logs(stack, executor, args.lines, args.since, work)
     if args.command == "logs":
         return operate.logs(stack, executor, args.lines, args.since, args.follow, args.process, work)
     if args.command == "maintenance":

@@ -8,6 +8,7 @@ commands are built in deploy/commands.py, the server half is deploy/remote.sh.
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import json
 import re
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 from model import app_contract, conventions
 
-from . import commands
+from . import commands, journal
 from .executor import Executor
 from .records import Server, Stack
 
@@ -25,6 +26,7 @@ from .records import Server, Stack
 DURATION = re.compile(r"^(?P<count>[1-9][0-9]*)(?P<unit>[smhd])$")
 MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?)?$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 PROCESS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # pm2's prefix on each write (the ecosystem's `time`).
 STAMP = re.compile(r"^(?P<tag>\S+) (?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}): ")
@@ -59,6 +61,27 @@ def since_words(since: str | None) -> str | None:
         return since.replace("T", " ")
     raise UsageError(f"--since {since!r}: give a duration (30s, 10m, 2h, 1d) or a moment "
                      "(YYYY-MM-DD, YYYY-MM-DD HH:MM[:SS], in the servers' time)")
+
+
+def journal_since(since: str | None, now: float) -> int:
+    """--since for --journal as its wrapper takes it: seconds since the epoch, 0 for no
+    bound. A moment is in the servers' time: UTC on the images."""
+    since_words(since)   # the same words, refused the same way
+    if since is None:
+        return 0
+    if match := DURATION.match(since):
+        return int(now) - int(match["count"]) * SECONDS[match["unit"]]
+    moment = dt.datetime.fromisoformat(since.replace(" ", "T"))
+    return int(moment.replace(tzinfo=dt.timezone.utc).timestamp())
+
+
+def journal_checks(lines: int, follow: bool, processes: tuple[str, ...]) -> None:
+    """--journal reads the apps' unit's journal once: no process names there, no follow."""
+    if follow or processes:
+        raise UsageError("--journal: the journal cannot be followed (--follow) and does not name pm2's processes "
+                         "(--process); use them without --journal")
+    if lines > journal.MAX_LINES:
+        raise UsageError(f"--lines {lines}: at most {journal.MAX_LINES} with --journal")
 
 
 def process_names(names: list[str] | None) -> tuple[str, ...]:
@@ -246,6 +269,22 @@ def logs(stack: Stack, executor: Executor, lines: int, since: str | None, follow
             continue
         outputs[name] = result.output
     for line in merged(outputs):
+        executor.say(line)
+    return 1 if failed else 0
+
+
+def journal_logs(stack: Stack, executor: Executor, lines: int, since: int, control_dir: str | None = None) -> int:
+    """The last `lines` entries of the apps' unit's journal on every server since `since`
+    (0: any), merged in time order: what pm2's files lose (a dying worker's last words)."""
+    outputs, failed = {}, False
+    for server in stack.servers:
+        result = executor.run(commands.apps_journal(stack, server, since, lines, control_dir).argv, timeout=120)
+        if not result.ok:
+            failed = True
+            executor.say(f"logs: [{server.name}] exit {result.returncode}: {result.output.strip()}")
+            continue
+        outputs[server.name] = result.output
+    for line in journal.merged(outputs):
         executor.say(line)
     return 1 if failed else 0
 

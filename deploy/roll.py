@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from model import conventions
 
-from . import commands
+from . import commands, journal
 from .commands import Remote
 from .executor import CommandFailed, Executor, Result
 from .release import Build, runtime_problem
@@ -26,29 +26,10 @@ from .records import Server, Stack
 LOCKED_EXIT = 3  # remote.sh's exit when someone else holds the lock
 # A migration may take a while; the deploy waits this long for the release command.
 RELEASE_COMMAND_SECONDS = 1800
-# A server that fails its step shows the last lines the apps and the platform's scripts
-# wrote to the apps' unit's journal, read from at most its last JOURNAL_READ entries.
+# A server that fails its step shows the last lines the apps and the reload wrote to the
+# apps' unit's journal, read from at most its last JOURNAL_READ entries.
 APPS_SAID_LINES = 20
 JOURNAL_READ = 2000
-# What writes there: pm2-runtime (the apps' output, and pm2's own `PM2 log:` lines) and
-# the unit's reload steps, whose verdicts start with their names.
-PM2_RUNTIME = "pm2-runtime"
-UNIT_STEPS = ("platform-apps-reload", "platform-app-health")
-
-
-def apps_said(journal: str) -> list[str]:
-    """The apps' output and the reload steps' verdicts in the unit's journal (journalctl's
-    short-iso lines: time, host, identifier[pid], message), without pm2's bookkeeping."""
-    said = []
-    for line in journal.splitlines():
-        fields = line.split(" ", 3)
-        if len(fields) < 4:
-            continue
-        identifier, message = fields[2].split("[", 1)[0].rstrip(":"), fields[3]
-        if (identifier == PM2_RUNTIME and ": PM2 log: " not in message) or \
-                (identifier in UNIT_STEPS and message.startswith(identifier + ":")):
-            said.append(message)   # pm2 stamps the apps' lines; a step's verdict names the step
-    return said[-APPS_SAID_LINES:]
 
 
 @dataclass(frozen=True)
@@ -265,7 +246,7 @@ class Deployer:
                      f"{result.last_line}); a server provisioned before this version has no journal wrapper: "
                      f"pulumi up with this one")
             return
-        said = apps_said(result.output)
+        said = journal.apps_said(result.output, APPS_SAID_LINES)
         self.say(f"[{server.name}] what the apps and the reload said since the switch (the last {len(said)} lines):")
         for line in said:
             self.say(f"[{server.name}]   {line}")

@@ -126,13 +126,21 @@ def test_a_bad_release_stops_at_the_first_server_switched_back_and_loses_no_requ
     # The bad release was uploaded everywhere (before any switch), run nowhere.
     assert bad in deploy_cli("releases", key=operator_key).stdout
     assert_none_lost(plan, seen)
+    # What the API wrote as it died: not in pm2's files (cluster mode loses it), in the journal.
+    files = deploy_cli("logs", "--since", "10m", "--process", "api", "-n", "500", key=operator_key)
+    assert files.returncode == 0 and "bad release: exiting" not in files.stdout, files.stdout
+    journaled = deploy_cli("logs", "--journal", "--since", "10m", "-n", "2000", key=operator_key)
+    assert journaled.returncode == 0, journaled.stdout + journaled.stderr
+    assert any(line.startswith(f"[{first.key}] ") and line.endswith(": bad release: exiting")
+               for line in journaled.stdout.splitlines()), journaled.stdout[-3000:]
 
 
 def test_the_apps_journal_wrapper_takes_two_numbers_as_deploy_and_journalctl_itself_is_refused(plan):
     wrapper = "/usr/local/sbin/platform-apps-journal"
     name = app_servers(plan)[0].name
     as_deploy = f"runuser -u {conventions.DEPLOY_USER} -- sudo -n"
-    assert on(name, f"{as_deploy} {wrapper} 0 3 >/dev/null; echo $?") == "0"
+    assert on(name, f"{as_deploy} {wrapper} 0 3 | wc -l; echo $?").split() == ["3", "0"], "the last 3, no bound"
+    assert on(name, f"{as_deploy} {wrapper} $(date -d '1 hour' +%s) 3 | wc -l") == "0", "none from the future"
     for refused in (f"{wrapper} '0;id' 3", f"{wrapper} 0 3 --output=json", f"{wrapper} --since=0 3"):
         said = on(name, f"{as_deploy} {refused} 2>&1; echo exit $?")
         assert said.endswith("exit 2") and "usage: platform-apps-journal SINCE LINES" in said, (refused, said)

@@ -63,6 +63,10 @@ def test_since_becomes_words_date_reads(since, words):
     (["logs", "staging", "--since", "0m"], "logs: --since '0m': give a duration"),
     (["logs", "staging", "--lines", "0"], "logs: --lines 0: at least 1"),
     (["logs", "staging", "--process", "web;reboot"], "logs: --process 'web;reboot': a pm2 process name"),
+    (["logs", "staging", "--journal", "--follow"], "logs: --journal: the journal cannot be followed (--follow)"),
+    (["logs", "staging", "--journal", "--process", "api"], "logs: --journal: the journal cannot be followed"),
+    (["logs", "staging", "--journal", "--lines", "10000"], "logs: --lines 10000: at most 9999 with --journal"),
+    (["logs", "staging", "--journal", "--since", "yesterday"], "logs: --since 'yesterday': give a duration"),
     (["exec", "staging", "--server", "app-9", "--", "true"],
      "exec: --server app-9: stack staging has no such app server (it has app-1, app-2)"),
     (["exec", "staging"], "exec: no command given: python -m deploy exec STACK [--server app-N] -- COMMAND"),
@@ -73,6 +77,26 @@ def test_arguments_are_refused_before_any_server_is_contacted(monkeypatch, argv,
     monkeypatch.setattr(cli, "target_of", lambda args, executor: FixedTarget())
     assert cli.main(argv, NoRunExecutor(out=out)) == 1
     assert out.getvalue().startswith(message), out.getvalue()
+
+
+@pytest.mark.parametrize("since, epoch", [(None, 0), ("10m", 1764860000 - 600), ("1d", 1764860000 - 86400),
+                                          ("2026-12-04", 1796342400), ("2026-12-04 15:12", 1796397120)])
+def test_since_for_the_journal_is_seconds_since_the_epoch_a_moment_in_utc(since, epoch):
+    assert operate.journal_since(since, now=1764860000.7) == epoch
+
+
+def test_logs_journal_asks_each_servers_wrapper_and_merges_their_entries(monkeypatch):
+    line = "2026-12-04T15:12:0{} staging-app-{} pm2-runtime[7]: 2026-12-04T15:12:0{}: {}\n"
+    executor = Answers({APP1.address: Result([], 0, line.format(5, 1, 5, "Error: boom")),
+                        APP2.address: Result([], 0, line.format(4, 2, 4, "api listening"))})
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FixedTarget())
+    monkeypatch.setattr(cli.time, "time", lambda: 1764860000.0)
+    assert cli.main(["logs", "staging", "--journal", "--since", "10m", "-n", "30"], executor) == 0
+    assert [shlex.split(argv[-1]) for argv in executor.ran] == [
+        ["sudo", "-n", "/usr/local/sbin/platform-apps-journal", str(1764860000 - 600), "30"]] * 2
+    assert executor.out.getvalue().splitlines()[-2:] == [
+        "[app-2] 2026-12-04T15:12:04 pm2-runtime[7]: 2026-12-04T15:12:04: api listening",
+        "[app-1] 2026-12-04T15:12:05 pm2-runtime[7]: 2026-12-04T15:12:05: Error: boom"]
 
 
 def test_a_command_after_dashes_is_exec_only():

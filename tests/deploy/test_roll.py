@@ -98,11 +98,6 @@ def test_a_server_without_the_journal_wrapper_still_switches_back_and_says_why_n
             "provisioned before this version has no journal wrapper: pulumi up with this one") in fleet.printed()
 
 
-def test_what_the_apps_said_is_their_last_lines_only():
-    journal = "".join(f"2026-11-29T21:30:09+0000 h pm2-runtime[812]: line {n}\n" for n in range(50))
-    assert [line.rsplit(" ", 1)[1] for line in roll.apps_said(journal)] == [str(n) for n in range(30, 50)]
-
-
 def test_the_cli_exits_non_zero_when_the_roll_stops_and_still_releases_the_lock(monkeypatch):
     fleet = Fleet(unhealthy={(SERVERS[0].address, NEW)})
     monkeypatch.setattr(cli.release, "build", lambda app, work, executor: BUILD)
