@@ -71,8 +71,11 @@ def journal_since(since: str | None, now: float) -> int:
         return 0
     if match := DURATION.match(since):
         return int(now) - int(match["count"]) * SECONDS[match["unit"]]
-    moment = dt.datetime.fromisoformat(since.replace(" ", "T"))
-    return int(moment.replace(tzinfo=dt.timezone.utc).timestamp())
+    try:
+        moment = dt.datetime.fromisoformat(since.replace(" ", "T"))
+    except ValueError as problem:
+        raise UsageError(f"--since {since!r}: not a moment ({problem})") from None
+    return max(0, int(moment.replace(tzinfo=dt.timezone.utc).timestamp()))
 
 
 def journal_checks(lines: int, follow: bool, processes: tuple[str, ...]) -> None:

@@ -67,6 +67,7 @@ def test_since_becomes_words_date_reads(since, words):
     (["logs", "staging", "--journal", "--process", "api"], "logs: --journal: the journal cannot be followed"),
     (["logs", "staging", "--journal", "--lines", "10000"], "logs: --lines 10000: at most 9999 with --journal"),
     (["logs", "staging", "--journal", "--since", "yesterday"], "logs: --since 'yesterday': give a duration"),
+    (["logs", "staging", "--journal", "--since", "2026-13-01"], "logs: --since '2026-13-01': not a moment (month must"),
     (["exec", "staging", "--server", "app-9", "--", "true"],
      "exec: --server app-9: stack staging has no such app server (it has app-1, app-2)"),
     (["exec", "staging"], "exec: no command given: python -m deploy exec STACK [--server app-N] -- COMMAND"),
