@@ -9,14 +9,17 @@ pm2-runtime. A failed deploy shows what the apps and the reload said there; `log
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+from cloudinit.app_server import APP_HEALTH_COMMAND, APPS_JOURNAL_MAX_LINES, APPS_RELOAD_COMMAND
+
 # What writes there: pm2-runtime (the apps' output, and pm2's own `PM2 log:` lines) and
-# the unit's reload steps, whose verdicts start with their names.
+# the unit's reload steps (journald names each by its program), whose verdicts start with
+# their names.
 PM2_RUNTIME = "pm2-runtime"
-UNIT_STEPS = ("platform-apps-reload", "platform-app-health")
-# The wrapper's bound on LINES (its argument check).
-MAX_LINES = 9999
+UNIT_STEPS = tuple(os.path.basename(program) for program in (APPS_RELOAD_COMMAND, APP_HEALTH_COMMAND))
+MAX_LINES = APPS_JOURNAL_MAX_LINES
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,15 @@ def logs(stack: Stack, executor: Executor, lines: int, since: str | None, follow
         for name, code in failed.items():
             executor.say(f"logs: [{name}] ended with exit {code}")
         return 1 if failed else 0
+    outputs, failed = each_servers_output(executor, built)
+    for line in merged(outputs):
+        executor.say(line)
+    return 1 if failed else 0
+
+
+def each_servers_output(executor: Executor, built: dict[str, commands.Remote]) -> tuple[dict[str, str], bool]:
+    """Each server's command, one after the other: the outputs of those that succeeded,
+    and whether one failed (each failure said, naming its server)."""
     outputs, failed = {}, False
     for name, command in built.items():
         result = executor.run(command.argv, input=command.stdin, timeout=120)
@@ -271,22 +280,14 @@ def logs(stack: Stack, executor: Executor, lines: int, since: str | None, follow
             executor.say(f"logs: [{name}] exit {result.returncode}: {result.output.strip()}")
             continue
         outputs[name] = result.output
-    for line in merged(outputs):
-        executor.say(line)
-    return 1 if failed else 0
+    return outputs, failed
 
 
 def journal_logs(stack: Stack, executor: Executor, lines: int, since: int, control_dir: str | None = None) -> int:
     """The last `lines` entries of the apps' unit's journal on every server since `since`
     (0: any), merged in time order: what pm2's files lose (a dying worker's last words)."""
-    outputs, failed = {}, False
-    for server in stack.servers:
-        result = executor.run(commands.apps_journal(stack, server, since, lines, control_dir).argv, timeout=120)
-        if not result.ok:
-            failed = True
-            executor.say(f"logs: [{server.name}] exit {result.returncode}: {result.output.strip()}")
-            continue
-        outputs[server.name] = result.output
+    outputs, failed = each_servers_output(executor, {
+        server.name: commands.apps_journal(stack, server, since, lines, control_dir) for server in stack.servers})
     for line in journal.merged(outputs):
         executor.say(line)
     return 1 if failed else 0

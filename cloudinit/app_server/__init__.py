@@ -22,6 +22,7 @@ APP_EXEC_COMMAND = "/usr/local/sbin/platform-app-exec"
 SUDOERS_FILE = "/etc/sudoers.d/platform-deploy"
 # The apps' unit's journal, for the deploy user as root: why a release did not come up.
 APPS_JOURNAL_COMMAND = "/usr/local/sbin/platform-apps-journal"
+APPS_JOURNAL_MAX_LINES = 9999   # the most entries it gives at once (its argument check)
 # The apps' unit's ExecReload: pm2 follows the current release's declared processes.
 APPS_RELOAD_COMMAND = "/usr/local/sbin/platform-apps-reload"
 # The unit's last step at each start and reload, as root: nginx asks the current release's

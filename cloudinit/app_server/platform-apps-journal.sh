@@ -7,8 +7,9 @@
 # `logs --journal`).
 set -euo pipefail
 
-if [ "$#" -ne 2 ] || ! [[ $1 =~ ^[0-9]{1,12}$ && $2 =~ ^[0-9]{1,4}$ ]]; then
-    echo "usage: platform-apps-journal SINCE LINES (seconds since the epoch; at most 9999 lines)" >&2
+max_lines={{ facts.APPS_JOURNAL_MAX_LINES }}
+if [ "$#" -ne 2 ] || ! [[ $1 =~ ^[0-9]{1,12}$ && $2 =~ ^[0-9]{1,12}$ ]] || ((10#$2 > max_lines)); then
+    echo "usage: platform-apps-journal SINCE LINES (seconds since the epoch; at most $max_lines lines)" >&2
     exit 2
 fi
 read_journal() { journalctl --unit={{ c.APPS_UNIT }} --no-pager --quiet --output=short-iso "$@"; }
