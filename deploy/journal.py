@@ -3,16 +3,19 @@ deploy user (journalctl's short-iso lines: time, host, identifier[pid], message)
 
 It is complete where pm2's log files are not: pm2 in cluster mode loses what a worker
 writes as it dies (its exception included), which reaches the journal through
-pm2-runtime. A failed deploy shows what the apps and the reload said there; `logs
---journal` shows all of it.
+pm2-runtime, each line under its process's name. A failed deploy shows what the apps
+and the reload said there; `logs --journal` shows all of it, or one process's.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 from cloudinit.app_server import APP_HEALTH_COMMAND, APPS_JOURNAL_MAX_LINES, APPS_RELOAD_COMMAND
+from model.app_contract import PROCESS_NAME
 
 # What writes there: pm2-runtime (the apps' output, and pm2's own `PM2 log:` lines) and
 # the unit's reload steps (journald names each by its program), whose verdicts start with
@@ -21,13 +24,26 @@ PM2_RUNTIME = "pm2-runtime"
 UNIT_STEPS = tuple(os.path.basename(program) for program in (APPS_RELOAD_COMMAND, APP_HEALTH_COMMAND))
 MAX_LINES = APPS_JOURNAL_MAX_LINES
 
+# pm2 stamps each write of an app (`time: true` in the ecosystem file), in its files and
+# on its bus: the first line of the write.
+PM2_TIME = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}"
+# pm2-runtime --formatted writes each of an app's lines as `<pm2 id>|<process> | <line>`,
+# the name padded to the longest seen, the id `_old_<id>` for a worker a reload is
+# replacing; its own lines are stamped `PM2 log:`/`PM2 error:`.
+# An apps' unit started before --formatted writes the apps' lines bare: they are the
+# apps' still, without a name, until it next starts.
+PM2_OWN = re.compile(rf"{PM2_TIME}: PM2 (log|error): ")
+APP_LINE = re.compile(rf"(?:(?P<id>(?:_old_)?\d+)\|(?P<process>{PROCESS_NAME.pattern}) +\| )?(?:{PM2_TIME}: )?(?P<line>.*)")
+
 
 @dataclass(frozen=True)
 class Entry:
     time: str          # journalctl's, e.g. 2026-12-04T15:12:05+0000: sorts as text
     identifier: str    # pm2-runtime, platform-apps-reload, systemd...
-    source: str        # identifier[pid]
-    message: str
+    source: str        # identifier[pid]; an app's named line: its pm2 process, `0|api`
+    message: str       # an app's line without pm2's stamp (the journal has the time)
+    from_app: bool = False
+    process: str = ""  # an app's named line: its process's name
 
 
 def entries(journal: str) -> list[Entry]:
@@ -37,22 +53,35 @@ def entries(journal: str) -> list[Entry]:
         fields = line.split(" ", 3)
         if len(fields) < 4 or not fields[2].endswith(":"):
             continue
-        source = fields[2].removesuffix(":")
-        found.append(Entry(fields[0], source.split("[", 1)[0], source, fields[3]))
+        time, source, message = fields[0], fields[2].removesuffix(":"), fields[3]
+        identifier = source.split("[", 1)[0]
+        if identifier == PM2_RUNTIME and not PM2_OWN.match(message):
+            app = APP_LINE.fullmatch(message)
+            named = app["process"] or ""
+            found.append(Entry(time, identifier, f"{app['id']}|{named}" if named else source, app["line"],
+                               from_app=True, process=named))
+        else:
+            found.append(Entry(time, identifier, source, message))
     return found
 
 
 def apps_said(journal: str, last: int) -> list[str]:
-    """The apps' output and the reload steps' verdicts, the last `last`, without pm2's
-    bookkeeping: pm2 stamps the apps' lines, and a step's verdict names the step."""
-    said = [e.message for e in entries(journal)
-            if (e.identifier == PM2_RUNTIME and ": PM2 log: " not in e.message)
-            or (e.identifier in UNIT_STEPS and e.message.startswith(e.identifier + ":"))]
-    return said[-last:]
+    """The apps' lines (`api: ...`) and the reload steps' verdicts, without pm2's
+    bookkeeping; a line said again and again (a crash loop's) once, at its last time, with
+    its count; the last `last` of those."""
+    said = [f"{e.process}: {e.message}" if e.process else e.message for e in entries(journal)
+            if e.from_app or (e.identifier in UNIT_STEPS and e.message.startswith(e.identifier + ":"))]
+    times = Counter(said)
+    each_at_its_last = list(dict.fromkeys(reversed(said)))[::-1]
+    return [f"{line} ({times[line]} times)" if times[line] > 1 else line for line in each_at_its_last[-last:]]
 
 
-def merged(outputs: dict[str, str]) -> list[str]:
-    """Every server's entries in time order, `[server] time source: message`."""
-    keyed = [((e.time, name, number), f"[{name}] {e.time} {e.source}: {e.message}")
-             for name, output in outputs.items() for number, e in enumerate(entries(output))]
+def merged(outputs: dict[str, str], processes: tuple[str, ...] = (), last: int = MAX_LINES) -> list[str]:
+    """Every server's entries (only those of `processes` if named, each server's last
+    `last`) in time order, `[server] time source: message`."""
+    keyed = []
+    for name, output in outputs.items():
+        kept = [e for e in entries(output) if not processes or e.process in processes][-last:]
+        keyed += [((e.time, name, number), f"[{name}] {e.time} {e.source}: {e.message}")
+                  for number, e in enumerate(kept)]
     return [line for _, line in sorted(keyed)]

@@ -27,9 +27,8 @@ DURATION = re.compile(r"^(?P<count>[1-9][0-9]*)(?P<unit>[smhd])$")
 MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?)?$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-PROCESS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # pm2's prefix on each write (the ecosystem's `time`).
-STAMP = re.compile(r"^(?P<tag>\S+) (?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}): ")
+STAMP = re.compile(rf"^(?P<tag>\S+) (?P<stamp>{journal.PM2_TIME}): ")
 EXIT_UNHEALTHY = 1
 
 
@@ -78,20 +77,19 @@ def journal_since(since: str | None, now: float) -> int:
     return max(0, int(moment.replace(tzinfo=dt.timezone.utc).timestamp()))
 
 
-def journal_checks(lines: int, follow: bool, processes: tuple[str, ...]) -> None:
-    """--journal reads the apps' unit's journal once: no process names there, no follow."""
-    if follow or processes:
-        raise UsageError("--journal: the journal cannot be followed (--follow) and does not name pm2's processes "
-                         "(--process); use them without --journal")
+def journal_checks(lines: int, follow: bool) -> None:
+    """--journal reads the apps' unit's journal once, up to its wrapper's bound."""
+    if follow:
+        raise UsageError("--journal: the journal cannot be followed (--follow); follow without --journal")
     if lines > journal.MAX_LINES:
         raise UsageError(f"--lines {lines}: at most {journal.MAX_LINES} with --journal")
 
 
 def process_names(names: list[str] | None) -> tuple[str, ...]:
     for name in names or ():
-        if not PROCESS_NAME.match(name):
-            raise UsageError(f"--process {name!r}: a pm2 process name (letters, digits, _ and -), "
-                             "as the ecosystem file names them: web, api")
+        if not app_contract.PROCESS_NAME.fullmatch(name):
+            raise UsageError(f"--process {name!r}: a pm2 process name ({app_contract.PROCESS_NAME_RULE}), as "
+                             "platform.json names them: web, api")
     return tuple(names or ())
 
 
@@ -283,12 +281,15 @@ def each_servers_output(executor: Executor, built: dict[str, commands.Remote]) -
     return outputs, failed
 
 
-def journal_logs(stack: Stack, executor: Executor, lines: int, since: int, control_dir: str | None = None) -> int:
+def journal_logs(stack: Stack, executor: Executor, lines: int, since: int, processes: tuple[str, ...],
+                 control_dir: str | None = None) -> int:
     """The last `lines` entries of the apps' unit's journal on every server since `since`
-    (0: any), merged in time order: what pm2's files lose (a dying worker's last words)."""
+    (0: any), merged in time order: what pm2's files lose (a dying worker's last words).
+    With `processes`, the last `lines` of theirs among as many entries as the wrapper gives."""
+    asked = journal.MAX_LINES if processes else lines
     outputs, failed = each_servers_output(executor, {
-        server.name: commands.apps_journal(stack, server, since, lines, control_dir) for server in stack.servers})
-    for line in journal.merged(outputs):
+        server.name: commands.apps_journal(stack, server, since, asked, control_dir) for server in stack.servers})
+    for line in journal.merged(outputs, processes, lines):
         executor.say(line)
     return 1 if failed else 0
 

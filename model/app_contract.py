@@ -40,6 +40,7 @@ MAX_INSTANCES = 64
 MAX_COMMAND_CHARS = 1000
 # pm2's process names, and the names of the log files: short, lower case, no dots.
 PROCESS_NAME = re.compile(r"[a-z][a-z0-9_-]{0,29}")
+PROCESS_NAME_RULE = "a lower-case letter, then up to 29 of a-z, 0-9, _ and -"
 FIELDS = ("node", "build", "release", "health", "processes")
 # A health path nginx can take as it is: the root-owned step that writes it checks the same.
 HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,127}")
@@ -152,8 +153,7 @@ def parse_processes(value, problems: list[str]) -> tuple[Process, ...]:
     for name, spec in value.items():
         where = f"processes.{name}"
         if not PROCESS_NAME.fullmatch(name):
-            problems.append(f"{where}: the name {name!r} is not allowed: a lower-case letter, then up to 29 of "
-                            "a-z, 0-9, _ and -")
+            problems.append(f"{where}: the name {name!r} is not allowed: {PROCESS_NAME_RULE}")
         if not isinstance(spec, dict):
             problems.append(f"{where}: {spec!r} is not allowed: an object with script, serves, instances")
             continue

@@ -370,9 +370,10 @@ MAINTENANCE_RETRY_AFTER_SECONDS = 300
 
 
 def platform_app_env_names() -> tuple[str, ...]:
-    """The variables the platform sets for the apps; see ENGINE_ENV_SUFFIXES."""
+    """The variables the platform sets for the apps; see ENGINE_ENV_SUFFIXES. NO_COLOR:
+    their output goes to files and the journal, which colour codes would garble."""
     engines = [f"{name.upper()}_{suffix}" for name in ENGINES for suffix in ENGINE_ENV_SUFFIXES]
-    return ("NODE_ENV", "PORT", *engines)
+    return ("NODE_ENV", "PORT", "NO_COLOR", *engines)
 
 
 def app_pool_tls_name(stack: str) -> str:

@@ -114,7 +114,7 @@ def test_a_bad_release_stops_at_the_first_server_switched_back_and_loses_no_requ
     # from its log files) and why the reload failed.
     assert f"[{first.key}] FAILED {first.key}: reload the apps: exit 1" in result.stdout
     journal = [line for line in result.stdout.splitlines() if line.startswith(f"[{first.key}]   ")]
-    assert any(line.endswith(": bad release: exiting") for line in journal), result.stdout
+    assert any(line.startswith(f"[{first.key}]   api: bad release: exiting") for line in journal), result.stdout
     assert any("platform-apps-reload: pm2 gave up on api: it kept exiting as it started" in line
                for line in journal), result.stdout
     assert f"switched back to {good[first.name]}" in result.stdout
@@ -129,10 +129,12 @@ def test_a_bad_release_stops_at_the_first_server_switched_back_and_loses_no_requ
     # What the API wrote as it died: not in pm2's files (cluster mode loses it), in the journal.
     files = deploy_cli("logs", "--since", "10m", "--process", "api", "-n", "500", key=operator_key)
     assert files.returncode == 0 and "bad release: exiting" not in files.stdout, files.stdout
-    journaled = deploy_cli("logs", "--journal", "--since", "10m", "-n", "2000", key=operator_key)
+    journaled = deploy_cli("logs", "--journal", "--since", "10m", "--process", "api", key=operator_key)
     assert journaled.returncode == 0, journaled.stdout + journaled.stderr
-    assert any(line.startswith(f"[{first.key}] ") and line.endswith(": bad release: exiting")
+    assert any(re.fullmatch(rf"\[{first.key}\] \S+ \d+\|api: bad release: exiting", line)
                for line in journaled.stdout.splitlines()), journaled.stdout[-3000:]
+    web = deploy_cli("logs", "--journal", "--since", "10m", "--process", "web", "-n", "2000", key=operator_key)
+    assert web.returncode == 0 and "|web: " in web.stdout and "bad release" not in web.stdout, web.stdout[-3000:]
 
 
 def test_the_apps_journal_wrapper_takes_two_numbers_as_deploy_and_journalctl_itself_is_refused(plan):

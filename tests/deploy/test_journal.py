@@ -15,42 +15,79 @@ from model import conventions
 
 pytestmark = pytest.mark.fast
 
+# As pm2-runtime --formatted writes it: each app line under `<pm2 id>|<process>` (a
+# worker being replaced `_old_<id>`), the first line of a write stamped by pm2, pm2's own
+# lines stamped `PM2 log:`.
 APP1 = """\
 -- Boot 1a2b3c --
 2026-12-04T15:12:04+0000 staging-app-1 systemd[1]: Reloading platform-apps.service - The platform's Node.js apps (pm2)...
 2026-12-04T15:12:05+0000 staging-app-1 pm2-runtime[812]: 2026-12-04T15:12:05: PM2 log: App [api:1] starting in -cluster mode-
-2026-12-04T15:12:05+0000 staging-app-1 pm2-runtime[812]: 2026-12-04T15:12:05: Error: Cannot find module 'pg'
-2026-12-04T15:12:05+0000 staging-app-1 pm2-runtime[812]:     at Module._resolveFilename (node:internal/modules/cjs/loader:1145:15)
+2026-12-04T15:12:05+0000 staging-app-1 pm2-runtime[812]: 0|web  | 2026-12-04T15:12:05: web listening on 3000
+2026-12-04T15:12:05+0000 staging-app-1 pm2-runtime[812]: _old_2|web  | 2026-12-04T15:12:05: web: SIGINT, closing
+2026-12-04T15:12:05+0000 staging-app-1 pm2-runtime[812]: 1|api  | 2026-12-04T15:12:05: Error: Cannot find module 'pg'
+2026-12-04T15:12:05+0000 staging-app-1 pm2-runtime[812]: 1|api  |     at Module._resolveFilename (node:internal/modules/cjs/loader:1145:15)
 2026-12-04T15:12:20+0000 staging-app-1 platform-apps-reload[901]: │ 1  │ api       │ default     │ errored   │
 2026-12-04T15:12:20+0000 staging-app-1 platform-apps-reload[897]: platform-apps-reload: pm2 gave up on api
 """
 
 
-def test_what_the_apps_said_is_their_output_and_the_steps_verdicts_without_pm2s_bookkeeping():
+def test_what_the_apps_said_is_their_named_output_and_the_steps_verdicts_without_pm2s_bookkeeping():
     assert journal.apps_said(APP1, 20) == [
-        "2026-12-04T15:12:05: Error: Cannot find module 'pg'",
-        "    at Module._resolveFilename (node:internal/modules/cjs/loader:1145:15)",
+        "web: web listening on 3000",
+        "web: web: SIGINT, closing",
+        "api: Error: Cannot find module 'pg'",
+        "api:     at Module._resolveFilename (node:internal/modules/cjs/loader:1145:15)",
+        "platform-apps-reload: pm2 gave up on api"]
+
+
+def test_a_line_said_again_and_again_is_shown_once_at_its_last_time_with_its_count():
+    crash = "".join(f"2026-12-04T15:12:{n:02}+0000 h pm2-runtime[8]: {n % 2}|api  | 2026-12-04T15:12:{n:02}: {line}\n"
+                    for n in range(16) for line in ("Error: boom", "    at start (server.js:1)"))
+    verdict = "2026-12-04T15:12:20+0000 h platform-apps-reload[9]: platform-apps-reload: pm2 gave up on api\n"
+    assert journal.apps_said("2026-12-04T15:11:59+0000 h pm2-runtime[8]: 0|api  | once\n" + crash + verdict, 20) == [
+        "api: once", "api: Error: boom (16 times)", "api:     at start (server.js:1) (16 times)",
         "platform-apps-reload: pm2 gave up on api"]
 
 
 def test_what_the_apps_said_is_their_last_lines_only():
-    text = "".join(f"2026-12-04T15:12:05+0000 h pm2-runtime[812]: line {n}\n" for n in range(50))
+    text = "".join(f"2026-12-04T15:12:05+0000 h pm2-runtime[812]: 0|api  | line {n}\n" for n in range(50))
     assert [line.split()[-1] for line in journal.apps_said(text, 20)] == [str(n) for n in range(30, 50)]
 
 
-def test_every_servers_entries_merge_in_time_order_without_the_host_and_a_boot_marker_is_left_out():
-    app2 = "2026-12-04T15:12:05+0000 staging-app-2 pm2-runtime[77]: 2026-12-04T15:12:05: api listening\n"
+def test_an_apps_unit_started_before_names_were_written_still_shows_the_apps_lines_bare():
+    bare = ("2026-12-04T15:12:05+0000 h pm2-runtime[812]: 2026-12-04T15:12:05: PM2 log: App [api:1] online\n"
+            "2026-12-04T15:12:05+0000 h pm2-runtime[812]: 2026-12-04T15:12:05: Error: boom\n"
+            "2026-12-04T15:12:05+0000 h pm2-runtime[812]:     at start (server.js:1)\n")
+    assert journal.apps_said(bare, 20) == ["Error: boom", "    at start (server.js:1)"]
+    assert journal.merged({"app-1": bare}, processes=("api",)) == []
+
+
+def test_every_servers_entries_merge_in_time_order_each_app_line_under_its_process():
+    app2 = "2026-12-04T15:12:05+0000 staging-app-2 pm2-runtime[77]: 0|api  | 2026-12-04T15:12:05: api listening\n"
     lines = journal.merged({"app-1": APP1, "app-2": app2})
     assert lines[0] == ("[app-1] 2026-12-04T15:12:04+0000 systemd[1]: Reloading platform-apps.service - The "
                         "platform's Node.js apps (pm2)...")
-    assert lines[1:5] == [
+    assert lines[1:7] == [
         "[app-1] 2026-12-04T15:12:05+0000 pm2-runtime[812]: 2026-12-04T15:12:05: PM2 log: App [api:1] starting in "
         "-cluster mode-",
-        "[app-1] 2026-12-04T15:12:05+0000 pm2-runtime[812]: 2026-12-04T15:12:05: Error: Cannot find module 'pg'",
-        "[app-1] 2026-12-04T15:12:05+0000 pm2-runtime[812]:     at Module._resolveFilename "
-        "(node:internal/modules/cjs/loader:1145:15)",
-        "[app-2] 2026-12-04T15:12:05+0000 pm2-runtime[77]: 2026-12-04T15:12:05: api listening"]
-    assert len(lines) == 7 and not any("Boot" in line for line in lines)
+        "[app-1] 2026-12-04T15:12:05+0000 0|web: web listening on 3000",
+        "[app-1] 2026-12-04T15:12:05+0000 _old_2|web: web: SIGINT, closing",
+        "[app-1] 2026-12-04T15:12:05+0000 1|api: Error: Cannot find module 'pg'",
+        "[app-1] 2026-12-04T15:12:05+0000 1|api:     at Module._resolveFilename (node:internal/modules/cjs/loader:1145:15)",
+        "[app-2] 2026-12-04T15:12:05+0000 0|api: api listening"]
+    assert len(lines) == 9 and not any("Boot" in line for line in lines)
+
+
+def test_only_the_processes_asked_each_servers_last_lines_of_theirs():
+    app2 = "".join(f"2026-12-04T15:12:0{n}+0000 staging-app-2 pm2-runtime[77]: 0|api  | api {n}\n" for n in range(5))
+    assert journal.merged({"app-1": APP1, "app-2": app2}, processes=("api",), last=2) == [
+        "[app-2] 2026-12-04T15:12:03+0000 0|api: api 3",
+        "[app-2] 2026-12-04T15:12:04+0000 0|api: api 4",
+        "[app-1] 2026-12-04T15:12:05+0000 1|api: Error: Cannot find module 'pg'",
+        "[app-1] 2026-12-04T15:12:05+0000 1|api:     at Module._resolveFilename (node:internal/modules/cjs/loader:1145:15)"]
+    assert journal.merged({"app-1": APP1}, processes=("web", "worker")) == [
+        "[app-1] 2026-12-04T15:12:05+0000 0|web: web listening on 3000",
+        "[app-1] 2026-12-04T15:12:05+0000 _old_2|web: web: SIGINT, closing"]
 
 
 def test_the_wrapper_takes_two_numbers_up_to_the_bound_the_deploy_tool_knows(tmp_path):

@@ -64,7 +64,7 @@ def test_since_becomes_words_date_reads(since, words):
     (["logs", "staging", "--lines", "0"], "logs: --lines 0: at least 1"),
     (["logs", "staging", "--process", "web;reboot"], "logs: --process 'web;reboot': a pm2 process name"),
     (["logs", "staging", "--journal", "--follow"], "logs: --journal: the journal cannot be followed (--follow)"),
-    (["logs", "staging", "--journal", "--process", "api"], "logs: --journal: the journal cannot be followed"),
+    (["logs", "staging", "--journal", "--process", "API"], "logs: --process 'API': a pm2 process name (a lower-case"),
     (["logs", "staging", "--journal", "--lines", "10000"], "logs: --lines 10000: at most 9999 with --journal"),
     (["logs", "staging", "--journal", "--since", "yesterday"], "logs: --since 'yesterday': give a duration"),
     (["logs", "staging", "--journal", "--since", "2026-13-01"], "logs: --since '2026-13-01': not a moment (month must"),
@@ -87,17 +87,28 @@ def test_since_for_the_journal_is_seconds_since_the_epoch_a_moment_in_utc(since,
 
 
 def test_logs_journal_asks_each_servers_wrapper_and_merges_their_entries(monkeypatch):
-    line = "2026-12-04T15:12:0{} staging-app-{} pm2-runtime[7]: 2026-12-04T15:12:0{}: {}\n"
-    executor = Answers({APP1.address: Result([], 0, line.format(5, 1, 5, "Error: boom")),
-                        APP2.address: Result([], 0, line.format(4, 2, 4, "api listening"))})
+    line = "2026-12-04T15:12:0{} staging-app-{} pm2-runtime[7]: 0|{}  | 2026-12-04T15:12:0{}: {}\n"
+    executor = Answers({APP1.address: Result([], 0, line.format(5, 1, "api", 5, "Error: boom")),
+                        APP2.address: Result([], 0, line.format(4, 2, "web", 4, "web listening"))})
     monkeypatch.setattr(cli, "target_of", lambda args, executor: FixedTarget())
     monkeypatch.setattr(cli.time, "time", lambda: 1764860000.0)
     assert cli.main(["logs", "staging", "--journal", "--since", "10m", "-n", "30"], executor) == 0
     assert [shlex.split(argv[-1]) for argv in executor.ran] == [
         ["sudo", "-n", "/usr/local/sbin/platform-apps-journal", str(1764860000 - 600), "30"]] * 2
     assert executor.out.getvalue().splitlines()[-2:] == [
-        "[app-2] 2026-12-04T15:12:04 pm2-runtime[7]: 2026-12-04T15:12:04: api listening",
-        "[app-1] 2026-12-04T15:12:05 pm2-runtime[7]: 2026-12-04T15:12:05: Error: boom"]
+        "[app-2] 2026-12-04T15:12:04 0|web: web listening",
+        "[app-1] 2026-12-04T15:12:05 0|api: Error: boom"]
+
+
+def test_logs_journal_of_a_process_reads_as_much_as_the_wrapper_gives_and_shows_that_ones_last(monkeypatch):
+    line = "2026-12-04T15:12:0{} staging-app-{} pm2-runtime[7]: 0|{}  | {}\n"
+    executor = Answers({APP1.address: Result([], 0, line.format(5, 1, "api", "Error: boom")),
+                        APP2.address: Result([], 0, line.format(4, 2, "web", "web listening"))})
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FixedTarget())
+    assert cli.main(["logs", "staging", "--journal", "--process", "api", "-n", "30"], executor) == 0
+    assert [shlex.split(argv[-1]) for argv in executor.ran] == [
+        ["sudo", "-n", "/usr/local/sbin/platform-apps-journal", "0", "9999"]] * 2
+    assert executor.out.getvalue().splitlines() == ["[app-1] 2026-12-04T15:12:05 0|api: Error: boom"]
 
 
 def test_a_command_after_dashes_is_exec_only():

@@ -63,8 +63,8 @@ JOURNAL = """\
 2026-11-29T21:30:08+0000 staging-app-1 systemd[1]: Reloading platform-apps.service - The platform's Node.js apps (pm2)...
 2026-11-29T21:30:08+0000 staging-app-1 platform-apps-reload[901]: [PM2] Applying action reloadProcessId on app [api]
 2026-11-29T21:30:09+0000 staging-app-1 pm2-runtime[812]: 2026-11-29T21:30:09: PM2 log: App [api:1] starting in -cluster mode-
-2026-11-29T21:30:09+0000 staging-app-1 pm2-runtime[812]: 2026-11-29T21:30:09: Error: Cannot find module 'pg'
-2026-11-29T21:30:09+0000 staging-app-1 pm2-runtime[812]:     at Module._resolveFilename (node:internal/modules/cjs/loader:1145:15)
+2026-11-29T21:30:09+0000 staging-app-1 pm2-runtime[812]: 1|api  | 2026-11-29T21:30:09: Error: Cannot find module 'pg'
+2026-11-29T21:30:09+0000 staging-app-1 pm2-runtime[812]: 1|api  |     at Module._resolveFilename (node:internal/modules/cjs/loader:1145:15)
 2026-11-29T21:30:09+0000 staging-app-1 pm2-runtime[812]: 2026-11-29T21:30:09: PM2 log: App [api:1] exited with code [1] via signal [SIGINT]
 2026-11-29T21:30:19+0000 staging-app-1 platform-apps-reload[901]: │ 1  │ api       │ default     │ errored   │
 2026-11-29T21:30:19+0000 staging-app-1 platform-apps-reload[897]: platform-apps-reload: pm2 gave up on api: it kept exiting
@@ -83,8 +83,8 @@ def test_a_release_pm2_gives_up_on_stops_at_the_reload_shows_what_the_apps_said_
     said = fleet.printed()
     assert "[app-1] FAILED app-1: reload the apps: exit 1" in said
     assert ("[app-1] what the apps and the reload said since the switch (the last 3 lines):\n"
-            "[app-1]   2026-11-29T21:30:09: Error: Cannot find module 'pg'\n"
-            "[app-1]       at Module._resolveFilename (node:internal/modules/cjs/loader:1145:15)\n"
+            "[app-1]   api: Error: Cannot find module 'pg'\n"
+            "[app-1]   api:     at Module._resolveFilename (node:internal/modules/cjs/loader:1145:15)\n"
             "[app-1]   platform-apps-reload: pm2 gave up on api: it kept exiting\n") in said, said
     assert before - 6 <= fleet.journal_since[0] <= before, "from just before the switch"
     assert all(s.running == OLD for s in fleet.servers.values())

@@ -63,3 +63,12 @@ def apps_reload(tmp_path: Path) -> str:
     script = tmp_path / "platform-apps-reload"
     script.write_text(app_files()[reload].replace(f"{c.PM2_BIN_DIR}/pm2", "pm2"))
     return f"bash {script}"
+
+
+def apps_start(pm2_home: Path) -> str:
+    """The apps' unit's start as a command: its Environment= and ExecStart, pm2 from PATH,
+    PM2_HOME in the test's directory."""
+    unit = app_files()[f"/etc/systemd/system/{c.APPS_UNIT}.service"]
+    settings_ = [line.removeprefix("Environment=") for line in unit.splitlines() if line.startswith("Environment=")]
+    (start,) = [line.removeprefix("ExecStart=") for line in unit.splitlines() if line.startswith("ExecStart=")]
+    return " ".join(["env", *settings_, f"PM2_HOME={pm2_home}", start.replace(f"{c.PM2_BIN_DIR}/", "")])

@@ -3,19 +3,22 @@ ecosystem file and the unit's reload script, run for real (pm2 at the pinned maj
 private mount namespace): a worker added by a release starts, an instance count changed
 is scaled, a process moved to another script answers throughout, and a rollback to a
 release without the worker deletes it; a release whose process dies as it starts fails
-the reload once pm2 gives up on it, and the release before it reloads healthy."""
+the reload once pm2 gives up on it, and the release before it reloads healthy; what the
+unit's pm2-runtime writes to the journal is what the deploy tool reads there."""
 
 from __future__ import annotations
 
 import json
 import socket
 
+from deploy import journal
+
 import pytest
 
 from model import conventions as c
 
 from render_helpers_lb_app import nginx_tree
-from pm2_sandbox import REPO, app_files, apps_reload, run_pm2_script
+from pm2_sandbox import REPO, app_files, apps_reload, apps_start, run_pm2_script
 
 pytestmark = pytest.mark.sandbox   # node, npm, pm2, root for the namespace; ports 3000 and 3001
 
@@ -138,3 +141,33 @@ def test_a_release_dying_as_it_starts_fails_the_reload_and_the_one_before_reload
     assert seen["GOOD"] == "reloaded", (tmp_path / "good.err").read_text()
     assert seen["GOODSTATUS"] == ",".join(sorted(["api:online"] * cpus + ["web:online"] * cpus)), result.stdout
     assert '"hello":"world"' in seen["API"], seen["API"]
+
+
+STARTED_SCRIPT = RELEASES.replace("{release_names}", "bad") + r"""
+sed -i "1i console.error('dying at start'); process.exit(1);" {releases}/bad/api/server.js
+ln -sfn {releases}/bad {current}
+timeout -s INT 15 {start} > {tmp}/stdout 2> {tmp}/stderr || true
+"""
+
+
+def test_the_units_pm2_runtime_writes_each_apps_lines_under_its_name_without_colour_as_the_deploy_reads_them(
+        tmp_path, pm2_bin, example_app_modules):
+    """The journal's shape the deploy tool parses (deploy/journal.py) comes from the unit's
+    flags: pm2-runtime run as the unit runs it, its output read as the journal would give it."""
+    ports_free()
+    root = nginx_tree(tmp_path / "ns", {c.ECOSYSTEM_FILE: app_files()[c.ECOSYSTEM_FILE]})
+    script = STARTED_SCRIPT.format(
+        pm2_home=tmp_path / "pm2-home", bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR,
+        source=REPO / "example-app", modules=example_app_modules, current=c.CURRENT_RELEASE_LINK,
+        start=apps_start(tmp_path / "pm2-home"), tmp=tmp_path)
+    run_pm2_script(root, script, tmp_path / "pm2-home", timeout=120)
+    written = (tmp_path / "stdout").read_text() + (tmp_path / "stderr").read_text()
+    assert "\x1b" not in written, "colour codes: journalctl shows such a line as a blob"
+    as_journal = "".join(f"2026-12-04T15:12:05+0000 app-1 pm2-runtime[812]: {line}\n" for line in written.splitlines())
+    api = journal.merged({"app-1": as_journal}, processes=("api",))
+    assert api and all(line.endswith("|api: dying at start") for line in api), written
+    assert any(line.endswith("|web: web listening on 3000") for line in journal.merged(
+        {"app-1": as_journal}, processes=("web",))), written
+    said = journal.apps_said(as_journal, 20)
+    assert any(line.startswith("api: dying at start (") for line in said), said
+    assert not any("PM2 log:" in line for line in said), said
