@@ -60,6 +60,8 @@ APP_EXEC = [APP_EXEC_COMMAND]
 APPS_JOURNAL = [APPS_JOURNAL_COMMAND]
 
 
+APPS_UNIT_FILE = f"/etc/systemd/system/{conventions.APPS_UNIT}.service"
+
 # needrestart runs restart.d/<unit> instead of restarting the unit.
 NEEDRESTART_APPS_RELOAD = f"/etc/needrestart/restart.d/{conventions.APPS_UNIT}.service"
 
@@ -70,7 +72,7 @@ def files(settings: Settings) -> list[ConfigFile]:
         NGINX_LOGROTATE_FILE,
         ConfigFile("app_server/site.conf", NGINX_SITE),
         ConfigFile("app_server/ecosystem.config.js", conventions.ECOSYSTEM_FILE),
-        ConfigFile("app_server/platform-apps.service", f"/etc/systemd/system/{conventions.APPS_UNIT}.service"),
+        ConfigFile("app_server/platform-apps.service", APPS_UNIT_FILE),
         ConfigFile("app_server/logrotate.conf", "/etc/logrotate.d/platform-pm2"),
         ConfigFile("app_server/sudoers", SUDOERS_FILE, mode="0440"),
         ConfigFile("app_server/needrestart-apps.sh", NEEDRESTART_APPS_RELOAD, mode="0755"),

@@ -29,6 +29,12 @@ role_steps() {
     if files_changed_under /etc/nginx/; then nginx -t -q; fi
     ensure_running nginx /etc/nginx/ reload
     if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
+    # pm2-runtime is the apps' pm2: restarting it would stop every app on this server at
+    # once, so a change to its unit (its command, its environment) waits for its next start.
+    if files_changed_under {{ facts.APPS_UNIT_FILE }} && systemctl is-active --quiet {{ c.APPS_UNIT }}; then
+        log "{{ c.APPS_UNIT }}.service changed: the running apps keep the unit they started with until it next" \
+            "starts (a reboot, or systemctl restart {{ c.APPS_UNIT }}: every app on this server stops meanwhile)"
+    fi
     ensure_enabled {{ c.APPS_UNIT }}
     # Before the first release there is nothing to run (the unit's condition says so).
     if [ -L {{ c.CURRENT_RELEASE_LINK }} ]; then

@@ -21,8 +21,9 @@ from localcloud import stack, traffic
 from model import conventions
 
 # A line in config files of every role; the two nginx files make the LB and the app
-# servers reload under the load.
-EVERYWHERE = ("common/logrotate.conf", "app_server/site.conf", "load_balancer/site.conf")
+# servers reload under the load; the apps' unit changes without a restart of the apps.
+EVERYWHERE = ("common/logrotate.conf", "app_server/site.conf", "load_balancer/site.conf",
+              "app_server/platform-apps.service")
 LOGROTATE = "/etc/logrotate.d/platform"
 
 
@@ -45,6 +46,10 @@ def current_bundle(local_stack, key: str) -> str:
     return local_stack.run(key, ["readlink", conventions.CURRENT_BUNDLE]).stdout.strip().rsplit("/", 1)[-1]
 
 
+def apps_pid(local_stack, name: str) -> str:
+    return local_stack.run(name, ["systemctl", "show", "-P", "MainPID", conventions.APPS_UNIT]).stdout.strip()
+
+
 @pytest.fixture(scope="module")
 def back_to_committed(local_stack):
     """After the module, the stack on the platform as committed (every bundle again)."""
@@ -56,6 +61,7 @@ def test_a_platform_change_reaches_every_droplet_in_place_under_load(local_stack
     mark = f"# upgraded in place {uuid.uuid4()}"
     before = local_stack.plan
     boots = local_stack.boot_ids()
+    apps_pids = {app: apps_pid(local_stack, app) for app in local_stack.app_servers()}
     p = plan_with_lines(local_stack, monkeypatch, dict.fromkeys(EVERYWHERE, mark))
     assert {d.name: (d.id, d.user_data) for d in p.droplets} == {d.name: (d.id, d.user_data) for d in before.droplets}
     result, load = local_stack.up_under_load(p)
@@ -72,6 +78,11 @@ def test_a_platform_change_reaches_every_droplet_in_place_under_load(local_stack
     assert mark in local_stack.run("lb", ["nginx", "-T"]).stdout
     for app in local_stack.app_servers():
         assert mark in local_stack.run(app, ["nginx", "-T"]).stdout, app
+        # The apps' unit on disk changed; the running apps keep theirs, and the push says so.
+        assert mark in local_stack.run(app, ["systemctl", "cat", conventions.APPS_UNIT]).stdout, app
+        assert apps_pid(local_stack, app) == apps_pids[app], f"{app}: the apps were restarted"
+        said = ran[f"{next(d.key for d in p.droplets if d.name == app)}-bundle-push"].output
+        assert f"{conventions.APPS_UNIT}.service changed: the running apps keep the unit" in said, said
     assert load["requests"] > 0 and load["failed"] == 0, load
 
 

@@ -56,7 +56,7 @@ def run_pm2_script(root: Path, script: str, pm2_home: Path, timeout: float):
 def apps_reload(tmp_path: Path) -> str:
     """The apps' unit's reload as a command: its ExecReload script run as the app user, with
     pm2 from PATH (the root step after it, the health path, runs on the local stack)."""
-    unit = app_files()[f"/etc/systemd/system/{c.APPS_UNIT}.service"]
+    unit = app_files()[app_server.APPS_UNIT_FILE]
     reloads = [line.removeprefix("ExecReload=") for line in unit.splitlines() if line.startswith("ExecReload=")]
     assert reloads == [app_server.APPS_RELOAD_COMMAND, f"+{app_server.APP_HEALTH_COMMAND}"]
     reload = reloads[0]
@@ -68,7 +68,7 @@ def apps_reload(tmp_path: Path) -> str:
 def apps_start(pm2_home: Path) -> str:
     """The apps' unit's start as a command: its Environment= and ExecStart, pm2 from PATH,
     PM2_HOME in the test's directory."""
-    unit = app_files()[f"/etc/systemd/system/{c.APPS_UNIT}.service"]
+    unit = app_files()[app_server.APPS_UNIT_FILE]
     settings_ = [line.removeprefix("Environment=") for line in unit.splitlines() if line.startswith("Environment=")]
     (start,) = [line.removeprefix("ExecStart=") for line in unit.splitlines() if line.startswith("ExecStart=")]
     return " ".join(["env", *settings_, f"PM2_HOME={pm2_home}", start.replace(f"{c.PM2_BIN_DIR}/", "")])
