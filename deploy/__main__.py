@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("--process", action="append", metavar="NAME", help="only this pm2 process's logs (web, api); repeatable")
     lg.add_argument("--lines", "-n", type=int, default=LOG_LINES, help=f"the last N lines of each log (default {LOG_LINES})")
     lg.add_argument("--journal", action="store_true", help="the apps' unit's journal instead of pm2's files: with what "
-                                                           "a dying worker wrote, which the files lose; no --follow")
+                                                           "a dying worker wrote, which the files lose")
     e = sub.add_parser("exec", parents=[common], help="a one-off command as the app user, in the current release "
                                                       "with the apps' environment; its exit code")
     e.add_argument("--server", help="the app server (default: the first, app-1)")
@@ -86,7 +86,7 @@ def operate_checks(args, stack) -> None:
     if args.command == "logs":
         args.lines, args.process = operate.positive_lines(args.lines), operate.process_names(args.process)
         if args.journal:
-            operate.journal_checks(args.lines, args.follow)
+            operate.journal_checks(args.lines)
             args.since = operate.journal_since(args.since, time.time())
         else:
             args.since = operate.since_words(args.since)
@@ -104,7 +104,7 @@ def operate_verb(args, stack, executor: Executor, work: str) -> int:
     if args.command == "status":
         return operate.status(stack, executor, work)
     if args.command == "logs" and args.journal:
-        return operate.journal_logs(stack, executor, args.lines, args.since, args.process, work)
+        return operate.journal_logs(stack, executor, args.lines, args.since, args.follow, args.process, work)
     if args.command == "logs":
         return operate.logs(stack, executor, args.lines, args.since, args.follow, args.process, work)
     if args.command == "maintenance":

@@ -183,6 +183,11 @@ def apps_journal(stack, server, since: int, lines: int, control_dir=None) -> Rem
     return on_server(stack, server, ["sudo", "-n", *APPS_JOURNAL, str(since), str(lines)], control_dir)
 
 
+def apps_journal_followed(stack, server, lines: int, control_dir=None) -> Remote:
+    """Its last `lines` entries, then each new one until this command's stdin closes."""
+    return on_server(stack, server, ["sudo", "-n", *APPS_JOURNAL, "0", str(lines), "follow"], control_dir)
+
+
 def lock(stack, server, holder: str, control_dir=None) -> Remote:
     """The deploy lock on one app server, as deploy: a directory in its home."""
     return release_action(stack, server, "lock", holder, control_dir=control_dir)

@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 REDACTED = "[REDACTED]"
@@ -96,15 +97,18 @@ class Executor:
             self.say("$ " + shlex.join(argv))
         return subprocess.run(argv).returncode
 
-    def follow(self, commands: dict[str, tuple[list[str], str]]) -> dict[str, int]:
+    def follow(self, commands: dict[str, tuple[list[str], str]],
+               shown: Callable[[str], str | None] = lambda line: line) -> dict[str, int]:
         """Run every command at once, each its script on stdin (left open: the far end reads
-        it to know the caller is still there), printing each line as it comes, prefixed
-        `[name] `, until all end or Ctrl-C; the exit codes by name (130 for those stopped)."""
+        it to know the caller is still there), printing each line as it comes as `shown`
+        gives it (None: not at all), prefixed `[name] `, until all end or Ctrl-C; the exit
+        codes by name (130 for those stopped)."""
         running: dict[str, subprocess.Popen] = {}
 
         def relay(name: str, proc: subprocess.Popen) -> None:
             for line in proc.stdout:
-                self.say(f"[{name}] {line.rstrip()}")
+                if (text := shown(line.rstrip())) is not None:
+                    self.say(f"[{name}] {text}")
 
         threads = []
         for name, (argv, script) in commands.items():

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloudinit.app_server import APP_HEALTH_COMMAND, APPS_JOURNAL_MAX_LINES, APPS_RELOAD_COMMAND
@@ -82,6 +84,23 @@ def merged(outputs: dict[str, str], processes: tuple[str, ...] = (), last: int =
     keyed = []
     for name, output in outputs.items():
         kept = [e for e in entries(output) if not processes or e.process in processes][-last:]
-        keyed += [((e.time, name, number), f"[{name}] {e.time} {e.source}: {e.message}")
-                  for number, e in enumerate(kept)]
+        keyed += [((e.time, name, number), f"[{name}] {shown(e)}") for number, e in enumerate(kept)]
     return [line for _, line in sorted(keyed)]
+
+
+def followed(processes: tuple[str, ...], since: int) -> Callable[[str], str | None]:
+    """What a followed journal's line shows (None: nothing): that of merged, for the
+    entries of `processes` if named, from `since` (seconds since the epoch, 0: any) on."""
+    # journalctl's times on the servers (UTC on the images) sort as text.
+    since_time = time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(since))
+
+    def show(line: str) -> str | None:
+        found = entries(line)
+        if not found or (processes and found[0].process not in processes) or found[0].time < since_time:
+            return None
+        return shown(found[0])
+    return show
+
+
+def shown(entry: Entry) -> str:
+    return f"{entry.time} {entry.source}: {entry.message}"

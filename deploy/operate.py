@@ -77,10 +77,8 @@ def journal_since(since: str | None, now: float) -> int:
     return max(0, int(moment.replace(tzinfo=dt.timezone.utc).timestamp()))
 
 
-def journal_checks(lines: int, follow: bool) -> None:
-    """--journal reads the apps' unit's journal once, up to its wrapper's bound."""
-    if follow:
-        raise UsageError("--journal: the journal cannot be followed (--follow); follow without --journal")
+def journal_checks(lines: int) -> None:
+    """--journal reads the apps' unit's journal up to its wrapper's bound."""
     if lines > journal.MAX_LINES:
         raise UsageError(f"--lines {lines}: at most {journal.MAX_LINES} with --journal")
 
@@ -256,14 +254,18 @@ def logs(stack: Stack, executor: Executor, lines: int, since: str | None, follow
     built = {server.name: commands.logs(stack, server, lines, since, follow, processes, control_dir)
              for server in stack.servers}
     if follow:
-        codes = executor.follow({name: (c.argv, c.stdin or "") for name, c in built.items()})
-        failed = {name: code for name, code in codes.items() if code not in (0, 130)}
-        for name, code in failed.items():
-            executor.say(f"logs: [{name}] ended with exit {code}")
-        return 1 if failed else 0
+        return followed_ended(executor, executor.follow({name: (c.argv, c.stdin or "") for name, c in built.items()}))
     outputs, failed = each_servers_output(executor, built)
     for line in merged(outputs):
         executor.say(line)
+    return 1 if failed else 0
+
+
+def followed_ended(executor: Executor, codes: dict[str, int]) -> int:
+    """A follow's end: 0 when each server's ended by itself or by Ctrl-C (130)."""
+    failed = {name: code for name, code in codes.items() if code not in (0, 130)}
+    for name, code in failed.items():
+        executor.say(f"logs: [{name}] ended with exit {code}")
     return 1 if failed else 0
 
 
@@ -281,11 +283,17 @@ def each_servers_output(executor: Executor, built: dict[str, commands.Remote]) -
     return outputs, failed
 
 
-def journal_logs(stack: Stack, executor: Executor, lines: int, since: int, processes: tuple[str, ...],
+def journal_logs(stack: Stack, executor: Executor, lines: int, since: int, follow: bool, processes: tuple[str, ...],
                  control_dir: str | None = None) -> int:
     """The last `lines` entries of the apps' unit's journal on every server since `since`
     (0: any), merged in time order: what pm2's files lose (a dying worker's last words).
-    With `processes`, the last `lines` of theirs among as many entries as the wrapper gives."""
+    With `processes`, the last `lines` of theirs among as many entries as the wrapper gives.
+    With `follow`, each server's last `lines` entries, those of `processes` since `since`
+    shown, then each new one, as logs --follow does with the files."""
+    if follow:
+        codes = executor.follow({server.name: (commands.apps_journal_followed(stack, server, lines, control_dir).argv, "")
+                                 for server in stack.servers}, journal.followed(processes, since))
+        return followed_ended(executor, codes)
     asked = journal.MAX_LINES if processes else lines
     outputs, failed = each_servers_output(executor, {
         server.name: commands.apps_journal(stack, server, since, asked, control_dir) for server in stack.servers})

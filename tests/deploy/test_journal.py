@@ -90,7 +90,7 @@ def test_only_the_processes_asked_each_servers_last_lines_of_theirs():
         "[app-1] 2026-12-04T15:12:05+0000 _old_2|web: web: SIGINT, closing"]
 
 
-def test_the_wrapper_takes_two_numbers_up_to_the_bound_the_deploy_tool_knows(tmp_path):
+def test_the_wrapper_takes_two_numbers_or_0_lines_follow_up_to_the_bound_the_deploy_tool_knows(tmp_path):
     """The rendered wrapper, with a journalctl that says how it was called."""
     wrapper = tmp_path / "platform-apps-journal"
     wrapper.write_text(cloudinit.rendered_files(conventions.APP_SERVER, mockcloud.stack_settings("staging"))[
@@ -102,9 +102,24 @@ def test_the_wrapper_takes_two_numbers_up_to_the_bound_the_deploy_tool_knows(tmp
         return subprocess.run(["bash", str(wrapper), *args], capture_output=True, text=True,
                               env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
 
+    followed = run("0", "5", "follow")
+    assert followed.returncode == 0 and followed.stdout.endswith("--lines=5 --follow\n"), followed
     newest = run("0", str(journal.MAX_LINES))
     assert newest.returncode == 0 and f"--lines={journal.MAX_LINES}" in newest.stdout, newest
     assert "--since=@1796397120" in run("1796397120", "20").stdout
-    for refused in (("0", str(journal.MAX_LINES + 1)), ("0;id", "3"), ("0", "3", "--output=json"), ("x", "1")):
+    for refused in (("0", str(journal.MAX_LINES + 1)), ("0;id", "3"), ("0", "3", "--output=json"), ("x", "1"),
+                    ("60", "3", "follow"), ("0", "3", "follow", "x"), ()):
         said = run(*refused)
         assert said.returncode == 2 and f"at most {journal.MAX_LINES} lines" in said.stderr, (refused, said)
+        assert "journalctl" not in said.stdout, (refused, said)
+
+
+def test_a_followed_line_shows_as_merged_does_for_the_processes_asked_since_the_moment_asked():
+    show = journal.followed(("api",), since=1796396700)   # 2026-12-04 15:05 UTC
+    line = "2026-12-04T15:0{}:00+0000 staging-app-1 pm2-runtime[7]: 0|{}  | 2026-12-04T15:0{}:00: {}"
+    assert show(line.format(6, "api", 6, "Error: boom")) == "2026-12-04T15:06:00+0000 0|api: Error: boom"
+    assert show(line.format(5, "api", 5, "at 15:05")) is not None, "since is inclusive"
+    assert show(line.format(4, "api", 4, "too early")) is None
+    assert show(line.format(6, "web", 6, "another process")) is None
+    assert show("-- Boot 1a2b3c --") is None
+    assert journal.followed((), 0)(line.format(1, "web", 1, "any")) == "2026-12-04T15:01:00+0000 0|web: any"

@@ -63,7 +63,6 @@ def test_since_becomes_words_date_reads(since, words):
     (["logs", "staging", "--since", "0m"], "logs: --since '0m': give a duration"),
     (["logs", "staging", "--lines", "0"], "logs: --lines 0: at least 1"),
     (["logs", "staging", "--process", "web;reboot"], "logs: --process 'web;reboot': a pm2 process name"),
-    (["logs", "staging", "--journal", "--follow"], "logs: --journal: the journal cannot be followed (--follow)"),
     (["logs", "staging", "--journal", "--process", "API"], "logs: --process 'API': a pm2 process name (a lower-case"),
     (["logs", "staging", "--journal", "--lines", "10000"], "logs: --lines 10000: at most 9999 with --journal"),
     (["logs", "staging", "--journal", "--since", "yesterday"], "logs: --since 'yesterday': give a duration"),
@@ -98,6 +97,19 @@ def test_logs_journal_asks_each_servers_wrapper_and_merges_their_entries(monkeyp
     assert executor.out.getvalue().splitlines()[-2:] == [
         "[app-2] 2026-12-04T15:12:04 0|web: web listening",
         "[app-1] 2026-12-04T15:12:05 0|api: Error: boom"]
+
+
+def test_logs_journal_follow_asks_each_servers_wrapper_to_follow_and_shows_the_process_since_when_asked(monkeypatch):
+    journal_of = "".join(f"2026-12-04T15:{m}:00+0000 staging-app-1 pm2-runtime[7]: 0|{p}  | {p} at {m}\n"
+                         for m, p in (("01", "api"), ("05", "web"), ("06", "api")))
+    executor = Answers({APP1.address: Result([], 0, journal_of), APP2.address: Result([], 0, "")})
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FixedTarget())
+    monkeypatch.setattr(cli.time, "time", lambda: 1796396700.0)   # 2026-12-04 15:05 UTC
+    argv = ["logs", "staging", "--journal", "--follow", "--since", "1m", "--process", "api", "-n", "7"]
+    assert cli.main(argv, executor) == 0
+    assert [shlex.split(argv[-1]) for argv in executor.ran] == [
+        ["sudo", "-n", "/usr/local/sbin/platform-apps-journal", "0", "7", "follow"]] * 2
+    assert executor.out.getvalue().splitlines() == ["[app-1] 2026-12-04T15:06:00+0000 0|api: api at 06"]
 
 
 def test_logs_journal_of_a_process_reads_as_much_as_the_wrapper_gives_and_shows_that_ones_last(monkeypatch):
@@ -144,6 +156,15 @@ class Answers(Executor):
             return self.answers.get("lb", Result(argv, 0, "maintenance off\n"))
         self.ran.append(argv)
         return self.answers[argv[-2]]
+
+    def follow(self, commands, shown=lambda line: line):
+        """Each server's answer as the lines that came before its ssh ended."""
+        for name, (argv, _) in commands.items():
+            self.ran.append(argv)
+            for line in self.answers[argv[-2]].output.splitlines():
+                if (text := shown(line)) is not None:
+                    self.say(f"[{name}] {text}")
+        return {name: 130 for name in commands}
 
 
 HEALTHY = """release 20261202-0700-abc1234
@@ -222,6 +243,13 @@ def test_follow_prefixes_each_servers_lines_as_they_come_and_keeps_stdin_open():
     assert codes == {"app-1": 0, "app-2": 3}
     lines = executor.out.getvalue().splitlines()
     assert sorted(lines) == ["[app-1] got one", "[app-1] stdin open", "[app-2] two"]
+
+
+def test_follow_shows_each_line_as_shown_gives_it_and_none_that_it_drops():
+    executor = Executor(out=io.StringIO())
+    codes = executor.follow({"app-1": (["printf", "keep\\ndrop\\n"], "")},
+                            shown=lambda line: None if line == "drop" else line.upper())
+    assert codes == {"app-1": 0} and executor.out.getvalue().splitlines() == ["[app-1] KEEP"]
 
 
 def test_status_through_the_cli_shows_the_table_with_a_server_down_pinning_host_keys(monkeypatch):

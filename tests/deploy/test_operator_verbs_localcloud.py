@@ -1,5 +1,5 @@
 """The operators' verbs on the stack booted by `python -m localcloud up` (marker
-`localcloud`, root): `status`, `logs` (once and --follow) and `exec`, run as the CLI is,
+`localcloud`, root): `status`, `logs` (once and --follow, of pm2's files and of the journal) and `exec`, run as the CLI is,
 with `--local` and the local cloud's operator key, as the deploy login through the LB.
 They change nothing, so they run in any order on the session's stack."""
 
@@ -50,13 +50,19 @@ def test_logs_show_lines_of_every_server_each_prefixed_by_its_name(plan, operato
     assert tags and tags <= {"web", "web.err"}, tags
 
 
-def test_logs_follow_streams_from_every_server_until_interrupted_and_leaves_nothing_running(plan, operator_key):
+@pytest.mark.parametrize("source, left_running", [
+    ((), f"pgrep -u {conventions.DEPLOY_USER} -af 'tail -n'"),                       # pm2's files
+    # the wrapper's, as root ([p]: the pattern does not match the shell that runs pgrep)
+    (("--journal",), f"pgrep -af 'journalctl --unit=[{conventions.APPS_UNIT[0]}]{conventions.APPS_UNIT[1:]}'"),
+])
+def test_logs_follow_streams_from_every_server_until_interrupted_and_leaves_nothing_running(plan, operator_key,
+                                                                                            source, left_running):
     servers = app_servers(plan)
     # -v: each command it runs is printed, so a Ctrl-C that does not end it shows where it waits.
     # SIGINT as a terminal's job has it: a suite started in the background by a shell without
     # job control inherits it ignored, and Python then never raises KeyboardInterrupt.
     follow = subprocess.Popen([sys.executable, "-m", "deploy", "logs", STACK, "--local", "-i", operator_key, "-v",
-                               "--follow", "--lines", "3"], cwd=ROOT, stdout=subprocess.PIPE,
+                               *source, "--follow", "--lines", "3"], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen: set[str] = set()
@@ -83,7 +89,7 @@ def test_logs_follow_streams_from_every_server_until_interrupted_and_leaves_noth
             follow.kill()
     time.sleep(2)
     for d in servers:
-        left = on(d.name, f"pgrep -u {conventions.DEPLOY_USER} -af 'tail -n' || true")
+        left = on(d.name, f"{left_running} || true")
         assert left == "", f"{d.key}: still running after the follow ended: {left}"
 
 
