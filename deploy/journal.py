@@ -35,7 +35,8 @@ PM2_TIME = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}"
 # An apps' unit started before --formatted writes the apps' lines bare: they are the
 # apps' still, without a name, until it next starts.
 PM2_OWN = re.compile(rf"{PM2_TIME}: PM2 (log|error): ")
-APP_LINE = re.compile(rf"(?:(?P<id>(?:_old_)?\d+)\|(?P<process>{PROCESS_NAME.pattern}) +\| )?(?:{PM2_TIME}: )?(?P<line>.*)")
+APP_LINE = re.compile(rf"(?:(?P<id>(?:_old_)?\d+)\|(?P<process>{PROCESS_NAME.pattern}) +\| )?"
+                      rf"(?:{PM2_TIME}: )?(?P<line>.*)")
 
 
 @dataclass(frozen=True)

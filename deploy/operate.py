@@ -291,8 +291,9 @@ def journal_logs(stack: Stack, executor: Executor, lines: int, since: int, follo
     With `follow`, each server's last `lines` entries, those of `processes` since `since`
     shown, then each new one, as logs --follow does with the files."""
     if follow:
-        codes = executor.follow({server.name: (commands.apps_journal_followed(stack, server, lines, control_dir).argv, "")
-                                 for server in stack.servers}, journal.followed(processes, since))
+        built = {server.name: commands.apps_journal_followed(stack, server, lines, control_dir)
+                 for server in stack.servers}
+        codes = executor.follow({name: (c.argv, "") for name, c in built.items()}, journal.followed(processes, since))
         return followed_ended(executor, codes)
     asked = journal.MAX_LINES if processes else lines
     outputs, failed = each_servers_output(executor, {
