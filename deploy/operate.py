@@ -107,7 +107,8 @@ class ServerStatus:
     release: str = ""
     unit_state: str = "unknown"
     main_pid: int = 0
-    unit_seconds: int | None = None
+    unit_seconds: int | None = None        # how long the apps' unit has run
+    unit_file_seconds: int | None = None   # how long ago its file changed
     workers: dict[str, list[int]] = field(default_factory=dict)   # app -> each worker's uptime
     health_code: str = "000"
     health_body: str = ""
@@ -115,6 +116,11 @@ class ServerStatus:
     @property
     def healthy(self) -> bool:
         return self.reachable and self.unit_state == "active" and self.health_code == "200"
+
+    @property
+    def unit_changed_since_start(self) -> bool:
+        """The unit's file changed after the apps started: it applies at their next start."""
+        return None not in (self.unit_seconds, self.unit_file_seconds) and self.unit_file_seconds < self.unit_seconds
 
     def engines(self) -> str:
         """/healthz's verdict per engine, as the API reports it."""
@@ -147,6 +153,8 @@ def parse_status(server: Server, output: str) -> ServerStatus:
             fields = rest.split()
             status.unit_state = fields[0] if fields else "unknown"
             status.main_pid = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
+        elif kind == "unitfile" and rest.strip().lstrip("-").isdigit():
+            status.unit_file_seconds = int(rest)
         elif kind == "process":
             fields = rest.split(None, 2)
             if len(fields) < 3 or not (fields[0].isdigit() and fields[1].isdigit()):
@@ -181,6 +189,8 @@ def status_table(statuses: list[ServerStatus]) -> list[str]:
             rows.append((s.server.name, "?", "?", "?", f"UNREACHABLE: {s.problem}"))
             continue
         unit = f"{s.unit_state} {duration(s.unit_seconds)}" if s.unit_state == "active" else s.unit_state.upper()
+        if s.unit_changed_since_start:
+            unit += f" (its file changed {duration(s.unit_file_seconds)} ago: applies when it next starts)"
         processes = ", ".join(f"{name} {len(up)} up {duration(min(up))}" for name, up in sorted(s.workers.items()))
         verdict = "ok" if s.healthy else "UNHEALTHY"
         rows.append((s.server.name, s.release or "(none)", unit, processes or "(none)",

@@ -112,6 +112,12 @@ status() {
     if [ -r "$CURRENT_LINK/platform.json" ]; then echo "contract $(tr -d '\n' < "$CURRENT_LINK/platform.json")"; fi
     echo "unit $(systemctl show "$APPS_UNIT" --property=ActiveState --value 2>/dev/null || echo unknown)" \
         "$(systemctl show "$APPS_UNIT" --property=MainPID --value 2>/dev/null || echo 0)"
+    # How long ago its file changed: a change after the apps started waits for their next start.
+    local fragment changed
+    fragment=$(systemctl show "$APPS_UNIT" --property=FragmentPath --value 2>/dev/null || true)
+    if [ -n "$fragment" ] && changed=$(stat -c %Y -- "$fragment" 2>/dev/null); then
+        echo "unitfile $(($(date +%s) - changed))"
+    fi
     ps -o pid=,etimes=,args= -u "$APP_USER" 2>/dev/null | sed 's/^ */process /' || true
     answer=$(probe)
     echo "health ${answer##*$'\n'} $(printf '%s' "${answer%$'\n'*}" | tr '\n' ' ' | cut -c1-2000)"

@@ -169,6 +169,7 @@ class Answers(Executor):
 
 HEALTHY = """release 20261202-0700-abc1234
 unit active 100
+unitfile 86400
 process 100 7200 node /usr/local/bin/pm2-runtime start /srv/app/ecosystem.config.js
 process 120 300 node /srv/app/releases/current/web/server.js
 process 121 290 node /srv/app/releases/current/web/server.js
@@ -186,6 +187,15 @@ def test_status_prints_one_table_and_exits_zero_when_every_server_is_healthy():
         assert line.split()[:4] == [server, "20261202-0700-abc1234", "active", "2h0m"], line
         assert "api 1 up 40s, web 2 up 4m" in line and line.endswith("ok 200: postgresql ok, redis disabled")
     assert lines[3:] == ["LB: maintenance off"]
+
+
+def test_status_says_when_the_apps_unit_changed_after_they_started_and_it_is_no_fault():
+    changed = HEALTHY.replace("unitfile 86400", "unitfile 600")
+    executor = Answers({APP1.address: Result([], 0, changed), APP2.address: Result([], 0, HEALTHY)})
+    assert operate.status(STACK, executor) == 0
+    app1, app2 = executor.out.getvalue().splitlines()[1:3]
+    assert " active 2h0m (its file changed 10m ago: applies when it next starts) " in app1, app1
+    assert "its file changed" not in app2, "changed before the apps started: nothing pending"
 
 
 def test_status_exits_non_zero_naming_the_unhealthy_and_the_unreachable_server():

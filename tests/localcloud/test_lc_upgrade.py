@@ -9,7 +9,10 @@ end the stack is put back on the platform as committed.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import jinja2
 import pytest
@@ -17,7 +20,7 @@ import pytest
 import cloudinit
 import mockcloud
 from cloudinit import files
-from localcloud import stack, traffic
+from localcloud import config, stack, traffic
 from model import conventions
 
 # A line in config files of every role; the two nginx files make the LB and the app
@@ -25,6 +28,7 @@ from model import conventions
 EVERYWHERE = ("common/logrotate.conf", "app_server/site.conf", "load_balancer/site.conf",
               "app_server/platform-apps.service")
 LOGROTATE = "/etc/logrotate.d/platform"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def plan_with_lines(local_stack, monkeypatch, lines: dict[str, str]):
@@ -83,6 +87,12 @@ def test_a_platform_change_reaches_every_droplet_in_place_under_load(local_stack
         assert apps_pid(local_stack, app) == apps_pids[app], f"{app}: the apps were restarted"
         said = ran[f"{next(d.key for d in p.droplets if d.name == app)}-bundle-push"].output
         assert f"{conventions.APPS_UNIT}.service changed: the running apps keep the unit" in said, said
+    # ... and the deploy tool's status says so too, as no fault.
+    shown = subprocess.run([sys.executable, "-m", "deploy", "status", p.stack, "--local", "-i", str(config.OPERATOR_KEY)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    rows = [line for line in shown.stdout.splitlines() if line.startswith("app-")]
+    assert shown.returncode == 0 and len(rows) == len(local_stack.app_servers()), shown.stdout + shown.stderr
+    assert all("(its file changed" in row and "applies when it next starts" in row for row in rows), shown.stdout
     assert load["requests"] > 0 and load["failed"] == 0, load
 
 
