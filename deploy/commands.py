@@ -184,7 +184,8 @@ def apps_journal(stack, server, since: int, lines: int, control_dir=None) -> Rem
 
 
 def apps_journal_followed(stack, server, lines: int, control_dir=None) -> Remote:
-    """Its last `lines` entries, then each new one until this command's stdin closes."""
+    """Its last `lines` entries, then each new one until this command ends (journalctl
+    --follow leaves with its reader, the ssh)."""
     return on_server(stack, server, ["sudo", "-n", *APPS_JOURNAL, "0", str(lines), "follow"], control_dir)
 
 

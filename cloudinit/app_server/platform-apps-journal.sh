@@ -1,11 +1,11 @@
 #!/bin/bash
 # `platform-apps-journal SINCE LINES`: the apps' unit's journal from SINCE (seconds since
 # the epoch; 0 for no bound), its last LINES entries. `platform-apps-journal 0 LINES
-# follow`: the last LINES, then each new entry until the caller goes. The
-# deploy user may run exactly this, as root (sudoers): pm2 in cluster mode loses from its
-# log files what a worker writes just before it dies (its exception included), and the
-# journal has it through pm2-runtime, beside pm2's own and the reload's messages (a failed
-# deploy shows them; `logs --journal`).
+# follow`: the last LINES, then each new entry until the caller goes. The deploy user may
+# run exactly this, as root (sudoers): pm2 in cluster mode loses from its log files what a
+# worker writes just before it dies (its exception included), and the journal has it
+# through pm2-runtime, beside pm2's own and the reload's messages (a failed deploy shows
+# them; `logs --journal`).
 set -euo pipefail
 
 max_lines={{ facts.APPS_JOURNAL_MAX_LINES }}
