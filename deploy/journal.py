@@ -56,15 +56,15 @@ def entries(journal: str) -> list[Entry]:
         fields = line.split(" ", 3)
         if len(fields) < 4 or not fields[2].endswith(":"):
             continue
-        time, source, message = fields[0], fields[2].removesuffix(":"), fields[3]
+        at, source, message = fields[0], fields[2].removesuffix(":"), fields[3]
         identifier = source.split("[", 1)[0]
         if identifier == PM2_RUNTIME and not PM2_OWN.match(message):
             app = APP_LINE.fullmatch(message)
             named = app["process"] or ""
-            found.append(Entry(time, identifier, f"{app['id']}|{named}" if named else source, app["line"],
+            found.append(Entry(at, identifier, f"{app['id']}|{named}" if named else source, app["line"],
                                from_app=True, process=named))
         else:
-            found.append(Entry(time, identifier, source, message))
+            found.append(Entry(at, identifier, source, message))
     return found
 
 
@@ -84,7 +84,7 @@ def merged(outputs: dict[str, str], processes: tuple[str, ...] = (), last: int =
     `last`) in time order, `[server] time source: message`."""
     keyed = []
     for name, output in outputs.items():
-        kept = [e for e in entries(output) if not processes or e.process in processes][-last:]
+        kept = [e for e in entries(output) if of_processes(e, processes)][-last:]
         keyed += [((e.time, name, number), f"[{name}] {shown(e)}") for number, e in enumerate(kept)]
     return [line for _, line in sorted(keyed)]
 
@@ -97,10 +97,15 @@ def followed(processes: tuple[str, ...], since: int) -> Callable[[str], str | No
 
     def show(line: str) -> str | None:
         found = entries(line)
-        if not found or (processes and found[0].process not in processes) or found[0].time < since_time:
+        if not found or not of_processes(found[0], processes) or found[0].time < since_time:
             return None
         return shown(found[0])
     return show
+
+
+def of_processes(entry: Entry, processes: tuple[str, ...]) -> bool:
+    """Whether `entry` is one of theirs; every entry is when none is named."""
+    return not processes or entry.process in processes
 
 
 def shown(entry: Entry) -> str:

@@ -13,6 +13,7 @@ import getpass
 import json
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from model import app_contract, conventions
@@ -264,15 +265,18 @@ def logs(stack: Stack, executor: Executor, lines: int, since: str | None, follow
     built = {server.name: commands.logs(stack, server, lines, since, follow, processes, control_dir)
              for server in stack.servers}
     if follow:
-        return followed_ended(executor, executor.follow({name: (c.argv, c.stdin or "") for name, c in built.items()}))
+        return follow_each(executor, built)
     outputs, failed = each_servers_output(executor, built)
     for line in merged(outputs):
         executor.say(line)
     return 1 if failed else 0
 
 
-def followed_ended(executor: Executor, codes: dict[str, int]) -> int:
-    """A follow's end: 0 when each server's ended by itself or by Ctrl-C (130)."""
+def follow_each(executor: Executor, built: dict[str, commands.Remote],
+                shown: Callable[[str], str | None] = lambda line: line) -> int:
+    """Each server's command followed at once until Ctrl-C, its lines as `shown` gives
+    them: 0 when each ended by itself or by Ctrl-C (130)."""
+    codes = executor.follow({name: (c.argv, c.stdin or "") for name, c in built.items()}, shown)
     failed = {name: code for name, code in codes.items() if code not in (0, 130)}
     for name, code in failed.items():
         executor.say(f"logs: [{name}] ended with exit {code}")
@@ -301,10 +305,8 @@ def journal_logs(stack: Stack, executor: Executor, lines: int, since: int, follo
     With `follow`, each server's last `lines` entries, those of `processes` since `since`
     shown, then each new one, as logs --follow does with the files."""
     if follow:
-        built = {server.name: commands.apps_journal_followed(stack, server, lines, control_dir)
-                 for server in stack.servers}
-        codes = executor.follow({name: (c.argv, "") for name, c in built.items()}, journal.followed(processes, since))
-        return followed_ended(executor, codes)
+        return follow_each(executor, {server.name: commands.apps_journal_followed(stack, server, lines, control_dir)
+                                      for server in stack.servers}, journal.followed(processes, since))
     asked = journal.MAX_LINES if processes else lines
     outputs, failed = each_servers_output(executor, {
         server.name: commands.apps_journal(stack, server, since, asked, control_dir) for server in stack.servers})
