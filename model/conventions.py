@@ -367,6 +367,11 @@ MAINTENANCE_ROOT = "/var/www/maintenance"
 MAINTENANCE_FLAG = "/var/lib/platform-maintenance/on"
 MAINTENANCE_COMMAND = "/usr/local/sbin/platform-maintenance"
 MAINTENANCE_RETRY_AFTER_SECONDS = 300
+# Takes one app server out of the LB's pool (`down` in LB_UPSTREAMS_FILE, nginx reloaded)
+# and waits until the LB's workers that still sent it requests are gone: a restart of its
+# apps then cuts no request. At most this long: a websocket keeps an old worker alive.
+DRAIN_COMMAND = "/usr/local/sbin/platform-drain"
+DRAIN_WAIT_SECONDS = 60
 
 
 def platform_app_env_names() -> tuple[str, ...]:

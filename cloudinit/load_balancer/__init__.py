@@ -18,6 +18,7 @@ PROGRAMS = [
     Program("load_balancer/platform-certificate.sh", conventions.CERTIFICATE_COMMAND),
     Program("load_balancer/platform-certificate-deployed.sh", conventions.CERTIFICATE_DEPLOY_HOOK),
     Program("load_balancer/platform-maintenance.sh", conventions.MAINTENANCE_COMMAND),
+    Program("load_balancer/platform-drain.sh", conventions.DRAIN_COMMAND),
 ]
 
 # Gets the first certificate (.service), retried by its .timer until it has one.
