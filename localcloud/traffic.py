@@ -1,6 +1,8 @@
 """Steady request streams from the internet client: each request a new HTTPS connection
 to the LB's address, the certificate verified for the domain; counts by outcome. Given
-several paths, the requests take them in turn (each twice in a row).
+several paths, the requests take them in turn (each twice in a row). A path is a GET; "POST
+/api/notes" posts a note (the LB retries no POST on another server: it proves a change
+cut no request in flight).
 
     proc = traffic.start(domain, address, cafile, "/api/hello", rate=20, seconds=20)
     ... change the stack ...
@@ -50,16 +52,21 @@ while going():
     time.sleep(max(0, due - time.monotonic()))
     # Each path twice in a row: taken in strict turn, the LB's round robin over two app
     # servers would send each path to the same server every time.
-    path = paths[(n // 2) % len(paths)]
+    method, _, path = paths[(n // 2) % len(paths)].rpartition(" ")
+    method = method or "GET"
     n += 1
     try:
         c = Conn(domain, 443, timeout=10)
-        c.request("GET", path, headers={"Connection": "close"})
+        if method == "POST":
+            c.request(method, path, body=json.dumps({"text": f"stream {n}"}),
+                      headers={"Connection": "close", "Content-Type": "application/json"})
+        else:
+            c.request(method, path, headers={"Connection": "close"})
         r = c.getresponse()
         body = r.read()
         statuses[r.status] += 1
         if r.status >= 400:
-            failures.append(f"{time.time():.1f} {path} {r.status}")
+            failures.append(f"{time.time():.1f} {method} {path} {r.status}")
         try:
             hosts[json.loads(body).get("host", "?")] += 1
         except ValueError:
@@ -67,7 +74,7 @@ while going():
         c.close()
     except Exception as e:
         errors[type(e).__name__ + ": " + str(e)[:80]] += 1
-        failures.append(f"{time.time():.1f} {path} {type(e).__name__}: {str(e)[:80]}")
+        failures.append(f"{time.time():.1f} {method} {path} {type(e).__name__}: {str(e)[:80]}")
 failed = sum(v for k, v in statuses.items() if k >= 400) + sum(errors.values())
 print(json.dumps({"requests": n, "failed": failed, "by_status": statuses, "errors": errors,
                   "hosts": hosts, "seconds": round(time.monotonic() - start, 1), "failures": failures[:20]}))

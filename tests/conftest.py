@@ -142,8 +142,8 @@ class LocalStack:
         return str(root)
 
     def stream(self, paths: str | list[str], rate: float = 20, seconds: float | None = 20):
-        """Start a steady stream of GETs through the LB (localcloud.traffic); .result() it
-        (seconds None: it runs until then)."""
+        """Start a steady stream of requests through the LB (localcloud.traffic: GETs, and
+        "POST /api/notes" posts); .result() it (seconds None: it runs until then)."""
         from localcloud import traffic
         return traffic.start(self.domain, self.address, self.cafile(), paths, rate, seconds)
 
