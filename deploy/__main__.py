@@ -1,7 +1,8 @@
-"""python -m deploy {deploy|rollback|releases|fetch|status|logs|exec|maintenance} STACK [--local] ...
+"""python -m deploy {deploy|rollback|restart|releases|fetch|status|logs|exec|maintenance} STACK [--local] ...
 
   deploy STACK [--app DIR] [--keep N] [--health-timeout S] [--break-lock]
   rollback STACK [--to RELEASE]
+  restart STACK [--health-timeout S] [--break-lock]
   releases STACK
   fetch STACK RELEASE [--into DIR]
   status STACK
@@ -23,7 +24,8 @@ import sys
 import tempfile
 import time
 
-from . import DEFAULT_APP_DIR, HEALTH_TIMEOUT_SECONDS, KEEP_RELEASES, LOG_LINES, archive, commands, operate, release, restore
+from . import (DEFAULT_APP_DIR, HEALTH_TIMEOUT_SECONDS, KEEP_RELEASES, LOG_LINES, archive, commands, operate, release,
+               restart, restore)
 from .notify import Notifier
 from .archive import ArchiveError, NotArchived, Store
 from .executor import CommandFailed, Executor
@@ -52,7 +54,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--to", metavar="RELEASE", help="a named release instead of the previous one; from the release "
                                                    "archive (checked) when a server no longer holds it")
     r.add_argument("--break-lock", action="store_true", help="remove a stale deploy lock first")
-    for command in (d, r):
+    rs = sub.add_parser("restart", parents=[common], help="restart the apps where their unit's file changed since they "
+                                                          "started, one server at a time, each out of the LB's pool "
+                                                          "meanwhile; needs ops on the LB and the app servers")
+    rs.add_argument("--break-lock", action="store_true", help="remove a stale deploy lock first")
+    for command in (d, r, rs):
         command.add_argument("--health-timeout", type=int, default=HEALTH_TIMEOUT_SECONDS,
                              help=f"seconds a server may take to be healthy (default {HEALTH_TIMEOUT_SECONDS})")
     sub.add_parser("releases", parents=[common], help="what each server holds and which is current")
@@ -206,6 +212,8 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
             return 0
         store = archive_store(target, executor) if args.command == "deploy" else None
         deployer.lock(args.command, break_lock=args.break_lock)
+        if args.command == "restart":
+            return restart.restart(deployer)
         notifier = Notifier(stack.name, target, executor)
         if args.command == "deploy":
             executor.say(f"building {args.app} ...")

@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudinit.app_server import APP_EXEC, APPS_JOURNAL, APPS_RELOAD
+from cloudinit.app_server import APP_EXEC, APPS_JOURNAL, APPS_RELOAD, APPS_RESTART
 from components import ssh
 from model import conventions
 
@@ -55,18 +55,27 @@ def jump_login(stack: Stack) -> str:
     return ssh.login(stack.jump_host, conventions.DEPLOY_USER)
 
 
-def ssh_via_jump(stack: Stack, control_dir: str | None = None, server: Server | None = None) -> list[str]:
-    """ssh to a private address through the LB, as the deploy user; the host comes last."""
+def ssh_via_jump(stack: Stack, control_dir: str | None = None, server: Server | None = None,
+                 user: str = conventions.DEPLOY_USER) -> list[str]:
+    """ssh to a private address through the LB (the deploy login's jump), as `user`; the
+    host comes last."""
     jump = ssh.through(jump_login(stack), ssh_options(stack, host=conventions.LOAD_BALANCER))
-    return ["ssh", *ssh_options(stack, control_dir, server and server.name), *jump, "-l", conventions.DEPLOY_USER]
+    return ["ssh", *ssh_options(stack, control_dir, server and server.name), *jump, "-l", user]
 
 
 def on_server(stack: Stack, server: Server, remote: list[str], control_dir: str | None = None,
               stdin: str | None = None, tty: bool = False) -> Remote:
-    """`remote` on one app server; `tty`: with a terminal there (ssh -t: the jump host's
-    deploy login has none, and needs none to pass the connection on)."""
+    """`remote` on one app server as deploy; `tty`: with a terminal there (ssh -t: the jump
+    host's deploy login has none, and needs none to pass the connection on)."""
     terminal = ["-t"] if tty else []
     return Remote([*ssh_via_jump(stack, control_dir, server), *terminal, server.address, shlex.join(remote)], stdin)
+
+
+def as_operator_on_server(stack: Stack, server: Server, remote: list[str]) -> Remote:
+    """`remote` on one app server as an operator (`ops`, sudo), through the same jump; a
+    connection of its own, not kept (a deploy closes only its own shared ones)."""
+    return Remote([*ssh_via_jump(stack, None, server, user=conventions.OPERATOR_USER), server.address,
+                   shlex.join(remote)])
 
 
 def on_load_balancer(stack: Stack, remote: list[str]) -> Remote:
@@ -78,6 +87,19 @@ def on_load_balancer(stack: Stack, remote: list[str]) -> Remote:
 def maintenance(stack: Stack, action: str, holder: str | None = None) -> Remote:
     """platform-maintenance on [HOLDER] | off | status, on the LB."""
     return on_load_balancer(stack, ["sudo", "-n", conventions.MAINTENANCE_COMMAND, action, *([holder] if holder else [])])
+
+
+def drain(stack: Stack, action: str, server: Server | None = None) -> Remote:
+    """platform-drain on ADDRESS | off ADDRESS | status, on the LB: one app server out of
+    the LB's pool (the LB's requests to it answered first), or back in."""
+    return on_load_balancer(stack, ["sudo", "-n", conventions.DRAIN_COMMAND, action,
+                                    *([server.address] if server else [])])
+
+
+def restart_apps(stack: Stack, server: Server) -> Remote:
+    """The apps' unit stopped and started again, as an operator: the deploy user may only
+    reload it."""
+    return as_operator_on_server(stack, server, ["sudo", "-n", *APPS_RESTART])
 
 
 def through_jump_host(stack: Stack, server: Server) -> Remote:

@@ -1,6 +1,7 @@
 """The verbs operators use every day: status, logs, exec, maintenance. Each reads or runs,
 as the deploy login through the LB, and changes nothing a deploy owns (no lock is taken);
-maintenance logs in to the LB as an operator (`ops`): the deploy login only jumps there.
+maintenance, and status's line on the LB's pool, log in to the LB as an operator (`ops`):
+the deploy login only jumps there.
 
 The argument checks, the parsing of what the servers answer and the table are here; the
 commands are built in deploy/commands.py, the server half is deploy/remote.sh.
@@ -191,7 +192,7 @@ def status_table(statuses: list[ServerStatus]) -> list[str]:
             continue
         unit = f"{s.unit_state} {duration(s.unit_seconds)}" if s.unit_state == "active" else s.unit_state.upper()
         if s.unit_changed_since_start:
-            unit += f" (its file changed {duration(s.unit_file_seconds)} ago: applies when it next starts)"
+            unit += f" (its file changed {duration(s.unit_file_seconds)} ago: restart applies it)"
         processes = ", ".join(f"{name} {len(up)} up {duration(min(up))}" for name, up in sorted(s.workers.items()))
         verdict = "ok" if s.healthy else "UNHEALTHY"
         rows.append((s.server.name, s.release or "(none)", unit, processes or "(none)",
@@ -214,7 +215,21 @@ def status(stack: Stack, executor: Executor, control_dir: str | None = None) -> 
     for line in status_table(statuses):
         executor.say(line)
     executor.say(f"LB: {maintenance_state(stack, executor)}")
+    if pool := pool_state(stack, executor):
+        executor.say(f"LB: {pool}")
     return 0 if all(s.healthy for s in statuses) else EXIT_UNHEALTHY
+
+
+def pool_state(stack: Stack, executor: Executor) -> str | None:
+    """Which app servers the LB sends no request to (platform-drain: a restart that did not
+    come back healthy leaves its server so); None when the LB does not say (no operator's key)."""
+    result = executor.run(commands.drain(stack, "status").argv, timeout=60)
+    if not result.ok:
+        return None
+    out = [server.name for server in stack.servers if server.address in result.output.split()]
+    if not out:
+        return "every app server in its pool"
+    return f"out of its pool: {', '.join(out)} (restart puts each back once healthy)"
 
 
 # --- maintenance ---------------------------------------------------------------------------

@@ -58,6 +58,9 @@ APPS_RELOAD = ["systemctl", "reload", conventions.APPS_UNIT]
 # any arguments; the apps' journal as root, the wrapper checking its two numbers.
 APP_EXEC = [APP_EXEC_COMMAND]
 APPS_JOURNAL = [APPS_JOURNAL_COMMAND]
+# Stops every app on the server, then starts them under the unit's current file: an
+# operator's command (deploy restart drains the server at the LB first), not deploy's.
+APPS_RESTART = ["systemctl", "restart", conventions.APPS_UNIT]
 
 
 APPS_UNIT_FILE = f"/etc/systemd/system/{conventions.APPS_UNIT}.service"

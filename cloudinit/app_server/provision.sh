@@ -33,7 +33,7 @@ role_steps() {
     # once, so a change to its unit (its command, its environment) waits for its next start.
     if files_changed_under {{ facts.APPS_UNIT_FILE }} && systemctl is-active --quiet {{ c.APPS_UNIT }}; then
         log "{{ c.APPS_UNIT }}.service changed: the running apps keep the unit they started with until it next" \
-            "starts (a reboot, or systemctl restart {{ c.APPS_UNIT }}: every app on this server stops meanwhile)"
+            "starts (python -m deploy restart STACK: one server at a time, each out of the LB's pool meanwhile)"
     fi
     ensure_enabled {{ c.APPS_UNIT }}
     # Before the first release there is nothing to run (the unit's condition says so).

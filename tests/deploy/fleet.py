@@ -31,6 +31,8 @@ class FakeServer:
     running: str | None = OLD           # what pm2 runs: `current` as of the last reload
     activated: list[str] = field(default_factory=lambda: [OLD])   # remote.sh's history
     runtime: str = "v22.11.0 linux x64"   # what its node says (remote.sh runtime)
+    unit_changed: bool = False            # the apps' unit's file changed after the apps started
+    restarts: int = 0                     # the apps' unit restarted (by an operator)
 
 
 @dataclass
@@ -46,6 +48,8 @@ class Fleet(Executor):
     log: list[tuple[str, str]] = field(default_factory=list)       # (host, action) in the order run
     locks: dict[str, str] = field(default_factory=dict)            # address: who holds its deploy lock
     release_command_exit: int = 0      # what the contract's release command exits with
+    drained: set[str] = field(default_factory=set)   # addresses out of the LB's pool (platform-drain)
+    drain_fails: bool = False          # platform-drain on: old LB workers outlive its wait
 
     def __post_init__(self):
         self.servers = self.servers or {s.address: FakeServer() for s in SERVERS}
@@ -70,6 +74,10 @@ class Fleet(Executor):
         host, remote = argv[-2], shlex.split(argv[-1])
         if remote == ["true"]:   # the host key check, before anything is sent
             return Result(argv, 0, "")
+        if host == f"{conventions.OPERATOR_USER}@{STACK.jump_host}":
+            return self.on_load_balancer(remote)
+        if argv[argv.index("-l") + 1] == conventions.OPERATOR_USER:
+            return self.as_operator(host, remote)
         assert host in self.servers, f"nothing runs anywhere but on the app servers: {host}"
         if remote[3:4] in (["lock"], ["unlock"], ["break-lock"]):
             return self.lock_action(argv, host, remote, input)
@@ -93,6 +101,32 @@ class Fleet(Executor):
             holder = self.locks.pop(address, None)
             return Result(argv, 0, f"removed the lock of {holder}\n" if holder else "no lock was held\n")
         raise AssertionError(action)
+
+    def on_load_balancer(self, remote):
+        """platform-drain as ops on the LB (maintenance is test_operate's)."""
+        assert remote[:3] == ["sudo", "-n", conventions.DRAIN_COMMAND], remote
+        action, *address = remote[3:]
+        self.log.append(("lb", " ".join([action, *address])))
+        if action == "status":
+            return Result([], 0, "".join(f"{a}\n" for a in sorted(self.drained)))
+        if action == "on":
+            self.drained.add(address[0])
+            if self.drain_fails:
+                return Result([], 1, f"platform-drain: {address[0]} is marked down, but nginx workers from before "
+                                     "still run after 60s (long requests or websockets to the pool): 1 of them\n")
+            return Result([], 0, f"{address[0]}: drained in 1s\n")
+        assert action == "off", action
+        self.drained.discard(address[0])
+        return Result([], 0, f"{address[0]}: in the pool\n")
+
+    def as_operator(self, address, remote):
+        """What ops runs on an app server: the apps' unit restarted."""
+        assert remote == ["sudo", "-n", "systemctl", "restart", conventions.APPS_UNIT], remote
+        server = self.servers[address]
+        self.log.append((address, "restart"))
+        server.running, server.unit_changed = server.current, False
+        server.restarts += 1
+        return Result([], 0, "")
 
     def on_server(self, address, remote, script):
         server = self.servers[address]
@@ -137,6 +171,10 @@ class Fleet(Executor):
             if (address, server.running) in self.unhealthy:
                 return Result([], 1, "deploy: https://staging-app:8443/healthz did not answer 200 ... (last: 502)\n")
             return Result([], 0, "healthy\n")
+        if action == "status":   # pm2-runtime (pid 100) up an hour; its unit's file 1 min or 2 h old
+            return Result([], 0, f"release {server.current}\nunit active 100\n"
+                                 f"unitfile {60 if server.unit_changed else 7200}\n"
+                                 "process 100 3600 PM2 v6.0.13: God Daemon\nhealth 200 {}\n")
         if action == "prune":
             return Result([], 0, "")
         if action == "runtime":

@@ -151,8 +151,10 @@ class Answers(Executor):
     def run(self, argv, **kwargs):
         if argv[-3:-1] == ["-O", "exit"]:   # closing the shared connection
             return Result(argv, 0, "")
-        if argv[-2] == f"ops@{STACK.jump_host}":   # the LB, as an operator: maintenance
+        if argv[-2] == f"ops@{STACK.jump_host}":   # the LB, as an operator: maintenance, its pool
             self.lb.append(argv)
+            if conventions.DRAIN_COMMAND in argv[-1]:
+                return self.answers.get("pool", self.answers.get("lb", Result(argv, 0, "")))
             return self.answers.get("lb", Result(argv, 0, "maintenance off\n"))
         self.ran.append(argv)
         return self.answers[argv[-2]]
@@ -186,7 +188,7 @@ def test_status_prints_one_table_and_exits_zero_when_every_server_is_healthy():
     for line, server in zip(lines[1:], ("app-1", "app-2")):
         assert line.split()[:4] == [server, "20261202-0700-abc1234", "active", "2h0m"], line
         assert "api 1 up 40s, web 2 up 4m" in line and line.endswith("ok 200: postgresql ok, redis disabled")
-    assert lines[3:] == ["LB: maintenance off"]
+    assert lines[3:] == ["LB: maintenance off", "LB: every app server in its pool"]
 
 
 def test_status_says_when_the_apps_unit_changed_after_they_started_and_it_is_no_fault():
@@ -194,7 +196,7 @@ def test_status_says_when_the_apps_unit_changed_after_they_started_and_it_is_no_
     executor = Answers({APP1.address: Result([], 0, changed), APP2.address: Result([], 0, HEALTHY)})
     assert operate.status(STACK, executor) == 0
     app1, app2 = executor.out.getvalue().splitlines()[1:3]
-    assert " active 2h0m (its file changed 10m ago: applies when it next starts) " in app1, app1
+    assert " active 2h0m (its file changed 10m ago: restart applies it) " in app1, app1
     assert "its file changed" not in app2, "changed before the apps started: nothing pending"
 
 
@@ -301,6 +303,13 @@ def test_status_says_maintenance_is_unknown_without_an_operators_key_and_keeps_i
                         "lb": Result([], 255, "Permission denied (publickey).")})
     assert operate.status(STACK, executor) == 0
     assert executor.out.getvalue().splitlines()[-1].startswith("LB: maintenance unknown (it needs an operator's key")
+
+
+def test_status_names_a_server_the_lb_sends_no_request_to():
+    executor = Answers({**{a.address: Result([], 0, HEALTHY) for a in STACK.servers},
+                        "pool": Result([], 0, f"{APP2.address}\n")})
+    assert operate.status(STACK, executor) == 0
+    assert executor.out.getvalue().splitlines()[-1] == "LB: out of its pool: app-2 (restart puts each back once healthy)"
 
 
 def test_maintenance_takes_on_off_or_status_only(capsys):

@@ -1,6 +1,8 @@
 """Upgrading the booted stack in place: a change to the platform's files reaches every
 droplet by its bundle push, under a steady load, replacing nothing; a change that fails
-on app-1 stops the roll there and app-1 goes back to its previous bundle.
+on app-1 stops the roll there and app-1 goes back to its previous bundle; a change to the
+apps' unit, which waits for the unit's next start, applied by `deploy restart` under GETs
+and POSTs.
 
 The change is made the way a developer makes one: a line added to templates the droplets
 receive (the program renders them from cloudinit/, patched here for the plan). At the
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -29,6 +32,7 @@ EVERYWHERE = ("common/logrotate.conf", "app_server/site.conf", "load_balancer/si
               "app_server/platform-apps.service")
 LOGROTATE = "/etc/logrotate.d/platform"
 ROOT = Path(__file__).resolve().parents[2]
+STACK = "staging"
 
 
 def plan_with_lines(local_stack, monkeypatch, lines: dict[str, str]):
@@ -52,6 +56,11 @@ def current_bundle(local_stack, key: str) -> str:
 
 def apps_pid(local_stack, name: str) -> str:
     return local_stack.run(name, ["systemctl", "show", "-P", "MainPID", conventions.APPS_UNIT]).stdout.strip()
+
+
+def deploy_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deploy", *args, STACK, "--local", "-i", str(config.OPERATOR_KEY)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +97,42 @@ def test_a_platform_change_reaches_every_droplet_in_place_under_load(local_stack
         said = ran[f"{next(d.key for d in p.droplets if d.name == app)}-bundle-push"].output
         assert f"{conventions.APPS_UNIT}.service changed: the running apps keep the unit" in said, said
     # ... and the deploy tool's status says so too, as no fault.
-    shown = subprocess.run([sys.executable, "-m", "deploy", "status", p.stack, "--local", "-i", str(config.OPERATOR_KEY)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    shown = deploy_cli("status")
     rows = [line for line in shown.stdout.splitlines() if line.startswith("app-")]
     assert shown.returncode == 0 and len(rows) == len(local_stack.app_servers()), shown.stdout + shown.stderr
-    assert all("(its file changed" in row and "applies when it next starts" in row for row in rows), shown.stdout
+    assert all("(its file changed" in row and "restart applies it" in row for row in rows), shown.stdout
     assert load["requests"] > 0 and load["failed"] == 0, load
+
+
+def test_deploy_restart_applies_a_change_to_the_apps_unit_one_server_at_a_time_losing_no_post(
+        local_stack, back_to_committed, monkeypatch):
+    """The POSTs matter: the LB retries a GET that a restarting server fails on another
+    server, but never a POST; only the drain before each restart keeps them whole."""
+    mark = f"# restarted in place {uuid.uuid4()}"
+    local_stack.up(plan_with_lines(local_stack, monkeypatch, {"app_server/platform-apps.service": mark}))
+    apps = local_stack.app_servers()
+    pids = {app: apps_pid(local_stack, app) for app in apps}
+    assert "restart applies it" in deploy_cli("status").stdout
+    load = local_stack.stream(["/api/hello", "POST /api/notes"], seconds=None)
+    time.sleep(2)
+    try:
+        restarted = deploy_cli("restart")
+    finally:
+        time.sleep(2)
+        seen = traffic.result(load)
+    print(restarted.stdout, f"\n[figures] deploy restart under 20 req/s, half of them POSTs: {seen}")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert all(f"[{app}] out of the LB's pool" in restarted.stdout for app in ("app-1", "app-2")), restarted.stdout
+    for app in apps:
+        assert apps_pid(local_stack, app) != pids[app], f"{app}: its apps were not restarted"
+    status = deploy_cli("status")
+    assert status.returncode == 0 and "restart applies it" not in status.stdout, status.stdout
+    assert local_stack.run("lb", ["platform-drain", "status"]).stdout.strip() == "", "every server back in the pool"
+    assert seen["by_status"].get("201", 0) > 20 and seen["failed"] == 0, seen
+    assert set(seen["hosts"]) >= set(apps), seen
+    # Run again: nothing left to restart.
+    again = deploy_cli("restart")
+    assert again.returncode == 0 and "nothing to restart" in again.stdout, again.stdout
 
 
 def test_a_change_that_fails_on_app_1_stops_the_roll_and_app_1_serves_its_previous_bundle(

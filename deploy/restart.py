@@ -1,0 +1,90 @@
+"""deploy restart: the apps' unit started again where its file changed since the apps
+started (`status` marks such a server), one server at a time, none cutting a request.
+
+A platform upgrade that changes the unit (its command, its environment) leaves the
+running apps as they are: restarting the unit stops every app on that server at once,
+so provisioning never does. Here, per server, under the deploy lock: out of the LB's
+pool (platform-drain, as ops: the LB's workers that sent it requests finish them first),
+the unit restarted (as ops: the deploy login may only reload it), its health waited for,
+back in the pool. A server that does not come back healthy stays out of the pool and the
+restart stops there; a server left out of the pool is restarted by the next run, which
+puts it back once healthy.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import commands
+from .executor import CommandFailed
+from .operate import OPERATOR_KEY_NEEDED, ServerStatus, parse_status
+from .records import Server
+from .roll import Deployer, DeployError
+
+
+def drained(deployer: Deployer) -> set[str]:
+    """The app servers' addresses the LB sends no request to."""
+    result = deployer.executor.run(commands.drain(deployer.stack, "status").argv, timeout=60)
+    if not result.ok:
+        raise DeployError(f"the LB's pool could not be read ({OPERATOR_KEY_NEEDED}): exit {result.returncode}: "
+                          f"{result.last_line}")
+    return set(result.output.split())
+
+
+def server_status(deployer: Deployer, server: Server) -> ServerStatus:
+    result = deployer.remote(f"{server.name}: status",
+                             commands.status(deployer.stack, server, deployer.control_dir))
+    return parse_status(server, result.output)
+
+
+def why_restart(status: ServerStatus, out_of_pool: set[str]) -> str | None:
+    """Why this server's apps restart, or None when they run their unit's current file."""
+    if status.server.address in out_of_pool:
+        return "out of the LB's pool since an earlier restart"
+    if status.unit_changed_since_start:
+        return "its unit's file changed after the apps started"
+    return None
+
+
+def restart(deployer: Deployer) -> int:
+    stack, say = deployer.stack, deployer.say
+    out_of_pool = drained(deployer)
+    reasons = {s.server.name: why for s in (server_status(deployer, server) for server in stack.servers)
+               if (why := why_restart(s, out_of_pool))}
+    if not reasons:
+        say("restart: nothing to restart: every server's apps run their unit's current file")
+        return 0
+    for server in stack.servers:
+        if server.name in reasons:
+            restart_one(deployer, server, reasons[server.name], alone=len(stack.servers) == 1)
+    say(f"restart: done ({', '.join(reasons)})")
+    return 0
+
+
+def restart_one(deployer: Deployer, server: Server, reason: str, alone: bool) -> None:
+    stack, say = deployer.stack, deployer.say
+    start = time.monotonic()
+    say(f"[{server.name}] restarting the apps ({reason})")
+    if alone:
+        say(f"[{server.name}] the only app server: requests fail while its apps restart")
+    else:
+        result = deployer.executor.run(commands.drain(stack, "on", server).argv, timeout=300)
+        if not result.ok:
+            deployer.executor.run(commands.drain(stack, "off", server).argv, timeout=300)
+            raise DeployError(f"{server.name}: could not be taken out of the LB's pool (exit {result.returncode}: "
+                              f"{result.last_line}); its apps were not restarted")
+        say(f"[{server.name}] out of the LB's pool: {result.output.strip()}")
+    started_at = time.time()
+    try:
+        deployer.remote(f"{server.name}: restart the apps", commands.restart_apps(stack, server))
+        deployer.remote(f"{server.name}: health",
+                        commands.health(stack, server, deployer.health_timeout, deployer.control_dir))
+    except CommandFailed as failed:
+        say(f"[{server.name}] FAILED {failed}: {failed.result.last_line}")
+        deployer.show_apps_journal(server, started_at)
+        kept = "" if alone else "; it stays out of the LB's pool until a restart brings it back healthy"
+        raise DeployError(f"{server.name}: its apps did not come back healthy{kept}") from None
+    if not alone:
+        deployer.remote(f"{server.name}: back in the LB's pool", commands.drain(stack, "off", server))
+    say(f"[{server.name}] restarted, healthy{'' if alone else ' and back in the pool'} "
+        f"({time.monotonic() - start:.1f}s)")
