@@ -50,6 +50,7 @@ class Fleet(Executor):
     release_command_exit: int = 0      # what the contract's release command exits with
     drained: set[str] = field(default_factory=set)   # addresses out of the LB's pool (platform-drain)
     drain_fails: bool = False          # platform-drain on: old LB workers outlive its wait
+    operator_refused: bool = False     # the key is not an operator's: ops logins fail
 
     def __post_init__(self):
         self.servers = self.servers or {s.address: FakeServer() for s in SERVERS}
@@ -105,6 +106,8 @@ class Fleet(Executor):
     def on_load_balancer(self, remote):
         """platform-drain as ops on the LB (maintenance is test_operate's)."""
         assert remote[:3] == ["sudo", "-n", conventions.DRAIN_COMMAND], remote
+        if self.operator_refused:
+            return Result([], 255, f"{conventions.OPERATOR_USER}@{STACK.jump_host}: Permission denied (publickey).\n")
         action, *address = remote[3:]
         self.log.append(("lb", " ".join([action, *address])))
         if action == "status":

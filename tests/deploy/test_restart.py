@@ -97,3 +97,12 @@ def test_a_pool_of_one_is_restarted_in_place_saying_requests_fail_meanwhile(monk
     assert cli.main(["restart", "staging"], executor=fleet) == 0
     assert steps(fleet) == [(A1, "restart"), (A1, "health 60")], "no drain: the LB has no other server to send to"
     assert "[app-1] the only app server: requests fail while its apps restart" in fleet.printed()
+
+
+def test_a_key_that_is_not_an_operators_is_refused_before_any_server_leaves_the_pool(monkeypatch):
+    fleet = Fleet(operator_refused=True)
+    fleet.servers[A1].unit_changed = True
+    assert restart(fleet, monkeypatch) == cli.EXIT_STOPPED
+    assert steps(fleet) == [] and fleet.locks == {}
+    assert "restart: the LB's pool could not be read (it needs an operator's key (ops on the LB, sshPublicKeys)): " \
+           "exit 255: ops@198.51.100.2: Permission denied (publickey)." in fleet.printed()
