@@ -81,7 +81,7 @@ def restart_one(deployer: Deployer, server: Server, reason: str, alone: bool) ->
                         commands.health(stack, server, deployer.health_timeout, deployer.control_dir))
     except CommandFailed as failed:
         say(f"[{server.name}] FAILED {failed}: {failed.result.last_line}")
-        deployer.show_apps_journal(server, started_at)
+        deployer.show_apps_journal(server, started_at, "the restart")
         kept = "" if alone else "; it stays out of the LB's pool until a restart brings it back healthy"
         raise DeployError(f"{server.name}: its apps did not come back healthy{kept}") from None
     if not alone:

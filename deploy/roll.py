@@ -234,8 +234,8 @@ class Deployer:
             self.say(f"[{server.name}] healthy on {to_release} ({step.seconds:.1f}s)")
         return outcome
 
-    def show_apps_journal(self, server: Server, since: float) -> None:
-        """What the apps' unit said since the switch (as Kamal shows a failed container's
+    def show_apps_journal(self, server: Server, since: float, event: str = "the switch") -> None:
+        """What the apps' unit said since `event` (as Kamal shows a failed container's
         log): the apps' output and the reload's verdict. From the journal, not pm2's log
         files, which lose what a worker writes as it dies (pm2 in cluster mode). From a few
         seconds before the switch: the droplet's clock may lag this one's."""
@@ -247,7 +247,7 @@ class Deployer:
                      f"pulumi up with this one")
             return
         said = journal.apps_said(result.output, APPS_SAID_LINES)
-        self.say(f"[{server.name}] what the apps and the reload said since the switch (the last {len(said)} lines):")
+        self.say(f"[{server.name}] what the apps and the reload said since {event} (the last {len(said)} lines):")
         for line in said:
             self.say(f"[{server.name}]   {line}")
 

@@ -69,6 +69,7 @@ def test_a_server_that_does_not_come_back_healthy_stays_out_of_the_pool_and_the_
     assert "restart: app-1: its apps did not come back healthy; it stays out of the LB's pool until a restart " \
            "brings it back healthy" in fleet.printed()
     assert (A1, "journal 2000") in fleet.log, "what the apps said is shown, as a failed deploy's"
+    assert "[app-1] what the apps and the reload said since the restart" in fleet.printed()
     # Fixed (here: a release that is healthy): the next run restarts it, as it is out of the
     # pool, and puts it back; then the others, still changed.
     fleet.log.clear()

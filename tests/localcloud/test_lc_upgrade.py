@@ -104,30 +104,50 @@ def test_a_platform_change_reaches_every_droplet_in_place_under_load(local_stack
     assert load["requests"] > 0 and load["failed"] == 0, load
 
 
+# app-1's apps cannot start while this drop-in is there: node refuses the flag.
+BROKEN_APPS = f"/etc/systemd/system/{conventions.APPS_UNIT}.service.d/broken.conf"
+
+
 def test_deploy_restart_applies_a_change_to_the_apps_unit_one_server_at_a_time_losing_no_post(
         local_stack, back_to_committed, monkeypatch):
     """The POSTs matter: the LB retries a GET that a restarting server fails on another
-    server, but never a POST; only the drain before each restart keeps them whole."""
+    server, but never a POST; only the drain before each restart keeps them whole. First
+    app-1's apps cannot start: the restart stops there, app-1 out of the pool, app-2 not
+    touched; fixed, the next restart brings app-1 back and restarts app-2."""
     mark = f"# restarted in place {uuid.uuid4()}"
     local_stack.up(plan_with_lines(local_stack, monkeypatch, {"app_server/platform-apps.service": mark}))
     apps = local_stack.app_servers()
     pids = {app: apps_pid(local_stack, app) for app in apps}
     assert "restart applies it" in deploy_cli("status").stdout
+    break_app_1 = (f"mkdir -p {Path(BROKEN_APPS).parent} && printf '[Service]\\nEnvironment=NODE_OPTIONS=--no-such-flag\\n'"
+                   f" > {BROKEN_APPS} && systemctl daemon-reload")
+    local_stack.run("app-1", ["bash", "-c", break_app_1])
     load = local_stack.stream(["/api/hello", "POST /api/notes"], seconds=None)
     time.sleep(2)
+    try:
+        stopped = deploy_cli("restart", "--health-timeout", "15")
+        left_out = deploy_cli("status")
+        app_2_untouched = apps_pid(local_stack, apps[1]) == pids[apps[1]]
+    finally:
+        local_stack.run("app-1", ["bash", "-c", f"rm -rf {Path(BROKEN_APPS).parent} && systemctl daemon-reload"])
     try:
         restarted = deploy_cli("restart")
     finally:
         time.sleep(2)
         seen = traffic.result(load)
-    print(restarted.stdout, f"\n[figures] deploy restart under 20 req/s, half of them POSTs: {seen}")
+    print(stopped.stdout, restarted.stdout, f"\n[figures] deploy restart under 20 req/s, half of them POSTs: {seen}")
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "app-1: its apps did not come back healthy; it stays out of the LB's pool" in stopped.stdout, stopped.stdout
+    assert "--no-such-flag is not allowed in NODE_OPTIONS" in stopped.stdout, "the apps' journal is shown"
+    assert "LB: out of its pool: app-1 " in left_out.stdout and app_2_untouched, left_out.stdout
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
-    assert all(f"[{app}] out of the LB's pool" in restarted.stdout for app in ("app-1", "app-2")), restarted.stdout
+    assert "[app-1] restarting the apps (out of the LB's pool since an earlier restart)" in restarted.stdout
+    assert "[app-2] out of the LB's pool" in restarted.stdout, restarted.stdout
     for app in apps:
         assert apps_pid(local_stack, app) != pids[app], f"{app}: its apps were not restarted"
     status = deploy_cli("status")
     assert status.returncode == 0 and "restart applies it" not in status.stdout, status.stdout
-    assert local_stack.run("lb", ["platform-drain", "status"]).stdout.strip() == "", "every server back in the pool"
+    assert "LB: every app server in its pool" in status.stdout, status.stdout
     assert seen["by_status"].get("201", 0) > 20 and seen["failed"] == 0, seen
     assert set(seen["hosts"]) >= set(apps), seen
     # Run again: nothing left to restart.
