@@ -212,9 +212,11 @@ def main(argv: list[str] | None = None, executor: Executor | None = None) -> int
             return 0
         store = archive_store(target, executor) if args.command == "deploy" else None
         deployer.lock(args.command, break_lock=args.break_lock)
-        if args.command == "restart":
-            return restart.restart(deployer)
         notifier = Notifier(stack.name, target, executor)
+        if args.command == "restart":
+            notifier.restart_started()
+            notifier.restart_finished(restart.restart(deployer))
+            return 0
         if args.command == "deploy":
             executor.say(f"building {args.app} ...")
             build = release.build(args.app, work, executor)

@@ -1,9 +1,10 @@
 """Deploy outcomes to the stack's webhook (the setting alertWebhookUrl), so the team's
-channel hears of every deploy and rollback, whoever ran it and from where.
+channel hears of every deploy, rollback and restart, whoever ran it and from where.
 
 One POST of `{"text": ...}` per event, as Slack and Mattermost incoming webhooks take it
 and as the droplets' backup alerts send it (cloudinit/common/platform-backup.sh): a deploy
-started, then done or STOPPED; a rollback done or STOPPED. https only (the setting allows
+started, then done or STOPPED; a rollback, or a restart that restarted anything, done or
+STOPPED. https only (the setting allows
 nothing else), the certificate checked against the system's CAs (`SSL_CERT_FILE` replaces
 them: OpenSSL reads it), no redirect followed.
 
@@ -81,10 +82,14 @@ def outcome_text(stack: str, outcome: Outcome, release: str) -> str:
     return "\n".join([f"[{stack}] {what}: {'done' if outcome.ok else 'STOPPED'}", *summary(outcome)[1:]])
 
 
+def restarted_text(stack: str, servers: list[str]) -> str:
+    return f"[{stack}] restart of the apps: done ({', '.join(servers)})"
+
+
 def stopped_text(stack: str, action: str, release: str, problem: str) -> str:
-    """A deploy or rollback ended by an error rather than an outcome (an upload, the
-    archive, a server that did not answer): what the console said."""
-    what = f"deploy of {release}" if action == "deploy" else f"rollback to {release}"
+    """A deploy, rollback or restart ended by an error rather than an outcome (an upload,
+    the archive, a server that did not answer or come back): what the console said."""
+    what = {"deploy": f"deploy of {release}", "rollback": f"rollback to {release}"}.get(action, "restart of the apps")
     return f"[{stack}] {what}: STOPPED: {problem} (see the deploying console for each server)"
 
 
@@ -180,6 +185,14 @@ class Notifier:
     def rollback_started(self, to: str | None) -> None:
         """Nothing is sent: a rollback is announced by its end."""
         self.action, self.release = "rollback", to or "the previous release"
+
+    def restart_started(self) -> None:
+        """Nothing is sent: a restart is announced by its end, if it restarted anything."""
+        self.action = "restart"
+
+    def restart_finished(self, servers: list[str]) -> None:
+        self.action = None
+        self.end = restarted_text(self.stack, servers) if servers else None
 
     def finished(self, outcome: Outcome) -> None:
         self.action = None

@@ -46,19 +46,20 @@ def why_restart(status: ServerStatus, out_of_pool: set[str]) -> str | None:
     return None
 
 
-def restart(deployer: Deployer) -> int:
+def restart(deployer: Deployer) -> list[str]:
+    """The servers restarted, in order (none when nothing had changed)."""
     stack, say = deployer.stack, deployer.say
     out_of_pool = drained(deployer)
     reasons = {s.server.name: why for s in (server_status(deployer, server) for server in stack.servers)
                if (why := why_restart(s, out_of_pool))}
     if not reasons:
         say("restart: nothing to restart: every server's apps run their unit's current file")
-        return 0
+        return []
     for server in stack.servers:
         if server.name in reasons:
             restart_one(deployer, server, reasons[server.name], alone=len(stack.servers) == 1)
     say(f"restart: done ({', '.join(reasons)})")
-    return 0
+    return list(reasons)
 
 
 def restart_one(deployer: Deployer, server: Server, reason: str, alone: bool) -> None:

@@ -148,7 +148,8 @@ SETTINGS = (
             "answer, for 5 minutes; set it from what the app normally takes, seen from DigitalOcean's regions."),
     Setting("alertWebhookUrl", "", optional_https_url,
             "A Slack/Mattermost-compatible incoming webhook for every droplet's backup alerts and the deploy "
-            "tool's outcomes (each deploy started, done or stopped; each rollback done or stopped); empty means "
+            "tool's outcomes (each deploy started, done or stopped; each rollback, and each restart that "
+            "restarted a server, done or stopped); empty means "
             "backup alerts are only logged and deploys notify no one. Set it with `pulumi config set --secret`.",
             secret=True),
     Setting("appEnv", {}, env_map,

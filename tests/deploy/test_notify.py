@@ -231,6 +231,22 @@ def test_a_rollback_posts_its_end_only(monkeypatch, webhook):
                                          f"hold {never}")
 
 
+def test_a_restart_posts_its_end_only_when_it_restarted_something(monkeypatch, webhook):
+    fleet = Fleet()
+    hooked = FakeTarget(webhook=webhook.url)
+    assert run_tool(monkeypatch, fleet, hooked, "restart", "staging") == 0
+    assert webhook.received == [], "nothing had changed: nothing restarted, nothing said"
+    fleet.servers[SERVERS[1].address].unit_changed = True
+    assert run_tool(monkeypatch, fleet, hooked, "restart", "staging") == 0
+    assert webhook.texts() == ["[staging] restart of the apps: done (app-2)"]
+    fleet.servers[SERVERS[0].address].unit_changed = True
+    fleet.unhealthy.add((SERVERS[0].address, OLD))
+    assert run_tool(monkeypatch, fleet, hooked, "restart", "staging") == 1
+    assert webhook.texts()[1] == ("[staging] restart of the apps: STOPPED: app-1: its apps did not come back healthy; "
+                                  "it stays out of the LB's pool until a restart brings it back healthy (see the "
+                                  "deploying console for each server)")
+
+
 def test_a_refused_deploy_a_failed_build_and_the_read_only_verbs_never_look_the_webhook_up(monkeypatch, webhook):
     looked_up = []
 

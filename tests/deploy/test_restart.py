@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-import types
 
 import deploy.__main__ as cli
 from deploy import commands
@@ -94,7 +93,8 @@ def test_a_pool_of_one_is_restarted_in_place_saying_requests_fail_meanwhile(monk
     fleet = Fleet()
     fleet.servers[A1].unit_changed = True
     alone = dataclasses.replace(STACK, servers=SERVERS[:1])
-    monkeypatch.setattr(cli, "target_of", lambda args, executor: types.SimpleNamespace(resolve=lambda: alone))
+    monkeypatch.setattr(FakeTarget, "resolve", lambda self: alone)
+    monkeypatch.setattr(cli, "target_of", lambda args, executor: FakeTarget())
     assert cli.main(["restart", "staging"], executor=fleet) == 0
     assert steps(fleet) == [(A1, "restart"), (A1, "health 60")], "no drain: the LB has no other server to send to"
     assert "[app-1] the only app server: requests fail while its apps restart" in fleet.printed()
