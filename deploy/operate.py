@@ -112,12 +112,19 @@ class ServerStatus:
     unit_seconds: int | None = None        # how long the apps' unit has run
     unit_file_seconds: int | None = None   # how long ago its file changed
     workers: dict[str, list[int]] = field(default_factory=dict)   # app -> each worker's uptime
+    declared: tuple[str, ...] = ()          # the processes the current release declares
     health_code: str = "000"
     health_body: str = ""
 
     @property
     def healthy(self) -> bool:
-        return self.reachable and self.unit_state == "active" and self.health_code == "200"
+        return (self.reachable and self.unit_state == "active" and self.health_code == "200"
+                and not self.idle_processes)
+
+    @property
+    def idle_processes(self) -> list[str]:
+        """Declared processes without a worker: pm2 gave up on them, or they were stopped."""
+        return [name for name in self.declared if name not in self.workers] if self.unit_state == "active" else []
 
     @property
     def unit_changed_since_start(self) -> bool:
@@ -147,6 +154,7 @@ def parse_status(server: Server, output: str) -> ServerStatus:
     pids: dict[int, int] = {}
     lines = output.splitlines()
     names = declared_scripts(next((line.partition(" ")[2] for line in lines if line.startswith("contract ")), None))
+    status.declared = tuple(dict.fromkeys(names.values()))
     for line in lines:
         kind, _, rest = line.partition(" ")
         if kind == "release":
@@ -193,7 +201,8 @@ def status_table(statuses: list[ServerStatus]) -> list[str]:
         unit = f"{s.unit_state} {duration(s.unit_seconds)}" if s.unit_state == "active" else s.unit_state.upper()
         if s.unit_changed_since_start:
             unit += f" (its file changed {duration(s.unit_file_seconds)} ago: restart applies it)"
-        processes = ", ".join(f"{name} {len(up)} up {duration(min(up))}" for name, up in sorted(s.workers.items()))
+        processes = ", ".join(sorted([*(f"{name} {len(up)} up {duration(min(up))}" for name, up in s.workers.items()),
+                                      *(f"{name} NONE" for name in s.idle_processes)]))
         verdict = "ok" if s.healthy else "UNHEALTHY"
         rows.append((s.server.name, s.release or "(none)", unit, processes or "(none)",
                      f"{verdict} {s.health_code}: {s.engines()}"))

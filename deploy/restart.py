@@ -1,9 +1,12 @@
 """deploy restart: the apps' unit started again where its file changed since the apps
-started (`status` marks such a server), one server at a time, none cutting a request.
+started (`status` marks such a server) or where they are down, one server at a time, none
+cutting a request.
 
 A platform upgrade that changes the unit (its command, its environment) leaves the
 running apps as they are: restarting the unit stops every app on that server at once,
-so provisioning never does. Here, per server, under the deploy lock: out of the LB's
+so provisioning never does. Apps down stay down: pm2 gives up on a process that keeps
+exiting as it starts (one that cannot reach its database after a reboot, say) and never
+tries it again. Here, per server, under the deploy lock: out of the LB's
 pool (platform-drain, as ops: the LB's workers that sent it requests finish them first),
 the unit restarted (as ops: the deploy login may only reload it), its health waited for,
 back in the pool. A server that does not come back healthy stays out of the pool and the
@@ -38,11 +41,15 @@ def server_status(deployer: Deployer, server: Server) -> ServerStatus:
 
 
 def why_restart(status: ServerStatus, out_of_pool: set[str]) -> str | None:
-    """Why this server's apps restart, or None when they run their unit's current file."""
+    """Why this server's apps restart, or None when they run as they should."""
     if status.server.address in out_of_pool:
         return "out of the LB's pool since an earlier restart"
     if status.unit_changed_since_start:
         return "its unit's file changed after the apps started"
+    if status.idle_processes:
+        return f"no worker of {', '.join(status.idle_processes)}: pm2 gave up on it, or it was stopped"
+    if not status.healthy:
+        return f"not healthy: the apps' unit {status.unit_state}, /healthz {status.health_code}"
     return None
 
 
@@ -53,7 +60,7 @@ def restart(deployer: Deployer) -> list[str]:
     reasons = {s.server.name: why for s in (server_status(deployer, server) for server in stack.servers)
                if (why := why_restart(s, out_of_pool))}
     if not reasons:
-        say("restart: nothing to restart: every server's apps run their unit's current file")
+        say("restart: nothing to restart: every server's apps run, healthy, on their unit's current file")
         return []
     for server in stack.servers:
         if server.name in reasons:

@@ -33,6 +33,7 @@ class FakeServer:
     runtime: str = "v22.11.0 linux x64"   # what its node says (remote.sh runtime)
     unit_changed: bool = False            # the apps' unit's file changed after the apps started
     restarts: int = 0                     # the apps' unit restarted (by an operator)
+    idle: tuple[str, ...] = ()            # declared processes with no worker (pm2 gave up on them)
 
 
 @dataclass
@@ -127,7 +128,7 @@ class Fleet(Executor):
         assert remote == ["sudo", "-n", "systemctl", "restart", conventions.APPS_UNIT], remote
         server = self.servers[address]
         self.log.append((address, "restart"))
-        server.running, server.unit_changed = server.current, False
+        server.running, server.unit_changed, server.idle = server.current, False, ()
         server.restarts += 1
         return Result([], 0, "")
 
@@ -174,10 +175,12 @@ class Fleet(Executor):
             if (address, server.running) in self.unhealthy:
                 return Result([], 1, "deploy: https://staging-app:8443/healthz did not answer 200 ... (last: 502)\n")
             return Result([], 0, "healthy\n")
-        if action == "status":   # pm2-runtime (pid 100) up an hour; its unit's file 1 min or 2 h old
+        if action == "status":   # pm2-runtime (pid 100) up an hour, its unit's file 1 min or 2 h old; workers
+            workers = "".join(f"process {pid} 600 node {conventions.CURRENT_RELEASE_LINK}/{name}/server.js\n"
+                              for pid, name in ((120, "web"), (130, "api")) if name not in server.idle)
             return Result([], 0, f"release {server.current}\nunit active 100\n"
                                  f"unitfile {60 if server.unit_changed else 7200}\n"
-                                 "process 100 3600 PM2 v6.0.13: God Daemon\nhealth 200 {}\n")
+                                 f"process 100 3600 PM2 v6.0.13: God Daemon\n{workers}health 200 {{}}\n")
         if action == "prune":
             return Result([], 0, "")
         if action == "runtime":

@@ -191,6 +191,16 @@ def test_status_prints_one_table_and_exits_zero_when_every_server_is_healthy():
     assert lines[3:] == ["LB: maintenance off", "LB: every app server in its pool"]
 
 
+def test_status_names_a_declared_process_without_a_worker_and_exits_one():
+    """pm2 gave up on api (it kept exiting as it started): no worker of it runs."""
+    gave_up = "".join(line + "\n" for line in HEALTHY.splitlines() if "/api/" not in line)
+    executor = Answers({APP1.address: Result([], 0, gave_up), APP2.address: Result([], 0, HEALTHY)})
+    assert operate.status(STACK, executor) == operate.EXIT_UNHEALTHY
+    app1, app2 = executor.out.getvalue().splitlines()[1:3]
+    assert "api NONE, web 2 up 4m" in app1 and "UNHEALTHY 200" in app1, app1
+    assert "api 1 up 40s, web 2 up 4m" in app2 and " ok 200" in app2, app2
+
+
 def test_status_says_when_the_apps_unit_changed_after_they_started_and_it_is_no_fault():
     changed = HEALTHY.replace("unitfile 86400", "unitfile 600")
     executor = Answers({APP1.address: Result([], 0, changed), APP2.address: Result([], 0, HEALTHY)})

@@ -58,6 +58,15 @@ def test_nothing_changed_nothing_restarts(monkeypatch):
     assert steps(fleet) == [] and "restart: nothing to restart" in fleet.printed()
 
 
+def test_a_server_whose_app_pm2_gave_up_on_is_restarted(monkeypatch):
+    fleet = Fleet()
+    fleet.servers[A2].idle = ("api",)
+    assert restart(fleet, monkeypatch) == 0
+    assert steps(fleet) == [("lb", f"on {A2}"), (A2, "restart"), (A2, "health 60"), ("lb", f"off {A2}")]
+    assert "[app-2] restarting the apps (no worker of api: pm2 gave up on it, or it was stopped)" in fleet.printed()
+    assert fleet.servers[A2].idle == ()
+
+
 def test_a_server_that_does_not_come_back_healthy_stays_out_of_the_pool_and_the_next_run_brings_it_back(monkeypatch):
     fleet = Fleet(unhealthy={(A1, OLD)})
     for server in fleet.servers.values():

@@ -153,6 +153,15 @@ def test_deploy_restart_applies_a_change_to_the_apps_unit_one_server_at_a_time_l
     # Run again: nothing left to restart.
     again = deploy_cli("restart")
     assert again.returncode == 0 and "nothing to restart" in again.stdout, again.stdout
+    # A process without a worker (stopped here; pm2 giving up on one looks the same): status
+    # says so, restart brings it back.
+    local_stack.run(apps[1], ["runuser", "-u", conventions.APP_USER, "--", "env", f"PM2_HOME={conventions.PM2_HOME}",
+                              f"{conventions.PM2_BIN_DIR}/pm2", "stop", "api"])
+    idle = deploy_cli("status")
+    assert idle.returncode == 1 and "api NONE" in idle.stdout, idle.stdout
+    revived = deploy_cli("restart")
+    assert revived.returncode == 0 and "[app-2] restarting the apps (no worker of api" in revived.stdout, revived.stdout
+    assert deploy_cli("status").returncode == 0
 
 
 def test_a_change_that_fails_on_app_1_stops_the_roll_and_app_1_serves_its_previous_bundle(
