@@ -1,5 +1,5 @@
-"""Deploy the app to a stack's servers, roll back, list releases, and the operators'
-status, logs and exec: `python -m deploy`.
+"""Deploy the app to a stack's servers, roll back, list releases, restart the apps, and
+the operators' status, logs, exec and maintenance: `python -m deploy`.
 
 Builds a release once on the operator's machine, uploads it to every app server through
 the load balancer (the jump host) as the deploy user, and switches the servers one at a

@@ -55,8 +55,9 @@ def parser() -> argparse.ArgumentParser:
                                                    "archive (checked) when a server no longer holds it")
     r.add_argument("--break-lock", action="store_true", help="remove a stale deploy lock first")
     rs = sub.add_parser("restart", parents=[common], help="restart the apps where their unit's file changed since they "
-                                                          "started, one server at a time, each out of the LB's pool "
-                                                          "meanwhile; needs ops on the LB and the app servers")
+                                                          "started or where they are down, one server at a time, each "
+                                                          "out of the LB's pool meanwhile; needs ops on the LB and the "
+                                                          "app servers")
     rs.add_argument("--break-lock", action="store_true", help="remove a stale deploy lock first")
     for command in (d, r, rs):
         command.add_argument("--health-timeout", type=int, default=HEALTH_TIMEOUT_SECONDS,

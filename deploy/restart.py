@@ -54,7 +54,7 @@ def why_restart(status: ServerStatus, out_of_pool: set[str]) -> str | None:
 
 
 def restart(deployer: Deployer) -> list[str]:
-    """The servers restarted, in order (none when nothing had changed)."""
+    """The servers restarted, in order (none when each ran as it should)."""
     stack, say = deployer.stack, deployer.say
     out_of_pool = drained(deployer)
     reasons = {s.server.name: why for s in (server_status(deployer, server) for server in stack.servers)
