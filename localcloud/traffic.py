@@ -6,7 +6,7 @@ cut no request in flight).
 
     proc = traffic.start(domain, address, cafile, "/api/hello", rate=20, seconds=20)
     ... change the stack ...
-    counts = traffic.result(proc)     # {"requests": 400, "failed": 0, "by_status": {...}, "hosts": {...}}
+    counts = traffic.result(proc)     # {"requests": 400, "failed": 0, "failed_by_method": {}, "by_status": {...}, "hosts": {...}}
 
 Without `seconds` the stream runs until result() ends it: it covers a change of unknown
 length (an `up`) without a fixed wait after it. It ends by itself after OPEN_ENDED_LIMIT
@@ -25,6 +25,9 @@ from pathlib import Path
 from . import cloud
 
 OPEN_ENDED_LIMIT = 900   # seconds: longer than any change a test streams through
+# The example app's paths for a stream through a planned change: the LB retries on another
+# server a GET that a server fails, never a POST, so only the POSTs show a request it cut.
+WRITES_AND_READS = ["/api/hello", "POST /api/notes"]
 
 # Runs in the internet client's namespace with the host's python3; stdout: one JSON line.
 STREAM = r'''
@@ -39,6 +42,7 @@ class Conn(http.client.HTTPSConnection):
                                     server_hostname=domain)
 
 statuses, hosts, errors = collections.Counter(), collections.Counter(), collections.Counter()
+failed_by_method = collections.Counter()
 failures = []   # the first few, with when and where: what a test prints when one fails
 start = time.monotonic()
 n = 0
@@ -66,6 +70,7 @@ while going():
         body = r.read()
         statuses[r.status] += 1
         if r.status >= 400:
+            failed_by_method[method] += 1
             failures.append(f"{time.time():.1f} {method} {path} {r.status}")
         try:
             hosts[json.loads(body).get("host", "?")] += 1
@@ -74,9 +79,11 @@ while going():
         c.close()
     except Exception as e:
         errors[type(e).__name__ + ": " + str(e)[:80]] += 1
+        failed_by_method[method] += 1
         failures.append(f"{time.time():.1f} {method} {path} {type(e).__name__}: {str(e)[:80]}")
 failed = sum(v for k, v in statuses.items() if k >= 400) + sum(errors.values())
-print(json.dumps({"requests": n, "failed": failed, "by_status": statuses, "errors": errors,
+print(json.dumps({"requests": n, "failed": failed, "failed_by_method": failed_by_method,
+                  "by_status": statuses, "errors": errors,
                   "hosts": hosts, "seconds": round(time.monotonic() - start, 1), "failures": failures[:20]}))
 '''
 

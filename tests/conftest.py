@@ -194,11 +194,12 @@ class LocalStack:
         return result
 
     def up_under_load(self, plan, **options):
-        """`up` of a (changed) plan with a stream of GETs of the API through the LB, 20 a
-        second, from its start to its end: its result, checked by the caller, and what the
-        requests saw. The handle follows a healthy one."""
+        """`up` of a (changed) plan with a stream of requests through the LB, 20 a second,
+        GETs of the API and POSTs of notes in turn (the LB retries a GET a server fails on
+        another, never a POST), from its start to its end: its result, checked by the
+        caller, and what the requests saw. The handle follows a healthy one."""
         from localcloud import stack, traffic
-        load = self.stream("/api/hello", seconds=None)
+        load = self.stream(traffic.WRITES_AND_READS, seconds=None)
         try:
             result = stack.up(plan, **options)
         finally:

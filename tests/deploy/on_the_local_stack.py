@@ -47,11 +47,12 @@ def running_releases(name: str) -> set[str]:
 
 
 def under_load(local_stack, *args: str, key: str) -> tuple[subprocess.CompletedProcess, dict]:
-    """`deploy_cli(*args)` with GETs of the web app (/) and the API (/api/hello) in turn,
-    from the internet client through the LB (localcloud.traffic), from 2 s before it to 2 s
-    after: what it printed, and what the requests saw (printed too, with how long it took)."""
+    """`deploy_cli(*args)` with GETs of the web app (/) and the API (/api/hello) and POSTs
+    of notes in turn, from the internet client through the LB (localcloud.traffic), from 2 s
+    before it to 2 s after: what it printed, and what the requests saw (printed too, with
+    how long it took)."""
     from localcloud import traffic
-    load = local_stack.stream(["/", "/api/hello"], seconds=None)
+    load = local_stack.stream(["/", *traffic.WRITES_AND_READS], seconds=None)
     time.sleep(2)
     start = time.monotonic()
     try:

@@ -122,7 +122,7 @@ def test_deploy_restart_applies_a_change_to_the_apps_unit_one_server_at_a_time_l
     break_app_1 = (f"mkdir -p {Path(BROKEN_APPS).parent} && printf '[Service]\\nEnvironment=NODE_OPTIONS=--no-such-flag\\n'"
                    f" > {BROKEN_APPS} && systemctl daemon-reload")
     local_stack.run("app-1", ["bash", "-c", break_app_1])
-    load = local_stack.stream(["/api/hello", "POST /api/notes"], seconds=None)
+    load = local_stack.stream(traffic.WRITES_AND_READS, seconds=None)
     time.sleep(2)
     try:
         stopped = deploy_cli("restart", "--health-timeout", "15")

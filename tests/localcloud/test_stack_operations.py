@@ -205,7 +205,7 @@ def test_scaling_to_three_adds_one_droplet_and_back_to_two_fails_no_request(loca
         assert three.droplet(app3).vpc_ip in upstreams, upstreams
     finally:
         # From before the `up` to a little after it, however long it takes.
-        stream = local_stack.stream("/api/hello", rate=20, seconds=None)
+        stream = local_stack.stream(traffic.WRITES_AND_READS, rate=20, seconds=None)
         t0 = time.monotonic()
         try:
             local_stack.up(stack.plan(two.stack))
