@@ -326,14 +326,18 @@ redis_steps() {
 }
 
 # Redis's ACL file (no comments allowed there), passwords as SHA-256 digests only. The
-# default user is off: every login names its user. The app may use every key and
+# default user is off and has no password: every login names its user. It keeps every
+# right all the same: Redis (7.0 to 7.2) replays its append-only file as the default user
+# and checks each MULTI/EXEC against its rights, so with none every transaction written
+# since the file's last rewrite is refused at the next start, and its data lost
+# (redis/redis#14541). The app may use every key and
 # channel but none of the administrative or dangerous commands (FLUSHALL, CONFIG,
 # REPLICAOF, DEBUG, SHUTDOWN, MONITOR, KEYS ...), INFO excepted: clients such as ioredis
 # read it on connect to wait while Redis loads its data. The backup may only take a
 # snapshot over replication (redis-cli --rdb: REPLCONF, then SYNC).
 redis_users() {
     printf '%s\n' \
-        "user default off resetpass resetkeys resetchannels -@all" \
+        "user default off resetpass ~* &* +@all" \
         "user {{ c.ENGINE_APP_USER }} on #$(password_digest "$REDIS_PASSWORD") ~* &* +@all -@dangerous -@admin +info" \
         "user {{ c.BACKUP_USER }} on #$(password_digest "$REDIS_BACKUP_PASSWORD") resetkeys resetchannels -@all +replconf +sync"
 }
