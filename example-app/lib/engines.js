@@ -107,7 +107,9 @@ const mongodb = {
   async close() { await this.client.close(); },
 };
 
-// RabbitMQ holds notes as messages on a bounded queue; reading peeks (gets, then requeues).
+// RabbitMQ holds notes as messages on a bounded queue, oldest first; reading peeks (gets
+// every message, then requeues them) and keeps the newest 10, as the other engines read.
+const NOTES_QUEUE_BOUND = 100;
 const rabbitmq = {
   name: 'rabbitmq',
   connection: null,
@@ -129,7 +131,7 @@ const rabbitmq = {
         conn.on('error', forget);
         conn.on('close', forget);
         const ch = await conn.createChannel();
-        await ch.assertQueue('notes', { durable: true, arguments: { 'x-max-length': 100 } });
+        await ch.assertQueue('notes', { durable: true, arguments: { 'x-max-length': NOTES_QUEUE_BOUND } });
         return { conn, ch };
       });
       this.connection.catch(() => { this.connection = null; });
@@ -145,13 +147,13 @@ const rabbitmq = {
   async read() {
     const ch = await this.channel();
     const notes = [];
-    for (let i = 0; i < 10; i += 1) {
+    for (let i = 0; i < NOTES_QUEUE_BOUND; i += 1) {
       const message = await ch.get('notes', { noAck: false });
       if (!message) break;
       notes.push(JSON.parse(message.content.toString()));
     }
     ch.nackAll(true);
-    return notes.reverse();
+    return notes.slice(-10).reverse();
   },
   async close() { if (this.connection) await (await this.connection).conn.close(); },
 };
