@@ -76,7 +76,7 @@ def test_upstreams_list_every_app_server_with_passive_health_checks():
     text = load_balancer.upstreams(["10.110.16.6", "10.110.16.5"])
     assert f"server 10.110.16.5:{c.APP_TLS_PORT} max_fails=2 fail_timeout=10s;" in text
     assert text.index("10.110.16.5") < text.index("10.110.16.6"), "sorted: the same pool renders the same file"
-    assert f"keepalive {c.LB_UPSTREAM_KEEPALIVE_CONNECTIONS};" in text and "down" not in text
+    assert f"keepalive {c.LB_UPSTREAM_KEEPALIVE_CONNECTIONS};" in text and " down;" not in text, "none marked down"
 
 
 def test_site_verifies_app_servers_by_the_name_their_certificates_share():
