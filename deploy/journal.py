@@ -41,7 +41,7 @@ APP_LINE = re.compile(rf"(?:(?P<id>(?:_old_)?\d+)\|(?P<process>{PROCESS_NAME.pat
 
 @dataclass(frozen=True)
 class Entry:
-    time: str          # journalctl's, e.g. 2026-12-04T15:12:05+0000: sorts as text
+    time: str          # journalctl's, in UTC (the wrapper's), e.g. 2026-12-04T15:12:05+0000: sorts as text
     identifier: str    # pm2-runtime, platform-apps-reload, systemd...
     source: str        # identifier[pid]; an app's named line: its pm2 process, `0|api`
     message: str       # an app's line without pm2's stamp (the journal has the time)
@@ -92,7 +92,7 @@ def merged(outputs: dict[str, str], processes: tuple[str, ...] = (), last: int =
 def followed(processes: tuple[str, ...], since: int) -> Callable[[str], str | None]:
     """What a followed journal's line shows (None: nothing): that of merged, for the
     entries of `processes` if named, from `since` (seconds since the epoch, 0: any) on."""
-    # journalctl's times on the servers (UTC on the images) sort as text.
+    # journalctl's times (in UTC: the wrapper sets it) sort as text.
     since_time = time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(since))
 
     def show(line: str) -> str | None:

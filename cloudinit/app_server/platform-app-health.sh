@@ -9,7 +9,9 @@ set -euo pipefail
 snippet={{ facts.HEALTH_SNIPPET }}
 pattern='^{{ facts.HEALTH_PATH_PATTERN }}$'
 
-path=$(runuser -u {{ c.APP_USER }} -- node -e '
+# setpriv, not runuser: no PAM session, which would log two lines to the apps' journal at
+# every reload.
+path=$(setpriv --reuid={{ c.APP_USER }} --regid={{ c.APP_USER }} --init-groups --reset-env node -e '
 const fs = require("node:fs");
 try {
   console.log(JSON.parse(fs.readFileSync(process.argv[1], "utf8")).health ?? process.argv[2]);

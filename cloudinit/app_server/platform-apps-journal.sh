@@ -15,6 +15,9 @@ if ! { [ "$#" -eq 2 ] || { [ "$#" -eq 3 ] && [ "$1" = 0 ] && [ "$3" = follow ]; 
         "(seconds since the epoch; at most $max_lines lines)" >&2
     exit 2
 fi
+# Times in UTC whatever the server's zone: the deploy tool merges the servers' lines and
+# compares them with --since as text.
+export TZ=UTC
 read_journal=(journalctl --unit={{ c.APPS_UNIT }} --no-pager --quiet --output=short-iso)
 if [ "$#" -eq 3 ]; then
     # It ends with the caller's ssh: journalctl --follow leaves when its output's reader

@@ -154,6 +154,17 @@ def test_the_apps_journal_wrapper_takes_two_numbers_as_deploy_and_journalctl_its
         assert said.endswith("exit 2") and "usage: platform-apps-journal SINCE LINES" in said, (refused, said)
     said = on(name, f"{as_deploy} journalctl -n 1 2>&1; echo exit $?")
     assert said.endswith("exit 1") and "a password is required" in said, said
+    # On a server in another zone its times are still UTC: the deploy tool compares them as text.
+    zone = on(name, "readlink /etc/localtime")
+    try:
+        on(name, "ln -sfn /usr/share/zoneinfo/Asia/Tokyo /etc/localtime")
+        assert on(name, "date +%z") == "+0900"
+        times = on(name, f"{as_deploy} {wrapper} 0 3 | cut -d' ' -f1").split()
+    finally:
+        on(name, f"ln -sfn {zone} /etc/localtime")
+    assert len(times) == 3 and all(t.endswith("+0000") for t in times), times
+    # The unit's steps open no PAM session (setpriv, not runuser): no session lines among the apps'.
+    assert on(name, f"journalctl -u {conventions.APPS_UNIT} --no-pager | grep -c pam_unix || true") == "0"
 
 
 def test_rollback_returns_every_server_to_the_previous_release(local_stack, plan, operator_key):
