@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from model import app_contract, conventions
 
 from . import commands, journal
-from .executor import Executor
+from .executor import CommandFailed, Executor
 from .records import Server, Stack
 
 # The apps' processes: each pm2 worker's command line is `node <current>/<script>`, the
@@ -210,32 +210,39 @@ def status_table(statuses: list[ServerStatus]) -> list[str]:
     return ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip() for row in rows]
 
 
+def read_status(stack: Stack, server: Server, executor: Executor, control_dir: str | None = None) -> ServerStatus:
+    """One server's status, or an unreachable one naming why (the exit and the last line)."""
+    command = commands.status(stack, server, control_dir)
+    result = executor.run(command.argv, input=command.stdin, timeout=60)
+    if result.ok:
+        return parse_status(server, result.output)
+    return ServerStatus(server, reachable=False, problem=f"exit {result.returncode}: {result.last_line}")
+
+
 def status(stack: Stack, executor: Executor, control_dir: str | None = None) -> int:
-    statuses = []
-    for server in stack.servers:
-        command = commands.status(stack, server, control_dir)
-        result = executor.run(command.argv, input=command.stdin, timeout=60)
-        if result.ok:
-            statuses.append(parse_status(server, result.output))
-        else:
-            lines = result.output.strip().splitlines()
-            statuses.append(ServerStatus(server, reachable=False,
-                                         problem=f"exit {result.returncode}: {lines[-1] if lines else '(no output)'}"))
+    statuses = [read_status(stack, server, executor, control_dir) for server in stack.servers]
     for line in status_table(statuses):
         executor.say(line)
     executor.say(f"LB: {maintenance_state(stack, executor)}")
-    if pool := pool_state(stack, executor):
-        executor.say(f"LB: {pool}")
+    try:
+        executor.say(f"LB: {pool_state(stack, drained_addresses(stack, executor))}")
+    except CommandFailed:
+        pass   # the maintenance line above already says the LB needs an operator's key
     return 0 if all(s.healthy for s in statuses) else EXIT_UNHEALTHY
 
 
-def pool_state(stack: Stack, executor: Executor) -> str | None:
-    """Which app servers the LB sends no request to (platform-drain: a restart that did not
-    come back healthy leaves its server so); None when the LB does not say (no operator's key)."""
+def drained_addresses(stack: Stack, executor: Executor) -> set[str]:
+    """The app servers' addresses the LB sends no request to (platform-drain: a restart that
+    did not come back healthy leaves its server so). CommandFailed when the LB does not say
+    (a key that is not an operator's)."""
     result = executor.run(commands.drain(stack, "status").argv, timeout=60)
     if not result.ok:
-        return None
-    out = [server.name for server in stack.servers if server.address in result.output.split()]
+        raise CommandFailed("the LB's pool", result)
+    return set(result.output.split())
+
+
+def pool_state(stack: Stack, drained: set[str]) -> str:
+    out = [server.name for server in stack.servers if server.address in drained]
     if not out:
         return "every app server in its pool"
     return f"out of its pool: {', '.join(out)} (restart puts each back once healthy)"

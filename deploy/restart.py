@@ -20,24 +20,24 @@ import time
 
 from . import commands
 from .executor import CommandFailed
-from .operate import OPERATOR_KEY_NEEDED, ServerStatus, parse_status
+from .operate import OPERATOR_KEY_NEEDED, ServerStatus, drained_addresses, read_status
 from .records import Server
 from .roll import Deployer, DeployError
 
 
 def drained(deployer: Deployer) -> set[str]:
-    """The app servers' addresses the LB sends no request to."""
-    result = deployer.executor.run(commands.drain(deployer.stack, "status").argv, timeout=60)
-    if not result.ok:
-        raise DeployError(f"the LB's pool could not be read ({OPERATOR_KEY_NEEDED}): exit {result.returncode}: "
-                          f"{result.last_line}")
-    return set(result.output.split())
+    try:
+        return drained_addresses(deployer.stack, deployer.executor)
+    except CommandFailed as failed:
+        raise DeployError(f"the LB's pool could not be read ({OPERATOR_KEY_NEEDED}): exit {failed.result.returncode}: "
+                          f"{failed.result.last_line}") from None
 
 
 def server_status(deployer: Deployer, server: Server) -> ServerStatus:
-    result = deployer.remote(f"{server.name}: status",
-                             commands.status(deployer.stack, server, deployer.control_dir))
-    return parse_status(server, result.output)
+    status = read_status(deployer.stack, server, deployer.executor, deployer.control_dir)
+    if not status.reachable:
+        raise DeployError(f"{server.name}: its status could not be read ({status.problem}); nothing was restarted")
+    return status
 
 
 def why_restart(status: ServerStatus, out_of_pool: set[str]) -> str | None:
