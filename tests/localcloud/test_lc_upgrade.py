@@ -12,7 +12,6 @@ end the stack is put back on the platform as committed.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 import jinja2
 import pytest
 
-import cloudinit
 import mockcloud
+import on_the_local_stack
 from cloudinit import files
 from localcloud import config, stack, traffic
 from model import conventions
@@ -31,8 +30,6 @@ from model import conventions
 EVERYWHERE = ("common/logrotate.conf", "app_server/site.conf", "load_balancer/site.conf",
               "app_server/platform-apps.service")
 LOGROTATE = "/etc/logrotate.d/platform"
-ROOT = Path(__file__).resolve().parents[2]
-STACK = "staging"
 
 
 def plan_with_lines(local_stack, monkeypatch, lines: dict[str, str]):
@@ -58,9 +55,8 @@ def apps_pid(local_stack, name: str) -> str:
     return local_stack.run(name, ["systemctl", "show", "-P", "MainPID", conventions.APPS_UNIT]).stdout.strip()
 
 
-def deploy_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy", *args, STACK, "--local", "-i", str(config.OPERATOR_KEY)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+def deploy_cli(verb: str, *args: str) -> subprocess.CompletedProcess:
+    return on_the_local_stack.deploy_cli(verb, *args, key=str(config.OPERATOR_KEY), timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""What the deploy tests on the session's local stack share (test_deploy_localcloud,
-test_second_app_localcloud, test_operator_verbs_localcloud): the CLI as an operator runs
-it, the app servers' releases as the droplets hold them, and a deploy under a steady
-stream of requests. Their fixtures, `plan` and `operator_key`, are in conftest.py."""
+"""What the tests that run the deploy tool on the session's local stack share (tests/deploy's
+*_localcloud modules, tests/localcloud/test_lc_upgrade): the CLI as an operator runs it,
+the app servers' releases as the droplets hold them, and a deploy under a steady stream of
+requests. The deploy tests' fixtures, `plan` and `operator_key`, are in deploy/conftest.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from model import conventions
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 STACK = "staging"
 HEALTH_TIMEOUT = "25"
 
