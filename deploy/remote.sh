@@ -110,11 +110,17 @@ status() {
     # The processes the release declares (platform.json), on one line: status names the
     # workers it sees by their scripts.
     if [ -r "$CURRENT_LINK/platform.json" ]; then echo "contract $(tr -d '\n' < "$CURRENT_LINK/platform.json")"; fi
-    echo "unit $(systemctl show "$APPS_UNIT" --property=ActiveState --value 2>/dev/null || echo unknown)" \
-        "$(systemctl show "$APPS_UNIT" --property=MainPID --value 2>/dev/null || echo 0)"
+    # One systemctl: it prints the properties asked for as KEY=VALUE lines, in its own order.
+    local key value state=unknown pid=0 fragment="" changed
+    while IFS='=' read -r key value; do
+        case $key in
+            ActiveState) state=${value:-unknown} ;;
+            MainPID) pid=${value:-0} ;;
+            FragmentPath) fragment=$value ;;
+        esac
+    done < <(systemctl show "$APPS_UNIT" --property=ActiveState,MainPID,FragmentPath 2>/dev/null || true)
+    echo "unit $state $pid"
     # How long ago its file changed: a change after the apps started waits for their next start.
-    local fragment changed
-    fragment=$(systemctl show "$APPS_UNIT" --property=FragmentPath --value 2>/dev/null || true)
     if [ -n "$fragment" ] && changed=$(stat -c %Y -- "$fragment" 2>/dev/null); then
         echo "unitfile $(($(date +%s) - changed))"
     fi
