@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -101,10 +102,12 @@ def test_follow_streams_new_lines_and_ends_with_its_callers_stdin(logs_dir):
 
 
 STUBS = {
-    "systemctl": """case "$*" in
-  *ActiveState*) echo "${STUB_STATE:-active}" ;;
-  *MainPID*) echo 100 ;;
-esac""",
+    # One call for the three properties, printed in systemd's order, not the one asked.
+    "systemctl": """[ "$1 $3" = "show --property=ActiveState,MainPID,FragmentPath" ] || exit 1
+echo MainPID=100
+echo "ActiveState=${STUB_STATE:-active}"
+echo "FragmentPath=${STUB_FRAGMENT:-}"
+""",
     "ps": """cat <<'EOF'
   100  7200 node /usr/local/bin/pm2-runtime start /srv/app/ecosystem.config.js
   101  7190 PM2 v6.0.8: God Daemon (/srv/app/.pm2)
@@ -133,10 +136,14 @@ def run_status(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_status_reports_release_unit_processes_and_health_as_the_table_reads_them(tmp_path):
-    result = run_status(tmp_path)
+    unit_file = tmp_path / "platform-apps.service"
+    unit_file.write_text("[Service]\n")
+    os.utime(unit_file, (time.time() - 600, time.time() - 600))
+    result = run_status(tmp_path, STUB_FRAGMENT=str(unit_file))
     assert result.returncode == 0, result.stderr
     status = operate.parse_status(Server("app-1", "10.0.0.3"), result.stdout)
     assert (status.release, status.unit_state, status.main_pid, status.unit_seconds) == ("R2", "active", 100, 7200)
+    assert 600 <= status.unit_file_seconds <= 605 and status.unit_changed_since_start
     assert status.workers == {"web": [300, 290], "api": [40]}
     assert status.health_code == "200" and status.engines() == "redis ok" and status.healthy
 
