@@ -5,7 +5,12 @@ const cluster = require('node:cluster');
 const http = require('node:http');
 
 function serve(name, port, handler, onClose = async () => {}) {
+  let closing = false;
+  const answering = new Set();   // responses not yet sent
   const server = http.createServer((req, res) => {
+    answering.add(res);
+    res.once('close', () => answering.delete(res));
+    if (closing) res.setHeader('connection', 'close');
     Promise.resolve(handler(req, res)).catch((err) => {
       console.error(`${name}: ${req.method} ${req.url}: ${err.stack || err}`);
       if (!res.headersSent) sendJson(res, 500, { error: 'internal error' });
@@ -13,17 +18,30 @@ function serve(name, port, handler, onClose = async () => {}) {
     });
   });
   server.keepAliveTimeout = 5000;
+  const connections = new Set();
+  server.on('connection', (socket) => {
+    connections.add(socket);
+    socket.once('close', () => connections.delete(socket));
+  });
   server.listen(port, process.env.LISTEN_HOST || '127.0.0.1', () => {
     console.log(`${name} listening on ${port}`);
     if (process.send) process.send('ready');
   });
+  // A kept-alive connection is never closed while idle: the app server's nginx may be
+  // sending a request on it that very moment, and a POST it sent is not sent again (a 502).
+  // Every answer from now on closes its connection instead, and nginx closes those it keeps
+  // idle after 1 s (its upstreams' keepalive_timeout). Once the connections open at the
+  // signal are gone, the server closes (Node 19 and later also close the idle ones then:
+  // only connections that came after the signal, each closed by its first answer).
   process.on('SIGINT', () => {
     console.log(`${name}: SIGINT, closing`);
-    server.close(async () => {
+    closing = true;
+    for (const res of answering) if (!res.headersSent) res.setHeader('connection', 'close');
+    const open = [...connections].map((socket) => new Promise((resolve) => socket.once('close', resolve)));
+    Promise.all(open).then(() => server.close(async () => {
       await onClose();
       exitOnceReleased();
-    });
-    server.closeIdleConnections();
+    }));
   });
   return server;
 }
