@@ -17,6 +17,8 @@ from model import conventions
 ROOT = Path(__file__).resolve().parents[1]
 STACK = "staging"
 HEALTH_TIMEOUT = "25"
+# What an app without the example app's notes answers: its page and the API's GET.
+READS = ("/", "/api/hello")
 
 
 def deploy_cli(verb: str, *args: str, key: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -49,12 +51,12 @@ def running_releases(name: str) -> set[str]:
 def under_load(local_stack, *args: str, key: str, paths: tuple[str, ...] | None = None
                ) -> tuple[subprocess.CompletedProcess, dict]:
     """`deploy_cli(*args)` with requests from the internet client through the LB
-    (localcloud.traffic), from 2 s before it to 2 s after: `paths` in turn, by default GETs
-    of the web app (/) and the API (/api/hello): a reload may cut a rare POST (README,
-    "Deploy and roll back"), which the LB does not retry. What it printed, and what the
-    requests saw (printed too, with how long it took)."""
+    (localcloud.traffic), from 2 s before it to 2 s after: `paths` in turn, by default the
+    example app's page, the API's GET and a note POSTed (a POST the LB does not send again,
+    so one a reload cuts shows). What it printed, and what the requests saw (printed too,
+    with how long it took)."""
     from localcloud import traffic
-    load = local_stack.stream(list(paths or ("/", "/api/hello")), seconds=None)
+    load = local_stack.stream(list(paths or ("/", *traffic.WRITES_AND_READS)), seconds=None)
     time.sleep(2)
     start = time.monotonic()
     try:

@@ -20,7 +20,7 @@ from model import conventions
 from deploy import DEFAULT_APP_DIR
 
 from on_the_local_stack import (
-    HEALTH_TIMEOUT, app_servers, current_of, deploy_cli, on, release_id_from, running_releases, under_load,
+    HEALTH_TIMEOUT, READS, app_servers, current_of, deploy_cli, on, release_id_from, running_releases, under_load,
 )
 
 pytestmark = pytest.mark.localcloud
@@ -64,7 +64,7 @@ def migrations(local_stack) -> dict[str, int]:
 def test_a_second_app_is_deployed_with_its_build_migration_worker_setting_and_secret(
         local_stack, plan, operator_key, token, second_app_settings):
     result, seen = under_load(local_stack, "deploy", "--app", str(APP), "--health-timeout", HEALTH_TIMEOUT,
-                              key=operator_key)
+                              key=operator_key, paths=READS)
     assert result.returncode == 0, result.stdout + result.stderr
     assert seen["requests"] > 100 and seen["failed"] == 0, seen
     release = release_id_from(result.stdout)
@@ -119,7 +119,7 @@ def test_a_second_deploy_migrates_once_more_and_rollback_to_brings_the_first_bac
     for d in app_servers(plan):
         on(d.name, f"runuser -u {conventions.DEPLOY_USER} -- rm -rf {conventions.RELEASES_DIR}/{first}")
     back, seen = under_load(local_stack, "rollback", "--to", first, "--health-timeout", HEALTH_TIMEOUT,
-                            key=operator_key)
+                            key=operator_key, paths=READS)
     assert back.returncode == 0, back.stdout + back.stderr
     assert f"{first}: signature and sha256 check" in back.stdout
     for d in app_servers(plan):
