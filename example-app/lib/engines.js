@@ -66,6 +66,15 @@ const postgresql = {
   async close() { await this.client.end(); },
 };
 
+// A Redis transaction's result: ioredis resolves one whose command Redis refused at its
+// run (a wrong type, say) with that command's error among the results, not by rejecting.
+async function transaction(multi) {
+  const results = await multi.exec();
+  const refused = results.find(([err]) => err);
+  if (refused) throw refused[0];
+  return results;
+}
+
 const redis = {
   name: 'redis',
   client: null,
@@ -80,7 +89,7 @@ const redis = {
   },
   async ping() { await this.client.ping(); },
   async write(note) {
-    await this.client.multi().lpush('notes', JSON.stringify(note)).ltrim('notes', 0, 99).exec();
+    await transaction(this.client.multi().lpush('notes', JSON.stringify(note)).ltrim('notes', 0, 99));
   },
   async read() { return (await this.client.lrange('notes', 0, 9)).map((t) => JSON.parse(t)); },
   async close() { this.client.disconnect(); },
@@ -169,4 +178,4 @@ function enabledEngines(names = ALL.map((e) => e.name)) {
   });
 }
 
-module.exports = { ALL, enabledEngines, withTimeout };
+module.exports = { ALL, enabledEngines, transaction, withTimeout };

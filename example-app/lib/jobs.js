@@ -3,7 +3,7 @@
 // a time by the worker, and recorded, once processed, in the job store the API reads:
 // PostgreSQL when enabled, else Redis, else nowhere but the worker's log.
 const crypto = require('node:crypto');
-const { ALL } = require('./engines');
+const { ALL, transaction } = require('./engines');
 const { MongoQueue } = require('./mongo-queue');
 
 const QUEUE = 'jobs';
@@ -242,7 +242,7 @@ const stores = {
   // A list of the last 100 (a job delivered twice shows twice).
   redis: {
     async record(done) {
-      await engine('redis').client.multi().lpush('jobs', JSON.stringify(done)).ltrim('jobs', 0, 99).exec();
+      await transaction(engine('redis').client.multi().lpush('jobs', JSON.stringify(done)).ltrim('jobs', 0, 99));
     },
     async latest() { return (await engine('redis').client.lrange('jobs', 0, SHOWN - 1)).map((t) => JSON.parse(t)); },
   },

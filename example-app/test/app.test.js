@@ -96,3 +96,20 @@ test('a notes table that could not be made at start is made by a later request',
   await postgresql.write({ text: 'b', at: new Date().toISOString() });
   assert.deepStrictEqual(queries, ['CREATE', 'CREATE', 'INSERT']);
 });
+
+test('a note Redis refused inside its transaction is an error, not a note written', async () => {
+  const { ALL } = require('../lib/engines');
+  const redis = ALL.find((e) => e.name === 'redis');
+  let answers = [[null, 1], [null, 'OK']];
+  const queued = [];
+  const multi = {
+    lpush: (...args) => { queued.push(['lpush', ...args]); return multi; },
+    ltrim: (...args) => { queued.push(['ltrim', ...args]); return multi; },
+    exec: async () => answers,   // as ioredis resolves EXEC: each command's [error, result]
+  };
+  redis.client = { multi: () => multi };
+  await redis.write({ text: 'a', at: new Date().toISOString() });
+  assert.deepStrictEqual(queued.map(([name]) => name), ['lpush', 'ltrim']);
+  answers = [[new Error('WRONGTYPE Operation against a key holding the wrong kind of value'), null], [null, 'OK']];
+  await assert.rejects(redis.write({ text: 'b', at: new Date().toISOString() }), /WRONGTYPE/);
+});
