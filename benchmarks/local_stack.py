@@ -256,8 +256,7 @@ def cost(p, rounds: int = 3) -> dict:
 
 
 def disruptions(p) -> dict:
-    ca = str(acme.ACME_DIR / "root.pem")
-    (acme.ACME_DIR / "root.pem").write_text(acme.root_pem())
+    ca = str(acme.root_file())
     app = p.with_tag(conventions.APP_SERVER)[-1].name
     s = traffic.start(p.domain, p.lb.reserved_ips[0], ca, PATH, 20, 20)
     time.sleep(5)
@@ -291,8 +290,7 @@ def healthy_after_up(p_maker, order: str = "engine") -> tuple[float, stack.UpRes
     p = p_maker()
     result = stack.up(p, order=order)
     assert stack.healthy(result), f"{order}: up did not finish cleanly"
-    ca = acme.ACME_DIR / "root.pem"
-    ca.write_text(acme.root_pem())
+    ca = acme.root_file()
     argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(ca), "--resolve",
             f"{p.domain}:443:{p.lb.reserved_ips[0]}", f"https://{p.domain}{conventions.HEALTH_PATH}"]
     while shell.run(cloud.internet_client(argv), check=False).stdout != "200":

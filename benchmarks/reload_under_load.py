@@ -47,8 +47,7 @@ def main() -> int:
 
     plan = stack.plan(STACK)
     name = plan.droplet(args.server).name
-    root = acme.ACME_DIR / "root.pem"
-    root.write_text(acme.root_pem())
+    root = acme.root_file()
     since = on(name, "date '+%Y-%m-%d %H:%M:%S'")
     errors_before = int(on(name, f"wc -l < {NGINX_ERRORS}") or 0)
     load = traffic.start(plan.domain, plan.lb.reserved_ips[0], str(root), traffic.WRITES_AND_READS, args.rate, None)

@@ -148,11 +148,18 @@ def root_pem() -> str:
     return shell.run(["curl", "-sf", "--cacert", str(TLS_CA_CERT), ROOT_URL], timeout=30).stdout
 
 
+def root_file() -> Path:
+    """pebble's current root in a file, as the internet client's browsers trust Let's
+    Encrypt's: what its requests to the stack verify against."""
+    root = ACME_DIR / "root.pem"
+    root.write_text(root_pem())
+    return root
+
+
 def certificate_check(domain: str, address: str) -> dict:
     """From the internet client: does HTTPS to domain verify against pebble's root?"""
-    root = ACME_DIR / "root.pem"
     try:
-        root.write_text(root_pem())
+        root = root_file()
     except shell.CommandError as e:
         return {"verified": False, "error": f"pebble's root not available: {e}"}
     proc = shell.run(network.internet_client(

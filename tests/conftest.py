@@ -137,9 +137,7 @@ class LocalStack:
     def cafile(self) -> str:
         """The ACME server's root, as the internet client's browsers would trust Let's Encrypt's."""
         from localcloud import acme
-        root = acme.ACME_DIR / "root.pem"
-        root.write_text(acme.root_pem())
-        return str(root)
+        return str(acme.root_file())
 
     def stream(self, paths: str | list[str], rate: float = 20, seconds: float | None = 20):
         """Start a steady stream of requests through the LB (localcloud.traffic: GETs, and
