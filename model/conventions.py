@@ -393,6 +393,11 @@ PM2_LOG_DIR = "/var/log/platform/pm2"
 ECOSYSTEM_FILE = f"{APP_ROOT}/ecosystem.config.js"
 APPS_UNIT = "platform-apps"
 PM2_BIN_DIR = "/usr/local/bin"  # npm install -g --prefix /usr/local
+# How long pm2 waits for a new worker's process.send('ready') before it goes on without it
+# (listen_timeout), and for a stopped one to exit before its SIGKILL (kill_timeout): the
+# ecosystem's, and the deploy's start check waits as long.
+PM2_READY_TIMEOUT_MS = 10000
+PM2_KILL_TIMEOUT_MS = 8000
 # `python -m deploy` holds this on every app server, taken in the pool's order, while it
 # deploys (one deploy at a time): in deploy's home, so it needs no privilege.
 DEPLOY_LOCK_DIR = f"{DEPLOY_HOME}/deploy.lock"

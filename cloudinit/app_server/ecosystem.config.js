@@ -31,8 +31,8 @@ const app = (name, spec) => ({
   // Zero-downtime reloads: wait for process.send('ready'), give up after listen_timeout;
   // on stop, SIGINT first and SIGKILL only after kill_timeout.
   wait_ready: true,
-  listen_timeout: 10000,
-  kill_timeout: 8000,
+  listen_timeout: {{ c.PM2_READY_TIMEOUT_MS }},
+  kill_timeout: {{ c.PM2_KILL_TIMEOUT_MS }},
   max_memory_restart: '300M',
   env: {
     NODE_ENV: 'production',
