@@ -6,6 +6,7 @@ would be run on the operator's machine, the load balancer and each app server.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,12 @@ from pathlib import Path
 from cloudinit.app_server import APP_EXEC, APPS_JOURNAL, APPS_RELOAD, APPS_RESTART
 from components import ssh
 from model import conventions
+from model.app_contract import Contract
 
 from .records import Server, Stack
 
 REMOTE_SCRIPT = Path(__file__).with_name("remote.sh")
+START_CHECK_SCRIPT = Path(__file__).with_name("start_check.js")
 # What the release leaves out of the app directory: built fresh, or not needed to run.
 BUILD_EXCLUDES = ("node_modules", "test", ".git", ".env")
 # releases/ (2750 deploy:app) is the gate: only group `app` gets past it. Inside, a release
@@ -192,6 +195,22 @@ def release_command(stack, server, release_id: str, command: str, control_dir=No
     (uploaded, not yet current)."""
     return on_server(stack, server, ["sudo", "-n", "-u", conventions.APP_USER, *APP_EXEC, "--release", release_id,
                                      "--", "sh", "-c", command], control_dir)
+
+
+def start_check(stack, server, release_id: str, contract: Contract, health_timeout: int, control_dir=None) -> Remote:
+    """Each process of release `release_id` that serves a route started once beside the
+    running apps, as pm2 would start it, then stopped (deploy/start_check.js, on stdin):
+    as app-exec runs a release command, so it runs nothing a release could not."""
+    spec = {
+        "processes": [{"name": p.name, "script": p.script, "health": contract.health if p.answers_health else None}
+                      for p in contract.processes if p.serves],
+        "ready_ms": conventions.PM2_READY_TIMEOUT_MS,
+        "stop_ms": conventions.PM2_KILL_TIMEOUT_MS,
+        "health_ms": health_timeout * 1000,
+    }
+    return on_server(stack, server, ["sudo", "-n", "-u", conventions.APP_USER, *APP_EXEC, "--release", release_id,
+                                     "--", "node", "-", json.dumps(spec, separators=(",", ":"))], control_dir,
+                     stdin=START_CHECK_SCRIPT.read_text())
 
 
 def reload_apps(stack, server, control_dir=None) -> Remote:

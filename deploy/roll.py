@@ -1,9 +1,11 @@
 """Deploy, roll back and list releases: the order of things, one server at a time.
 
 A deploy uploads the release to every server first (nothing switches if an upload
-fails), then per server: switch `current`, reload pm2 gracefully, wait for health. The
-first server that does not become healthy is switched back to the release it ran, and
-the roll stops there: the servers after it never left the old release.
+fails), then per server: start its serving processes once beside the running apps (the
+start check), switch `current`, reload pm2 gracefully, wait for health. A server whose
+start check fails is not switched; the first one that does not become healthy is
+switched back to the release it ran; either way the roll stops there: the servers after
+it never left the old release.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from model import conventions
+from model.app_contract import Contract
 
 from . import commands, journal
 from .commands import Remote
@@ -65,6 +68,7 @@ class Step:
     ok: bool = False
     seconds: float = 0.0
     problem: str = ""
+    refused_at_start: bool = False   # the start check failed: never switched
     switched_back: bool = False
 
 
@@ -203,6 +207,16 @@ class Deployer:
 
     # --- one server, then the next ------------------------------------------------------
 
+    def start_check(self, server: Server, release_id: str, contract: Contract) -> None:
+        """The release's serving processes started once beside the running apps, then
+        stopped: a release that dies as it starts never reaches pm2's reload, which would
+        delete the old workers once the new ones' ready wait ran out."""
+        result = self.remote(f"{server.name}: start {release_id} once beside the running apps",
+                             commands.start_check(self.stack, server, release_id, contract, self.health_timeout,
+                                                  self.control_dir))
+        for line in result.output.splitlines():
+            self.say(f"[{server.name}]   {line}")
+
     def switch_and_check(self, server: Server, release_id: str) -> None:
         self.remote(f"{server.name}: switch to {release_id}",
                     commands.switch(self.stack, server, release_id, self.control_dir))
@@ -211,14 +225,21 @@ class Deployer:
         self.remote(f"{server.name}: record {release_id}",
                     commands.activated(self.stack, server, release_id, self.control_dir))
 
-    def roll(self, outcome: Outcome, plan: list[tuple[Holdings, str]]) -> Outcome:
+    def roll(self, outcome: Outcome, plan: list[tuple[Holdings, str]], new: Contract | None = None) -> Outcome:
+        """`new`: the contract of a release no server has run yet (a deploy's), whose
+        start is checked on each server before it switches."""
         for number, (held, to_release) in enumerate(plan):
             server = held.server
             step = Step(server, held.current, to_release)
             outcome.steps.append(step)
+            start = time.monotonic()
+            if new and not self.starts(step, new):
+                step.seconds = time.monotonic() - start
+                outcome.untouched = [h.server for h, _ in plan[number + 1:]]
+                return outcome
             self.say(f"[{server.name}] {held.current or '(none)'} -> {to_release}: switching, reloading, "
                      f"waiting for health (up to {self.health_timeout}s)")
-            start, switched_at = time.monotonic(), time.time()
+            switched_at = time.time()
             try:
                 self.switch_and_check(server, to_release)
             except CommandFailed as failed:
@@ -233,6 +254,21 @@ class Deployer:
             step.seconds = time.monotonic() - start
             self.say(f"[{server.name}] healthy on {to_release} ({step.seconds:.1f}s)")
         return outcome
+
+    def starts(self, step: Step, contract: Contract) -> bool:
+        """The start check for one step; a failure says what failed and leaves the server
+        as it was (it never switched)."""
+        self.say(f"[{step.server.name}] starting {step.to_release}'s processes once beside the running apps")
+        try:
+            self.start_check(step.server, step.to_release, contract)
+        except CommandFailed as failed:
+            failures = [line for line in failed.result.output.splitlines() if ": FAILED: " in line]
+            step.problem = f"{failed}: {'; '.join(failures) or failed.result.last_line}"
+            step.refused_at_start = True
+            self.say(f"[{step.server.name}] FAILED {step.problem}; not switched: still on "
+                     f"{step.from_release or '(none)'}")
+            return False
+        return True
 
     def show_apps_journal(self, server: Server, since: float, event: str = "the switch") -> None:
         """What the apps' unit said since `event` (as Kamal shows a failed container's
@@ -272,7 +308,7 @@ class Deployer:
             self.upload(server, build)
         if build.contract.release:
             self.release_command(build)
-        self.roll(outcome, [(h, build.release_id) for h in held])
+        self.roll(outcome, [(h, build.release_id) for h in held], new=build.contract)
         if outcome.ok:
             for server in self.stack.servers:
                 removed = self.remote(f"{server.name}: prune", commands.prune(self.stack, server, keep, self.control_dir))
@@ -317,6 +353,9 @@ def summary(outcome: Outcome) -> list[str]:
     for step in outcome.steps:
         if step.ok:
             lines.append(f"  {step.server.name}: {step.to_release} (healthy in {step.seconds:.1f}s)")
+        elif step.refused_at_start:
+            lines.append(f"  {step.server.name}: {step.to_release} failed ({step.problem}); not switched: still on "
+                         f"{step.from_release or '(none)'}")
         else:
             back = f"switched back to {step.from_release}" if step.switched_back else "NOT switched back: check it"
             lines.append(f"  {step.server.name}: {step.to_release} failed ({step.problem}); {back}")

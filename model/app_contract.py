@@ -35,6 +35,7 @@ from .settings import NODE_MAJORS
 
 FILE = "platform.json"
 ROUTES = {"/": conventions.WEB_APP_PORT, "/api/": conventions.API_APP_PORT}
+HEALTH_ROUTE = conventions.API_PATH_PREFIX   # its process answers the contract's health path
 MAX_PROCESSES = 10
 MAX_INSTANCES = 64
 MAX_COMMAND_CHARS = 1000
@@ -57,6 +58,10 @@ class Process:
     @property
     def port(self) -> int | None:
         return ROUTES.get(self.serves) if self.serves else None
+
+    @property
+    def answers_health(self) -> bool:
+        return self.serves == HEALTH_ROUTE
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ order of commands and on what each server ends up running.
 from __future__ import annotations
 
 import io
+import json
 import shlex
 from dataclasses import dataclass, field
 
@@ -43,10 +44,12 @@ class Fleet(Executor):
     servers: dict[str, FakeServer] = field(default_factory=dict)
     unhealthy: set[tuple[str, str]] = field(default_factory=set)   # (address, release) that never get healthy
     dies: set[tuple[str, str]] = field(default_factory=set)        # (address, release) pm2 gives up on: reload fails
+    fails_to_start: set[tuple[str, str]] = field(default_factory=set)   # (address, release) its start check fails
     journal: dict[tuple[str, str], str] | None = field(default_factory=dict)   # (address, release): its journal
     journal_since: list[int] = field(default_factory=list)         # the SINCE of each journal asked
     lock_holder: str | None = None     # a deploy lock already held on every server
     log: list[tuple[str, str]] = field(default_factory=list)       # (host, action) in the order run
+    argvs: list[list[str]] = field(default_factory=list)           # every command, as run
     locks: dict[str, str] = field(default_factory=dict)            # address: who holds its deploy lock
     release_command_exit: int = 0      # what the contract's release command exits with
     drained: set[str] = field(default_factory=set)   # addresses out of the LB's pool (platform-drain)
@@ -60,6 +63,7 @@ class Fleet(Executor):
         self.out = io.StringIO()
 
     def run(self, argv, *, input=None, timeout=900):
+        self.argvs.append(argv)
         if argv[0] == "rsync":
             address = argv[-1].split(":", 1)[0]
             rid = argv[-1].rsplit("/", 2)[-2].removesuffix(".partial")
@@ -135,6 +139,8 @@ class Fleet(Executor):
     def on_server(self, address, remote, script):
         server = self.servers[address]
         if remote[:5] == ["sudo", "-n", "-u", conventions.APP_USER, "/usr/local/sbin/platform-app-exec"]:
+            if remote[7:10] == ["--", "node", "-"]:
+                return self.start_check(address, remote, script)
             assert remote[5] == "--release" and remote[7:10] == ["--", "sh", "-c"], remote
             assert remote[6] in server.releases, "the release command runs in the uploaded release"
             self.log.append((address, f"release-command {remote[6]}: {remote[10]}"))
@@ -186,6 +192,19 @@ class Fleet(Executor):
         if action == "runtime":
             return Result([], 0, server.runtime + "\n")
         raise AssertionError(action)
+
+    def start_check(self, address, remote, script):
+        """deploy/start_check.js in an uploaded release, as the app user: a line per process."""
+        assert remote[5] == "--release" and script.startswith("// The start check"), remote
+        release, spec = remote[6], json.loads(remote[10])
+        assert release in self.servers[address].releases, "the start check runs in the uploaded release"
+        self.log.append((address, f"start-check {release}"))
+        if (address, release) in self.fails_to_start:
+            return Result([], 1, "web: started (ready in 0.3s, stopped in 0.1s)\n"
+                                 "api: FAILED: it exited (code 1) before it said ready\n"
+                                 "  api: Error: Cannot find module 'pg'\n")
+        return Result([], 0, "".join(f"{p['name']}: started (ready in 0.3s, stopped in 0.1s)\n"
+                                     for p in spec["processes"]))
 
     def printed(self) -> str:
         return self.out.getvalue()

@@ -6,15 +6,18 @@ order of commands and on what each server ends up running.
 from __future__ import annotations
 
 import io
+import json
+import shlex
 import threading
 import time
 
 import pytest
 
 from deploy import __main__ as cli
-from deploy import roll
+from deploy import commands, roll
 from deploy.executor import Executor, Result
 from deploy.release import Build
+from model.app_contract import Contract, Process
 
 from fleet import BUILD, NEW, OLD, SERVERS, STACK, FakeTarget, Fleet
 
@@ -30,9 +33,12 @@ def test_a_deploy_uploads_everywhere_first_then_rolls_one_server_at_a_time():
         (a1, f"rsync {NEW}"), (a1, f"accept {NEW}"),
         (a2, f"rsync {NEW}"), (a2, f"accept {NEW}"),
         (a3, f"rsync {NEW}"), (a3, f"accept {NEW}"),
-        (a1, f"switch {NEW}"), (a1, "reload"), (a1, "health 60"), (a1, f"activated {NEW}"),
-        (a2, f"switch {NEW}"), (a2, "reload"), (a2, "health 60"), (a2, f"activated {NEW}"),
-        (a3, f"switch {NEW}"), (a3, "reload"), (a3, "health 60"), (a3, f"activated {NEW}"),
+        (a1, f"start-check {NEW}"), (a1, f"switch {NEW}"), (a1, "reload"), (a1, "health 60"),
+        (a1, f"activated {NEW}"),
+        (a2, f"start-check {NEW}"), (a2, f"switch {NEW}"), (a2, "reload"), (a2, "health 60"),
+        (a2, f"activated {NEW}"),
+        (a3, f"start-check {NEW}"), (a3, f"switch {NEW}"), (a3, "reload"), (a3, "health 60"),
+        (a3, f"activated {NEW}"),
         (a1, "prune 5"), (a2, "prune 5"), (a3, "prune 5"),
     ]
     assert all(s.running == NEW for s in fleet.servers.values())
@@ -57,6 +63,40 @@ def test_a_server_that_does_not_get_healthy_is_switched_back_and_the_roll_stops(
     assert "deploy: STOPPED" in text
     assert f"app-2: {NEW} failed" in text and f"switched back to {OLD}" in text
     assert "app-3: not touched" in text
+
+
+def test_a_release_that_fails_its_start_check_is_never_switched_to_and_the_roll_stops_there():
+    a1, a2, a3 = (s.address for s in SERVERS)
+    fleet = Fleet(fails_to_start={(a2, NEW)})
+    outcome = roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)
+    assert not outcome.ok
+    assert [a for h, a in fleet.log if h == a2][-2:] == [f"accept {NEW}", f"start-check {NEW}"], "no switch, no reload"
+    assert [a for h, a in fleet.log if h == a3 and a.startswith(("start-check", "switch", "reload"))] == []
+    assert (fleet.servers[a1].running, fleet.servers[a2].running, fleet.servers[a3].running) == (NEW, OLD, OLD)
+    assert fleet.servers[a2].current == OLD and fleet.journal_since == [], "nothing ran there: no journal to show"
+    said = fleet.printed()
+    assert ("[app-2] FAILED app-2: start 20261129T213005Z-bbbbbbb once beside the running apps: exit 1: api: FAILED: "
+            "it exited (code 1) before it said ready; not switched: still on 20261129T100000Z-aaaaaaa") in said
+    assert "  ! " + "  api: Error: Cannot find module 'pg'" in said, "what the process wrote is shown"
+    text = "\n".join(roll.summary(outcome))
+    assert f"app-2: {NEW} failed (app-2: start {NEW} once beside the running apps: exit 1: api: FAILED: " in text
+    assert f"not switched: still on {OLD}" in text and "app-3: not touched" in text
+    # The start check is run with the release's processes that serve a route, and pm2's waits.
+    command = next(argv for argv in fleet.argvs if "node" in argv[-1])
+    assert json.loads(shlex.split(command[-1])[-1]) == {
+        "processes": [{"name": "web", "script": "web/server.js", "health": None},
+                      {"name": "api", "script": "api/server.js", "health": "/healthz"}],
+        "ready_ms": 10000, "stop_ms": 8000, "health_ms": 60000}
+
+
+def test_the_start_check_leaves_workers_alone_and_asks_the_api_at_the_contracts_health_path():
+    contract = Contract((Process("site", "dist/site.js", "/"), Process("api", "api/server.js", "/api/", 2),
+                         Process("worker", "worker.js")), health="/ready")
+    command = commands.start_check(STACK, SERVERS[0], NEW, contract, 25)
+    assert json.loads(shlex.split(command.argv[-1])[-1])["processes"] == [
+        {"name": "site", "script": "dist/site.js", "health": None},
+        {"name": "api", "script": "api/server.js", "health": "/ready"}]
+    assert command.stdin == commands.START_CHECK_SCRIPT.read_text() and command.stdin.startswith("// The start check")
 
 
 JOURNAL = """\
