@@ -3,7 +3,8 @@
 Real droplets, real SSH through the LB as jump host, rsync as the deploy user, pm2's
 graceful reload under systemd, and a steady stream of GETs from the internet client
 through the LB's TLS front while it all happens. The tests run in order on one stack:
-deploy, a bad release that stops at the first server, rollback, concurrent deploys.
+deploy, a release the start check refuses, one that fails under pm2 and is switched back,
+rollback, concurrent deploys.
 
 Operator key: deploy logs in as `deploy` (on the LB, which it only passes, and on each app
 server) with an operator's key: the local cloud's own, which a local override adds to the
@@ -33,12 +34,14 @@ from on_the_local_stack import (
 
 pytestmark = pytest.mark.localcloud
 
-def bad_app(tmp_path: Path) -> str:
-    """The example app with an API that dies as it starts: /healthz never answers."""
+def bad_app(tmp_path: Path, dies_when: str = "true") -> str:
+    """The example app with an API that exits as it starts when `dies_when` (JavaScript)
+    holds: /healthz never answers."""
     app = tmp_path / "bad-app"
     shutil.copytree(DEFAULT_APP_DIR, app, ignore=shutil.ignore_patterns("node_modules"))
     server = app / "api" / "server.js"
-    server.write_text("'use strict';\nconsole.error('bad release: exiting');\nprocess.exit(1);\n" + server.read_text())
+    server.write_text(f"'use strict';\nif ({dies_when}) {{ console.error('bad release: exiting'); process.exit(1); }}\n"
+                      + server.read_text())
     return str(app)
 
 
@@ -99,15 +102,44 @@ def archived_in_the_spaces_stand_in(plan, release: str, output: str) -> None:
     assert archived == {p.removeprefix("./") for p in held.splitlines()}
 
 
-def test_a_bad_release_stops_at_the_first_server_switched_back_and_no_get_fails(local_stack, plan, operator_key,
-                                                                                 tmp_path):
+def test_a_release_whose_api_exits_as_it_starts_is_never_switched_to_and_no_request_fails(local_stack, plan,
+                                                                                          operator_key, tmp_path):
     servers = app_servers(plan)
     good = {d.name: current_of(d.name) for d in servers}
+    workers = {d.name: on(d.name, "pgrep -u app -f 'node ' | sort") for d in servers}
     result, seen = under_load(local_stack, "deploy", "--app", bad_app(tmp_path), "--health-timeout", HEALTH_TIMEOUT,
                               key=operator_key)
     assert result.returncode == 1, result.stdout + result.stderr
     bad = release_id_from(result.stdout)
     first, *rest = servers
+    # Started beside the running apps on app-1, as the app user with the apps' environment:
+    # the API died, the web process started and was stopped, app-1 never switched.
+    assert (f"{first.key}: {bad} failed ({first.key}: start {bad} once beside the running apps: exit 1: api: FAILED: "
+            f"it exited (code 1) before it said ready); not switched: still on {good[first.name]}") in result.stdout
+    assert "  !   api: bad release: exiting" in result.stdout and "  ! web: started (ready in " in result.stdout
+    for d in rest:
+        assert f"{d.key}: not touched" in result.stdout
+    for d in servers:
+        assert current_of(d.name) == good[d.name]
+        assert running_releases(d.name) == {good[d.name]}
+    assert_none_lost(plan, seen)   # POSTs too: no request ever reached the release
+    assert seen["by_status"].get("201", 0) > 10, seen
+    # Nothing reloaded or restarted the apps anywhere: every worker is the one from before.
+    assert {d.name: on(d.name, "pgrep -u app -f 'node ' | sort") for d in servers} == workers
+
+
+def test_a_release_failing_only_under_pm2_stops_at_the_first_server_switched_back_and_no_get_fails(
+        local_stack, plan, operator_key, tmp_path):
+    """What the start check cannot see (here an API that exits when pm2 runs it, standing
+    for failures that come with pm2, load or time): the reload fails, the server goes back."""
+    servers = app_servers(plan)
+    good = {d.name: current_of(d.name) for d in servers}
+    result, seen = under_load(local_stack, "deploy", "--app", bad_app(tmp_path, "process.env.pm_id !== undefined"),
+                              "--health-timeout", HEALTH_TIMEOUT, key=operator_key)
+    assert result.returncode == 1, result.stdout + result.stderr
+    bad = release_id_from(result.stdout)
+    first, *rest = servers
+    assert f"[{first.key}]   api: started (ready in " in result.stdout, "the start check passed"
     assert f"{first.key}: {bad} failed" in result.stdout
     # pm2 gave up on the API as it started: the reload failed (no health wait besides) and
     # the deploy showed the apps' journal: what the API wrote as it died (which pm2 loses
