@@ -4,7 +4,8 @@
 
 Each round is one `python -m deploy deploy staging --local` of the example app, as an
 operator runs it. From its output: the build, the archive upload, each server's rsync and
-its switch-reload-healthy time, and the whole deploy divided by the number of servers.
+its start-check-switch-reload-healthy time, and the whole deploy divided by the number of
+servers.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def one_deploy() -> dict:
     out = proc.stdout
     uploads = [float(s) for s in re.findall(r"^\[[\w-]+\] uploaded \S+ \(([\d.]+)s\)$", out, re.M)]
     healthy = [float(s) for s in re.findall(r"^\[[\w-]+\] healthy on \S+ \(([\d.]+)s\)$", out, re.M)]
-    archive = re.search(r"^archived \S+ with its manifest \(([\d.]+)s\)$", out, re.M)
+    archive = re.search(r"^archived \S+ with its signed manifest \(([\d.]+)s\)$", out, re.M)
     return {"total_s": round(took, 1), "servers": len(healthy), "upload_s": uploads, "healthy_s": healthy,
             "archive_s": float(archive.group(1)) if archive else None}
 
