@@ -46,14 +46,15 @@ def files(settings: Settings) -> list[ConfigFile]:
 
 def pushes(settings: Settings) -> dict[str, Push]:
     # The pool's addresses, for nginx and for the deploy login's jumps; platform-push puts
-    # the old files back if nginx -t or sshd -t fails.
+    # the old files back if nginx -t or sshd -t fails. A server drained for a restart stays
+    # drained: `platform-drain keep` marks it down again in the new file before nginx -t.
     return {
         "upstreams": Push(
             files={
                 "upstreams.conf": Target(conventions.LB_UPSTREAMS_FILE),
                 "deploy-permitopen.conf": Target(conventions.LB_DEPLOY_PERMIT_OPEN_FILE),
             },
-            check=[NGINX_CHECK, SSHD_CHECK],
+            check=[[conventions.DRAIN_COMMAND, "keep"], NGINX_CHECK, SSHD_CHECK],
             then=[NGINX_RELOAD, SSHD_RELOAD],
         )
     }

@@ -6,16 +6,21 @@
 #                                (each finishes the requests it sent there first)
 #   platform-drain off ADDRESS   `down` goes, nginx reloads
 #   platform-drain status        the drained addresses, one per line
-# The upstreams file is the one platform-push writes when the pool changes: such a push
-# puts every server back in the pool. A change holds the droplet lock, as pushes do.
+#   platform-drain keep          the first check of a push of the upstreams file (a new
+#                                pool, written without marks): the addresses drained before
+#                                and still in the pool are marked `down` again, before
+#                                nginx reads it; the push reloads nginx
+# Which addresses are drained is also kept apart from the upstreams file, for `keep`. A
+# change holds the droplet lock, as pushes do.
 set -euo pipefail
 
 upstreams={{ c.LB_UPSTREAMS_FILE }}
+drained={{ c.DRAINED_FILE }}
 port={{ c.APP_TLS_PORT }}
 wait_seconds={{ c.DRAIN_WAIT_SECONDS }}
 
 usage() {
-    echo "usage: platform-drain on ADDRESS | off ADDRESS | status" >&2
+    echo "usage: platform-drain on ADDRESS | off ADDRESS | status | keep" >&2
     exit 2
 }
 
@@ -26,47 +31,94 @@ pool() {
         "$upstreams" | grep -v '^127\.'
 }
 
+in_pool() { pool | awk -v a="$1" '$1 == a { found = 1 } END { exit !found }'; }
+# Another server than $1 still gets requests.
+other_up() { pool | awk -v a="$1" '$1 != a && $2 == "up" { up = 1 } END { exit !up }'; }
+
+# Writes stdin to $1 as platform-write does (only if it differs), keeping its mode and owner.
+put() {
+    if [ -e "$1" ]; then
+        {{ c.WRITE_COMMAND }} "$1" "$(stat -c %a "$1")" "$(stat -c %U:%G "$1")" >/dev/null
+    else
+        {{ c.WRITE_COMMAND }} "$1" 644 root:root >/dev/null
+    fi
+}
+
+# ADDRESS's upstream line with `down` (on) or without (off).
+mark() {
+    local line="^(\s*server ${1//./\\.}:$port\b.*)" edit changed
+    if [ "$2" = on ]; then
+        edit="/\bdown;\s*$/! s/$line;\s*$/\1 down;/"
+    else
+        edit="s/$line down;\s*$/\1;/"
+    fi
+    changed=$(sed -E "$edit" "$upstreams")
+    printf '%s\n' "$changed" | put "$upstreams"
+}
+
+# The drained list with ADDRESS added (on) or taken out (off).
+record() {
+    { grep -vxF "$1" "$drained" 2>/dev/null || true; if [ "$2" = on ]; then echo "$1"; fi; } | put "$drained"
+}
+
+keep() {
+    local address addresses
+    [ -s "$drained" ] || return 0
+    mapfile -t addresses < "$drained"
+    for address in "${addresses[@]}"; do
+        if ! in_pool "$address"; then
+            echo "platform-drain: $address left the pool: no longer drained"
+            record "$address" off
+        elif ! other_up "$address"; then
+            echo "platform-drain: $address is back in the pool: the only app server the LB would send requests to" >&2
+            record "$address" off
+        else
+            mark "$address" on
+            echo "platform-drain: $address is still drained"
+        fi
+    done
+}
+
 case "${1:-}" in
     status)
         pool | awk '$2 == "down" { print $1 }'
         exit 0
         ;;
+    keep) [ $# -eq 1 ] || usage ;;
     on | off) [ $# -eq 2 ] || usage ;;
     *) usage ;;
 esac
-action=$1 address=$2
+action=$1 address=${2:-}
 
 if ! {{ c.LOCK_COMMAND }} held; then
     exec {{ c.LOCK_COMMAND }} run "drain $action $address" "$0" "$@"
 fi
+if [ "$action" = keep ]; then
+    keep
+    exit 0
+fi
 
-if ! pool | awk -v a="$address" '$1 == a { found = 1 } END { exit !found }'; then
+if ! in_pool "$address"; then
     echo "platform-drain: $address is not in the LB's pool (it has: $(pool | awk '{ print $1 }' | xargs))" >&2
     exit 2
 fi
-if [ "$action" = on ] && ! pool | awk -v a="$address" '$1 != a && $2 == "up" { up = 1 } END { exit !up }'; then
+if [ "$action" = on ] && ! other_up "$address"; then
     echo "platform-drain: refused: $address is the only app server the LB sends requests to" >&2
     exit 2
 fi
 
-line="^(\s*server ${address//./\\.}:$port\b.*)"
-if [ "$action" = on ]; then
-    edit="/\bdown;\s*$/! s/$line;\s*$/\1 down;/"
-else
-    edit="s/$line down;\s*$/\1;/"
-fi
 before=$(mktemp)
 trap 'rm -f "$before"' EXIT
-cp "$upstreams" "$before"
-put() { {{ c.WRITE_COMMAND }} "$upstreams" "$(stat -c %a "$before")" "$(stat -c %U:%G "$before")" >/dev/null; }
+cp -p "$upstreams" "$before"
 workers=$(pgrep -P "$(cat /run/nginx.pid)" || true)
-sed -E "$edit" "$before" | put
+mark "$address" "$action"
 if ! nginx -t -q; then
-    put <"$before"
+    put "$upstreams" <"$before"
     echo "platform-drain: nginx -t refused the changed upstreams: put back as they were" >&2
     exit 1
 fi
 systemctl reload nginx
+record "$address" "$action"
 
 if [ "$action" = off ]; then
     echo "$address: in the pool"
