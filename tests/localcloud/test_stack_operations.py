@@ -182,6 +182,55 @@ def test_rebooting_the_datastore_keeps_committed_data_and_the_apps_recover_alone
         assert_note_in_every_engine(read_notes(local_stack), text)
 
 
+# --- a new pool while a server is drained ----------------------------------------
+
+def test_a_new_pool_keeps_a_drained_server_drained_and_forgets_one_that_left(local_stack):
+    """`platform-push upstreams`, as `pulumi up` runs it when the pool changes, while
+    `deploy restart` has an app server out of the LB's pool: it stays out."""
+    from cloudinit import load_balancer as lb_files
+    servers = sorted(local_stack.plan.with_tag(conventions.APP_SERVER), key=lambda d: d.name)
+    pool = [d.vpc_ip for d in servers]
+    drained, serving = pool[-1], servers[0].name
+    spare = pool[0].rsplit(".", 1)[0] + ".250"   # no droplet there: the LB's passive checks skip it
+
+    def push(addresses: list[str]) -> str:
+        files = {"upstreams.conf": lb_files.upstreams(addresses), "deploy-permitopen.conf":
+                 lb_files.deploy_permit_open(addresses)}
+        proc = local_stack.run("lb", [conventions.PUSH_COMMAND, "upstreams"], input=json.dumps(files))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout + proc.stderr
+
+    def drain(*args: str) -> str:
+        proc = local_stack.run("lb", [conventions.DRAIN_COMMAND, *args], timeout=90)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    drain("on", drained)
+    try:
+        said = push([*pool, spare])
+        assert f"platform-drain: {drained} is still drained" in said, said
+        assert drain("status").split() == [drained]
+        seen = traffic.result(local_stack.stream("/api/hello", rate=10, seconds=3))
+        assert set(seen["hosts"]) == {serving} and seen["failed"] == 0, seen
+        # Alone in a new pool it cannot stay out: the LB would send requests nowhere.
+        said = push([drained])
+        assert f"platform-drain: {drained} is back in the pool: the only app server" in said, said
+        assert drain("status") == ""
+        push(pool)
+        drain("on", drained)
+        # The drained server leaves the pool, then comes back: in it, and no longer drained.
+        said = push([pool[0], spare])
+        assert f"platform-drain: {drained} left the pool: no longer drained" in said, said
+        push(pool)
+        assert drain("status") == ""
+        assert local_stack.run("lb", ["cat", conventions.DRAINED_FILE]).stdout == ""
+    finally:
+        push(pool)
+        drain("off", drained)
+    seen = traffic.result(local_stack.stream("/api/hello", rate=10, seconds=4))
+    assert set(seen["hosts"]) == set(local_stack.app_servers()) and seen["failed"] == 0, seen
+
+
 # --- scaling 2 -> 3 -> 2 --------------------------------------------------------
 
 def test_scaling_to_three_adds_one_droplet_and_back_to_two_fails_no_request(local_stack):
