@@ -154,6 +154,11 @@ def switch(stack, server, release_id, control_dir=None) -> Remote:
     return release_action(stack, server, "switch", release_id, control_dir=control_dir)
 
 
+def release_contract(stack, server, release_id, control_dir=None) -> Remote:
+    """The platform.json release `release_id` carries on one server (empty: none)."""
+    return release_action(stack, server, "contract", release_id, control_dir=control_dir)
+
+
 def health(stack, server, timeout: int, control_dir=None) -> Remote:
     return release_action(stack, server, "health", str(timeout), control_dir=control_dir)
 

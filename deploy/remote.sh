@@ -8,6 +8,7 @@
 #   list                  one line per release: <id> <mtime> [current] [previous]
 #   accept ID             ID.partial (the rsync target) becomes the release ID
 #   switch ID             point `current` at release ID, atomically
+#   contract ID           release ID's platform.json (the app contract), or nothing
 #   health SECONDS        wait until /healthz answers 200 three times in a row
 #   activated ID          record that ID ran healthy (what `previous` is made of)
 #   prune KEEP            keep the KEEP newest releases, `current` and `previous`
@@ -95,6 +96,12 @@ switch() {
     # A new link beside the old one, renamed over it: `current` is never missing.
     ln -sfn "$RELEASES_DIR/$1" "$CURRENT_LINK.new"
     mv -T "$CURRENT_LINK.new" "$CURRENT_LINK"
+}
+
+contract() {
+    valid_id "$1"
+    [ -d "$RELEASES_DIR/$1" ] || { echo "deploy: no release $1 on $(hostname)" >&2; exit 1; }
+    if [ -r "$RELEASES_DIR/$1/platform.json" ]; then cat "$RELEASES_DIR/$1/platform.json"; fi
 }
 
 # One /healthz answer, status and body: `health` waits for three, this only looks.
@@ -262,6 +269,7 @@ case "$action" in
     list) list ;;
     accept) accept "$1" ;;
     switch) switch "$1" ;;
+    contract) contract "$1" ;;
     health) health "$1" ;;
     activated) activated "$1" ;;
     prune) prune "$1" ;;

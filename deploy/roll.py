@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import json
 import os
 import socket
 import time
 from dataclasses import dataclass, field
 
 from model import conventions
+from model import app_contract
 from model.app_contract import Contract
 
 from . import commands, journal
@@ -207,10 +209,25 @@ class Deployer:
 
     # --- one server, then the next ------------------------------------------------------
 
-    def start_check(self, server: Server, release_id: str, contract: Contract) -> None:
+    def release_contract(self, server: Server, release_id: str) -> Contract:
+        """The app contract release `release_id` carries on `server` (ContractError if it is
+        not one): what its processes are, as pm2 will read them there."""
+        result = self.remote(f"{server.name}: the contract of {release_id}",
+                             commands.release_contract(self.stack, server, release_id, self.control_dir))
+        if not result.output.strip():
+            return app_contract.DEFAULT
+        where = f"{server.name}: {release_id}/{app_contract.FILE}"
+        try:
+            data = json.loads(result.output)
+        except ValueError as bad:
+            raise app_contract.ContractError(where, [f"not JSON: {bad}"]) from None
+        return app_contract.parse(data, where)
+
+    def start_check(self, server: Server, release_id: str) -> None:
         """The release's serving processes started once beside the running apps, then
         stopped: a release that dies as it starts never reaches pm2's reload, which would
         delete the old workers once the new ones' ready wait ran out."""
+        contract = self.release_contract(server, release_id)
         result = self.remote(f"{server.name}: start {release_id} once beside the running apps",
                              commands.start_check(self.stack, server, release_id, contract, self.health_timeout,
                                                   self.control_dir))
@@ -225,15 +242,13 @@ class Deployer:
         self.remote(f"{server.name}: record {release_id}",
                     commands.activated(self.stack, server, release_id, self.control_dir))
 
-    def roll(self, outcome: Outcome, plan: list[tuple[Holdings, str]], new: Contract | None = None) -> Outcome:
-        """`new`: the contract of a release no server has run yet (a deploy's), whose
-        start is checked on each server before it switches."""
+    def roll(self, outcome: Outcome, plan: list[tuple[Holdings, str]]) -> Outcome:
         for number, (held, to_release) in enumerate(plan):
             server = held.server
             step = Step(server, held.current, to_release)
             outcome.steps.append(step)
             start = time.monotonic()
-            if new and not self.starts(step, new):
+            if not self.starts(step):
                 step.seconds = time.monotonic() - start
                 outcome.untouched = [h.server for h, _ in plan[number + 1:]]
                 return outcome
@@ -255,15 +270,18 @@ class Deployer:
             self.say(f"[{server.name}] healthy on {to_release} ({step.seconds:.1f}s)")
         return outcome
 
-    def starts(self, step: Step, contract: Contract) -> bool:
+    def starts(self, step: Step) -> bool:
         """The start check for one step; a failure says what failed and leaves the server
         as it was (it never switched)."""
         self.say(f"[{step.server.name}] starting {step.to_release}'s processes once beside the running apps")
         try:
-            self.start_check(step.server, step.to_release, contract)
+            self.start_check(step.server, step.to_release)
         except CommandFailed as failed:
             failures = [line for line in failed.result.output.splitlines() if ": FAILED: " in line]
             step.problem = f"{failed}: {'; '.join(failures) or failed.result.last_line}"
+        except app_contract.ContractError as bad:
+            step.problem = f"{bad.args[0].splitlines()[0]} {'; '.join(bad.problems)}"
+        if step.problem:
             step.refused_at_start = True
             self.say(f"[{step.server.name}] FAILED {step.problem}; not switched: still on "
                      f"{step.from_release or '(none)'}")
@@ -308,7 +326,7 @@ class Deployer:
             self.upload(server, build)
         if build.contract.release:
             self.release_command(build)
-        self.roll(outcome, [(h, build.release_id) for h in held], new=build.contract)
+        self.roll(outcome, [(h, build.release_id) for h in held])
         if outcome.ok:
             for server in self.stack.servers:
                 removed = self.remote(f"{server.name}: prune", commands.prune(self.stack, server, keep, self.control_dir))

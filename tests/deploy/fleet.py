@@ -13,7 +13,7 @@ import json
 import shlex
 from dataclasses import dataclass, field
 
-from model import conventions
+from model import app_contract, conventions
 from deploy.archive import NotArchived
 from deploy.notify import NoWebhook
 from deploy.executor import Executor, Result
@@ -45,6 +45,7 @@ class Fleet(Executor):
     unhealthy: set[tuple[str, str]] = field(default_factory=set)   # (address, release) that never get healthy
     dies: set[tuple[str, str]] = field(default_factory=set)        # (address, release) pm2 gives up on: reload fails
     fails_to_start: set[tuple[str, str]] = field(default_factory=set)   # (address, release) its start check fails
+    contracts: dict[str, str] = field(default_factory=dict)        # release: its platform.json, if not the default
     journal: dict[tuple[str, str], str] | None = field(default_factory=dict)   # (address, release): its journal
     journal_since: list[int] = field(default_factory=list)         # the SINCE of each journal asked
     lock_holder: str | None = None     # a deploy lock already held on every server
@@ -177,6 +178,9 @@ class Fleet(Executor):
         if action == "switch":
             server.current = args[0]
             return Result([], 0, "")
+        if action == "contract":   # what the build wrote: the default processes
+            assert args[0] in server.releases, "only a release the server holds"
+            return Result([], 0, self.contracts.get(args[0], json.dumps(app_contract.DEFAULT.as_json())))
         if action == "health":
             if (address, server.running) in self.unhealthy:
                 return Result([], 1, "deploy: https://staging-app:8443/healthz did not answer 200 ... (last: 502)\n")

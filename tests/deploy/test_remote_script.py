@@ -50,6 +50,17 @@ def test_shellcheck_passes_on_the_script_as_sent(tmp_path):
     assert result.returncode == 0, result.stdout
 
 
+def test_contract_prints_a_releases_platform_json_or_nothing_and_refuses_what_is_not_a_release(layout):
+    add_release(layout, "r1", 30)
+    add_release(layout, "r2", 20)
+    (layout / "releases" / "r1" / "platform.json").write_text('{"processes": {}}\n')
+    assert run(layout, "contract", "r1").stdout == '{"processes": {}}\n'
+    assert (run(layout, "contract", "r2").returncode, run(layout, "contract", "r2").stdout) == (0, "")
+    missing = run(layout, "contract", "r9")
+    assert missing.returncode == 1 and "no release r9" in missing.stderr
+    assert run(layout, "contract", "../r1").returncode == 2
+
+
 def test_switch_replaces_current_by_rename_and_list_marks_it(layout):
     add_release(layout, "r1", 30)
     add_release(layout, "r2", 20)

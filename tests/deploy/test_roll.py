@@ -33,11 +33,14 @@ def test_a_deploy_uploads_everywhere_first_then_rolls_one_server_at_a_time():
         (a1, f"rsync {NEW}"), (a1, f"accept {NEW}"),
         (a2, f"rsync {NEW}"), (a2, f"accept {NEW}"),
         (a3, f"rsync {NEW}"), (a3, f"accept {NEW}"),
-        (a1, f"start-check {NEW}"), (a1, f"switch {NEW}"), (a1, "reload"), (a1, "health 60"),
+        (a1, f"contract {NEW}"), (a1, f"start-check {NEW}"), (a1, f"switch {NEW}"), (a1, "reload"),
+        (a1, "health 60"),
         (a1, f"activated {NEW}"),
-        (a2, f"start-check {NEW}"), (a2, f"switch {NEW}"), (a2, "reload"), (a2, "health 60"),
+        (a2, f"contract {NEW}"), (a2, f"start-check {NEW}"), (a2, f"switch {NEW}"), (a2, "reload"),
+        (a2, "health 60"),
         (a2, f"activated {NEW}"),
-        (a3, f"start-check {NEW}"), (a3, f"switch {NEW}"), (a3, "reload"), (a3, "health 60"),
+        (a3, f"contract {NEW}"), (a3, f"start-check {NEW}"), (a3, f"switch {NEW}"), (a3, "reload"),
+        (a3, "health 60"),
         (a3, f"activated {NEW}"),
         (a1, "prune 5"), (a2, "prune 5"), (a3, "prune 5"),
     ]
@@ -70,8 +73,9 @@ def test_a_release_that_fails_its_start_check_is_never_switched_to_and_the_roll_
     fleet = Fleet(fails_to_start={(a2, NEW)})
     outcome = roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)
     assert not outcome.ok
-    assert [a for h, a in fleet.log if h == a2][-2:] == [f"accept {NEW}", f"start-check {NEW}"], "no switch, no reload"
-    assert [a for h, a in fleet.log if h == a3 and a.startswith(("start-check", "switch", "reload"))] == []
+    assert [a for h, a in fleet.log if h == a2][-3:] == [f"accept {NEW}", f"contract {NEW}", f"start-check {NEW}"], \
+        "no switch, no reload"
+    assert [a for h, a in fleet.log if h == a3 and a.startswith(("contract", "start-check", "switch", "reload"))] == []
     assert (fleet.servers[a1].running, fleet.servers[a2].running, fleet.servers[a3].running) == (NEW, OLD, OLD)
     assert fleet.servers[a2].current == OLD and fleet.journal_since == [], "nothing ran there: no journal to show"
     said = fleet.printed()
@@ -181,6 +185,32 @@ def test_rollback_returns_every_server_to_the_release_before_current():
     outcome = roll.Deployer(STACK, fleet).rollback(None)
     assert outcome.ok
     assert all((s.current, s.running) == (OLD, OLD) for s in fleet.servers.values())
+
+
+def test_a_rollback_checks_its_releases_start_as_the_server_holds_it():
+    a1, a2, _ = (s.address for s in SERVERS)
+    fleet = Fleet()
+    roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)
+    fleet.fails_to_start = {(a2, OLD)}
+    outcome = roll.Deployer(STACK, fleet).rollback(None)
+    assert not outcome.ok
+    assert [a for h, a in fleet.log if h == a1][-6:] == [
+        f"contract {OLD}", f"start-check {OLD}", f"switch {OLD}", "reload", "health 60", f"activated {OLD}"]
+    assert [a for h, a in fleet.log if h == a2][-2:] == [f"contract {OLD}", f"start-check {OLD}"]
+    assert [fleet.servers[a].running for a in (a1, a2)] == [OLD, NEW]
+    assert f"app-2: {OLD} failed (" in "\n".join(roll.summary(outcome))
+
+
+def test_a_release_whose_platform_json_is_not_a_contract_is_not_switched_to_naming_the_problem():
+    fleet = Fleet(contracts={NEW: '{"processes": {"api": {"script": "api/server.js", "serves": "/v2/"}}}'})
+    outcome = roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)
+    assert not outcome.ok and all(s.running == OLD for s in fleet.servers.values())
+    assert not [a for _, a in fleet.log if a.startswith(("start-check", "switch"))]
+    said = fleet.printed()
+    assert f"[app-1] FAILED app-1: {NEW}/platform.json: 3 problem(s): processes.api.serves: '/v2/' is not " in said
+    fleet = Fleet(contracts={NEW: "{not json"})
+    roll.Deployer(STACK, fleet).deploy(BUILD, keep=5)
+    assert f"[app-1] FAILED app-1: {NEW}/platform.json: 1 problem(s): not JSON: " in fleet.printed()
 
 
 def test_rollback_to_a_named_release_refuses_before_touching_anything_when_a_server_lacks_it():
