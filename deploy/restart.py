@@ -11,7 +11,8 @@ pool (platform-drain, as ops: the LB's workers that sent it requests finish them
 the unit restarted (as ops: the deploy login may only reload it), its health waited for,
 back in the pool. A server that does not come back healthy stays out of the pool and the
 restart stops there; a server left out of the pool is restarted by the next run, which
-puts it back once healthy.
+puts it back once healthy. One that served unhealthy before (its datastore down, say) goes
+back in the pool as it was: kept out, it would stay out once the cause is gone.
 """
 
 from __future__ import annotations
@@ -57,19 +58,23 @@ def restart(deployer: Deployer) -> list[str]:
     """The servers restarted, in order (none when each ran as it should)."""
     stack, say = deployer.stack, deployer.say
     out_of_pool = drained(deployer)
-    reasons = {s.server.name: why for s in (server_status(deployer, server) for server in stack.servers)
-               if (why := why_restart(s, out_of_pool))}
+    statuses = {server.name: server_status(deployer, server) for server in stack.servers}
+    reasons = {name: why for name, status in statuses.items() if (why := why_restart(status, out_of_pool))}
     if not reasons:
         say("restart: nothing to restart: every server's apps run, healthy, on their unit's current file")
         return []
     for server in stack.servers:
         if server.name in reasons:
-            restart_one(deployer, server, reasons[server.name], alone=len(stack.servers) == 1)
+            served_unhealthy = not statuses[server.name].healthy and server.address not in out_of_pool
+            restart_one(deployer, server, reasons[server.name], alone=len(stack.servers) == 1,
+                        served_unhealthy=served_unhealthy)
     say(f"restart: done ({', '.join(reasons)})")
     return list(reasons)
 
 
-def restart_one(deployer: Deployer, server: Server, reason: str, alone: bool) -> None:
+def restart_one(deployer: Deployer, server: Server, reason: str, alone: bool, served_unhealthy: bool = False) -> None:
+    """`served_unhealthy`: it was in the LB's pool, not healthy, before: if the restart does
+    not make it healthy it goes back in the pool, no worse than it was."""
     stack, say = deployer.stack, deployer.say
     start = time.monotonic()
     say(f"[{server.name}] restarting the apps ({reason})")
@@ -90,7 +95,13 @@ def restart_one(deployer: Deployer, server: Server, reason: str, alone: bool) ->
     except CommandFailed as failed:
         say(f"[{server.name}] FAILED {failed}: {failed.result.last_line}")
         deployer.show_apps_journal(server, started_at, "the restart")
-        kept = "" if alone else "; it stays out of the LB's pool until a restart brings it back healthy"
+        if alone:
+            kept = ""
+        elif served_unhealthy:
+            deployer.remote(f"{server.name}: back in the LB's pool", commands.drain(stack, "off", server))
+            kept = "; it was not healthy before either: back in the LB's pool, as it was"
+        else:
+            kept = "; it stays out of the LB's pool until a restart brings it back healthy"
         raise DeployError(f"{server.name}: its apps did not come back healthy{kept}") from None
     if not alone:
         deployer.remote(f"{server.name}: back in the LB's pool", commands.drain(stack, "off", server))

@@ -56,6 +56,7 @@ class Fleet(Executor):
     drained: set[str] = field(default_factory=set)   # addresses out of the LB's pool (platform-drain)
     drain_fails: bool = False          # platform-drain on: old LB workers outlive its wait
     operator_refused: bool = False     # the key is not an operator's: ops logins fail
+    restart_breaks: set[str] = field(default_factory=set)   # addresses whose apps a restart leaves unhealthy
 
     def __post_init__(self):
         self.servers = self.servers or {s.address: FakeServer() for s in SERVERS}
@@ -135,6 +136,8 @@ class Fleet(Executor):
         self.log.append((address, "restart"))
         server.running, server.unit_changed, server.idle = server.current, False, ()
         server.restarts += 1
+        if address in self.restart_breaks:
+            self.unhealthy.add((address, server.running))
         return Result([], 0, "")
 
     def on_server(self, address, remote, script):
@@ -188,9 +191,10 @@ class Fleet(Executor):
         if action == "status":   # pm2-runtime (pid 100) up an hour, its unit's file 1 min or 2 h old; workers
             workers = "".join(f"process {pid} 600 node {conventions.CURRENT_RELEASE_LINK}/{name}/server.js\n"
                               for pid, name in ((120, "web"), (130, "api")) if name not in server.idle)
+            health = "502 {}" if (address, server.running) in self.unhealthy else "200 {}"
             return Result([], 0, f"release {server.current}\nunit active 100\n"
                                  f"unitfile {60 if server.unit_changed else 7200}\n"
-                                 f"process 100 3600 PM2 v6.0.13: God Daemon\n{workers}health 200 {{}}\n")
+                                 f"process 100 3600 PM2 v6.0.13: God Daemon\n{workers}health {health}\n")
         if action == "prune":
             return Result([], 0, "")
         if action == "runtime":

@@ -240,7 +240,7 @@ def test_a_restart_posts_its_end_only_when_it_restarted_something(monkeypatch, w
     assert run_tool(monkeypatch, fleet, hooked, "restart", "staging") == 0
     assert webhook.texts() == ["[staging] restart of the apps: done (app-2)"]
     fleet.servers[SERVERS[0].address].unit_changed = True
-    fleet.unhealthy.add((SERVERS[0].address, OLD))
+    fleet.restart_breaks.add(SERVERS[0].address)
     assert run_tool(monkeypatch, fleet, hooked, "restart", "staging") == 1
     assert webhook.texts()[1] == ("[staging] restart of the apps: STOPPED: app-1: its apps did not come back healthy; "
                                   "it stays out of the LB's pool until a restart brings it back healthy (see the "

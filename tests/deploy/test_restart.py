@@ -68,7 +68,7 @@ def test_a_server_whose_app_pm2_gave_up_on_is_restarted(monkeypatch):
 
 
 def test_a_server_that_does_not_come_back_healthy_stays_out_of_the_pool_and_the_next_run_brings_it_back(monkeypatch):
-    fleet = Fleet(unhealthy={(A1, OLD)})
+    fleet = Fleet(restart_breaks={A1})
     for server in fleet.servers.values():
         server.unit_changed = True
     assert restart(fleet, monkeypatch) == cli.EXIT_STOPPED
@@ -81,11 +81,28 @@ def test_a_server_that_does_not_come_back_healthy_stays_out_of_the_pool_and_the_
     # Fixed (here: a release that is healthy): the next run restarts it, as it is out of the
     # pool, and puts it back; then the others, still changed.
     fleet.log.clear()
+    fleet.restart_breaks.clear()
     fleet.servers[A1].current = NEW
     assert restart(fleet, monkeypatch) == 0
     assert steps(fleet)[:4] == [("lb", f"on {A1}"), (A1, "restart"), (A1, "health 60"), ("lb", f"off {A1}")]
     assert "[app-1] restarting the apps (out of the LB's pool since an earlier restart)" in fleet.printed()
     assert fleet.drained == set() and all(s.restarts for s in fleet.servers.values())
+
+
+def test_a_server_unhealthy_before_and_after_its_restart_goes_back_in_the_pool_as_it_was(monkeypatch):
+    """The datastore down: every server unhealthy; a restart does not help, and a server kept
+    out would stay out once the datastore is back."""
+    fleet = Fleet(unhealthy={(a, OLD) for a in (A1, A2, A3)})
+    assert restart(fleet, monkeypatch) == cli.EXIT_STOPPED
+    assert steps(fleet) == [("lb", f"on {A1}"), (A1, "restart"), (A1, "health 60"), ("lb", f"off {A1}")]
+    assert fleet.drained == set() and fleet.locks == {}
+    assert "[app-1] restarting the apps (not healthy: the apps' unit active, /healthz 502)" in fleet.printed()
+    assert ("restart: app-1: its apps did not come back healthy; it was not healthy before either: back in the "
+            "LB's pool, as it was") in fleet.printed()
+    # Out of the pool before (an earlier restart left it out): it stays out.
+    fleet = Fleet(unhealthy={(A1, OLD)}, drained={A1})
+    assert restart(fleet, monkeypatch) == cli.EXIT_STOPPED
+    assert fleet.drained == {A1} and "it stays out of the LB's pool until a restart" in fleet.printed()
 
 
 def test_a_drain_that_does_not_finish_puts_the_server_back_and_restarts_nothing(monkeypatch):
