@@ -18,8 +18,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from model import conventions
-from model import app_contract
+from model import app_contract, conventions
 from model.app_contract import Contract
 
 from . import commands, journal
