@@ -79,6 +79,7 @@ async function check({ name, script, health }) {
   const worker = cluster.fork({ PORT: String(port) });
   worker.process.stdout.on('data', keep);
   worker.process.stderr.on('data', keep);
+  worker.process.on('error', () => {});   // a signal sent as it exited: its exit says the rest
   const exited = new Promise((resolve) => worker.once('exit', (code, signal) => resolve({
     exit: signal ? `signal ${signal}` : `code ${code}`,
   })));
