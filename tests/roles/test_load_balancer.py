@@ -61,8 +61,9 @@ def test_initial_upstreams_send_everyone_to_maintenance():
 def test_a_broken_upstream_push_fails_the_check_that_guards_the_reload(tmp_path):
     """platform-push runs the push's check before any reload; nginx -t must catch this."""
     push = cloudinit.pushes(c.LOAD_BALANCER, settings())["upstreams"]
-    # With the deploy login's jump targets, which sshd -t checks (tests/roles/test_common.py).
-    assert push.check == [["nginx", "-t", "-q"], ["sshd", "-t"]]
+    # A drained server marked down again first (platform-drain keep), then nginx -t, and the
+    # deploy login's jump targets, which sshd -t checks (tests/roles/test_common.py).
+    assert push.check == [[c.DRAIN_COMMAND, "keep"], ["nginx", "-t", "-q"], ["sshd", "-t"]]
     assert push.then == [["systemctl", "reload", "nginx"], ["systemctl", "try-reload-or-restart", "ssh"]]
     assert list(push.files) == ["upstreams.conf", "deploy-permitopen.conf"]
     assert push.files["upstreams.conf"].path == c.LB_UPSTREAMS_FILE
