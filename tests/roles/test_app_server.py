@@ -220,23 +220,23 @@ echo "WEB $(get {web} /)"
 echo "HEALTH $(get {api} /healthz)"
 echo "HELLO $(get {api} /api/hello)"
 # A release switch and a graceful reload, with requests running all along.
-( for i in $(seq 1 60); do get {web} / | cut -c1-3; sleep 0.05; done > /tmp/during-reload ) &
+( for i in $(seq 1 60); do get {web} / | cut -c1-3; sleep 0.05; done > {work}/during-reload ) &
 loader=$!
 ln -sfn {releases}/r2 {current}.new && mv -T {current}.new {current}
 {reload} >/dev/null
 wait $loader
-echo "DURING $(sort /tmp/during-reload | uniq -c | tr '\n' ' ')"
+echo "DURING $(sort {work}/during-reload | uniq -c | tr '\n' ' ')"
 echo "AFTER $(get {web} /)"
 # Another node installed (a changed nodeMajor): dpkg renames a new file over the old one,
 # and the running workers' binary is the deleted old file until the reload replaces them.
 workers() {{ for pid in $(pm2 jlist | node -p "JSON.parse(require('fs').readFileSync(0)).map(p => p.pid).join(' ')"); do readlink /proc/$pid/exe; done | sort | uniq -c | tr '\n' ' '; }}
 cp {node_dir}/node {node_dir}/node.dpkg-new && mv {node_dir}/node.dpkg-new {node_dir}/node
 echo "OLDNODE $(workers)"
-( for i in $(seq 1 60); do get {web} / | cut -c1-3; sleep 0.05; done > /tmp/during-node ) &
+( for i in $(seq 1 60); do get {web} / | cut -c1-3; sleep 0.05; done > {work}/during-node ) &
 loader=$!
 {reload} >/dev/null
 wait $loader
-echo "NODEDURING $(sort /tmp/during-node | uniq -c | tr '\n' ' ')"
+echo "NODEDURING $(sort {work}/during-node | uniq -c | tr '\n' ' ')"
 echo "NEWNODE $(workers)"
 echo "JLIST $(pm2 jlist)"
 ls {logs}
@@ -253,7 +253,7 @@ def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests_o
     script = PM2_SCRIPT.format(
         node_dir=tmp_path / "usr-bin", reload=reload, bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR, source=REPO / "example-app",
         modules=example_app_modules, current=c.CURRENT_RELEASE_LINK, ecosystem=c.ECOSYSTEM_FILE,
-        web=c.WEB_APP_PORT, api=c.API_APP_PORT, pm2_home=tmp_path / "pm2-home",
+        web=c.WEB_APP_PORT, api=c.API_APP_PORT, pm2_home=tmp_path / "pm2-home", work=tmp_path,
     )
     result, lines = run_pm2_script(root, script, tmp_path / "pm2-home", timeout=180)
     assert lines["WEB"].startswith("200 ") and "It works" in lines["WEB"]
