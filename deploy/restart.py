@@ -98,12 +98,16 @@ def restart_one(deployer: Deployer, server: Server, reason: str, alone: bool, se
         if alone:
             kept = ""
         elif served_unhealthy:
-            deployer.remote(f"{server.name}: back in the LB's pool", commands.drain(stack, "off", server))
+            back_in_pool(deployer, server)
             kept = "; it was not healthy before either: back in the LB's pool, as it was"
         else:
             kept = "; it stays out of the LB's pool until a restart brings it back healthy"
         raise DeployError(f"{server.name}: its apps did not come back healthy{kept}") from None
     if not alone:
-        deployer.remote(f"{server.name}: back in the LB's pool", commands.drain(stack, "off", server))
+        back_in_pool(deployer, server)
     say(f"[{server.name}] restarted, healthy{'' if alone else ' and back in the pool'} "
         f"({time.monotonic() - start:.1f}s)")
+
+
+def back_in_pool(deployer: Deployer, server: Server) -> None:
+    deployer.remote(f"{server.name}: back in the LB's pool", commands.drain(deployer.stack, "off", server))
