@@ -14,7 +14,7 @@ from pathlib import Path
 from cloudinit.app_server import APP_EXEC, APPS_JOURNAL, APPS_RELOAD, APPS_RESTART
 from components import ssh
 from model import conventions
-from model.app_contract import Contract
+from model.app_contract import FILE as CONTRACT_FILE, Contract
 
 from .records import Server, Stack
 
@@ -129,6 +129,7 @@ def prelude(stack: Stack) -> str:
         "APP_USER": conventions.APP_USER,
         "APPS_UNIT": conventions.APPS_UNIT,
         "LOG_DIR": conventions.PM2_LOG_DIR,
+        "CONTRACT_FILE": CONTRACT_FILE,
     }
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in facts.items())
 

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The server side of `python -m deploy`, sent on stdin with each command (`bash -s -- ACTION
-# ARGS`), after a prelude of facts from model/conventions.py (deploy/commands.py
+# ARGS`), after a prelude of facts from model/ (conventions, the app contract; deploy/commands.py
 # writes it). Shipped per command rather than installed at first boot, so the tool and
 # its server half always match and a change here replaces no droplet.
 #
@@ -101,7 +101,7 @@ switch() {
 contract() {
     valid_id "$1"
     [ -d "$RELEASES_DIR/$1" ] || { echo "deploy: no release $1 on $(hostname)" >&2; exit 1; }
-    if [ -r "$RELEASES_DIR/$1/platform.json" ]; then cat "$RELEASES_DIR/$1/platform.json"; fi
+    if [ -r "$RELEASES_DIR/$1/$CONTRACT_FILE" ]; then cat "$RELEASES_DIR/$1/$CONTRACT_FILE"; fi
 }
 
 # One /healthz answer, status and body: `health` waits for three, this only looks.
@@ -114,9 +114,9 @@ probe() {
 status() {
     local answer
     echo "release $(current_id)"
-    # The processes the release declares (platform.json), on one line: status names the
+    # The processes the release declares (its contract), on one line: status names the
     # workers it sees by their scripts.
-    if [ -r "$CURRENT_LINK/platform.json" ]; then echo "contract $(tr -d '\n' < "$CURRENT_LINK/platform.json")"; fi
+    if [ -r "$CURRENT_LINK/$CONTRACT_FILE" ]; then echo "contract $(tr -d '\n' < "$CURRENT_LINK/$CONTRACT_FILE")"; fi
     # One systemctl: it prints the properties asked for as KEY=VALUE lines, in its own order.
     local key value state=unknown pid=0 fragment="" changed
     while IFS='=' read -r key value; do
