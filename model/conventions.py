@@ -372,8 +372,9 @@ MAINTENANCE_RETRY_AFTER_SECONDS = 300
 # apps then cuts no request. At most this long: a websocket keeps an old worker alive.
 DRAIN_COMMAND = "/usr/local/sbin/platform-drain"
 DRAIN_WAIT_SECONDS = 60
-# The drained addresses, one per line: a push of a new pool (platform-push upstreams)
-# marks those still in it `down` again before nginx reads it (`platform-drain keep`).
+# The drained addresses, one per line, as of nginx's last reload: a push of a new pool
+# (platform-push upstreams) marks those still in it `down` again before nginx reads it
+# (`platform-drain keep`), and records the list anew after the reload.
 DRAINED_FILE = f"{PLATFORM_STATE}/drained"
 
 

@@ -47,7 +47,8 @@ def files(settings: Settings) -> list[ConfigFile]:
 def pushes(settings: Settings) -> dict[str, Push]:
     # The pool's addresses, for nginx and for the deploy login's jumps; platform-push puts
     # the old files back if nginx -t or sshd -t fails. A server drained for a restart stays
-    # drained: `platform-drain keep` marks it down again in the new file before nginx -t.
+    # drained: `platform-drain keep` marks it down again in the new file before nginx -t,
+    # and `platform-drain record` keeps the list of drained servers once nginx runs with it.
     return {
         "upstreams": Push(
             files={
@@ -55,7 +56,7 @@ def pushes(settings: Settings) -> dict[str, Push]:
                 "deploy-permitopen.conf": Target(conventions.LB_DEPLOY_PERMIT_OPEN_FILE),
             },
             check=[[conventions.DRAIN_COMMAND, "keep"], NGINX_CHECK, SSHD_CHECK],
-            then=[NGINX_RELOAD, SSHD_RELOAD],
+            then=[NGINX_RELOAD, [conventions.DRAIN_COMMAND, "record"], SSHD_RELOAD],
         )
     }
 

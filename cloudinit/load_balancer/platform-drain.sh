@@ -10,8 +10,12 @@
 #                                pool, written without marks): the addresses drained before
 #                                and still in the pool are marked `down` again, before
 #                                nginx reads it; the push reloads nginx
-# Which addresses are drained is also kept apart from the upstreams file, for `keep`. A
-# change holds the droplet lock, as pushes do.
+#   platform-drain record        a push's step after that reload: the addresses marked
+#                                `down` now are the drained ones
+# Which addresses are drained is also kept apart from the upstreams file, for `keep`, and
+# written only once nginx runs with them: a push that nginx -t refuses, whose old file
+# platform-push puts back, leaves the list as it was. A change holds the droplet lock, as
+# pushes do.
 set -euo pipefail
 
 upstreams={{ c.LB_UPSTREAMS_FILE }}
@@ -20,7 +24,7 @@ port={{ c.APP_TLS_PORT }}
 wait_seconds={{ c.DRAIN_WAIT_SECONDS }}
 
 usage() {
-    echo "usage: platform-drain on ADDRESS | off ADDRESS | status | keep" >&2
+    echo "usage: platform-drain on ADDRESS | off ADDRESS | status | keep | record" >&2
     exit 2
 }
 
@@ -31,6 +35,7 @@ pool() {
         "$upstreams" | grep -v '^127\.'
 }
 
+marked_down() { pool | awk '$2 == "down" { print $1 }'; }
 in_pool() { pool | awk -v a="$1" '$1 == a { found = 1 } END { exit !found }'; }
 # Another server than $1 still gets requests.
 other_up() { pool | awk -v a="$1" '$1 != a && $2 == "up" { up = 1 } END { exit !up }'; }
@@ -56,10 +61,8 @@ mark() {
     printf '%s\n' "$changed" | put "$upstreams"
 }
 
-# The drained list with ADDRESS added (on) or taken out (off).
-record() {
-    { grep -vxF "$1" "$drained" 2>/dev/null || true; if [ "$2" = on ]; then echo "$1"; fi; } | put "$drained"
-}
+# The drained list: the addresses marked down in the upstreams file nginx runs with.
+record() { marked_down | put "$drained"; }
 
 keep() {
     local address addresses
@@ -68,10 +71,8 @@ keep() {
     for address in "${addresses[@]}"; do
         if ! in_pool "$address"; then
             echo "platform-drain: $address left the pool: no longer drained"
-            record "$address" off
         elif ! other_up "$address"; then
             echo "platform-drain: $address is back in the pool: the only app server the LB would send requests to" >&2
-            record "$address" off
         else
             mark "$address" on
             echo "platform-drain: $address is still drained"
@@ -81,10 +82,10 @@ keep() {
 
 case "${1:-}" in
     status)
-        pool | awk '$2 == "down" { print $1 }'
+        marked_down
         exit 0
         ;;
-    keep) [ $# -eq 1 ] || usage ;;
+    keep | record) [ $# -eq 1 ] || usage ;;
     on | off) [ $# -eq 2 ] || usage ;;
     *) usage ;;
 esac
@@ -93,8 +94,8 @@ action=$1 address=${2:-}
 if ! {{ c.LOCK_COMMAND }} held; then
     exec {{ c.LOCK_COMMAND }} run "drain $action $address" "$0" "$@"
 fi
-if [ "$action" = keep ]; then
-    keep
+if [ "$action" = keep ] || [ "$action" = record ]; then
+    "$action"
     exit 0
 fi
 
@@ -118,7 +119,7 @@ if ! nginx -t -q; then
     exit 1
 fi
 systemctl reload nginx
-record "$address" "$action"
+record
 
 if [ "$action" = off ]; then
     echo "$address: in the pool"

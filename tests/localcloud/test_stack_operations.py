@@ -193,11 +193,13 @@ def test_a_new_pool_keeps_a_drained_server_drained_and_forgets_one_that_left(loc
     drained, serving = pool[-1], servers[0].name
     spare = pool[0].rsplit(".", 1)[0] + ".250"   # no droplet there: the LB's passive checks skip it
 
-    def push(addresses: list[str]) -> str:
-        files = {"upstreams.conf": lb_files.upstreams(addresses), "deploy-permitopen.conf":
-                 lb_files.deploy_permit_open(addresses)}
+    def push(addresses: list[str], refused: bool = False) -> str:
+        upstreams = lb_files.upstreams(addresses)
+        if refused:   # a file nginx -t refuses: platform-push puts the old one back
+            upstreams = upstreams.replace("max_fails=2", "max_fails=")
+        files = {"upstreams.conf": upstreams, "deploy-permitopen.conf": lb_files.deploy_permit_open(addresses)}
         proc = local_stack.run("lb", [conventions.PUSH_COMMAND, "upstreams"], input=json.dumps(files))
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert (proc.returncode != 0) == refused, proc.stdout + proc.stderr
         return proc.stdout + proc.stderr
 
     def drain(*args: str) -> str:
@@ -218,6 +220,11 @@ def test_a_new_pool_keeps_a_drained_server_drained_and_forgets_one_that_left(loc
         assert drain("status") == ""
         push(pool)
         drain("on", drained)
+        # A pool without it that nginx refuses changes nothing: the old pool, still drained.
+        said = push([pool[0], spare], refused=True)
+        assert "check failed; previous files restored" in said, said
+        assert drain("status").split() == [drained]
+        assert f"platform-drain: {drained} is still drained" in push([*pool, spare])
         # The drained server leaves the pool, then comes back: in it, and no longer drained.
         said = push([pool[0], spare])
         assert f"platform-drain: {drained} left the pool: no longer drained" in said, said

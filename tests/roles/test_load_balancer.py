@@ -64,7 +64,9 @@ def test_a_broken_upstream_push_fails_the_check_that_guards_the_reload(tmp_path)
     # A drained server marked down again first (platform-drain keep), then nginx -t, and the
     # deploy login's jump targets, which sshd -t checks (tests/roles/test_common.py).
     assert push.check == [[c.DRAIN_COMMAND, "keep"], ["nginx", "-t", "-q"], ["sshd", "-t"]]
-    assert push.then == [["systemctl", "reload", "nginx"], ["systemctl", "try-reload-or-restart", "ssh"]]
+    # The drained list follows what nginx runs with, so a refused push leaves it as it was.
+    assert push.then == [["systemctl", "reload", "nginx"], [c.DRAIN_COMMAND, "record"],
+                         ["systemctl", "try-reload-or-restart", "ssh"]]
     assert list(push.files) == ["upstreams.conf", "deploy-permitopen.conf"]
     assert push.files["upstreams.conf"].path == c.LB_UPSTREAMS_FILE
     ca = make_ca(tmp_path / "ca", "ca")
