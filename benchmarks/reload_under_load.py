@@ -34,10 +34,6 @@ CUT = r"Connection reset by peer\|prematurely closed"
 KILLED = "still alive after"   # pm2, before its SIGKILL
 
 
-def on(name: str, script: str) -> str:
-    return droplet.exec(name, ["bash", "-c", script], check=False, timeout=120).stdout.strip()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reloads", type=int, default=25)
@@ -48,8 +44,8 @@ def main() -> int:
     plan = stack.plan(STACK)
     name = plan.droplet(args.server).name
     root = acme.root_file()
-    since = on(name, "date '+%Y-%m-%d %H:%M:%S'")
-    errors_before = int(on(name, f"wc -l < {NGINX_ERRORS}") or 0)
+    since = droplet.bash_output(name, "date '+%Y-%m-%d %H:%M:%S'")
+    errors_before = int(droplet.bash_output(name, f"wc -l < {NGINX_ERRORS}") or 0)
     load = traffic.start(plan.domain, plan.lb.reserved_ips[0], str(root), traffic.WRITES_AND_READS, args.rate, None)
     times = []
     try:
@@ -62,8 +58,8 @@ def main() -> int:
             time.sleep(3)
     finally:
         seen = traffic.result(load)
-    cut = on(name, f"tail -n +{errors_before + 1} {NGINX_ERRORS} | grep -c '{CUT}' || true")
-    killed = on(name, f"journalctl -u {conventions.APPS_UNIT} --since '{since}' | grep -c '{KILLED}' || true")
+    cut = droplet.bash_output(name, f"tail -n +{errors_before + 1} {NGINX_ERRORS} | grep -c '{CUT}' || true")
+    killed = droplet.bash_output(name, f"journalctl -u {conventions.APPS_UNIT} --since '{since}' | grep -c '{KILLED}' || true")
     print(json.dumps({
         "server": args.server, "reloads": args.reloads,
         "reload_s": {"median": statistics.median(times), "max": max(times)},

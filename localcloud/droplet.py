@@ -261,6 +261,12 @@ def exec(name: str, argv: list[str], check: bool = True, timeout: float | None =
     return shell.run(exec_command(pid, argv), check=check, timeout=timeout, input=input)
 
 
+def bash_output(name: str, script: str, timeout: float = 60) -> str:
+    """What bash printed running SCRIPT inside the droplet, stripped; its exit status is
+    not checked (the tests' and benchmarks' way to read a droplet's state)."""
+    return exec(name, ["bash", "-c", script], check=False, timeout=timeout).stdout.strip()
+
+
 def cloud_init_status(name: str) -> str:
     out = exec(name, ["cloud-init", "status"], check=False, timeout=30).stdout
     for line in out.splitlines():

@@ -35,7 +35,7 @@ def app_servers(plan):
 
 def on(name: str, script: str) -> str:
     from localcloud import droplet
-    return droplet.exec(name, ["bash", "-c", script], check=False, timeout=60).stdout.strip()
+    return droplet.bash_output(name, script)
 
 
 def current_of(name: str) -> str:
