@@ -21,29 +21,14 @@ fi
 lane() {
     local name=$1
     shift
-    "$@" 2>&1 | sed -u "s/^/[$name] /"
-}
-# The localcloud lane is the longer one, so the host lane yields the CPU to it: it runs in
-# a cpu cgroup of low weight, it and the servers its tests start (a nice value would not
-# reach those: each daemon's session is weighed on its own). Measured: the stack boots in
-# ~140 s beside the host lane's tests this way, ~190 s without. Where the cgroup v1 cpu
-# controller is not there (cgroup v2 only), the lanes share the CPU evenly.
-host_lane_cgroup=/sys/fs/cgroup/cpu/platform-tests-host-lane
-yielding() {
-    if [ -f /sys/fs/cgroup/cpu/cpu.shares ] && mkdir -p "$host_lane_cgroup" &&
-        echo 128 >"$host_lane_cgroup/cpu.shares"; then
-        bash -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' yielding "$host_lane_cgroup" "$@"
-    else
-        "$@"
-    fi
+    "${pytest[@]}" "$@" tests 2>&1 | sed -u "s/^/[$name] /"
 }
 set +e
-lane localcloud "${pytest[@]}" -v -m localcloud tests &
+lane localcloud -m localcloud -v &
 droplets=$!
-lane host yielding "${pytest[@]}" -q -m "not localcloud" tests
+lane host -q -m "not localcloud"
 host=$?
 wait "$droplets"
 localcloud=$?
-rmdir "$host_lane_cgroup" 2>/dev/null
 echo "lanes: host (fast and sandbox tiers) exit $host, localcloud exit $localcloud"
 [ "$host" -eq 0 ] && [ "$localcloud" -eq 0 ]
