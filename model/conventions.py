@@ -321,6 +321,9 @@ APP_ENV_FILE = f"{APP_ROOT}/shared/.env"
 # the apps' unit): appEnv and appSecrets may not name these, nor start with one of the
 # prefixes. Every engine's names, enabled or not: enabling one later must not clash.
 ENGINE_ENV_SUFFIXES = ("HOST", "PORT", "USER", "PASSWORD", "DATABASE")
+# NO_COLOR: their output goes to files and the journal, which colour codes would garble;
+# PIDUSAGE_SILENT (the unit's, which they inherit): pm2's stack traces kept out of the journal.
+PLATFORM_APP_ENV = ("NODE_ENV", "PORT", "NO_COLOR", "PIDUSAGE_SILENT")
 PLATFORM_ENV_PREFIXES = ("PLATFORM_", "PM2_")
 
 # The datastore's block volume, by its stable id, and where it is mounted.
@@ -379,10 +382,9 @@ DRAINED_FILE = f"{PLATFORM_STATE}/drained"
 
 
 def platform_app_env_names() -> tuple[str, ...]:
-    """The variables the platform sets for the apps; see ENGINE_ENV_SUFFIXES. NO_COLOR:
-    their output goes to files and the journal, which colour codes would garble."""
+    """The variables the platform sets for the apps; see ENGINE_ENV_SUFFIXES."""
     engines = [f"{name.upper()}_{suffix}" for name in ENGINES for suffix in ENGINE_ENV_SUFFIXES]
-    return ("NODE_ENV", "PORT", "NO_COLOR", *engines)
+    return (*PLATFORM_APP_ENV, *engines)
 
 
 def app_pool_tls_name(stack: str) -> str:

@@ -262,9 +262,9 @@ def env_name_problem(name: str) -> str | None:
         return "an environment variable name: capital letters A-Z, digits and _, not starting with a digit"
     if name in conventions.platform_app_env_names() or name.startswith(conventions.PLATFORM_ENV_PREFIXES):
         return (
-            "a name the platform does not set for the apps; it sets NODE_ENV, PORT, NO_COLOR, each engine's "
-            "<ENGINE>_" + ", _".join(conventions.ENGINE_ENV_SUFFIXES) + " (POSTGRESQL_HOST ...) and every name "
-            "starting with " + " or ".join(conventions.PLATFORM_ENV_PREFIXES)
+            f"a name the platform does not set for the apps; it sets {', '.join(conventions.PLATFORM_APP_ENV)}, "
+            "each engine's <ENGINE>_" + ", _".join(conventions.ENGINE_ENV_SUFFIXES) + " (POSTGRESQL_HOST ...) and "
+            "every name starting with " + " or ".join(conventions.PLATFORM_ENV_PREFIXES)
         )
     return None
 

@@ -146,14 +146,17 @@ def test_a_release_dying_as_it_starts_fails_the_reload_and_the_one_before_reload
 STARTED_SCRIPT = RELEASES.replace("{release_names}", "bad") + r"""
 sed -i "1i console.error('dying at start'); process.exit(1);" {releases}/bad/api/server.js
 ln -sfn {releases}/bad {current}
-timeout -s INT 15 {start} > {tmp}/stdout 2> {tmp}/stderr || true
+mkdir {tmp}/failing && printf '#!/bin/sh\nexit 1\n' > {tmp}/failing/getconf && chmod +x {tmp}/failing/getconf
+PATH={tmp}/failing:$PATH timeout -s INT 15 {start} > {tmp}/stdout 2> {tmp}/stderr || true
 """
 
 
 def test_the_units_pm2_runtime_writes_each_apps_lines_under_its_name_without_colour_as_the_deploy_reads_them(
         tmp_path, pm2_bin, example_app_modules):
     """The journal's shape the deploy tool parses (deploy/journal.py) comes from the unit's
-    flags: pm2-runtime run as the unit runs it, its output read as the journal would give it."""
+    flags: pm2-runtime run as the unit runs it, its output read as the journal would give it.
+    `getconf` fails in it, as it does when the unit's stop signal reaches the one pm2's
+    process-usage library runs: its error must not end the apps' words with a stack trace."""
     ports_free()
     root = nginx_tree(tmp_path / "ns", {c.ECOSYSTEM_FILE: app_files()[c.ECOSYSTEM_FILE]})
     script = STARTED_SCRIPT.format(
@@ -170,4 +173,5 @@ def test_the_units_pm2_runtime_writes_each_apps_lines_under_its_name_without_col
         {"app-1": as_journal}, processes=("web",))), written
     said = journal.apps_said(as_journal, 20)
     assert any(line.startswith("api: dying at start (") for line in said), said
+    assert all(line.startswith(("api: ", "web: ")) for line in said), "not the apps' words: " + "\n".join(said)
     assert not any("PM2 log:" in line for line in said), said
