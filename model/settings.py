@@ -155,8 +155,9 @@ SETTINGS = (
     Setting("appEnv", {}, env_map,
             "The apps' own environment variables (name: value), added to their `.env` on every app server; a "
             "change reloads the apps gracefully. Names are A-Z, 0-9 and _, none the platform sets ("
-            f"{', '.join(conventions.PLATFORM_APP_ENV)}, the engines' POSTGRESQL_HOST ..., PLATFORM_*, PM2_*); values are single lines of at most "
-            f"{ENV_VALUE_MAX_BYTES // 1024} KiB. Set one with `pulumi config set --path 'appEnv.LOG_LEVEL' info`."),
+            f"{', '.join(conventions.PLATFORM_APP_ENV)}, the engines' POSTGRESQL_HOST ..., PLATFORM_*, PM2_*); "
+            f"values are single lines of at most {ENV_VALUE_MAX_BYTES // 1024} KiB. "
+            "Set one with `pulumi config set --path 'appEnv.LOG_LEVEL' info`."),
     Setting("appSecrets", {}, env_map,
             "Like appEnv, for values no one may read: API keys, tokens. Each is set with `pulumi config set "
             "--secret --path 'appSecrets.STRIPE_KEY' ...`; never shown, in the stack's state only encrypted, on "
