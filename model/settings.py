@@ -155,7 +155,8 @@ SETTINGS = (
     Setting("appEnv", {}, env_map,
             "The apps' own environment variables (name: value), added to their `.env` on every app server; a "
             "change reloads the apps gracefully. Names are A-Z, 0-9 and _, none the platform sets ("
-            f"{', '.join(conventions.PLATFORM_APP_ENV)}, the engines' POSTGRESQL_HOST ..., PLATFORM_*, PM2_*); "
+            f"{', '.join(conventions.PLATFORM_APP_ENV)}, the engines' POSTGRESQL_HOST ..., "
+            f"{', '.join(prefix + '*' for prefix in conventions.PLATFORM_ENV_PREFIXES)}); "
             f"values are single lines of at most {ENV_VALUE_MAX_BYTES // 1024} KiB. "
             "Set one with `pulumi config set --path 'appEnv.LOG_LEVEL' info`."),
     Setting("appSecrets", {}, env_map,
