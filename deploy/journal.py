@@ -32,8 +32,9 @@ PM2_TIME = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}"
 # pm2-runtime --formatted writes each of an app's lines as `<pm2 id>|<process> | <line>`,
 # the name padded to the longest seen, the id `_old_<id>` for a worker a reload is
 # replacing; its own lines are stamped `PM2 log:`/`PM2 error:`.
-# An apps' unit started before --formatted writes the apps' lines bare: they are the
-# apps' still, without a name, until it next starts.
+# So a pm2-runtime that has named one line writes only pm2's own bare: the lines after
+# the first of a `PM2 error:` (a stack). One started before --formatted writes the apps'
+# lines bare: they are the apps' still, without a name, until it next starts.
 PM2_OWN = re.compile(rf"{PM2_TIME}: PM2 (log|error): ")
 APP_LINE = re.compile(rf"(?:(?P<id>(?:_old_)?\d+)\|(?P<process>{PROCESS_NAME.pattern}) +\| )?"
                       rf"(?:{PM2_TIME}: )?(?P<line>.*)")
@@ -51,15 +52,19 @@ class Entry:
 
 def entries(journal: str) -> list[Entry]:
     """Each line of the journal; a line of another shape (a boot marker) is left out."""
-    found = []
+    lines = []
     for line in journal.splitlines():
         fields = line.split(" ", 3)
-        if len(fields) < 4 or not fields[2].endswith(":"):
-            continue
-        at, source, message = fields[0], fields[2].removesuffix(":"), fields[3]
+        if len(fields) == 4 and fields[2].endswith(":"):
+            lines.append((fields[0], fields[2].removesuffix(":"), fields[3]))
+    # The pm2-runtimes (identifier[pid]) that name the apps' lines.
+    naming = {source for _, source, message in lines
+              if source.startswith(PM2_RUNTIME + "[") and APP_LINE.fullmatch(message)["process"]}
+    found = []
+    for at, source, message in lines:
         identifier = source.split("[", 1)[0]
-        if identifier == PM2_RUNTIME and not PM2_OWN.match(message):
-            app = APP_LINE.fullmatch(message)
+        app = APP_LINE.fullmatch(message) if identifier == PM2_RUNTIME and not PM2_OWN.match(message) else None
+        if app and (app["process"] or source not in naming):
             named = app["process"] or ""
             found.append(Entry(at, identifier, f"{app['id']}|{named}" if named else source, app["line"],
                                from_app=True, process=named))

@@ -62,6 +62,20 @@ def test_an_apps_unit_started_before_names_were_written_still_shows_the_apps_lin
     assert journal.merged({"app-1": bare}, processes=("api",)) == []
 
 
+def test_a_pm2_runtime_that_names_the_apps_lines_writes_only_pm2s_own_bare_as_a_stack_after_pm2_error():
+    before_restart = ("2026-12-04T15:10:00+0000 h pm2-runtime[700]: 2026-12-04T15:10:00: Error: boom\n"
+                      "2026-12-04T15:10:00+0000 h pm2-runtime[700]:     at start (server.js:1)\n")
+    named = ("2026-12-04T15:12:05+0000 h pm2-runtime[812]: 0|api  | 2026-12-04T15:12:05: api: SIGINT, closing\n"
+             "2026-12-04T15:12:06+0000 h pm2-runtime[812]: 2026-12-04T15:12:06: PM2 error: Error while calling getconf\n"
+             "2026-12-04T15:12:06+0000 h pm2-runtime[812]: Error: spawn getconf ENOENT\n"
+             "2026-12-04T15:12:06+0000 h pm2-runtime[812]:     at ChildProcess._handle.onexit (node:internal/child_process:284:19)\n")
+    assert journal.apps_said(before_restart + named, 20) == [
+        "Error: boom", "    at start (server.js:1)", "api: api: SIGINT, closing"]
+    assert journal.merged({"app-1": named})[-1] == (
+        "[app-1] 2026-12-04T15:12:06+0000 pm2-runtime[812]:     at ChildProcess._handle.onexit "
+        "(node:internal/child_process:284:19)")
+
+
 def test_every_servers_entries_merge_in_time_order_each_app_line_under_its_process():
     app2 = "2026-12-04T15:12:05+0000 staging-app-2 pm2-runtime[77]: 0|api  | 2026-12-04T15:12:05: api listening\n"
     lines = journal.merged({"app-1": APP1, "app-2": app2})

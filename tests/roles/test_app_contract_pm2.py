@@ -156,7 +156,8 @@ def test_the_units_pm2_runtime_writes_each_apps_lines_under_its_name_without_col
     """The journal's shape the deploy tool parses (deploy/journal.py) comes from the unit's
     flags: pm2-runtime run as the unit runs it, its output read as the journal would give it.
     `getconf` fails in it, as it does when the unit's stop signal reaches the one pm2's
-    process-usage library runs: its error must not end the apps' words with a stack trace."""
+    process-usage library runs: its error is silenced, and a stack pm2 writes must not end
+    the apps' words."""
     ports_free()
     root = nginx_tree(tmp_path / "ns", {c.ECOSYSTEM_FILE: app_files()[c.ECOSYSTEM_FILE]})
     script = STARTED_SCRIPT.format(
@@ -166,6 +167,7 @@ def test_the_units_pm2_runtime_writes_each_apps_lines_under_its_name_without_col
     run_pm2_script(root, script, tmp_path / "pm2-home", timeout=120)
     written = (tmp_path / "stdout").read_text() + (tmp_path / "stderr").read_text()
     assert "\x1b" not in written, "colour codes: journalctl shows such a line as a blob"
+    assert "getconf" not in written, "pm2's process-usage library printed its error: PIDUSAGE_SILENT unset?"
     as_journal = "".join(f"2026-12-04T15:12:05+0000 app-1 pm2-runtime[812]: {line}\n" for line in written.splitlines())
     api = journal.merged({"app-1": as_journal}, processes=("api",))
     assert api and all(line.endswith("|api: dying at start") for line in api), written
