@@ -1,6 +1,8 @@
 # shellcheck shell=bash
 # An app server's steps, run by platform-provision after the common ones.
 
+{% include "common/nginx_steps.sh" %}
+
 NODESOURCE_PIN=/etc/apt/preferences.d/nodesource
 # Where ensure_apt_repository puts the `nodesource` sources.
 NODESOURCE_SOURCES=/etc/apt/sources.list.d/nodesource.sources
@@ -16,6 +18,7 @@ role_steps() {
     ensure_node
     ensure_pm2
     ensure_release_layout
+    hold_nginx_files
     remove_default_site
     visudo -cqf "${STAGED_FILES}/etc/sudoers.d/platform-deploy"
     bash -n "${STAGED_FILES}{{ facts.NEEDRESTART_APPS_RELOAD }}"
@@ -26,8 +29,7 @@ role_steps() {
     install_configs {{ c.APP_ROOT }}/
     install_configs /etc/systemd/system/
     ensure_temporary_certificate
-    if files_changed_under /etc/nginx/; then nginx -t -q; fi
-    ensure_running nginx /etc/nginx/ reload
+    apply_nginx_files
     if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
     # pm2-runtime is the apps' pm2: restarting it would stop every app on this server at
     # once, so a change to its unit (its command, its environment) waits for its next start.

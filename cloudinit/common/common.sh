@@ -96,14 +96,6 @@ ensure_packages() {
     changed "installed ${missing[*]}"
 }
 
-# Debian's and Ubuntu's default nginx site claims port 80 as default_server.
-remove_default_site() {
-    [ -e /etc/nginx/sites-enabled/default ] || return 0
-    rm -f /etc/nginx/sites-enabled/default
-    CHANGED_FILES+=(/etc/nginx/sites-enabled/default)
-    changed "removed nginx's default site"
-}
-
 # The fingerprint of each primary key in a key file, one a line (a subkey's is not listed).
 primary_fingerprints() {
     gpg --show-keys --with-colons "$1" 2>/dev/null \

@@ -1,12 +1,15 @@
 # shellcheck shell=bash
 # The load balancer's steps, run by platform-provision after the common ones.
 
+{% include "common/nginx_steps.sh" %}
+
 LB_CERT_DIR={{ c.TLS_DIR }}/public
 SELF_SIGNED_CERT=${LB_CERT_DIR}/self-signed.crt
 SELF_SIGNED_KEY=${LB_CERT_DIR}/self-signed.key
 
 role_steps() {
     ensure_packages nginx certbot openssl
+    hold_nginx_files
     remove_default_site
     install_configs /etc/logrotate.d/
     install_configs /etc/nginx/
@@ -17,9 +20,8 @@ role_steps() {
     remove_resolver_file
     ensure_temporary_certificate
     ensure_placeholder_ca
-    if files_changed_under /etc/nginx/; then nginx -t -q; fi
     # A reload: a changed domain must not drop the requests in flight.
-    ensure_running nginx /etc/nginx/ reload
+    apply_nginx_files
     if files_changed_under /etc/systemd/system/; then systemctl daemon-reload; fi
     # certbot runs from a timer that retries until it has the certificate, so an ACME
     # server that cannot reach us yet (DNS not pointed) never fails provisioning.

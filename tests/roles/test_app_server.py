@@ -119,8 +119,8 @@ def test_a_replaced_node_reloads_the_running_apps_once_and_gracefully(case, tmp_
     stubs = f"""
 CHANGES=0; CHANGED_FILES=({c.APP_ROOT + "/x" if app_file_changed else ""}); NODE_MAJOR=22; NODE_REPLACED=; STAGED_FILES=
 ensure_node() {{ NODE_REPLACED={replaced}; }}
-for f in ensure_packages ensure_pm2 ensure_release_layout remove_default_site visudo install_configs \\
-         ensure_temporary_certificate nginx bash; do eval "$f() {{ :; }}"; done  # bash: its -n check
+for f in ensure_packages ensure_pm2 ensure_release_layout hold_nginx_files apply_nginx_files remove_default_site \\
+         visudo install_configs ensure_temporary_certificate bash; do eval "$f() {{ :; }}"; done  # bash: its -n check
 systemctl() {{ case $1 in is-enabled) ;; is-active) {'true' if active else 'false'} ;; *) echo "systemctl $*" ;; esac; }}
 """
     script = stubs + helpers + "\n" + functions.replace(c.CURRENT_RELEASE_LINK, str(link)) + "\nrole_steps\n"

@@ -52,6 +52,51 @@ def test_nginx_starts_on_first_boot_before_the_tls_push(tmp_path):
     assert "syntax is ok" in result.stderr
 
 
+def test_nginx_files_the_check_refuses_are_put_back_and_nginx_is_not_reloaded(tmp_path):
+    """Provisioning's nginx steps (common/nginx_steps.sh, in each nginx role's script): a
+    changed file nginx -t refuses, and a new one beside it, are put back as they were
+    before the run, which fails naming the check; nginx is not reloaded, so its files are
+    those it runs with and the previous bundle's restore has no reload to make under
+    traffic. A change it accepts is reloaded, and nothing is held after."""
+    rendered = lb_files()
+    root = lb_tree(tmp_path, rendered, initial_upstreams(), make_ca(tmp_path / "ca", "ca").cert)
+    library, role = tmp_path / "common.sh", tmp_path / "role.sh"
+    library.write_text(rendered[common.LIBRARY])
+    role.write_text(rendered[common.ROLE_STEPS])
+    added = "/etc/nginx/conf.d/added.conf"
+    script = f"""
+. {library}; . {role}
+on_failure() {{ echo "== failed: $2"; exit 1; }}   # platform-provision's: the run fails
+systemctl() {{ echo "== systemctl $*"; }}
+listing() {{ find /etc/nginx -printf '%p %m %u:%g %l\\n' | sort; find /etc/nginx -type f -exec sha256sum {{}} + | sort; }}
+mkdir -p {c.PLATFORM_STATE}
+listing > {tmp_path}/before
+(
+    hold_nginx_files
+    echo 'not_a_directive on;' >> {SITE}; CHANGED_FILES+=({SITE})
+    echo 'map $host $added {{ default 1; }}' > {added}; CHANGED_FILES+=({added})
+    apply_nginx_files
+    echo "== went on"
+) || true
+listing > {tmp_path}/after
+cmp -s {tmp_path}/before {tmp_path}/after && echo "== as before"
+(
+    hold_nginx_files
+    echo 'map $host $accepted {{ default 1; }}' > {added}; CHANGED_FILES+=({added})
+    apply_nginx_files
+)
+test -e $NGINX_HELD || echo "== nothing held"
+"""
+    result = run(in_namespace(root, ["bash", "-euc", script]))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    refused, accepted = result.stdout.split("== as before\n")
+    assert "== failed: nginx -t -q" in refused and "== went on" not in refused, out
+    assert f"put back as it was: {SITE}" in refused and f"put back as it was: {added}" in refused, out
+    assert "== systemctl" not in refused, "a refused change reloaded nginx"
+    assert "== systemctl reload nginx" in accepted and "== nothing held" in accepted, out
+
+
 def test_initial_upstreams_send_everyone_to_maintenance():
     text = initial_upstreams()
     assert "upstream app_servers" in text and " down;" in text
