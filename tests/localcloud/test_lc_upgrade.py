@@ -102,7 +102,12 @@ def test_a_platform_change_reaches_every_droplet_in_place_under_load(local_stack
     rows = [line for line in shown.stdout.splitlines() if line.startswith("app-")]
     assert shown.returncode == 0 and len(rows) == len(local_stack.app_servers()), shown.stdout + shown.stderr
     assert all("(its file changed" in row and "restart applies it" in row for row in rows), shown.stdout
-    assert load["requests"] > 0 and load["failed"] == 0, load
+    # No GET fails: the LB sends it again elsewhere. A POST may, rarely (README, "Upgrading a
+    # stack"): an app server's nginx reload closes idle kept-alive connections, and the LB
+    # may be sending a POST on one, which it answers 503 rather than send it twice.
+    assert load["requests"] > 0 and set(load["failed_by_method"]) <= {"POST"} and not load["errors"], load
+    assert load["failed"] <= len(local_stack.app_servers()), load
+    assert load["by_status"].keys() <= {"200", "201", "503"}, load
 
 
 # app-1's apps cannot start while this drop-in is there: node refuses the flag.
