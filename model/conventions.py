@@ -379,6 +379,9 @@ DRAIN_WAIT_SECONDS = 60
 # (platform-push upstreams) marks those still in it `down` again before nginx reads it
 # (`platform-drain keep`), and records the list anew after the reload.
 DRAINED_FILE = f"{PLATFORM_STATE}/drained"
+# The app servers drained for their bundle push (`platform-drain for-push`), one empty file
+# per address: `after-push` puts back only these, so a server drained by hand stays out.
+DRAINED_FOR_PUSH_DIR = f"{PLATFORM_STATE}/drained-for-push"
 
 
 def platform_app_env_names() -> tuple[str, ...]:

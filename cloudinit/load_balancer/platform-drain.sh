@@ -6,6 +6,14 @@
 #                                (each finishes the requests it sent there first)
 #   platform-drain off ADDRESS   `down` goes, nginx reloads
 #   platform-drain status        the drained addresses, one per line
+#   platform-drain for-push ADDRESS    around an app server's bundle push (the program runs
+#   platform-drain after-push ADDRESS  them), whose nginx reload could cut a request the LB
+#                                sends on a closing kept-alive connection: `on` and `off`
+#                                where they apply. Nothing to drain (not in the pool yet,
+#                                the only server the LB sends to) is no failure, a wait that
+#                                runs out neither (the reload would cut those requests
+#                                anyway), and `after-push` puts back only a server that
+#                                `for-push` took out: one drained by hand stays out.
 #   platform-drain keep          the first check of a push of the upstreams file (a new
 #                                pool, written without marks): the addresses drained before
 #                                and still in the pool are marked `down` again, before
@@ -20,11 +28,12 @@ set -euo pipefail
 
 upstreams={{ c.LB_UPSTREAMS_FILE }}
 drained={{ c.DRAINED_FILE }}
+pushing={{ c.DRAINED_FOR_PUSH_DIR }}
 port={{ c.APP_TLS_PORT }}
 wait_seconds={{ c.DRAIN_WAIT_SECONDS }}
 
 usage() {
-    echo "usage: platform-drain on ADDRESS | off ADDRESS | status | keep | record" >&2
+    echo "usage: platform-drain on|off|for-push|after-push ADDRESS | status | keep | record" >&2
     exit 2
 }
 
@@ -36,6 +45,7 @@ pool() {
 }
 
 marked_down() { pool | awk '$2 == "down" { print $1 }'; }
+is_down() { marked_down | grep -qxF "$1"; }
 in_pool() { pool | awk -v a="$1" '$1 == a { found = 1 } END { exit !found }'; }
 # Another server than $1 still gets requests.
 other_up() { pool | awk -v a="$1" '$1 != a && $2 == "up" { up = 1 } END { exit !up }'; }
@@ -70,6 +80,7 @@ keep() {
     mapfile -t addresses < "$drained"
     for address in "${addresses[@]}"; do
         if ! in_pool "$address"; then
+            rm -f "$pushing/$address"
             echo "platform-drain: $address left the pool: no longer drained"
         elif ! other_up "$address"; then
             echo "platform-drain: $address is back in the pool: the only app server the LB would send requests to" >&2
@@ -86,7 +97,7 @@ case "${1:-}" in
         exit 0
         ;;
     keep | record) [ $# -eq 1 ] || usage ;;
-    on | off) [ $# -eq 2 ] || usage ;;
+    on | off | for-push | after-push) [ $# -eq 2 ] || usage ;;
     *) usage ;;
 esac
 action=$1 address=${2:-}
@@ -98,6 +109,37 @@ if [ "$action" = keep ] || [ "$action" = record ]; then
     "$action"
     exit 0
 fi
+
+# A push's drain: which of on and off applies, if any.
+if [ "$action" = for-push ]; then
+    if ! in_pool "$address"; then
+        echo "$address: not in the LB's pool yet: nothing to drain for its push"
+        exit 0
+    elif is_down "$address"; then
+        echo "$address: already out of the LB's pool"
+        exit 0
+    elif ! other_up "$address"; then
+        echo "$address: not drained for its push: the only app server the LB sends requests to"
+        exit 0
+    fi
+    mkdir -p "$pushing"
+    touch "$pushing/$address"
+elif [ "$action" = after-push ]; then
+    if [ ! -e "$pushing/$address" ]; then
+        echo "$address: not drained for its push: left as it is"
+        exit 0
+    fi
+    if ! is_down "$address"; then
+        rm "$pushing/$address"
+        echo "$address: not marked down: nothing to put back"
+        exit 0
+    fi
+fi
+for_push=
+case "$action" in
+    for-push) action=on for_push=yes ;;
+    after-push) action=off ;;
+esac
 
 if ! in_pool "$address"; then
     echo "platform-drain: $address is not in the LB's pool (it has: $(pool | awk '{ print $1 }' | xargs))" >&2
@@ -122,6 +164,7 @@ systemctl reload nginx
 record
 
 if [ "$action" = off ]; then
+    rm -f "$pushing/$address"
     echo "$address: in the pool"
     exit 0
 fi
@@ -134,7 +177,10 @@ for pid in $workers; do
             echo "platform-drain: $address is marked down, but nginx workers from before still run after" \
                 "${wait_seconds}s (long requests or websockets to the pool): $(pgrep -P "$(cat /run/nginx.pid)" |
                     grep -cxF "$workers") of them" >&2
-            exit 1
+            # A push goes on: its reload would cut those requests whether it waits or not.
+            [ -n "$for_push" ] || exit 1
+            echo "platform-drain: its push goes on" >&2
+            exit 0
         fi
         sleep 0.2
     done
