@@ -48,27 +48,27 @@ class AppServerPool(pulumi.ComponentResource):
         self.private_ips = []
         self.serving: list[pulumi.Resource] = []   # the pushes after which every member serves
         self.routes: dict[str, remote.SshRoute] = {}
-        previous: remote.SshRoute | None = None
+        previous: pulumi.Resource | None = None   # the member before: back in the LB's pool
         for number in range(1, settings.app_server_count + 1):
             member = f"{name}-{number}"
             droplet = network.droplet(
                 member, role=conventions.APP_SERVER, size=settings.app_size, parent=self
             )
-            route = remote.route_to(
-                member, droplet=droplet, host=droplet.ipv4_address_private, key=key, via=jump, parent=self
-            )
+            address = droplet.ipv4_address_private
+            route = remote.route_to(member, droplet=droplet, host=address, key=key, via=jump, parent=self)
             # A new member is provisioned at once; then one member at a time: a new bundle
-            # reaches a member once the one before it serves again, so the LB always has the others.
+            # reaches a member once the one before it is back in the LB's pool, so the LB
+            # always has the others, and sends it nothing meanwhile (remote.drain_for_push).
             first = remote.first_bundle(member, route=route, bundle=bundle, parent=self)
-            route = remote.install_platform(
-                member, route=route, bundle=bundle, parent=self,
-                after=[first, *([previous.ready] if previous else [])],
-            )
-            previous = route
+            drain = remote.drain_for_push(
+                member, lb=jump, address=address, bundle=bundle, parent=self, after=[previous] if previous else [])
+            route = remote.install_platform(member, route=route, bundle=bundle, parent=self, after=[first, drain])
+            previous = remote.back_in_pool(
+                member, lb=jump, address=address, drain=drain, push=route.ready, parent=self)
             cert = ca.issue(
                 member,
                 dns_names=[conventions.droplet_name(settings.stack, member), conventions.app_pool_tls_name(settings.stack)],
-                ip_addresses=[droplet.ipv4_address_private],
+                ip_addresses=[address],
                 parent=self,
             )
             tls = remote.push_identity(
@@ -90,7 +90,7 @@ class AppServerPool(pulumi.ComponentResource):
             self.serving += [tls, example_app]
             self.droplets.append(droplet)
             self.routes[member] = route
-            self.private_ips.append(droplet.ipv4_address_private)
+            self.private_ips.append(address)
         self.register_outputs({"private_ips": self.private_ips})
 
     def back_up(self) -> None:

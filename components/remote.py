@@ -176,6 +176,54 @@ def bundle_command(bundle: cloudinit.Bundle) -> str:
     return shlex.join(["sudo", conventions.BUNDLE_COMMAND, bundle.digest])
 
 
+def drain_for_push(
+    name: str,
+    *,
+    lb: SshRoute,
+    address: pulumi.Input[str],
+    bundle: cloudinit.Bundle,
+    parent: pulumi.Resource,
+    after: list[pulumi.Resource],
+) -> command.remote.Command:
+    """An app server out of the LB's pool for its bundle push, which runs after it: its
+    provisioning may reload its nginx, which closes the kept-alive connections the LB holds
+    to it, and the LB does not send again a POST it was sending on one. Runs again with each
+    new bundle; the LB's script decides whether there is anything to drain."""
+    return _drain_step(f"{name}-drain", "for-push", lb=lb, address=address, triggers=[bundle.digest],
+                       parent=parent, depends_on=after)
+
+
+def back_in_pool(
+    name: str,
+    *,
+    lb: SshRoute,
+    address: pulumi.Input[str],
+    drain: command.remote.Command,
+    push: pulumi.Resource,
+    parent: pulumi.Resource,
+) -> command.remote.Command:
+    """The server back in the LB's pool once its push is done. Runs again whenever its drain
+    has run: its trigger is the drain's id, new on each run (pulumi-command replaces a
+    Command whose triggers change). A bundle's trigger would not do: after a failed push the
+    engine runs nothing after it and keeps this step's old trigger, and the next `up` may
+    have no new bundle (the change reverted), only the drain to run again. The LB's script
+    puts back only a server its drain took out."""
+    return _drain_step(f"{name}-undrain", "after-push", lb=lb, address=address, triggers=[drain.id],
+                       parent=parent, depends_on=[push])
+
+
+def _drain_step(name: str, step: str, *, lb: SshRoute, address: pulumi.Input[str], triggers: list,
+                parent: pulumi.Resource, depends_on: list[pulumi.Resource]) -> command.remote.Command:
+    return command.remote.Command(
+        name,
+        connection=lb.connection(),
+        create=pulumi.Output.from_input(address).apply(
+            lambda ip: shlex.join(["sudo", conventions.DRAIN_COMMAND, step, ip])),
+        triggers=triggers,
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[*filter(None, [lb.ready]), *depends_on]),
+    )
+
+
 def first_bundle(
     name: str,
     *,

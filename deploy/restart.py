@@ -44,7 +44,7 @@ def server_status(deployer: Deployer, server: Server) -> ServerStatus:
 def why_restart(status: ServerStatus, out_of_pool: set[str]) -> str | None:
     """Why this server's apps restart, or None when they run as they should."""
     if status.server.address in out_of_pool:
-        return "out of the LB's pool since an earlier restart"
+        return "out of the LB's pool since an earlier restart or a failed bundle push"
     if status.unit_changed_since_start:
         return "its unit's file changed after the apps started"
     if status.idle_processes:

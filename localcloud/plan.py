@@ -282,7 +282,7 @@ def command_of(r, needs: frozenset[str] = frozenset()) -> RemoteCommand | LocalC
                             r.state.get("stdout") or "" if changed else "")
     conn = r.state["connection"]
     argv = shlex.split(r.state["create"])
-    kind = "bundle" if conventions.BUNDLE_COMMAND in argv else argv[-1]
+    kind = "bundle" if conventions.BUNDLE_COMMAND in argv else "drain" if conventions.DRAIN_COMMAND in argv else argv[-1]
     return RemoteCommand(r.name, kind, Hop.from_state(conn),
                          Hop.from_state(conn["proxy"]) if conn.get("proxy") else None,
                          r.state["create"], r.state.get("stdin") or "", needs, changed)

@@ -67,12 +67,27 @@ def test_a_droplet_behind_the_lb_waits_for_the_lbs_platform_first(deployment):
             assert "lb-bundle-push" in depends_on(deployment, gate), name
 
 
-def test_a_new_bundle_rolls_through_the_pool_one_member_at_a_time(deployment):
+def test_a_new_bundle_rolls_through_the_pool_one_member_at_a_time_each_out_of_the_lbs_pool(deployment):
+    """Per member, on the LB: drained, then its bundle push, then back in the pool; the next
+    member is drained once the one before is back. Each drain runs again with a new bundle."""
     members = sorted(push.name.removesuffix("-bundle-push") for push in of_type(deployment, COMMAND)
                      if push.name.startswith("app-") and push.name.endswith("-bundle-push"))
     assert len(members) == deployment.settings.app_server_count >= 2
-    for before, member in zip(members, members[1:]):
-        assert f"{before}-bundle-push" in depends_on(deployment, deployment.named(f"{member}-bundle-push", ":Command"))
+    lb = deployment.named("lb-bundle-push", ":Command").state["connection"]
+    droplet = {d.name: d for d in droplets(deployment)}
+    for n, member in enumerate(members):
+        push = deployment.named(f"{member}-bundle-push", ":Command")
+        drain, undrain = (deployment.named(f"{member}-{step}", ":Command") for step in ("drain", "undrain"))
+        address = droplet[member].state["ipv4AddressPrivate"]
+        assert drain.state["create"] == f"sudo {conventions.DRAIN_COMMAND} for-push {address}"
+        assert undrain.state["create"] == f"sudo {conventions.DRAIN_COMMAND} after-push {address}"
+        for step in (drain, undrain):
+            assert step.state["connection"] == lb and "lb-bundle-push" in depends_on(deployment, step)
+        # The drain runs again with a new bundle, the undrain whenever the drain has run.
+        assert drain.state["triggers"] == push.state["triggers"] and undrain.state["triggers"] == [drain.id]
+        assert drain.name in depends_on(deployment, push) and push.name in depends_on(deployment, undrain)
+        if n:
+            assert f"{members[n - 1]}-undrain" in depends_on(deployment, drain)
 
 
 def test_a_new_pool_member_gets_its_first_bundle_at_once(deployment):

@@ -78,8 +78,8 @@ def test_only_the_lb_upstreams_push_changes_its_stdin_and_triggers(two_three_two
     differing = {
         name
         for name in old
-        if mockcloud.plain(old[name].inputs["stdin"]) != mockcloud.plain(new[name].inputs["stdin"])
-        or mockcloud.plain(old[name].inputs["triggers"]) != mockcloud.plain(new[name].inputs["triggers"])
+        if any(mockcloud.plain(old[name].inputs.get(what)) != mockcloud.plain(new[name].inputs.get(what))
+               for what in ("stdin", "triggers", "create"))
     }
     assert differing == {"lb-upstreams-push"}
     upstreams = json.loads(mockcloud.plain(new["lb-upstreams-push"].inputs["stdin"]))

@@ -9,6 +9,7 @@ in place) arrive by the bundle push, which runs again when its digest changes.
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 
@@ -230,3 +231,36 @@ def test_a_stack_whose_bucket_was_named_by_the_earlier_rule_keeps_it(monkeypatch
     lb_bucket = conventions.bucket_name("staging", domain, conventions.LOAD_BALANCER)
     assert after.named("lb-backups", ":SpacesBucket").state["name"] == lb_bucket != earlier
     assert f"/{lb_bucket}/restic/lb\n" in backup_env(after, "lb")
+
+
+def state_after_a_failed_up(before: mockcloud.Deployment, planned: mockcloud.Deployment, ran: set[str]):
+    """The stack's state after an `up` of `planned` that ran only the commands `ran` (the
+    engine records nothing it did not run): `before`'s, but for those."""
+    resources = [next(r for r in planned.mocks.resources if (r.type, r.name) == (b.type, b.name))
+                 if b.type == COMMAND and b.name in ran else b for b in before.mocks.resources]
+    raw_state = {**before.mocks._raw_state,
+                 **{key: state for key, state in planned.mocks._raw_state.items() if key[1] in ran}}
+    return types.SimpleNamespace(mocks=types.SimpleNamespace(
+        resources=resources, _keys=before.mocks._keys, _raw_state=raw_state,
+        retired_addresses=before.mocks.retired_addresses, last_id=planned.mocks.last_id))
+
+
+def changed_commands(deployment) -> set[str]:
+    return {r.name for r in of_type(deployment, COMMAND) if not r.unchanged}
+
+
+def test_a_new_bundle_drains_each_app_server_and_puts_it_back(staging_deployment):
+    assert changed_commands(mockcloud.deploy(staging_deployment.settings, previous=staging_deployment)) == set()
+    upgraded = mockcloud.deploy(mockcloud.stack_settings("staging", nodeMajor=20), previous=staging_deployment)
+    apps = [f"app-{n}" for n in range(1, staging_deployment.settings.app_server_count + 1)]
+    assert {f"{a}-{step}" for a in apps for step in ("drain", "undrain")} <= changed_commands(upgraded)
+
+
+def test_a_server_left_drained_by_a_failed_push_goes_back_when_the_change_is_reverted(staging_deployment):
+    """The failed `up` ran app-1's drain and failed at its bundle push. Reverted, the bundle
+    push has nothing to do (app-1 went back to the bundle it had), but app-1 is out of the
+    LB's pool: the drain runs again, and so does the step that puts app-1 back."""
+    upgraded = mockcloud.deploy(mockcloud.stack_settings("staging", nodeMajor=20), previous=staging_deployment)
+    failed = state_after_a_failed_up(staging_deployment, upgraded, ran={"app-1-drain"})
+    reverted = mockcloud.deploy(staging_deployment.settings, previous=failed)
+    assert changed_commands(reverted) == {"app-1-drain", "app-1-undrain"}

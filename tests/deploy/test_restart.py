@@ -85,7 +85,7 @@ def test_a_server_that_does_not_come_back_healthy_stays_out_of_the_pool_and_the_
     fleet.servers[A1].current = NEW
     assert restart(fleet, monkeypatch) == 0
     assert steps(fleet)[:4] == [("lb", f"on {A1}"), (A1, "restart"), (A1, "health 60"), ("lb", f"off {A1}")]
-    assert "[app-1] restarting the apps (out of the LB's pool since an earlier restart)" in fleet.printed()
+    assert "[app-1] restarting the apps (out of the LB's pool since an earlier restart or a failed bundle push)" in fleet.printed()
     assert fleet.drained == set() and all(s.restarts for s in fleet.servers.values())
 
 
