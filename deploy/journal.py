@@ -56,14 +56,14 @@ def entries(journal: str) -> list[Entry]:
     for line in journal.splitlines():
         fields = line.split(" ", 3)
         if len(fields) == 4 and fields[2].endswith(":"):
-            lines.append((fields[0], fields[2].removesuffix(":"), fields[3]))
+            at, source, message = fields[0], fields[2].removesuffix(":"), fields[3]
+            identifier = source.split("[", 1)[0]
+            app = APP_LINE.fullmatch(message) if identifier == PM2_RUNTIME and not PM2_OWN.match(message) else None
+            lines.append((at, identifier, source, message, app))
     # The pm2-runtimes (identifier[pid]) that name the apps' lines.
-    naming = {source for _, source, message in lines
-              if source.startswith(PM2_RUNTIME + "[") and APP_LINE.fullmatch(message)["process"]}
+    naming = {source for _, _, source, _, app in lines if app and app["process"] and "[" in source}
     found = []
-    for at, source, message in lines:
-        identifier = source.split("[", 1)[0]
-        app = APP_LINE.fullmatch(message) if identifier == PM2_RUNTIME and not PM2_OWN.match(message) else None
+    for at, identifier, source, message, app in lines:
         if app and (app["process"] or source not in naming):
             named = app["process"] or ""
             found.append(Entry(at, identifier, f"{app['id']}|{named}" if named else source, app["line"],
