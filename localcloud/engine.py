@@ -7,7 +7,8 @@ What it reproduces (pkg/engine and pkg/cmd/pulumi/operations/up.go of pulumi/pul
 - up to `parallelism` at once, 4 x CPUs by default as in the CLI;
 - only commands that are new or whose inputs changed run (the engine leaves the others);
 - after a failure no new command starts; those running finish; the rest are not run, and
-  a failed command is not recorded, so the next `up` runs it again;
+  a failed command is not recorded, so the next `up` runs it again, and one not run keeps
+  its record from before (records.after_up);
 - remote commands connect with pulumi-command's SSH client semantics (`pulumi_ssh`);
   local commands run on this machine with their environment, as pulumi-command's
   local Command does.

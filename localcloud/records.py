@@ -41,6 +41,19 @@ def without(record: dict, names: set[str]) -> dict:
             "raw_state": [[t, n, st] for t, n, st in record["raw_state"] if n not in names]}
 
 
+def after_up(ran: dict, before: dict | None, failed: set[str], not_run: set[str]) -> dict:
+    """The state an `up` leaves, as the engine's: what it ran, but a command that failed is
+    not recorded (the next `up` runs it again), and one it did not get to (after a failure)
+    keeps its record from before, if it had one: the next `up` runs that one only if its
+    inputs differ from the record's."""
+    kept = without(ran, failed | not_run)
+    if not before:
+        return kept
+    return {**kept,
+            "resources": kept["resources"] + [r for r in before["resources"] if r["name"] in not_run],
+            "raw_state": kept["raw_state"] + [[t, n, st] for t, n, st in before["raw_state"] if n in not_run]}
+
+
 def fill(value, known: dict[str, str]):
     """`value` (a string, or dicts and lists of them) with each placeholder of a command
     that has run replaced by its output (engine.outputs_of)."""

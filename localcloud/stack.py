@@ -172,7 +172,8 @@ def _up(p: Plan, order: str, quirks: dict[str, BootQuirks] | None, timeout: floa
     start = time.monotonic()
     print_overrides(p)
     acme.ensure_tls_ca()     # before the image is built: droplets trust the ACME server
-    previous = deployed(p.stack) if records.load(p.stack) else None
+    before = records.load(p.stack)
+    previous = deployed(p.stack) if before else None
     # Droplets the program no longer has go last, as `pulumi up` deletes them: after the
     # pushes that stop depending on them (the LB's upstream list), so no request is sent
     # to a droplet already gone. Until then their firewalls stay as they were.
@@ -210,7 +211,8 @@ def _up(p: Plan, order: str, quirks: dict[str, BootQuirks] | None, timeout: floa
     if p.record:
         # What the commands printed (the gates' host keys) takes the place of the plan's placeholders.
         ran = records.with_outputs(p.record, engine.outputs_of(p.commands, commands))
-        records.save(p.stack, records.without(ran, {r.name for r in commands if not r.ok}))
+        records.save(p.stack, records.after_up(ran, before, failed={r.name for r in commands if r.status == "failed"},
+                                               not_run={r.name for r in commands if r.status == "not run"}))
     reports = [droplet_report(d.name) for d in p.droplets]
     print_report(reports)
     if leaving:

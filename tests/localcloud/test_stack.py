@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from localcloud import acme, checks, config, firewall, plan, stack
+from localcloud import acme, checks, config, firewall, plan, records, stack
 
 # --- the plan's translation (no root needed) --------------------------------
 
@@ -27,6 +27,25 @@ def test_a_do_firewall_becomes_the_same_local_rules():
                  firewall.Rule("tcp", "22", addresses=("203.0.113.10/32",), droplets=("staging-lb",))),
         outbound=(firewall.Rule("icmp", "all", addresses=("0.0.0.0/0", "::/0")),),
         tags=("staging-app",))
+
+
+def test_the_state_after_an_up_keeps_the_record_of_a_command_it_did_not_get_to():
+    """As the engine's: a failed command is not recorded (the next `up` runs it again); one
+    the engine did not get to, after the failure, keeps its record from before, and the next
+    `up` runs it only if its inputs differ from that (the undrain after a failed bundle
+    push: tests/localcloud/test_lc_upgrade.py)."""
+    def record(*commands):
+        return {"resources": [{"type": plan.REMOTE_COMMAND, "name": name, "id": id_, "inputs": {"triggers": [trigger]},
+                               "state": {}} for name, id_, trigger in commands],
+                "raw_state": [[plan.REMOTE_COMMAND, name, {"triggers": [trigger]}] for name, _, trigger in commands]}
+    before = record(("push", "1", "old"), ("undrain", "2", "old"))
+    ran = record(("drain", "3", "new"), ("push", "4", "new"), ("undrain", "5", "new"))
+    after = records.after_up(ran, before, failed={"push"}, not_run={"undrain"})
+    assert {r["name"]: (r["id"], r["inputs"]) for r in after["resources"]} == {
+        "drain": ("3", {"triggers": ["new"]}), "undrain": ("2", {"triggers": ["old"]})}
+    assert {name: state for _, name, state in after["raw_state"]} == {
+        "drain": {"triggers": ["new"]}, "undrain": {"triggers": ["old"]}}
+    assert records.after_up(ran, None, failed={"push"}, not_run={"undrain"})["resources"] == ran["resources"][:1]
 
 
 def _command(name, kind, deps=()):
