@@ -110,7 +110,8 @@ if [ "$action" = keep ] || [ "$action" = record ]; then
     exit 0
 fi
 
-# A push's drain: which of on and off applies, if any.
+# A push's drain: on or off where they apply, nothing where there is nothing to do.
+for_push=
 if [ "$action" = for-push ]; then
     if ! in_pool "$address"; then
         echo "$address: not in the LB's pool yet: nothing to drain for its push"
@@ -124,6 +125,7 @@ if [ "$action" = for-push ]; then
     fi
     mkdir -p "$pushing"
     touch "$pushing/$address"
+    action=on for_push=yes
 elif [ "$action" = after-push ]; then
     if [ ! -e "$pushing/$address" ]; then
         echo "$address: not drained for its push: left as it is"
@@ -134,12 +136,8 @@ elif [ "$action" = after-push ]; then
         echo "$address: not marked down: nothing to put back"
         exit 0
     fi
+    action=off
 fi
-for_push=
-case "$action" in
-    for-push) action=on for_push=yes ;;
-    after-push) action=off ;;
-esac
 
 if ! in_pool "$address"; then
     echo "platform-drain: $address is not in the LB's pool (it has: $(pool | awk '{ print $1 }' | xargs))" >&2
