@@ -178,6 +178,7 @@ def push_table(role: str, settings: Settings) -> str:
             "files": {name: vars(target) for name, target in push.files.items()},
             "check": push.check,
             "then": push.then,
+            "health": push.health,
         }
         for kind, push in pushes(role, settings).items()
     }

@@ -66,9 +66,11 @@ class Push:
     """What `platform-push <kind>` accepts: named files, a check, and what to reload.
 
     The check runs with the new files in place; if it fails, the old files are put back
-    and nothing is reloaded.
+    and nothing is reloaded. `health`: a URL on the droplet that, if it answered before the
+    push, must answer after it; if not, the old files go back and `then` runs again.
     """
 
     files: dict[str, Target]
     check: list[list[str]] = field(default_factory=list)
     then: list[list[str]] = field(default_factory=list)
+    health: str | None = None

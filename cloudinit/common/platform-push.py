@@ -2,9 +2,10 @@
 """Receives a push from the Pulumi program: `platform-push KIND` with JSON on stdin.
 
 The JSON maps file names to contents. {{ c.PLATFORM_ETC }}/pushes.json says, for each
-kind, where each file goes, what checks the new files and what to run after. Files
-that are already as pushed are left alone and nothing is reloaded; when the check
-fails the previous files are put back. Contents are never printed: they may be secrets.
+kind, where each file goes, what checks the new files, what to run after, and which health
+check must still answer after that. Files that are already as pushed are left alone and
+nothing is reloaded; when the check fails the previous files are put back. Contents are
+never printed: they may be secrets.
 A push waits for the platform's provisioning, then holds the droplet lock (platform-lock)
 for its files, check and then-steps: pushes and provisioning runs never interleave.
 
@@ -31,7 +32,8 @@ PENDING = "{{ c.PLATFORM_STATE }}/pending-pushes"
 BUNDLES = "{{ c.BUNDLES_DIR }}"
 CURRENT = "{{ c.CURRENT_BUNDLE }}"
 PROVISION = "{{ c.PROVISION_COMMAND }}"
-# A server that served before a new bundle must serve again within this time.
+# A server that served before a new bundle (or a push that names its health check) must
+# serve again within this time.
 HEALTH_WAIT_SECONDS = 90
 # The droplet lock and "write a file only if it differs" have one home each, the
 # platform-lock and platform-write commands, installed next to this one (by the bundle
@@ -79,8 +81,14 @@ def main(kind):
 
 def apply(kind, spec, files):
     """New files in place, checked, then the follow-up steps. A push whose follow-up failed
-    stays pending: the next push of its kind runs them again, even with no file changed."""
+    stays pending: the next push of its kind runs them again, even with no file changed.
+
+    A kind that names a health check (the apps' environment) must leave a server that
+    served serving: when its follow-up fails or the check no longer answers, the previous
+    files go back and the follow-up runs again, so the server serves as it did."""
     pending = os.path.join(PENDING, kind)
+    health = spec.get("health")
+    served = bool(health) and serving(health)
     previous = {}
     for name, target in spec["files"].items():
         old = read(target["path"])
@@ -94,20 +102,45 @@ def apply(kind, spec, files):
     else:
         print(f"platform-push {kind}: no file changed, but its follow-up steps failed last time: running them again")
     if not all(run(argv) for argv in spec["check"]):
-        for path, old in previous.items():
-            if old is None:
-                os.unlink(path)
-            else:
-                target = next(t for t in spec["files"].values() if t["path"] == path)
-                replace(path, old, target["mode"], target["owner"])
+        restore(spec, previous)
         sys.exit(f"platform-push {kind}: check failed; previous files restored, nothing reloaded")
     os.makedirs(PENDING, exist_ok=True)
     open(pending, "w").close()
+    failure = follow_up(spec)
+    if failure is None and served and not serving(health, wait=HEALTH_WAIT_SECONDS):
+        failure = f"{health} did not answer within {HEALTH_WAIT_SECONDS}s"
+    if failure is None:
+        os.unlink(pending)
+        return
+    if not health:
+        sys.exit(f"platform-push {kind}: {failure}; the push stays pending"
+                 f" (the next push of {kind} runs its follow-up steps again)")
+    print(f"platform-push {kind}: {failure}; putting the previous files back", flush=True)
+    restore(spec, previous)
+    again = follow_up(spec)
+    if again is None:
+        os.unlink(pending)
+        sys.exit(f"platform-push {kind}: {failure}; previous files restored and reloaded")
+    sys.exit(f"platform-push {kind}: {failure}; previous files restored, but {again}; the push stays pending")
+
+
+def follow_up(spec):
+    """Runs the kind's follow-up steps in turn; None when all succeeded, else the one that failed."""
     for argv in spec["then"]:
         if not run(argv):
-            sys.exit(f"platform-push {kind}: {' '.join(argv)} failed; the push stays pending"
-                     f" (the next push of {kind} runs its follow-up steps again)")
-    os.unlink(pending)
+            return f"{' '.join(argv)} failed"
+    return None
+
+
+def restore(spec, previous):
+    """The files as they were before this push (`previous`: path -> old content, None where
+    there was no file)."""
+    for path, old in previous.items():
+        if old is None:
+            os.unlink(path)
+        else:
+            target = next(t for t in spec["files"].values() if t["path"] == path)
+            replace(path, old, target["mode"], target["owner"])
 
 
 # --- the platform bundle --------------------------------------------------------------

@@ -38,7 +38,18 @@ PUSH_TABLE = {
         # Fails once when told to (a `!` step creates then-fails), like a reload that fails.
         "then": [["sh", "-c", "if rm /etc/platform/test/then-fails 2>/dev/null; then exit 1; fi; "
                               "echo then-ran >> /etc/platform/test/then.log"]],
-    }
+    },
+    # Like the apps' environment: its reload serves the health check while app.env says
+    # "good", stops serving otherwise, and fails outright when it says "crash".
+    "app": {
+        "files": {"app.env": {"path": "/etc/platform/test/app.env", "mode": "0640", "owner": "root:daemon"}},
+        "check": [],
+        "then": [["sh", "-c", "echo reload $(cut -d' ' -f1 /etc/platform/test/app.env) >> /etc/platform/test/then.log; "
+                              "rm -f /var/lib/health-www/health; "
+                              "if grep -q ^good /etc/platform/test/app.env; then echo ok > /var/lib/health-www/health; fi; "
+                              "! grep -q ^crash /etc/platform/test/app.env"]],
+        "health": "http://127.0.0.1:18081/health",
+    },
 }
 
 
@@ -54,9 +65,13 @@ def push_sandbox(tmp_path, render_role, staging_settings):
     push = files[conventions.PUSH_COMMAND]
     (tmp_path / "table.json").write_text(json.dumps(PUSH_TABLE))
 
-    def run(steps, provisioned=True):
+    def run(steps, provisioned=True, health_server=False):
         lines = [
             f"mkdir -p {conventions.PLATFORM_ETC} {conventions.PLATFORM_STATE}",
+            *(["ip link set lo up", "mkdir -p /var/lib/health-www",
+               "(cd /var/lib/health-www && exec python3 -m http.server 18081 --bind 127.0.0.1 >/dev/null 2>&1) &",
+               "for _ in $(seq 50); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 18081))' "
+               "2>/dev/null && break; sleep 0.1; done"] if health_server else []),
             f"install -D {files[conventions.LOCK_COMMAND]} {conventions.LOCK_COMMAND}",
             f"install -D {files[conventions.WRITE_COMMAND]} {conventions.WRITE_COMMAND}",
             f"cp {tmp_path}/table.json {conventions.PLATFORM_ETC}/pushes.json",
@@ -73,7 +88,7 @@ def push_sandbox(tmp_path, render_role, staging_settings):
                          f"echo \"== exit $?\"")
         lines.append("echo '== state'; cd /etc/platform/test 2>/dev/null && "
                      "for f in $(find . -type f | sort); do echo \"$f $(stat -c '%a %U:%G' $f) $(cat $f)\"; done; true")
-        result = sandboxed(tmp_path, "\n".join(lines))
+        result = sandboxed(tmp_path, "\n".join(lines), network=health_server, timeout=240)
         assert result.returncode == 0, result.stderr
         out = result.stdout + result.stderr
         return out, result.stdout.split("== state\n", 1)[1]
@@ -124,6 +139,36 @@ def test_push_whose_follow_up_failed_runs_it_again_next_time_though_no_file_chan
     assert "running them again" in second and "== exit 0" in second
     assert "platform-push conf: no change" in third
     assert state.count("then-ran") == 1
+
+
+def test_push_naming_a_health_check_puts_the_old_files_back_when_its_reload_fails(push_sandbox):
+    out, state = push_sandbox([("app", {"app.env": "good one"}), ("app", {"app.env": "crash two"})],
+                              health_server=True)
+    second = out.split("== step 1", 1)[1]
+    assert "== exit 1" in second
+    assert "failed; previous files restored and reloaded" in second
+    # The reload ran with the new file, then again with the old one: the server serves again.
+    assert state.splitlines() == ["./app.env 640 root:daemon good one", "./then.log 644 root:root reload good",
+                                  "reload crash", "reload good"]
+
+
+def test_push_naming_a_health_check_puts_the_old_files_back_when_the_check_stops_answering(push_sandbox):
+    out, state = push_sandbox([("app", {"app.env": "good one"}), ("app", {"app.env": "silent two"})],
+                              health_server=True)
+    second = out.split("== step 1", 1)[1]
+    assert "== exit 1" in second
+    assert "/health did not answer within 90s; previous files restored and reloaded" in second
+    assert state.splitlines() == ["./app.env 640 root:daemon good one", "./then.log 644 root:root reload good",
+                                  "reload silent", "reload good"]
+
+
+def test_push_naming_a_health_check_keeps_new_files_where_it_did_not_answer_before(push_sandbox):
+    # Not serving before (its datastore down, say): the push may be what fixes it.
+    out, state = push_sandbox([("app", {"app.env": "silent one"}), ("app", {"app.env": "good two"})],
+                              health_server=True)
+    assert out.count("== exit 0") == 2, out
+    assert state.splitlines() == ["./app.env 640 root:daemon good two", "./then.log 644 root:root reload silent",
+                                  "reload good"]
 
 
 def test_first_push_that_fails_its_check_leaves_no_file_behind(push_sandbox):
