@@ -49,6 +49,7 @@ class AppServerPool(pulumi.ComponentResource):
         self.serving: list[pulumi.Resource] = []   # the pushes after which every member serves
         self.routes: dict[str, remote.SshRoute] = {}
         previous: pulumi.Resource | None = None   # the member before: back in the LB's pool
+        previous_env: pulumi.Resource | None = None   # the member before: serving with the new .env
         for number in range(1, settings.app_server_count + 1):
             member = f"{name}-{number}"
             droplet = network.droplet(
@@ -74,7 +75,13 @@ class AppServerPool(pulumi.ComponentResource):
             tls = remote.push_identity(
                 member, route=route, role=conventions.APP_SERVER, settings=settings, cert=cert, parent=self
             )
-            env = remote.push(f"{member}-env-push", route=route, kind="env", files={".env": app_env}, parent=self)
+            # A new .env (appEnv, appSecrets, the datastore's address) reaches one member at a
+            # time, once the datastore takes the apps' logins: a member that served must serve
+            # with it or gets its old .env back (platform-push), and a failure stops the roll
+            # with the others serving on the old one.
+            env = remote.push(f"{member}-env-push", route=route, kind="env", files={".env": app_env}, parent=self,
+                              depends_on=[datastore.serving, *filter(None, [previous_env])])
+            previous_env = env
             # The first release, so a new stack serves something; ignored once one is deployed.
             # It starts the apps, which need their environment first: the engine would
             # otherwise run both pushes at once, in either order.

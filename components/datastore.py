@@ -21,6 +21,7 @@ PASSWORD_LENGTH = 32
 class Datastore(pulumi.ComponentResource):
     private_ip: pulumi.Output[str]
     passwords: pulumi.Output[dict[str, str]]
+    serving: pulumi.Resource   # the push after which its engines take the apps' logins
 
     def __init__(
         self,
@@ -93,7 +94,7 @@ class Datastore(pulumi.ComponentResource):
         )
         # The engines start once the droplet's certificate is there and the passwords are
         # applied to running engines: the same order the pushes always had, now in the graph.
-        remote.push(
+        self.serving = remote.push(
             f"{name}-secrets-push",
             route=route,
             kind="secrets",

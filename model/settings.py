@@ -154,7 +154,8 @@ SETTINGS = (
             secret=True),
     Setting("appEnv", {}, env_map,
             "The apps' own environment variables (name: value), added to their `.env` on every app server; a "
-            "change reloads the apps gracefully. Names are A-Z, 0-9 and _, none the platform sets ("
+            "change reloads the apps gracefully, one app server at a time (a value they cannot run with goes "
+            "back on the first server and fails `pulumi up`). Names are A-Z, 0-9 and _, none the platform sets ("
             f"{', '.join(conventions.PLATFORM_APP_ENV)}, the engines' POSTGRESQL_HOST ..., "
             f"{', '.join(prefix + '*' for prefix in conventions.PLATFORM_ENV_PREFIXES)}); "
             f"values are single lines of at most {ENV_VALUE_MAX_BYTES // 1024} KiB. "

@@ -117,6 +117,20 @@ def test_the_first_release_waits_for_the_apps_environment(deployment):
             assert f"{member}-env-push" in depends_on(deployment, push), push.name
 
 
+def test_a_new_env_rolls_through_the_pool_once_the_datastore_takes_the_apps_logins(deployment):
+    """Each member's env push waits for the datastore's passwords and for the member before
+    it: a .env that breaks the apps stops at the first server (platform-push puts its old
+    one back), and one pushed while the datastore still boots would fail its health check."""
+    members = sorted(push.name.removesuffix("-env-push") for push in of_type(deployment, COMMAND)
+                     if push.name.endswith("-env-push"))
+    assert len(members) == deployment.settings.app_server_count >= 2
+    for n, member in enumerate(members):
+        env = deployment.named(f"{member}-env-push", ":Command")
+        assert "datastore-secrets-push" in depends_on(deployment, env), member
+        before = {f"{members[n - 1]}-env-push"} if n else set()
+        assert {d for d in depends_on(deployment, env) if d.endswith("-env-push")} == before, member
+
+
 def test_the_lb_sends_traffic_to_an_app_server_only_once_it_serves(deployment):
     """The upstream list waits for every member's certificate and first release: pushed as
     soon as a new member's droplet exists, it would send requests to a server still booting."""

@@ -84,10 +84,12 @@ def files(settings: Settings) -> list[ConfigFile]:
 
 def pushes(settings: Settings) -> dict[str, Push]:
     return {
-        # New datastore addresses or passwords: the apps re-read .env as they restart.
+        # New datastore addresses or passwords, appEnv, appSecrets: the apps re-read .env as
+        # they restart. A server that served must serve with the new .env, or gets the old back.
         "env": Push(
             files={".env": Target(conventions.APP_ENV_FILE, mode="0640", owner=f"root:{conventions.APP_USER}")},
             then=[["sh", "-c", f"! systemctl is-active --quiet {conventions.APPS_UNIT} || systemctl reload {conventions.APPS_UNIT}"]],
+            health=HEALTH_URL,
         ),
         "example-app": Push(
             files={"example-app.tar.gz.b64": Target(conventions.EXAMPLE_APP_ARCHIVE)},

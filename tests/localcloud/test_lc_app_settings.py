@@ -3,6 +3,8 @@
 Only the app servers' `env` pushes run; every app server's .env carries both, read back
 exactly by the app's own loader; every pm2 worker is a new one (the graceful reload); no
 request failed; the secret is in no command's output. Unset again, both leave the .env.
+A setting the apps cannot start with stops at the first app server, which gets its old
+.env back and serves again; the others never receive it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import uuid
 
 import pytest
 
-from localcloud import stack
+from localcloud import stack, traffic
 from model import conventions
 
 GREETING = "hello 'world' \"twice\" $HOME #not-a-comment  "
@@ -71,3 +73,27 @@ def test_app_env_and_a_secret_reach_every_env_and_reload_the_apps_under_load(loc
     for app in apps:
         env = local_stack.run(app, ["cat", conventions.APP_ENV_FILE], check=True).stdout
         assert "GREETING=" not in env and "API_TOKEN=" not in env, app
+
+
+def test_an_env_the_apps_cannot_start_with_stops_at_app_1_which_serves_again_on_its_old_one(
+        local_stack, back_to_committed):
+    name = local_stack.plan.stack
+    keys = sorted(d.key for d in local_stack.plan.with_tag(conventions.APP_SERVER))
+    assert keys[0] == "app-1"
+    env_before = {key: local_stack.run(key, ["cat", conventions.APP_ENV_FILE], check=True).stdout for key in keys}
+    untouched = {key: workers(local_stack, key) for key in keys[1:]}
+
+    # The example app listens where LISTEN_HOST says: an address no server has, it cannot.
+    p = stack.plan(name, {"appEnv": {"LISTEN_HOST": "192.0.2.1"}})
+    result, load = local_stack.up_under_load(p)
+    print(f"\n[figures] an env the apps cannot start with, under 20 req/s: {load}; up took {result.seconds:.0f}s")
+    status = {r.name: r for r in result.commands}
+    failed = status["app-1-env-push"]
+    assert failed.status == "failed", failed
+    assert "previous files restored and reloaded" in failed.output, failed.output
+    assert all(status[f"{key}-env-push"].status == "not run" for key in keys[1:]), result.commands
+    for key in keys:
+        assert local_stack.run(key, ["cat", conventions.APP_ENV_FILE], check=True).stdout == env_before[key], key
+    assert {key: workers(local_stack, key) for key in keys[1:]} == untouched
+    after = traffic.result(local_stack.stream("/api/hello", rate=10, seconds=6))
+    assert {local_stack.name(key) for key in keys} <= set(after["hosts"]) and after["failed"] == 0, after
