@@ -36,8 +36,8 @@ CONTRACT_FILE = app_contract.FILE
 DEFAULT_CONTRACT_JSON = json.dumps(app_contract.DEFAULT.as_json())
 ROUTE_PORTS_JSON = json.dumps(app_contract.ROUTES)
 
-# Rolling through the pool: a member that served this before a new bundle must serve it
-# again before the next member gets the bundle.
+# Rolling through the pool: a member that served this before a new bundle or a new .env
+# must serve it again before the next member gets it.
 # The loopback listener: the LB's port asks for the LB's client certificate.
 HEALTH_URL = f"https://127.0.0.1:{conventions.APP_LOCAL_TLS_PORT}{conventions.HEALTH_PATH}"
 
