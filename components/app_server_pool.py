@@ -57,24 +57,26 @@ class AppServerPool(pulumi.ComponentResource):
             )
             address = droplet.ipv4_address_private
             route = remote.route_to(member, droplet=droplet, host=address, key=key, via=jump, parent=self)
-            # A new member is provisioned at once; then one member at a time: a new bundle
-            # reaches a member once the one before it is back in the LB's pool, so the LB
-            # always has the others, and sends it nothing meanwhile (remote.drain_for_push).
-            first = remote.first_bundle(member, route=route, bundle=bundle, parent=self)
-            drain = remote.drain_for_push(
-                member, lb=jump, address=address, bundle=bundle, parent=self, after=[previous] if previous else [])
-            route = remote.install_platform(member, route=route, bundle=bundle, parent=self, after=[first, drain])
-            previous = remote.back_in_pool(
-                member, lb=jump, address=address, drain=drain, push=route.ready, parent=self)
             cert = ca.issue(
                 member,
                 dns_names=[conventions.droplet_name(settings.stack, member), conventions.app_pool_tls_name(settings.stack)],
                 ip_addresses=[address],
                 parent=self,
             )
+            # A new member is provisioned at once; then one member at a time: a new bundle or
+            # certificate reaches a member once the one before it is back in the LB's pool, so
+            # the LB always has the others, and sends it nothing meanwhile (remote.drain_for_push).
+            first = remote.first_bundle(member, route=route, bundle=bundle, parent=self)
+            drain = remote.drain_for_push(
+                member, lb=jump, address=address, bundle=bundle, cert=cert, parent=self,
+                after=[previous] if previous else [])
+            route = remote.install_platform(member, route=route, bundle=bundle, parent=self, after=[first, drain])
             tls = remote.push_identity(
-                member, route=route, role=conventions.APP_SERVER, settings=settings, cert=cert, parent=self
+                member, route=route, role=conventions.APP_SERVER, settings=settings, cert=cert, parent=self,
+                tls_after=[drain],
             )
+            previous = remote.back_in_pool(
+                member, lb=jump, address=address, drain=drain, pushes=[route.ready, tls], parent=self)
             # A new .env (appEnv, appSecrets, the datastore's address) reaches one member at a
             # time, once the datastore takes the apps' logins: a member that served must serve
             # with it or gets its old .env back (platform-push), and a failure stops the roll

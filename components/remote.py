@@ -182,14 +182,17 @@ def drain_for_push(
     lb: SshRoute,
     address: pulumi.Input[str],
     bundle: cloudinit.Bundle,
+    cert: ServerCertificate,
     parent: pulumi.Resource,
     after: list[pulumi.Resource],
 ) -> command.remote.Command:
-    """An app server out of the LB's pool for its bundle push, which runs after it: its
-    provisioning may reload its nginx, which closes the kept-alive connections the LB holds
-    to it, and the LB does not send again a POST it was sending on one. Runs again with each
-    new bundle; the LB's script decides whether there is anything to drain."""
-    return _drain_step(f"{name}-drain", "for-push", lb=lb, address=address, triggers=[bundle.digest],
+    """An app server out of the LB's pool for its bundle and certificate pushes, which run
+    after it: each may reload its nginx, which closes the kept-alive connections the LB
+    holds to it, and the LB does not send again a POST it was sending on one. Runs again
+    with each new bundle or certificate (a renewal); the LB's script decides whether there
+    is anything to drain."""
+    cert_digest = pulumi.Output.from_input(cert.cert_pem).apply(lambda pem: hashlib.sha256(pem.encode()).hexdigest())
+    return _drain_step(f"{name}-drain", "for-push", lb=lb, address=address, triggers=[bundle.digest, cert_digest],
                        parent=parent, depends_on=after)
 
 
@@ -199,17 +202,17 @@ def back_in_pool(
     lb: SshRoute,
     address: pulumi.Input[str],
     drain: command.remote.Command,
-    push: pulumi.Resource,
+    pushes: list[pulumi.Resource],
     parent: pulumi.Resource,
 ) -> command.remote.Command:
-    """The server back in the LB's pool once its push is done. Runs again whenever its drain
+    """The server back in the LB's pool once its pushes are done. Runs again whenever its drain
     has run: its trigger is the drain's id, new on each run (pulumi-command replaces a
     Command whose triggers change). A bundle's trigger would not do: after a failed push the
     engine runs nothing after it and keeps this step's old trigger, and the next `up` may
     have no new bundle (the change reverted), only the drain to run again. The LB's script
     puts back only a server its drain took out."""
     return _drain_step(f"{name}-undrain", "after-push", lb=lb, address=address, triggers=[drain.id],
-                       parent=parent, depends_on=[push])
+                       parent=parent, depends_on=pushes)
 
 
 def _drain_step(name: str, step: str, *, lb: SshRoute, address: pulumi.Input[str], triggers: list,
@@ -270,16 +273,19 @@ def push_identity(
     settings: Settings,
     cert: ServerCertificate,
     parent: pulumi.Resource,
+    tls_after: list[pulumi.Resource] | None = None,
 ) -> command.remote.Command:
     """What every droplet receives after boot: its TLS identity and its logins' keys (the
     operators', and deployKeys for the deploy login where there is one).
-    Returns the TLS push (a server serves TLS only once it is done)."""
+    Returns the TLS push (a server serves TLS only once it is done); `tls_after`: what it
+    waits for besides the droplet's platform (an app server's drain)."""
     tls = push(
         f"{name}-tls-push",
         route=route,
         kind="tls",
         files={"ca.crt": cert.ca_cert_pem, "server.crt": cert.cert_pem, "server.key": cert.key_pem},
         parent=parent,
+        depends_on=tls_after,
     )
     push(
         f"{name}-operators-push",

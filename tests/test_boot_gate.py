@@ -10,6 +10,8 @@ droplet's host key (its stdout), and every later connection pins it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import subprocess
 
@@ -67,9 +69,11 @@ def test_a_droplet_behind_the_lb_waits_for_the_lbs_platform_first(deployment):
             assert "lb-bundle-push" in depends_on(deployment, gate), name
 
 
-def test_a_new_bundle_rolls_through_the_pool_one_member_at_a_time_each_out_of_the_lbs_pool(deployment):
-    """Per member, on the LB: drained, then its bundle push, then back in the pool; the next
-    member is drained once the one before is back. Each drain runs again with a new bundle."""
+def test_a_new_bundle_or_certificate_rolls_through_the_pool_one_member_at_a_time_each_out_of_the_lbs_pool(
+        deployment):
+    """Per member, on the LB: drained, then its bundle and certificate pushes (each may
+    reload its nginx), then back in the pool; the next member is drained once the one
+    before is back. Each drain runs again with a new bundle or a new certificate."""
     members = sorted(push.name.removesuffix("-bundle-push") for push in of_type(deployment, COMMAND)
                      if push.name.startswith("app-") and push.name.endswith("-bundle-push"))
     assert len(members) == deployment.settings.app_server_count >= 2
@@ -83,9 +87,13 @@ def test_a_new_bundle_rolls_through_the_pool_one_member_at_a_time_each_out_of_th
         assert undrain.state["create"] == f"sudo {conventions.DRAIN_COMMAND} after-push {address}"
         for step in (drain, undrain):
             assert step.state["connection"] == lb and "lb-bundle-push" in depends_on(deployment, step)
-        # The drain runs again with a new bundle, the undrain whenever the drain has run.
-        assert drain.state["triggers"] == push.state["triggers"] and undrain.state["triggers"] == [drain.id]
-        assert drain.name in depends_on(deployment, push) and push.name in depends_on(deployment, undrain)
+        tls = deployment.named(f"{member}-tls-push", ":Command")
+        cert = json.loads(tls.state["stdin"])["server.crt"]
+        # The drain runs again with a new bundle or certificate, the undrain whenever the drain has run.
+        assert drain.state["triggers"] == [*push.state["triggers"], hashlib.sha256(cert.encode()).hexdigest()]
+        assert undrain.state["triggers"] == [drain.id]
+        for pushed in (push, tls):
+            assert drain.name in depends_on(deployment, pushed) and pushed.name in depends_on(deployment, undrain)
         if n:
             assert f"{members[n - 1]}-undrain" in depends_on(deployment, drain)
 

@@ -245,6 +245,15 @@ def state_after_a_failed_up(before: mockcloud.Deployment, planned: mockcloud.Dep
         retired_addresses=before.mocks.retired_addresses, last_id=planned.mocks.last_id))
 
 
+def state_renewing(before: mockcloud.Deployment, certificate: str):
+    """`before`'s state, but for one certificate that pulumi-tls replaces: one within its
+    early-renewal window, which the next `up` issues anew."""
+    return types.SimpleNamespace(mocks=types.SimpleNamespace(
+        resources=[r for r in before.mocks.resources if r.name != certificate], _keys=before.mocks._keys,
+        _raw_state=before.mocks._raw_state, retired_addresses=before.mocks.retired_addresses,
+        last_id=before.mocks.last_id))
+
+
 def changed_commands(deployment) -> set[str]:
     return {r.name for r in of_type(deployment, COMMAND) if not r.unchanged}
 
@@ -264,3 +273,10 @@ def test_a_server_left_drained_by_a_failed_push_goes_back_when_the_change_is_rev
     failed = state_after_a_failed_up(staging_deployment, upgraded, ran={"app-1-drain"})
     reverted = mockcloud.deploy(staging_deployment.settings, previous=failed)
     assert changed_commands(reverted) == {"app-1-drain", "app-1-undrain"}
+
+
+def test_a_renewed_certificate_drains_its_app_server_around_its_tls_push(staging_deployment):
+    """The tls push reloads the server's nginx: like a new bundle, it runs with the server
+    out of the LB's pool; no bundle is pushed, and the other servers are not touched."""
+    renewed = mockcloud.deploy(staging_deployment.settings, previous=state_renewing(staging_deployment, "app-1-tls-cert"))
+    assert changed_commands(renewed) == {"app-1-drain", "app-1-tls-push", "app-1-undrain"}
