@@ -215,6 +215,34 @@ def test_a_change_that_fails_on_app_1_stops_the_roll_and_app_1_serves_its_previo
     assert local_stack.name("app-1") in after["hosts"] and after["failed"] == 0, after
 
 
+def served_certificate(local_stack, key: str) -> str:
+    """The SHA-256 fingerprint of the certificate an app server's nginx presents."""
+    script = (f"openssl s_client -connect 127.0.0.1:{conventions.APP_LOCAL_TLS_PORT} </dev/null 2>/dev/null"
+              " | openssl x509 -noout -fingerprint -sha256")
+    return local_stack.run(key, ["sh", "-c", script], check=True).stdout.strip()
+
+
+def test_a_renewed_certificate_reaches_app_1_out_of_the_lbs_pool_and_the_lb_takes_it(local_stack, back_to_committed):
+    """pulumi-tls issues a certificate anew in the last 30 days of the old one. Here the
+    stack's state loses app-1's certificate, so the next `up` issues a new one, as that `up`
+    does: only app-1's drain, tls push and undrain run, under load, and no request fails."""
+    name = local_stack.plan.stack
+    before = served_certificate(local_stack, "app-1")
+    records.save(name, records.without(records.load(name), {"app-1-tls-cert"}))
+    result, load = local_stack.up_under_load(stack.plan(name))
+    print(f"\n[figures] app-1's certificate renewed under 20 req/s: {load}")
+    assert stack.healthy(result)
+    assert {r.name for r in result.commands if r.status == "ok"} == {"app-1-drain", "app-1-tls-push", "app-1-undrain"}
+    status = {r.name: r for r in result.commands}
+    address = local_stack.plan.droplet("app-1").vpc_ip
+    assert ": drained in" in status["app-1-drain"].output and f"{address}: in the pool" in status["app-1-undrain"].output
+    assert served_certificate(local_stack, "app-1") != before
+    assert load["failed"] == 0, load
+    after = traffic.result(local_stack.stream("/api/hello", rate=10, seconds=6))
+    assert local_stack.name("app-1") in after["hosts"] and after["failed"] == 0, after
+
+
+
 def test_admin_cidrs_engines_and_domain_change_in_place(local_stack, back_to_committed):
     """Each changed on the booted stack, then `up`: applied by the bundle push, nothing
     replaced; the new domain is served with a certificate from the local ACME server."""
@@ -243,30 +271,3 @@ def test_admin_cidrs_engines_and_domain_change_in_place(local_stack, back_to_com
 
     assert {d.name: d.id for d in local_stack.plan.droplets} == ids
     assert local_stack.boot_ids() == boots
-
-
-def served_certificate(local_stack, key: str) -> str:
-    """The SHA-256 fingerprint of the certificate an app server's nginx presents."""
-    script = (f"openssl s_client -connect 127.0.0.1:{conventions.APP_LOCAL_TLS_PORT} </dev/null 2>/dev/null"
-              " | openssl x509 -noout -fingerprint -sha256")
-    return local_stack.run(key, ["sh", "-c", script], check=True).stdout.strip()
-
-
-def test_a_renewed_certificate_reaches_app_1_out_of_the_lbs_pool_and_the_lb_takes_it(local_stack, back_to_committed):
-    """pulumi-tls issues a certificate anew in the last 30 days of the old one. Here the
-    stack's state loses app-1's certificate, so the next `up` issues a new one, as that `up`
-    does: only app-1's drain, tls push and undrain run, under load, and no request fails."""
-    name = local_stack.plan.stack
-    before = served_certificate(local_stack, "app-1")
-    records.save(name, records.without(records.load(name), {"app-1-tls-cert"}))
-    result, load = local_stack.up_under_load(stack.plan(name))
-    print(f"\n[figures] app-1's certificate renewed under 20 req/s: {load}")
-    assert stack.healthy(result)
-    assert {r.name for r in result.commands if r.status == "ok"} == {"app-1-drain", "app-1-tls-push", "app-1-undrain"}
-    status = {r.name: r for r in result.commands}
-    address = local_stack.plan.droplet("app-1").vpc_ip
-    assert ": drained in" in status["app-1-drain"].output and f"{address}: in the pool" in status["app-1-undrain"].output
-    assert served_certificate(local_stack, "app-1") != before
-    assert load["failed"] == 0, load
-    after = traffic.result(local_stack.stream("/api/hello", rate=10, seconds=6))
-    assert local_stack.name("app-1") in after["hosts"] and after["failed"] == 0, after
