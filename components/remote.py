@@ -191,9 +191,8 @@ def drain_for_push(
     holds to it, and the LB does not send again a POST it was sending on one. Runs again
     with each new bundle or certificate (a renewal); the LB's script decides whether there
     is anything to drain."""
-    cert_digest = pulumi.Output.from_input(cert.cert_pem).apply(lambda pem: hashlib.sha256(pem.encode()).hexdigest())
-    return _drain_step(f"{name}-drain", "for-push", lb=lb, address=address, triggers=[bundle.digest, cert_digest],
-                       parent=parent, depends_on=after)
+    return _drain_step(f"{name}-drain", "for-push", lb=lb, address=address,
+                       triggers=[bundle.digest, sha256(cert.cert_pem)], parent=parent, depends_on=after)
 
 
 def back_in_pool(
@@ -253,6 +252,11 @@ def first_bundle(
         triggers=[bundle.digest],
         opts=pulumi.ResourceOptions(parent=parent, depends_on=[*filter(None, [route.ready])]),
     )
+
+
+def sha256(text: pulumi.Input[str]) -> pulumi.Output[str]:
+    """A trigger that changes with `text` and shows nothing of it (it may be a secret)."""
+    return pulumi.Output.from_input(text).apply(lambda value: hashlib.sha256(value.encode()).hexdigest())
 
 
 def push_command(kind: str) -> str:
@@ -319,6 +323,6 @@ def push(
         connection=route.connection(),
         create=push_command(kind),
         stdin=body,
-        triggers=[body.apply(lambda text: hashlib.sha256(text.encode()).hexdigest())],
+        triggers=[sha256(body)],
         opts=pulumi.ResourceOptions(parent=parent, depends_on=[*filter(None, [route.ready]), *(depends_on or [])]),
     )

@@ -240,18 +240,21 @@ def state_after_a_failed_up(before: mockcloud.Deployment, planned: mockcloud.Dep
                  if b.type == COMMAND and b.name in ran else b for b in before.mocks.resources]
     raw_state = {**before.mocks._raw_state,
                  **{key: state for key, state in planned.mocks._raw_state.items() if key[1] in ran}}
-    return types.SimpleNamespace(mocks=types.SimpleNamespace(
-        resources=resources, _keys=before.mocks._keys, _raw_state=raw_state,
-        retired_addresses=before.mocks.retired_addresses, last_id=planned.mocks.last_id))
+    return state_of(before, resources, raw_state, last_id=planned.mocks.last_id)
 
 
 def state_renewing(before: mockcloud.Deployment, certificate: str):
     """`before`'s state, but for one certificate that pulumi-tls replaces: one within its
     early-renewal window, which the next `up` issues anew."""
+    return state_of(before, [r for r in before.mocks.resources if r.name != certificate], before.mocks._raw_state,
+                    last_id=before.mocks.last_id)
+
+
+def state_of(before: mockcloud.Deployment, resources: list, raw_state: dict, last_id: int):
+    """A stack's state as mockcloud.deploy(previous=) reads it: these resources, `before`'s keys and addresses."""
     return types.SimpleNamespace(mocks=types.SimpleNamespace(
-        resources=[r for r in before.mocks.resources if r.name != certificate], _keys=before.mocks._keys,
-        _raw_state=before.mocks._raw_state, retired_addresses=before.mocks.retired_addresses,
-        last_id=before.mocks.last_id))
+        resources=resources, _keys=before.mocks._keys, _raw_state=raw_state,
+        retired_addresses=before.mocks.retired_addresses, last_id=last_id))
 
 
 def changed_commands(deployment) -> set[str]:

@@ -6,10 +6,11 @@
 #                                (each finishes the requests it sent there first)
 #   platform-drain off ADDRESS   `down` goes, nginx reloads
 #   platform-drain status        the drained addresses, one per line
-#   platform-drain for-push ADDRESS    around an app server's bundle push (the program runs
-#   platform-drain after-push ADDRESS  them), whose nginx reload could cut a request the LB
-#                                sends on a closing kept-alive connection: `on` and `off`
-#                                where they apply. Nothing to drain (not in the pool yet,
+#   platform-drain for-push ADDRESS    around an app server's bundle and certificate
+#   platform-drain after-push ADDRESS  pushes (the program runs them), whose nginx reload
+#                                could cut a request the LB sends on a closing kept-alive
+#                                connection: `on` and `off` where they apply. Nothing
+#                                to drain (not in the pool yet,
 #                                the only server the LB sends to) is no failure, a wait that
 #                                runs out neither (the reload would cut those requests
 #                                anyway), and `after-push` puts back only a server that
