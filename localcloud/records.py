@@ -34,18 +34,19 @@ def deployment_record(mocks, settings, overrides: dict, outputs: dict | None = N
 
 
 def without(record: dict, names: set[str]) -> dict:
-    """The record less these resources: a create that failed is not recorded, so the
-    next run creates (runs) them again, as the engine does."""
+    """The record less these resources, so that the next run runs them again. (The engine
+    keeps a command that failed as one that failed to initialize, and its next `up` runs
+    it again: the same effect.)"""
     return {**record,
             "resources": [r for r in record["resources"] if r["name"] not in names],
             "raw_state": [[t, n, st] for t, n, st in record["raw_state"] if n not in names]}
 
 
 def after_up(ran: dict, before: dict | None, failed: set[str], not_run: set[str]) -> dict:
-    """The state an `up` leaves, as the engine's: what it ran, but a command that failed is
-    not recorded (the next `up` runs it again), and one it did not get to (after a failure)
-    keeps its record from before, if it had one: the next `up` runs that one only if its
-    inputs differ from the record's."""
+    """The state an `up` leaves, to the same effect as the engine's: what it ran, but a
+    command that failed left out (the next `up` runs it again), and one it did not get to
+    (after a failure) with its record from before, if it had one: the next `up` runs that
+    one only if its inputs differ from the record's."""
     kept = without(ran, failed | not_run)
     if not before:
         return kept
