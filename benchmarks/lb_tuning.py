@@ -68,6 +68,10 @@ CANDIDATES = {
         "proxy_buffer_size and proxy_buffers of 16k, a whole TLS record each (nginx's are one page, 4k): "
         "an answer read from the upstream in fewer SSL_read calls",
         {}, ["proxy_buffer_size 16k;", "proxy_buffers 8 16k;"]),
+    "access-log-buffered": (
+        "the access log written from a 64k buffer at most a second late (the stack's is written line by line: "
+        "a write(2) per request)",
+        {}, ["access_log /var/log/nginx/access.log combined buffer=64k flush=1s;"]),
 }
 
 SERVER = """upstream bench_{ident} {{
