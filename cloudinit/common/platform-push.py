@@ -41,7 +41,8 @@ HEALTH_WAIT_SECONDS = 90
 HERE = os.path.dirname(os.path.abspath(__file__))
 hold_droplet_lock = runpy.run_path(os.path.join(HERE, os.path.basename("{{ c.LOCK_COMMAND }}")))["holding"]
 _write = runpy.run_path(os.path.join(HERE, os.path.basename("{{ c.WRITE_COMMAND }}")))
-read, replace, write_if_differs = _write["read"], _write["replace"], _write["write_if_differs"]
+read, replace, write_if_differs, is_as_asked = (
+    _write["read"], _write["replace"], _write["write_if_differs"], _write["is_as_asked"])
 
 
 def wait_for_provisioning():
@@ -87,16 +88,17 @@ def apply(kind, spec, files):
     served serving: when its follow-up fails or the check no longer answers, the previous
     files go back and the follow-up runs again, so the server serves as it did."""
     pending = os.path.join(PENDING, kind)
+    differing = {name: target for name, target in spec["files"].items()
+                 if not is_as_asked(target["path"], files[name].encode(), target["mode"], target["owner"])}
+    if not differing and not os.path.exists(pending):
+        print(f"platform-push {kind}: no change")
+        return
     health = spec.get("health")
     served = bool(health) and serving(health)
     previous = {}
-    for name, target in spec["files"].items():
-        old = read(target["path"])
-        if write_if_differs(target["path"], files[name].encode(), target["mode"], target["owner"]):
-            previous[target["path"]] = old
-    if not previous and not os.path.exists(pending):
-        print(f"platform-push {kind}: no change")
-        return
+    for name, target in differing.items():
+        previous[target["path"]] = read(target["path"])
+        replace(target["path"], files[name].encode(), target["mode"], target["owner"])
     if previous:
         print(f"platform-push {kind}: {len(previous)} file(s) changed")
     else:

@@ -69,7 +69,8 @@ def push_sandbox(tmp_path, render_role, staging_settings):
         lines = [
             f"mkdir -p {conventions.PLATFORM_ETC} {conventions.PLATFORM_STATE}",
             *(["ip link set lo up", "mkdir -p /var/lib/health-www",
-               "(cd /var/lib/health-www && exec python3 -m http.server 18081 --bind 127.0.0.1 >/dev/null 2>&1) &",
+               "(cd /var/lib/health-www && exec python3 -m http.server 18081 --bind 127.0.0.1 >/dev/null "
+               "2>/var/lib/health-asked.log) &",
                "for _ in $(seq 50); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 18081))' "
                "2>/dev/null && break; sleep 0.1; done"] if health_server else []),
             f"install -D {files[conventions.LOCK_COMMAND]} {conventions.LOCK_COMMAND}",
@@ -163,6 +164,15 @@ def test_push_naming_a_health_check_keeps_new_files_where_it_did_not_answer_befo
     assert out.count("== exit 0") == 2, out
     assert state.splitlines() == ["./app.env 640 root:daemon good two", "./then.log 644 root:root reload silent",
                                   "reload good"]
+
+
+def test_push_naming_a_health_check_asks_it_nothing_when_no_file_differs(push_sandbox):
+    # Only a push that changes something asks (a hung nginx would cost each asking 5 s).
+    asked = "echo asked $(grep -c 'GET /health' /var/lib/health-asked.log)"
+    out, _ = push_sandbox([("app", {"app.env": "good one"}), ("!", asked), ("app", {"app.env": "good one"}),
+                           ("!", asked)], health_server=True)
+    assert "platform-push app: no change" in out.split("== step 2", 1)[1]
+    assert [line for line in out.splitlines() if line.startswith("asked")] == ["asked 1", "asked 1"], out
 
 
 def test_first_push_that_fails_its_check_leaves_no_file_behind(push_sandbox):
