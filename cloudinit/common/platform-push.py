@@ -230,6 +230,7 @@ def serving(url, wait=0):
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    said = False
     while True:
         try:
             with urllib.request.urlopen(url, timeout=5, context=context) as answer:
@@ -239,6 +240,10 @@ def serving(url, wait=0):
             pass
         if time.monotonic() >= deadline:
             return False
+        if not said:
+            # pulumi-command shows each line of output as the command's status as it comes: say what it waits for.
+            print(f"platform-push: {url} does not answer yet; waiting up to {wait}s", flush=True)
+            said = True
         time.sleep(2)
 
 

@@ -152,6 +152,7 @@ def test_push_naming_a_health_check_puts_the_old_files_back_where_it_answered_be
     second = out.split("== step 1", 1)[1]
     assert "== exit 1" in second
     assert f"{failure}; previous files restored and reloaded" in second
+    assert ("does not answer yet; waiting up to 90s" in second) == (new == "silent")
     # The reload ran with the new file, then again with the old one: the server serves again.
     assert state.splitlines() == ["./app.env 640 root:daemon good one", "./then.log 644 root:root reload good",
                                   f"reload {new}", "reload good"]
