@@ -170,8 +170,15 @@ fi
 # The workers started before the reload may still send it requests; each leaves once
 # its own are answered. The new ones never send it any.
 start=$SECONDS
+said=
 for pid in $workers; do
     while kill -0 "$pid" 2>/dev/null; do
+        if [ -z "$said" ] && [ $((SECONDS - start)) -ge 2 ]; then
+            # A wait says what it waits for (pulumi-command shows it as the command's status).
+            echo "$address: marked down; waiting up to ${wait_seconds}s for the LB's workers from before the reload," \
+                "which may still be answering its requests"
+            said=1
+        fi
         if [ $((SECONDS - start)) -ge "$wait_seconds" ]; then
             echo "platform-drain: $address is marked down, but nginx workers from before still run after" \
                 "${wait_seconds}s (long requests or websockets to the pool): $(pgrep -P "$(cat /run/nginx.pid)" |

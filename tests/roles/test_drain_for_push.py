@@ -21,9 +21,11 @@ A1, A2, GONE = "10.110.16.5", "10.110.16.6", "10.110.16.9"
 STAND_IN = '#!/bin/sh\necho "$(basename "$0") $*" >> "$T/calls"\n'
 
 
-def drain_run(tmp_path: Path, pool: list[str], steps: list[str]) -> list[tuple[str, str, str]]:
+def drain_run(tmp_path: Path, pool: list[str], steps: list[str],
+              old_worker_seconds: int = 0) -> list[tuple[str, str, str]]:
     """Runs `platform-drain STEP` for each step over a pool; returns per step what it
-    printed, the stand-ins' calls, and the pool's lines marked down afterwards."""
+    printed, the stand-ins' calls, and the pool's lines marked down afterwards. With
+    `old_worker_seconds`, nginx's master has one worker, which exits after that long."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     context = cloudinit.template_context(c.LOAD_BALANCER, settings())
     lines = [f"export T={shlex.quote(str(tmp_path))} PATH=/usr/local/bin:$PATH"]
@@ -35,9 +37,14 @@ def drain_run(tmp_path: Path, pool: list[str], steps: list[str]) -> list[tuple[s
     for tool in ("nginx", "systemctl"):
         (tmp_path / tool).write_text(STAND_IN)
         lines.append(f'install -D -m 755 "$T/{tool}" /usr/local/bin/{tool}')
-    # nginx's master, a process of the sandbox's own, without workers (none to wait for).
+    # nginx's master, a process of the sandbox's own, without workers (none to wait for)
+    # or with one still answering a request that takes `old_worker_seconds`.
+    master = (f"python3 -c 'import subprocess, time; subprocess.run([\"sleep\", \"{old_worker_seconds}\"]); "
+              "time.sleep(600)'" if old_worker_seconds else "sleep 600")
     lines += [f"mkdir -p {c.PLATFORM_STATE}", "mount -t tmpfs tmpfs /run && mkdir /run/lock",
-              "sleep 600 & echo $! > /run/nginx.pid"]
+              f"{master} & echo $! > /run/nginx.pid"]
+    if old_worker_seconds:
+        lines.append("until pgrep -P $(cat /run/nginx.pid) >/dev/null; do sleep 0.05; done")
     for n, step in enumerate(steps):
         lines += [f': > "$T/calls"; echo "== step {n}"; {c.DRAIN_COMMAND} {step} 2>&1; echo "== exit $?"',
                   'sed "s/^/== call /" "$T/calls"',
@@ -59,6 +66,14 @@ def test_a_push_takes_its_server_out_of_the_pool_and_puts_it_back(tmp_path):
     assert drained[0].startswith(f"0: {A1}: drained in"), drained
     assert drained[1] == "nginx -t -q | systemctl reload nginx" and f"{A1}:{c.APP_TLS_PORT}" in drained[2], drained
     assert back == (f"0: {A1}: in the pool", "nginx -t -q | systemctl reload nginx", ""), back
+
+
+def test_a_drain_that_waits_for_the_workers_from_before_says_so(tmp_path):
+    (drained,) = drain_run(tmp_path, [A1, A2], [f"for-push {A1}"], old_worker_seconds=4)
+    said = drained[0].splitlines()
+    assert said[0] == (f"0: {A1}: marked down; waiting up to {c.DRAIN_WAIT_SECONDS}s for the LB's workers from "
+                       "before the reload, which may still be answering its requests"), said
+    assert said[1].startswith(f"{A1}: drained in "), said   # once the worker has gone: no more waiting
 
 
 def test_nothing_to_drain_is_no_failure_and_changes_nothing(tmp_path):
