@@ -86,7 +86,7 @@ def restart_one(deployer: Deployer, server: Server, reason: str, alone: bool, se
             deployer.executor.run(commands.drain(stack, "off", server).argv, timeout=300)
             raise DeployError(f"{server.name}: could not be taken out of the LB's pool (exit {result.returncode}: "
                               f"{result.last_line}); its apps were not restarted")
-        say(f"[{server.name}] out of the LB's pool: {result.output.strip()}")
+        say(f"[{server.name}] out of the LB's pool: {result.last_line}")   # the drain ends saying how long it took
     started_at = time.time()
     try:
         deployer.remote(f"{server.name}: restart the apps", commands.restart_apps(stack, server))

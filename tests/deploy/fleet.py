@@ -124,7 +124,10 @@ class Fleet(Executor):
             if self.drain_fails:
                 return Result([], 1, f"platform-drain: {address[0]} is marked down, but nginx workers from before "
                                      "still run after 60s (long requests or websockets to the pool): 1 of them\n")
-            return Result([], 0, f"{address[0]}: drained in 1s\n")
+            # As when the LB's workers from before its reload took a while: a line, then the result.
+            return Result([], 0, f"{address[0]}: marked down; waiting up to 60s for the LB's workers from "
+                                 "before the reload, which may still be answering its requests\n"
+                                 f"{address[0]}: drained in 1s\n")
         assert action == "off", action
         self.drained.discard(address[0])
         return Result([], 0, f"{address[0]}: in the pool\n")
