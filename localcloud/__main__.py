@@ -7,7 +7,10 @@ import os
 import sys
 from dataclasses import asdict
 
-from . import cloud, image, stack, teardown
+from . import cloud, image, stack, state, teardown
+
+# The verbs that boot or remove droplets: not while a test run has the local cloud.
+CHANGING = ("up", "lose", "down", "teardown")
 
 
 def changes(pairs: list[str]) -> dict:
@@ -49,7 +52,16 @@ def main() -> int:
     td.add_argument("--keep-volumes", action="store_true")
     sub.add_parser("leftovers", help="list what of ours is still on the machine")
     args = p.parse_args()
+    if args.cmd not in CHANGING:
+        return run(args)
+    try:
+        with state.held_by_this_run(f"localcloud {args.cmd}"):
+            return run(args)
+    except state.InUse as busy:
+        raise SystemExit(f"localcloud {args.cmd}: {busy}") from None
 
+
+def run(args) -> int:
     if args.cmd in ("up", "check", "status", "shell", "lose", "down"):
         from . import checks
         plan = stack.plan(args.stack, changes(args.changes)) if args.cmd == "up" else stack.deployed(args.stack)
@@ -78,4 +90,5 @@ def main() -> int:
     return 0
 
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

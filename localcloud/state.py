@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from contextlib import contextmanager
@@ -41,3 +42,25 @@ def droplet(name: str) -> dict:
 
 def clear() -> None:
     config.STATE_FILE.unlink(missing_ok=True)
+
+
+class InUse(Exception):
+    pass
+
+
+@contextmanager
+def held_by_this_run(what: str):
+    """The local cloud for one run of the tests at a time: a second run fails at once,
+    naming the first, instead of taking the first one's droplets for what a killed run
+    left behind and tearing them down. The lock goes with the process, killed or not."""
+    config.STATE_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(config.IN_USE_LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise InUse(f"the local cloud is in use by {lock.read().strip() or 'another process'}") from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} ({what})")
+        lock.flush()
+        yield

@@ -43,8 +43,9 @@ TIERS = ("fast", "sandbox", "localcloud")
 TESTS = Path(__file__).resolve().parent
 # Folders whose tests run real programs and engines on this machine (root, Debian packages).
 SANDBOX_FOLDERS = ("roles", "backups")
-# Fixtures that boot droplets: a test that uses one is in the local-cloud tier, wherever it is.
-DROPLET_FIXTURES = ("local_stack", "needs_root")
+# Every fixture that boots or tears down droplets asks for this one: a test that uses it
+# is in the local-cloud tier, wherever it is.
+DROPLET_FIXTURES = ("local_cloud_to_ourselves",)
 
 
 def tier_of(item) -> str:
@@ -208,15 +209,28 @@ class LocalStack:
 
 
 @pytest.fixture(scope="session")
-def local_stack():
+def local_cloud_to_ourselves():
+    """This run has the local cloud to itself until it ends: every fixture that boots or
+    tears down droplets asks for it first. Another run (of any checkout) holding it fails
+    this one at once: the droplets that run has booted are not a killed run's leftovers."""
+    import os
+    from localcloud import state
+    if os.geteuid() != 0:
+        pytest.fail("the local cloud needs root (and the Debian packages in localcloud.config.HOST_PACKAGES)")
+    try:
+        with state.held_by_this_run(f"pytest in {Path.cwd()}"):
+            yield
+    except state.InUse as busy:
+        pytest.fail(f"{busy}: wait for it to end, or stop it and run `python -m localcloud teardown`")
+
+
+@pytest.fixture(scope="session")
+def local_stack(local_cloud_to_ourselves):
     """The staging stack booted ONCE per session from the program's plan (droplets already
     up with the same user_data are reused by `up`); removed at the end, with everything
     else of the local cloud, unless it was already up when the session started (then it
     is left as found). A killed earlier run's leftovers are removed first."""
-    import os
     from localcloud import droplet, records, stack, teardown
-    if os.geteuid() != 0:
-        pytest.fail("the local stack needs root (and the Debian packages in localcloud.config.HOST_PACKAGES)")
     record = records.load(LOCAL_STACK)
     was_up = record is not None and all(droplet.is_running(d.name) for d in stack.deployed(LOCAL_STACK).droplets)
     handle = LocalStack(None, None)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from localcloud import config, droplet, image, network, package_cache, volume
 
 
@@ -198,3 +200,31 @@ def test_an_open_ended_stream_ends_when_told_and_otherwise_at_its_limit(tmp_path
     forgotten = stream_on_this_machine(tmp_path, None, limit=1)
     counts = ended(forgotten, timeout=30)
     assert 1 <= counts["seconds"] < 10, counts
+
+
+def test_a_second_run_finds_the_local_cloud_in_use_and_is_told_by_whom(tmp_path, monkeypatch):
+    from localcloud import state
+    monkeypatch.setattr(config, "STATE_ROOT", tmp_path)
+    monkeypatch.setattr(config, "IN_USE_LOCK", tmp_path / "in-use.lock")
+    with state.held_by_this_run("pytest in /tmp/ci1"):
+        # Another open of the lock (another process's, as the suite's fixture sees it) is refused.
+        with pytest.raises(state.InUse) as busy, state.held_by_this_run("pytest in /work/main"):
+            pass
+        assert str(busy.value) == f"the local cloud is in use by pid {os.getpid()} (pytest in /tmp/ci1)"
+    with state.held_by_this_run("pytest in /work/main"):   # released with its holder
+        pass
+
+
+def test_the_cli_does_not_tear_down_a_local_cloud_that_a_test_run_has(tmp_path, monkeypatch):
+    from localcloud import __main__ as cli, state, teardown
+    monkeypatch.setattr(config, "STATE_ROOT", tmp_path)
+    monkeypatch.setattr(config, "IN_USE_LOCK", tmp_path / "in-use.lock")
+    torn_down = []
+    monkeypatch.setattr(teardown, "teardown", lambda **kw: torn_down.append(kw))
+    monkeypatch.setattr(sys, "argv", ["localcloud", "teardown"])
+    with state.held_by_this_run("pytest in /tmp/ci1"), pytest.raises(SystemExit) as refused:
+        cli.main()
+    assert str(refused.value) == ("localcloud teardown: the local cloud is in use by "
+                                  f"pid {os.getpid()} (pytest in /tmp/ci1)")
+    assert torn_down == []
+    assert cli.main() == 0 and torn_down == [{"keep_volumes": False}]   # once the run has ended

@@ -53,7 +53,7 @@ def get_from_internet(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pair(needs_root):
+def pair(needs_root, local_cloud_to_ourselves):
     others = [n for n in state.load()["droplets"] if not n.startswith("lc-test-") and droplet.is_running(n)]
     if others:   # the teardown below removes every droplet: never someone else's
         pytest.fail(f"droplets of others are running ({', '.join(sorted(others))}): these tests tear down "
@@ -231,7 +231,7 @@ def programs_running(names: set[str]) -> list[str]:
     return found
 
 
-def test_teardown_cleans_a_run_whose_state_was_lost(needs_root):
+def test_teardown_cleans_a_run_whose_state_was_lost(needs_root, local_cloud_to_ourselves):
     """As after a killed run: droplet running, state file gone."""
     cloud.up([cloud.DropletSpec("lc-test-c", "#cloud-config\n{}\n")], vpc_cidr=VPC, wait=False)
     assert droplet.is_running("lc-test-c")

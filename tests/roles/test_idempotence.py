@@ -43,11 +43,7 @@ def common_only_bundle(settings) -> cloudinit.Bundle:
 
 
 @pytest.fixture(scope="module")
-def droplet(staging_settings, tmp_path_factory):
-    import os
-
-    if os.geteuid() != 0:
-        pytest.fail("the local cloud needs root")
+def droplet(staging_settings, tmp_path_factory, local_cloud_to_ourselves):
     from localcloud import cloud, droplet as lc_droplet
 
     # A droplet is a VM that runs its own firewall: the container needs CAP_NET_ADMIN,
