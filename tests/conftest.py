@@ -212,14 +212,19 @@ class LocalStack:
 def local_cloud_to_ourselves():
     """This run has the local cloud to itself until it ends: every fixture that boots or
     tears down droplets asks for it first. Another run (of any checkout) holding it fails
-    this one at once: the droplets that run has booted are not a killed run's leftovers."""
+    this one at once: the droplets that run has booted are not a killed run's leftovers.
+    A machine that had nothing of the local cloud running is left so (the droplet fixtures
+    remove their droplets; this, the network and the host's services they started)."""
     import os
-    from localcloud import state
+    from localcloud import state, teardown
     if os.geteuid() != 0:
         pytest.fail("the local cloud needs root (and the Debian packages in localcloud.config.HOST_PACKAGES)")
     try:
         with state.held_by_this_run(f"pytest in {Path.cwd()}"):
+            found_idle = not any(teardown.leftovers().values())
             yield
+            if found_idle:
+                teardown.teardown()
     except state.InUse as busy:
         pytest.fail(f"{busy}: wait for it to end, or stop it and run `python -m localcloud teardown`")
 
