@@ -50,9 +50,11 @@ class InUse(Exception):
 
 @contextmanager
 def held_by_this_run(what: str):
-    """The local cloud for one run of the tests at a time: a second run fails at once,
-    naming the first, instead of taking the first one's droplets for what a killed run
-    left behind and tearing them down. The lock goes with the process, killed or not."""
+    """The local cloud for one user at a time (a test run, or a CLI verb that boots or
+    removes droplets): a second fails at once, naming the first, instead of taking the
+    first one's droplets for what a killed run left behind and tearing them down. The lock
+    goes with the process, killed or not. (`stack.exclusive`, apart from it, makes one
+    stack's `up`s and `down`s wait for each other, whoever runs them.)"""
     config.STATE_ROOT.mkdir(parents=True, exist_ok=True)
     with open(config.IN_USE_LOCK, "a+") as lock:
         try:
