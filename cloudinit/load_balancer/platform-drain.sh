@@ -10,11 +10,11 @@
 #   platform-drain after-push ADDRESS  pushes (the program runs them), whose nginx reload
 #                                could cut a request the LB sends on a closing kept-alive
 #                                connection: `on` and `off` where they apply. Nothing
-#                                to drain (not in the pool yet,
-#                                the only server the LB sends to) is no failure, a wait that
-#                                runs out neither (the reload would cut those requests
-#                                anyway), and `after-push` puts back only a server that
-#                                `for-push` took out: one drained by hand stays out.
+#                                to drain (not in the pool yet, the only server the LB
+#                                sends to) is no failure, a wait that runs out neither
+#                                (the reload would cut those requests anyway), and
+#                                `after-push` puts back only a server that `for-push`
+#                                took out: one drained by hand stays out.
 #   platform-drain keep          the first check of a push of the upstreams file (a new
 #                                pool, written without marks): the addresses drained before
 #                                and still in the pool are marked `down` again, before
