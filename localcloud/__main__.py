@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import asdict
 
-from . import cloud, image, stack, state, teardown
+from . import cloud, image, stack, teardown, tenancy
 
 # The verbs that boot or remove droplets: not while a test run has the local cloud.
 CHANGING = ("up", "lose", "down", "teardown")
@@ -54,11 +54,7 @@ def main() -> int:
     args = p.parse_args()
     if args.cmd not in CHANGING:
         return run(args)
-    try:
-        with state.held_by_this_run(f"localcloud {args.cmd}"):
-            return run(args)
-    except state.InUse as busy:
-        raise SystemExit(f"localcloud {args.cmd}: {busy}") from None
+    return tenancy.alone(f"localcloud {args.cmd}", lambda: run(args))
 
 
 def run(args) -> int:

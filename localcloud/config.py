@@ -25,7 +25,7 @@ IMAGES_DIR = STATE_ROOT / "images"
 DROPLETS_DIR = STATE_ROOT / "droplets"
 VOLUMES_DIR = STATE_ROOT / "volumes"
 STATE_FILE = STATE_ROOT / "state.json"
-# Held by the test run that uses the local cloud (state.held_by_this_run).
+# Held by the test run that uses the local cloud (tenancy.held).
 IN_USE_LOCK = STATE_ROOT / "in-use.lock"
 PROXY_LOG = STATE_ROOT / "proxy.log"
 # The local cloud's own operator: its public key joins the stack's sshPublicKeys (a local

@@ -213,47 +213,29 @@ def local_cloud_to_ourselves():
     """This run has the local cloud to itself until it ends: every fixture that boots or
     tears down droplets asks for it first. Another run (of any checkout) holding it fails
     this one at once: the droplets that run has booted are not a killed run's leftovers.
-    A machine that had nothing of the local cloud running is left so (the droplet fixtures
-    remove their droplets; this, the network and the host's services they started)."""
+    Its value: whether the local stack was up when the run began (tenancy.a_test_run: then
+    it is used and left up; otherwise the run starts from nothing and leaves nothing)."""
     import os
-    from localcloud import state, teardown
+    from localcloud import tenancy
     if os.geteuid() != 0:
         pytest.fail("the local cloud needs root (and the Debian packages in localcloud.config.HOST_PACKAGES)")
     try:
-        with state.held_by_this_run(f"pytest in {Path.cwd()}"):
-            found_idle = not any(teardown.leftovers().values())
-            yield
-            if found_idle:
-                teardown.teardown()
-    except state.InUse as busy:
+        with tenancy.a_test_run(f"pytest in {Path.cwd()}", LOCAL_STACK) as stack_was_up:
+            yield stack_was_up
+    except tenancy.InUse as busy:
         pytest.fail(f"{busy}: wait for it to end, or stop it and run `python -m localcloud teardown`")
 
 
 @pytest.fixture(scope="session")
 def local_stack(local_cloud_to_ourselves):
     """The staging stack booted ONCE per session from the program's plan (droplets already
-    up with the same user_data are reused by `up`); removed at the end, with everything
-    else of the local cloud, unless it was already up when the session started (then it
-    is left as found). A killed earlier run's leftovers are removed first."""
-    from localcloud import droplet, records, stack, teardown
-    record = records.load(LOCAL_STACK)
-    was_up = record is not None and all(droplet.is_running(d.name) for d in stack.deployed(LOCAL_STACK).droplets)
+    up with the same user_data are reused by `up`); the session's lock removes it at the
+    end, with everything else of the local cloud, unless it was up when the session began."""
+    from localcloud import stack
     handle = LocalStack(None, None)
     plan = stack.plan(LOCAL_STACK)
-
-    def remove_everything():
-        if records.load(LOCAL_STACK):
-            stack.down(stack.deployed(LOCAL_STACK))
-        teardown.teardown()   # also the proxy, the host services and the namespaces (caches kept)
-
-    if not was_up and any(teardown.leftovers().values()):
-        remove_everything()   # what a killed earlier run left: this run starts from nothing
-    try:
-        if was_up:
-            handle.up(plan)
-        else:
-            handle.first_boot = handle.up(plan, quirks=first_boot_quirks())
-        yield handle
-    finally:
-        if not was_up:
-            remove_everything()
+    if local_cloud_to_ourselves:
+        handle.up(plan)
+    else:
+        handle.first_boot = handle.up(plan, quirks=first_boot_quirks())
+    return handle

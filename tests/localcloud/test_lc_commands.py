@@ -203,26 +203,44 @@ def test_an_open_ended_stream_ends_when_told_and_otherwise_at_its_limit(tmp_path
 
 
 def test_a_second_run_finds_the_local_cloud_in_use_and_is_told_by_whom(tmp_path, monkeypatch):
-    from localcloud import state
+    from localcloud import tenancy
     monkeypatch.setattr(config, "STATE_ROOT", tmp_path)
     monkeypatch.setattr(config, "IN_USE_LOCK", tmp_path / "in-use.lock")
-    with state.held_by_this_run("pytest in /tmp/ci1"):
+    with tenancy.held("pytest in /tmp/ci1"):
         # Another open of the lock (another process's, as the suite's fixture sees it) is refused.
-        with pytest.raises(state.InUse) as busy, state.held_by_this_run("pytest in /work/main"):
+        with pytest.raises(tenancy.InUse) as busy, tenancy.held("pytest in /work/main"):
             pass
         assert str(busy.value) == f"the local cloud is in use by pid {os.getpid()} (pytest in /tmp/ci1)"
-    with state.held_by_this_run("pytest in /work/main"):   # released with its holder
+    with tenancy.held("pytest in /work/main"):   # released with its holder
         pass
 
 
+@pytest.mark.parametrize("found, expected", [
+    ("nothing", [False, "the tests", "removed staging and everything"]),
+    ("a killed run's droplets", ["removed staging and everything", False, "the tests", "removed staging and everything"]),
+    ("the stack up", [True, "the tests"]),   # a developer's `localcloud up`: used and left up
+])
+def test_a_test_run_starts_from_nothing_and_leaves_the_machine_as_it_found_it(found, expected, tmp_path, monkeypatch):
+    from localcloud import teardown, tenancy
+    monkeypatch.setattr(config, "STATE_ROOT", tmp_path)
+    monkeypatch.setattr(config, "IN_USE_LOCK", tmp_path / "in-use.lock")
+    monkeypatch.setattr(tenancy, "stack_is_up", lambda name: found == "the stack up")
+    monkeypatch.setattr(teardown, "leftovers", lambda: {"netns": [] if found == "nothing" else ["lc-vpc"]})
+    happened = []
+    monkeypatch.setattr(tenancy, "remove_everything", lambda name: happened.append(f"removed {name} and everything"))
+    with tenancy.a_test_run("pytest in /work/main", "staging") as stack_was_up:
+        happened += [stack_was_up, "the tests"]
+    assert happened == expected
+
+
 def test_the_cli_does_not_tear_down_a_local_cloud_that_a_test_run_has(tmp_path, monkeypatch):
-    from localcloud import __main__ as cli, state, teardown
+    from localcloud import __main__ as cli, teardown, tenancy
     monkeypatch.setattr(config, "STATE_ROOT", tmp_path)
     monkeypatch.setattr(config, "IN_USE_LOCK", tmp_path / "in-use.lock")
     torn_down = []
     monkeypatch.setattr(teardown, "teardown", lambda **kw: torn_down.append(kw))
     monkeypatch.setattr(sys, "argv", ["localcloud", "teardown"])
-    with state.held_by_this_run("pytest in /tmp/ci1"), pytest.raises(SystemExit) as refused:
+    with tenancy.held("pytest in /tmp/ci1"), pytest.raises(SystemExit) as refused:
         cli.main()
     assert str(refused.value) == ("localcloud teardown: the local cloud is in use by "
                                   f"pid {os.getpid()} (pytest in /tmp/ci1)")
