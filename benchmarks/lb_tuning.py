@@ -141,7 +141,9 @@ def main() -> int:
              "plain": BENCH_HOSTS["plain"]}
     compared = ["control", *CANDIDATES]
     names = [*BENCH_NAMES, *map(bench_name, CANDIDATES)]
-    with Reachable(stack.deployed(STACK), names) as p, Variants(p), Candidates(p):
+    # It changes the stack: not beside a test run.
+    with (tenancy.alone("benchmarks/lb_tuning.py"),
+          Reachable(stack.deployed(STACK), names) as p, Variants(p), Candidates(p)):
         rounds = interleaved(p, hosts, args.rounds, args.seconds, args.connections)
     nginx = {k: statistics.median(r["lb_nginx_cpu_s_per_10k"] for r in v) for k, v in rounds.items()}
     out = {
@@ -158,4 +160,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(tenancy.alone("benchmarks/lb_tuning.py", main))   # it changes the stack: not during a test run
+    sys.exit(main())

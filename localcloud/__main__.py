@@ -54,7 +54,8 @@ def main() -> int:
     args = p.parse_args()
     if args.cmd not in CHANGING:
         return run(args)
-    return tenancy.alone(f"localcloud {args.cmd}", lambda: run(args))
+    with tenancy.alone(f"localcloud {args.cmd}"):
+        return run(args)
 
 
 def run(args) -> int:

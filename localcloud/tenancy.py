@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import os
 from contextlib import contextmanager
-from typing import Callable
 
 from . import config, droplet, records, stack, teardown
 
@@ -38,12 +37,12 @@ def held(what: str):
         yield
 
 
-def alone(what: str, verb: Callable[[], int]) -> int:
-    """verb() with the local cloud held (a CLI verb, a benchmark): its exit status, or an
-    exit naming the holder."""
+@contextmanager
+def alone(what: str):
+    """`held`, for a CLI verb or a benchmark: another holder ends the program, named."""
     try:
         with held(what):
-            return verb()
+            yield
     except InUse as busy:
         raise SystemExit(f"{what}: {busy}") from None
 
