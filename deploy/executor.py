@@ -65,22 +65,51 @@ class Executor:
             self.out.flush()
 
     def run(self, argv: list[str], *, input: str | None = None, timeout: float = 900,
-            secret_output: bool = False) -> Result:
+            secret_output: bool = False, progress: Callable[[str], None] | None = None) -> Result:
         """Run argv, output and errors together; never raises for a non-zero exit.
 
-        secret_output: the output holds secrets not known yet (so not redactable): never print it."""
+        secret_output: the output holds secrets not known yet (so not redactable): never print it.
+        progress: called with each line of output as it comes, for a command that may take a
+        while and says why (it prints through `say`, which redacts); no input then."""
         if self.verbose:
             self.say("$ " + shlex.join(argv))
-        try:
-            proc = subprocess.run(argv, input=input, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, timeout=timeout)
-            result = Result(argv, proc.returncode, proc.stdout)
-        except subprocess.TimeoutExpired as expired:
-            result = Result(argv, 124, f"timed out after {timeout:.0f}s: {expired.output or ''}")
+        if progress is not None:
+            assert input is None and not secret_output, "a command shown as it runs takes no input and shows no secret"
+            result = self.streamed(argv, timeout, progress)
+        else:
+            try:
+                proc = subprocess.run(argv, input=input, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, timeout=timeout)
+                result = Result(argv, proc.returncode, proc.stdout)
+            except subprocess.TimeoutExpired as expired:
+                result = Result(argv, 124, f"timed out after {timeout:.0f}s: {expired.output or ''}")
         if self.verbose and result.output.strip():
             for line in self.printable(result, secret_output):
                 self.say("  | " + line)
         return result
+
+    @staticmethod
+    def streamed(argv: list[str], timeout: float, progress: Callable[[str], None]) -> Result:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        lines: list[str] = []
+
+        def relay() -> None:
+            for line in proc.stdout:
+                lines.append(line)
+                progress(line.rstrip())
+
+        reader = threading.Thread(target=relay, daemon=True)
+        reader.start()
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = None
+        reader.join(timeout=5)
+        output = "".join(lines)
+        return Result(argv, 124, f"timed out after {timeout:.0f}s: {output}") if code is None else Result(argv, code, output)
 
     def check(self, what: str, argv: list[str], **kwargs) -> Result:
         """Run argv; on failure print its (redacted) output and raise CommandFailed."""

@@ -81,12 +81,14 @@ def restart_one(deployer: Deployer, server: Server, reason: str, alone: bool, se
     if alone:
         say(f"[{server.name}] the only app server: requests fail while its apps restart")
     else:
-        result = deployer.executor.run(commands.drain(stack, "on", server).argv, timeout=300)
+        # The drain may wait up to a minute for the LB's requests to it and says so as it
+        # starts waiting: its lines are shown as they come; its last says how long it took.
+        result = deployer.executor.run(commands.drain(stack, "on", server).argv, timeout=300,
+                                       progress=lambda line: say(f"[{server.name}] {line}"))
         if not result.ok:
             deployer.executor.run(commands.drain(stack, "off", server).argv, timeout=300)
             raise DeployError(f"{server.name}: could not be taken out of the LB's pool (exit {result.returncode}: "
                               f"{result.last_line}); its apps were not restarted")
-        say(f"[{server.name}] out of the LB's pool: {result.last_line}")   # the drain ends saying how long it took
     started_at = time.time()
     try:
         deployer.remote(f"{server.name}: restart the apps", commands.restart_apps(stack, server))

@@ -64,7 +64,13 @@ class Fleet(Executor):
             self.locks = {address: self.lock_holder for address in self.servers}
         self.out = io.StringIO()
 
-    def run(self, argv, *, input=None, timeout=900):
+    def run(self, argv, *, input=None, timeout=900, progress=None):
+        result = self.result_of(argv, input)
+        for line in result.output.splitlines() if progress else ():
+            progress(line)
+        return result
+
+    def result_of(self, argv, input):
         self.argvs.append(argv)
         if argv[0] == "rsync":
             address = argv[-1].split(":", 1)[0]

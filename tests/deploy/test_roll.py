@@ -246,6 +246,20 @@ def test_secrets_from_the_environment_are_redacted(monkeypatch):
     assert out.getvalue() == "npm error: //registry/:_authToken=[REDACTED]\n"
 
 
+def test_a_command_run_with_progress_is_shown_line_by_line_as_it_runs():
+    """`deploy restart`'s drain may wait a minute and says so as it starts waiting."""
+    executor = Executor(secrets=[], out=io.StringIO())
+    shown = []
+    result = executor.run(["bash", "-c", "echo waiting; sleep 2; echo done >&2; exit 3"],
+                          progress=lambda line: shown.append((line, time.monotonic())))
+    ended = time.monotonic()
+    assert [line for line, _ in shown] == ["waiting", "done"]
+    assert ended - shown[0][1] > 1, "the first line was shown only once the command had ended"
+    assert (result.returncode, result.output, result.last_line) == (3, "waiting\ndone\n", "done")
+    timed_out = executor.run(["bash", "-c", "echo started; sleep 30"], timeout=1, progress=lambda line: None)
+    assert (timed_out.returncode, timed_out.output) == (124, "timed out after 1s: started\n")
+
+
 class SlowTerminal(io.StringIO):
     """A terminal that takes a moment per write, as a slow pipe or SSH session does."""
 
