@@ -78,9 +78,10 @@ class AppServerPool(pulumi.ComponentResource):
             previous = remote.back_in_pool(
                 member, lb=jump, address=address, drain=drain, pushes=[route.ready, tls], parent=self)
             # A new .env (appEnv, appSecrets, the datastore's address) reaches one member at a
-            # time, once the datastore takes the apps' logins: a member that served must serve
-            # with it or gets its old .env back (platform-push), and a failure stops the roll
-            # with the others serving on the old one.
+            # time, once the datastore takes the apps' logins: its apps must start with it
+            # before they reload, and a member that served must serve with it, or it gets its
+            # old .env back (platform-push); a failure stops the roll with the others serving
+            # on the old one.
             env = remote.push(f"{member}-env-push", route=route, kind="env", files={".env": app_env}, parent=self,
                               depends_on=[datastore.serving, *filter(None, [previous_env])])
             previous_env = env

@@ -19,7 +19,8 @@ from model.app_contract import FILE as CONTRACT_FILE, Contract
 from .records import Server, Stack
 
 REMOTE_SCRIPT = Path(__file__).with_name("remote.sh")
-START_CHECK_SCRIPT = Path(__file__).with_name("start_check.js")
+# The start check, kept with the app servers' files (their env push runs it too).
+START_CHECK_SCRIPT = Path(__file__).resolve().parents[1] / "cloudinit" / "app_server" / "start-check.js"
 # What the release leaves out of the app directory: built fresh, or not needed to run.
 BUILD_EXCLUDES = ("node_modules", "test", ".git", ".env")
 # releases/ (2750 deploy:app) is the gate: only group `app` gets past it. Inside, a release
@@ -205,7 +206,7 @@ def release_command(stack, server, release_id: str, command: str, control_dir=No
 
 def start_check(stack, server, release_id: str, contract: Contract, health_timeout: int, control_dir=None) -> Remote:
     """Each process of release `release_id` that serves a route started once beside the
-    running apps, as pm2 would start it, then stopped (deploy/start_check.js, on stdin):
+    running apps, as pm2 would start it, then stopped (cloudinit/app_server/start-check.js, on stdin):
     as app-exec runs a release command, so it runs nothing a release could not."""
     spec = {
         "processes": [{"name": p.name, "script": p.script, "health": contract.health if p.answers_health else None}

@@ -28,6 +28,10 @@ APPS_RELOAD_COMMAND = "/usr/local/sbin/platform-apps-reload"
 # The unit's last step at each start and reload, as root: nginx asks the current release's
 # health path; the snippet it writes is included by the site (a glob: none before a release).
 APP_HEALTH_COMMAND = "/usr/local/sbin/platform-app-health"
+# The start check (start-check.js, also a deploy's), and the env push's check that runs it
+# on the current release with the new .env before the apps reload.
+START_CHECK_SCRIPT = "/usr/local/lib/platform/start-check.js"
+APPS_START_CHECK_COMMAND = "/usr/local/sbin/platform-apps-start-check"
 HEALTH_SNIPPET_DIR = "/etc/nginx/platform-health"
 HEALTH_SNIPPET = f"{HEALTH_SNIPPET_DIR}/release.conf"
 HEALTH_PATH_PATTERN = app_contract.HEALTH_PATH.pattern
@@ -48,6 +52,8 @@ PROGRAMS = [
     Program("app_server/platform-apps-journal.sh", APPS_JOURNAL_COMMAND),
     Program("app_server/platform-apps-reload.sh", APPS_RELOAD_COMMAND),
     Program("app_server/platform-app-health.sh", APP_HEALTH_COMMAND),
+    Program("app_server/start-check.js", START_CHECK_SCRIPT, mode="0644"),
+    Program("app_server/platform-apps-start-check.sh", APPS_START_CHECK_COMMAND),
 ]
 
 NGINX_CHECK = ["nginx", "-t", "-q"]
@@ -85,9 +91,11 @@ def files(settings: Settings) -> list[ConfigFile]:
 def pushes(settings: Settings) -> dict[str, Push]:
     return {
         # New datastore addresses or passwords, appEnv, appSecrets: the apps re-read .env as
-        # they restart. A server that served must serve with the new .env, or gets the old back.
+        # they restart. Their processes must start with it before they reload; a server that
+        # served must serve with it, or gets the old back.
         "env": Push(
             files={".env": Target(conventions.APP_ENV_FILE, mode="0640", owner=f"root:{conventions.APP_USER}")},
+            check=[[APPS_START_CHECK_COMMAND]],
             then=[["sh", "-c", f"! systemctl is-active --quiet {conventions.APPS_UNIT} || systemctl reload {conventions.APPS_UNIT}"]],
             health=HEALTH_URL,
         ),

@@ -211,7 +211,8 @@ class Fleet(Executor):
         raise AssertionError(action)
 
     def start_check(self, address, remote, script):
-        """deploy/start_check.js in an uploaded release, as the app user: a line per process."""
+        """The start check (cloudinit/app_server/start-check.js) in an uploaded release, as
+        the app user: a line per process."""
         assert remote[5] == "--release" and script.startswith("// The start check"), remote
         release, spec = remote[6], json.loads(remote[10])
         assert release in self.servers[address].releases, "the start check runs in the uploaded release"

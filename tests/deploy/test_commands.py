@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import cloudinit
+from cloudinit import app_server
 from model import conventions
 from deploy import commands, release
 from deploy.executor import Executor
@@ -60,6 +61,11 @@ def test_the_deploy_users_sudo_commands_are_exactly_those_its_sudoers_allows(sta
     rules = [line for line in sudoers.splitlines() if line.startswith(conventions.DEPLOY_USER + " ")]
     assert rules == [f"{conventions.DEPLOY_USER} ALL=(root) NOPASSWD: PLATFORM_RELOAD_APPS, PLATFORM_APPS_JOURNAL",
                      f"{conventions.DEPLOY_USER} ALL=({conventions.APP_USER}) NOPASSWD: PLATFORM_APP_EXEC"]
+
+
+def test_the_start_check_a_deploy_sends_is_the_one_the_env_push_runs_on_the_app_servers(staging_settings):
+    installed = cloudinit.rendered_files(conventions.APP_SERVER, staging_settings)[app_server.START_CHECK_SCRIPT]
+    assert installed == commands.START_CHECK_SCRIPT.read_text(), "the app servers' copy is the file as it is"
 
 
 @pytest.fixture(scope="module")

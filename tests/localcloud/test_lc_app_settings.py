@@ -3,8 +3,9 @@
 Only the app servers' `env` pushes run; every app server's .env carries both, read back
 exactly by the app's own loader; every pm2 worker is a new one (the graceful reload); no
 request failed; the secret is in no command's output. Unset again, both leave the .env.
-A setting the apps cannot start with stops at the first app server, which gets its old
-.env back and serves again; the others never receive it.
+A setting the apps cannot start with stops at the first app server before its apps
+reload (the start check with the new .env): it keeps its old .env and its workers, no
+request fails, and the others never receive it.
 """
 
 from __future__ import annotations
@@ -75,13 +76,12 @@ def test_app_env_and_a_secret_reach_every_env_and_reload_the_apps_under_load(loc
         assert "GREETING=" not in env and "API_TOKEN=" not in env, app
 
 
-def test_an_env_the_apps_cannot_start_with_stops_at_app_1_which_serves_again_on_its_old_one(
-        local_stack, back_to_committed):
+def test_an_env_the_apps_cannot_start_with_stops_at_app_1_before_its_apps_reload(local_stack, back_to_committed):
     name = local_stack.plan.stack
     keys = sorted(d.key for d in local_stack.plan.with_tag(conventions.APP_SERVER))
     assert keys[0] == "app-1"
     env_before = {key: local_stack.run(key, ["cat", conventions.APP_ENV_FILE], check=True).stdout for key in keys}
-    untouched = {key: workers(local_stack, key) for key in keys[1:]}
+    untouched = {key: workers(local_stack, key) for key in keys}
 
     # The example app listens where LISTEN_HOST says: an address no server has, it cannot.
     p = stack.plan(name, {"appEnv": {"LISTEN_HOST": "192.0.2.1"}})
@@ -90,10 +90,13 @@ def test_an_env_the_apps_cannot_start_with_stops_at_app_1_which_serves_again_on_
     status = {r.name: r for r in result.commands}
     failed = status["app-1-env-push"]
     assert failed.status == "failed", failed
-    assert "previous files restored and reloaded" in failed.output, failed.output
+    assert "api: FAILED: it exited" in failed.output, failed.output
+    assert "check failed; previous files restored, nothing reloaded" in failed.output, failed.output
+    assert "192.0.2.1" not in failed.output, "what the apps wrote (their settings) is not shown"
     assert all(status[f"{key}-env-push"].status == "not run" for key in keys[1:]), result.commands
     for key in keys:
         assert local_stack.run(key, ["cat", conventions.APP_ENV_FILE], check=True).stdout == env_before[key], key
-    assert {key: workers(local_stack, key) for key in keys[1:]} == untouched
+    assert {key: workers(local_stack, key) for key in keys} == untouched, "no server's apps reloaded"
+    assert load["requests"] > 0 and load["failed"] == 0, load
     after = traffic.result(local_stack.stream("/api/hello", rate=10, seconds=6))
     assert {local_stack.name(key) for key in keys} <= set(after["hosts"]) and after["failed"] == 0, after

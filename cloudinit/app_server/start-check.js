@@ -1,15 +1,17 @@
-// The start check, shipped on stdin with each deploy (`node - SPEC`, as deploy/remote.sh
-// is): run by platform-app-exec as the app user, in the uploaded release, with the apps'
-// environment, before a server switches to it. Each process that serves a route starts
-// once beside the running apps, as pm2 runs it (a worker of a cluster primary, here this
-// script, its PORT a free one), must say ready, and the one that answers the health path
-// must answer it 200; then it is stopped as pm2 stops one (SIGINT, SIGKILL after the kill
-// timeout). A release that dies as it starts is so refused before any request reaches it:
-// pm2's reload would have deleted the old workers once its new ones' listen_timeout ran out.
+// The start check: each process of a release that serves a route started once beside the
+// running apps, as pm2 runs it (a worker of a cluster primary, here this script, its PORT a
+// free one); it must say ready, and the one that answers the health path (if asked) must
+// answer it 200; then it is stopped as pm2 stops one (SIGINT, SIGKILL after the kill
+// timeout). Run as the app user by platform-app-exec, in the release, with the apps'
+// environment, before pm2's reload, which would delete the old workers once its new ones'
+// listen_timeout ran out: by a deploy before a server switches to a new release (`node -
+// SPEC`, sent on stdin as deploy/remote.sh is), and by platform-apps-start-check, from its
+// copy on each app server, before an env push reloads the apps with a new .env.
 //
 // SPEC: {"processes": [{"name", "script", "health": path or null}], "ready_ms", "stop_ms",
-// "health_ms"}. Prints one line per process; exit 1 if any failed, each failure followed by
-// the last lines the process wrote, indented.
+// "health_ms", "said_lines" (optional, 20)}. Prints one line per process; exit 1 if any
+// failed, each failure followed by the last `said_lines` lines the process wrote,
+// indented (0: none; an env push's output is pulumi's, and an app may print its settings).
 'use strict';
 
 const cluster = require('node:cluster');
@@ -17,8 +19,8 @@ const http = require('node:http');
 const net = require('node:net');
 const path = require('node:path');
 
-const SAID_LINES = 20;
 const spec = JSON.parse(process.argv[2]);
+const SAID_LINES = spec.said_lines ?? 20;
 const seconds = (since) => `${((Date.now() - since) / 1000).toFixed(1)}s`;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -106,7 +108,8 @@ async function main() {
       continue;
     }
     console.log(`${name}: FAILED: ${problem}${notes.length ? ` (${notes.join(', ')})` : ''}`);
-    for (const line of said.length ? said : ['(it wrote nothing)']) console.log(`  ${name}: ${line}`);
+    const shown = SAID_LINES === 0 ? ['(what it wrote is not shown here: it may print its settings)'] : said;
+    for (const line of shown.length ? shown : ['(it wrote nothing)']) console.log(`  ${name}: ${line}`);
   }
   process.exit(results.some((r) => r.problem) ? 1 : 0);
 }

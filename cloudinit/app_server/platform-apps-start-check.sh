@@ -1,0 +1,24 @@
+#!/bin/bash
+# The env push's check (pushes.json), as root, with the new .env in place: each process of
+# the current release that serves a route started once beside the running apps, in their
+# environment as it now reads, then stopped ({{ facts.START_CHECK_SCRIPT }}, the start check
+# a deploy runs before it switches). A .env the apps die with as they start is so refused
+# before the reload, which would have replaced every running worker with one that dies.
+# What the apps write is not shown: this is read in pulumi's output (kept in CI logs), and
+# an app may print its settings. With the apps not running there is no reload to guard.
+set -euo pipefail
+cd /   # the app user's node may not read the caller's directory
+
+if ! systemctl is-active --quiet {{ c.APPS_UNIT }}; then
+    echo "platform-apps-start-check: the apps are not running: nothing to check"
+    exit 0
+fi
+# The processes as pm2 runs them (the ecosystem file reads the release's platform.json);
+# those that serve a route are given a PORT.
+spec=$(runuser -u {{ c.APP_USER }} -- node -e '
+const apps = require(process.argv[1]).apps.filter((app) => app.env.PORT);
+console.log(JSON.stringify({
+  processes: apps.map((app) => ({ name: app.name, script: app.script, health: null })),
+  ready_ms: {{ c.PM2_READY_TIMEOUT_MS }}, stop_ms: {{ c.PM2_KILL_TIMEOUT_MS }}, health_ms: 0, said_lines: 0,
+}));' {{ c.ECOSYSTEM_FILE }})
+runuser -u {{ c.APP_USER }} -- {{ facts.APP_EXEC_COMMAND }} -- node {{ facts.START_CHECK_SCRIPT }} "$spec"
