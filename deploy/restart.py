@@ -84,7 +84,7 @@ def restart_one(deployer: Deployer, server: Server, reason: str, alone: bool, se
         # The drain may wait up to a minute for the LB's requests to it and says so as it
         # starts waiting: its lines are shown as they come; its last says how long it took.
         result = deployer.executor.run(commands.drain(stack, "on", server).argv, timeout=300,
-                                       progress=lambda line: say(f"[{server.name}] {line}"))
+                                       progress=lambda line: say(f"[{server.name}] drain: {line}"))
         if not result.ok:
             deployer.executor.run(commands.drain(stack, "off", server).argv, timeout=300)
             raise DeployError(f"{server.name}: could not be taken out of the LB's pool (exit {result.returncode}: "

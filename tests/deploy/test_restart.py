@@ -49,8 +49,8 @@ def test_only_the_servers_whose_unit_changed_restart_each_out_of_the_pool_meanwh
     printed = fleet.printed()
     assert "[app-1] restarting the apps (its unit's file changed after the apps started)" in printed
     # The drain's lines as it says them: why it waits, then how long it took.
-    assert (f"[app-1] {A1}: marked down; waiting up to 60s for the LB's workers from before the reload, "
-            f"which may still be answering its requests\n[app-1] {A1}: drained in 1s\n[app-1] restarted") in printed
+    assert (f"[app-1] drain: {A1}: marked down; waiting up to 60s for the LB's workers from before the reload, "
+            f"which may still be answering its requests\n[app-1] drain: {A1}: drained in 1s\n[app-1] restarted") in printed
     assert "restart: done (app-1, app-3)" in printed
 
 
