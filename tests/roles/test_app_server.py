@@ -76,10 +76,17 @@ def test_site_routes_api_and_health_to_the_api_app():
     assert f"server 127.0.0.1:{c.API_APP_PORT};" in site and f"server 127.0.0.1:{c.WEB_APP_PORT};" in site
 
 
-@pytest.mark.parametrize("path", [p.path for p in app_server.PROGRAMS])
+@pytest.mark.parametrize("path", [p.path for p in app_server.PROGRAMS if not p.template.endswith(".js")])
 def test_shellcheck_passes_on_app_server_scripts(path):
     result = run([require("shellcheck"), "--shell=bash", "-"], input=app_files()[path])
     assert result.returncode == 0, result.stdout
+
+
+def test_node_reads_the_start_check_as_the_app_servers_get_it(tmp_path):
+    script = tmp_path / "start-check.js"
+    script.write_text(app_files()[app_server.START_CHECK_SCRIPT])
+    result = run([require("node"), "--check", str(script)])
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_shellcheck_passes_on_the_provisioning_with_the_library():
