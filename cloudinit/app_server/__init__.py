@@ -32,6 +32,7 @@ APP_HEALTH_COMMAND = "/usr/local/sbin/platform-app-health"
 # on the current release with the new .env before the apps reload.
 START_CHECK_SCRIPT = "/usr/local/lib/platform/start-check.js"
 APPS_START_CHECK_COMMAND = "/usr/local/sbin/platform-apps-start-check"
+START_CHECK_LOG_TAG = "platform-apps-start-check"   # the journal's identifier for what failing processes wrote
 HEALTH_SNIPPET_DIR = "/etc/nginx/platform-health"
 HEALTH_SNIPPET = f"{HEALTH_SNIPPET_DIR}/release.conf"
 HEALTH_PATH_PATTERN = app_contract.HEALTH_PATH.pattern

@@ -4,8 +4,9 @@
 # environment as it now reads, then stopped ({{ facts.START_CHECK_SCRIPT }}, the start check
 # a deploy runs before it switches). A .env the apps die with as they start is so refused
 # before the reload, which would have replaced every running worker with one that dies.
-# What the apps write is not shown: this is read in pulumi's output (kept in CI logs), and
-# an app may print its settings. With the apps not running there is no reload to guard.
+# What a failing process wrote (the start check's indented lines) goes to the journal, not
+# to this output: pulumi shows it and CI logs keep it, and an app may print its settings.
+# With the apps not running there is no reload to guard.
 set -euo pipefail
 cd /   # the app user's node may not read the caller's directory
 
@@ -19,6 +20,13 @@ spec=$(runuser -u {{ c.APP_USER }} -- node -e '
 const apps = require(process.argv[1]).apps.filter((app) => app.env.PORT);
 console.log(JSON.stringify({
   processes: apps.map((app) => ({ name: app.name, script: app.script, health: null })),
-  ready_ms: {{ c.PM2_READY_TIMEOUT_MS }}, stop_ms: {{ c.PM2_KILL_TIMEOUT_MS }}, health_ms: 0, said_lines: 0,
+  ready_ms: {{ c.PM2_READY_TIMEOUT_MS }}, stop_ms: {{ c.PM2_KILL_TIMEOUT_MS }}, health_ms: 0,
 }));' {{ c.ECOSYSTEM_FILE }})
-runuser -u {{ c.APP_USER }} -- {{ facts.APP_EXEC_COMMAND }} -- node {{ facts.START_CHECK_SCRIPT }} "$spec"
+if report=$(runuser -u {{ c.APP_USER }} -- {{ facts.APP_EXEC_COMMAND }} -- node {{ facts.START_CHECK_SCRIPT }} "$spec" 2>&1); then
+    printf '%s\n' "$report"
+    exit 0
+fi
+printf '%s\n' "$report" | logger -t {{ facts.START_CHECK_LOG_TAG }}
+printf '%s\n' "$report" | grep -v '^  ' || true
+echo "platform-apps-start-check: what they wrote is in this server's journal (as ops: sudo journalctl -t {{ facts.START_CHECK_LOG_TAG }})"
+exit 1

@@ -9,9 +9,8 @@
 // copy on each app server, before an env push reloads the apps with a new .env.
 //
 // SPEC: {"processes": [{"name", "script", "health": path or null}], "ready_ms", "stop_ms",
-// "health_ms", "said_lines" (optional, 20)}. Prints one line per process; exit 1 if any
-// failed, each failure followed by the last `said_lines` lines the process wrote,
-// indented (0: none; an env push's output is pulumi's, and an app may print its settings).
+// "health_ms"}. Prints one line per process; exit 1 if any failed, each failure followed by
+// the last lines the process wrote, indented.
 'use strict';
 
 const cluster = require('node:cluster');
@@ -19,8 +18,8 @@ const http = require('node:http');
 const net = require('node:net');
 const path = require('node:path');
 
+const SAID_LINES = 20;
 const spec = JSON.parse(process.argv[2]);
-const SAID_LINES = spec.said_lines ?? 20;
 const seconds = (since) => `${((Date.now() - since) / 1000).toFixed(1)}s`;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -108,8 +107,7 @@ async function main() {
       continue;
     }
     console.log(`${name}: FAILED: ${problem}${notes.length ? ` (${notes.join(', ')})` : ''}`);
-    const shown = SAID_LINES === 0 ? ['(what it wrote is not shown here: it may print its settings)'] : said;
-    for (const line of shown.length ? shown : ['(it wrote nothing)']) console.log(`  ${name}: ${line}`);
+    for (const line of said.length ? said : ['(it wrote nothing)']) console.log(`  ${name}: ${line}`);
   }
   process.exit(results.some((r) => r.problem) ? 1 : 0);
 }

@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 
+from cloudinit import app_server
 from localcloud import stack, traffic
 from model import conventions
 
@@ -92,7 +93,12 @@ def test_an_env_the_apps_cannot_start_with_stops_at_app_1_before_its_apps_reload
     assert failed.status == "failed", failed
     assert "api: FAILED: it exited" in failed.output, failed.output
     assert "check failed; previous files restored, nothing reloaded" in failed.output, failed.output
-    assert "192.0.2.1" not in failed.output, "what the apps wrote (their settings) is not shown"
+    # What the processes wrote (here the address they could not listen on) is in app-1's
+    # journal, not in the push's output, which CI logs keep.
+    tag = app_server.START_CHECK_LOG_TAG
+    assert "192.0.2.1" not in failed.output and f"sudo journalctl -t {tag}" in failed.output, failed.output
+    journal = local_stack.run("app-1", ["journalctl", "-t", tag, "--no-pager"], check=True).stdout
+    assert "192.0.2.1" in journal, journal[-2000:]
     assert all(status[f"{key}-env-push"].status == "not run" for key in keys[1:]), result.commands
     for key in keys:
         assert local_stack.run(key, ["cat", conventions.APP_ENV_FILE], check=True).stdout == env_before[key], key
