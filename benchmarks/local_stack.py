@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cloudinit import common  # noqa: E402
 from lb_latency import BENCH_RATE, PATH, STACK, Reachable, latency  # noqa: E402
-from localcloud import acme, cloud, droplet, firewall, image, records, shell, stack, traffic, tenancy  # noqa: E402
+from localcloud import acme, cloud, droplet, firewall, image, shell, stack, traffic, tenancy  # noqa: E402
 from model import conventions  # noqa: E402
 
 BENCH_PLAIN_PORT = 8089          # benchmark only: app servers' plaintext server block
@@ -319,12 +319,10 @@ def measure(args) -> int:
         out["image_build_cold_s"] = round(time.monotonic() - t0)
         subprocess.run(["rm", "-rf", str(scratch)], check=False)
     if args.boot:
-        if records.load(STACK):
-            stack.down(stack.deployed(STACK))
+        stack.down_if_recorded(STACK)
         out["up_to_healthy_image_cached_s"] = round(healthy_after_up(lambda: stack.plan(STACK))[0])
     if args.cold:
-        if records.load(STACK):
-            stack.down(stack.deployed(STACK))
+        stack.down_if_recorded(STACK)
         # Set aside, not deleted: `up` builds its own, after which image.prune removes this
         # copy; a failed build puts it back.
         cached = image.image_dir(image.recipe())

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import conventions  # noqa: E402
 from local_stack import healthy_after_up  # noqa: E402
-from localcloud import droplet, records, stack, tenancy  # noqa: E402
+from localcloud import droplet, stack, tenancy  # noqa: E402
 
 STACK = "staging"
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) platform-provision: ")
@@ -40,8 +40,7 @@ def provisioning_seconds(name: str) -> float:
 
 
 def one_run(order: str) -> dict:
-    if records.load(STACK):
-        stack.down(stack.deployed(STACK))
+    stack.down_if_recorded(STACK)
     seconds, result = healthy_after_up(lambda: stack.plan(STACK), order)
     return {"order": order, "up_to_healthy_s": round(seconds),
             "slowest_provisioning_s": round(max(provisioning_seconds(d.name) for d in result.plan.droplets)),

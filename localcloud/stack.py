@@ -272,6 +272,12 @@ def down(p: Plan) -> None:
         _down(p)
 
 
+def down_if_recorded(stack: str) -> None:
+    """`down` of what the last `up` of `stack` deployed, if the local cloud has a record of it."""
+    if records.load(stack):
+        down(deployed(stack))
+
+
 def _down(p: Plan) -> None:
     present = [d.name for d in p.droplets if d.name in state.load()["droplets"]]
     # All shut down at once: one by one, each clean shutdown (up to 30 s) waited for the last.

@@ -71,6 +71,5 @@ def stack_is_up(stack_name: str) -> bool:
 
 
 def remove_everything(stack_name: str) -> None:
-    if records.load(stack_name):
-        stack.down(stack.deployed(stack_name))   # its record too
+    stack.down_if_recorded(stack_name)   # its record too
     teardown.teardown()
