@@ -8,6 +8,8 @@ time, each only after the one before it is healthy. See deploy/roll.py for the o
 
 from pathlib import Path
 
+from model import conventions
+
 # Every default of the deploy command, in one place (the CLI's --help shows them).
 DEFAULT_APP_DIR = str(Path(__file__).resolve().parents[1] / "example-app")
 KEEP_RELEASES = 5            # releases kept on each server (current and previous always stay)
@@ -15,5 +17,5 @@ KEEP_RELEASES = 5            # releases kept on each server (current and previou
 # versioning keeps a deleted object BUCKET_NONCURRENT_DAYS more days). Each holds its
 # node_modules.
 ARCHIVED_RELEASES_KEPT = 30
-HEALTH_TIMEOUT_SECONDS = 60  # how long a server may take to answer /healthz after a reload
+HEALTH_TIMEOUT_SECONDS = conventions.APP_HEALTH_TIMEOUT_SECONDS  # a server answering /healthz after a reload
 LOG_LINES = 50             # `logs`: the last lines of each log it shows (then --follow's new ones)

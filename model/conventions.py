@@ -407,6 +407,9 @@ PM2_BIN_DIR = "/usr/local/bin"  # npm install -g --prefix /usr/local
 # ecosystem's, and the deploy's start check waits as long.
 PM2_READY_TIMEOUT_MS = 10000
 PM2_KILL_TIMEOUT_MS = 8000
+# How long a server may take to answer its health check after the apps reload (the deploy's
+# default), and a process the env push's start check started, the health path.
+APP_HEALTH_TIMEOUT_SECONDS = 60
 # `python -m deploy` holds this on every app server, taken in the pool's order, while it
 # deploys (one deploy at a time): in deploy's home, so it needs no privilege.
 DEPLOY_LOCK_DIR = f"{DEPLOY_HOME}/deploy.lock"

@@ -3,9 +3,10 @@
 Only the app servers' `env` pushes run; every app server's .env carries both, read back
 exactly by the app's own loader; every pm2 worker is a new one (the graceful reload); no
 request failed; the secret is in no command's output. Unset again, both leave the .env.
-A setting the apps cannot start with stops at the first app server before its apps
-reload (the start check with the new .env): it keeps its old .env and its workers, no
-request fails, and the others never receive it.
+A setting the apps cannot start with, or start with but cannot serve with (their health
+check fails), stops at the first app server before its apps reload (the start check with
+the new .env): it keeps its old .env and its workers, no request fails, and the others
+never receive it.
 """
 
 from __future__ import annotations
@@ -77,28 +78,41 @@ def test_app_env_and_a_secret_reach_every_env_and_reload_the_apps_under_load(loc
         assert "GREETING=" not in env and "API_TOKEN=" not in env, app
 
 
-def test_an_env_the_apps_cannot_start_with_stops_at_app_1_before_its_apps_reload(local_stack, back_to_committed):
+# An appEnv value, what the start check says of the /api/ process, and what the process
+# wrote (in app-1's journal only).
+UNUSABLE_ENVS = {
+    # The example app listens where LISTEN_HOST says: an address no server has, it cannot.
+    "cannot start": ({"LISTEN_HOST": "192.0.2.1"}, "api: FAILED: it exited", "192.0.2.1"),
+    # node-postgres sends PGOPTIONS at each connection: PostgreSQL refuses every one, so the
+    # api starts but answers its health check 503.
+    "cannot serve": ({"PGOPTIONS": "-c no_such_setting=on"},
+                     f"api: FAILED: {conventions.HEALTH_PATH} did not answer 200 within "
+                     f"{conventions.APP_HEALTH_TIMEOUT_SECONDS}s (last: 503)", "no_such_setting"),
+}
+
+
+@pytest.mark.parametrize("case", UNUSABLE_ENVS)
+def test_an_env_the_apps_cannot_start_or_serve_with_stops_at_app_1_before_its_apps_reload(
+        local_stack, back_to_committed, case):
+    app_env, said, wrote = UNUSABLE_ENVS[case]
     name = local_stack.plan.stack
     keys = sorted(d.key for d in local_stack.plan.with_tag(conventions.APP_SERVER))
     assert keys[0] == "app-1"
     env_before = {key: local_stack.run(key, ["cat", conventions.APP_ENV_FILE], check=True).stdout for key in keys}
     untouched = {key: workers(local_stack, key) for key in keys}
 
-    # The example app listens where LISTEN_HOST says: an address no server has, it cannot.
-    p = stack.plan(name, {"appEnv": {"LISTEN_HOST": "192.0.2.1"}})
-    result, load = local_stack.up_under_load(p)
-    print(f"\n[figures] an env the apps cannot start with, under 20 req/s: {load}; up took {result.seconds:.0f}s")
+    result, load = local_stack.up_under_load(stack.plan(name, {"appEnv": app_env}))
+    print(f"\n[figures] an env the apps {case} with, under 20 req/s: {load}; up took {result.seconds:.0f}s")
     status = {r.name: r for r in result.commands}
     failed = status["app-1-env-push"]
     assert failed.status == "failed", failed
-    assert "api: FAILED: it exited" in failed.output, failed.output
+    assert said in failed.output, failed.output
     assert "check failed; previous files restored, nothing reloaded" in failed.output, failed.output
-    # What the processes wrote (here the address they could not listen on) is in app-1's
-    # journal, not in the push's output, which CI logs keep.
+    # What the processes wrote is in app-1's journal, not in the push's output, which CI logs keep.
     tag = app_server.START_CHECK_LOG_TAG
-    assert "192.0.2.1" not in failed.output and f"sudo journalctl -t {tag}" in failed.output, failed.output
+    assert wrote not in failed.output and f"sudo journalctl -t {tag}" in failed.output, failed.output
     journal = local_stack.run("app-1", ["journalctl", "-t", tag, "--no-pager"], check=True).stdout
-    assert "192.0.2.1" in journal, journal[-2000:]
+    assert wrote in journal, journal[-2000:]
     assert all(status[f"{key}-env-push"].status == "not run" for key in keys[1:]), result.commands
     for key in keys:
         assert local_stack.run(key, ["cat", conventions.APP_ENV_FILE], check=True).stdout == env_before[key], key
