@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from cloudinit.app_server import APP_HEALTH_COMMAND, APPS_JOURNAL_MAX_LINES, APPS_RELOAD_COMMAND
 from model.app_contract import PROCESS_NAME
 
-# What writes there: pm2-runtime (the apps' output, and pm2's own `PM2 log:` lines) and
-# the unit's reload steps (journald names each by its program), whose verdicts start with
-# their names.
+# What writes there: pm2-runtime (the apps' output, and pm2's own `PM2 log:` lines), the
+# unit's reload steps (journald names each by its program), whose verdicts start with
+# their names, and an env push's failed start check (what the processes wrote).
 PM2_RUNTIME = "pm2-runtime"
 UNIT_STEPS = tuple(os.path.basename(program) for program in (APPS_RELOAD_COMMAND, APP_HEALTH_COMMAND))
 MAX_LINES = APPS_JOURNAL_MAX_LINES

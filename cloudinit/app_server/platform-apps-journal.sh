@@ -5,7 +5,7 @@
 # run exactly this, as root (sudoers): pm2 in cluster mode loses from its log files what a
 # worker writes just before it dies (its exception included), and the journal has it
 # through pm2-runtime, beside pm2's own and the reload's messages (a failed deploy shows
-# them; `logs --journal`).
+# them; `logs --journal`) and what an env push's failed start check saw the apps write.
 set -euo pipefail
 
 max_lines={{ facts.APPS_JOURNAL_MAX_LINES }}

@@ -7,8 +7,9 @@
 # On a server that answers its health check, the process that answers it must answer it
 # with the new .env too (platform-push would put the old one back after the reload, once
 # requests had met it): a .env the apps start with but cannot serve with is refused here.
-# What a failing process wrote (the start check's indented lines) goes to the journal, not
-# to this output: pulumi shows it and CI logs keep it, and an app may print its settings.
+# What a failing process wrote (the start check's indented lines) goes to the apps' unit's
+# journal, where `deploy logs --journal` reads, not to this output: pulumi shows it and CI
+# logs keep it, and an app may print its settings.
 # With the apps not running there is no reload to guard.
 set -euo pipefail
 cd /   # the app user's node may not read the caller's directory
@@ -40,7 +41,13 @@ if report=$(runuser -u {{ c.APP_USER }} -- {{ facts.APP_EXEC_COMMAND }} -- node 
     printf '%s\n' "$report"
     exit 0
 fi
-printf '%s\n' "$report" | logger -t {{ facts.START_CHECK_LOG_TAG }}
+# An entry root sends naming a process (OBJECT_PID) is filed under that process's unit too:
+# `journalctl --unit` shows it, and so the deploy user's platform-apps-journal.
+apps_pid=$(systemctl show --property=MainPID --value {{ c.APPS_UNIT }})
+while IFS= read -r line; do
+    printf 'MESSAGE=%s\nSYSLOG_IDENTIFIER=%s\nOBJECT_PID=%s\n' "$line" {{ facts.START_CHECK_LOG_TAG }} "$apps_pid" |
+        logger --journald
+done <<<"$report"
 printf '%s\n' "$report" | grep -v '^  ' || true
-echo "platform-apps-start-check: what they wrote is in this server's journal (as ops: sudo journalctl -t {{ facts.START_CHECK_LOG_TAG }})"
+echo "platform-apps-start-check: what they wrote is in the apps' journal (python -m deploy logs STACK --journal)"
 exit 1

@@ -12,6 +12,7 @@ never receive it.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import pytest
@@ -108,11 +109,12 @@ def test_an_env_the_apps_cannot_start_or_serve_with_stops_at_app_1_before_its_ap
     assert failed.status == "failed", failed
     assert said in failed.output, failed.output
     assert "check failed; previous files restored, nothing reloaded" in failed.output, failed.output
-    # What the processes wrote is in app-1's journal, not in the push's output, which CI logs keep.
-    tag = app_server.START_CHECK_LOG_TAG
-    assert wrote not in failed.output and f"sudo journalctl -t {tag}" in failed.output, failed.output
-    journal = local_stack.run("app-1", ["journalctl", "-t", tag, "--no-pager"], check=True).stdout
-    assert wrote in journal, journal[-2000:]
+    # What the processes wrote is in the apps' journal as the deploy user reads it (`deploy
+    # logs --journal`), not in the push's output, which CI logs keep.
+    assert wrote not in failed.output and "deploy logs STACK --journal" in failed.output, failed.output
+    as_deploy = ["runuser", "-u", conventions.DEPLOY_USER, "--", "sudo", "-n", app_server.APPS_JOURNAL_COMMAND]
+    journal = local_stack.run("app-1", [*as_deploy, "0", "1000"], check=True).stdout
+    assert re.search(rf" {app_server.START_CHECK_LOG_TAG}\[\d+\]:   api: .*{re.escape(wrote)}", journal), journal[-3000:]
     assert all(status[f"{key}-env-push"].status == "not run" for key in keys[1:]), result.commands
     for key in keys:
         assert local_stack.run(key, ["cat", conventions.APP_ENV_FILE], check=True).stdout == env_before[key], key
