@@ -82,7 +82,7 @@ class Executor:
                                       text=True, timeout=timeout)
                 result = Result(argv, proc.returncode, proc.stdout)
             except subprocess.TimeoutExpired as expired:
-                result = Result(argv, 124, f"timed out after {timeout:.0f}s: {expired.output or ''}")
+                result = timed_out(argv, timeout, expired.output or "")
         if self.verbose and result.output.strip():
             for line in self.printable(result, secret_output):
                 self.say("  | " + line)
@@ -90,17 +90,13 @@ class Executor:
 
     @staticmethod
     def streamed(argv: list[str], timeout: float, progress: Callable[[str], None]) -> Result:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
         lines: list[str] = []
 
-        def relay() -> None:
-            for line in proc.stdout:
-                lines.append(line)
-                progress(line.rstrip())
+        def kept(line: str) -> None:
+            lines.append(line)
+            progress(line)
 
-        reader = threading.Thread(target=relay, daemon=True)
-        reader.start()
+        proc, reader = relaying(argv, kept)
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -108,8 +104,8 @@ class Executor:
             proc.wait()
             code = None
         reader.join(timeout=5)
-        output = "".join(lines)
-        return Result(argv, 124, f"timed out after {timeout:.0f}s: {output}") if code is None else Result(argv, code, output)
+        output = "".join(f"{line}\n" for line in lines)
+        return timed_out(argv, timeout, output) if code is None else Result(argv, code, output)
 
     def check(self, what: str, argv: list[str], **kwargs) -> Result:
         """Run argv; on failure print its (redacted) output and raise CommandFailed."""
@@ -133,23 +129,17 @@ class Executor:
         gives it (None: not at all), prefixed `[name] `, until all end or Ctrl-C; the exit
         codes by name (130 for those stopped)."""
         running: dict[str, subprocess.Popen] = {}
-
-        def relay(name: str, proc: subprocess.Popen) -> None:
-            for line in proc.stdout:
-                if (text := shown(line.rstrip())) is not None:
-                    self.say(f"[{name}] {text}")
-
         threads = []
         for name, (argv, script) in commands.items():
             if self.verbose:
                 self.say("$ " + shlex.join(argv))
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
-            proc.stdin.write(script)
-            proc.stdin.flush()
-            running[name] = proc
-            threads.append(threading.Thread(target=relay, args=(name, proc), daemon=True))
-            threads[-1].start()
+
+            def show(line: str, name: str = name) -> None:
+                if (text := shown(line)) is not None:
+                    self.say(f"[{name}] {text}")
+
+            running[name], thread = relaying(argv, show, script)
+            threads.append(thread)
         codes: dict[str, int] = {}
         try:
             for name, proc in running.items():
@@ -171,3 +161,28 @@ class Executor:
         if secret_output:
             return ["(output not shown: it may hold secrets)"]
         return result.output.rstrip().splitlines()
+
+
+def relaying(argv: list[str], each_line: Callable[[str], None],
+             script: str | None = None) -> tuple[subprocess.Popen, threading.Thread]:
+    """argv started, each line of its output and errors (its end stripped) handed to
+    `each_line` as it comes, by a thread of its own; `script` written to its stdin, which is
+    left open (the far end may read it to know the caller is still there); no stdin without."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if script is None else subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if script is not None:
+        proc.stdin.write(script)
+        proc.stdin.flush()
+
+    def relay() -> None:
+        for line in proc.stdout:
+            each_line(line.rstrip())
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    return proc, thread
+
+
+def timed_out(argv: list[str], timeout: float, output: str) -> Result:
+    """A command killed at its timeout, with what it said until then (exit 124, as timeout(1))."""
+    return Result(argv, 124, f"timed out after {timeout:.0f}s: {output}")
