@@ -49,5 +49,5 @@ while IFS= read -r line; do
         logger --journald
 done <<<"$report"
 printf '%s\n' "$report" | grep -v '^  ' || true
-echo "platform-apps-start-check: what they wrote is in the apps' journal (python -m deploy logs STACK --journal)"
+echo "platform-apps-start-check: what they wrote is in the apps' journal (python -m deploy logs {{ settings.stack }} --journal)"
 exit 1

@@ -111,7 +111,7 @@ def test_an_env_the_apps_cannot_start_or_serve_with_stops_at_app_1_before_its_ap
     assert "check failed; previous files restored, nothing reloaded" in failed.output, failed.output
     # What the processes wrote is in the apps' journal as the deploy user reads it (`deploy
     # logs --journal`), not in the push's output, which CI logs keep.
-    assert wrote not in failed.output and "deploy logs STACK --journal" in failed.output, failed.output
+    assert wrote not in failed.output and f"deploy logs {name} --journal" in failed.output, failed.output
     as_deploy = ["runuser", "-u", conventions.DEPLOY_USER, "--", "sudo", "-n", app_server.APPS_JOURNAL_COMMAND]
     journal = local_stack.run("app-1", [*as_deploy, "0", "1000"], check=True).stdout
     assert re.search(rf" {app_server.START_CHECK_LOG_TAG}\[\d+\]:   api: .*{re.escape(wrote)}", journal), journal[-3000:]
