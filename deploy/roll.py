@@ -102,7 +102,7 @@ def holder_text(action: str, now: dt.datetime | None = None) -> str:
 class Deployer:
     stack: Stack
     executor: Executor
-    health_timeout: int = 60
+    health_timeout: int = conventions.APP_HEALTH_TIMEOUT_SECONDS
     control_dir: str | None = None
     holder: str = ""
     locked: list[Server] = field(default_factory=list)   # the servers whose lock this deploy holds
