@@ -19,11 +19,11 @@ if ! systemctl is-active --quiet {{ c.APPS_UNIT }}; then
     exit 0
 fi
 # The path nginx asks the /api/ process for (platform-app-health's), if the server serves.
-health=null
+health=
 if curl -fsk --max-time 5 -o /dev/null {{ facts.HEALTH_URL }}; then
     # shellcheck disable=SC2016  # $platform_health_path is nginx's variable, not the shell's
     path=$(sed -n 's/^set \$platform_health_path \(.*\);$/\1/p' {{ facts.HEALTH_SNIPPET }} 2>/dev/null || true)
-    health="\"${path:-{{ c.HEALTH_PATH }}}\""
+    health=${path:-{{ c.HEALTH_PATH }}}
 fi
 # The processes as pm2 runs them (the ecosystem file reads the release's platform.json);
 # those that serve a route are given a PORT.
@@ -32,7 +32,7 @@ const [ecosystem, apiPort, health] = process.argv.slice(1);
 const apps = require(ecosystem).apps.filter((app) => app.env.PORT);
 console.log(JSON.stringify({
   processes: apps.map((app) => ({
-    name: app.name, script: app.script, health: app.env.PORT === apiPort ? JSON.parse(health) : null,
+    name: app.name, script: app.script, health: app.env.PORT === apiPort && health ? health : null,
   })),
   ready_ms: {{ c.PM2_READY_TIMEOUT_MS }}, stop_ms: {{ c.PM2_KILL_TIMEOUT_MS }},
   health_ms: {{ c.APP_HEALTH_TIMEOUT_SECONDS * 1000 }},
