@@ -22,10 +22,12 @@ STAND_IN = '#!/bin/sh\necho "$(basename "$0") $*" >> "$T/calls"\n'
 
 
 def drain_run(tmp_path: Path, pool: list[str], steps: list[str],
-              old_worker_seconds: int = 0) -> list[tuple[str, str, str]]:
+              old_worker: bool = False) -> list[tuple[str, str, str]]:
     """Runs `platform-drain STEP` for each step over a pool; returns per step what it
     printed, the stand-ins' calls, and the pool's lines marked down afterwards. With
-    `old_worker_seconds`, nginx's master has one worker, which exits after that long."""
+    `old_worker`, nginx's master has one worker, which exits once the drain has said that
+    it waits for it (no fixed time: on a busy machine the drain may take seconds to get
+    there)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     context = cloudinit.template_context(c.LOAD_BALANCER, settings())
     lines = [f"export T={shlex.quote(str(tmp_path))} PATH=/usr/local/bin:$PATH"]
@@ -38,15 +40,16 @@ def drain_run(tmp_path: Path, pool: list[str], steps: list[str],
         (tmp_path / tool).write_text(STAND_IN)
         lines.append(f'install -D -m 755 "$T/{tool}" /usr/local/bin/{tool}')
     # nginx's master, a process of the sandbox's own, without workers (none to wait for)
-    # or with one still answering a request that takes `old_worker_seconds`.
-    master = (f"python3 -c 'import subprocess, time; subprocess.run([\"sleep\", \"{old_worker_seconds}\"]); "
-              "time.sleep(600)'" if old_worker_seconds else "sleep 600")
+    # or with one still answering a request until the drain says it waits for it.
+    (tmp_path / "old-worker").write_text('until grep -qs "waiting up to" "$T/said"; do sleep 0.1; done\n')
+    master = """bash -c 'sh "$T/old-worker"; exec sleep 600'""" if old_worker else "sleep 600"
     lines += [f"mkdir -p {c.PLATFORM_STATE}", "mount -t tmpfs tmpfs /run && mkdir /run/lock",
               f"{master} & echo $! > /run/nginx.pid"]
-    if old_worker_seconds:
+    if old_worker:
         lines.append("until pgrep -P $(cat /run/nginx.pid) >/dev/null; do sleep 0.05; done")
     for n, step in enumerate(steps):
-        lines += [f': > "$T/calls"; echo "== step {n}"; {c.DRAIN_COMMAND} {step} 2>&1; echo "== exit $?"',
+        lines += [f': > "$T/calls"; echo "== step {n}"; {c.DRAIN_COMMAND} {step} > "$T/said" 2>&1; rc=$?',
+                  'cat "$T/said"; echo "== exit $rc"',
                   'sed "s/^/== call /" "$T/calls"',
                   f'grep " down;" {c.LB_UPSTREAMS_FILE} | sed "s/^/== down /" || true']
     result = sandboxed(tmp_path, "\n".join(lines))
@@ -69,7 +72,7 @@ def test_a_push_takes_its_server_out_of_the_pool_and_puts_it_back(tmp_path):
 
 
 def test_a_drain_that_waits_for_the_workers_from_before_says_so(tmp_path):
-    (drained,) = drain_run(tmp_path, [A1, A2], [f"for-push {A1}"], old_worker_seconds=4)
+    (drained,) = drain_run(tmp_path, [A1, A2], [f"for-push {A1}"], old_worker=True)
     said = drained[0].splitlines()
     assert said[0] == (f"0: {A1}: marked down; waiting up to {c.DRAIN_WAIT_SECONDS}s for the LB's workers from "
                        "before the reload, which may still be answering its requests"), said
