@@ -109,7 +109,9 @@ def run_lb(tmp_path_factory):
 
     def run(script: str) -> tuple[str, str]:
         env = {**os.environ, "RESTIC_REPOSITORY": str(tmp / "repository"), "RESTIC_PASSWORD": "test-password"}
-        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", prelude + script],
+        # Its own processes too: what it waits for (pgrep) is the script's own.
+        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+                               "--mount-proc", "bash", "-c", prelude + script],
                               capture_output=True, text=True, timeout=300, env=env)
         log = tmp / "out.log"
         output = log.read_text() if log.exists() else ""
@@ -172,13 +174,18 @@ def test_a_backup_started_during_another_waits_for_it(run_lb):
     the second run waits for the first, then sends its own snapshot (no false alert)."""
     script = cloudinit.rendered_files(conventions.LOAD_BALANCER, mockcloud.stack_settings("staging"))[BACKUP]
     lock_file = re.search(r"^LOCK_FILE=(\S+)$", script, re.M).group(1)
+    # The first run holds the lock until the second is blocked on it (its flock) and a
+    # second more, records whether the second started meanwhile, and lets it go.
     stdout, log = run_lb(f"""
 issue valid
-( exec 9>{lock_file}; flock 9; sleep 4 ) &
-sleep 1
-started=$(date +%s)
+: > "$T/out.log"
+( exec 9>{lock_file}; flock 9; touch {lock_file}.held
+  for _ in $(seq 100); do pgrep -x flock >/dev/null && break; sleep 0.05; done
+  sleep 1; grep -c "backup started" "$T/out.log" > {lock_file}.started-meanwhile ) &
+until [ -e {lock_file}.held ]; do sleep 0.05; done
 check backup {BACKUP} run
-check waited test $(( $(date +%s) - started )) -ge 2
+wait
+check waited test "$(cat {lock_file}.started-meanwhile)" = 0
 """)
     assert status(stdout, "backup") == 0, log
     assert status(stdout, "waited") == 0, log
