@@ -3,7 +3,8 @@
 # request (deploy restart runs it as ops):
 #   platform-drain on ADDRESS    its upstream line gets `down`, nginx reloads, and this
 #                                waits until the workers from before the reload are gone
-#                                (each finishes the requests it sent there first)
+#                                (each finishes the requests it sent there first);
+#                                one already out: nothing to do
 #   platform-drain off ADDRESS   `down` goes, nginx reloads
 #   platform-drain status        the drained addresses, one per line
 #   platform-drain for-push ADDRESS    around an app server's bundle and certificate
@@ -111,14 +112,18 @@ if [ "$action" = keep ] || [ "$action" = record ]; then
     exit 0
 fi
 
+# Already out (drained by hand, or by a push that failed after its drain): no reload, no
+# worker to wait for; `after-push` leaves it out.
+if { [ "$action" = on ] || [ "$action" = for-push ]; } && is_down "$address"; then
+    echo "$address: already out of the LB's pool"
+    exit 0
+fi
+
 # A push's drain: on or off where they apply, nothing where there is nothing to do.
 for_push=
 if [ "$action" = for-push ]; then
     if ! in_pool "$address"; then
         echo "$address: not in the LB's pool yet: nothing to drain for its push"
-        exit 0
-    elif is_down "$address"; then
-        echo "$address: already out of the LB's pool"
         exit 0
     elif ! other_up "$address"; then
         echo "$address: not drained for its push: the only app server the LB sends requests to"

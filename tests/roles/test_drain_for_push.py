@@ -1,7 +1,7 @@
-"""platform-drain around an app server's bundle push (`for-push`, `after-push`): the
-rendered LB programs at their real paths (the droplet lock and platform-write too) in
-role_checks.sandboxed, over an upstreams file; nginx and systemctl are stand-ins that
-record their calls. The local stack runs the same around every bundle push
+"""platform-drain around an app server's bundle push (`for-push`, `after-push`) and by
+hand (`on`): the rendered LB programs at their real paths (the droplet lock and
+platform-write too) in role_checks.sandboxed, over an upstreams file; nginx and systemctl
+are stand-ins that record their calls. The local stack runs the same around every bundle push
 (tests/localcloud/test_lc_upgrade.py)."""
 
 from __future__ import annotations
@@ -94,6 +94,12 @@ def test_a_server_drained_by_hand_stays_out_after_its_push(tmp_path):
     assert by_hand[0].startswith(f"0: {A1}: drained in"), by_hand
     assert before == (f"0: {A1}: already out of the LB's pool", "", by_hand[2]), before
     assert after == (f"0: {A1}: not drained for its push: left as it is", "", by_hand[2]), after
+
+
+def test_draining_a_server_already_out_reloads_nothing(tmp_path):
+    """`deploy restart` drains each server it restarts, one drained by hand too."""
+    first, again = drain_run(tmp_path, [A1, A2], [f"on {A1}", f"on {A1}"])
+    assert again == (f"0: {A1}: already out of the LB's pool", "", first[2]), again
 
 
 def test_a_push_that_failed_after_its_drain_is_put_back_by_the_next_one(tmp_path):
