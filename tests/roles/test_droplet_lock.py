@@ -161,16 +161,20 @@ def test_pushes_and_provisioning_started_together_run_one_at_a_time(tmp_path, st
 
 def test_a_wait_beyond_the_bound_fails_naming_the_holder(tmp_path, staging_settings, short_wait):
     short_wait(1)
-    table = {"slow": push_kind("slow", then=[["sleep", "8"]]), "fast": push_kind("fast", then=[])}
+    # The slow push holds the lock until the three others have given up (no fixed time: on
+    # a busy machine they may take seconds each).
+    released = f"until [ -e {tmp_path}/release-slow ]; do sleep 0.05; done"
+    table = {"slow": push_kind("slow", then=[["sh", "-c", released]]), "fast": push_kind("fast", then=[])}
     lock_log = conventions.DROPLET_LOCK_LOG
     script = prepare(tmp_path, staging_settings, table) + [
         f'{push("slow")} > "$T/slow.out" 2>&1 &',
         "slow=$!",
-        f"for _ in $(seq 100); do grep -q 'took droplet lock: push slow' {lock_log} 2>/dev/null && break; sleep 0.05; done",
+        f"until grep -q 'took droplet lock: push slow' {lock_log} 2>/dev/null; do sleep 0.05; done",
         f'{push("fast")}; echo "== fast $?"',
         f'{conventions.PROVISION_COMMAND}; echo "== provision $?"',
         # The variable alone lets no run skip the lock: the holder it names is no ancestor.
         f'{conventions.DROPLET_LOCK_ENV}=$slow {conventions.PROVISION_COMMAND}; echo "== pretender $?"',
+        'touch "$T/release-slow"',
         f'wait; cat "$T/slow.out"; echo "== files $(ls {TEST_DIR})"',
         f"echo '== lock log'; cat {lock_log}",
     ]
@@ -192,12 +196,14 @@ def test_a_wait_beyond_the_bound_fails_naming_the_holder(tmp_path, staging_setti
 
 def test_a_push_that_waited_for_a_failed_provisioning_changes_nothing(tmp_path, staging_settings, short_wait):
     short_wait(30)
-    failing = f"sleep 1; echo 'step=test' > {conventions.PROVISION_FAILED_MARKER}; exit 1"
+    # The failing push's provisioning fails once the later push waits for it.
+    failing = (f"until grep -q 'waiting for droplet lock: push later' {conventions.DROPLET_LOCK_LOG}; do sleep 0.05;"
+               f" done; echo 'step=test' > {conventions.PROVISION_FAILED_MARKER}; exit 1")
     table = {"failing": push_kind("failing", then=[["sh", "-c", failing]]), "later": push_kind("later", then=[])}
     script = prepare(tmp_path, staging_settings, table) + [
         f'{push("failing")} > "$T/failing.out" 2>&1 &',
-        f"for _ in $(seq 100); do grep -q 'took droplet lock: push failing' {conventions.DROPLET_LOCK_LOG}"
-        " 2>/dev/null && break; sleep 0.05; done",
+        f"until grep -q 'took droplet lock: push failing' {conventions.DROPLET_LOCK_LOG} 2>/dev/null;"
+        " do sleep 0.05; done",
         f'{push("later")}; echo "== later $?"',
         f'wait; cat "$T/failing.out"; echo "== files $(ls {TEST_DIR})"',
     ]
