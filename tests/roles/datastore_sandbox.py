@@ -115,8 +115,9 @@ unit_start() {{
     esac
 }}
 
+# A minute: a busy machine may take many seconds to start one (moto_server imports a lot).
 wait_for_port() {{
-    for _ in $(seq 100); do
+    for _ in $(seq 600); do
         ss -Hltn "src $1:$2" | grep -q . && return 0
         sleep 0.1
     done
@@ -127,8 +128,10 @@ wait_for_port() {{
 unit_stop() {{
     case "$1" in
         postgresql@*) local vc=${{1#postgresql@}}; pg_ctlcluster "${{vc%%-*}}" "${{vc#*-}}" stop ;;
-        redis-server) pkill -x redis-server; sleep 0.5 ;;
-        stunnel@*) pkill -x stunnel4; sleep 0.5 ;;
+        # Gone, not only told to go: Redis saves its data first, and a restart's new one
+        # could not take the port the old one still holds.
+        redis-server) pkill -x redis-server; while pgrep -x redis-server >/dev/null; do sleep 0.1; done ;;
+        stunnel@*) pkill -x stunnel4; while pgrep -x stunnel4 >/dev/null; do sleep 0.1; done ;;
         rabbitmq-server) rabbitmqctl --quiet stop ;;
     esac
 }}
