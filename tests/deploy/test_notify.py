@@ -330,7 +330,8 @@ def test_a_webhook_that_never_answers_is_given_up_on_in_bounded_time(monkeypatch
         start = time.monotonic()
         with pytest.raises(notify.NotDelivered, match="timed out"):
             notify.post(f"https://127.0.0.1:{silent.getsockname()[1]}/hook", notify.payload("x"))
-    assert time.monotonic() - start < notify.ATTEMPTS * 0.3 + 2
+    # Far below the 3 x 10 s the tries would take with their default bound.
+    assert time.monotonic() - start < notify.ATTEMPTS * 0.3 + 10
 
 
 # --- where the URL comes from ---------------------------------------------------------------

@@ -72,9 +72,10 @@ def test_a_health_path_that_does_not_answer_200_fails_after_the_health_wait(tmp_
 
 def test_no_ready_is_waited_out_as_pm2_would_and_a_process_outliving_sigint_is_killed(tmp_path):
     quiet = app(tmp_path, "quiet.js", says_ready=False, stops=False)
-    result = start_check(tmp_path, {"name": "web", "script": quiet, "health": None}, ready_ms=1500, stop_ms=500)
+    # Long enough for node to start and take SIGINT on a busy machine (it dies of it before).
+    result = start_check(tmp_path, {"name": "web", "script": quiet, "health": None}, ready_ms=4000, stop_ms=500)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == ("web: started (no 'ready' within 1.5s (pm2 waits as long for each worker), "
+    assert result.stdout.strip() == ("web: started (no 'ready' within 4s (pm2 waits as long for each worker), "
                                      "still running 0.5s after SIGINT: killed, as pm2 would)"), result.stdout
     assert no_process_left(tmp_path)
 
