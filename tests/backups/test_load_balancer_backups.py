@@ -180,7 +180,7 @@ def test_a_backup_started_during_another_waits_for_it(run_lb):
 issue valid
 : > "$T/out.log"
 ( exec 9>{lock_file}; flock 9; touch {lock_file}.held
-  for _ in $(seq 100); do pgrep -x flock >/dev/null && break; sleep 0.05; done
+  for _ in $(seq 400); do pgrep -x flock >/dev/null && break; sleep 0.05; done
   sleep 1; grep -c "backup started" "$T/out.log" > {lock_file}.started-meanwhile ) &
 until [ -e {lock_file}.held ]; do sleep 0.05; done
 check backup {BACKUP} run

@@ -42,9 +42,9 @@ cd {app}
 PORT=3999 node api/server.js >{tmp_path}/api.log 2>&1 &
 node worker/index.js >{tmp_path}/worker.log 2>&1 &
 worker=$!
-for _ in $(seq 50); do curl -fsS http://127.0.0.1:3999/api/hello >/dev/null 2>&1 && break; sleep 0.2; done
+for _ in $(seq 150); do curl -fsS http://127.0.0.1:3999/api/hello >/dev/null 2>&1 && break; sleep 0.2; done
 curl -sS -o {tmp_path}/queued.json -w '%{{http_code}}' >{tmp_path}/queued.status -X POST -d '{{"text": "a real job"}}' http://127.0.0.1:3999/api/jobs
-for _ in $(seq 50); do curl -fsS http://127.0.0.1:3999/api/jobs >{tmp_path}/jobs.json && grep -q 'a real job' {tmp_path}/jobs.json && break; sleep 0.2; done
+for _ in $(seq 150); do curl -fsS http://127.0.0.1:3999/api/jobs >{tmp_path}/jobs.json && grep -q 'a real job' {tmp_path}/jobs.json && break; sleep 0.2; done
 check processed grep -q '"engine":"rabbitmq"' {tmp_path}/jobs.json
 # The notes share the API's RabbitMQ connection with the jobs' publishing.
 check note-written test "$(curl -sS -o /dev/null -w '%{{http_code}}' -X POST -d '{{"text": "a note"}}' http://127.0.0.1:3999/api/notes)" = 201

@@ -87,7 +87,7 @@ sshd -t -h {work}/host_key || exit 3
 # The LB (127.0.0.1), an app server's SSH (127.0.0.2) and another droplet's (127.0.0.3): one sshd.
 /usr/sbin/sshd -D -e -h {work}/host_key -o ListenAddress=127.0.0.1 -o ListenAddress=127.0.0.2 -o ListenAddress=127.0.0.3 \
     2>{work}/sshd.log &
-for i in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/22) 2>/dev/null && break; sleep 0.1; done
+for i in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/22) 2>/dev/null && break; sleep 0.1; done
 ssh() {{ command ssh -o LogLevel=ERROR "$@"; }}
 echo "== check"; {check} </dev/null 2>&1; echo "exit=$?"
 echo "== elsewhere"; {elsewhere} </dev/null 2>&1; echo "exit=$?"

@@ -94,7 +94,7 @@ def sshd_script(tmp_path: Path, settings, clients: str, *, drop_in: str | None =
         mkdir -p /run/sshd
         /usr/sbin/sshd -t
         /usr/sbin/sshd -D -e -p 22 2> {tmp_path}/sshd.log &
-        for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/22) 2>/dev/null && break; sleep 0.1; done
+        for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/22) 2>/dev/null && break; sleep 0.1; done
         set +e
         printf '127.0.0.1 %s\\n' "$(cut -d' ' -f1,2 {HOST_KEY}.pub)" > {tmp_path}/known_hosts
     """) + clients
