@@ -224,7 +224,9 @@ logs() {
     done
     # Until the caller goes: its ssh closing ends our stdin (the script came on it).
     while read -r _; do :; done
+    # Gone before we end: the caller's next command (or a test) finds no tail running.
     pkill -P "$$" || true
+    wait
 }
 
 holder_of() {
