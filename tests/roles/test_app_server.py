@@ -226,11 +226,13 @@ get() {{ node -e "fetch('http://127.0.0.1:'+process.argv[1]+process.argv[2]).the
 echo "WEB $(get {web} /)"
 echo "HEALTH $(get {api} /healthz)"
 echo "HELLO $(get {api} /api/hello)"
-# A release switch and a graceful reload, with requests running all along.
-( for i in $(seq 1 60); do get {web} / | cut -c1-3; sleep 0.05; done > {work}/during-reload ) &
+# A release switch and a graceful reload, with requests running all along (until it has
+# ended, however long it takes).
+( until [ -e {work}/reloaded ]; do get {web} / | cut -c1-3; sleep 0.05; done > {work}/during-reload ) &
 loader=$!
 ln -sfn {releases}/r2 {current}.new && mv -T {current}.new {current}
 {reload} >/dev/null
+touch {work}/reloaded
 wait $loader
 echo "DURING $(sort {work}/during-reload | uniq -c | tr '\n' ' ')"
 echo "AFTER $(get {web} /)"
@@ -239,9 +241,10 @@ echo "AFTER $(get {web} /)"
 workers() {{ for pid in $(pm2 jlist | node -p "JSON.parse(require('fs').readFileSync(0)).map(p => p.pid).join(' ')"); do readlink /proc/$pid/exe; done | sort | uniq -c | tr '\n' ' '; }}
 cp {node_dir}/node {node_dir}/node.dpkg-new && mv {node_dir}/node.dpkg-new {node_dir}/node
 echo "OLDNODE $(workers)"
-( for i in $(seq 1 60); do get {web} / | cut -c1-3; sleep 0.05; done > {work}/during-node ) &
+( until [ -e {work}/reloaded-node ]; do get {web} / | cut -c1-3; sleep 0.05; done > {work}/during-node ) &
 loader=$!
 {reload} >/dev/null
+touch {work}/reloaded-node
 wait $loader
 echo "NODEDURING $(sort {work}/during-node | uniq -c | tr '\n' ' ')"
 echo "NEWNODE $(workers)"
@@ -249,6 +252,12 @@ echo "JLIST $(pm2 jlist)"
 ls {logs}
 pm2 kill >/dev/null
 """
+
+
+def all_answered(counted: str) -> bool:
+    """`uniq -c` of the status codes: some requests (a reload takes seconds), all 200."""
+    counts = counted.split()
+    return len(counts) == 2 and counts[1] == "200" and int(counts[0]) > 5
 
 
 def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests_onto_a_new_node(tmp_path, pm2_bin, example_app_modules):
@@ -266,12 +275,12 @@ def test_pm2_runs_the_rendered_ecosystem_and_reloads_without_dropping_requests_o
     assert lines["WEB"].startswith("200 ") and "It works" in lines["WEB"]
     assert lines["HEALTH"].startswith("200 ") and '"status":"disabled"' in lines["HEALTH"]
     assert lines["HELLO"].startswith("200 ")
-    assert lines["DURING"].split() == ["60", "200"], f"every request during the reload answered: {lines['DURING']}"
+    assert all_answered(lines["DURING"]), f"every request during the reload answered: {lines['DURING']}"
     assert "Release two" in lines["AFTER"], "the reload picked up the new `current`"
     node = str(tmp_path / "usr-bin" / "node")
     workers = len(json.loads(lines["JLIST"]))
     assert lines["OLDNODE"].split() == [str(workers), node, "(deleted)"], "the workers ran the replaced node"
-    assert lines["NODEDURING"].split() == ["60", "200"], f"every request answered: {lines['NODEDURING']}"
+    assert all_answered(lines["NODEDURING"]), f"every request answered: {lines['NODEDURING']}"
     assert lines["NEWNODE"].split() == [str(workers), node], "the unit's reload put every worker on the new node"
     processes = json.loads(lines["JLIST"])
     assert sorted({p["name"] for p in processes}) == ["api", "web", "worker"], "as example-app/platform.json declares"
