@@ -54,9 +54,16 @@ def loopback_sshd(tmp_path: Path):
         while time.monotonic() < deadline:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return port, log
+                    break
             time.sleep(0.05)
-        raise AssertionError(f"sshd {name} did not start: {log.read_text()}")
+        else:
+            raise AssertionError(f"sshd {name} did not start: {log.read_text()}")
+        # The probe's connection is logged by the child sshd forks for it, which may take a
+        # while on a busy machine: counted from here on, it is there.
+        while connections(log) == 0:
+            assert time.monotonic() < deadline + 20, f"sshd {name} logged no connection: {log.read_text()}"
+            time.sleep(0.05)
+        return port, log
 
     def hop(port: int, limit: int = 10) -> pulumi_ssh.Hop:
         import getpass
@@ -71,6 +78,6 @@ def loopback_sshd(tmp_path: Path):
 
 
 def connections(log) -> int:
-    """TCP connections sshd accepted (the fixture's readiness probe is one)."""
-    time.sleep(0.2)   # sshd logs asynchronously
+    """TCP connections sshd accepted (the fixture's readiness probe is one). The child
+    sshd logs each before it sends its banner: a client that got one is counted."""
     return log.read_text().count("Connection from 127.0.0.1")
