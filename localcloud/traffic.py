@@ -35,10 +35,13 @@ import collections, http.client, json, os, socket, ssl, sys, time
 domain, address, cafile, paths, rate, seconds, stop_file, limit = sys.argv[1:9]
 paths, rate, seconds, limit = json.loads(paths), float(rate), float(seconds), float(limit)
 ctx = ssl.create_default_context(cafile=cafile)
+# A request waits as a browser would: the LB may try 3 app servers, 5 s to connect to each
+# one that is gone, before it answers.
+WAIT = 30
 
 class Conn(http.client.HTTPSConnection):
     def connect(self):
-        self.sock = ctx.wrap_socket(socket.create_connection((address, 443), timeout=10),
+        self.sock = ctx.wrap_socket(socket.create_connection((address, 443), timeout=WAIT),
                                     server_hostname=domain)
 
 statuses, hosts, errors = collections.Counter(), collections.Counter(), collections.Counter()
@@ -60,7 +63,7 @@ while going():
     method = method or "GET"
     n += 1
     try:
-        c = Conn(domain, 443, timeout=10)
+        c = Conn(domain, 443, timeout=WAIT)
         if method == "POST":
             c.request(method, path, body=json.dumps({"text": f"stream {n}"}),
                       headers={"Connection": "close", "Content-Type": "application/json"})
