@@ -53,11 +53,16 @@ def get_from_internet(url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pair(needs_root, local_cloud_to_ourselves):
+def only_ours(needs_root, local_cloud_to_ourselves):
+    """The teardown tests remove every droplet: never someone else's (your `localcloud up`)."""
     others = [n for n in state.load()["droplets"] if not n.startswith("lc-test-") and droplet.is_running(n)]
-    if others:   # the teardown below removes every droplet: never someone else's
+    if others:
         pytest.fail(f"droplets of others are running ({', '.join(sorted(others))}): these tests tear down "
                     "the whole local cloud; run them first (the suite orders them so) or on an idle machine")
+
+
+@pytest.fixture(scope="module")
+def pair(only_ours):
     t0 = time.monotonic()
     specs = [cloud.DropletSpec("lc-test-a", USER_DATA.format(name="a"), tags=("client",)),
              cloud.DropletSpec("lc-test-b", USER_DATA.format(name="b"), tags=("web",))]
@@ -229,7 +234,7 @@ def programs_running(names: set[str]) -> list[str]:
     return found
 
 
-def test_teardown_cleans_a_run_whose_state_was_lost(needs_root, local_cloud_to_ourselves):
+def test_teardown_cleans_a_run_whose_state_was_lost(only_ours):
     """As after a killed run: droplet running, state file gone."""
     cloud.up([cloud.DropletSpec("lc-test-c", "#cloud-config\n{}\n")], vpc_cidr=VPC, wait=False)
     assert droplet.is_running("lc-test-c")
