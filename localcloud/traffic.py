@@ -8,8 +8,10 @@ cut no request in flight).
     ... change the stack ...
     counts = traffic.result(proc)     # {"requests": 400, "failed": 0, "failed_by_method": {}, "by_status": {...}, "hosts": {...}}
 
-Without `seconds` the stream runs until result() ends it: it covers a change of unknown
-length (an `up`) without a fixed wait after it. It ends by itself after OPEN_ENDED_LIMIT
+start() returns once the first request has had its answer: what follows it is done with
+the stream running, however long a busy machine took to start it. Without `seconds` the
+stream runs until result() ends it: it covers a change of unknown length (an `up`) without
+a fixed wait after it. It ends by itself after OPEN_ENDED_LIMIT
 seconds, so a test that failed before its result() leaves no stream behind for long. A
 stream falls behind its rate while the machine is busy (one request at a time), so a fixed
 one can last far longer than asked.
@@ -18,13 +20,16 @@ one can last far longer than asked.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from . import cloud
 
 OPEN_ENDED_LIMIT = 900   # seconds: longer than any change a test streams through
+FIRST_ANSWER_SECONDS = 60
 # The example app's paths for a stream through a planned change: the LB retries on another
 # server a GET that a server fails, never a POST, so only the POSTs show a request it cut.
 WRITES_AND_READS = ["/api/hello", "POST /api/notes"]
@@ -84,6 +89,8 @@ while going():
         errors[type(e).__name__ + ": " + str(e)[:80]] += 1
         failed_by_method[method] += 1
         failures.append(f"{time.time():.1f} {method} {path} {type(e).__name__}: {str(e)[:80]}")
+    if n == 1:
+        open(os.path.join(os.path.dirname(stop_file), "answered"), "w").close()
 failed = sum(v for k, v in statuses.items() if k >= 400) + sum(errors.values())
 print(json.dumps({"requests": n, "failed": failed, "failed_by_method": failed_by_method,
                   "by_status": statuses, "errors": errors,
@@ -105,6 +112,14 @@ def start(domain: str, address: str, cafile: str, paths: str | list[str], rate: 
     proc = subprocess.Popen(cloud.internet_client(argv(domain, address, cafile, paths, rate, seconds, stop_file)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stop_file = stop_file
+    deadline = time.monotonic() + FIRST_ANSWER_SECONDS
+    while not stop_file.with_name("answered").exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"request stream failed (exit {proc.returncode}): {proc.stderr.read()[-800:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"request stream: its first request had no answer in {FIRST_ANSWER_SECONDS}s")
+        time.sleep(0.05)
     return proc
 
 
@@ -114,8 +129,7 @@ def result(proc, timeout: float = 300) -> dict:
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
-        proc.stop_file.unlink()
-        proc.stop_file.parent.rmdir()
+        shutil.rmtree(proc.stop_file.parent)
     if proc.returncode != 0:
         raise RuntimeError(f"request stream failed (exit {proc.returncode}): {err[-800:]}")
     return json.loads(out.strip().splitlines()[-1])

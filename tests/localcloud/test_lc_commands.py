@@ -192,10 +192,14 @@ def ended(stream: subprocess.Popen, timeout: float) -> dict:
 def test_an_open_ended_stream_ends_when_told_and_otherwise_at_its_limit(tmp_path):
     import time
     told = stream_on_this_machine(tmp_path, None, limit=60)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "answered").exists():   # what traffic.start waits for: it runs
+        assert time.monotonic() < deadline and told.poll() is None, "the stream did not get going"
+        time.sleep(0.05)
     (tmp_path / "stop").touch()
     counts = ended(told, timeout=30)
-    assert counts["failed"] == counts["requests"] and counts["seconds"] < 10, counts   # told, long before its limit
+    assert counts["requests"] >= 1 and counts["failed"] == counts["requests"], counts   # nothing listens there
+    assert counts["seconds"] < 10, counts   # told, long before its limit
     (tmp_path / "stop").unlink()
     forgotten = stream_on_this_machine(tmp_path, None, limit=1)
     counts = ended(forgotten, timeout=30)
