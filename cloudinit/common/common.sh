@@ -311,7 +311,7 @@ ensure_firewall() {
 
 common_steps() {
     step "packages"
-    ensure_packages ufw fail2ban python3-systemd unattended-upgrades needrestart logrotate \
+    ensure_packages ufw python3-systemd unattended-upgrades needrestart logrotate \
         systemd-timesyncd ca-certificates openssl
 
     step "users and groups"
@@ -361,6 +361,9 @@ common_steps() {
     ensure_firewall {{ c.FIREWALL_RULES_FILE }}
 
     step "fail2ban"
+    # Installed once our jail is in place: the package starts it at once, and Debian's own
+    # jail alone reads /var/log/auth.log, which an image without rsyslog lacks (it fails).
+    ensure_packages fail2ban
     ensure_running fail2ban /etc/fail2ban/
 
     step "security updates"

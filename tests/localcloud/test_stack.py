@@ -138,6 +138,17 @@ def test_cloud_init_is_done_without_errors_on_every_droplet(up):
 
 
 @pytest.mark.localcloud
+def test_fail2ban_started_without_an_error_on_every_droplet(local_stack):
+    """Its package starts it as it is installed: provisioning puts our jail in place first
+    (Debian's own alone reads /var/log/auth.log, which an image without rsyslog lacks)."""
+    def failures(name: str) -> list[str]:
+        # Its own errors reach the journal at info level (stderr): the words tell.
+        log = local_stack.run(name, ["journalctl", "-q", "-b", "-u", "fail2ban", "-o", "cat"], check=True).stdout
+        return [line for line in log.splitlines() if " ERROR " in line or "Failed with result" in line]
+    assert {d.name: failures(d.name) for d in local_stack.plan.droplets} == {d.name: [] for d in local_stack.plan.droplets}
+
+
+@pytest.mark.localcloud
 def test_every_droplet_is_provisioned(up):
     assert {r.name: (r.provisioned, r.provision_failed) for r in up.reports} == \
         {d.name: (True, "") for d in up.plan.droplets}
