@@ -146,8 +146,15 @@ def test_a_release_dying_as_it_starts_fails_the_reload_and_the_one_before_reload
 STARTED_SCRIPT = RELEASES.replace("{release_names}", "bad") + r"""
 sed -i "1i console.error('dying at start'); process.exit(1);" {releases}/bad/api/server.js
 ln -sfn {releases}/bad {current}
-mkdir {tmp}/failing && printf '#!/bin/sh\nexit 1\n' > {tmp}/failing/getconf && chmod +x {tmp}/failing/getconf
-PATH={tmp}/failing:$PATH timeout -s INT 15 {start} > {tmp}/stdout 2> {tmp}/stderr || true
+mkdir {tmp}/failing && printf '#!/bin/sh\necho "$*" >> {tmp}/getconf-ran\nexit 1\n' > {tmp}/failing/getconf
+chmod +x {tmp}/failing/getconf
+PATH={tmp}/failing:$PATH {start} > {tmp}/stdout 2> {tmp}/stderr &
+# The unit's stop signal, once web has started and api has died (or two minutes have passed).
+for _ in $(seq 240); do
+    grep -qs 'web listening' {tmp}/stdout && grep -qs 'dying at start' {tmp}/stdout {tmp}/stderr && break
+    sleep 0.5
+done
+kill -INT $! && wait $! || true
 """
 
 
@@ -164,9 +171,10 @@ def test_the_units_pm2_runtime_writes_each_apps_lines_under_its_name_without_col
         pm2_home=tmp_path / "pm2-home", bin=pm2_bin, releases=c.RELEASES_DIR, logs=c.PM2_LOG_DIR,
         source=REPO / "example-app", modules=example_app_modules, current=c.CURRENT_RELEASE_LINK,
         start=apps_start(tmp_path / "pm2-home"), tmp=tmp_path)
-    run_pm2_script(root, script, tmp_path / "pm2-home", timeout=120)
+    run_pm2_script(root, script, tmp_path / "pm2-home", timeout=180)
     written = (tmp_path / "stdout").read_text() + (tmp_path / "stderr").read_text()
     assert "\x1b" not in written, "colour codes: journalctl shows such a line as a blob"
+    assert (tmp_path / "getconf-ran").exists(), "pm2 did not run getconf: nothing here tells its error is silenced"
     assert "getconf" not in written, "pm2's process-usage library printed its error: PIDUSAGE_SILENT unset?"
     as_journal = "".join(f"2026-12-04T15:12:05+0000 app-1 pm2-runtime[812]: {line}\n" for line in written.splitlines())
     api = journal.merged({"app-1": as_journal}, processes=("api",))
