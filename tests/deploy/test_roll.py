@@ -256,8 +256,9 @@ def test_a_command_run_with_progress_is_shown_line_by_line_as_it_runs():
     assert [line for line, _ in shown] == ["waiting", "done"]
     assert ended - shown[0][1] > 1, "the first line was shown only once the command had ended"
     assert (result.returncode, result.output, result.last_line) == (3, "waiting\ndone\n", "done")
-    timed_out = executor.run(["bash", "-c", "echo started; sleep 30"], timeout=1, progress=lambda line: None)
-    assert (timed_out.returncode, timed_out.output) == (124, "timed out after 1s: started\n")
+    # 3 s: time for bash to start and say its line on a busy machine.
+    timed_out = executor.run(["bash", "-c", "echo started; sleep 30"], timeout=3, progress=lambda line: None)
+    assert (timed_out.returncode, timed_out.output) == (124, "timed out after 3s: started\n")
 
 
 class SlowTerminal(io.StringIO):
