@@ -37,7 +37,7 @@ WRITES_AND_READS = ["/api/hello", "POST /api/notes"]
 # Runs in the internet client's namespace with the host's python3; stdout: one JSON line.
 STREAM = r'''
 import collections, http.client, json, os, socket, ssl, sys, time
-domain, address, cafile, paths, rate, seconds, stop_file, limit = sys.argv[1:9]
+domain, address, cafile, paths, rate, seconds, stop_file, answered_file, limit = sys.argv[1:10]
 paths, rate, seconds, limit = json.loads(paths), float(rate), float(seconds), float(limit)
 ctx = ssl.create_default_context(cafile=cafile)
 # A request waits as a browser would: the LB may try 3 app servers, 5 s to connect to each
@@ -90,7 +90,7 @@ while going():
         failed_by_method[method] += 1
         failures.append(f"{time.time():.1f} {method} {path} {type(e).__name__}: {str(e)[:80]}")
     if n == 1:
-        open(os.path.join(os.path.dirname(stop_file), "answered"), "w").close()
+        open(answered_file, "w").close()
 failed = sum(v for k, v in statuses.items() if k >= 400) + sum(errors.values())
 print(json.dumps({"requests": n, "failed": failed, "failed_by_method": failed_by_method,
                   "by_status": statuses, "errors": errors,
@@ -98,10 +98,15 @@ print(json.dumps({"requests": n, "failed": failed, "failed_by_method": failed_by
 '''
 
 
+def answered_file(stop_file: Path) -> Path:
+    """Written once the stream's first request has had its answer."""
+    return stop_file.with_name("answered")
+
+
 def argv(domain: str, address: str, cafile: str, paths: list[str], rate: float, seconds: float | None,
          stop_file: Path, limit: float = OPEN_ENDED_LIMIT) -> list[str]:
     return ["python3", "-c", STREAM, domain, address, cafile, json.dumps(paths), str(rate), str(seconds or 0),
-            str(stop_file), str(limit)]
+            str(stop_file), str(answered_file(stop_file)), str(limit)]
 
 
 def start(domain: str, address: str, cafile: str, paths: str | list[str], rate: float = 20,
@@ -113,7 +118,7 @@ def start(domain: str, address: str, cafile: str, paths: str | list[str], rate: 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stop_file = stop_file
     deadline = time.monotonic() + FIRST_ANSWER_SECONDS
-    while not stop_file.with_name("answered").exists():
+    while not answered_file(stop_file).exists():
         if proc.poll() is not None:
             raise RuntimeError(f"request stream failed (exit {proc.returncode}): {proc.stderr.read()[-800:]}")
         if time.monotonic() > deadline:

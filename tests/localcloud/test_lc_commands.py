@@ -193,7 +193,8 @@ def test_an_open_ended_stream_ends_when_told_and_otherwise_at_its_limit(tmp_path
     import time
     told = stream_on_this_machine(tmp_path, None, limit=60)
     deadline = time.monotonic() + 30
-    while not (tmp_path / "answered").exists():   # what traffic.start waits for: it runs
+    from localcloud import traffic
+    while not traffic.answered_file(tmp_path / "stop").exists():   # what traffic.start waits for: it runs
         assert time.monotonic() < deadline and told.poll() is None, "the stream did not get going"
         time.sleep(0.05)
     (tmp_path / "stop").touch()
