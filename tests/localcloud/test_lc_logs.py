@@ -5,6 +5,8 @@ passes its size: the real service, scripts included (nginx reopens its logs).
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from model import conventions
@@ -39,8 +41,14 @@ def test_the_lbs_access_log_past_its_size_is_rotated_and_nginx_writes_the_new_on
         listed = on_lb(f"stat -c '%n %s' {ACCESS_LOG}.1 {ACCESS_LOG}")
         sizes = dict(line.rsplit(" ", 1) for line in listed.splitlines())
         assert int(sizes[f"{ACCESS_LOG}.1"]) > LIMIT and int(sizes[ACCESS_LOG]) < LIMIT, sizes
-        on_lb(f"curl -s -o /dev/null -H 'Host: {local_stack.plan.domain}' http://127.0.0.1/rotated-log-probe")
-        assert "rotated-log-probe" in on_lb(f"cat {ACCESS_LOG}"), "nginx still writes to the rotated file"
+        # logrotate returns once it has signalled nginx; the workers reopen the log after.
+        deadline = time.monotonic() + 60
+        while True:
+            on_lb(f"curl -s -o /dev/null -H 'Host: {local_stack.plan.domain}' http://127.0.0.1/rotated-log-probe")
+            if "rotated-log-probe" in on_lb(f"cat {ACCESS_LOG}"):
+                break
+            assert time.monotonic() < deadline, "nginx still writes to the rotated file after 60 s"
+            time.sleep(1)
     finally:
         # Nothing left past the limit, whatever failed: the next hourly run would rotate it.
         on_lb(f"rm -f {ACCESS_LOG}.1; [ $(stat -c %s {ACCESS_LOG}) -le {LIMIT} ] || : > {ACCESS_LOG}")
