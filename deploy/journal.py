@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cloudinit.app_server import APP_HEALTH_COMMAND, APPS_JOURNAL_MAX_LINES, APPS_RELOAD_COMMAND
+from cloudinit.app_server import APP_HEALTH_COMMAND, APPS_JOURNAL_MAX_LINES, APPS_RELOAD_COMMAND, START_CHECK_LOG_TAG
 from model.app_contract import PROCESS_NAME
 
 # What writes there: pm2-runtime (the apps' output, and pm2's own `PM2 log:` lines), the
@@ -38,6 +38,9 @@ PM2_TIME = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}"
 PM2_OWN = re.compile(rf"{PM2_TIME}: PM2 (log|error): ")
 APP_LINE = re.compile(rf"(?:(?P<id>(?:_old_)?\d+)\|(?P<process>{PROCESS_NAME.pattern}) +\| )?"
                       rf"(?:{PM2_TIME}: )?(?P<line>.*)")
+# An env push's failed start check names the process each of its lines is about: its
+# verdict (`api: FAILED: ...`) and, indented, what the process wrote (`  api: ...`).
+START_CHECK_LINE = re.compile(rf" {{0,2}}(?P<process>{PROCESS_NAME.pattern}): ")
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Entry:
     source: str        # identifier[pid]; an app's named line: its pm2 process, `0|api`
     message: str       # an app's line without pm2's stamp (the journal has the time)
     from_app: bool = False
-    process: str = ""  # an app's named line: its process's name
+    process: str = ""  # an app's named line, a start check's line: its process's name
 
 
 def entries(journal: str) -> list[Entry]:
@@ -69,7 +72,8 @@ def entries(journal: str) -> list[Entry]:
             found.append(Entry(at, identifier, f"{app['id']}|{named}" if named else source, app["line"],
                                from_app=True, process=named))
         else:
-            found.append(Entry(at, identifier, source, message))
+            about = START_CHECK_LINE.match(message) if identifier == START_CHECK_LOG_TAG else None
+            found.append(Entry(at, identifier, source, message, process=about["process"] if about else ""))
     return found
 
 

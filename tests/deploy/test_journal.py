@@ -128,6 +128,19 @@ def test_the_wrapper_takes_two_numbers_or_0_lines_follow_up_to_the_bound_the_dep
         assert "journalctl" not in said.stdout, (refused, said)
 
 
+def test_a_failed_start_checks_lines_are_those_of_the_process_they_name():
+    """`--process api` after an env push the apps died with shows what api wrote there."""
+    check = "".join(f"2026-12-04T15:13:00+0000 staging-app-1 {app_server.START_CHECK_LOG_TAG}[950]: {line}\n" for line in (
+        "web: started (ready)", "api: FAILED: exited with code 1 as it started", "  api: API_TOKEN is not set"))
+    assert journal.merged({"app-1": APP1 + check}, processes=("api",))[-2:] == [
+        f"[app-1] 2026-12-04T15:13:00+0000 {app_server.START_CHECK_LOG_TAG}[950]: api: FAILED: exited with code 1 as it "
+        "started",
+        f"[app-1] 2026-12-04T15:13:00+0000 {app_server.START_CHECK_LOG_TAG}[950]:   api: API_TOKEN is not set"]
+    assert journal.merged({"app-1": check}, processes=("web",)) == [
+        f"[app-1] 2026-12-04T15:13:00+0000 {app_server.START_CHECK_LOG_TAG}[950]: web: started (ready)"]
+    assert journal.apps_said(check, 20) == [], "the start check's processes are not the running apps"
+
+
 def test_a_followed_line_shows_as_merged_does_for_the_processes_asked_since_the_moment_asked():
     show = journal.followed(("api",), since=1796396700)   # 2026-12-04 15:05 UTC
     line = "2026-12-04T15:0{}:00+0000 staging-app-1 pm2-runtime[7]: 0|{}  | 2026-12-04T15:0{}:00: {}"

@@ -18,8 +18,9 @@ import uuid
 import pytest
 
 from cloudinit import app_server
-from localcloud import stack, traffic
+from localcloud import config, stack, traffic
 from model import conventions
+from on_the_local_stack import deploy_cli
 
 GREETING = "hello 'world' \"twice\" $HOME #not-a-comment  "
 
@@ -112,9 +113,11 @@ def test_an_env_the_apps_cannot_start_or_serve_with_stops_at_app_1_before_its_ap
     # What the processes wrote is in the apps' journal as the deploy user reads it (`deploy
     # logs --journal`), not in the push's output, which CI logs keep.
     assert wrote not in failed.output and f"deploy logs {name} --journal" in failed.output, failed.output
-    as_deploy = ["runuser", "-u", conventions.DEPLOY_USER, "--", "sudo", "-n", app_server.APPS_JOURNAL_COMMAND]
-    journal = local_stack.run("app-1", [*as_deploy, "0", "1000"], check=True).stdout
-    assert re.search(rf" {app_server.START_CHECK_LOG_TAG}\[\d+\]:   api: .*{re.escape(wrote)}", journal), journal[-3000:]
+    # The operator's command, narrowed to the process the check names.
+    shown = deploy_cli("logs", "--journal", "--process", "api", "--lines", "1000", key=str(config.OPERATOR_KEY))
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(rf"^\[app-1\] \S+ {app_server.START_CHECK_LOG_TAG}\[\d+\]:   api: .*{re.escape(wrote)}",
+                     shown.stdout, re.MULTILINE), shown.stdout[-3000:]
     assert all(status[f"{key}-env-push"].status == "not run" for key in keys[1:]), result.commands
     for key in keys:
         assert local_stack.run(key, ["cat", conventions.APP_ENV_FILE], check=True).stdout == env_before[key], key
