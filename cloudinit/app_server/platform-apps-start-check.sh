@@ -49,5 +49,10 @@ while IFS= read -r line; do
         logger --journald
 done <<<"$report"
 printf '%s\n' "$report" | grep -v '^  ' || true
-echo "platform-apps-start-check: what they wrote is in the apps' journal (python -m deploy logs {{ settings.stack }} --journal)"
+# The operator's command for it, narrowed to the processes that failed.
+logs="python -m deploy logs {{ settings.stack }} --journal"
+for name in $(printf '%s\n' "$report" | sed -n 's/^\([a-z][a-z0-9_-]*\): FAILED.*/\1/p'); do
+    logs+=" --process $name"
+done
+echo "platform-apps-start-check: what they wrote is in the apps' journal ($logs)"
 exit 1

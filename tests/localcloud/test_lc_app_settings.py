@@ -112,7 +112,8 @@ def test_an_env_the_apps_cannot_start_or_serve_with_stops_at_app_1_before_its_ap
     assert "check failed; previous files restored, nothing reloaded" in failed.output, failed.output
     # What the processes wrote is in the apps' journal as the deploy user reads it (`deploy
     # logs --journal`), not in the push's output, which CI logs keep.
-    assert wrote not in failed.output and f"deploy logs {name} --journal" in failed.output, failed.output
+    hint = re.search(rf"deploy logs {name} --journal(?: --process [a-z]+)+\)", failed.output)   # those that failed
+    assert wrote not in failed.output and hint and " --process api" in hint[0], failed.output
     # The operator's command, narrowed to the process the check names.
     shown = deploy_cli("logs", "--journal", "--process", "api", "--lines", "1000", key=str(config.OPERATOR_KEY))
     assert shown.returncode == 0, shown.stderr
