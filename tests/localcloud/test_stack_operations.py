@@ -18,6 +18,8 @@ import pytest
 from model import conventions
 from localcloud import checks, cloud, droplet, stack, traffic
 
+LB_ERROR_LOG = "/var/log/nginx/error.log"
+
 pytestmark = pytest.mark.localcloud
 
 ENABLED = ("postgresql", "redis", "rabbitmq")   # the staging stack's engines less LOCAL_OVERRIDES'
@@ -149,6 +151,8 @@ def test_provisioning_again_changes_nothing_on_any_droplet(local_stack):
 
 def test_stopping_an_app_server_under_steady_traffic_loses_no_request(local_stack):
     app = local_stack.app_servers()[-1]
+    lb = local_stack.plan.lb.name
+    logged = int(local_stack.run(lb, ["stat", "-c", "%s", LB_ERROR_LOG], check=True).stdout)
     stream = local_stack.stream("/api/hello", seconds=None)
     try:
         time.sleep(3)
@@ -159,6 +163,10 @@ def test_stopping_an_app_server_under_steady_traffic_loses_no_request(local_stac
         counts = traffic.result(stream)
     print(f"\n[figures] app server stopped under 20 req/s, 3 s before the stop to 15 s after it: {counts}")
     assert counts["requests"] >= 100 and counts["failed"] == 0, counts
+    # None failed because the LB sent on what the stopped server could not take: it met it.
+    address = next(d.vpc_ip for d in local_stack.plan.droplets if d.name == app)
+    met = local_stack.run(lb, ["tail", "-c", f"+{logged + 1}", LB_ERROR_LOG], check=True).stdout
+    assert re.search(rf'while connecting to upstream, .* upstream: "https://{re.escape(address)}:', met), met[-2000:]
     cloud.start(app)
     droplet.wait_booted(app, timeout=180)
     local_stack.wait_healthy(timeout=120)
