@@ -51,7 +51,7 @@ done <<<"$report"
 printf '%s\n' "$report" | grep -v '^  ' || true
 # The operator's command for it, narrowed to the processes that failed.
 logs="python -m deploy logs {{ settings.stack }} --journal"
-for name in $(printf '%s\n' "$report" | sed -n 's/^\([a-z][a-z0-9_-]*\): FAILED.*/\1/p'); do
+for name in $(printf '%s\n' "$report" | sed -En 's/^({{ facts.app_contract.PROCESS_NAME.pattern }}): FAILED.*/\1/p'); do
     logs+=" --process $name"
 done
 echo "platform-apps-start-check: what they wrote is in the apps' journal ($logs)"
