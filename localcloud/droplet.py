@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,14 +243,16 @@ def start(name: str) -> int:
     return proc.pid
 
 
-def wait_until(check, timeout: float, what: str, every: float = 0.2):
+def wait_until(check, timeout: float, what: str | Callable[[], str], every: float = 0.2):
+    """check()'s first true result, asked every `every` seconds for `timeout` seconds (and
+    once at the end); else TimeoutError naming `what` (a callable: asked then, to tell what
+    it found)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
+    while not (result := check()):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what() if callable(what) else what}: not ready after {timeout:.0f}s")
         time.sleep(every)
-    raise TimeoutError(f"{what}: not ready after {timeout:.0f}s")
+    return result
 
 
 def exec(name: str, argv: list[str], check: bool = True, timeout: float | None = 600,

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from localcloud import droplet
 from model import conventions
 
 pytestmark = pytest.mark.localcloud
@@ -91,9 +92,8 @@ def test_logs_follow_streams_from_every_server_until_interrupted_and_leaves_noth
     # that takes a while; what must not happen is that they stay.
     deadline = time.monotonic() + 60
     for d in servers:
-        while (left := on(d.name, f"{left_running} || true")) and time.monotonic() < deadline:
-            time.sleep(1)
-        assert left == "", f"{d.key}: still running 60 s after the follow ended: {left}"
+        droplet.wait_until(lambda: on(d.name, f"{left_running} || true") == "", deadline - time.monotonic(),
+                           lambda: f"{d.key}: still running after the follow ended: {on(d.name, left_running)}", every=1)
 
 
 def test_exec_runs_in_the_apps_environment_as_app_and_returns_the_commands_exit_code(plan, operator_key):

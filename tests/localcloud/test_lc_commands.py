@@ -152,6 +152,15 @@ def test_a_droplet_boots_with_sshd_answering_before_cloud_init(tmp_path):
         slow["etc/systemd/system/systemd-user-sessions.service.d/localcloud-late.conf"]
 
 
+def test_wait_until_returns_the_first_true_answer_or_says_what_it_last_found():
+    answers = iter([0, "", "up"])
+    assert droplet.wait_until(lambda: next(answers), 5, "never said", every=0) == "up"
+    asked = []
+    with pytest.raises(TimeoutError, match=r"^still 1 left: not ready after 0s$"):
+        droplet.wait_until(lambda: asked.append(1), 0, lambda: f"still {len(asked)} left", every=0)
+    assert asked == [1], "asked once even with no time left"
+
+
 def test_a_process_that_ended_is_not_alive_even_before_its_parent_collects_it():
     # The launchers and daemons are often this process's own children: a stop that
     # waited for the zombie to go would wait out its whole timeout.

@@ -5,10 +5,9 @@ passes its size: the real service, scripts included (nginx reopens its logs).
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from localcloud import droplet
 from model import conventions
 
 pytestmark = pytest.mark.localcloud
@@ -42,13 +41,10 @@ def test_the_lbs_access_log_past_its_size_is_rotated_and_nginx_writes_the_new_on
         sizes = dict(line.rsplit(" ", 1) for line in listed.splitlines())
         assert int(sizes[f"{ACCESS_LOG}.1"]) > LIMIT and int(sizes[ACCESS_LOG]) < LIMIT, sizes
         # logrotate returns once it has signalled nginx; the workers reopen the log after.
-        deadline = time.monotonic() + 60
-        while True:
+        def probe_logged() -> bool:
             on_lb(f"curl -s -o /dev/null -H 'Host: {local_stack.plan.domain}' http://127.0.0.1/rotated-log-probe")
-            if "rotated-log-probe" in on_lb(f"cat {ACCESS_LOG}"):
-                break
-            assert time.monotonic() < deadline, "nginx still writes to the rotated file after 60 s"
-            time.sleep(1)
+            return "rotated-log-probe" in on_lb(f"cat {ACCESS_LOG}")
+        droplet.wait_until(probe_logged, 60, "nginx still writes to the rotated file", every=1)
     finally:
         # Nothing left past the limit, whatever failed: the next hourly run would rotate it.
         on_lb(f"rm -f {ACCESS_LOG}.1; [ $(stat -c %s {ACCESS_LOG}) -le {LIMIT} ] || : > {ACCESS_LOG}")
