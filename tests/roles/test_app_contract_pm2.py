@@ -149,9 +149,10 @@ ln -sfn {releases}/bad {current}
 mkdir {tmp}/failing && printf '#!/bin/sh\necho "$*" >> {tmp}/getconf-ran\nexit 1\n' > {tmp}/failing/getconf
 chmod +x {tmp}/failing/getconf
 PATH={tmp}/failing:$PATH {start} > {tmp}/stdout 2> {tmp}/stderr &
-# The unit's stop signal, once web has started and api has died (or two minutes have passed).
+# The unit's stop signal, once web has started and api has died twice, a line said again
+# (or two minutes have passed).
 for _ in $(seq 240); do
-    grep -qs 'web listening' {tmp}/stdout && grep -qs 'dying at start' {tmp}/stdout {tmp}/stderr && break
+    grep -qs 'web listening' {tmp}/stdout && [ "$(cat {tmp}/stdout {tmp}/stderr | grep -c 'dying at start')" -ge 2 ] && break
     sleep 0.5
 done
 kill -INT $! && wait $! || true
