@@ -12,7 +12,6 @@ https://127.0.0.1:15000/roots/0 gives it, to verify a chain against.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from . import config, daemon, network, shell
@@ -129,11 +128,8 @@ def ensure_running(domain_address: str) -> None:
                                    ("pebble", pebble_command(), PEBBLE_ENV)):
             if not DAEMONS[process].running_pid():
                 DAEMONS[process].start(argv, env, cwd=ACME_DIR)
-        deadline = time.monotonic() + 30
-        while not shell.succeeds(["curl", "-sf", "--cacert", str(TLS_CA_CERT), DIRECTORY_URL], timeout=10):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"pebble does not answer at {DIRECTORY_URL}; see {LOG}")
-            time.sleep(0.5)
+        DAEMONS["pebble"].wait_answering(["curl", "-sf", "--cacert", str(TLS_CA_CERT), DIRECTORY_URL],
+                                         f"pebble at {DIRECTORY_URL}")
 
 
 def stop() -> None:

@@ -48,16 +48,26 @@ class Daemon:
                        timeout: float = 30, every: float = 0.1) -> None:
         """Until the process just started accepts connections on address:port; it exiting
         first, or the time running out, is an error naming its log."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def listening() -> bool:
             try:
                 socket.create_connection((address, port), timeout=1).close()
-                return
+                return True
             except OSError:
                 if proc.poll() is not None:
-                    break
-                time.sleep(every)
-        raise RuntimeError(f"{what} did not start; see {self.log}")
+                    raise RuntimeError(f"{what} exited; see {self.log}") from None
+                return False
+        shell.wait_until(listening, timeout, f"{what}: not listening on {address}:{port}; see {self.log}", every)
+
+    def wait_answering(self, probe: list[str], what: str, timeout: float = 30) -> None:
+        """Until `probe` (a command asking the service) succeeds; this daemon exiting first,
+        or the time running out, is an error naming its log."""
+        def answering() -> bool:
+            if shell.succeeds(probe, timeout=10):
+                return True
+            if not self.running_pid():
+                raise RuntimeError(f"{what} exited; see {self.log}")
+            return False
+        shell.wait_until(answering, timeout, f"{what}: no answer; see {self.log}", every=0.5)
 
     def strays(self) -> list[int]:
         """Our processes whose pid file is gone (a deleted state directory, a killed run)."""

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,20 +238,8 @@ def start(name: str) -> int:
                             start_new_session=True, env={**os.environ, **NSPAWN_ENV})
     with state.editing() as s:
         s["droplets"].setdefault(name, {})["launcher_pid"] = proc.pid
-    wait_until(lambda: container_init_pid(name), 30, f"{name}: container init")
+    shell.wait_until(lambda: container_init_pid(name), 30, f"{name}: container init")
     return proc.pid
-
-
-def wait_until(check, timeout: float, what: str | Callable[[], str], every: float = 0.2):
-    """check()'s first true result, asked every `every` seconds for `timeout` seconds (and
-    once at the end); else TimeoutError naming `what` (a callable: asked then, to tell what
-    it found)."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what() if callable(what) else what}: not ready after {timeout:.0f}s")
-        time.sleep(every)
-    return result
 
 
 def exec(name: str, argv: list[str], check: bool = True, timeout: float | None = 600,
@@ -279,20 +266,22 @@ def cloud_init_status(name: str) -> str:
 
 
 def wait_cloud_init(name: str, timeout: float = 600) -> str:
-    """Wait until cloud-init has finished ('done'); raise on 'error' or timeout."""
-    start_t, last = time.monotonic(), None
-    while time.monotonic() - start_t < timeout:
+    """Wait until cloud-init has finished ('done'), printing each status it passes; raise
+    on 'error' or timeout."""
+    start_t, seen = time.monotonic(), ["not asked"]
+
+    def done() -> bool:
         status = cloud_init_status(name) if is_running(name) else "not booted"
-        if status != last:
+        if status != seen[-1]:
             print(f"[localcloud] {name}: cloud-init {status} ({time.monotonic() - start_t:.1f}s)", flush=True)
-            last = status
-        if status == "done":
-            return status
+            seen.append(status)
         if status in ("error", "degraded"):
             long = exec(name, ["cloud-init", "status", "--long"], check=False).stdout
             raise RuntimeError(f"{name}: cloud-init {status}\n{long}")
-        time.sleep(1)
-    raise TimeoutError(f"{name}: cloud-init not done after {timeout:.0f}s (last: {last})")
+        return status == "done"
+
+    shell.wait_until(done, timeout, lambda: f"{name}: cloud-init (last: {seen[-1]})", every=1)
+    return "done"
 
 
 def power_off(name: str) -> None:
@@ -310,7 +299,7 @@ def stop(name: str, timeout: float = 30) -> None:
         return
     power_off(name)
     try:
-        wait_until(lambda: not shell.alive(lp), timeout, f"{name}: shutdown")
+        shell.wait_until(lambda: not shell.alive(lp), timeout, f"{name}: shutdown")
     except TimeoutError:
         kill_cgroup(name)
     with state.editing() as s:
@@ -321,7 +310,7 @@ def reboot(name: str, timeout: float = 60) -> None:
     """`systemctl reboot` inside; the launcher starts nspawn again on the same disk."""
     old_init = container_init_pid(name)
     exec(name, ["systemctl", "reboot"], check=False)
-    wait_until(lambda: (pid := container_init_pid(name)) and pid != old_init, timeout,
+    shell.wait_until(lambda: (pid := container_init_pid(name)) and pid != old_init, timeout,
                f"{name}: reboot")
     wait_booted(name, timeout)
 
@@ -332,7 +321,7 @@ def system_state(name: str) -> str:
 
 def wait_booted(name: str, timeout: float = 60) -> str:
     """Wait until systemd inside has finished booting (running, or degraded)."""
-    return wait_until(lambda: (st := system_state(name)) in ("running", "degraded") and st,
+    return shell.wait_until(lambda: (st := system_state(name)) in ("running", "degraded") and st,
                       timeout, f"{name}: boot", every=0.5)
 
 

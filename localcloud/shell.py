@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 Command = list[str]
@@ -63,3 +64,15 @@ def alive(pid: int | None) -> bool:
     except (OSError, TypeError):
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"   # the state follows the command name
+
+
+def wait_until(check, timeout: float, what: str | Callable[[], str], every: float = 0.2):
+    """check()'s first true result, asked every `every` seconds for `timeout` seconds (and
+    once at the end); else TimeoutError naming `what` (a callable: asked then, to tell what
+    it found). To give up sooner (the process awaited has died), check() raises."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what() if callable(what) else what}: not ready after {timeout:.0f}s")
+        time.sleep(every)
+    return result

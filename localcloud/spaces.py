@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from . import acme, config, daemon, shell
@@ -73,13 +72,9 @@ def ensure_running() -> None:
             UNCHECKED.stop()
         if not DAEMON.running_pid():
             DAEMON.start(server_command(), server_env(), cwd=SPACES_DIR)
-        deadline = time.monotonic() + 30
         # Any HTTP answer will do: an unsigned request is refused (403), as Spaces refuses it.
-        while not shell.succeeds(["curl", "-s", "-o", "/dev/null", "--cacert", str(CA_CERT), ENDPOINT + "/"],
-                                 timeout=10):
-            if time.monotonic() > deadline or not DAEMON.running_pid():
-                raise RuntimeError(f"the Spaces stand-in does not answer at {ENDPOINT}; see {LOG}")
-            time.sleep(0.5)
+        DAEMON.wait_answering(["curl", "-s", "-o", "/dev/null", "--cacert", str(CA_CERT), ENDPOINT + "/"],
+                              f"the Spaces stand-in at {ENDPOINT}")
 
 
 def ensure_bucket(name: str, versioning: bool) -> None:

@@ -23,10 +23,9 @@ import json
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from . import cloud
+from . import cloud, shell
 
 OPEN_ENDED_LIMIT = 900   # seconds: longer than any change a test streams through
 FIRST_ANSWER_SECONDS = 60
@@ -117,14 +116,18 @@ def start(domain: str, address: str, cafile: str, paths: str | list[str], rate: 
     proc = subprocess.Popen(cloud.internet_client(argv(domain, address, cafile, paths, rate, seconds, stop_file)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stop_file = stop_file
-    deadline = time.monotonic() + FIRST_ANSWER_SECONDS
-    while not answered_file(stop_file).exists():
+
+    def answered() -> bool:
+        if answered_file(stop_file).exists():
+            return True
         if proc.poll() is not None:
             raise RuntimeError(f"request stream failed (exit {proc.returncode}): {proc.stderr.read()[-800:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"request stream: its first request had no answer in {FIRST_ANSWER_SECONDS}s")
-        time.sleep(0.05)
+        return False
+    try:
+        shell.wait_until(answered, FIRST_ANSWER_SECONDS, "request stream: its first request's answer", every=0.05)
+    except TimeoutError:
+        proc.kill()
+        raise
     return proc
 
 

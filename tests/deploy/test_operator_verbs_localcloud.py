@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from localcloud import droplet
+from localcloud import shell
 from model import conventions
 
 pytestmark = pytest.mark.localcloud
@@ -92,7 +92,7 @@ def test_logs_follow_streams_from_every_server_until_interrupted_and_leaves_noth
     # that takes a while; what must not happen is that they stay.
     deadline = time.monotonic() + 60
     for d in servers:
-        droplet.wait_until(lambda: on(d.name, f"{left_running} || true") == "", deadline - time.monotonic(),
+        shell.wait_until(lambda: on(d.name, f"{left_running} || true") == "", deadline - time.monotonic(),
                            lambda: f"{d.key}: still running after the follow ended: {on(d.name, left_running)}", every=1)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from localcloud import droplet
+from localcloud import droplet, shell
 from model import conventions
 
 pytestmark = pytest.mark.localcloud
@@ -154,7 +154,7 @@ def test_ten_failed_logins_from_the_lbs_address_to_an_app_server_do_not_ban_it(p
         journal = on(app.name, f"journalctl -u ssh --since '{since}' --no-pager -o cat").stdout
         assert journal.count("Invalid user intruder-") >= 10 and lb_address in journal, journal[-2000:]
         # fail2ban read them, and let them go for the address it ignores.
-        droplet.wait_until(lambda: let_go() >= let_go_before + 10, 60,
+        shell.wait_until(lambda: let_go() >= let_go_before + 10, 60,
                            lambda: "fail2ban let fewer than 10 go: " + on(app.name, f"tail -20 {F2B_LOG}").stdout, every=1)
         status = on(app.name, "fail2ban-client status sshd").stdout
         assert "Banned IP list:" in status and lb_address not in status, status

@@ -2,13 +2,14 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from localcloud import config, droplet, image, network, package_cache, volume
+from localcloud import config, daemon, droplet, image, network, package_cache, shell, volume
 
 
 def test_droplet_net_addresses_and_ports():
@@ -154,11 +155,43 @@ def test_a_droplet_boots_with_sshd_answering_before_cloud_init(tmp_path):
 
 def test_wait_until_returns_the_first_true_answer_or_says_what_it_last_found():
     answers = iter([0, "", "up"])
-    assert droplet.wait_until(lambda: next(answers), 5, "never said", every=0) == "up"
+    assert shell.wait_until(lambda: next(answers), 5, "never said", every=0) == "up"
     asked = []
     with pytest.raises(TimeoutError, match=r"^still 1 left: not ready after 0s$"):
-        droplet.wait_until(lambda: asked.append(1), 0, lambda: f"still {len(asked)} left", every=0)
+        shell.wait_until(lambda: asked.append(1), 0, lambda: f"still {len(asked)} left", every=0)
     assert asked == [1], "asked once even with no time left"
+
+    def exited():
+        raise RuntimeError("it exited")
+    with pytest.raises(RuntimeError, match="^it exited$"):   # a check that raises gives up at once
+        shell.wait_until(exited, 60, "never")
+
+
+def test_a_daemon_is_awaited_until_it_listens_or_answers_and_its_exit_or_silence_names_its_log(tmp_path):
+    marker = f"lc-test-daemon-{os.getpid()}"
+    service = daemon.Daemon(tmp_path / "toy.pid", tmp_path / "toy.log", f"\0{marker}\0".encode())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    listens = f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(60)"
+    try:
+        service.wait_listening(service.start([sys.executable, "-c", listens, marker]), "127.0.0.1", port, "toy")
+        service.stop()
+        ready = tmp_path / "ready"
+        service.start(["sh", "-c", f"sleep 0.3; touch {ready}; sleep 60", marker])
+        service.wait_answering(["test", "-e", str(ready)], "toy")
+        with pytest.raises(TimeoutError, match=f"^toy: no answer; see {tmp_path}/toy.log: not ready after 1s$"):
+            service.wait_answering(["false"], "toy", timeout=1)
+        service.stop()
+        exits = ["sh", "-c", "echo bad config; exit 3", marker]
+        with pytest.raises(RuntimeError, match=f"^toy exited; see {tmp_path}/toy.log$"):
+            service.wait_listening(service.start(exits), "127.0.0.1", port, "toy")
+        service.start(exits).wait()
+        with pytest.raises(RuntimeError, match=f"^toy exited; see {tmp_path}/toy.log$"):
+            service.wait_answering(["false"], "toy")
+        assert "bad config" in (tmp_path / "toy.log").read_text()
+    finally:
+        service.stop()
 
 
 def test_a_process_that_ended_is_not_alive_even_before_its_parent_collects_it():

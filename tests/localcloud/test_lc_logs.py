@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from localcloud import droplet
+from localcloud import shell
 from model import conventions
 
 pytestmark = pytest.mark.localcloud
@@ -44,7 +44,7 @@ def test_the_lbs_access_log_past_its_size_is_rotated_and_nginx_writes_the_new_on
         def probe_logged() -> bool:
             on_lb(f"curl -s -o /dev/null -H 'Host: {local_stack.plan.domain}' http://127.0.0.1/rotated-log-probe")
             return "rotated-log-probe" in on_lb(f"cat {ACCESS_LOG}")
-        droplet.wait_until(probe_logged, 60, "nginx still writes to the rotated file", every=1)
+        shell.wait_until(probe_logged, 60, "nginx still writes to the rotated file", every=1)
     finally:
         # Nothing left past the limit, whatever failed: the next hourly run would rotate it.
         on_lb(f"rm -f {ACCESS_LOG}.1; [ $(stat -c %s {ACCESS_LOG}) -le {LIMIT} ] || : > {ACCESS_LOG}")
