@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from . import config, droplet, firewall, image, network, package_cache, proxy, shell, state, volume
+from . import droplet, firewall, image, network, package_cache, proxy, shell, state, volume
 
 DEFAULT_VPC_CIDR = "10.20.0.0/24"
 

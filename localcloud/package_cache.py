@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import config, daemon, sources

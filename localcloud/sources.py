@@ -6,7 +6,6 @@ and the proxy's allow-list both come from the host's own apt, npm and pip settin
 
 from __future__ import annotations
 
-import configparser
 import os
 import shutil
 from dataclasses import dataclass

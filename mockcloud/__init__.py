@@ -7,7 +7,6 @@ tests assert on the recorded graph, and the local cloud boots it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import datetime
@@ -15,7 +14,6 @@ import gc
 import hashlib
 import ipaddress
 import itertools
-import json
 import runpy
 import secrets
 import string

@@ -161,11 +161,13 @@ class LocalStack:
         (every enabled engine ok): the first server's full answer then. The public answer
         is kept a few seconds, so it alone may still say ok for apps just restarted."""
         import json
-        import time
+        from localcloud import shell
         from model import conventions
         url = f"https://127.0.0.1:{conventions.APP_LOCAL_TLS_PORT}{conventions.HEALTH_PATH}"
-        deadline, last = time.monotonic() + timeout, None
-        while time.monotonic() < deadline:
+        last = None
+
+        def healthy() -> dict | None:
+            nonlocal last
             public = self.https("/healthz", "-w", "\n%{http_code}").stdout.rpartition("\n")[2]
             answers = {server: self.run(server, ["curl", "--silent", "--insecure", "--max-time", "15",
                                                  "-w", "\n%{http_code}", url]).stdout.rpartition("\n")
@@ -173,8 +175,8 @@ class LocalStack:
             last = (public, {server: (code, body[-300:]) for server, (body, _, code) in answers.items()})
             if public == "200" and all(code == "200" for _, _, code in answers.values()):
                 return json.loads(answers[self.app_servers()[0]][0])
-            time.sleep(2)
-        raise AssertionError(f"not healthy within {timeout}s: {last}")
+            return None
+        return shell.wait_until(healthy, timeout, lambda: f"not healthy: {last}", every=2)
 
     def full_health(self, server: str) -> dict:
         """An app server's full /healthz, asked on the server itself (its loopback listener)."""

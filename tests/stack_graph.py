@@ -8,7 +8,6 @@ from typing import Any, Iterator
 
 import yaml
 
-import cloudinit
 import mockcloud
 from model import conventions
 

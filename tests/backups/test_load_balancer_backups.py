@@ -14,7 +14,6 @@ import datetime
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 from cryptography import x509

@@ -19,13 +19,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from model import conventions
 from deploy import DEFAULT_APP_DIR
+from localcloud import shell
 
 from on_the_local_stack import (
     HEALTH_TIMEOUT, ROOT, STACK, app_servers, assert_none_lost, current_of, deploy_cli, on, release_id_from,
@@ -246,10 +246,11 @@ def test_a_concurrent_deploy_is_refused_naming_the_holder_and_a_stale_lock_can_b
                               "--health-timeout", HEALTH_TIMEOUT], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while any(on(d.name, f"cat {lock}/holder 2>/dev/null") == "" for d in app_servers(plan)):
-            assert time.monotonic() < deadline and first.poll() is None, "the first deploy never took the lock"
-            time.sleep(0.5)
+
+        def all_locked() -> bool:
+            assert first.poll() is None, f"the first deploy ended before it held every lock: {first.stdout.read()}"
+            return all(on(d.name, f"cat {lock}/holder 2>/dev/null") for d in app_servers(plan))
+        shell.wait_until(all_locked, 120, "the first deploy never took the lock", every=0.5)
         holder = on(first_server.name, f"cat {lock}/holder")
         second = deploy_cli("deploy", key=operator_key)
     finally:

@@ -8,12 +8,11 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from localcloud import pulumi_ssh
+from localcloud import pulumi_ssh, shell
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -50,19 +49,15 @@ def loopback_sshd(tmp_path: Path):
                           "PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nLogLevel VERBOSE\n")
         proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=open(log, "w"))
         started.append(proc)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+
+        def listening() -> bool:
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        else:
-            raise AssertionError(f"sshd {name} did not start: {log.read_text()}")
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        shell.wait_until(listening, 10, lambda: f"sshd {name} did not start: {log.read_text()}", every=0.05)
         # The probe's connection is logged by the child sshd forks for it, which may take a
         # while on a busy machine: counted from here on, it is there.
-        while connections(log) == 0:
-            assert time.monotonic() < deadline + 20, f"sshd {name} logged no connection: {log.read_text()}"
-            time.sleep(0.05)
+        shell.wait_until(lambda: connections(log), 30, lambda: f"sshd {name} logged no connection: {log.read_text()}",
+                         every=0.05)
         return port, log
 
     def hop(port: int, limit: int = 10) -> pulumi_ssh.Hop:

@@ -197,7 +197,6 @@ def test_a_daemon_is_awaited_until_it_listens_or_answers_and_its_exit_or_silence
 def test_a_process_that_ended_is_not_alive_even_before_its_parent_collects_it():
     # The launchers and daemons are often this process's own children: a stop that
     # waited for the zombie to go would wait out its whole timeout.
-    from localcloud import shell
     running = subprocess.Popen(["sleep", "30"])
     ended = subprocess.Popen(["true"])
     try:
@@ -232,13 +231,13 @@ def ended(stream: subprocess.Popen, timeout: float) -> dict:
 
 
 def test_an_open_ended_stream_ends_when_told_and_otherwise_at_its_limit(tmp_path):
-    import time
-    told = stream_on_this_machine(tmp_path, None, limit=60)
-    deadline = time.monotonic() + 30
     from localcloud import traffic
-    while not traffic.answered_file(tmp_path / "stop").exists():   # what traffic.start waits for: it runs
-        assert time.monotonic() < deadline and told.poll() is None, "the stream did not get going"
-        time.sleep(0.05)
+    told = stream_on_this_machine(tmp_path, None, limit=60)
+
+    def going() -> bool:   # what traffic.start waits for: it runs
+        assert told.poll() is None, "the stream ended before its first answer"
+        return traffic.answered_file(tmp_path / "stop").exists()
+    shell.wait_until(going, 30, "the stream did not get going", every=0.05)
     (tmp_path / "stop").touch()
     counts = ended(told, timeout=30)
     assert counts["requests"] >= 1 and counts["failed"] == counts["requests"], counts   # nothing listens there

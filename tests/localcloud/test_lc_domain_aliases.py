@@ -8,11 +8,9 @@ to its committed settings, and the certificate to the domain alone.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from localcloud import stack
+from localcloud import shell, stack
 
 
 def served_names(local_stack, name: str) -> set[str]:
@@ -40,17 +38,6 @@ def get(local_stack, name: str, path: str) -> tuple[int, str, str]:
     return int(code), location.strip(), body
 
 
-def wait_for(what: str, check, timeout: float = 300):
-    """certbot runs from a timer on the LB: poll until `check()` is truthy."""
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(5)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 @pytest.fixture
 def committed_after(local_stack):
     """The stack back on its committed settings, however the test ended."""
@@ -66,8 +53,9 @@ def test_an_alias_on_the_certificate_redirected_then_served_in_place(local_stack
 
     local_stack.up(stack.plan(name, {"domainAliases": [alias]}))
     # A new certificate in the same lineage names both; the one in place served until then.
-    wait_for(f"a certificate for {domain} and {alias}",
-             lambda: served_names(local_stack, alias) == {domain, alias})
+    # certbot runs from a timer on the LB.
+    shell.wait_until(lambda: served_names(local_stack, alias) == {domain, alias}, 300,
+                     lambda: f"a certificate for {domain} and {alias}: {served_names(local_stack, alias)}", every=5)
     assert served_names(local_stack, domain) == {domain, alias}
     assert get(local_stack, alias, "/x?y=1")[:2] == (301, f"https://{domain}/x?y=1")
     assert local_stack.wait_healthy(timeout=120)                      # the domain serves as before
@@ -82,6 +70,7 @@ def test_an_alias_on_the_certificate_redirected_then_served_in_place(local_stack
 
     # The alias removed: a certificate for the domain alone, and the alias no longer served.
     local_stack.up(stack.plan(name))
-    wait_for(f"a certificate for {domain} alone", lambda: served_names(local_stack, domain) == {domain})
+    shell.wait_until(lambda: served_names(local_stack, domain) == {domain}, 300,
+                     lambda: f"a certificate for {domain} alone: {served_names(local_stack, domain)}", every=5)
     assert get(local_stack, alias, "/healthz")[0] == 0                # the LB shows no certificate for it
     assert local_stack.boot_ids() == boots

@@ -6,11 +6,11 @@ of how they reached the datastore."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
 
+from localcloud import shell
 from model import conventions
 
 pytestmark = pytest.mark.localcloud
@@ -28,12 +28,11 @@ def test_a_job_goes_through_rabbitmq_to_the_worker_and_back_in_the_job_list(loca
                           "--data", json.dumps({"text": text}))
     assert code == "202", queued
     assert queued["engines"]["rabbitmq"]["status"] == "ok", queued
-    deadline, seen = time.monotonic() + 60, {}
-    while time.monotonic() < deadline:
+
+    def listed() -> dict | None:
         code, seen = answer(local_stack)
-        if code == "200" and any(job.get("text") == text for job in seen.get("jobs", [])):
-            break
-        time.sleep(1)
+        return seen if code == "200" and any(job.get("text") == text for job in seen.get("jobs", [])) else None
+    seen = shell.wait_until(listed, 60, lambda: f"job {text} not in the list: {answer(local_stack)}", every=1)
     assert seen.get("store") == "postgresql", seen
     done = [job for job in seen["jobs"] if job.get("text") == text]
     assert [job["engine"] for job in done] == ["rabbitmq"], seen

@@ -16,7 +16,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,7 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from localcloud import plan as local_plan
-from localcloud import spaces
+from localcloud import shell, spaces
 from localcloud.spaces_server import policy_document
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
@@ -60,10 +59,11 @@ def server(tmp_path_factory, monkeypatch_module):
     proc = subprocess.Popen(argv, env={**os.environ, **spaces.server_env()}, stdout=log, stderr=subprocess.STDOUT,
                             cwd=directory, start_new_session=True)
     endpoint = f"https://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while subprocess.run(["curl", "-s", "-o", "/dev/null", "--cacert", ca, endpoint + "/"]).returncode != 0:
-        assert proc.poll() is None and time.monotonic() < deadline, (directory / "server.log").read_text()
-        time.sleep(0.3)
+
+    def answering() -> bool:
+        assert proc.poll() is None, (directory / "server.log").read_text()
+        return shell.succeeds(["curl", "-s", "-o", "/dev/null", "--cacert", ca, endpoint + "/"], timeout=10)
+    shell.wait_until(answering, 30, lambda: (directory / "server.log").read_text(), every=0.3)
     try:
         yield SimpleNamespace(endpoint=endpoint, ca=ca, directory=directory)
     finally:

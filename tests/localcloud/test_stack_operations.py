@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from model import conventions
-from localcloud import checks, cloud, droplet, stack, traffic
+from localcloud import checks, cloud, droplet, shell, stack, traffic
 
 LB_ERROR_LOG = "/var/log/nginx/error.log"
 
@@ -170,12 +170,12 @@ def test_stopping_an_app_server_under_steady_traffic_loses_no_request(local_stac
     cloud.start(app)
     droplet.wait_booted(app, timeout=180)
     local_stack.wait_healthy(timeout=120)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:   # nginx tries it again after fail_timeout
-        after = traffic.result(local_stack.stream("/api/hello", rate=10, seconds=3))
-        if app in after["hosts"]:
-            break
-    assert app in after["hosts"] and after["failed"] == 0, after
+
+    def served_again() -> dict | None:   # nginx tries it again after fail_timeout
+        counts = traffic.result(local_stack.stream("/api/hello", rate=10, seconds=3))
+        return counts if app in counts["hosts"] else None
+    after = shell.wait_until(served_again, 120, f"{app} not back among the LB's upstreams", every=0)
+    assert after["failed"] == 0, after
 
 
 def test_rebooting_the_datastore_keeps_committed_data_and_the_apps_recover_alone(local_stack):

@@ -11,14 +11,13 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 import cloudinit
 from cloudinit import load_balancer
 from model import conventions as c
 
-from render_helpers_lb_app import droplet_nginx, issue, nginx_tree, require, self_signed, settings
+from render_helpers_lb_app import droplet_nginx, issue, nginx_tree, require, self_signed, settings, wait_for_port
 
 APP_IPS = ["127.0.0.2", "127.0.0.3"]
 
@@ -97,19 +96,6 @@ class Backend:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=10)
-
-
-def wait_for_port(host: str, port: int, process: subprocess.Popen, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited early: {process.stderr.read().decode() if process.stderr else ''}")
-        try:
-            socket.create_connection((host, port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {host}:{port}")
 
 
 class LoadBalancerUnderTest:

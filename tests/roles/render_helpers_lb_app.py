@@ -11,13 +11,13 @@ import shlex
 import shutil
 import socket
 import subprocess
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import mockcloud  # noqa: E402 (conftest puts the repository on sys.path)
 from cloudinit import common
+from localcloud import shell
 from model import conventions
 
 def settings(engines: list[str] | None = None):
@@ -191,8 +191,9 @@ def app_server_nginx(root: Path, api_files: Path, ports: tuple[int, ...]):
     nginx = subprocess.Popen(droplet_nginx(root),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        for port in (*ports, conventions.API_APP_PORT):
-            wait_for(port)
+        for port in ports:
+            wait_for_port("127.0.0.1", port, nginx)
+        wait_for_port("127.0.0.1", conventions.API_APP_PORT, api)
         yield
     finally:
         nginx.terminate()
@@ -201,15 +202,18 @@ def app_server_nginx(root: Path, api_files: Path, ports: tuple[int, ...]):
         api.wait(timeout=10)
 
 
-def wait_for(port: int, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+def wait_for_port(host: str, port: int, process: subprocess.Popen, seconds: float = 10) -> None:
+    """Until something accepts connections on host:port; `process` (the one that should
+    listen there) exiting first fails at once, with what it wrote to its stderr pipe."""
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"exited early: {process.stderr.read().decode() if process.stderr else ''}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
+            socket.create_connection((host, port), timeout=0.2).close()
+            return True
         except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+            return False
+    shell.wait_until(listening, seconds, f"nothing listens on {host}:{port}", every=0.05)
 
 
 def nginx_check(root: Path) -> subprocess.CompletedProcess:
