@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cloudinit.app_server import APP_EXEC, APPS_JOURNAL, APPS_RELOAD, APPS_RESTART
 from components import ssh
-from model import conventions
+from model import app_contract, conventions
 from model.app_contract import FILE as CONTRACT_FILE, Contract
 
 from .records import Server, Stack
@@ -21,8 +21,6 @@ from .records import Server, Stack
 REMOTE_SCRIPT = Path(__file__).with_name("remote.sh")
 # The start check, kept with the app servers' files (their env push runs it too).
 START_CHECK_SCRIPT = Path(__file__).resolve().parents[1] / "cloudinit" / "app_server" / "start-check.js"
-# What the release leaves out of the app directory: built fresh, or not needed to run.
-BUILD_EXCLUDES = ("node_modules", "test", ".git", ".env")
 # releases/ (2750 deploy:app) is the gate: only group `app` gets past it. Inside, a release
 # is readable by all, as the app user is "other" there: deploy, not in group `app`, cannot
 # give files to that group (a chmod by it even clears the directory's setgid bit).
@@ -270,8 +268,12 @@ def git_changes(app_dir: str) -> list[str]:
 
 
 def copy_sources(app_dir: str, build_dir: str) -> list[str]:
-    excludes = [f"--exclude=/{name}" for name in BUILD_EXCLUDES]
-    return ["rsync", "--recursive", "--links", "--perms", "--times", *excludes,
+    """The app's directory but what a release leaves out (app_contract.released, as rsync's
+    filter rules: the first that matches a name decides)."""
+    filters = [*(f"--exclude=/{name}" for name in app_contract.NOT_RELEASED_AT_ROOT),
+               f"--include={app_contract.RELEASED_TEMPLATE}",
+               *(f"--exclude={name}" for name in app_contract.NOT_RELEASED_ANYWHERE)]
+    return ["rsync", "--recursive", "--links", "--perms", "--times", *filters,
             f"{app_dir.rstrip('/')}/", f"{build_dir.rstrip('/')}/"]
 
 

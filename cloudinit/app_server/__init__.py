@@ -7,7 +7,7 @@ import gzip
 import io
 import json
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from model import app_contract, conventions
 from model.settings import Settings
@@ -146,7 +146,8 @@ def archived_env(datastore_address: str, settings: Settings) -> str:
 
 
 def example_app_archive() -> str:
-    """The example app's sources (no node_modules, no tests) as a base64 .tar.gz.
+    """The example app's sources, as a release holds them (app_contract.released: no
+    node_modules, no tests, no local .env), as a base64 .tar.gz.
 
     Byte-for-byte the same for the same sources, so the push re-runs only when they change.
     """
@@ -154,7 +155,7 @@ def example_app_archive() -> str:
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for path in sorted(EXAMPLE_APP.rglob("*")):
             relative = path.relative_to(EXAMPLE_APP)
-            if relative.parts[0] in ("node_modules", "test") or not path.is_file():
+            if not path.is_file() or not app_contract.released(PurePosixPath(relative)):
                 continue
             info = tarfile.TarInfo(str(relative))
             info.size = path.stat().st_size

@@ -256,6 +256,48 @@ def test_build_refuses_a_directory_without_a_lockfile(tmp_path):
         release.build(str(tmp_path), str(tmp_path / "work"), Executor())
 
 
+# An app directory as a developer's machine holds it: each file, and whether a release holds it.
+APP_FILES = {
+    "package.json": True, "api/server.js": True, "api/test/fixture.json": True, ".env.example": True,
+    "api/.env.example": True, ".envrc": False, ".env": False, ".env.production": False, "api/.env": False,
+    "web/.env.local": False, "test/api.test.js": False, "node_modules/x/index.js": False, ".git/HEAD": False,
+}
+
+
+def app_directory(root: Path) -> Path:
+    for name in APP_FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(f"{name}\n")
+    return root
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_release_leaves_out_a_developers_local_settings_in_any_folder_and_keeps_their_template():
+    from pathlib import PurePosixPath
+    from model import app_contract
+    assert {name: app_contract.released(PurePosixPath(name)) for name in APP_FILES} == APP_FILES
+
+
+def test_the_example_apps_archive_leaves_out_what_a_release_does(tmp_path, monkeypatch):
+    import base64
+    import io
+    import tarfile
+    monkeypatch.setattr(app_server, "EXAMPLE_APP", app_directory(tmp_path))
+    raw = base64.b64decode(app_server.example_app_archive())
+    with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
+        assert set(archive.getnames()) == {name for name, kept in APP_FILES.items() if kept}
+
+
+@pytest.mark.sandbox  # runs rsync
+def test_the_build_copies_the_app_but_what_a_release_leaves_out(tmp_path):
+    require_tool("rsync", "rsync")
+    subprocess.run(commands.copy_sources(str(app_directory(tmp_path / "app")), str(tmp_path / "build")), check=True)
+    assert files_under(tmp_path / "build") == {name for name, kept in APP_FILES.items() if kept}
+
+
 @pytest.mark.sandbox  # runs rsync
 def test_uploaded_files_are_readable_and_never_writable_by_others(tmp_path):
     """rsync with the upload's modes, locally: what lands is what the app user can read."""
