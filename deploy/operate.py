@@ -25,8 +25,8 @@ from .records import Server, Stack
 
 # The apps' processes: each pm2 worker's command line is `node <current>/<script>`, the
 # script the release's platform.json declares for it (the default without the file).
-DURATION = re.compile(r"^(?P<count>[1-9][0-9]*)(?P<unit>[smhd])$")
-MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?)?$")
+DURATION = re.compile(r"(?P<count>[1-9][0-9]*)(?P<unit>[smhd])")
+MOMENT = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?)?")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # pm2's prefix on each write (the ecosystem's `time`).
@@ -56,9 +56,9 @@ def since_words(since: str | None) -> str | None:
     server's time (2026-12-02 07:00, 2026-12-02T07:00:00)."""
     if since is None:
         return None
-    if match := DURATION.match(since):
+    if match := DURATION.fullmatch(since):
         return f"{match['count']} {UNITS[match['unit']]} ago"
-    if MOMENT.match(since):
+    if MOMENT.fullmatch(since):
         return since.replace("T", " ")
     raise UsageError(f"--since {since!r}: give a duration (30s, 10m, 2h, 1d) or a moment "
                      "(YYYY-MM-DD, YYYY-MM-DD HH:MM[:SS], in the servers' time)")
@@ -70,7 +70,7 @@ def journal_since(since: str | None, now: float) -> int:
     since_words(since)   # the same words, refused the same way
     if since is None:
         return 0
-    if match := DURATION.match(since):
+    if match := DURATION.fullmatch(since):
         return int(now) - int(match["count"]) * SECONDS[match["unit"]]
     try:
         moment = dt.datetime.fromisoformat(since.replace(" ", "T"))

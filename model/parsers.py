@@ -5,6 +5,8 @@ puts that in its one list of problems).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import re
@@ -12,12 +14,16 @@ from typing import Any, Callable
 
 from . import conventions
 
-_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-_EMAIL = re.compile(r"^[^@\s]+@([a-z0-9-]+\.)+[a-z]{2,63}$", re.IGNORECASE)
-_SSH_KEY = re.compile(
-    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com)"
-    r" [A-Za-z0-9+/]+={0,3}( .*)?$"
-)
+# Each is matched against the whole value (fullmatch): `$` alone lets a final newline through.
+_DOMAIN = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+_EMAIL = re.compile(r"[^@\s]+@([a-z0-9-]+\.)+[a-z]{2,63}", re.IGNORECASE)
+_HTTPS_URL = re.compile(r"https://[^\s/]+(/\S*)?")
+_SSH_KEY = re.compile(r"(?P<type>[a-z0-9@.-]+) (?P<body>[A-Za-z0-9+/]+={0,3})( .*)?")
+# The key types sshd takes, each with the number of fields its key holds after its name
+# (RFC 4253, 5656; OpenSSH's PROTOCOL.u2f): ed25519 the key; RSA e and n; ECDSA the curve
+# and the point; a security key's ed25519 the key and the application.
+_SSH_KEY_FIELDS = {"ssh-ed25519": 1, "ssh-rsa": 2, "ecdsa-sha2-nistp256": 2, "ecdsa-sha2-nistp384": 2,
+                   "ecdsa-sha2-nistp521": 2, "sk-ssh-ed25519@openssh.com": 2}
 
 
 class Invalid(ValueError):
@@ -70,7 +76,7 @@ def boolean(raw: Any) -> bool:
 
 def domain_name(raw: Any) -> str:
     value = str(raw)
-    if not _DOMAIN.match(value):
+    if not _DOMAIN.fullmatch(value):
         raise Invalid("a lower-case DNS name such as app.example.com")
     return value
 
@@ -90,7 +96,7 @@ def domain_list(most: int) -> Callable[[Any], tuple[str, ...]]:
             raise Invalid(allowed)
         names = [str(item) for item in value]
         for name in names:
-            if not _DOMAIN.match(name):
+            if not _DOMAIN.fullmatch(name):
                 raise Invalid(f"{allowed}; {name!r} is not one")
         for name in names:
             if names.count(name) > 1:
@@ -104,14 +110,14 @@ def domain_list(most: int) -> Callable[[Any], tuple[str, ...]]:
 
 def email(raw: Any) -> str:
     value = str(raw)
-    if not _EMAIL.match(value):
+    if not _EMAIL.fullmatch(value):
         raise Invalid("an e-mail address such as ops@example.com")
     return value
 
 
 def https_url(raw: Any) -> str:
     value = str(raw)
-    if not re.match(r"^https://[^\s/]+(/\S*)?$", value):
+    if not _HTTPS_URL.fullmatch(value):
         raise Invalid("an https:// URL")
     return value
 
@@ -128,7 +134,7 @@ def email_list(raw: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise Invalid(allowed)
     for item in value:
-        if not _EMAIL.match(str(item)):
+        if not _EMAIL.fullmatch(str(item)):
             raise Invalid(f"{allowed}; {str(item)!r} is not one")
     return tuple(str(item) for item in value)
 
@@ -149,13 +155,17 @@ def cidr_list(raw: Any) -> tuple[str, ...]:
     return tuple(cidrs)
 
 
+_RFC_1918 = tuple(ipaddress.ip_network(block) for block in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+
+
 def vpc_range(raw: Any) -> str:
     allowed = "a private (RFC 1918) IPv4 range from /16 to /24, such as 10.110.0.0/20"
     try:
         network = ipaddress.ip_network(str(raw), strict=True)
     except ValueError:
         raise Invalid(allowed) from None
-    if network.version != 4 or not network.is_private or not 16 <= network.prefixlen <= 24:
+    if network.version != 4 or not any(network.subnet_of(block) for block in _RFC_1918) or \
+            not 16 <= network.prefixlen <= 24:
         raise Invalid(allowed)
     return str(network)
 
@@ -175,9 +185,30 @@ def _ssh_key_list(raw: Any, allowed: str, empty: bool) -> tuple[str, ...]:
     if not isinstance(value, list) or (not value and not empty):
         raise Invalid(allowed)
     for key in value:
-        if not _SSH_KEY.match(str(key).strip()):
+        if not is_public_key(str(key).strip()):
             raise Invalid(f"{allowed}; {str(key)[:24]!r}... is not one")
     return tuple(str(key).strip() for key in value)
+
+
+def is_public_key(line: str) -> bool:
+    """An OpenSSH public key line whose base64 body holds, as sshd reads it, the type it is
+    named by and that type's fields: a key cut short, or pasted under another type's name,
+    would let no one in."""
+    match = _SSH_KEY.fullmatch(line)
+    if not match or match["type"] not in _SSH_KEY_FIELDS:
+        return False
+    try:
+        blob = base64.b64decode(match["body"], validate=True)
+    except binascii.Error:
+        return False
+    fields = []
+    while blob:   # each field: a 4-byte big-endian length, then that many bytes
+        size = int.from_bytes(blob[:4], "big")
+        if len(blob) < 4 + size:
+            return False
+        fields.append(blob[4:4 + size])
+        blob = blob[4 + size:]
+    return fields[:1] == [match["type"].encode()] and len(fields) == 1 + _SSH_KEY_FIELDS[match["type"]]
 
 
 def engine_set(raw: Any) -> tuple[str, ...]:
@@ -185,7 +216,8 @@ def engine_set(raw: Any) -> tuple[str, ...]:
     value = _decoded(raw)
     if not isinstance(value, list):
         raise Invalid(allowed)
-    unknown = [str(v) for v in value if v not in conventions.ENGINES]
+    unknown = [json.dumps(v) if not isinstance(v, str) else v for v in value
+               if not isinstance(v, str) or v not in conventions.ENGINES]
     if unknown:
         raise Invalid(f"{allowed}; unknown: {', '.join(unknown)}")
     # Keep the canonical order so that the same set always renders the same files.
@@ -207,7 +239,7 @@ def stack_name(raw: Any) -> str:
 
 # --- The apps' environment (appEnv, appSecrets) -------------------------------------------
 
-ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 # One line of the apps' .env each: example-app/lib/env.js reads a value to the end of its
 # line, and JavaScript's `.` stops at \r, U+2028 and U+2029 as at \n (the variable would be
 # lost); no C string holds a NUL.
@@ -258,7 +290,7 @@ def env_map(raw: Any) -> dict[str, str]:
 
 
 def env_name_problem(name: str) -> str | None:
-    if not ENV_NAME.match(name):
+    if not ENV_NAME.fullmatch(name):
         return "an environment variable name: capital letters A-Z, digits and _, not starting with a digit"
     if name in conventions.platform_app_env_names() or name.startswith(conventions.PLATFORM_ENV_PREFIXES):
         return (

@@ -233,11 +233,14 @@ class Settings:
                     f"{setting.key}: missing; it must be set to {_allowed(setting)} ({setting.meaning})"
                 )
                 continue
-            shown = _hidden(value) if setting.secret else _shown(value)
+            encrypted = setting.secret or setting.key in secret_keys   # either way, never shown
+            shown = _hidden(value) if encrypted else _shown(value)
+            if encrypted and not setting.secret:
+                problems.append(_plain_setting_encrypted(setting.key))
             try:
                 parsed = setting.parse(value)
             except InvalidEntries as bad:
-                problems += [_entry_problem(setting, *entry) for entry in bad.entries]
+                problems += [_entry_problem(setting, *entry, hidden=encrypted) for entry in bad.entries]
                 continue
             except Invalid as allowed:
                 problems.append(f"{setting.key}: {shown} is not allowed: {allowed}")
@@ -278,11 +281,23 @@ def _secret(parsed: Any) -> Any:
     return Secret(parsed) if parsed else None
 
 
-def _entry_problem(setting: Setting, name: str, value: Any, allowed: str) -> str:
+def _plain_setting_encrypted(key: str) -> str:
+    """A setting the program writes in plain text, set with --secret: its author meant it
+    hidden, and it would not be."""
+    shown = f"{key}: (the value hidden: set as a secret) is not allowed as a secret"
+    if key == "appEnv":
+        return (f"{shown}: its values are written in plain text (in the stack's state, on the app servers, in "
+                "every release's archive); a secret the apps read goes in appSecrets (`pulumi config set --secret "
+                "--path 'appSecrets.NAME' ...`)")
+    return (f"{shown}: the program writes it in plain text (on the droplets, in the stack's state); set it "
+            f"without --secret (`pulumi config set {key} ...`)")
+
+
+def _entry_problem(setting: Setting, name: str, value: Any, allowed: str, hidden: bool) -> str:
     """One entry of a map setting, named as `pulumi config set --path` names it."""
     if value is NAME_AT_FAULT:
         return f"{setting.key}: the name {_shown(name)} is not allowed: {allowed}"
-    shown = "(the value hidden: a secret)" if setting.secret else _shown(value)
+    shown = "(the value hidden: a secret)" if hidden else _shown(value)
     return f"{setting.key}.{name}: {shown} is not allowed: {allowed}"
 
 

@@ -76,6 +76,30 @@ def test_both_are_empty_by_default_and_typed_values_are_their_text():
     assert settings.app_env == {"DEBUG": "false", "NAME": "x", "WORKERS": "4"}
 
 
+def test_appenv_set_as_a_secret_is_refused_unshown_pointing_to_appsecrets():
+    config = {**mockcloud.stack_file_config("staging"), "appEnv": json.dumps({"STRIPE_KEY": SECRET})}
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_config("staging", config, secret_keys={"appEnv"})
+    (problem,) = raised.value.problems
+    assert problem.startswith("appEnv: (the value hidden: set as a secret) is not allowed as a secret: its values are "
+                              "written in plain text"), problem
+    assert "a secret the apps read goes in appSecrets (`pulumi config set --secret --path 'appSecrets.NAME' ...`)" \
+        in problem and SECRET not in problem
+
+
+def test_a_plain_setting_set_as_a_secret_is_refused_unshown_even_when_also_invalid():
+    config = {**mockcloud.stack_file_config("staging"), "acmeEmail": "not-an-address", "appEnv": {"X": "x\ny"}}
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_config("staging", config, secret_keys={"acmeEmail", "appEnv"})
+    problems = raised.value.problems
+    assert problems[0] == ("acmeEmail: (the value hidden: set as a secret) is not allowed as a secret: the program "
+                           "writes it in plain text (on the droplets, in the stack's state); set it without --secret "
+                           "(`pulumi config set acmeEmail ...`)")
+    assert problems[1].startswith("acmeEmail: (a value hidden: a secret) is not allowed: an e-mail address"), problems
+    assert problems[3].startswith("appEnv.X: (the value hidden: a secret) is not allowed: a single line"), problems
+    assert "not-an-address" not in str(problems) and "x\\ny" not in str(problems)
+
+
 def test_as_the_cli_hands_a_map_over_json_text():
     config = {**mockcloud.stack_file_config("staging"), "appEnv": json.dumps({"LOG_LEVEL": "info"}),
               "appSecrets": json.dumps({"STRIPE_KEY": SECRET})}
@@ -84,7 +108,7 @@ def test_as_the_cli_hands_a_map_over_json_text():
     assert settings.app_secrets == {"STRIPE_KEY": Secret(SECRET)}
 
 
-@pytest.mark.parametrize("name", ["log_level", "1ST", "WITH-DASH", "WITH SPACE", "ÉTÉ", ""])
+@pytest.mark.parametrize("name", ["log_level", "1ST", "WITH-DASH", "WITH SPACE", "ÉTÉ", "", "FOO\n"])
 def test_a_name_that_is_no_environment_variable_name(name):
     (problem,) = problems_with(appEnv={name: "x"})
     assert problem == (f"appEnv: the name {name!r} is not allowed: an environment variable name: capital letters "

@@ -63,7 +63,8 @@ def test_malformed_cidr(cidr):
     assert "list of CIDRs such as" in problem
 
 
-@pytest.mark.parametrize("domain", ["Example.COM", "app..example.com", "-app.example.com", "localhost", "app_1.example.com"])
+@pytest.mark.parametrize("domain", ["Example.COM", "app..example.com", "-app.example.com", "localhost", "app_1.example.com",
+                                    "staging.example.com\n"])
 def test_malformed_domain(domain):
     problem = the_problem(domain=domain)
     assert problem == f"domain: {domain!r} is not allowed: a lower-case DNS name such as app.example.com"
@@ -90,7 +91,29 @@ def test_bad_email(address):
     )
 
 
-@pytest.mark.parametrize("key", ["ssh-dss AAAAB3Nza ops@host", "AAAAC3NzaC1lZDI1NTE5AAAA ops@host", "not a key"])
+def openssh_key(kind: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    private = {"ed25519": lambda: ed25519.Ed25519PrivateKey.generate(),
+               "rsa": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+               "ecdsa": lambda: ec.generate_private_key(ec.SECP256R1())}[kind]()
+    return private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                             serialization.PublicFormat.OpenSSH).decode()
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "rsa", "ecdsa"])
+def test_an_openssh_public_key_of_each_type_sshd_takes_is_accepted(kind):
+    key = f"{openssh_key(kind)} ops@example.com"
+    assert mockcloud.stack_settings("staging", sshPublicKeys=[key]).ssh_public_keys == (key,)
+
+
+ED25519_BODY = "AAAAC3NzaC1lZDI1NTE5AAAAIGm0y3kYc6c8XvVQ2v3h1p0W3bQWd7pQm1dV2o1kq9Zt"
+
+
+# A key cut short or named by another type lets no one in (`ssh-keygen -l` refuses each).
+@pytest.mark.parametrize("key", ["ssh-dss AAAAB3Nza ops@host", "AAAAC3NzaC1lZDI1NTE5AAAA ops@host", "not a key",
+                                 "ssh-ed25519 A ops@host", f"ssh-rsa {ED25519_BODY} ops@host",
+                                 f"ssh-ed25519 {ED25519_BODY[:-8]} ops@host", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 ops@host"])
 def test_bad_ssh_key(key):
     problem = the_problem(sshPublicKeys=[key])
     assert problem.startswith("sshPublicKeys: ")
@@ -154,12 +177,26 @@ def test_dns_zone_must_contain_the_domain():
     assert mockcloud.stack_settings("staging", dnsZone="example.com").dns_zone == "example.com"
 
 
-@pytest.mark.parametrize("vpc", ["8.8.8.0/24", "10.0.0.0/8", "10.110.16.0/28", "10.110.16.1/24", "fd00::/64"])
+# Private is not enough: DigitalOcean's VPCs take RFC 1918 ranges only.
+@pytest.mark.parametrize("vpc", ["8.8.8.0/24", "10.0.0.0/8", "10.110.16.0/28", "10.110.16.1/24", "fd00::/64",
+                                 "127.0.0.0/16", "169.254.0.0/16", "198.18.0.0/16", "100.64.0.0/16"])
 def test_vpc_range_must_be_private_and_16_to_24(vpc):
     problem = the_problem(vpcIpRange=vpc)
     assert problem == (
         f"vpcIpRange: {vpc!r} is not allowed: a private (RFC 1918) IPv4 range from /16 to /24, such as 10.110.0.0/20"
     )
+
+
+def test_a_value_ending_in_a_newline_is_refused_where_it_would_reach_a_file_or_a_name():
+    problems = problems_with(acmeEmail="ops@example.com\n", acmeDirectory="https://acme.example.com/dir\n",
+                             domainAliases=["www.staging.example.com\n"], alertEmails=["ops@example.com\n"])
+    assert sorted(p.split(":", 1)[0] for p in problems) == ["acmeDirectory", "acmeEmail", "alertEmails", "domainAliases"]
+
+
+def test_an_engine_that_is_a_list_or_a_map_is_named_with_the_other_problems():
+    problems = problems_with(engines=["redis", ["postgresql"], {"a": 1}], appServerCount=0)
+    assert [p.split(":", 1)[0] for p in problems] == ["appServerCount", "engines"]
+    assert problems[1].endswith('; unknown: ["postgresql"], {"a": 1}'), problems[1]
 
 
 def test_every_problem_is_reported_at_once():

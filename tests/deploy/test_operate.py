@@ -61,6 +61,7 @@ def test_since_becomes_words_date_reads(since, words):
     (["logs", "staging", "--since", "yesterday"],
      "logs: --since 'yesterday': give a duration (30s, 10m, 2h, 1d) or a moment"),
     (["logs", "staging", "--since", "0m"], "logs: --since '0m': give a duration"),
+    (["logs", "staging", "--since", "10m\n"], "logs: --since '10m\\n': give a duration"),
     (["logs", "staging", "--lines", "0"], "logs: --lines 0: at least 1"),
     (["logs", "staging", "--process", "web;reboot"], "logs: --process 'web;reboot': a pm2 process name"),
     (["logs", "staging", "--journal", "--process", "API"], "logs: --process 'API': a pm2 process name (a lower-case"),
