@@ -68,8 +68,9 @@ ensure_temporary_certificate() {
         [[ "$(openssl x509 -noout -checkhost "$DOMAIN" -in "$SELF_SIGNED_CERT")" == *" does match "* ]] && return 0
     fi
     install -d -m 0700 "$LB_CERT_DIR"
+    # The name in subjectAltName alone: a subject's CN holds at most 64 characters, a DNS name 253.
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-        -subj "/CN=${DOMAIN}" -addext "subjectAltName=DNS:${DOMAIN}" \
+        -subj "/" -addext "subjectAltName=DNS:${DOMAIN}" \
         -keyout "$SELF_SIGNED_KEY" -out "$SELF_SIGNED_CERT" 2>/dev/null
     chmod 0600 "$SELF_SIGNED_KEY"
     ln -sfn "$SELF_SIGNED_CERT" {{ c.LB_PUBLIC_CERT_PATH }}

@@ -32,6 +32,30 @@ def test_nginx_accepts_the_site_with_aliases(tmp_path, redirect):
     assert "syntax is ok" in result.stderr and "conflicting server name" not in result.stderr, result.stderr
 
 
+def test_the_longest_names_dns_allows_pass_nginx_and_get_the_temporary_certificate(tmp_path):
+    """A DNS name may hold 253 characters: nginx's table of server names (64-byte buckets
+    by default, 46 characters) and the certificate nginx starts with (a subject's CN holds
+    64) take it."""
+    from cloudinit import common
+    from render_helpers_lb_app import in_namespace, run
+    longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 49, "example.com"])
+    assert len(longest) == 253
+    s = mockcloud.stack_settings("staging", domain=longest, domainAliases=[f"{'e' * 61}.{longest[64:]}"])
+    rendered = cloudinit.rendered_files(c.LOAD_BALANCER, s)
+    root = lb_tree(tmp_path, rendered, initial_upstreams(), make_ca(tmp_path / "ca", "ca").cert)
+    library, role = tmp_path / "common.sh", tmp_path / "role.sh"
+    library.write_text(rendered[common.LIBRARY])
+    role.write_text(rendered[common.ROLE_STEPS])
+    script = (f"set -e; . {library}; . {role}; DOMAIN={longest}; rm {c.LB_PUBLIC_CERT_PATH} {c.LB_PUBLIC_KEY_PATH}; "
+              f"ensure_temporary_certificate; openssl x509 -noout -checkhost $DOMAIN -in {c.LB_PUBLIC_CERT_PATH}; "
+              "nginx -t")
+    result = run(in_namespace(root, ["bash", "-c", script]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"changed: temporary self-signed certificate for {longest}" in result.stdout, result.stdout
+    assert f"Hostname {longest} does match certificate" in result.stdout, result.stdout
+    assert "syntax is ok" in result.stderr, result.stderr
+
+
 def plain_get(host: str, path: str) -> tuple[int, str | None, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", c.HTTP_PORT, timeout=5)
     try:
