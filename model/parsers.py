@@ -43,12 +43,10 @@ def _decoded(raw: Any) -> Any:
 def whole_number(low: int, high: int) -> Callable[[Any], int]:
     def parse(raw: Any) -> int:
         allowed = f"a whole number from {low} to {high}"
-        if isinstance(raw, bool):
+        # Digits as written: int() alone also reads "1_0" as 10 and other scripts' digits.
+        if isinstance(raw, bool) or not re.fullmatch(r"-?[0-9]+", str(raw).strip()):
             raise Invalid(allowed)
-        try:
-            value = int(str(raw), 10)
-        except ValueError:
-            raise Invalid(allowed) from None
+        value = int(str(raw))
         if not low <= value <= high:
             raise Invalid(allowed)
         return value

@@ -39,7 +39,7 @@ def test_the_stack_files_are_valid():
     assert production.image == "ubuntu-24-04-x64"  # set in its file: its droplets run it
 
 
-@pytest.mark.parametrize("count", [0, 200, -1, "two", 2.5])
+@pytest.mark.parametrize("count", [0, 200, -1, "two", 2.5, "1_0", "\u0663"])
 def test_app_server_count_out_of_range(count):
     problem = the_problem(appServerCount=count)
     assert problem.startswith("appServerCount: ")
