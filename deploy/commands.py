@@ -269,7 +269,7 @@ def git_changes(app_dir: str) -> list[str]:
 
 def copy_sources(app_dir: str, build_dir: str) -> list[str]:
     """The app's directory but what a release leaves out (app_contract.released, as rsync's
-    filter rules: the first that matches a name decides)."""
+    filter rules: the first that matches a name decides), what the build reads included."""
     filters = [*(f"--exclude=/{name}" for name in app_contract.NOT_RELEASED_AT_ROOT),
                f"--include={app_contract.RELEASED_TEMPLATE}",
                *(f"--exclude={name}" for name in app_contract.NOT_RELEASED_ANYWHERE)]

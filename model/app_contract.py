@@ -46,23 +46,27 @@ PROCESS_NAME_RULE = "a lower-case letter, then up to 29 of a-z, 0-9, _ and -"
 FIELDS = ("node", "build", "release", "health", "processes")
 
 # What a release leaves out of the app's directory: at its root, what each deploy builds
-# fresh (node_modules) or the servers do not run (test, .git); in any folder, a developer's
-# own settings (.env, .env.production, api/.env, direnv's .envrc): the apps read the
-# platform's .env alone, and a release is readable by the deploy login and archived in
-# Spaces. The template stays (dotenv-safe reads .env.example as the apps start).
+# fresh (node_modules), the servers do not run (test, .git) or the build alone reads
+# (.npmrc: npm's registry, often with its token); in any folder, a developer's own settings
+# (.env, .env.production, api/.env, direnv's .envrc): the apps read the platform's .env
+# alone, and a release is readable by the deploy login and archived in Spaces. The
+# template stays (dotenv-safe reads .env.example as the apps start).
 NOT_RELEASED_AT_ROOT = ("node_modules", "test", ".git")
+BUILD_ONLY = (".npmrc",)
 NOT_RELEASED_ANYWHERE = (".env", ".env.*", ".envrc")
 RELEASED_TEMPLATE = ".env.example"
 
 
 def released(relative: PurePosixPath) -> bool:
     """Whether the file at `relative` (a path in the app's directory) goes into a release."""
-    if relative.parts[0] in NOT_RELEASED_AT_ROOT:
+    if relative.parts[0] in NOT_RELEASED_AT_ROOT or str(relative) in BUILD_ONLY:
         return False
 
     def local_settings(part: str) -> bool:
         return part != RELEASED_TEMPLATE and any(fnmatch.fnmatchcase(part, name) for name in NOT_RELEASED_ANYWHERE)
     return not any(local_settings(part) for part in relative.parts)
+
+
 # A health path nginx can take as it is: the root-owned step that writes it checks the same.
 HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,127}")
 PROCESS_FIELDS = ("script", "serves", "instances")

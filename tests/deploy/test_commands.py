@@ -14,7 +14,7 @@ import pytest
 
 import cloudinit
 from cloudinit import app_server
-from model import conventions
+from model import app_contract, conventions
 from deploy import commands, release
 from deploy.executor import Executor
 from deploy.records import Server, Stack
@@ -258,9 +258,10 @@ def test_build_refuses_a_directory_without_a_lockfile(tmp_path):
 
 # An app directory as a developer's machine holds it: each file, and whether a release holds it.
 APP_FILES = {
-    "package.json": True, "api/server.js": True, "api/test/fixture.json": True, ".env.example": True,
-    "api/.env.example": True, ".envrc": False, ".env": False, ".env.production": False, "api/.env": False,
-    "web/.env.local": False, "test/api.test.js": False, "node_modules/x/index.js": False, ".git/HEAD": False,
+    "package.json": True, "web/server.js": True, "api/server.js": True, "api/test/fixture.json": True,
+    ".env.example": True, "api/.env.example": True, "api/.npmrc": True, ".envrc": False, ".env": False,
+    ".env.production": False, "api/.env": False, "web/.env.local": False, "test/api.test.js": False,
+    "node_modules/x/index.js": False, ".git/HEAD": False, ".npmrc": False,
 }
 
 
@@ -277,7 +278,6 @@ def files_under(root: Path) -> set[str]:
 
 def test_a_release_leaves_out_a_developers_local_settings_in_any_folder_and_keeps_their_template():
     from pathlib import PurePosixPath
-    from model import app_contract
     assert {name: app_contract.released(PurePosixPath(name)) for name in APP_FILES} == APP_FILES
 
 
@@ -291,11 +291,20 @@ def test_the_example_apps_archive_leaves_out_what_a_release_does(tmp_path, monke
         assert set(archive.getnames()) == {name for name, kept in APP_FILES.items() if kept}
 
 
-@pytest.mark.sandbox  # runs rsync
-def test_the_build_copies_the_app_but_what_a_release_leaves_out(tmp_path):
+@pytest.mark.sandbox  # runs rsync and npm
+def test_a_release_holds_the_app_but_what_it_leaves_out_though_the_build_reads_npmrc(tmp_path):
     require_tool("rsync", "rsync")
-    subprocess.run(commands.copy_sources(str(app_directory(tmp_path / "app")), str(tmp_path / "build")), check=True)
-    assert files_under(tmp_path / "build") == {name for name, kept in APP_FILES.items() if kept}
+    require_tool("npm", "npm")
+    app = app_directory(tmp_path / "app")
+    (app / "package.json").write_text('{"name": "t", "version": "1.0.0"}\n')
+    (app / "package-lock.json").write_text(json.dumps({"name": "t", "version": "1.0.0", "lockfileVersion": 3,
+                                                       "packages": {"": {"name": "t", "version": "1.0.0"}}}))
+    subprocess.run(commands.copy_sources(str(app), str(tmp_path / "build")), check=True)
+    assert files_under(tmp_path / "build") == {name for name, kept in APP_FILES.items() if kept} | \
+        {"package-lock.json", *app_contract.BUILD_ONLY}
+    built = release.build(str(app), str(tmp_path / "work"), Executor())
+    assert {name for name in files_under(Path(built.directory)) if not name.startswith("node_modules/")} == \
+        {name for name, kept in APP_FILES.items() if kept} | {"package-lock.json", "platform.json", "REVISION"}
 
 
 @pytest.mark.sandbox  # runs rsync
