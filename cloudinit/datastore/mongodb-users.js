@@ -24,14 +24,17 @@ if (!authenticated) {
   admin.auth("{{ c.ENGINE_ADMIN_USER }}", adminPassword);
 }
 
-// The app's user owns its database and nothing else.
+// The app's user reads, writes and indexes its database and nothing else: not dbOwner,
+// whose userAdmin would let an app server's intruder add users (outliving a password
+// change) or change this one's password (locking the other app servers out). The roles
+// are set again on an existing user, so a stack made with dbOwner loses it.
 const appDb = db.getSiblingDB("{{ c.ENGINE_APP_DATABASE }}");
+const appRoles = [
+  { role: "readWrite", db: "{{ c.ENGINE_APP_DATABASE }}" },
+  { role: "dbAdmin", db: "{{ c.ENGINE_APP_DATABASE }}" },
+];
 if (appDb.getUser("{{ c.ENGINE_APP_USER }}") === null) {
-  appDb.createUser({
-    user: "{{ c.ENGINE_APP_USER }}",
-    pwd: appPassword,
-    roles: [{ role: "dbOwner", db: "{{ c.ENGINE_APP_DATABASE }}" }],
-  });
+  appDb.createUser({ user: "{{ c.ENGINE_APP_USER }}", pwd: appPassword, roles: appRoles });
 } else {
-  appDb.updateUser("{{ c.ENGINE_APP_USER }}", { pwd: appPassword });
+  appDb.updateUser("{{ c.ENGINE_APP_USER }}", { pwd: appPassword, roles: appRoles });
 }

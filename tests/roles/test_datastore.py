@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import re
 import subprocess
 
@@ -152,7 +153,41 @@ def test_mongodb_user_script_parses_and_reads_passwords_from_the_environment(tmp
     assert result.returncode == 0, result.stderr
     assert "process.env.MONGODB_ADMIN_PASSWORD" in script and "process.env.MONGODB_PASSWORD" in script
     assert f'user: "{conventions.ENGINE_ADMIN_USER}"' in script
-    assert f'role: "dbOwner", db: "{conventions.ENGINE_APP_DATABASE}"' in script
+
+
+# mongosh's `db` as the user script uses it, recording each call (no MongoDB binaries here).
+MONGOSH_STAND_IN = """
+const existing = JSON.parse(process.env.EXISTING_USERS), calls = [];
+globalThis.db = { getSiblingDB: (name) => ({
+  auth: (user) => ({ ok: existing.includes(user) ? 1 : 0 }),
+  getUser: (user) => (existing.includes(user) ? { user } : null),
+  createUser: (spec) => calls.push({ db: name, createUser: spec.user, pwd: spec.pwd, roles: spec.roles }),
+  updateUser: (user, spec) => calls.push({ db: name, updateUser: user, pwd: spec.pwd, roles: spec.roles }),
+}) };
+require("vm").runInThisContext(require("fs").readFileSync(process.argv[2], "utf8"));
+console.log(JSON.stringify(calls));
+"""
+
+
+@pytest.mark.parametrize("existing", [[], [conventions.ENGINE_ADMIN_USER, conventions.ENGINE_APP_USER]],
+                         ids=["first-run", "again"])
+def test_mongodb_user_script_gives_the_app_read_write_and_indexes_and_no_user_admin(tmp_path, rendered, existing):
+    """Not dbOwner: its userAdmin lets an app server's intruder add users or change the
+    app's password. Set again on an existing user, so an older stack's dbOwner goes."""
+    node = tool("node", "nodejs")
+    (tmp_path / "users.js").write_text(rendered[datastore.MONGODB_USERS_SCRIPT])
+    (tmp_path / "stand-in.js").write_text(MONGOSH_STAND_IN)
+    env = {"PATH": "/usr/bin:/bin", "MONGODB_ADMIN_PASSWORD": "admin-pw", "MONGODB_PASSWORD": "app-pw",
+           "EXISTING_USERS": json.dumps(existing)}
+    result = subprocess.run([node, tmp_path / "stand-in.js", tmp_path / "users.js"], capture_output=True, text=True,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    app = [call for call in json.loads(result.stdout) if conventions.ENGINE_APP_USER in
+           (call.get("createUser"), call.get("updateUser"))]
+    database = conventions.ENGINE_APP_DATABASE
+    assert app == [{"db": database, ("updateUser" if existing else "createUser"): conventions.ENGINE_APP_USER,
+                    "pwd": "app-pw", "roles": [{"role": "readWrite", "db": database},
+                                                {"role": "dbAdmin", "db": database}]}]
 
 
 # --- Engines started on their rendered files ----------------------------------------------
