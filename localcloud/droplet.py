@@ -268,19 +268,20 @@ def cloud_init_status(name: str) -> str:
 def wait_cloud_init(name: str, timeout: float = 600) -> str:
     """Wait until cloud-init has finished ('done'), printing each status it passes; raise
     on 'error' or timeout."""
-    start_t, seen = time.monotonic(), ["not asked"]
+    start_t, last = time.monotonic(), "not asked"
 
     def done() -> bool:
+        nonlocal last
         status = cloud_init_status(name) if is_running(name) else "not booted"
-        if status != seen[-1]:
+        if status != last:
             print(f"[localcloud] {name}: cloud-init {status} ({time.monotonic() - start_t:.1f}s)", flush=True)
-            seen.append(status)
+            last = status
         if status in ("error", "degraded"):
             long = exec(name, ["cloud-init", "status", "--long"], check=False).stdout
             raise RuntimeError(f"{name}: cloud-init {status}\n{long}")
         return status == "done"
 
-    shell.wait_until(done, timeout, lambda: f"{name}: cloud-init (last: {seen[-1]})", every=1)
+    shell.wait_until(done, timeout, lambda: f"{name}: cloud-init (last: {last})", every=1)
     return "done"
 
 
