@@ -120,7 +120,9 @@ SETTINGS = (
             "twice that are let through); beyond it the LB answers 429."),
     Setting("engines", list(conventions.ENGINES), engine_set,
             "Datastore engines to install and open; any subset."),
-    Setting("vpcIpRange", "10.110.0.0/20", vpc_range, "Private range of the stack's VPC."),
+    Setting("vpcIpRange", "10.110.0.0/20", vpc_range,
+            "Private range of the stack's VPC. Give each stack its own: DigitalOcean refuses a VPC whose range "
+            "overlaps another in the account."),
     Setting("nodeMajor", 22, one_of(NODE_MAJORS), "Node.js major version on the app servers."),
     Setting("backups", True, boolean,
             "Back every droplet up to Spaces, each role to a bucket of its own (created in the stack): the "
@@ -142,7 +144,8 @@ SETTINGS = (
             "command."),
     Setting("alertEmails", [], email_list,
             "Who gets DigitalOcean Monitoring's alerts (disk, memory, CPU, load) and the uptime check's (the "
-            "site down, slow, its certificate near expiry); none, and no uptime check, when empty."),
+            "site down, slow, its certificate near expiry); none, and no uptime check, when empty. Each must be "
+            "verified on the DigitalOcean account, or the alerts' creation fails."),
     Setting("alertLatencyMs", 2000, whole_number(100, 30000),
             "The uptime check's slow-site alert: the site's `url` taking longer than this (milliseconds) to "
             "answer, for 5 minutes; set it from what the app normally takes, seen from DigitalOcean's regions."),
