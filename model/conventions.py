@@ -300,6 +300,14 @@ DROPLET_LOCK_WAIT_SECONDS = 1800
 # calls it, platform-push loads it.
 WRITE_COMMAND = "/usr/local/sbin/platform-write"
 
+# nginx reloaded, returning once the workers from before no longer take connections:
+# `systemctl reload nginx` only signals the master, so a request sent right after (an ACME
+# server's check of a name just added) may reach a worker still on the old files. A reload
+# nginx has not taken within the wait (it keeps the old files when it cannot load the new
+# ones) fails.
+NGINX_RELOAD_COMMAND = "/usr/local/sbin/platform-nginx-reload"
+NGINX_RELOAD_WAIT_SECONDS = 30
+
 TLS_DIR = f"{PLATFORM_ETC}/tls"
 CA_CERT_PATH = f"{TLS_DIR}/ca.crt"
 SERVER_CERT_PATH = f"{TLS_DIR}/server.crt"

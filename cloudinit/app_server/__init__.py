@@ -13,7 +13,8 @@ from model import app_contract, conventions
 from model.settings import Settings
 
 from ..files import ConfigFile, Program, Push, Target, render
-from ..common import NGINX_LOGROTATE_FILE, NGINX_MAIN_FILE, NGINX_SITE, ROLE_STEPS
+from ..common import (NGINX_CHECK, NGINX_LOGROTATE_FILE, NGINX_MAIN_FILE, NGINX_RELOAD, NGINX_RELOAD_PROGRAM,
+                      NGINX_SITE, ROLE_STEPS)
 
 EXAMPLE_APP = Path(__file__).resolve().parents[2] / "example-app"
 INSTALL_EXAMPLE_APP = "/usr/local/sbin/platform-install-example-app"
@@ -55,10 +56,9 @@ PROGRAMS = [
     Program("app_server/platform-app-health.sh", APP_HEALTH_COMMAND),
     Program("app_server/start-check.js", START_CHECK_SCRIPT, mode="0644"),
     Program("app_server/platform-apps-start-check.sh", APPS_START_CHECK_COMMAND),
+    NGINX_RELOAD_PROGRAM,
 ]
 
-NGINX_CHECK = ["nginx", "-t", "-q"]
-NGINX_RELOAD = ["systemctl", "reload", "nginx"]
 # A graceful pm2 reload (the unit's ExecReload); the deploy user's first sudo command.
 APPS_RELOAD = ["systemctl", "reload", conventions.APPS_UNIT]
 # The deploy user's other sudo commands: the exec wrapper as the app user (never root),

@@ -38,5 +38,5 @@ if ! nginx -t -q; then
     echo "platform-app-health: nginx refused the health path $path; the previous one stays" >&2
     exit 1
 fi
-systemctl reload nginx
+{{ c.NGINX_RELOAD_COMMAND }}
 echo "platform-app-health: {{ c.HEALTH_PATH }} asks the /api/ process for $path"

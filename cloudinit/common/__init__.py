@@ -31,6 +31,10 @@ PROGRAMS = [
 NGINX_SITE = "/etc/nginx/conf.d/platform.conf"
 NGINX_MAIN = "/etc/nginx/nginx.conf"
 NGINX_MAIN_FILE = ConfigFile("common/nginx.conf", NGINX_MAIN)
+# The roles that run nginx (the LB and the app servers) check and reload it with these.
+NGINX_RELOAD_PROGRAM = Program("common/platform-nginx-reload.sh", conventions.NGINX_RELOAD_COMMAND)
+NGINX_CHECK = ["nginx", "-t", "-q"]
+NGINX_RELOAD = [conventions.NGINX_RELOAD_COMMAND]
 # The distribution's, with a size limit: on the droplets that run nginx (after its package).
 NGINX_LOGROTATE = "/etc/logrotate.d/nginx"
 NGINX_LOGROTATE_FILE = ConfigFile("common/nginx.logrotate", NGINX_LOGROTATE)

@@ -22,13 +22,18 @@ hold_nginx_files() {
 }
 
 # nginx -t on the files this run changed (refused: put back, and the run fails naming
-# the check), then nginx reloaded with them, or started.
+# the check), then nginx reloaded with them, or started. The steps after a reload meet the
+# new files: the LB asks for a certificate for a name the new files have just added.
 apply_nginx_files() {
     if files_changed_under /etc/nginx/ && ! nginx -t -q; then
         put_back_nginx_files
         on_failure "$LINENO" "nginx -t -q"
     fi
-    ensure_running nginx /etc/nginx/ reload
+    if systemctl is-active --quiet nginx && files_changed_under /etc/nginx/; then
+        {{ c.NGINX_RELOAD_COMMAND }}
+        changed "nginx: reload"
+    fi
+    ensure_running nginx
     rm -rf "$NGINX_HELD"
 }
 

@@ -8,7 +8,8 @@ from model import conventions
 from model.settings import Settings
 
 from ..files import ConfigFile, Program, Push, Target, render
-from ..common import NGINX_LOGROTATE_FILE, NGINX_MAIN_FILE, NGINX_SITE, ROLE_STEPS
+from ..common import (NGINX_CHECK, NGINX_LOGROTATE_FILE, NGINX_MAIN_FILE, NGINX_RELOAD, NGINX_RELOAD_PROGRAM,
+                      NGINX_SITE, ROLE_STEPS)
 
 # Nothing to wait for after a new bundle: no pool member to keep serving.
 HEALTH_URL = None
@@ -19,13 +20,11 @@ PROGRAMS = [
     Program("load_balancer/platform-certificate-deployed.sh", conventions.CERTIFICATE_DEPLOY_HOOK),
     Program("load_balancer/platform-maintenance.sh", conventions.MAINTENANCE_COMMAND),
     Program("load_balancer/platform-drain.sh", conventions.DRAIN_COMMAND),
+    NGINX_RELOAD_PROGRAM,
 ]
 
 # Gets the first certificate (.service), retried by its .timer until it has one.
 CERTIFICATE_UNIT = "platform-certificate"
-NGINX_CHECK = ["nginx", "-t", "-q"]
-# A reload starts new workers and lets the old ones finish their requests.
-NGINX_RELOAD = ["systemctl", "reload", "nginx"]
 # The whole sshd configuration, with the pushed list of where the deploy login may go.
 SSHD_CHECK = ["sshd", "-t"]
 # sshd reads its configuration again; open sessions stay. Where ssh.socket starts sshd

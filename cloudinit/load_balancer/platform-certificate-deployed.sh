@@ -16,7 +16,7 @@ if ! nginx -t -q; then
     echo "platform-certificate-deployed: nginx -t failed; kept the previous certificate" >&2
     exit 1
 fi
-systemctl reload nginx
+{{ c.NGINX_RELOAD_COMMAND }}
 {% if settings.backups %}
 # A new certificate is in the backups within minutes, not at the next backup hour.
 systemctl start --no-block {{ c.BACKUP_UNIT }}.service

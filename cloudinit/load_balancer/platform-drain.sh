@@ -164,7 +164,7 @@ if ! nginx -t -q; then
     echo "platform-drain: nginx -t refused the changed upstreams: put back as they were" >&2
     exit 1
 fi
-systemctl reload nginx
+{{ c.NGINX_RELOAD_COMMAND }}
 record
 
 if [ "$action" = off ]; then
