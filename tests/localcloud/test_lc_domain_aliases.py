@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from cloudinit import load_balancer
 from localcloud import shell, stack
 
 
@@ -38,6 +39,12 @@ def get(local_stack, name: str, path: str) -> tuple[int, str, str]:
     return int(code), location.strip(), body
 
 
+def certbot_said(local_stack) -> str:
+    """The LB's last certificate runs, for a certificate that did not come."""
+    return local_stack.run("lb", ["journalctl", "--no-pager", "-n", "15", "-o", "cat",
+                                  "-u", f"{load_balancer.CERTIFICATE_UNIT}.service"]).stdout
+
+
 @pytest.fixture
 def committed_after(local_stack):
     """The stack back on its committed settings, however the test ended."""
@@ -55,7 +62,8 @@ def test_an_alias_on_the_certificate_redirected_then_served_in_place(local_stack
     # A new certificate in the same lineage names both; the one in place served until then.
     # certbot runs from a timer on the LB.
     shell.wait_until(lambda: served_names(local_stack, alias) == {domain, alias}, 300,
-                     lambda: f"a certificate for {domain} and {alias}: {served_names(local_stack, alias)}", every=5)
+                     lambda: f"a certificate for {domain} and {alias}: {served_names(local_stack, alias)}"
+                     f"\n{certbot_said(local_stack)}", every=5)
     assert served_names(local_stack, domain) == {domain, alias}
     assert get(local_stack, alias, "/x?y=1")[:2] == (301, f"https://{domain}/x?y=1")
     assert local_stack.wait_healthy(timeout=120)                      # the domain serves as before
@@ -71,6 +79,7 @@ def test_an_alias_on_the_certificate_redirected_then_served_in_place(local_stack
     # The alias removed: a certificate for the domain alone, and the alias no longer served.
     local_stack.up(stack.plan(name))
     shell.wait_until(lambda: served_names(local_stack, domain) == {domain}, 300,
-                     lambda: f"a certificate for {domain} alone: {served_names(local_stack, domain)}", every=5)
+                     lambda: f"a certificate for {domain} alone: {served_names(local_stack, domain)}"
+                     f"\n{certbot_said(local_stack)}", every=5)
     assert get(local_stack, alias, "/healthz")[0] == 0                # the LB shows no certificate for it
     assert local_stack.boot_ids() == boots
