@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from local_stack import (BENCH_HOSTS, BENCH_NAMES, STACK, WRK_CONNECTIONS, Reachable, Variants, interleaved,  # noqa: E402
-                         replacing, sh, stack_lines, write)
+from local_stack import (BENCH_HOSTS, BENCH_NAMES, NGINX_APPLY, STACK, WRK_CONNECTIONS, Reachable, Variants,  # noqa: E402
+                         interleaved, replacing, sh, stack_lines, write)
 from cloudinit import common  # noqa: E402
 from localcloud import stack, tenancy  # noqa: E402
 from model import conventions  # noqa: E402
@@ -122,11 +122,11 @@ class Candidates:
                 key=conventions.LB_PUBLIC_KEY_PATH, burst=200000))
         write(p, "lb", LB_TUNING_CONF, "# benchmark only (benchmarks/lb_tuning.py); removed after the run\n"
               + "".join(blocks))
-        sh(p, "lb", "nginx -t 2>/dev/null && systemctl reload nginx")
+        sh(p, "lb", NGINX_APPLY)
         return self
 
     def __exit__(self, *exc):
-        sh(self.p, "lb", f"rm -f {LB_TUNING_CONF} && nginx -t 2>/dev/null && systemctl reload nginx", check=False)
+        sh(self.p, "lb", f"rm -f {LB_TUNING_CONF} && {NGINX_APPLY}", check=False)
 
 
 def main() -> int:

@@ -42,6 +42,10 @@ from lb_latency import BENCH_RATE, PATH, STACK, Reachable, latency  # noqa: E402
 from localcloud import acme, cloud, droplet, firewall, image, shell, stack, traffic, tenancy  # noqa: E402
 from model import conventions  # noqa: E402
 
+# A benchmark's nginx file applied: checked, then reloaded as the platform reloads (its
+# measurements start once no worker from before takes connections).
+NGINX_APPLY = f"nginx -t 2>/dev/null && {conventions.NGINX_RELOAD_COMMAND}"
+
 BENCH_PLAIN_PORT = 8089          # benchmark only: app servers' plaintext server block
 WRK_CONNECTIONS = 32             # wrk's connections kept in flight, for every variant
 # The benchmark-only server blocks on the LB, by variant: the name each answers (SNI).
@@ -154,7 +158,7 @@ class Variants:
         for app in self.apps:
             write(p, app.key, APP_BENCH_CONF, APP_PLAIN.format(port=BENCH_PLAIN_PORT, api=conventions.API_PATH_PREFIX))
             sh(p, app.key, f"ufw insert 1 allow proto tcp from {p.lb.vpc_ip} to any port {BENCH_PLAIN_PORT}"
-                           " >/dev/null && nginx -t 2>/dev/null && systemctl reload nginx")
+                           " >/dev/null && " + NGINX_APPLY)
         (lb_tag,) = [t for t in p.lb.tags if t.endswith(conventions.LOAD_BALANCER)]
         (app_tag,) = {t for a in self.apps for t in a.tags if t.endswith("-" + conventions.APP_SERVER)}
         bench_fw = firewall.Firewall("benchmark-plain", tags=(app_tag,),
@@ -172,16 +176,16 @@ class Variants:
             proxy_ssl_no_reuse="\n".join(f"        {line}" for line in
                                           replacing(proxy_ssl, ["proxy_ssl_session_reuse off;"])),
             burst=BENCH_RATE * 2))
-        sh(p, "lb", "nginx -t 2>/dev/null && systemctl reload nginx")
+        sh(p, "lb", NGINX_APPLY)
         return self
 
     def __exit__(self, *exc):
         p = self.p
-        sh(p, "lb", f"rm -f {LB_BENCH_CONF} && nginx -t 2>/dev/null && systemctl reload nginx", check=False)
+        sh(p, "lb", f"rm -f {LB_BENCH_CONF} && {NGINX_APPLY}", check=False)
         firewall.apply(p.firewalls, p.topology())
         for app in self.apps:
             sh(p, app.key, f"rm -f {APP_BENCH_CONF}; ufw delete allow proto tcp from {p.lb.vpc_ip} to any port "
-                           f"{BENCH_PLAIN_PORT} >/dev/null; nginx -t 2>/dev/null && systemctl reload nginx",
+                           f"{BENCH_PLAIN_PORT} >/dev/null; {NGINX_APPLY}",
                check=False)
 
 
