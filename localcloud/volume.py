@@ -48,20 +48,38 @@ def mkfs_command(filesystem: str, target: str, volume: str, label: str | None = 
     return [f"mkfs.{filesystem}", "-q", "-L", (label or volume)[:16], target]
 
 
+def losetup_capacity_command(loop: str) -> shell.Command:
+    """The loop device takes its file's new size, as a resized volume's device does on a
+    droplet (the filesystem on it stays as it was)."""
+    return ["losetup", "--set-capacity", loop]
+
+
 def loop_of(path: Path) -> str | None:
     out = shell.run(losetup_find_command(path), check=False).stdout.split()
     return out[0] if out else None
 
 
 def create(volume: str, size_mb: int, filesystem: str | None = "ext4", label: str | None = None) -> Path:
-    """A volume, formatted like DigitalOcean's initial_filesystem_type; kept if it exists."""
+    """A volume, formatted like DigitalOcean's initial_filesystem_type; kept if it exists,
+    and grown (its device too, while attached) when `size_mb` is more than it has. As the
+    API, it never shrinks."""
     path = image_file(volume)
+    size = size_mb * 1024 * 1024
     if not path.exists():
         config.VOLUMES_DIR.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
-            f.truncate(size_mb * 1024 * 1024)
+            f.truncate(size)
         if filesystem:
             shell.run(mkfs_command(filesystem, str(path), volume, label))
+    elif size < path.stat().st_size:
+        raise ValueError(f"volume {volume}: {size_mb} MB is less than its {path.stat().st_size >> 20} MB;"
+                         " a volume can only grow")
+    elif size > path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(size)
+        loop = loop_of(path)
+        if loop:
+            shell.run(losetup_capacity_command(loop))
     return path
 
 

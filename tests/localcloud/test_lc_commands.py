@@ -136,6 +136,23 @@ def test_volume_paths_and_commands():
     assert volume.mkfs_command("ext4", "/v.img", "pgdata") == ["mkfs.ext4", "-q", "-L", "pgdata", "/v.img"]
 
 
+@pytest.mark.sandbox
+def test_a_volume_grows_with_its_loop_device_and_never_shrinks(tmp_path, monkeypatch):
+    """As DigitalOcean's: the device under the droplet takes the new size at once (the
+    datastore's provisioning grows the filesystem), and a smaller size is refused."""
+    monkeypatch.setattr(config, "VOLUMES_DIR", tmp_path)
+    path = volume.create("grows", 8, filesystem=None)
+    loop = volume.ensure_loop("grows")
+    try:
+        volume.create("grows", 12, filesystem=None)
+        assert path.stat().st_size == 12 << 20
+        assert shell.run(["blockdev", "--getsize64", loop]).stdout.strip() == str(12 << 20)
+        with pytest.raises(ValueError, match="^volume grows: 8 MB is less than its 12 MB; a volume can only grow$"):
+            volume.create("grows", 8, filesystem=None)
+    finally:
+        shell.run(volume.losetup_detach_command(loop), check=False)
+
+
 def test_a_droplet_boots_with_sshd_answering_before_cloud_init(tmp_path):
     from localcloud.droplet import BootQuirks, boot_files
     unit = tmp_path / "lib/systemd/system/cloud-init.service"
