@@ -195,7 +195,7 @@ def role_env(role: str, settings: Settings, files: list[ConfigFile]) -> str:
         "CONFIG_FILES": " ".join(f"{f.path}:{f.mode}:{f.owner}" for f in files),
         # The common steps install only these; a role installs its own after its packages.
         "COMMON_CONFIG_FILES": " ".join(f.path for f in common.files(settings)),
-        # Only the settings this role uses: any other would replace its droplets for nothing.
+        # Only the settings this role uses: any other would push it a new bundle for nothing.
         **role_module(role).provisioning_inputs(settings),
     }
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items())

@@ -52,7 +52,7 @@ class Datastore(pulumi.ComponentResource):
             description=f"{settings.stack} datastore engines' data",
             opts=kept,
         )
-        do.VolumeAttachment(
+        attachment = do.VolumeAttachment(
             f"{name}-volume-attachment",
             droplet_id=self.droplet.id.apply(int),
             volume_id=self.volume.id,
@@ -83,6 +83,9 @@ class Datastore(pulumi.ComponentResource):
             route=remote.route_to(name, droplet=self.droplet, host=self.private_ip, key=key, via=jump, parent=self),
             bundle=network.bundle(conventions.DATASTORE),
             parent=self,
+            # After the volume and its attachment: a bigger volumeSizeGb is a new bundle,
+            # whose provisioning grows the filesystem once the volume has grown.
+            after=[attachment],
         )
         self.route = route
         cert = ca.issue(

@@ -90,7 +90,8 @@ SETTINGS = (
     Setting("appServerCount", 2, whole_number(1, MAX_APP_SERVERS),
             "How many app servers; change it to scale."),
     Setting("volumeSizeGb", 20, whole_number(1, 16384),
-            "Size in GiB of the datastore's block volume (it can only grow)."),
+            "Size in GiB of the datastore's block volume. It can only grow; the datastore's provisioning then "
+            "grows the filesystem while the engines run."),
     Setting("domain", REQUIRED, domain_name, "Public name of the platform; the TLS certificate's name."),
     Setting("domainAliases", [], domain_list(MAX_CERTIFICATE_NAMES - 1),
             "More names of the platform, such as www.example.com, on the same certificate as `domain` (Let's "

@@ -113,6 +113,20 @@ def test_region_image_and_vpc_range_are_the_only_settings_on_the_droplet(staging
         assert all(d.state[field] != old[d.name] for d in droplets(other)), change
 
 
+def test_a_bigger_volume_is_a_new_datastore_bundle_pushed_after_the_volume(staging_deployment):
+    """Its provisioning grows the filesystem into the grown volume (the local stack shows it:
+    tests/localcloud/test_lc_upgrade.py), so the push must wait for the volume's attachment,
+    which waits for the volume."""
+    size = staging_deployment.settings.volume_size_gb + 5
+    bigger = mockcloud.deploy(mockcloud.stack_settings("staging", volumeSizeGb=size), previous=staging_deployment)
+    before, after = bundle_digests(staging_deployment), bundle_digests(bigger)
+    assert {name for name in before if after[name] != before[name]} == {"datastore-bundle-push"}
+    request = bigger.mocks.options[(COMMAND, "datastore-bundle-push")]
+    assert "datastore-volume-attachment" in {urn.rsplit("::", 1)[-1] for urn in request.dependencies}
+    env = cloudinit.placed_files(conventions.DATASTORE, bigger.settings)[cloudinit.ROLE_ENV][0]
+    assert f"VOLUME_SIZE_GB={size}\n" in env
+
+
 def template_files() -> list[str]:
     """Every template a droplet receives, as the loader names them: the role folders' files
     but their modules (the package's own top level is code only)."""

@@ -145,4 +145,5 @@ def secrets_env(passwords: dict[str, str]) -> str:
 
 def provisioning_inputs(settings: Settings) -> dict[str, str]:
     """Shell variables of /etc/platform/platform.env that this role's scripts read."""
-    return {"VPC_IP_RANGE": settings.vpc_ip_range}
+    # The volume's size: a new one is a new bundle, whose provisioning grows the filesystem.
+    return {"VPC_IP_RANGE": settings.vpc_ip_range, "VOLUME_SIZE_GB": str(settings.volume_size_gb)}

@@ -67,6 +67,20 @@ ensure_data_volume() {
         mount {{ c.DATA_MOUNT }}
         changed "mounted {{ c.DATA_MOUNT }}"
     fi
+    grow_data_filesystem
+}
+
+# A volume made bigger (volumeSizeGb, VOLUME_SIZE_GB) has a bigger device, not yet a
+# bigger filesystem: ext4 grows while mounted, the engines running. DigitalOcean grows a
+# volume by whole gigabytes; less than 64 MiB to gain is rounding, not a resize.
+grow_data_filesystem() {
+    local device_bytes filesystem_bytes
+    device_bytes=$(blockdev --getsize64 "$VOLUME_DEVICE")
+    filesystem_bytes=$(dumpe2fs -h "$VOLUME_DEVICE" 2>/dev/null \
+        | awk -F: '$1 == "Block count" {count = $2} $1 == "Block size" {size = $2} END {printf "%d", count * size}')
+    [ $((device_bytes - filesystem_bytes)) -ge $((64 << 20)) ] || return 0
+    resize2fs "$VOLUME_DEVICE" 2>&1 | sed 's/^/resize2fs: /'
+    changed "grew the filesystem on {{ c.DATA_MOUNT }} to its volume's ${VOLUME_SIZE_GB} GB"
 }
 
 wait_for_volume() {
