@@ -33,7 +33,9 @@ REGIONS = (
     "nyc1", "nyc3", "sfo2", "sfo3", "ams3", "sgp1", "lon1", "fra1", "tor1", "blr1",
     "syd1", "atl1",
 )
-SPACES_REGIONS = ("nyc3", "sfo2", "sfo3", "ams3", "sgp1", "lon1", "fra1", "blr1", "syd1")
+# Where Spaces (standard storage) is offered, as DigitalOcean's availability matrix lists it
+# (docs.digitalocean.com/products/spaces/details/availability, March 2026).
+SPACES_REGIONS = ("nyc3", "sfo2", "sfo3", "ams3", "sgp1", "lon1", "fra1", "tor1", "blr1", "syd1", "atl1")
 # Every difference between them: conventions.IMAGES.
 IMAGES = tuple(conventions.IMAGES)
 NODE_MAJORS = (18, 20, 22, 24)

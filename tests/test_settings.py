@@ -168,6 +168,15 @@ def test_spaces_endpoint_defaults_to_the_bucket_regions():
     assert mockcloud.stack_settings("staging", spacesEndpoint="https://198.51.100.1").spaces_endpoint == "https://198.51.100.1"
 
 
+def test_backups_in_a_region_without_spaces_name_the_regions_that_have_them():
+    assert the_problem(region="nyc1", backups=True) == (
+        "spacesRegion: '' is not allowed when region is 'nyc1' (no Spaces there): one of nyc3, sfo2, sfo3, "
+        "ams3, sgp1, lon1, fra1, tor1, blr1, syd1, atl1")
+    for region in ("tor1", "atl1"):   # Spaces there too: buckets in the stack's own region
+        assert mockcloud.stack_settings("staging", region=region, backups=True).spaces_endpoint == \
+            f"https://{region}.digitaloceanspaces.com"
+
+
 def test_dns_zone_must_contain_the_domain():
     assert the_problem(dnsZone="example.org") == (
         "dnsZone: 'example.org' is not allowed: a zone that contains domain 'staging.example.com'"
