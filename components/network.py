@@ -28,7 +28,7 @@ class Network(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.vpc = do.Vpc(
             f"{name}-vpc",
-            name=f"{settings.stack}-vpc",
+            name=conventions.vpc_name(settings.stack, settings.region, settings.vpc_ip_range),
             region=settings.region,
             ip_range=settings.vpc_ip_range,
             opts=child,

@@ -39,6 +39,14 @@ def droplet_name(stack: str, member: str) -> str:
     return f"{stack}-{member}"
 
 
+def vpc_name(stack: str, region: str, ip_range: str) -> str:
+    """The VPC's name, unique in an account as DigitalOcean requires: with its region and
+    range in it, a new `region` or `vpcIpRange` makes the new VPC beside the old one (the
+    provider creates before it deletes). Letters, digits, dashes and periods only. A new
+    name alone is a rename in place."""
+    return f"{stack}-{region}-{ip_range.replace('/', '-')}"
+
+
 def volume_name(stack: str) -> str:
     """The datastore volume's name, which is also the tail of its device path."""
     return f"{stack}-data"

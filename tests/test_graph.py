@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 
 import pytest
 from cryptography import x509
@@ -49,11 +50,21 @@ def test_counts_per_role_follow_the_stack_file(stack, app_servers, staging_deplo
     assert len(of_type(deployment, "digitalocean:index/reservedIp:ReservedIp")) == 1
 
 
+def test_a_new_region_or_vpc_range_names_a_new_vpc_that_digitalocean_takes():
+    """The provider makes the new VPC before it deletes the old, and VPC names are unique in
+    an account: the same name would fail the change before any droplet is replaced."""
+    names = {conventions.vpc_name("production", region, ip_range)
+             for region, ip_range in (("nyc3", "10.110.0.0/20"), ("fra1", "10.110.0.0/20"), ("nyc3", "10.120.0.0/20"))}
+    assert len(names) == 3
+    assert all(re.fullmatch(r"[A-Za-z0-9.-]+", name) for name in names), names
+
+
 def test_every_droplet_is_in_the_vpc_with_its_stack_and_one_role_tag(deployment):
     (vpc,) = of_type(deployment, "digitalocean:index/vpc:Vpc")
     settings = deployment.settings
     assert vpc.state["ipRange"] == settings.vpc_ip_range
     assert vpc.state["region"] == settings.region
+    assert vpc.state["name"] == conventions.vpc_name(settings.stack, settings.region, settings.vpc_ip_range)
     vpc_range = ipaddress.ip_network(settings.vpc_ip_range)
     stack_tag = conventions.stack_tag(settings.stack)
     role_tags = {conventions.role_tag(settings.stack, role) for role in conventions.ROLES}
