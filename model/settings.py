@@ -34,7 +34,8 @@ REGIONS = (
     "syd1", "atl1",
 )
 # Where Spaces (standard storage) is offered, as DigitalOcean's availability matrix lists it
-# (docs.digitalocean.com/products/spaces/details/availability, March 2026).
+# (docs.digitalocean.com/products/spaces/details/availability, March 2026). The provider
+# checks a bucket's region against its own list, which has atl1 since its v2.61 (July 2025).
 SPACES_REGIONS = ("nyc3", "sfo2", "sfo3", "ams3", "sgp1", "lon1", "fra1", "tor1", "blr1", "syd1", "atl1")
 # Every difference between them: conventions.IMAGES.
 IMAGES = tuple(conventions.IMAGES)
