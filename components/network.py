@@ -16,6 +16,10 @@ from .remote import AutomationKey
 from model.settings import Settings
 
 
+# How long a droplet's deletion may take: its clean shutdown, then the delete itself.
+DROPLET_DELETE_TIMEOUT = "10m"
+
+
 class Network(pulumi.ComponentResource):
     def __init__(
         self, name: str, *, settings: Settings, key: AutomationKey, opts: pulumi.ResourceOptions | None = None
@@ -71,8 +75,12 @@ class Network(pulumi.ComponentResource):
             user_data=self.user_data(role),
             monitoring=True,
             backups=settings.droplet_backups,
+            # Deleted (replaced, or scaled in) only after a clean shutdown: the provider waits
+            # for it within the delete timeout, 60 s unless told, and each of systemd's units
+            # may take 90 s to stop (the datastore's engines flushing).
             graceful_shutdown=True,
-            opts=pulumi.ResourceOptions(parent=parent, protect=protect),
+            opts=pulumi.ResourceOptions(parent=parent, protect=protect,
+                                        custom_timeouts=pulumi.CustomTimeouts(delete=DROPLET_DELETE_TIMEOUT)),
         )
 
     def user_data(self, role: str) -> pulumi.Output[str]:

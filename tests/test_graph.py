@@ -59,6 +59,16 @@ def test_a_new_region_or_vpc_range_names_a_new_vpc_that_digitalocean_takes():
     assert all(re.fullmatch(r"[A-Za-z0-9.-]+", name) for name in names), names
 
 
+def test_every_droplet_is_deleted_only_after_a_clean_shutdown_given_the_time_it_takes(staging_deployment):
+    """The provider shuts a droplet down before deleting it when asked (graceful_shutdown),
+    and fails the delete when it is not off within the delete timeout: 60 s unless told,
+    less than systemd's 90 s for one unit to stop."""
+    for d in droplets(staging_deployment):
+        assert d.state["gracefulShutdown"] is True, d.name
+        timeouts = staging_deployment.mocks.options[(d.type, d.name)].customTimeouts
+        assert timeouts.delete == "10m", d.name
+
+
 def test_every_droplet_is_in_the_vpc_with_its_stack_and_one_role_tag(deployment):
     (vpc,) = of_type(deployment, "digitalocean:index/vpc:Vpc")
     settings = deployment.settings
