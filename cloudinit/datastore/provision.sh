@@ -74,11 +74,20 @@ ensure_data_volume() {
 # bigger filesystem: ext4 grows while mounted, the engines running. DigitalOcean grows a
 # volume by whole gigabytes; less than 64 MiB to gain is rounding, not a resize.
 grow_data_filesystem() {
-    local device_bytes filesystem_bytes
+    local device_bytes key value blocks=0 block_size=0
     device_bytes=$(blockdev --getsize64 "$VOLUME_DEVICE")
-    filesystem_bytes=$(dumpe2fs -h "$VOLUME_DEVICE" 2>/dev/null \
-        | awk -F: '$1 == "Block count" {count = $2} $1 == "Block size" {size = $2} END {printf "%d", count * size}')
-    [ $((device_bytes - filesystem_bytes)) -ge $((64 << 20)) ] || return 0
+    # Bash's arithmetic, 64-bit: mawk's printf "%d" stops at 2^31 - 1.
+    while IFS=: read -r key value; do
+        case "$key" in
+            "Block count") blocks=$((value)) ;;
+            "Block size") block_size=$((value)) ;;
+        esac
+    done < <(dumpe2fs -h "$VOLUME_DEVICE" 2>/dev/null)
+    if [ "$blocks" -eq 0 ] || [ "$block_size" -eq 0 ]; then
+        log "dumpe2fs -h $VOLUME_DEVICE gave no block count and size"
+        return 1
+    fi
+    [ $((device_bytes - blocks * block_size)) -ge $((64 << 20)) ] || return 0
     resize2fs "$VOLUME_DEVICE" 2>&1 | sed 's/^/resize2fs: /'
     changed "grew the filesystem on {{ c.DATA_MOUNT }} to its volume's ${VOLUME_SIZE_GB} GB"
 }
