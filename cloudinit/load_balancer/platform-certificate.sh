@@ -11,6 +11,14 @@
 {% endif %}
 set -euo pipefail
 
+# One change to the droplet at a time. A run the timer starts while provisioning changes
+# the settings and nginx's files waits for it, then reads both as provisioning left them:
+# it had read a name just added before nginx served it, and the ACME server's check of
+# that name failed. Provisioning's own calls run inside its hold.
+if ! {{ c.LOCK_COMMAND }} held; then
+    exec {{ c.LOCK_COMMAND }} run certificate "$0" "$@"
+fi
+
 # shellcheck source=/dev/null
 . {{ c.PLATFORM_ETC }}/platform.env
 

@@ -78,6 +78,7 @@ def test_a_new_domain_gets_a_new_certificate_and_the_old_one_serves_until_then(t
         "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
     files = cloudinit.rendered_files(c.LOAD_BALANCER, stages["first"])
     (tmp_path / "certificate.sh").write_text(files[c.CERTIFICATE_COMMAND])
+    (tmp_path / "lock.py").write_text(files[c.LOCK_COMMAND])
     for name, s in stages.items():
         env = cloudinit.role_env(c.LOAD_BALANCER, s, cloudinit.config_files(c.LOAD_BALANCER, s))
         (tmp_path / f"{name}.env").write_text(env.replace(f"ACME_DIRECTORY={s.acme_directory}",
@@ -88,6 +89,7 @@ ip link set lo up
 mount -t tmpfs tmpfs /var/www && mkdir -p {c.ACME_WEBROOT}
 export REQUESTS_CA_BUNDLE={ca.cert} PEBBLE_VA_ALWAYS_VALID=1 PEBBLE_WFE_NONCEREJECT=0
 install -D -m 0755 {tmp_path}/certificate.sh {c.CERTIFICATE_COMMAND}
+install -D -m 0755 {tmp_path}/lock.py {c.LOCK_COMMAND}
 # certbot's deploy hook without nginx: it switches the links, as the real one does.
 mkdir -p $(dirname {c.LB_PUBLIC_CERT_PATH})
 printf '#!/bin/sh\\nln -sfn "$RENEWED_LINEAGE/fullchain.pem" {c.LB_PUBLIC_CERT_PATH}\\necho "hook: $RENEWED_LINEAGE"\\n' > {c.CERTIFICATE_DEPLOY_HOOK}
@@ -142,4 +144,40 @@ cat {tmp_path}/certbot.out | grep -v '^ *$' | tail -40
     # The account is told the new address once, when acmeEmail changed.
     updates = [l.rsplit(" ", 1)[1] for l in lines if " account updates: " in l]
     assert updates == ["0", "0", "0", "1", "1", "1", "1"], out
+
+
+def test_a_certificate_run_waits_for_the_droplet_lock_and_reads_the_settings_left_by_its_holder(tmp_path):
+    """The timer may start platform-certificate while provisioning writes new settings and
+    nginx files: it waits for provisioning's hold, then reads the settings it left (here a
+    name added: the certificate in place is no longer as asked)."""
+    domain_only = mockcloud.stack_settings("staging", backups=False)
+    aliased = mockcloud.stack_settings("staging", backups=False, domainAliases=[f"www.{domain_only.domain}"])
+    files = cloudinit.rendered_files(c.LOAD_BALANCER, domain_only)
+    (tmp_path / "certificate.sh").write_text(files[c.CERTIFICATE_COMMAND])
+    (tmp_path / "lock.py").write_text(files[c.LOCK_COMMAND])
+    for name, s in (("old", domain_only), ("new", aliased)):
+        (tmp_path / f"{name}.env").write_text(
+            cloudinit.role_env(c.LOAD_BALANCER, s, cloudinit.config_files(c.LOAD_BALANCER, s)))
+    live = f"/etc/letsencrypt/live/{c.LB_CERT_NAME}"
+    cert = self_signed(tmp_path / "cert", "cert", domain_only.domain)
+    t = tmp_path
+    script = f"""
+install -D -m 0755 {t}/certificate.sh {c.CERTIFICATE_COMMAND}
+install -D -m 0755 {t}/lock.py {c.LOCK_COMMAND}
+mkdir -p {c.PLATFORM_ETC} {live} /etc/letsencrypt/renewal && cp {t}/old.env {c.PLATFORM_ETC}/platform.env
+cp {cert.cert} {live}/fullchain.pem
+echo "server = {domain_only.acme_directory}" > /etc/letsencrypt/renewal/{c.LB_CERT_NAME}.conf
+{c.CERTIFICATE_COMMAND} current; echo "== before: $?"
+{c.LOCK_COMMAND} run provision sh -c 'touch {t}/holding; sleep 1; cp {t}/new.env {c.PLATFORM_ETC}/platform.env' &
+until [ -e {t}/holding ]; do sleep 0.05; done
+{c.CERTIFICATE_COMMAND} current; echo "== during: $?"
+wait
+sed -n 's/^[^ ]* \\(took\\|released\\) droplet lock: \\([a-z]*\\) .*/== \\1 \\2/p' {c.DROPLET_LOCK_LOG}
+"""
+    result = sandboxed(tmp_path, script)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("== ")]
+    assert lines == ["== before: 0", "== during: 1",
+                     "== took certificate", "== released certificate",     # the run before
+                     "== took provision", "== released provision",
+                     "== took certificate", "== released certificate"], result.stdout + result.stderr
 
