@@ -71,10 +71,11 @@ def create(volume: str, size_mb: int, filesystem: str | None = "ext4", label: st
             f.truncate(size)
         if filesystem:
             shell.run(mkfs_command(filesystem, str(path), volume, label))
-    elif size < path.stat().st_size:
-        raise ValueError(f"volume {volume}: {size_mb} MB is less than its {path.stat().st_size >> 20} MB;"
-                         " a volume can only grow")
-    elif size > path.stat().st_size:
+        return path
+    has = path.stat().st_size
+    if size < has:
+        raise ValueError(f"volume {volume}: {size_mb} MB is less than its {has >> 20} MB; a volume can only grow")
+    if size > has:
         with open(path, "r+b") as f:
             f.truncate(size)
         loop = loop_of(path)

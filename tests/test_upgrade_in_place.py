@@ -114,9 +114,9 @@ def test_region_image_and_vpc_range_are_the_only_settings_on_the_droplet(staging
 
 
 def test_a_bigger_volume_is_a_new_datastore_bundle_pushed_after_the_volume(staging_deployment):
-    """Its provisioning grows the filesystem into the grown volume (the local stack shows it:
-    tests/localcloud/test_lc_upgrade.py), so the push must wait for the volume's attachment,
-    which waits for the volume."""
+    """Its provisioning grows the filesystem into the grown volume (the step itself:
+    tests/roles/test_datastore_volume.py), so the push must wait for the volume's
+    attachment, which waits for the volume."""
     size = staging_deployment.settings.volume_size_gb + 5
     bigger = mockcloud.deploy(mockcloud.stack_settings("staging", volumeSizeGb=size), previous=staging_deployment)
     before, after = bundle_digests(staging_deployment), bundle_digests(bigger)

@@ -15,6 +15,7 @@ from model import conventions as c
 
 from role_checks import sandboxed
 
+
 def grown(tmp_path, sizes_mib: list[int]) -> list[str]:
     """An ext4 filesystem made on a device of sizes_mib[0] MiB, then the device at each next
     size and the volume's step run (it mounts the filesystem, then grows it): what each run
