@@ -3,6 +3,13 @@
 # certificate and reloads it gracefully, only if nginx accepts the result.
 set -euo pipefail
 
+# One change to the droplet at a time: a renewal (certbot.timer) waits for a push or
+# provisioning to finish with nginx's files before it reloads nginx. A hook run by
+# platform-certificate runs inside that run's hold.
+if ! {{ c.LOCK_COMMAND }} held; then
+    exec {{ c.LOCK_COMMAND }} run certificate-renewal "$0" "$@"
+fi
+
 lineage=${RENEWED_LINEAGE:?certbot sets RENEWED_LINEAGE}
 old_cert=$(readlink {{ c.LB_PUBLIC_CERT_PATH }} || true)
 old_key=$(readlink {{ c.LB_PUBLIC_KEY_PATH }} || true)

@@ -108,7 +108,7 @@ def _openssl(*args: str) -> None:
 
 # Seen through an overlay (host below, scratch on top): the rendered files appear at their
 # real paths, and nothing reaches the host's own files.
-OVERLAID = ("/etc", "/var", "/srv")
+OVERLAID = ("/etc", "/var", "/srv", "/usr/local")
 # Emptied, as provisioning does with the default site; conf.d holds only ours.
 EMPTIED = ("/etc/nginx/sites-enabled", "/etc/nginx/conf.d")
 

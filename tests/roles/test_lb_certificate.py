@@ -37,8 +37,11 @@ def test_deploy_hook_keeps_the_old_certificate_when_nginx_rejects_the_new_one(tm
     put(root, f"{lineage}/privkey.pem", good.key)
     put(root, "/etc/platform/tls/public/self-signed.crt", good.cert)
     put(root, "/etc/platform/tls/public/self-signed.key", good.key)
+    put(root, c.LOCK_COMMAND, lb_files()[c.LOCK_COMMAND])
+    (root / "upper" / c.LOCK_COMMAND.lstrip("/")).chmod(0o755)
     hook = tmp_path / "hook.sh"
     hook.write_text(lb_files()[c.CERTIFICATE_DEPLOY_HOOK])
+    hook.chmod(0o755)
     script = (
         "set -e; cd /etc/platform/tls/public; rm -f fullchain.pem privkey.pem; "
         "ln -s /etc/platform/tls/public/self-signed.crt fullchain.pem; "
@@ -181,3 +184,42 @@ sed -n 's/^[^ ]* \\(took\\|released\\) droplet lock: \\([a-z]*\\) .*/== \\1 \\2/
                      "== took provision", "== released provision",
                      "== took certificate", "== released certificate"], result.stdout + result.stderr
 
+
+
+def test_a_renewal_waits_for_the_droplet_lock_before_it_reloads_nginx(tmp_path):
+    """certbot.timer's renewal runs the deploy hook outside any hold: it waits for a
+    provisioning run changing nginx's files, then checks and reloads. The hook run by
+    platform-certificate (inside its hold) does not wait for its own run. nginx, the
+    reload and systemctl (the backup it starts) are stand-ins that say when they ran."""
+    files = lb_files()
+    t = tmp_path
+    (t / "hook.sh").write_text(files[c.CERTIFICATE_DEPLOY_HOOK])
+    (t / "lock.py").write_text(files[c.LOCK_COMMAND])
+    lineage = f"/etc/letsencrypt/live/{c.LB_CERT_NAME}"
+    script = f"""
+export PATH=/usr/local/sbin:$PATH
+install -D -m 0755 {t}/hook.sh {c.CERTIFICATE_DEPLOY_HOOK}
+install -D -m 0755 {t}/lock.py {c.LOCK_COMMAND}
+printf '#!/bin/sh\\necho "nginx $*" >> {t}/order\\n' > /usr/local/sbin/nginx
+printf '#!/bin/sh\\necho "systemctl $*" >> {t}/order\\n' > /usr/local/sbin/systemctl
+printf '#!/bin/sh\\necho reload >> {t}/order\\n' > {c.NGINX_RELOAD_COMMAND}
+chmod 0755 /usr/local/sbin/nginx /usr/local/sbin/systemctl {c.NGINX_RELOAD_COMMAND}
+mkdir -p $(dirname {c.LB_PUBLIC_CERT_PATH})
+{c.LOCK_COMMAND} run provision sh -c 'touch {t}/holding; sleep 1; echo "provisioning wrote nginx files" >> {t}/order' &
+until [ -e {t}/holding ]; do sleep 0.05; done
+RENEWED_LINEAGE={lineage} {c.CERTIFICATE_DEPLOY_HOOK}; echo "== renewal: $?"
+wait
+RENEWED_LINEAGE={lineage} timeout 20 {c.LOCK_COMMAND} run certificate {c.CERTIFICATE_DEPLOY_HOOK}; echo "== certificate run: $?"
+sed 's/^/== /' {t}/order
+sed -n 's/^[^ ]* \\(took\\|released\\) droplet lock: \\([a-z-]*\\) .*/== \\1 \\2/p' {c.DROPLET_LOCK_LOG}
+echo "== serves $(readlink {c.LB_PUBLIC_CERT_PATH})"
+"""
+    result = sandboxed(tmp_path, script)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("== ")]
+    assert lines == ["== renewal: 0", "== certificate run: 0",
+                     "== provisioning wrote nginx files", *[
+                         "== nginx -t -q", "== reload", f"== systemctl start --no-block {c.BACKUP_UNIT}.service"] * 2,
+                     "== took provision", "== released provision",
+                     "== took certificate-renewal", "== released certificate-renewal",
+                     "== took certificate", "== released certificate",
+                     f"== serves {lineage}/fullchain.pem"], result.stdout + result.stderr
