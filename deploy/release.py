@@ -89,8 +89,8 @@ def build(app_dir: str, work_dir: str, executor: Executor, now: dt.datetime | No
         executor.check("npm prune --omit=dev", commands.prune_dev_dependencies(directory))
     else:
         executor.check("npm ci --omit=dev", commands.install_dependencies(directory))
-    for name in app_contract.BUILD_ONLY:   # npm read it above; a release leaves it out
-        (Path(directory) / name).unlink(missing_ok=True)
+    for path in app_contract.build_only_files(Path(directory)):   # npm read them above
+        path.unlink()
     app_contract.check_scripts(contract, directory)
     (Path(directory) / app_contract.FILE).write_text(json.dumps(contract.as_json(), indent=2) + "\n")
     (Path(directory) / REVISION_FILE).write_text(rid + "\n")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -46,8 +47,9 @@ PROCESS_NAME_RULE = "a lower-case letter, then up to 29 of a-z, 0-9, _ and -"
 FIELDS = ("node", "build", "release", "health", "processes")
 
 # What a release leaves out of the app's directory: at its root, what each deploy builds
-# fresh (node_modules), the servers do not run (test, .git) or the build alone reads
-# (.npmrc: npm's registry, often with its token); in any folder, a developer's own settings
+# fresh (node_modules) or the servers do not run (test, .git); in any folder, what the
+# build alone reads (.npmrc: npm's registry, often with its token, at the root or beside a
+# package the build installs with `cd api && npm ci`) and a developer's own settings
 # (.env, .env.production, api/.env, direnv's .envrc): the apps read the platform's .env
 # alone, and a release is readable by the deploy login and archived in Spaces. The
 # template stays (dotenv-safe reads .env.example as the apps start).
@@ -59,12 +61,23 @@ RELEASED_TEMPLATE = ".env.example"
 
 def released(relative: PurePosixPath) -> bool:
     """Whether the file at `relative` (a path in the app's directory) goes into a release."""
-    if relative.parts[0] in NOT_RELEASED_AT_ROOT or str(relative) in BUILD_ONLY:
+    if relative.parts[0] in NOT_RELEASED_AT_ROOT:
         return False
 
-    def local_settings(part: str) -> bool:
-        return part != RELEASED_TEMPLATE and any(fnmatch.fnmatchcase(part, name) for name in NOT_RELEASED_ANYWHERE)
-    return not any(local_settings(part) for part in relative.parts)
+    def left_out(part: str) -> bool:
+        return part in BUILD_ONLY or (part != RELEASED_TEMPLATE and any(
+            fnmatch.fnmatchcase(part, name) for name in NOT_RELEASED_ANYWHERE))
+    return not any(left_out(part) for part in relative.parts)
+
+
+def build_only_files(directory: Path) -> list[Path]:
+    """The files in a build's directory that the build read and its release leaves out
+    (BUILD_ONLY, in any folder). node_modules is not searched: npm never packs an .npmrc."""
+    found = []
+    for root, folders, files in os.walk(directory):
+        folders[:] = [name for name in folders if name != "node_modules"]
+        found += [Path(root, name) for name in files if name in BUILD_ONLY]
+    return sorted(found)
 
 
 # A health path nginx can take as it is: the root-owned step that writes it checks the same.

@@ -259,7 +259,7 @@ def test_build_refuses_a_directory_without_a_lockfile(tmp_path):
 # An app directory as a developer's machine holds it: each file, and whether a release holds it.
 APP_FILES = {
     "package.json": True, "web/server.js": True, "api/server.js": True, "api/test/fixture.json": True,
-    ".env.example": True, "api/.env.example": True, "api/.npmrc": True, ".envrc": False, ".env": False,
+    ".env.example": True, "api/.env.example": True, "api/.npmrc": False, ".envrc": False, ".env": False,
     ".env.production": False, "api/.env": False, "web/.env.local": False, "test/api.test.js": False,
     "node_modules/x/index.js": False, ".git/HEAD": False, ".npmrc": False,
 }
@@ -300,8 +300,10 @@ def test_a_release_holds_the_app_but_what_it_leaves_out_though_the_build_reads_n
     (app / "package-lock.json").write_text(json.dumps({"name": "t", "version": "1.0.0", "lockfileVersion": 3,
                                                        "packages": {"": {"name": "t", "version": "1.0.0"}}}))
     subprocess.run(commands.copy_sources(str(app), str(tmp_path / "build")), check=True)
+    build_only = {name for name in APP_FILES if Path(name).name in app_contract.BUILD_ONLY}
+    assert build_only == {".npmrc", "api/.npmrc"}
     assert files_under(tmp_path / "build") == {name for name, kept in APP_FILES.items() if kept} | \
-        {"package-lock.json", *app_contract.BUILD_ONLY}
+        {"package-lock.json", *build_only}
     built = release.build(str(app), str(tmp_path / "work"), Executor())
     assert {name for name in files_under(Path(built.directory)) if not name.startswith("node_modules/")} == \
         {name for name, kept in APP_FILES.items() if kept} | {"package-lock.json", "platform.json", "REVISION"}
