@@ -30,6 +30,16 @@ class Invalid(ValueError):
     """Raised by a parser with the text of what is allowed."""
 
 
+def _distinct(allowed: str, items: list[str], same: Callable[[str], Any] = str,
+              shown: Callable[[str], str] = repr) -> None:
+    """Raises Invalid naming the first entry listed more than once (`same` says which are
+    the same entry): an entry twice in a list setting is a slip."""
+    keys = [same(item) for item in items]
+    for item, key in zip(items, keys):
+        if keys.count(key) > 1:
+            raise Invalid(f"{allowed}; {shown(item)} is listed {keys.count(key)} times")
+
+
 def _decoded(raw: Any) -> Any:
     """Pulumi hands structured values over as JSON text."""
     if isinstance(raw, str) and raw[:1] in "[{":
@@ -96,9 +106,7 @@ def domain_list(most: int) -> Callable[[Any], tuple[str, ...]]:
         for name in names:
             if not _DOMAIN.fullmatch(name):
                 raise Invalid(f"{allowed}; {name!r} is not one")
-        for name in names:
-            if names.count(name) > 1:
-                raise Invalid(f"{allowed}; {name!r} is listed {names.count(name)} times")
+        _distinct(allowed, names)
         if len(names) > most:
             raise Invalid(f"{allowed}; {len(names)} are listed")
         return tuple(names)
@@ -125,7 +133,7 @@ def optional_https_url(raw: Any) -> str:
 
 
 def email_list(raw: Any) -> tuple[str, ...]:
-    allowed = "a list of e-mail addresses such as [ops@example.com] (may be empty)"
+    allowed = "a list of distinct e-mail addresses such as [ops@example.com] (may be empty)"
     value = _decoded(raw)
     if isinstance(value, str):
         value = [value] if value else []
@@ -134,11 +142,13 @@ def email_list(raw: Any) -> tuple[str, ...]:
     for item in value:
         if not _EMAIL.fullmatch(str(item)):
             raise Invalid(f"{allowed}; {str(item)!r} is not one")
-    return tuple(str(item) for item in value)
+    addresses = [str(item) for item in value]
+    _distinct(allowed, addresses, same=str.lower)
+    return tuple(addresses)
 
 
 def cidr_list(raw: Any) -> tuple[str, ...]:
-    allowed = "a non-empty list of CIDRs such as [203.0.113.7/32]"
+    allowed = "a non-empty list of distinct CIDRs such as [203.0.113.7/32]"
     value = _decoded(raw)
     if isinstance(value, str):
         value = [value]
@@ -150,6 +160,7 @@ def cidr_list(raw: Any) -> tuple[str, ...]:
             cidrs.append(str(ipaddress.ip_network(str(item), strict=True)))
         except ValueError:
             raise Invalid(f"{allowed} ({item!r} is not one)") from None
+    _distinct(allowed, cidrs)
     return tuple(cidrs)
 
 
@@ -169,11 +180,11 @@ def vpc_range(raw: Any) -> str:
 
 
 def ssh_public_keys(raw: Any) -> tuple[str, ...]:
-    return _ssh_key_list(raw, "a non-empty list of OpenSSH public keys (ssh-ed25519 AAAA... you@host)", empty=False)
+    return _ssh_key_list(raw, "a non-empty list of distinct OpenSSH public keys (ssh-ed25519 AAAA... you@host)", empty=False)
 
 
 def deploy_keys(raw: Any) -> tuple[str, ...]:
-    return _ssh_key_list(raw, "a list of OpenSSH public keys (ssh-ed25519 AAAA... ci@host), or empty", empty=True)
+    return _ssh_key_list(raw, "a list of distinct OpenSSH public keys (ssh-ed25519 AAAA... ci@host), or empty", empty=True)
 
 
 def _ssh_key_list(raw: Any, allowed: str, empty: bool) -> tuple[str, ...]:
@@ -185,7 +196,10 @@ def _ssh_key_list(raw: Any, allowed: str, empty: bool) -> tuple[str, ...]:
     for key in value:
         if not is_public_key(str(key).strip()):
             raise Invalid(f"{allowed}; {str(key)[:24]!r}... is not one")
-    return tuple(str(key).strip() for key in value)
+    keys = [str(key).strip() for key in value]
+    # The same key with another comment is the same key.
+    _distinct(allowed, keys, same=lambda key: key.split()[:2], shown=lambda key: f"{key[:24]!r}...")
+    return tuple(keys)
 
 
 def is_public_key(line: str) -> bool:

@@ -60,7 +60,7 @@ def test_malformed_cidr(cidr):
     problem = the_problem(adminCidrs=[cidr])
     assert problem.startswith("adminCidrs: ")
     assert repr(cidr) in problem
-    assert "list of CIDRs such as" in problem
+    assert "list of distinct CIDRs such as" in problem
 
 
 @pytest.mark.parametrize("domain", ["Example.COM", "app..example.com", "-app.example.com", "localhost", "app_1.example.com",
@@ -129,7 +129,7 @@ CI_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm0y3kYc6c8XvVQ2v3h1p0W3bQWd7pQm1
 def test_bad_deploy_key_is_named_with_what_is_allowed(keys):
     problem = the_problem(deployKeys=keys)
     assert problem.startswith("deployKeys: ")
-    assert "a list of OpenSSH public keys (ssh-ed25519 AAAA... ci@host), or empty" in problem
+    assert "a list of distinct OpenSSH public keys (ssh-ed25519 AAAA... ci@host), or empty" in problem
     bad = [k for k in (keys if isinstance(keys, list) else []) if k != CI_KEY]
     assert not bad or f"{bad[0][:24]!r}... is not one" in problem
 
@@ -240,9 +240,24 @@ def test_alert_emails_default_to_none_and_take_a_list():
 def test_bad_alert_emails(addresses, bad):
     problem = the_problem(alertEmails=addresses)
     assert problem.startswith(f"alertEmails: {repr(json.dumps(addresses))} is not allowed: "
-                              "a list of e-mail addresses such as [ops@example.com]"), problem
+                              "a list of distinct e-mail addresses such as [ops@example.com]"), problem
     if bad:
         assert problem.endswith(f"; {bad} is not one")
+
+
+# An entry twice is a slip: named, with how often it is listed. The same address in
+# another case, a CIDR written another way or a key with another comment is the same entry.
+@pytest.mark.parametrize("key, value, named", [
+    ("adminCidrs", ["203.0.113.7/32", "198.51.100.0/24", "203.0.113.7"], "'203.0.113.7/32' is listed 2 times"),
+    ("alertEmails", ["ops@example.com", "Ops@Example.com"], "'ops@example.com' is listed 2 times"),
+    ("sshPublicKeys", [CI_KEY, CI_KEY.replace("ci@example.com", "ops@laptop")],
+     f"{CI_KEY[:24]!r}... is listed 2 times"),
+    ("deployKeys", [CI_KEY, CI_KEY, CI_KEY], f"{CI_KEY[:24]!r}... is listed 3 times"),
+    ("domainAliases", ["www.staging.example.com"] * 2, "'www.staging.example.com' is listed 2 times"),
+])
+def test_an_entry_listed_twice_is_named(key, value, named):
+    problem = the_problem(**{key: value})
+    assert problem.startswith(f"{key}: ") and " distinct " in problem and problem.endswith(named), problem
 
 
 WEBHOOK = "https://hooks.example.com/services/T000/B000/XXXXSECRETPATH"
