@@ -55,8 +55,8 @@ class Backups(pulumi.ComponentResource):
             grants=[do.SpacesKeyGrantArgs(bucket=bucket.name, permission="readwrite")],
             opts=child,
         )
-        self.repository = bucket.name.apply(
-            lambda bucket_name: common_files.backup_repository(settings.spaces_endpoint, bucket_name, role)
+        self.repository = pulumi.Output.all(bucket.name, bucket.region).apply(
+            lambda found: common_files.backup_repository(settings.endpoint_of(found[1]), found[0], role)
         )
         webhook = settings.alert_webhook_url
         # Pushed when empty too: unsetting alertWebhookUrl must clear it on the droplet.

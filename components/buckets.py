@@ -17,7 +17,7 @@ from model.settings import Settings
 def spaces_bucket(name: str, *, settings: Settings, purpose: str, parent: pulumi.Resource | None = None) -> do.SpacesBucket:
     """A private, versioned bucket (purpose: a role or conventions.RELEASES), protected
     with the stack's data (protectData)."""
-    return do.SpacesBucket(
+    bucket = do.SpacesBucket(
         name,
         name=conventions.bucket_name(settings.stack, settings.domain, purpose),
         region=settings.spaces_region,
@@ -38,6 +38,19 @@ def spaces_bucket(name: str, *, settings: Settings, purpose: str, parent: pulumi
             )
         ],
         # Named from the domain at creation, for a name unique among every account's; a
-        # later domain change keeps the bucket and what it holds.
-        opts=pulumi.ResourceOptions(parent=parent, protect=settings.protect_data, ignore_changes=["name"]),
+        # later domain change keeps the bucket and what it holds. Its region is its
+        # creation's too: the provider moves a bucket by making a new one and deleting the
+        # old, with every backup and release in it (and bucket names are global, so the
+        # new one could not even take the name while the old one exists).
+        opts=pulumi.ResourceOptions(parent=parent, protect=settings.protect_data, ignore_changes=["name", "region"]),
     )
+    bucket.region.apply(lambda region: _warn_if_elsewhere(bucket, region, settings))
+    return bucket
+
+
+def _warn_if_elsewhere(bucket: do.SpacesBucket, region: str | None, settings: Settings) -> None:
+    if region and region != settings.spaces_region:
+        pulumi.log.warn(
+            f"spacesRegion: the bucket stays in {region}, where it was made, not in {settings.spaces_region}: "
+            f"moving it would delete it with what it holds. Buckets are made in spacesRegion (empty: region) "
+            f"only when they are created", resource=bucket)

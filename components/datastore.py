@@ -11,6 +11,7 @@ from cloudinit import datastore as datastore_files
 from . import remote
 
 from model import conventions
+from model.settings import SettingsError
 from .backups import Backups
 from .buckets import spaces_bucket
 from .foundation import Foundation
@@ -50,12 +51,14 @@ class Datastore(pulumi.ComponentResource):
             initial_filesystem_type=conventions.VOLUME_FILESYSTEM,
             initial_filesystem_label=conventions.VOLUME_LABEL,
             description=f"{settings.stack} datastore engines' data",
-            opts=kept,
+            # Its region stays its creation's, so that the check below sees where it is.
+            opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(ignore_changes=["region"])),
         )
         attachment = do.VolumeAttachment(
             f"{name}-volume-attachment",
             droplet_id=self.droplet.id.apply(int),
-            volume_id=self.volume.id,
+            volume_id=pulumi.Output.all(self.volume.id, self.volume.region).apply(
+                lambda found: volume_in_the_stacks_region(*found, settings=settings)),
             opts=child,
         )
         network.firewall(conventions.DATASTORE, parent=self)
@@ -111,3 +114,16 @@ class Datastore(pulumi.ComponentResource):
                 members={name: route}, opts=child,
             )
         self.register_outputs({"private_ip": self.private_ip})
+
+
+def volume_in_the_stacks_region(volume_id: str, volume_region: str | None, *, settings) -> str:
+    """The volume's id, once it is in the stack's region; a stack whose `region` changed
+    stops here, in the preview, before anything is replaced. A volume cannot leave its
+    region: the provider would give the new datastore an empty volume and delete this one."""
+    if volume_region and volume_region != settings.region:
+        raise pulumi.RunError(str(SettingsError(settings.stack, [
+            f"region: {settings.region!r} is not allowed on this stack: its datastore's volume, with the "
+            f"engines' data, is in {volume_region!r}, and a volume cannot leave its region (a new region would "
+            f"start the datastore on an empty volume and delete this one). Set region back to {volume_region!r}; "
+            f"a stack in {settings.region!r} is a new stack"])))
+    return volume_id

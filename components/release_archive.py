@@ -49,7 +49,7 @@ def release_archive(name: str, *, settings: Settings, datastore_address: pulumi.
         pulumi.Output.all(
             bucket=bucket.name,
             region=bucket.region,
-            endpoint=settings.spaces_endpoint,
+            endpoint=bucket.region.apply(settings.endpoint_of),
             access_key_id=key.access_key,
             secret_access_key=key.secret_key,
             signing_key_pem=signing.private_key_pem,

@@ -83,7 +83,9 @@ class Secret:
 
 # The one table of settings: the README's settings reference is checked against it.
 SETTINGS = (
-    Setting("region", "nyc3", one_of(REGIONS), "DigitalOcean region of every resource."),
+    Setting("region", "nyc3", one_of(REGIONS),
+            "DigitalOcean region of every resource, for the stack's life: the preview of a stack that exists "
+            "refuses another (its datastore's volume cannot leave its region)."),
     Setting("image", conventions.DEFAULT_IMAGE, one_of(IMAGES),
             "Droplet image of every role (see Images below: what has run on which); changing it replaces "
             "every droplet."),
@@ -137,10 +139,12 @@ SETTINGS = (
     Setting("backupKeepWeekly", 4, whole_number(0, 104), "Weekly backups kept."),
     Setting("backupKeepMonthly", 6, whole_number(0, 120), "Monthly backups kept."),
     Setting("spacesRegion", "", one_of(("",) + SPACES_REGIONS),
-            "Region of the stack's buckets; empty means the stack's region."),
+            "Region the stack's buckets are made in; empty means the stack's region. A bucket stays where it "
+            "was made: a later spacesRegion leaves it (and its backups and releases) in place, "
+            "with a warning, as moving it would delete it."),
     Setting("spacesEndpoint", "", optional_https_url,
-            "S3 endpoint backups and releases are sent to; empty means the buckets' region's Spaces endpoint. "
-            "Only a stand-in for Spaces (the local cloud's) needs another."),
+            "S3 endpoint backups and releases are sent to; empty means the Spaces endpoint of each bucket's "
+            "region. Only a stand-in for Spaces (the local cloud's) needs another."),
     Setting("dropletBackups", False, boolean, "DigitalOcean's weekly droplet backups too."),
     Setting("protectData", False, boolean,
             "Protect the datastore droplet, its volume and the stack's buckets from deletion (production). "
@@ -276,9 +280,12 @@ class Settings:
             raise SettingsError(stack, problems)
         if not values["spaces_region"]:
             values["spaces_region"] = values["region"]
-        if not values["spaces_endpoint"]:
-            values["spaces_endpoint"] = conventions.spaces_endpoint(values["spaces_region"])
         return cls(stack=stack, **values)
+
+    def endpoint_of(self, bucket_region: str) -> str:
+        """The S3 endpoint of a bucket in `bucket_region`: spacesEndpoint when set, else
+        that region's Spaces endpoint (a bucket stays where it was made, see buckets.py)."""
+        return self.spaces_endpoint or conventions.spaces_endpoint(bucket_region)
 
 
 def _secret(parsed: Any) -> Any:

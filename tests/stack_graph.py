@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import json
+import shlex
 from typing import Any, Iterator
 
 import yaml
@@ -35,6 +36,16 @@ def droplet(deployment: mockcloud.Deployment, name: str) -> mockcloud.Resource:
 
 def pushes(deployment: mockcloud.Deployment) -> dict[str, mockcloud.Resource]:
     return {r.name: r for r in of_type(deployment, COMMAND)}
+
+
+def backup_pushes(deployment: mockcloud.Deployment) -> dict[str, mockcloud.Resource]:
+    return {name: r for name, r in pushes(deployment).items() if shlex.split(r.state["create"])[-1] == "backup"}
+
+
+def backup_env(push: mockcloud.Resource) -> dict[str, str]:
+    """A backup push's backup.env, as the droplet's shell reads it."""
+    text = json.loads(mockcloud.plain(push.inputs["stdin"]))["backup.env"]
+    return {k: shlex.split(v)[0] if v else "" for k, v in (line.split("=", 1) for line in text.splitlines())}
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,7 @@ import pytest
 import cloudinit
 import mockcloud
 from model import conventions
-from stack_graph import COMMAND, pushes
-
-
-def backup_pushes(deployment) -> dict[str, mockcloud.Resource]:
-    return {name: r for name, r in pushes(deployment).items() if shlex.split(r.state["create"])[-1] == "backup"}
-
-
-def backup_env(push) -> dict[str, str]:
-    text = json.loads(mockcloud.plain(push.inputs["stdin"]))["backup.env"]
-    return {k: shlex.split(v)[0] if v else "" for k, v in (line.split("=", 1) for line in text.splitlines())}
+from stack_graph import COMMAND, backup_env, backup_pushes, pushes
 
 
 def waits_for(deployment, push) -> set[str]:

@@ -162,10 +162,12 @@ def test_spaces_endpoint_must_be_https(endpoint):
     assert the_problem(spacesEndpoint=endpoint) == f"spacesEndpoint: {endpoint!r} is not allowed: an https:// URL"
 
 
-def test_spaces_endpoint_defaults_to_the_bucket_regions():
+def test_spaces_endpoint_defaults_to_each_buckets_regions():
     settings = mockcloud.stack_settings("staging", region="tor1", spacesRegion="fra1")
-    assert settings.spaces_endpoint == "https://fra1.digitaloceanspaces.com"
-    assert mockcloud.stack_settings("staging", spacesEndpoint="https://198.51.100.1").spaces_endpoint == "https://198.51.100.1"
+    assert settings.spaces_region == "fra1"
+    assert settings.endpoint_of("ams3") == "https://ams3.digitaloceanspaces.com"
+    assert mockcloud.stack_settings("staging", spacesEndpoint="https://198.51.100.1").endpoint_of("ams3") == \
+        "https://198.51.100.1"
 
 
 def test_backups_in_a_region_without_spaces_name_the_regions_that_have_them():
@@ -173,8 +175,7 @@ def test_backups_in_a_region_without_spaces_name_the_regions_that_have_them():
         "spacesRegion: '' is not allowed when region is 'nyc1' (no Spaces there): one of nyc3, sfo2, sfo3, "
         "ams3, sgp1, lon1, fra1, tor1, blr1, syd1, atl1")
     for region in ("tor1", "atl1"):   # Spaces there too: buckets in the stack's own region
-        assert mockcloud.stack_settings("staging", region=region, backups=True).spaces_endpoint == \
-            f"https://{region}.digitaloceanspaces.com"
+        assert mockcloud.stack_settings("staging", region=region, backups=True).spaces_region == region
 
 
 def test_dns_zone_must_contain_the_domain():

@@ -8,7 +8,6 @@ in place) arrive by the bundle push, which runs again when its digest changes.
 
 from __future__ import annotations
 
-import json
 import types
 
 import pytest
@@ -18,7 +17,7 @@ import mockcloud
 from cloudinit import files
 from model import conventions
 from model.settings import SETTINGS
-from stack_graph import COMMAND, droplets, of_type
+from stack_graph import COMMAND, backup_env, backup_pushes, droplets, of_type
 
 # What may replace droplets (region, image, VPC range) or resizes them in place (sizes).
 ON_THE_DROPLET = {"region", "image", "vpcIpRange", "lbSize", "appSize", "datastoreSize"}
@@ -106,9 +105,11 @@ def test_and_every_droplets_platform_is_pushed_again(staging_deployment, everyth
 
 
 def test_region_image_and_vpc_range_are_the_only_settings_on_the_droplet(staging_deployment):
-    """The comparison above can fail: a droplet's own inputs do change with these."""
+    """The comparison above can fail: a droplet's own inputs do change with these (a stack
+    made in another region: an existing one refuses a new region, below)."""
     for change, field in (({"region": "fra1"}, "region"), ({"image": "ubuntu-24-04-x64"}, "image")):
-        other = mockcloud.deploy(mockcloud.stack_settings("staging", **change), previous=staging_deployment)
+        previous = None if "region" in change else staging_deployment
+        other = mockcloud.deploy(mockcloud.stack_settings("staging", **change), previous=previous)
         old = {d.name: d.state[field] for d in droplets(staging_deployment)}
         assert all(d.state[field] != old[d.name] for d in droplets(other)), change
 
@@ -178,22 +179,48 @@ def staging_settings():
     return mockcloud.stack_settings("staging")
 
 
-def test_a_new_domain_keeps_every_bucket_named_after_the_old_one(staging_deployment):
-    """A bucket's name comes from the domain (unique among every account's buckets); a
-    changed domain must not replace a bucket, which would take the backups with it."""
+def test_a_new_domain_or_region_keeps_every_bucket_where_it_was_made(staging_deployment):
+    """A bucket's name comes from the domain (unique among every account's buckets), its
+    region from spacesRegion or region; the provider replaces a bucket whose name or
+    region changes, which would take the backups and releases with it."""
     buckets = [r for r in staging_deployment.resources if r.type.endswith(":SpacesBucket")]
     assert len(buckets) == 4
     for bucket in buckets:
         request = staging_deployment.mocks.options[(bucket.type, bucket.name)]
-        assert list(request.ignoreChanges) == ["name"], bucket.name
+        assert list(request.ignoreChanges) == ["name", "region"], bucket.name
 
 
-def test_and_the_mock_engine_keeps_them_as_the_engine_does(staging_deployment):
-    other = mockcloud.deploy(mockcloud.stack_settings("staging", domain="next.example.com"), previous=staging_deployment)
+@pytest.mark.parametrize("change", [{"domain": "next.example.com"}, {"spacesRegion": "fra1"}])
+def test_and_the_mock_engine_keeps_them_as_the_engine_does_and_the_droplets_reach_them_there(
+        staging_deployment, change, caplog):
+    other = mockcloud.deploy(mockcloud.stack_settings("staging", **change), previous=staging_deployment)
     before = {r.name: r for r in staging_deployment.resources if r.type.endswith(":SpacesBucket")}
     after = {r.name: r for r in other.resources if r.type.endswith(":SpacesBucket")}
-    assert {n: (r.id, r.state["name"], r.unchanged) for n, r in after.items()} == {
-        n: (r.id, r.state["name"], True) for n, r in before.items()}
+    assert {n: (r.id, r.state["name"], r.state["region"], r.unchanged) for n, r in after.items()} == {
+        n: (r.id, r.state["name"], "ams3", True) for n, r in before.items()}
+    # The backups and the deploy are sent to the region the buckets are in, not the new one.
+    ams3 = "https://ams3.digitaloceanspaces.com/"
+    assert other.outputs["release_archive"]["endpoint"] + "/" == ams3
+    repositories = {backup_env(push)["RESTIC_REPOSITORY"] for push in backup_pushes(other).values()}
+    assert repositories and all(r.startswith(f"s3:{ams3}") for r in repositories), repositories
+    # And the operator is told why the new region did not move them, once per bucket.
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "spacesRegion" in r.getMessage()]
+    moved = "domain" not in change
+    assert len(warnings) == (4 if moved else 0), warnings
+    assert all(w.startswith("spacesRegion: the bucket stays in ams3, where it was made, not in fra1") for w in warnings)
+
+
+def test_a_new_region_is_refused_in_the_preview_naming_where_the_datastores_volume_is(staging_deployment):
+    """A volume cannot leave its region: the provider would give the new datastore an
+    empty volume and delete the old one with the engines' data (protectData aside)."""
+    moved = mockcloud.stack_settings("staging", region="fra1", vpcIpRange="10.120.0.0/24")
+    with pytest.raises(mockcloud.ProgramFailed) as failed:
+        mockcloud.deploy(moved, previous=staging_deployment)
+    assert "Pulumi.staging.yaml has 1 bad setting(s):\\n  - region: 'fra1' is not allowed on this stack: its " \
+           "datastore's volume, with the engines' data, is in 'ams3'" in str(failed.value), failed.value
+    # The volume is kept where it is, so the check sees it there (the mock engine, as the engine does).
+    request = staging_deployment.mocks.options[("digitalocean:index/volume:Volume", "datastore-volume")]
+    assert list(request.ignoreChanges) == ["region"]
 
 
 # The stack's one backup bucket as the program registered it before each role had its own:
@@ -212,9 +239,9 @@ DATASTORE_BUCKET_BEFORE = {
 }
 
 
-def backup_env(deployment, member: str) -> str:
-    push = deployment.named(f"{member}-backup-push", ":Command")
-    return json.loads(mockcloud.plain(push.inputs["stdin"]))["backup.env"]
+def repository(deployment, member: str) -> str:
+    """The restic repository a member's backup push names."""
+    return backup_env(deployment.named(f"{member}-backup-push", ":Command"))["RESTIC_REPOSITORY"]
 
 
 def test_the_datastore_keeps_the_stacks_bucket_and_its_repository_path(production_deployment):
@@ -224,8 +251,8 @@ def test_the_datastore_keeps_the_stacks_bucket_and_its_repository_path(productio
     assert request.parent == DATASTORE_BUCKET_BEFORE["parent"]
     assert mockcloud.plain(bucket.inputs) == DATASTORE_BUCKET_BEFORE["inputs"]
     assert bucket.protect
-    assert ("RESTIC_REPOSITORY=s3:https://ams3.digitaloceanspaces.com/production-app-example-com-backups/"
-            "restic/datastore\n") in backup_env(production_deployment, "datastore")
+    assert repository(production_deployment, "datastore") == \
+        "s3:https://ams3.digitaloceanspaces.com/production-app-example-com-backups/restic/datastore"
 
 
 def test_a_stack_whose_bucket_was_named_by_the_earlier_rule_keeps_it(monkeypatch):
@@ -241,10 +268,10 @@ def test_a_stack_whose_bucket_was_named_by_the_earlier_rule_keeps_it(monkeypatch
     after = mockcloud.deploy(mockcloud.stack_settings("staging", domain=domain), previous=before)
     bucket = after.named("datastore-backups", ":SpacesBucket")
     assert (bucket.state["name"], bucket.unchanged) == (earlier, True)
-    assert f"/{earlier}/restic/datastore\n" in backup_env(after, "datastore")
+    assert repository(after, "datastore").endswith(f"/{earlier}/restic/datastore")
     lb_bucket = conventions.bucket_name("staging", domain, conventions.LOAD_BALANCER)
     assert after.named("lb-backups", ":SpacesBucket").state["name"] == lb_bucket != earlier
-    assert f"/{lb_bucket}/restic/lb\n" in backup_env(after, "lb")
+    assert repository(after, "lb").endswith(f"/{lb_bucket}/restic/lb")
 
 
 def state_after_a_failed_up(before: mockcloud.Deployment, planned: mockcloud.Deployment, ran: set[str]):
