@@ -192,6 +192,7 @@ NGINX_WORKER_OPEN_FILES = 2 * NGINX_WORKER_CONNECTIONS + 1024
 # the benchmarks' requests, about twice that with a browser's: 1 GiB is a day at roughly
 # 50 to 100 requests/s.
 NGINX_LOG_MAX_MIB = 1024
+NGINX_ERROR_LOG = "/var/log/nginx/error.log"   # why nginx refused a reload is written here
 # The Node.js apps listen on loopback behind that nginx.
 WEB_APP_PORT = 3000
 API_APP_PORT = 3001

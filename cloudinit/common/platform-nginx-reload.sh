@@ -22,7 +22,7 @@ deadline=$((SECONDS + wait_seconds))
 while [ -n "$(still_listening)" ]; do
     if [ "$SECONDS" -ge "$deadline" ]; then
         echo "platform-nginx-reload: nginx has not taken its new files after ${wait_seconds}s: workers" \
-            "$(still_listening | paste -sd ' ') from before the reload still listen (see /var/log/nginx/error.log)" >&2
+            "$(still_listening | paste -sd ' ') from before the reload still listen (see {{ c.NGINX_ERROR_LOG }})" >&2
         exit 1
     fi
     sleep 0.1

@@ -63,5 +63,5 @@ def test_the_request_after_a_reload_meets_the_new_files(tmp_path):
 def test_a_reload_nginx_does_not_take_fails_naming_the_workers_still_listening(tmp_path):
     said, answer = reload_then_get(tmp_path, NO_RELOAD, "1")
     assert said.startswith("1: platform-nginx-reload: nginx has not taken its new files after 1s: workers "), said
-    assert said.endswith(" from before the reload still listen (see /var/log/nginx/error.log)"), said
+    assert said.endswith(f" from before the reload still listen (see {c.NGINX_ERROR_LOG})"), said
     assert answer == "old"
