@@ -354,7 +354,7 @@ common_steps() {
         sshd -t
         # {{ c.images_where("sshd_socket") }} starts sshd from ssh.socket: when it is not running there is
         # nothing to reload and the next start reads the new config.
-        systemctl try-reload-or-restart ssh
+        {{ c.SSHD_RELOAD_COMMAND }}
     fi
 
     step "firewall"

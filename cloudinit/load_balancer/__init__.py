@@ -27,9 +27,7 @@ PROGRAMS = [
 CERTIFICATE_UNIT = "platform-certificate"
 # The whole sshd configuration, with the pushed list of where the deploy login may go.
 SSHD_CHECK = ["sshd", "-t"]
-# sshd reads its configuration again; open sessions stay. Where ssh.socket starts sshd
-# (sshd_socket) and it is not running, the next connection reads the new file anyway.
-SSHD_RELOAD = ["systemctl", "try-reload-or-restart", "ssh"]
+SSHD_RELOAD = conventions.SSHD_RELOAD_COMMAND.split()
 
 
 def files(settings: Settings) -> list[ConfigFile]:
