@@ -11,7 +11,7 @@ from cloudinit import datastore as datastore_files
 from . import remote
 
 from model import conventions
-from model.settings import SettingsError
+from model.settings import Settings, SettingsError
 from .backups import Backups
 from .buckets import spaces_bucket
 from .foundation import Foundation
@@ -116,7 +116,7 @@ class Datastore(pulumi.ComponentResource):
         self.register_outputs({"private_ip": self.private_ip})
 
 
-def volume_in_the_stacks_region(volume_id: str, volume_region: str | None, *, settings) -> str:
+def volume_in_the_stacks_region(volume_id: str, volume_region: str | None, *, settings: Settings) -> str:
     """The volume's id, once it is in the stack's region; a stack whose `region` changed
     stops here, in the preview, before anything is replaced. A volume cannot leave its
     region: the provider would give the new datastore an empty volume and delete this one."""

@@ -315,11 +315,11 @@ WRITE_COMMAND = "/usr/local/sbin/platform-write"
 # nginx has not taken within the wait (it keeps the old files when it cannot load the new
 # ones) fails.
 NGINX_RELOAD_COMMAND = "/usr/local/sbin/platform-nginx-reload"
+NGINX_RELOAD_WAIT_SECONDS = 30
 # sshd reads its configuration again; open sessions stay. Where ssh.socket starts sshd
 # (IMAGES' sshd_socket) and it is not running, there is nothing to reload: the next
 # connection reads the new files.
 SSHD_RELOAD_COMMAND = "systemctl try-reload-or-restart ssh"
-NGINX_RELOAD_WAIT_SECONDS = 30
 
 TLS_DIR = f"{PLATFORM_ETC}/tls"
 CA_CERT_PATH = f"{TLS_DIR}/ca.crt"
