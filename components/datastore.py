@@ -54,11 +54,12 @@ class Datastore(pulumi.ComponentResource):
             # Its region stays its creation's, so that the check below sees where it is.
             opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(ignore_changes=["region"])),
         )
+        made = pulumi.Output.all(volume_id=self.volume.id, region=self.volume.region, image=self.droplet.image,
+                                 vpc_ip_range=network.vpc.ip_range)
         attachment = do.VolumeAttachment(
             f"{name}-volume-attachment",
             droplet_id=self.droplet.id.apply(int),
-            volume_id=pulumi.Output.all(self.volume.id, self.volume.region).apply(
-                lambda found: volume_in_the_stacks_region(*found, settings=settings)),
+            volume_id=made.apply(lambda found: volume_id_as_made(found, settings)),
             opts=child,
         )
         network.firewall(conventions.DATASTORE, parent=self)
@@ -116,14 +117,28 @@ class Datastore(pulumi.ComponentResource):
         self.register_outputs({"private_ip": self.private_ip})
 
 
-def volume_in_the_stacks_region(volume_id: str, volume_region: str | None, *, settings: Settings) -> str:
-    """The volume's id, once it is in the stack's region; a stack whose `region` changed
-    stops here, in the preview, before anything is replaced. A volume cannot leave its
-    region: the provider would give the new datastore an empty volume and delete this one."""
-    if volume_region and volume_region != settings.region:
-        raise pulumi.RunError(str(SettingsError(settings.stack, [
-            f"region: {settings.region!r} is not allowed on this stack: its datastore's volume, with the "
-            f"engines' data, is in {volume_region!r}, and a volume cannot leave its region (a new region would "
-            f"start the datastore on an empty volume and delete this one). Set region back to {volume_region!r}; "
-            f"a stack in {settings.region!r} is a new stack"])))
-    return volume_id
+def volume_id_as_made(made: dict, settings: Settings) -> str:
+    """The volume's id, once `region`, `image` and `vpcIpRange` are those the stack was made
+    with (read from its state: the program keeps each as made, with ignore_changes). A
+    changed one stops the program, in the preview, before anything is replaced: a volume
+    cannot leave its region, and a new image or range would replace every droplet, the
+    datastore's too, whose volume the API attaches to one droplet at a time (the new
+    droplet's attachment would fail, half the stack replaced)."""
+    replaced = ("a new one would replace every droplet, the datastore's too, whose volume cannot be attached to "
+                "the new droplet while the old one holds it")
+    problems = []
+    if made["region"] and made["region"] != settings.region:
+        problems.append(
+            f"region: {settings.region!r} is not allowed on this stack: its datastore's volume, with the engines' "
+            f"data, is in {made['region']!r}, and a volume cannot leave its region (a new region would start the "
+            f"datastore on an empty volume and delete this one). Set region back to {made['region']!r}; a stack "
+            f"in {settings.region!r} is a new stack")
+    if made["image"] and made["image"] != settings.image:
+        problems.append(f"image: {settings.image!r} is not allowed on this stack: its droplets run {made['image']!r}, "
+                        f"and {replaced}. Set image back to {made['image']!r}")
+    if made["vpc_ip_range"] and made["vpc_ip_range"] != settings.vpc_ip_range:
+        problems.append(f"vpcIpRange: {settings.vpc_ip_range!r} is not allowed on this stack: its VPC is "
+                        f"{made['vpc_ip_range']!r}, and {replaced}. Set vpcIpRange back to {made['vpc_ip_range']!r}")
+    if problems:
+        raise pulumi.RunError(str(SettingsError(settings.stack, problems)))
+    return made["volume_id"]

@@ -87,8 +87,8 @@ SETTINGS = (
             "DigitalOcean region of every resource, for the stack's life: the preview of a stack that exists "
             "refuses another (its datastore's volume cannot leave its region)."),
     Setting("image", conventions.DEFAULT_IMAGE, one_of(IMAGES),
-            "Droplet image of every role (see Images below: what has run on which); changing it replaces "
-            "every droplet."),
+            "Droplet image of every role (see Images below: what has run on which), for the stack's life: the "
+            "preview of a stack that exists refuses another (it would replace every droplet)."),
     Setting("lbSize", "s-1vcpu-1gb", droplet_size, "Droplet size of the load balancer."),
     Setting("appSize", "s-1vcpu-2gb", droplet_size, "Droplet size of each app server."),
     Setting("datastoreSize", "s-2vcpu-4gb", droplet_size, "Droplet size of the datastore."),
@@ -127,8 +127,8 @@ SETTINGS = (
     Setting("engines", list(conventions.ENGINES), engine_set,
             "Datastore engines to install and open; any subset."),
     Setting("vpcIpRange", "10.110.0.0/20", vpc_range,
-            "Private range of the stack's VPC. Give each stack its own: DigitalOcean refuses a VPC whose range "
-            "overlaps another in the account."),
+            "Private range of the stack's VPC, for the stack's life (another would replace every droplet). Give "
+            "each stack its own: DigitalOcean refuses a VPC whose range overlaps another in the account."),
     Setting("nodeMajor", 22, one_of(NODE_MAJORS), "Node.js major version on the app servers."),
     Setting("backups", True, boolean,
             "Back every droplet up to Spaces, each role to a bucket of its own (created in the stack): the "

@@ -105,11 +105,10 @@ def test_and_every_droplets_platform_is_pushed_again(staging_deployment, everyth
 
 
 def test_region_image_and_vpc_range_are_the_only_settings_on_the_droplet(staging_deployment):
-    """The comparison above can fail: a droplet's own inputs do change with these (a stack
-    made in another region: an existing one refuses a new region, below)."""
+    """The comparison above can fail: a droplet's own inputs do change with these (on a
+    stack made with them: an existing stack refuses them, below)."""
     for change, field in (({"region": "fra1"}, "region"), ({"image": "ubuntu-24-04-x64"}, "image")):
-        previous = None if "region" in change else staging_deployment
-        other = mockcloud.deploy(mockcloud.stack_settings("staging", **change), previous=previous)
+        other = mockcloud.deploy(mockcloud.stack_settings("staging", **change))
         old = {d.name: d.state[field] for d in droplets(staging_deployment)}
         assert all(d.state[field] != old[d.name] for d in droplets(other)), change
 
@@ -210,17 +209,43 @@ def test_and_the_mock_engine_keeps_them_as_the_engine_does_and_the_droplets_reac
     assert all(w.startswith("spacesRegion: the bucket stays in ams3, where it was made, not in fra1") for w in warnings)
 
 
-def test_a_new_region_is_refused_in_the_preview_naming_where_the_datastores_volume_is(staging_deployment):
-    """A volume cannot leave its region: the provider would give the new datastore an
-    empty volume and delete the old one with the engines' data (protectData aside)."""
-    moved = mockcloud.stack_settings("staging", region="fra1", vpcIpRange="10.120.0.0/24")
+# What a stack keeps from its creation, each with a new value and what the refusal names.
+MADE_WITH = {
+    "region": ("fra1", "region: 'fra1' is not allowed on this stack: its datastore's volume, with the engines' "
+                       "data, is in 'ams3', and a volume cannot leave its region"),
+    "image": ("ubuntu-24-04-x64", "image: 'ubuntu-24-04-x64' is not allowed on this stack: its droplets run "
+                                  "'debian-12-x64', and a new one would replace every droplet"),
+    "vpcIpRange": ("10.120.0.0/24", "vpcIpRange: '10.120.0.0/24' is not allowed on this stack: its VPC is "
+                                    "'10.110.16.0/24', and a new one would replace every droplet"),
+}
+
+
+def test_a_new_region_image_or_vpc_range_is_refused_naming_what_the_stack_was_made_with(staging_deployment):
+    """A volume cannot leave its region (the provider would give the new datastore an empty
+    volume and delete the old one with the engines' data), and a new image or range would
+    replace the datastore's droplet, whose volume cannot be attached to the new one while
+    the old one holds it. Every such setting is named at once, before anything changes."""
+    changed = mockcloud.stack_settings("staging", **{key: new for key, (new, _) in MADE_WITH.items()})
     with pytest.raises(mockcloud.ProgramFailed) as failed:
-        mockcloud.deploy(moved, previous=staging_deployment)
-    assert "Pulumi.staging.yaml has 1 bad setting(s):\\n  - region: 'fra1' is not allowed on this stack: its " \
-           "datastore's volume, with the engines' data, is in 'ams3'" in str(failed.value), failed.value
-    # The volume is kept where it is, so the check sees it there (the mock engine, as the engine does).
-    request = staging_deployment.mocks.options[("digitalocean:index/volume:Volume", "datastore-volume")]
-    assert list(request.ignoreChanges) == ["region"]
+        mockcloud.deploy(changed, previous=staging_deployment)
+    said = str(failed.value).replace("\\n", "\n")
+    assert "Pulumi.staging.yaml has 3 bad setting(s):\n" in said, said
+    for _, problem in MADE_WITH.values():
+        assert f"\n  - {problem}" in said, problem
+    for key, (new, problem) in MADE_WITH.items():
+        with pytest.raises(mockcloud.ProgramFailed, match="has 1 bad setting") as failed:
+            mockcloud.deploy(mockcloud.stack_settings("staging", **{key: new}), previous=staging_deployment)
+        assert problem in str(failed.value), key
+
+
+def test_and_the_state_keeps_what_the_stack_was_made_with_for_the_check_to_read(staging_deployment):
+    """Each kept as made (the mock engine does as the engine does with ignore_changes), so
+    the check above reads the stack's, not the new settings'; no droplet, volume or VPC is
+    planned for replacement meanwhile."""
+    ignored = {(r.type.rsplit(":", 1)[-1], r.name): list(staging_deployment.mocks.options[(r.type, r.name)].ignoreChanges)
+               for r in staging_deployment.resources if r.type.endswith((":Droplet", ":Volume", ":Vpc"))}
+    assert ignored == {**{("Droplet", d.name): ["image"] for d in droplets(staging_deployment)},
+                       ("Volume", "datastore-volume"): ["region"], ("Vpc", "network-vpc"): ["ipRange"]}
 
 
 # The stack's one backup bucket as the program registered it before each role had its own:
