@@ -2,8 +2,9 @@
 
 DigitalOcean replaces a droplet whose user_data changes. So user_data holds only what
 never changes (the login, the identity, the bundle's receiver); every file the droplets
-receive and every setting but region, image and the VPC range (and sizes, which resize
-in place) arrive by the bundle push, which runs again when its digest changes.
+receive and every setting but region, image and the VPC range (which a stack keeps from
+its creation, refusing a new one) and sizes (which resize in place) arrive by the bundle
+push, which runs again when its digest changes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from model import conventions
 from model.settings import SETTINGS
 from stack_graph import COMMAND, backup_env, backup_pushes, droplets, of_type
 
-# What may replace droplets (region, image, VPC range) or resizes them in place (sizes).
+# What a stack keeps from its creation (region, image, VPC range) or resizes droplets in place (sizes).
 ON_THE_DROPLET = {"region", "image", "vpcIpRange", "lbSize", "appSize", "datastoreSize"}
 # A valid value, different from staging's, for every other setting.
 ANOTHER_VALUE = {
