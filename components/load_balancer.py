@@ -40,7 +40,10 @@ class LoadBalancer(pulumi.ComponentResource):
             parent=self,
         )
         # The address DNS points at: it outlives a replacement of the droplet.
-        self.reserved_ip = do.ReservedIp(f"{name}-ip", region=settings.region, opts=child)
+        # Its region stays its creation's (the datastore refuses a new one): the public
+        # address is not planned for replacement meanwhile.
+        self.reserved_ip = do.ReservedIp(f"{name}-ip", region=settings.region,
+                                         opts=pulumi.ResourceOptions(parent=self, ignore_changes=["region"]))
         do.ReservedIpAssignment(
             f"{name}-ip-assignment",
             ip_address=self.reserved_ip.ip_address,

@@ -35,8 +35,9 @@ class Network(pulumi.ComponentResource):
             name=conventions.vpc_name(settings.stack, settings.region, settings.vpc_ip_range),
             region=settings.region,
             ip_range=settings.vpc_ip_range,
-            # Its range stays its creation's: the datastore refuses a new one (datastore.py).
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["ip_range"]),
+            # Its range and region stay its creation's: the datastore refuses new ones
+            # (datastore.py), and the VPC is not planned for replacement meanwhile.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["ip_range", "region"]),
         )
         self.stack_tag = do.Tag(f"{name}-stack-tag", name=conventions.stack_tag(settings.stack), opts=child)
         self.role_tags = {
@@ -80,9 +81,9 @@ class Network(pulumi.ComponentResource):
             # for it within the delete timeout, 60 s unless told, and each of systemd's units
             # may take 90 s to stop (the datastore's engines flushing).
             graceful_shutdown=True,
-            # The image stays the one each was made with: the datastore refuses a new one
-            # (datastore.py), and no droplet is planned for replacement meanwhile.
-            opts=pulumi.ResourceOptions(parent=parent, protect=protect, ignore_changes=["image"],
+            # The image and region stay those each was made with: the datastore refuses new
+            # ones (datastore.py), and no droplet is planned for replacement meanwhile.
+            opts=pulumi.ResourceOptions(parent=parent, protect=protect, ignore_changes=["image", "region"],
                                         custom_timeouts=pulumi.CustomTimeouts(delete=DROPLET_DELETE_TIMEOUT)),
         )
 

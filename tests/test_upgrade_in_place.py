@@ -241,12 +241,15 @@ def test_a_new_region_image_or_vpc_range_is_refused_naming_what_the_stack_was_ma
 
 def test_and_the_state_keeps_what_the_stack_was_made_with_for_the_check_to_read(staging_deployment):
     """Each kept as made (the mock engine does as the engine does with ignore_changes), so
-    the check above reads the stack's, not the new settings'; no droplet, volume or VPC is
-    planned for replacement meanwhile."""
+    the check above reads the stack's, not the new settings'; no droplet, volume, VPC or
+    public address is planned for replacement meanwhile (`up --skip-preview` runs steps as
+    the program registers them, before the check has stopped it)."""
+    kept = (":Droplet", ":Volume", ":Vpc", ":ReservedIp")
     ignored = {(r.type.rsplit(":", 1)[-1], r.name): list(staging_deployment.mocks.options[(r.type, r.name)].ignoreChanges)
-               for r in staging_deployment.resources if r.type.endswith((":Droplet", ":Volume", ":Vpc"))}
-    assert ignored == {**{("Droplet", d.name): ["image"] for d in droplets(staging_deployment)},
-                       ("Volume", "datastore-volume"): ["region"], ("Vpc", "network-vpc"): ["ipRange"]}
+               for r in staging_deployment.resources if r.type.endswith(kept)}
+    assert ignored == {**{("Droplet", d.name): ["image", "region"] for d in droplets(staging_deployment)},
+                       ("Volume", "datastore-volume"): ["region"], ("Vpc", "network-vpc"): ["ipRange", "region"],
+                       ("ReservedIp", "lb-ip"): ["region"]}
 
 
 # The stack's one backup bucket as the program registered it before each role had its own:
