@@ -149,6 +149,17 @@ cat {tmp_path}/certbot.out | grep -v '^ *$' | tail -40
     assert updates == ["0", "0", "0", "1", "1", "1", "1"], out
 
 
+def provisioning_holds_the_lock(t, meanwhile: str) -> str:
+    """Shell: provisioning's stand-in takes the droplet lock, runs `meanwhile` a second
+    later and lets go; the script goes on once the lock is held (`wait` for its end)."""
+    return (f"{c.LOCK_COMMAND} run provision sh -c 'touch {t}/holding; sleep 1; {meanwhile}' &\n"
+            f"until [ -e {t}/holding ]; do sleep 0.05; done")
+
+
+# Shell: each take and release of the droplet lock, in order, as `== took|released HOLDER`.
+LOCK_TAKES = f"sed -n 's/^[^ ]* \\(took\\|released\\) droplet lock: \\([a-z-]*\\) .*/== \\1 \\2/p' {c.DROPLET_LOCK_LOG}"
+
+
 def test_a_certificate_run_waits_for_the_droplet_lock_and_reads_the_settings_left_by_its_holder(tmp_path):
     """The timer may start platform-certificate while provisioning writes new settings and
     nginx files: it waits for provisioning's hold, then reads the settings it left (here a
@@ -171,11 +182,10 @@ mkdir -p {c.PLATFORM_ETC} {live} /etc/letsencrypt/renewal && cp {t}/old.env {c.P
 cp {cert.cert} {live}/fullchain.pem
 echo "server = {domain_only.acme_directory}" > /etc/letsencrypt/renewal/{c.LB_CERT_NAME}.conf
 {c.CERTIFICATE_COMMAND} current; echo "== before: $?"
-{c.LOCK_COMMAND} run provision sh -c 'touch {t}/holding; sleep 1; cp {t}/new.env {c.PLATFORM_ETC}/platform.env' &
-until [ -e {t}/holding ]; do sleep 0.05; done
+{provisioning_holds_the_lock(t, f"cp {t}/new.env {c.PLATFORM_ETC}/platform.env")}
 {c.CERTIFICATE_COMMAND} current; echo "== during: $?"
 wait
-sed -n 's/^[^ ]* \\(took\\|released\\) droplet lock: \\([a-z]*\\) .*/== \\1 \\2/p' {c.DROPLET_LOCK_LOG}
+{LOCK_TAKES}
 """
     result = sandboxed(tmp_path, script)
     lines = [line for line in result.stdout.splitlines() if line.startswith("== ")]
@@ -183,7 +193,6 @@ sed -n 's/^[^ ]* \\(took\\|released\\) droplet lock: \\([a-z]*\\) .*/== \\1 \\2/
                      "== took certificate", "== released certificate",     # the run before
                      "== took provision", "== released provision",
                      "== took certificate", "== released certificate"], result.stdout + result.stderr
-
 
 
 def test_a_renewal_waits_for_the_droplet_lock_before_it_reloads_nginx(tmp_path):
@@ -205,13 +214,12 @@ printf '#!/bin/sh\\necho "systemctl $*" >> {t}/order\\n' > /usr/local/sbin/syste
 printf '#!/bin/sh\\necho reload >> {t}/order\\n' > {c.NGINX_RELOAD_COMMAND}
 chmod 0755 /usr/local/sbin/nginx /usr/local/sbin/systemctl {c.NGINX_RELOAD_COMMAND}
 mkdir -p $(dirname {c.LB_PUBLIC_CERT_PATH})
-{c.LOCK_COMMAND} run provision sh -c 'touch {t}/holding; sleep 1; echo "provisioning wrote nginx files" >> {t}/order' &
-until [ -e {t}/holding ]; do sleep 0.05; done
+{provisioning_holds_the_lock(t, f'echo "provisioning wrote nginx files" >> {t}/order')}
 RENEWED_LINEAGE={lineage} {c.CERTIFICATE_DEPLOY_HOOK}; echo "== renewal: $?"
 wait
 RENEWED_LINEAGE={lineage} timeout 20 {c.LOCK_COMMAND} run certificate {c.CERTIFICATE_DEPLOY_HOOK}; echo "== certificate run: $?"
 sed 's/^/== /' {t}/order
-sed -n 's/^[^ ]* \\(took\\|released\\) droplet lock: \\([a-z-]*\\) .*/== \\1 \\2/p' {c.DROPLET_LOCK_LOG}
+{LOCK_TAKES}
 echo "== serves $(readlink {c.LB_PUBLIC_CERT_PATH})"
 """
     result = sandboxed(tmp_path, script)
