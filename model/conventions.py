@@ -40,10 +40,12 @@ def droplet_name(stack: str, member: str) -> str:
 
 
 def vpc_name(stack: str, region: str, ip_range: str) -> str:
-    """The VPC's name, unique in an account as DigitalOcean requires: with its region and
-    range in it, a new `region` or `vpcIpRange` makes the new VPC beside the old one (the
-    provider creates before it deletes). Letters, digits, dashes and periods only. A new
-    name alone is a rename in place."""
+    """The VPC's name, unique in an account as DigitalOcean requires. It carries the region
+    and range, which a stack keeps from its creation (components/datastore.py refuses new
+    ones), so it does not change; it was made so when a new range or region still meant a
+    new VPC beside the old one (the provider creates before it deletes), and a stack made
+    since has it. Letters, digits, dashes and periods only. A new name alone is a rename in
+    place."""
     return f"{stack}-{region}-{ip_range.replace('/', '-')}"
 
 

@@ -51,8 +51,9 @@ def test_counts_per_role_follow_the_stack_file(stack, app_servers, staging_deplo
 
 
 def test_a_new_region_or_vpc_range_names_a_new_vpc_that_digitalocean_takes():
-    """The provider makes the new VPC before it deletes the old, and VPC names are unique in
-    an account: the same name would fail the change before any droplet is replaced."""
+    """VPC names are unique in an account, and the provider makes a new VPC before it
+    deletes the old: were a new region or range not refused (test_upgrade_in_place.py),
+    the same name would fail the change before any droplet is replaced."""
     names = {conventions.vpc_name("production", region, ip_range)
              for region, ip_range in (("nyc3", "10.110.0.0/20"), ("fra1", "10.110.0.0/20"), ("nyc3", "10.120.0.0/20"))}
     assert len(names) == 3
